@@ -1,0 +1,34 @@
+//! The 0k-sync wire protocol (`docs/protocol.md`, DESIGN §3).
+//!
+//! This crate is the single place where the bytes on the wire are defined: the
+//! [`Message`] types, the length-prefixed [`frame`] format, the [`ErrorCode`]s
+//! carried in `Error` frames, the QUIC application [`CloseCode`]s, and the
+//! [`limits`] both sides check before allocating anything a peer claims.
+//!
+//! It holds no I/O policy: it reads and writes frames on any
+//! `tokio::io::AsyncRead`/`AsyncWrite` it is given, and leaves timeouts,
+//! sessions and storage to the relay and the client.
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod codes;
+pub mod frame;
+pub mod limits;
+pub mod message;
+
+pub use codec::{DecodeError, decode_body, encode_body, encode_frame};
+pub use codes::{CloseCode, ErrorCode};
+pub use frame::{FrameError, read_frame, read_message, write_message};
+pub use message::{
+    Ack, AckOk, BlobId, DeviceId, ErrorMsg, GroupId, HELLO_PROOF_CONTEXT, Hello, Message,
+    MessageKind, Notify, Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk, PushResult,
+    Welcome, hello_proof_message,
+};
+
+/// QUIC ALPN of protocol version 1: `/0k-sync/1`.
+pub const ALPN: &[u8] = b"/0k-sync/1";
+
+/// Protocol version carried in `Hello` and `Welcome`. A relay answers any
+/// other value with [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 1;

@@ -1,0 +1,52 @@
+//! Size limits of the wire protocol (`docs/protocol.md` §Limits).
+//!
+//! Every length a peer sends is checked against one of these (or the smaller
+//! value a relay announces in `Welcome`) before anything is allocated for it.
+
+/// Bytes of the frame header: a `u32` big-endian body length.
+pub const FRAME_HEADER_LEN: usize = 4;
+
+/// Largest frame body (bytes) either side ever accepts, whatever a relay is
+/// configured with: 32 MiB. A relay's own `max_frame` is at most this.
+pub const MAX_FRAME_CEILING: u32 = 32 * 1024 * 1024;
+
+/// Largest body (bytes) of the first frame of a session (the `Hello`) and of
+/// the relay's `Welcome`: 4 KiB. A `Hello` is about 110 bytes plus the name.
+pub const HANDSHAKE_MAX_FRAME: u32 = 4 * 1024;
+
+/// Most bytes of a `Hello::device_name` (UTF-8): 64.
+pub const MAX_DEVICE_NAME: usize = 64;
+
+/// Most bytes of an `Error::message` a relay sends (UTF-8): 1 KiB.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// Default largest blob payload (bytes) a relay accepts: 1 MiB.
+pub const DEFAULT_MAX_BLOB_SIZE: u32 = 1024 * 1024;
+
+/// Default most items in one `Push` batch: 256.
+pub const DEFAULT_MAX_BATCH: u32 = 256;
+
+/// Room a frame needs beyond its payload bytes, so that one blob of
+/// `max_blob_size` always fits in a `Push` or a `PullBatch`: 64 KiB.
+pub const FRAME_SLACK: u32 = 64 * 1024;
+
+/// Upper bound (bytes) of the encoding of one [`crate::PushItem`] beyond its
+/// payload: blob id 17, payload length varint ≤ 5, TTL option ≤ 6.
+pub const PUSH_ITEM_OVERHEAD: usize = 32;
+
+/// Upper bound (bytes) of the encoding of one [`crate::PulledBlob`] beyond
+/// its payload: cursor ≤ 10, blob id 17, sender 33, created_at ≤ 10,
+/// payload length ≤ 5.
+pub const PULLED_BLOB_OVERHEAD: usize = 80;
+
+/// Upper bound (bytes) of a `Push` or `PullBatch` body beyond its items:
+/// tag, item count, head, flag.
+pub const BATCH_OVERHEAD: usize = 32;
+
+/// The `max_frame` a relay announces for a given `max_blob_size`:
+/// `max_blob_size + FRAME_SLACK`, capped at [`MAX_FRAME_CEILING`].
+pub fn max_frame_for_blob_size(max_blob_size: u32) -> u32 {
+    max_blob_size
+        .saturating_add(FRAME_SLACK)
+        .min(MAX_FRAME_CEILING)
+}

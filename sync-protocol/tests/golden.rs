@@ -1,0 +1,193 @@
+//! Golden byte vectors: the exact bytes of every message (`docs/protocol.md`).
+//! A change here is a wire-format change and needs a new protocol version.
+
+use sync_protocol::*;
+
+fn hello() -> Message {
+    Message::Hello(Hello {
+        version: 1,
+        group_id: GroupId([0x11; 32]),
+        proof: Proof([0x22; 64]),
+        device_name: Some("laptop".into()),
+    })
+}
+
+fn samples() -> Vec<(&'static str, Message)> {
+    vec![
+        ("hello", hello()),
+        (
+            "hello_unnamed",
+            Message::Hello(Hello {
+                version: 1,
+                group_id: GroupId([0x11; 32]),
+                proof: Proof([0x22; 64]),
+                device_name: None,
+            }),
+        ),
+        (
+            "welcome",
+            Message::Welcome(Welcome {
+                version: 1,
+                relay_id: DeviceId([0x33; 32]),
+                head_cursor: 300,
+                max_blob_size: 1 << 20,
+                max_frame: (1 << 20) + (64 << 10),
+                max_batch: 256,
+                default_ttl_s: 604_800,
+                max_ttl_s: 2_592_000,
+            }),
+        ),
+        (
+            "push",
+            Message::Push(Push {
+                items: vec![
+                    PushItem {
+                        blob_id: BlobId([0x44; 16]),
+                        payload: vec![0xde, 0xad, 0xbe, 0xef],
+                        ttl_s: None,
+                    },
+                    PushItem {
+                        blob_id: BlobId([0x55; 16]),
+                        payload: vec![],
+                        ttl_s: Some(3600),
+                    },
+                ],
+            }),
+        ),
+        (
+            "push_ok",
+            Message::PushOk(PushOk {
+                results: vec![
+                    PushResult {
+                        blob_id: BlobId([0x44; 16]),
+                        cursor: 1,
+                        duplicate: false,
+                    },
+                    PushResult {
+                        blob_id: BlobId([0x55; 16]),
+                        cursor: 128,
+                        duplicate: true,
+                    },
+                ],
+                head: 128,
+            }),
+        ),
+        (
+            "pull",
+            Message::Pull(Pull {
+                after: 127,
+                limit: 1000,
+            }),
+        ),
+        (
+            "pull_batch",
+            Message::PullBatch(PullBatch {
+                blobs: vec![PulledBlob {
+                    cursor: 128,
+                    blob_id: BlobId([0x55; 16]),
+                    sender: DeviceId([0x66; 32]),
+                    created_at: 1_700_000_000_000,
+                    payload: vec![1, 2, 3],
+                }],
+                head: 128,
+                more: false,
+            }),
+        ),
+        ("ack", Message::Ack(Ack { cursor: 300 })),
+        ("ack_ok", Message::AckOk(AckOk { cursor: 300 })),
+        ("notify", Message::Notify(Notify { head: 1 })),
+        (
+            "error",
+            Message::Error(
+                ErrorMsg::new(ErrorCode::RateLimited, "slow down").with_retry_after(250),
+            ),
+        ),
+    ]
+}
+
+const GOLDEN: &[(&str, &str)] = &[
+    (
+        "hello",
+        "0001111111111111111111111111111111111111111111111111111111111111\
+         1111222222222222222222222222222222222222222222222222222222222222\
+         2222222222222222222222222222222222222222222222222222222222222222\
+         222201066c6170746f70",
+    ),
+    (
+        "hello_unnamed",
+        "0001111111111111111111111111111111111111111111111111111111111111\
+         1111222222222222222222222222222222222222222222222222222222222222\
+         2222222222222222222222222222222222222222222222222222222222222222\
+         222200",
+    ),
+    (
+        "welcome",
+        "0101333333333333333333333333333333333333333333333333333333333333\
+         3333ac02808040808044800280f524809a9e01",
+    ),
+    (
+        "push",
+        "02024444444444444444444444444444444404deadbeef005555555555555555\
+         55555555555555550001901c",
+    ),
+    (
+        "push_ok",
+        "0302444444444444444444444444444444440100555555555555555555555555\
+         555555558001018001",
+    ),
+    ("pull", "047fe807"),
+    (
+        "pull_batch",
+        "0501800155555555555555555555555555555555666666666666666666666666\
+         666666666666666666666666666666666666666680d095ffbc31030102038001\
+         00",
+    ),
+    ("ack", "06ac02"),
+    ("ack_ok", "07ac02"),
+    ("notify", "0801"),
+    ("error", "09d00f09736c6f7720646f776e01fa01"),
+];
+
+fn golden(name: &str) -> Vec<u8> {
+    let hex: String = GOLDEN
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no golden vector for {name}"))
+        .1
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    hex::decode(hex).expect("golden vector is hex")
+}
+
+#[test]
+fn every_message_kind_has_a_golden_vector() {
+    let kinds: std::collections::HashSet<_> = samples().iter().map(|(_, m)| m.kind()).collect();
+    assert_eq!(kinds.len(), MessageKind::COUNT as usize);
+    assert_eq!(samples().len(), GOLDEN.len());
+}
+
+#[test]
+fn messages_encode_to_their_golden_bytes() {
+    for (name, msg) in samples() {
+        let body = encode_body(&msg);
+        assert_eq!(
+            hex::encode(&body),
+            hex::encode(golden(name)),
+            "encoding of {name} changed"
+        );
+    }
+}
+
+#[test]
+fn golden_bytes_decode_to_their_messages() {
+    for (name, msg) in samples() {
+        assert_eq!(decode_body(&golden(name)).unwrap(), msg, "{name}");
+    }
+}
+
+#[test]
+fn frames_carry_a_big_endian_length() {
+    let frame = encode_frame(&Message::Ack(Ack { cursor: 300 }));
+    assert_eq!(frame, vec![0, 0, 0, 3, 0x06, 0xac, 0x02]);
+}

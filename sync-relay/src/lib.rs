@@ -1,0 +1,26 @@
+//! The 0k-sync relay (DESIGN §5): an iroh endpoint that stores opaque
+//! encrypted blobs per sync group under gapless cursors and tells live
+//! sessions when their group's head moves. It never sees a key or plaintext.
+//!
+//! Layout: [`config`] (relay.toml), [`identity`] (node key), [`endpoint`]
+//! (iroh), [`server`] (accept loop, shutdown), [`session`] (per-connection
+//! state machine), [`handlers`] (one per request), [`auth`] (membership
+//! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out),
+//! [`http`] (`/health`).
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod endpoint;
+pub mod handlers;
+pub mod http;
+pub mod identity;
+pub mod notify;
+pub mod server;
+pub mod session;
+pub mod storage;
+
+pub use config::Config;
+pub use server::Relay;

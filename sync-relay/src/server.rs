@@ -1,0 +1,188 @@
+//! The running relay: storage, iroh endpoint, accept loop, HTTP server, and
+//! graceful shutdown (DESIGN §5.8).
+
+use crate::config::Config;
+use crate::context::RelayContext;
+use crate::storage::{SqliteStorage, SqliteStorageOptions, Storage, StorageError};
+use crate::{endpoint, http, identity, session};
+use iroh::{Endpoint, EndpointId};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use sync_protocol::DeviceId;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Failures starting the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The node key could not be read or created.
+    #[error("relay identity: {0}")]
+    Identity(#[from] identity::IdentityError),
+    /// The database could not be opened or migrated.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The QUIC endpoint could not bind.
+    #[error(transparent)]
+    Endpoint(#[from] endpoint::EndpointError),
+    /// The HTTP address could not be bound.
+    #[error("network.http_bind {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A started relay. Drop does not stop it cleanly: call [`Relay::shutdown`].
+pub struct Relay {
+    ctx: Arc<RelayContext>,
+    endpoint: Endpoint,
+    quic_addr: SocketAddr,
+    http_addr: SocketAddr,
+    public_addr: String,
+    connections: TaskTracker,
+    accept_task: JoinHandle<()>,
+    http_task: JoinHandle<()>,
+    http_stop: CancellationToken,
+}
+
+impl Relay {
+    /// Start everything described by `config`. Errors: [`StartError`].
+    pub async fn start(config: Config) -> Result<Relay, StartError> {
+        let key = identity::load_or_create(&config.data_dir)?;
+        let storage: Arc<dyn Storage> = Arc::new(
+            SqliteStorage::open(SqliteStorageOptions::new(
+                config.db_path(),
+                config.limits.max_group_storage,
+            ))
+            .await?,
+        );
+        let relay_id = DeviceId(*key.public().as_bytes());
+        let endpoint = endpoint::bind(&config.network, key).await?;
+        let quic_addr = endpoint
+            .bound_sockets()
+            .into_iter()
+            .next()
+            .unwrap_or(config.network.quic_bind);
+        let ctx = RelayContext::new(config.limits.clone(), relay_id, storage);
+
+        let listener = tokio::net::TcpListener::bind(config.network.http_bind)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: config.network.http_bind,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+            addr: config.network.http_bind,
+            source,
+        })?;
+        let http_stop = CancellationToken::new();
+        let http_task = tokio::spawn({
+            let app = http::router(Arc::clone(&ctx));
+            let stop = http_stop.clone();
+            async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(err) = served {
+                    warn!(error = %err, "HTTP server failed");
+                }
+            }
+        });
+
+        let connections = TaskTracker::new();
+        let accept_task = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            Arc::clone(&ctx),
+            connections.clone(),
+        ));
+        let public_addr = config.network.public_addr.clone().unwrap_or_else(|| {
+            let mut shown = quic_addr;
+            if shown.ip().is_unspecified() {
+                shown.set_ip([127, 0, 0, 1].into());
+            }
+            shown.to_string()
+        });
+        let relay = Relay {
+            ctx,
+            endpoint,
+            quic_addr,
+            http_addr,
+            public_addr,
+            connections,
+            accept_task,
+            http_task,
+            http_stop,
+        };
+        info!(
+            "relay address: {} (QUIC on {}, HTTP on {})",
+            relay.address(),
+            relay.quic_addr,
+            relay.http_addr
+        );
+        Ok(relay)
+    }
+
+    /// The relay's node id.
+    pub fn node_id(&self) -> EndpointId {
+        self.endpoint.id()
+    }
+
+    /// The address clients use: `NODE_ID@HOST:PORT`.
+    pub fn address(&self) -> String {
+        format!("{}@{}", self.node_id(), self.public_addr)
+    }
+
+    /// The bound QUIC (UDP) address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stop accepting, let sessions finish in-flight requests within
+    /// `shutdown_grace_s`, close them with `CloseCode::ShuttingDown`, drain
+    /// storage writes, checkpoint the WAL, and close the endpoint.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.ctx.shutdown.cancel();
+        let _ = self.accept_task.await;
+        self.connections.close();
+        let grace = RelayContext::secs(self.ctx.limits.shutdown_grace_s) + Duration::from_secs(2);
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            warn!("sessions still open after the grace period; closing them");
+        }
+        self.ctx.storage.close().await;
+        self.endpoint.close().await;
+        self.http_stop.cancel();
+        let _ = self.http_task.await;
+        info!("stopped");
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, ctx: Arc<RelayContext>, connections: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        let ctx = Arc::clone(&ctx);
+        connections.spawn(async move {
+            match incoming.await {
+                Ok(conn) => session::serve_connection(ctx, conn).await,
+                Err(err) => debug!(error = %err, "incoming connection failed"),
+            }
+        });
+    }
+}

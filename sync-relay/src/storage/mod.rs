@@ -1,0 +1,154 @@
+//! Blob storage behind a trait (DESIGN §5.2–5.3), so a second backend can be
+//! added next to SQLite.
+//!
+//! The contract every backend keeps:
+//! - a push batch is atomic: all of its new blobs are stored, or none;
+//! - cursors are per group, start at 1, and are gapless and strictly
+//!   increasing in commit order, under any concurrency;
+//! - a blob id already stored in the group is not stored again: its first
+//!   cursor is returned with `duplicate = true`;
+//! - a push that would take the group over its storage quota stores nothing;
+//! - a call returns `Ok` only after its writes are durable against a crash of
+//!   the relay process.
+
+mod sqlite;
+
+pub use sqlite::{SqliteStorage, SqliteStorageOptions};
+
+use async_trait::async_trait;
+use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob, PushResult};
+
+/// One blob to store.
+#[derive(Clone)]
+pub struct NewBlob {
+    /// Idempotency key chosen by the device.
+    pub blob_id: BlobId,
+    /// Opaque bytes, already checked against `max_blob_size`.
+    pub payload: Vec<u8>,
+    /// When the blob may be deleted, Unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// A push batch from one device.
+pub struct PushRequest {
+    /// Group the batch goes to.
+    pub group: GroupId,
+    /// The pushing device's node id.
+    pub sender: DeviceId,
+    /// The blobs, in order; stored under consecutive cursors.
+    pub items: Vec<NewBlob>,
+    /// Commit time, Unix ms (becomes `created_at`).
+    pub now_ms: i64,
+}
+
+/// The result of a committed push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// One entry per item, in request order.
+    pub results: Vec<PushResult>,
+    /// The group's head after the commit.
+    pub head: u64,
+}
+
+/// One page of a pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullPage {
+    /// Blobs with increasing cursors.
+    pub blobs: Vec<PulledBlob>,
+    /// True when no stored blob follows the last one returned (at the time
+    /// of the query); false when the page was cut by a row or byte limit.
+    pub complete: bool,
+}
+
+/// Relay-wide counters for `/health` and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StorageStats {
+    /// Groups with a row in storage.
+    pub groups: u64,
+    /// Blobs stored.
+    pub blobs: u64,
+    /// Payload bytes stored.
+    pub bytes: u64,
+}
+
+/// Storage failures. Quota and cursor errors are the client's; the rest map
+/// to INTERNAL on the wire.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The batch's new bytes would take the group over `max_group_storage`.
+    #[error("group storage quota exceeded: {used} bytes used + {adding} new > {limit} allowed")]
+    GroupQuotaExceeded {
+        /// Bytes the group stores now.
+        used: u64,
+        /// New bytes of the batch.
+        adding: u64,
+        /// The quota.
+        limit: u64,
+    },
+    /// An acknowledged cursor is beyond the group's head.
+    #[error("cursor {cursor} is beyond the group's head {head}")]
+    CursorBeyondHead {
+        /// The cursor sent.
+        cursor: u64,
+        /// The group's head.
+        head: u64,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Running the schema migrations failed.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The storage has been closed (the relay is stopping).
+    #[error("storage is closed")]
+    Closed,
+}
+
+/// A storage backend. See the module docs for the contract.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Record that `device` opened a session on `group` (creating the group
+    /// if new) and return the group's head cursor.
+    async fn open_session(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        now_ms: i64,
+    ) -> Result<u64, StorageError>;
+
+    /// Store a batch atomically. Errors: [`StorageError::GroupQuotaExceeded`]
+    /// (nothing stored), [`StorageError::Database`], [`StorageError::Closed`].
+    async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError>;
+
+    /// The group's head cursor (0 for an unknown group).
+    async fn head(&self, group: GroupId) -> Result<u64, StorageError>;
+
+    /// Blobs of `group` with cursor > `after` that have not expired at
+    /// `now_ms`, oldest first: at most `max_blobs` of them, and no more than
+    /// fit in `max_bytes` of payload (but always at least one if any exists).
+    async fn pull_page(
+        &self,
+        group: GroupId,
+        after: u64,
+        max_blobs: u32,
+        max_bytes: usize,
+        now_ms: i64,
+    ) -> Result<PullPage, StorageError>;
+
+    /// Raise `device`'s acknowledged cursor to `cursor` (never lowers it) and
+    /// return the stored value. Errors: [`StorageError::CursorBeyondHead`].
+    async fn ack(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        cursor: u64,
+        now_ms: i64,
+    ) -> Result<u64, StorageError>;
+
+    /// Relay-wide counts; runs a real query, so it doubles as a health check.
+    async fn stats(&self) -> Result<StorageStats, StorageError>;
+
+    /// Finish pending writes and close the database.
+    async fn close(&self);
+}
