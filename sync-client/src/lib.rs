@@ -1,1 +1,35 @@
+//! The 0k-sync device library (DESIGN §4, §6). All cryptography lives here:
+//! the relay never sees a key or a plaintext byte.
+//!
+//! - [`crypto`]: group secret and keys, membership proof, blob envelope,
+//!   Padmé padding.
+//! - [`session`]: one authenticated session with the relay (opaque payloads).
+//! - [`client`]: [`SyncClient`], which seals pushes and opens pulls.
+//! - [`receive`]: applying pulled blobs, file reassembly and verification.
+//! - [`home`]: a device's home directory (device key, group, state).
+//! - [`invite`], [`relay_addr`], [`state`], [`integrity`], [`util`].
 
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod crypto;
+pub mod endpoint;
+pub mod error;
+pub mod home;
+pub mod integrity;
+pub mod invite;
+pub mod receive;
+pub mod relay_addr;
+pub mod session;
+pub mod state;
+pub mod util;
+
+pub use client::{PullSummary, PushOptions, PushedFile, SyncClient};
+pub use crypto::{GroupKeys, GroupSecret};
+pub use error::ClientError;
+pub use home::Home;
+pub use invite::Invite;
+pub use receive::PullEvent;
+pub use relay_addr::RelayAddr;
+pub use session::{ConnectOptions, RelaySession};
+pub use state::StateStore;

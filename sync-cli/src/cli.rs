@@ -1,0 +1,78 @@
+//! Command-line definition (clap). `--help` of every command is the manual.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Sync files between your devices through a relay that sees only ciphertext.
+#[derive(Debug, Parser)]
+#[command(name = "sync-cli", version, about, propagate_version = true)]
+pub struct Args {
+    /// Device home: keys, group and sync state (default: <config dir>/0k-sync).
+    #[arg(long, global = true, env = "SYNC_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// More log output on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new group on a relay and print an invite for other devices.
+    Init {
+        /// The relay, as NODE_ID@HOST:PORT (printed by the relay at start).
+        #[arg(long, value_name = "NODE_ID@HOST:PORT")]
+        relay: String,
+        /// A name for the group, shown to devices that join.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the printed invite can be used to join (e.g. 24h, 7d).
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        expires: String,
+    },
+    /// Print a new invite for this device's group.
+    Invite {
+        /// How long the invite can be used to join (e.g. 24h, 7d).
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        expires: String,
+    },
+    /// Join a group with an invite from one of its devices.
+    Join {
+        /// The invite (starts with 0ksync1-).
+        invite: String,
+    },
+    /// Encrypt and push files (or stdin with `-`) to the group.
+    Push {
+        /// Files to push; `-` reads standard input (needs --name).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Name under which stdin is pushed.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the relay keeps the data (e.g. 7d; default: the relay's).
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull and decrypt what other devices pushed, writing files into --out.
+    Pull {
+        /// Directory for received files (created if missing).
+        #[arg(long, default_value = ".", value_name = "DIR")]
+        out: PathBuf,
+        /// Stay connected and pull whenever the relay announces new data (Ctrl-C to stop).
+        #[arg(long)]
+        follow: bool,
+        /// Print one JSON object per line per event.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show this device, its group, the local sync state and the relay's reachability.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}

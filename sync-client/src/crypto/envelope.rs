@@ -1,0 +1,525 @@
+//! The blob envelope (DESIGN §4.4):
+//!
+//! ```text
+//! payload = 0x01 ‖ nonce (24) ‖ XChaCha20-Poly1305(blob key, nonce, padded(inner), ad)
+//! ad      = "0k-sync/1 blob" ‖ group id (32) ‖ blob id (16)
+//! inner   = u32-BE header length ‖ header (postcard BlobHeader) ‖ body ‖ zero padding
+//! ```
+//!
+//! `inner` is zero-padded to its Padmé length so the relay sees only a
+//! bucketed size. The associated data binds the blob to its group and blob
+//! id, so the relay cannot move a blob between groups or swap ids. The body
+//! is compressed with zstd when that makes it smaller. The header carries the
+//! sender's device id and per-sender sequence number, which let receivers
+//! detect withheld (gaps) and replayed (repeats) blobs.
+
+use super::group::GroupKeys;
+use super::padding::padme;
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+use sync_protocol::{BlobId, DeviceId, GroupId};
+
+/// First byte of every envelope.
+pub const ENVELOPE_VERSION: u8 = 0x01;
+/// Bytes of the nonce.
+pub const NONCE_LEN: usize = 24;
+/// Bytes of the Poly1305 tag.
+pub const TAG_LEN: usize = 16;
+/// Envelope bytes around the padded inner plaintext: version, nonce, tag.
+pub const ENVELOPE_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+/// Upper bound of an encoded [`BlobHeader`] whose file name is at most
+/// [`MAX_NAME_LEN`] bytes.
+pub const MAX_HEADER_LEN: usize = 512;
+/// Most bytes of a file name in a header.
+pub const MAX_NAME_LEN: usize = 255;
+/// Most bytes a body may decompress to (bounds memory for hostile input).
+pub const MAX_BODY_LEN: usize = 32 * 1024 * 1024;
+
+const AD_CONTEXT: &[u8] = b"0k-sync/1 blob";
+
+/// What a blob holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobKind {
+    /// One chunk of a file.
+    FileChunk(FileChunk),
+    /// An application message (opaque bytes, not a file).
+    Message,
+}
+
+/// Where a chunk belongs in its file (DESIGN §6 "Large data").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChunk {
+    /// Random id shared by every chunk of one pushed file.
+    pub file_id: [u8; 16],
+    /// The file's name (one path component, at most 255 bytes).
+    pub name: String,
+    /// Unix permission bits (`mode & 0o777`).
+    pub mode: u32,
+    /// 0-based chunk number.
+    pub index: u32,
+    /// Byte offset of this chunk in the file.
+    pub offset: u64,
+    /// Present on the last chunk only.
+    pub end: Option<FileEnd>,
+}
+
+/// What the last chunk says about the whole file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEnd {
+    /// Number of chunks.
+    pub chunks: u32,
+    /// File size in bytes.
+    pub size: u64,
+    /// BLAKE3 of the whole file.
+    pub blake3: [u8; 32],
+}
+
+/// How the body is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    /// As is.
+    None,
+    /// zstd frame; `raw_len` is the decompressed length.
+    Zstd {
+        /// Decompressed length in bytes.
+        raw_len: u32,
+    },
+}
+
+/// The authenticated header inside every envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobHeader {
+    /// What the body is.
+    pub kind: BlobKind,
+    /// The pushing device's node id (must match the relay's `sender`).
+    pub sender: DeviceId,
+    /// The sender's sequence number, 1, 2, 3, … with no gaps.
+    pub seq: u64,
+    /// When the sender sealed it, Unix ms.
+    pub created_at_ms: u64,
+    /// How the body is stored.
+    pub compression: Compression,
+    /// Stored body length in bytes (after compression).
+    pub body_len: u32,
+}
+
+/// A decrypted, verified blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedBlob {
+    /// The header.
+    pub header: BlobHeader,
+    /// The body, decompressed.
+    pub body: Vec<u8>,
+}
+
+/// Why an envelope cannot be sealed or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// Shorter than the fixed overhead.
+    #[error("envelope of {0} bytes is too short")]
+    TooShort(usize),
+    /// Unknown first byte.
+    #[error("unsupported envelope version {0:#04x}")]
+    UnsupportedVersion(u8),
+    /// AEAD authentication failed: wrong group key, or the bytes (or their
+    /// group or blob id) were altered.
+    #[error("blob failed authentication (altered, or sealed for another group or blob id)")]
+    Authentication,
+    /// The plaintext does not parse.
+    #[error("malformed blob contents: {0}")]
+    Malformed(String),
+    /// The sealed blob would exceed the size limit.
+    #[error("sealed blob of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Envelope size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+fn associated_data(group: &GroupId, blob_id: &BlobId) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(AD_CONTEXT.len() + 48);
+    ad.extend_from_slice(AD_CONTEXT);
+    ad.extend_from_slice(&group.0);
+    ad.extend_from_slice(&blob_id.0);
+    ad
+}
+
+/// Size of the envelope for an inner plaintext of `inner_len` bytes.
+pub fn sealed_len(inner_len: usize) -> usize {
+    padme(inner_len as u64) as usize + ENVELOPE_OVERHEAD
+}
+
+/// The largest body (bytes) whose envelope fits `max_blob_size`, for any
+/// header up to [`MAX_HEADER_LEN`] bytes. 0 if nothing fits.
+pub fn max_body_for(max_blob_size: usize) -> usize {
+    let fits = |body: usize| sealed_len(4 + MAX_HEADER_LEN + body) <= max_blob_size;
+    let (mut lo, mut hi) = (0usize, max_blob_size);
+    if !fits(0) {
+        return 0;
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
+
+/// Seal `body` (compressing it when smaller) under `header` for `blob_id`.
+/// `header.compression` and `header.body_len` are filled in here. Errors:
+/// [`EnvelopeError::TooLarge`] when the result exceeds `max_blob_size`.
+pub fn seal(
+    keys: &GroupKeys,
+    blob_id: &BlobId,
+    mut header: BlobHeader,
+    body: &[u8],
+    max_blob_size: usize,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let compressed = zstd::bulk::compress(body, 3)
+        .ok()
+        .filter(|c| c.len() < body.len());
+    let stored: &[u8] = match &compressed {
+        Some(c) => {
+            header.compression = Compression::Zstd {
+                raw_len: body.len() as u32,
+            };
+            c
+        }
+        None => {
+            header.compression = Compression::None;
+            body
+        }
+    };
+    header.body_len = stored.len() as u32;
+    let header_bytes =
+        postcard::to_allocvec(&header).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let inner_len = 4 + header_bytes.len() + stored.len();
+    let padded_len = padme(inner_len as u64) as usize;
+    let size = padded_len + ENVELOPE_OVERHEAD;
+    if size > max_blob_size {
+        return Err(EnvelopeError::TooLarge {
+            size,
+            limit: max_blob_size,
+        });
+    }
+    let nonce_bytes: [u8; NONCE_LEN] = super::random_bytes();
+    let mut out = Vec::with_capacity(size);
+    out.push(ENVELOPE_VERSION);
+    out.extend_from_slice(&nonce_bytes);
+    let mut inner = Vec::with_capacity(padded_len + TAG_LEN);
+    inner.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
+    inner.extend_from_slice(&header_bytes);
+    inner.extend_from_slice(stored);
+    inner.resize(padded_len, 0);
+    let cipher = XChaCha20Poly1305::new(keys.blob_key().into());
+    let nonce = XNonce::from(nonce_bytes);
+    cipher
+        .encrypt_in_place(
+            &nonce,
+            &associated_data(&keys.group_id(), blob_id),
+            &mut inner,
+        )
+        .map_err(|_| EnvelopeError::Malformed("encryption failed".into()))?;
+    out.extend_from_slice(&inner);
+    Ok(out)
+}
+
+/// Decrypt and verify `payload` stored under `blob_id`. Errors:
+/// [`EnvelopeError::TooShort`], [`EnvelopeError::UnsupportedVersion`],
+/// [`EnvelopeError::Authentication`], [`EnvelopeError::Malformed`].
+pub fn open(
+    keys: &GroupKeys,
+    blob_id: &BlobId,
+    payload: &[u8],
+) -> Result<OpenedBlob, EnvelopeError> {
+    if payload.len() < ENVELOPE_OVERHEAD {
+        return Err(EnvelopeError::TooShort(payload.len()));
+    }
+    if payload[0] != ENVELOPE_VERSION {
+        return Err(EnvelopeError::UnsupportedVersion(payload[0]));
+    }
+    let nonce_bytes: [u8; NONCE_LEN] = payload[1..1 + NONCE_LEN]
+        .try_into()
+        .map_err(|_| EnvelopeError::TooShort(payload.len()))?;
+    let mut inner = payload[1 + NONCE_LEN..].to_vec();
+    let cipher = XChaCha20Poly1305::new(keys.blob_key().into());
+    cipher
+        .decrypt_in_place(
+            &XNonce::from(nonce_bytes),
+            &associated_data(&keys.group_id(), blob_id),
+            &mut inner,
+        )
+        .map_err(|_| EnvelopeError::Authentication)?;
+    parse_inner(&inner)
+}
+
+fn parse_inner(inner: &[u8]) -> Result<OpenedBlob, EnvelopeError> {
+    let malformed = |m: &str| EnvelopeError::Malformed(m.to_string());
+    let header_len = inner
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| malformed("no header length"))?;
+    let header_bytes = inner
+        .get(4..4usize.saturating_add(header_len))
+        .ok_or_else(|| malformed("header length beyond the blob"))?;
+    let header: BlobHeader =
+        postcard::from_bytes(header_bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let start = 4 + header_len;
+    let stored = inner
+        .get(start..start.saturating_add(header.body_len as usize))
+        .ok_or_else(|| malformed("body length beyond the blob"))?;
+    if inner[start + stored.len()..].iter().any(|&b| b != 0) {
+        return Err(malformed("non-zero padding"));
+    }
+    if let BlobKind::FileChunk(chunk) = &header.kind {
+        validate_name(&chunk.name).map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
+    }
+    let body = match header.compression {
+        Compression::None => stored.to_vec(),
+        Compression::Zstd { raw_len } => {
+            let raw_len = raw_len as usize;
+            if raw_len > MAX_BODY_LEN {
+                return Err(malformed("declared body size over the limit"));
+            }
+            let body = zstd::bulk::decompress(stored, raw_len)
+                .map_err(|e| EnvelopeError::Malformed(format!("zstd: {e}")))?;
+            if body.len() != raw_len {
+                return Err(malformed("body size differs from the declared size"));
+            }
+            body
+        }
+    };
+    Ok(OpenedBlob { header, body })
+}
+
+/// A file name is one path component: non-empty, at most 255 bytes, no `/`,
+/// no NUL, not `.` or `..`. Received names are checked so a group member
+/// cannot write outside the output directory.
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty file name");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("file name longer than 255 bytes");
+    }
+    if name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err("file name is not a single path component");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::GroupSecret;
+
+    fn header(kind: BlobKind) -> BlobHeader {
+        BlobHeader {
+            kind,
+            sender: DeviceId([5; 32]),
+            seq: 7,
+            created_at_ms: 1_700_000_000_000,
+            compression: Compression::None,
+            body_len: 0,
+        }
+    }
+
+    fn chunk(name: &str) -> BlobKind {
+        BlobKind::FileChunk(FileChunk {
+            file_id: [1; 16],
+            name: name.into(),
+            mode: 0o644,
+            index: 0,
+            offset: 0,
+            end: Some(FileEnd {
+                chunks: 1,
+                size: 5,
+                blake3: [2; 32],
+            }),
+        })
+    }
+
+    #[test]
+    fn seal_open_round_trip_compressed_and_not() {
+        let keys = GroupSecret::generate().keys();
+        let id = BlobId([3; 16]);
+        for body in [
+            vec![],
+            b"hello".to_vec(),
+            vec![b'a'; 100_000],
+            crate::crypto::random_bytes::<4096>().to_vec(),
+        ] {
+            let sealed = seal(&keys, &id, header(chunk("f.txt")), &body, 1 << 20).unwrap();
+            assert_eq!(sealed.len(), sealed_len(sealed.len() - ENVELOPE_OVERHEAD));
+            let opened = open(&keys, &id, &sealed).unwrap();
+            assert_eq!(opened.body, body);
+            assert_eq!(opened.header.seq, 7);
+        }
+    }
+
+    #[test]
+    fn compressible_bodies_are_compressed() {
+        let keys = GroupSecret::generate().keys();
+        let sealed = seal(
+            &keys,
+            &BlobId([3; 16]),
+            header(BlobKind::Message),
+            &[b'x'; 50_000],
+            1 << 20,
+        )
+        .unwrap();
+        assert!(sealed.len() < 1000);
+        let opened = open(&keys, &BlobId([3; 16]), &sealed).unwrap();
+        assert!(matches!(
+            opened.header.compression,
+            Compression::Zstd { raw_len: 50_000 }
+        ));
+    }
+
+    #[test]
+    fn any_flipped_byte_fails() {
+        let keys = GroupSecret::generate().keys();
+        let id = BlobId([3; 16]);
+        let sealed = seal(
+            &keys,
+            &id,
+            header(chunk("a")),
+            b"some secret bytes",
+            1 << 20,
+        )
+        .unwrap();
+        for i in 0..sealed.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut t = sealed.clone();
+                t[i] ^= bit;
+                assert!(
+                    open(&keys, &id, &t).is_err(),
+                    "flip of byte {i} bit {bit:#x} went unnoticed"
+                );
+            }
+        }
+        // Truncation and extension fail too.
+        assert!(open(&keys, &id, &sealed[..sealed.len() - 1]).is_err());
+        let mut longer = sealed.clone();
+        longer.push(0);
+        assert!(open(&keys, &id, &longer).is_err());
+    }
+
+    #[test]
+    fn wrong_group_or_blob_id_fails() {
+        let keys = GroupSecret::generate().keys();
+        let other = GroupSecret::generate().keys();
+        let sealed = seal(
+            &keys,
+            &BlobId([3; 16]),
+            header(BlobKind::Message),
+            b"x",
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(
+            open(&other, &BlobId([3; 16]), &sealed),
+            Err(EnvelopeError::Authentication)
+        );
+        assert_eq!(
+            open(&keys, &BlobId([4; 16]), &sealed),
+            Err(EnvelopeError::Authentication)
+        );
+    }
+
+    #[test]
+    fn sizes_are_padded_to_padme_buckets() {
+        let keys = GroupSecret::generate().keys();
+        let id = BlobId([3; 16]);
+        let random: Vec<u8> = (0..3)
+            .flat_map(|_| crate::crypto::random_bytes::<4096>())
+            .collect();
+        let a = seal(
+            &keys,
+            &id,
+            header(BlobKind::Message),
+            &random[..10_000],
+            1 << 20,
+        )
+        .unwrap();
+        let b = seal(
+            &keys,
+            &id,
+            header(BlobKind::Message),
+            &random[..10_100],
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(a.len(), b.len(), "nearby sizes share a bucket");
+        assert_eq!(
+            a.len() - ENVELOPE_OVERHEAD,
+            padme((a.len() - ENVELOPE_OVERHEAD) as u64) as usize
+        );
+    }
+
+    #[test]
+    fn max_body_fits_exactly() {
+        for max in [1 << 16, 1 << 20, 3 << 20, 1000] {
+            let body = max_body_for(max);
+            let keys = GroupSecret::generate().keys();
+            let random: Vec<u8> = (0..body.div_ceil(4096))
+                .flat_map(|_| crate::crypto::random_bytes::<4096>())
+                .take(body)
+                .collect();
+            let sealed = seal(
+                &keys,
+                &BlobId([3; 16]),
+                header(chunk(&"n".repeat(255))),
+                &random,
+                max,
+            )
+            .unwrap();
+            assert!(sealed.len() <= max, "{max}");
+            assert!(sealed_len(4 + MAX_HEADER_LEN + body + 1) > max || body == max);
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_rejected() {
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        validate_name("report (1).pdf").unwrap();
+        let keys = GroupSecret::generate().keys();
+        let sealed = seal(
+            &keys,
+            &BlobId([3; 16]),
+            header(chunk("../../etc/passwd")),
+            b"x",
+            1 << 20,
+        )
+        .unwrap();
+        assert!(matches!(
+            open(&keys, &BlobId([3; 16]), &sealed),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn header_of_max_name_fits_the_bound() {
+        let mut h = header(chunk(&"n".repeat(MAX_NAME_LEN)));
+        h.seq = u64::MAX;
+        h.created_at_ms = u64::MAX;
+        h.compression = Compression::Zstd { raw_len: u32::MAX };
+        h.body_len = u32::MAX;
+        if let BlobKind::FileChunk(c) = &mut h.kind {
+            c.mode = u32::MAX;
+            c.index = u32::MAX;
+            c.offset = u64::MAX;
+            c.end = Some(FileEnd {
+                chunks: u32::MAX,
+                size: u64::MAX,
+                blake3: [0xff; 32],
+            });
+        }
+        assert!(postcard::to_allocvec(&h).unwrap().len() <= MAX_HEADER_LEN);
+    }
+}

@@ -1,0 +1,74 @@
+//! The client library's errors: one enum, each variant saying what happened
+//! in words a user can act on.
+
+use crate::crypto::EnvelopeError;
+use std::path::PathBuf;
+use sync_protocol::{ErrorCode, ErrorMsg, FrameError};
+
+/// Everything the client library can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// A relay address, invite or other user input is invalid.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The relay could not be reached.
+    #[error("cannot connect to relay {addr}: {reason}")]
+    Connect {
+        /// The address dialed.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The relay answered with an error frame.
+    #[error("relay refused the request: {0}")]
+    Relay(ErrorMsg),
+    /// The relay broke the protocol (unexpected message, bad frame).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The connection or a stream failed mid-request.
+    #[error("connection to the relay lost: {0}")]
+    ConnectionLost(String),
+    /// A blob could not be sealed.
+    #[error("cannot seal blob: {0}")]
+    Envelope(#[from] EnvelopeError),
+    /// A local file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The device home is missing, incomplete or corrupt.
+    #[error("{0}")]
+    Home(String),
+}
+
+impl ClientError {
+    /// The relay's error code, when the relay refused the request.
+    pub fn relay_code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Relay(e) => Some(e.error_code()),
+            _ => None,
+        }
+    }
+
+    /// Wrap an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ClientError {
+        let path = path.into();
+        move |source| ClientError::Io { path, source }
+    }
+}
+
+impl From<FrameError> for ClientError {
+    fn from(err: FrameError) -> Self {
+        match err {
+            FrameError::Io(e) => ClientError::ConnectionLost(e.to_string()),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

@@ -1,0 +1,293 @@
+//! A session with the relay (DESIGN §3): dial, `Hello`/`Welcome`, then one
+//! bidirectional stream per request, and the relay's `Notify` stream read in
+//! the background into a `watch` channel of heads. Payloads here are opaque;
+//! sealing and opening them is [`crate::client`]'s job.
+
+use crate::crypto::GroupKeys;
+use crate::endpoint;
+use crate::error::{ClientError, Result};
+use crate::relay_addr::RelayAddr;
+use iroh::endpoint::{Connection, RecvStream, VarInt};
+use iroh::{Endpoint, EndpointAddr, SecretKey};
+use std::time::Duration;
+use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
+use sync_protocol::{
+    Ack, CloseCode, DeviceId, Hello, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem,
+    PushOk, Welcome, read_message, write_message,
+};
+use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
+
+/// Default time allowed to dial the relay and complete `Hello`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a session needs.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Where the relay is.
+    pub relay: RelayAddr,
+    /// The group's keys (for the membership proof).
+    pub keys: GroupKeys,
+    /// The device's persistent iroh key.
+    pub device_key: SecretKey,
+    /// Optional device name sent in `Hello` (at most 64 bytes).
+    pub device_name: Option<String>,
+    /// Time allowed for dial + handshake.
+    pub connect_timeout: Duration,
+}
+
+/// A live session with the relay.
+#[derive(Debug)]
+pub struct RelaySession {
+    endpoint: Endpoint,
+    conn: Connection,
+    welcome: Welcome,
+    device_id: DeviceId,
+    heads: watch::Receiver<u64>,
+    _notify: AbortOnDropHandle<()>,
+}
+
+impl RelaySession {
+    /// Dial the relay and complete the handshake. Errors:
+    /// [`ClientError::Connect`] (unreachable, timeout),
+    /// [`ClientError::Relay`] (UNAUTHORIZED, UNSUPPORTED_VERSION),
+    /// [`ClientError::Protocol`].
+    pub async fn connect(opts: &ConnectOptions) -> Result<RelaySession> {
+        let addrs = opts.relay.resolve().await?;
+        let endpoint = endpoint::bind(opts.device_key.clone(), addrs[0]).await?;
+        match tokio::time::timeout(
+            opts.connect_timeout,
+            Self::handshake(&endpoint, opts, &addrs),
+        )
+        .await
+        {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => {
+                endpoint.close().await;
+                Err(e)
+            }
+            Err(_) => {
+                endpoint.close().await;
+                Err(ClientError::Connect {
+                    addr: opts.relay.to_string(),
+                    reason: format!(
+                        "no answer within {} s; is the relay running and the address right?",
+                        opts.connect_timeout.as_secs()
+                    ),
+                })
+            }
+        }
+    }
+
+    async fn handshake(
+        endpoint: &Endpoint,
+        opts: &ConnectOptions,
+        addrs: &[std::net::SocketAddr],
+    ) -> Result<RelaySession> {
+        let mut addr = EndpointAddr::new(opts.relay.node_id);
+        for a in addrs {
+            addr = addr.with_ip_addr(*a);
+        }
+        let conn = endpoint
+            .connect(addr, sync_protocol::ALPN)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: opts.relay.to_string(),
+                reason: e.to_string(),
+            })?;
+        let relay_id = DeviceId(*opts.relay.node_id.as_bytes());
+        let device_id = DeviceId(*endpoint.id().as_bytes());
+        let hello = Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            group_id: opts.keys.group_id(),
+            proof: opts.keys.proof(&relay_id, &device_id),
+            device_name: opts.device_name.clone(),
+        });
+        let mut recv = send_request(&conn, &hello, HANDSHAKE_MAX_FRAME).await?;
+        let welcome = match read_message(&mut recv, HANDSHAKE_MAX_FRAME).await? {
+            Some(Message::Welcome(w)) => w,
+            Some(Message::Error(e)) => return Err(ClientError::Relay(e)),
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Welcome, got {}",
+                    other.kind()
+                )));
+            }
+            None => {
+                return Err(ClientError::Protocol(
+                    "relay closed the handshake stream".into(),
+                ));
+            }
+        };
+        if welcome.relay_id != relay_id {
+            return Err(ClientError::Protocol("Welcome names another relay".into()));
+        }
+        let (heads_tx, heads) = watch::channel(welcome.head_cursor);
+        let notify_conn = conn.clone();
+        let notify = AbortOnDropHandle::new(tokio::spawn(async move {
+            read_notify(notify_conn, heads_tx).await;
+        }));
+        Ok(RelaySession {
+            endpoint: endpoint.clone(),
+            conn,
+            welcome,
+            device_id,
+            heads,
+            _notify: notify,
+        })
+    }
+
+    /// The relay's `Welcome` (limits, head at connect time).
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// This device's node id.
+    pub fn device_id(&self) -> DeviceId {
+        self.device_id
+    }
+
+    /// Round-trip time of the QUIC path, if measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.conn.paths().iter().find_map(|p| self.conn.rtt(p.id()))
+    }
+
+    /// The group's head as NOTIFY reports it (starts at the Welcome head).
+    /// `changed()` fails once the connection is gone.
+    pub fn heads(&self) -> watch::Receiver<u64> {
+        self.heads.clone()
+    }
+
+    /// Push one batch (at most `max_batch` items, frame at most `max_frame`).
+    /// Errors: [`ClientError::Relay`] (e.g. BLOB_TOO_LARGE,
+    /// GROUP_QUOTA_EXCEEDED; nothing stored), [`ClientError::ConnectionLost`]
+    /// (retry with the same blob ids), [`ClientError::Protocol`].
+    pub async fn push(&self, items: Vec<PushItem>) -> Result<PushOk> {
+        let ids: Vec<_> = items.iter().map(|i| i.blob_id).collect();
+        let mut recv = send_request(
+            &self.conn,
+            &Message::Push(Push { items }),
+            self.welcome.max_frame,
+        )
+        .await?;
+        match read_message(&mut recv, self.welcome.max_frame).await? {
+            Some(Message::PushOk(ok)) => {
+                let matches = ok.results.len() == ids.len()
+                    && ok.results.iter().zip(&ids).all(|(r, id)| r.blob_id == *id);
+                if !matches {
+                    return Err(ClientError::Protocol(
+                        "PushOk does not match the pushed items".into(),
+                    ));
+                }
+                Ok(ok)
+            }
+            other => Err(unexpected(other, "PushOk")),
+        }
+    }
+
+    /// Ask for blobs after `after`; read the answer with
+    /// [`PullResponse::next_batch`].
+    pub async fn pull(&self, after: u64, limit: u32) -> Result<PullResponse> {
+        let recv = send_request(
+            &self.conn,
+            &Message::Pull(Pull { after, limit }),
+            self.welcome.max_frame,
+        )
+        .await?;
+        Ok(PullResponse {
+            recv,
+            max_frame: self.welcome.max_frame,
+            done: false,
+        })
+    }
+
+    /// Tell the relay this device holds everything up to `cursor`.
+    pub async fn ack(&self, cursor: u64) -> Result<u64> {
+        let mut recv = send_request(
+            &self.conn,
+            &Message::Ack(Ack { cursor }),
+            self.welcome.max_frame,
+        )
+        .await?;
+        match read_message(&mut recv, self.welcome.max_frame).await? {
+            Some(Message::AckOk(ok)) => Ok(ok.cursor),
+            other => Err(unexpected(other, "AckOk")),
+        }
+    }
+
+    /// Close the session cleanly (close code 0) and release the endpoint.
+    pub async fn close(self) {
+        self.conn
+            .close(VarInt::from_u32(CloseCode::Normal.as_u32()), b"bye");
+        self.endpoint.close().await;
+    }
+}
+
+/// The streamed answer to a `Pull`.
+#[derive(Debug)]
+pub struct PullResponse {
+    recv: RecvStream,
+    max_frame: u32,
+    done: bool,
+}
+
+impl PullResponse {
+    /// The next `PullBatch`, or `None` after the last one.
+    /// Errors: [`ClientError::Relay`], [`ClientError::ConnectionLost`],
+    /// [`ClientError::Protocol`].
+    pub async fn next_batch(&mut self) -> Result<Option<PullBatch>> {
+        if self.done {
+            return Ok(None);
+        }
+        match read_message(&mut self.recv, self.max_frame).await? {
+            Some(Message::PullBatch(batch)) => {
+                self.done = !batch.more;
+                Ok(Some(batch))
+            }
+            other => {
+                self.done = true;
+                Err(unexpected(other, "PullBatch"))
+            }
+        }
+    }
+}
+
+fn unexpected(got: Option<Message>, expected: &str) -> ClientError {
+    match got {
+        Some(Message::Error(e)) => ClientError::Relay(e),
+        Some(other) => ClientError::Protocol(format!("expected {expected}, got {}", other.kind())),
+        None => {
+            ClientError::ConnectionLost(format!("the relay ended the stream before {expected}"))
+        }
+    }
+}
+
+async fn send_request(conn: &Connection, msg: &Message, max_frame: u32) -> Result<RecvStream> {
+    let (mut send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::ConnectionLost(e.to_string()))?;
+    write_message(&mut send, msg, max_frame).await?;
+    send.finish()
+        .map_err(|e| ClientError::ConnectionLost(e.to_string()))?;
+    Ok(recv)
+}
+
+async fn read_notify(conn: Connection, heads: watch::Sender<u64>) {
+    let Ok(mut uni) = conn.accept_uni().await else {
+        return;
+    };
+    while let Ok(Some(msg)) = read_message(&mut uni, HANDSHAKE_MAX_FRAME).await {
+        if let Message::Notify(n) = msg {
+            heads.send_if_modified(|h| {
+                if n.head > *h {
+                    *h = n.head;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+    // Dropping `heads` here tells subscribers the session is gone.
+}

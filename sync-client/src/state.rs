@@ -1,0 +1,198 @@
+//! The device's local sync state, persisted atomically (write temp, fsync,
+//! rename; see [`crate::util::write_atomic`]) as JSON in the device home.
+//!
+//! Two files, so a `push` and a running `pull --follow` never overwrite each
+//! other's updates:
+//! - `state.json` (pull side): the cursor, what was seen of every sender,
+//!   files still being received; one puller at a time (see
+//!   [`crate::home::Home::lock_pull`]);
+//! - `seq.json` (push side): this device's next sequence number, updated
+//!   under an exclusive file lock so concurrent pushes never share a number.
+
+use crate::error::{ClientError, Result};
+use crate::integrity::SenderTrack;
+use crate::util::write_atomic;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Version of the state file's layout.
+pub const STATE_VERSION: u32 = 1;
+
+/// A file whose chunks are arriving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialFile {
+    /// The file's name (validated single path component).
+    pub name: String,
+    /// Unix permission bits to apply.
+    pub mode: u32,
+    /// Where the chunks are written (`.0k-sync-<file id>.part` in the
+    /// output directory); renamed to `name` next to it when complete.
+    pub temp_path: PathBuf,
+    /// Sender's node id, hex.
+    pub sender: String,
+    /// Chunk numbers written.
+    pub received: BTreeSet<u32>,
+    /// Known once the last chunk arrived: chunk count, size, BLAKE3.
+    pub end: Option<(u32, u64, String)>,
+}
+
+/// Everything the device remembers between runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientState {
+    /// Layout version ([`STATE_VERSION`]).
+    pub version: u32,
+    /// Every blob up to this cursor has been applied.
+    pub cursor: u64,
+    /// Per sender (node id, hex): sequence numbers seen.
+    #[serde(default)]
+    pub senders: BTreeMap<String, SenderTrack>,
+    /// Files being received, by file id (hex).
+    #[serde(default)]
+    pub partials: BTreeMap<String, PartialFile>,
+    /// Number of replayed blobs seen (and not applied), ever.
+    #[serde(default)]
+    pub replays: u64,
+    /// Number of blobs that failed to decrypt or verify, ever.
+    #[serde(default)]
+    pub rejected: u64,
+}
+
+impl Default for ClientState {
+    fn default() -> Self {
+        ClientState {
+            version: STATE_VERSION,
+            cursor: 0,
+            senders: BTreeMap::new(),
+            partials: BTreeMap::new(),
+            replays: 0,
+            rejected: 0,
+        }
+    }
+}
+
+/// The state and the files it lives in.
+#[derive(Debug)]
+pub struct StateStore {
+    path: PathBuf,
+    seq_path: PathBuf,
+    /// The current pull state; call [`StateStore::save`] to persist changes.
+    pub state: ClientState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SeqFile {
+    next_seq: u64,
+}
+
+impl StateStore {
+    /// Load the pull state from `path` (fresh if missing); sequence numbers
+    /// live in `seq.json` next to it.
+    /// Errors: [`ClientError::Io`], [`ClientError::Home`] (corrupt file).
+    pub fn open(path: impl Into<PathBuf>) -> Result<StateStore> {
+        let path: PathBuf = path.into();
+        let seq_path = path.with_file_name("seq.json");
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let state: ClientState = serde_json::from_slice(&bytes).map_err(|e| {
+                    ClientError::Home(format!("{}: corrupt state file: {e}", path.display()))
+                })?;
+                if state.version != STATE_VERSION {
+                    return Err(ClientError::Home(format!(
+                        "{}: state version {} is not supported (expected {STATE_VERSION})",
+                        path.display(),
+                        state.version
+                    )));
+                }
+                state
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClientState::default(),
+            Err(e) => return Err(ClientError::io(&path)(e)),
+        };
+        Ok(StateStore {
+            path,
+            seq_path,
+            state,
+        })
+    }
+
+    /// Persist atomically. Errors: [`ClientError::Io`].
+    pub fn save(&self) -> Result<()> {
+        let json = serde_json::to_vec_pretty(&self.state)
+            .map_err(|e| ClientError::Home(format!("cannot encode state: {e}")))?;
+        write_atomic(&self.path, &json)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reserve `n` sequence numbers for this device's next blobs and persist
+    /// the reservation before they are used (under an exclusive lock of
+    /// `seq.lock`), so a number is never used twice, even by two processes
+    /// or after a crash mid-push. Returns the first.
+    pub fn reserve_seqs(&mut self, n: u64) -> Result<u64> {
+        let lock_path = self.seq_path.with_file_name("seq.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(ClientError::io(&lock_path))?;
+        lock.lock().map_err(ClientError::io(&lock_path))?;
+        let next = self.next_seq()?;
+        let file = SeqFile { next_seq: next + n };
+        let json = serde_json::to_vec(&file)
+            .map_err(|e| ClientError::Home(format!("cannot encode sequence file: {e}")))?;
+        write_atomic(&self.seq_path, &json)?;
+        drop(lock);
+        Ok(next)
+    }
+
+    /// The sequence number the next blob of this device will get.
+    pub fn next_seq(&self) -> Result<u64> {
+        match std::fs::read(&self.seq_path) {
+            Ok(bytes) => serde_json::from_slice::<SeqFile>(&bytes)
+                .map(|f| f.next_seq)
+                .map_err(|e| {
+                    ClientError::Home(format!(
+                        "{}: corrupt sequence file: {e}",
+                        self.seq_path.display()
+                    ))
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+            Err(e) => Err(ClientError::io(&self.seq_path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persists_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        let mut s = StateStore::open(&p).unwrap();
+        assert_eq!(s.state, ClientState::default());
+        s.state.cursor = 42;
+        assert_eq!(s.reserve_seqs(3).unwrap(), 1);
+        assert_eq!(s.reserve_seqs(1).unwrap(), 4);
+        s.save().unwrap();
+        let again = StateStore::open(&p).unwrap();
+        assert_eq!(again.state.cursor, 42);
+        assert_eq!(again.next_seq().unwrap(), 5);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        std::fs::write(&p, b"{not json").unwrap();
+        assert!(matches!(StateStore::open(&p), Err(ClientError::Home(_))));
+    }
+}
