@@ -33,12 +33,12 @@ pub enum ClientError {
     #[error("cannot seal blob: {0}")]
     Envelope(#[from] EnvelopeError),
     /// A local file operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The device home is missing, incomplete or corrupt.
     #[error("{0}")]
@@ -57,7 +57,7 @@ impl ClientError {
     /// Wrap an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ClientError {
         let path = path.into();
-        move |source| ClientError::Io { path, source }
+        move |error| ClientError::Io { path, error }
     }
 }
 

@@ -15,12 +15,12 @@ pub const KEY_FILE: &str = "relay.key";
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Filesystem failure.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file does not hold a key.
     #[error("{path}: not a relay key (expected 64 hex characters)")]
@@ -31,9 +31,9 @@ pub enum IdentityError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io {
+    move |error| IdentityError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -28,12 +28,12 @@ pub enum StartError {
     #[error(transparent)]
     Endpoint(#[from] endpoint::EndpointError),
     /// The HTTP address could not be bound.
-    #[error("network.http_bind {addr}: {source}")]
+    #[error("network.http_bind {addr}: {error}")]
     Http {
         /// The address.
         addr: SocketAddr,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -72,13 +72,13 @@ impl Relay {
 
         let listener = tokio::net::TcpListener::bind(config.network.http_bind)
             .await
-            .map_err(|source| StartError::Http {
+            .map_err(|error| StartError::Http {
                 addr: config.network.http_bind,
-                source,
+                error,
             })?;
-        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+        let http_addr = listener.local_addr().map_err(|error| StartError::Http {
             addr: config.network.http_bind,
-            source,
+            error,
         })?;
         let http_stop = CancellationToken::new();
         let http_task = tokio::spawn({

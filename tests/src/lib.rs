@@ -1,1 +1,288 @@
+//! Harness for end-to-end tests: starts the real `sync-relay` binary on a
+//! free loopback port with a temp data dir, and runs the real `sync-cli`
+//! with temp device homes. Everything is removed when the values drop.
+//!
+//! The binaries are looked up next to the test executable
+//! (`target/<profile>/`), where `cargo test --workspace` builds them; set
+//! `SYNC_RELAY_BIN` / `SYNC_CLI_BIN` to test other builds.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use sync_client::{ConnectOptions, GroupSecret, RelayAddr, StateStore, SyncClient};
+use tempfile::TempDir;
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let env = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Ok(p) = std::env::var(&env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build it with `cargo build --workspace --bins` or set {env}",
+        path.display()
+    );
+    path
+}
+
+/// A running `sync-relay` process.
+pub struct RelayProcess {
+    child: Child,
+    /// `NODE_ID@127.0.0.1:PORT`.
+    pub address: String,
+    /// The bound QUIC address.
+    pub quic: SocketAddr,
+    /// The bound HTTP address.
+    pub http: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl RelayProcess {
+    /// Start a relay on free loopback ports with `data_dir`.
+    pub fn start(data_dir: &Path) -> RelayProcess {
+        Self::start_with(data_dir, "127.0.0.1:0", &[])
+    }
+
+    /// Start a relay with an explicit QUIC bind address and extra arguments.
+    pub fn start_with(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
+        let mut child = Command::new(bin("sync-relay"))
+            .args(["--data-dir"])
+            .arg(data_dir)
+            .args(["--quic-bind", quic_bind, "--http-bind", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sync-relay");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("relay address: ").nth(1) {
+                    let _ = tx.send(rest.to_string());
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("relay did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        // "ID@HOST:PORT (QUIC on A, HTTP on B)"
+        let address = line.split_whitespace().next().unwrap().to_string();
+        let quic = line
+            .split("QUIC on ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let http = line
+            .split("HTTP on ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .unwrap();
+        RelayProcess {
+            child,
+            address,
+            quic,
+            http,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    /// The relay's node id (hex).
+    pub fn node_id(&self) -> &str {
+        self.address.split('@').next().unwrap()
+    }
+
+    /// What the relay logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait for relay")
+    }
+
+    /// `GET /health` as JSON.
+    pub fn health(&self) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.http).expect("connect to HTTP");
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: relay\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("bad /health body {body:?}: {e}"))
+    }
+
+    /// Path of the relay's SQLite database.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("relay.db")
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A device home used through the real `sync-cli`.
+pub struct Device {
+    /// The home directory.
+    pub home: PathBuf,
+    _dir: TempDir,
+}
+
+impl Device {
+    /// A fresh, empty home.
+    pub fn new() -> Device {
+        let dir = tempfile::tempdir().unwrap();
+        Device {
+            home: dir.path().join("home"),
+            _dir: dir,
+        }
+    }
+
+    /// A `sync-cli` command with `--home` set.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin("sync-cli"));
+        c.arg("--home").arg(&self.home);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Run `sync-cli ARGS`, asserting success; returns stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().expect("run sync-cli");
+        assert_success(&out, args);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run `sync-cli ARGS` and return the whole output, success or not.
+    pub fn output(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run sync-cli")
+    }
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::new()
+    }
+}
+
+/// Panic with both output streams when a command failed.
+pub fn assert_success(out: &Output, args: &[&str]) {
+    assert!(
+        out.status.success(),
+        "sync-cli {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A multi-megabyte binary that ships with the machine (not written by the
+/// test): the largest regular file of 2–16 MiB in a few system directories.
+pub fn machine_binary() -> PathBuf {
+    let mut best: Option<(u64, PathBuf)> = None;
+    for dir in [
+        "/usr/bin",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib",
+        "/usr/sbin",
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            let len = meta.len();
+            if meta.is_file()
+                && (2 << 20..=16 << 20).contains(&len)
+                && best.as_ref().is_none_or(|(l, _)| len > *l)
+            {
+                best = Some((len, e.path()));
+            }
+        }
+    }
+    best.expect("a 2-16 MiB system file").1
+}
+
+/// A library-level device for protocol tests: its own key and state files.
+pub struct LibDevice {
+    /// Connection options (relay, keys, device key).
+    pub opts: ConnectOptions,
+    /// Sync state.
+    pub state: StateStore,
+    _dir: TempDir,
+}
+
+impl LibDevice {
+    /// A device of the group `secret` on `relay`.
+    pub fn new(relay: &str, secret: &GroupSecret) -> LibDevice {
+        let dir = tempfile::tempdir().unwrap();
+        let relay: RelayAddr = relay.parse().unwrap();
+        LibDevice {
+            opts: ConnectOptions {
+                relay,
+                keys: secret.keys(),
+                device_key: iroh::SecretKey::generate(),
+                device_name: None,
+                connect_timeout: Duration::from_secs(10),
+            },
+            state: StateStore::open(dir.path().join("state.json")).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    /// Connect.
+    pub async fn connect(&self) -> SyncClient {
+        SyncClient::connect(&self.opts).await.expect("connect")
+    }
+}
+
+/// True when `haystack` contains `needle`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -84,9 +84,10 @@ async fn shutdown_signal() {
 }
 
 pub async fn pull(home: &Home, out: &Path, follow: bool, json: bool) -> Result<()> {
+    let opts = home.connect_options(None)?;
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
-    let client = SyncClient::connect(&home.connect_options(None)?).await?;
+    let client = SyncClient::connect(&opts).await?;
     let mut heads = client.subscribe();
     let mut printer = |e: PullEvent| print_event(&e, json);
     let summary = client.pull(&mut state, out, &mut printer).await?;
