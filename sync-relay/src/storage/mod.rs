@@ -152,3 +152,6 @@ pub trait Storage: Send + Sync + 'static {
     /// Finish pending writes and close the database.
     async fn close(&self);
 }
+
+#[cfg(test)]
+mod tests;

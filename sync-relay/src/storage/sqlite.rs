@@ -505,26 +505,22 @@ async fn apply_push(
     };
 
     let first_new = head + 1 - new_items.len() as u64;
+    let mut seen = std::collections::HashSet::new();
     let results = req
         .items
         .iter()
-        .enumerate()
-        .map(|(i, item)| match existing.get(&item.blob_id) {
+        .map(|item| match existing.get(&item.blob_id) {
             Some(&cursor) => PushResult {
                 blob_id: item.blob_id,
                 cursor,
                 duplicate: true,
             },
-            None => {
-                let idx = first_index[&item.blob_id];
-                // The first occurrence in the batch is new; repeats are duplicates of it.
-                let is_first = req.items[..i].iter().all(|o| o.blob_id != item.blob_id);
-                PushResult {
-                    blob_id: item.blob_id,
-                    cursor: first_new + idx as u64,
-                    duplicate: !is_first,
-                }
-            }
+            // The first occurrence in the batch is new; repeats duplicate it.
+            None => PushResult {
+                blob_id: item.blob_id,
+                cursor: first_new + first_index[&item.blob_id] as u64,
+                duplicate: !seen.insert(item.blob_id),
+            },
         })
         .collect();
     Ok(PushOutcome { results, head })
