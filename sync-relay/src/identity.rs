@@ -57,9 +57,11 @@ pub fn load_or_create(data_dir: &Path) -> Result<SecretKey, IdentityError> {
     match fs::read_to_string(&path) {
         Ok(text) => parse(&text).ok_or(IdentityError::Malformed { path }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SecretKey::generate();
-            write_new(&path, &key)?;
-            Ok(key)
+            write_new(&path, &SecretKey::generate())?;
+            // Read back what is on disk: a concurrent first start may have
+            // linked its key first, and that one is the identity.
+            let text = fs::read_to_string(&path).map_err(io(&path))?;
+            parse(&text).ok_or(IdentityError::Malformed { path })
         }
         Err(e) => Err(io(&path)(e)),
     }

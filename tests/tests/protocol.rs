@@ -333,3 +333,77 @@ async fn a_blob_that_fails_to_open_is_reported_with_its_cursor() {
     client.close().await;
     let _ = SecretKey::generate();
 }
+
+fn app_close_code(err: &iroh::endpoint::ConnectionError) -> Option<u64> {
+    match err {
+        iroh::endpoint::ConnectionError::ApplicationClosed(close) => {
+            Some(close.error_code.into_inner())
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_with_hello_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("relay.toml");
+    std::fs::write(&config, "[limits]\nhello_timeout_s = 1\n").unwrap();
+    let relay = RelayProcess::start_with(
+        &tmp.path().join("relay"),
+        "127.0.0.1:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    let ep = raw_endpoint().await;
+    let relay_id: iroh::EndpointId = relay.node_id().parse().unwrap();
+    let conn = ep
+        .connect(
+            EndpointAddr::new(relay_id).with_ip_addr(relay.quic),
+            sync_protocol::ALPN,
+        )
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("closed by the relay");
+    assert_eq!(
+        app_close_code(&closed),
+        Some(sync_protocol::CloseCode::HelloTimeout.as_u32().into()),
+        "{closed:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_length_prefix_gets_an_error_and_close_code_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let ep = raw_endpoint().await;
+    let relay_id: iroh::EndpointId = relay.node_id().parse().unwrap();
+    let conn = ep
+        .connect(
+            EndpointAddr::new(relay_id).with_ip_addr(relay.quic),
+            sync_protocol::ALPN,
+        )
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // Claims a 4 GiB frame as the first bytes of the session.
+    send.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    let answer = read_message(&mut recv, 1 << 16).await.unwrap();
+    match answer {
+        Some(Message::Error(e)) => {
+            assert_eq!(e.error_code(), ErrorCode::InvalidMessage);
+            assert!(e.message.contains("exceeds the limit"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    assert_eq!(
+        app_close_code(&closed),
+        Some(sync_protocol::CloseCode::FrameTooLarge.as_u32().into())
+    );
+    // The relay keeps serving honest clients.
+    let dev = LibDevice::new(&relay.address, &GroupSecret::generate());
+    dev.connect().await.close().await;
+}

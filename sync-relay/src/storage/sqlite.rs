@@ -98,6 +98,7 @@ impl SqliteStorage {
     /// `migrations/sqlite`, and start the writer task.
     /// Errors: [`StorageError::Database`], [`StorageError::Migration`].
     pub async fn open(opts: SqliteStorageOptions) -> Result<Self, StorageError> {
+        create_private(&opts.path)?;
         let connect = SqliteConnectOptions::new()
             .filename(&opts.path)
             .create_if_missing(true)
@@ -250,6 +251,22 @@ impl Storage for SqliteStorage {
             let _ = task.await;
         }
         self.readers.close().await;
+    }
+}
+
+/// Create the database file with mode 0600 if it does not exist; SQLite
+/// gives its `-wal` and `-shm` files the same mode.
+fn create_private(path: &std::path::Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StorageError::Database(sqlx::Error::Io(e))),
     }
 }
 
