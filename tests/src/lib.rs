@@ -152,6 +152,29 @@ impl RelayProcess {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("bad /health body {body:?}: {e}"))
     }
 
+    /// A bare iroh connection to the relay (no Hello sent), from a fresh
+    /// offline endpoint: for tests that speak the protocol by hand.
+    pub async fn raw_connect(&self) -> (iroh::Endpoint, iroh::endpoint::Connection) {
+        let ep = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+            .relay_mode(iroh::RelayMode::Disabled)
+            .clear_address_lookup()
+            .clear_ip_transports()
+            .bind_addr("127.0.0.1:0".parse::<SocketAddr>().unwrap())
+            .expect("bind address")
+            .bind()
+            .await
+            .expect("bind endpoint");
+        let relay_id: iroh::EndpointId = self.node_id().parse().unwrap();
+        let conn = ep
+            .connect(
+                iroh::EndpointAddr::new(relay_id).with_ip_addr(self.quic),
+                sync_protocol::ALPN,
+            )
+            .await
+            .expect("connect to relay");
+        (ep, conn)
+    }
+
     /// Path of the relay's SQLite database.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("relay.db")

@@ -2,7 +2,6 @@
 
 use e2e_tests::{Device, RelayProcess, contains, machine_binary};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -333,5 +332,4 @@ fn status_reports_reachability_and_cursor() {
             .unwrap()
             .contains("cannot connect")
     );
-    let _ = Path::new("");
 }

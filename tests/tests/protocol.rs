@@ -2,27 +2,14 @@
 //! library and raw iroh connections.
 
 use e2e_tests::{LibDevice, RelayProcess};
-use iroh::endpoint::presets;
-use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey};
+use iroh::Endpoint;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use sync_client::GroupSecret;
 use sync_protocol::{
-    BlobId, DeviceId, ErrorCode, GroupId, Hello, Message, PROTOCOL_VERSION, Proof, Push, PushItem,
+    BlobId, DeviceId, ErrorCode, Hello, Message, PROTOCOL_VERSION, Proof, Push, PushItem,
     read_message, write_message,
 };
-
-async fn raw_endpoint() -> Endpoint {
-    Endpoint::builder(presets::Minimal)
-        .relay_mode(RelayMode::Disabled)
-        .clear_address_lookup()
-        .clear_ip_transports()
-        .bind_addr("127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap())
-        .unwrap()
-        .bind()
-        .await
-        .unwrap()
-}
 
 /// Send `msg` on a new stream and read one answer (None: connection gone).
 async fn exchange(conn: &iroh::endpoint::Connection, msg: &Message) -> Option<Message> {
@@ -39,15 +26,8 @@ async fn hello_with(
     relay: &RelayProcess,
     hello: impl FnOnce(DeviceId, DeviceId) -> Hello,
 ) -> (Endpoint, iroh::endpoint::Connection, Option<Message>) {
-    let ep = raw_endpoint().await;
+    let (ep, conn) = relay.raw_connect().await;
     let relay_id: iroh::EndpointId = relay.node_id().parse().unwrap();
-    let conn = ep
-        .connect(
-            EndpointAddr::new(relay_id).with_ip_addr(relay.quic),
-            sync_protocol::ALPN,
-        )
-        .await
-        .unwrap();
     let h = hello(
         DeviceId(*relay_id.as_bytes()),
         DeviceId(*ep.id().as_bytes()),
@@ -118,15 +98,7 @@ async fn push_without_the_group_secret_is_unauthorized_and_stores_nothing() {
 
     // 4. A push before any Hello.
     let (_ep4, _conn4, answer) = {
-        let ep = raw_endpoint().await;
-        let relay_id: iroh::EndpointId = relay.node_id().parse().unwrap();
-        let conn = ep
-            .connect(
-                EndpointAddr::new(relay_id).with_ip_addr(relay.quic),
-                sync_protocol::ALPN,
-            )
-            .await
-            .unwrap();
+        let (ep, conn) = relay.raw_connect().await;
         let answer = exchange(&conn, &push).await;
         (ep, conn, answer)
     };
@@ -152,7 +124,6 @@ async fn push_without_the_group_secret_is_unauthorized_and_stores_nothing() {
     })
     .await;
     assert_eq!(error_code(&answer), Some(ErrorCode::UnsupportedVersion));
-    let _ = GroupId([0; 32]);
 }
 
 #[tokio::test]
@@ -331,7 +302,6 @@ async fn a_blob_that_fails_to_open_is_reported_with_its_cursor() {
         "the cursor moves past the bad blob"
     );
     client.close().await;
-    let _ = SecretKey::generate();
 }
 
 fn app_close_code(err: &iroh::endpoint::ConnectionError) -> Option<u64> {
@@ -353,15 +323,7 @@ async fn silent_connection_is_closed_with_hello_timeout() {
         "127.0.0.1:0",
         &["--config", config.to_str().unwrap()],
     );
-    let ep = raw_endpoint().await;
-    let relay_id: iroh::EndpointId = relay.node_id().parse().unwrap();
-    let conn = ep
-        .connect(
-            EndpointAddr::new(relay_id).with_ip_addr(relay.quic),
-            sync_protocol::ALPN,
-        )
-        .await
-        .unwrap();
+    let (_ep, conn) = relay.raw_connect().await;
     let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
         .await
         .expect("closed by the relay");
@@ -376,15 +338,7 @@ async fn silent_connection_is_closed_with_hello_timeout() {
 async fn oversized_length_prefix_gets_an_error_and_close_code_2() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(&tmp.path().join("relay"));
-    let ep = raw_endpoint().await;
-    let relay_id: iroh::EndpointId = relay.node_id().parse().unwrap();
-    let conn = ep
-        .connect(
-            EndpointAddr::new(relay_id).with_ip_addr(relay.quic),
-            sync_protocol::ALPN,
-        )
-        .await
-        .unwrap();
+    let (_ep, conn) = relay.raw_connect().await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     // Claims a 4 GiB frame as the first bytes of the session.
     send.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
