@@ -30,6 +30,40 @@ pub const PUSH_PIPELINE: usize = 4;
 /// Blobs asked for per pull request.
 pub const PULL_LIMIT: u32 = 1000;
 
+/// Longest total wait for RATE_LIMITED answers of one request before the
+/// error is returned.
+pub const MAX_RATE_LIMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Run `request` again after the relay's `retry_after_ms` while it answers
+/// RATE_LIMITED (the request had no effect, so repeating it is safe), for at
+/// most [`MAX_RATE_LIMIT_WAIT`] in total.
+pub async fn retry_rate_limited<T, F, Fut>(mut request: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match request().await {
+            Err(ClientError::Relay(e))
+                if e.error_code() == sync_protocol::ErrorCode::RateLimited
+                    && waited < MAX_RATE_LIMIT_WAIT =>
+            {
+                let wait = std::time::Duration::from_millis(u64::from(
+                    e.retry_after_ms.unwrap_or(1000).max(1),
+                ));
+                tracing::debug!(
+                    wait_ms = wait.as_millis() as u64,
+                    "rate limited by the relay; waiting"
+                );
+                tokio::time::sleep(wait).await;
+                waited += wait;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Options of a push.
 #[derive(Debug, Clone, Default)]
 pub struct PushOptions {
@@ -183,15 +217,21 @@ impl SyncClient {
                         bytes: 0,
                     },
                 );
-                results.push(self.session.push(full.items).await?);
+                results.push(self.push_items(full.items).await?);
             }
             batch.bytes += PUSH_ITEM_OVERHEAD + item.payload.len();
             batch.items.push(item);
         }
         if !batch.items.is_empty() {
-            results.push(self.session.push(batch.items).await?);
+            results.push(self.push_items(batch.items).await?);
         }
         Ok(results)
+    }
+
+    /// Push sealed items, waiting out RATE_LIMITED answers (the same blob
+    /// ids are sent again, so a retry can never store anything twice).
+    pub async fn push_items(&self, items: Vec<PushItem>) -> Result<PushOk> {
+        retry_rate_limited(|| self.session.push(items.clone())).await
     }
 
     /// Push the content of `reader` as file `name` with permission bits
@@ -256,7 +296,7 @@ impl SyncClient {
             {
                 tally(&mut report, done?);
             }
-            in_flight.push_back(self.session.push(vec![item]));
+            in_flight.push_back(self.push_items(vec![item]));
             if last {
                 break;
             }
@@ -292,9 +332,25 @@ impl SyncClient {
             events(e);
         };
         loop {
-            let mut response = self.session.pull(state.state.cursor, PULL_LIMIT).await?;
+            let cursor = state.state.cursor;
+            let mut response = self.session.pull(cursor, PULL_LIMIT).await?;
             let mut received = 0u64;
-            while let Some(batch) = response.next_batch().await? {
+            let mut first = true;
+            loop {
+                let batch = match response.next_batch().await {
+                    // Refused before any frame: wait and ask again.
+                    Err(ClientError::Relay(e))
+                        if first && e.error_code() == sync_protocol::ErrorCode::RateLimited =>
+                    {
+                        let wait = u64::from(e.retry_after_ms.unwrap_or(1000).max(1));
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                        response = self.session.pull(cursor, PULL_LIMIT).await?;
+                        continue;
+                    }
+                    other => other?,
+                };
+                first = false;
+                let Some(batch) = batch else { break };
                 summary.head = summary.head.max(batch.head);
                 for blob in &batch.blobs {
                     received += 1;
@@ -316,7 +372,8 @@ impl SyncClient {
             count_events(gap, &mut summary);
         }
         if state.state.cursor > 0 {
-            self.session.ack(state.state.cursor).await?;
+            let cursor = state.state.cursor;
+            retry_rate_limited(|| self.session.ack(cursor)).await?;
         }
         summary.cursor = state.state.cursor;
         Ok(summary)

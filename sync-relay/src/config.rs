@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use sync_protocol::limits::{DEFAULT_MAX_BATCH, DEFAULT_MAX_BLOB_SIZE, MAX_FRAME_CEILING};
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Directory for the node key (`relay.key`) and the database
@@ -19,18 +19,26 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Sizes, counts and times the relay enforces.
     pub limits: LimitsConfig,
+    /// Request, byte and connection rates.
+    pub rate_limits: RateLimitsConfig,
+    /// The expiry task.
+    pub cleanup: CleanupConfig,
     /// Log output.
     pub log: LogConfig,
 }
 
 /// `[network]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkConfig {
     /// UDP address of the iroh QUIC endpoint. Default `0.0.0.0:4433`.
     pub quic_bind: SocketAddr,
-    /// TCP address of the HTTP server (`/health`). Default `127.0.0.1:8080`.
+    /// TCP address of the HTTP server (`/health`, and `/metrics` unless
+    /// `metrics_bind` is set). Default `127.0.0.1:8080`.
     pub http_bind: SocketAddr,
+    /// Separate TCP address for `/metrics`. Default: unset (served on
+    /// `http_bind`).
+    pub metrics_bind: Option<SocketAddr>,
     /// `HOST:PORT` clients should dial, printed in the relay address line.
     /// Default: the bound QUIC address (an unspecified IP shown as 127.0.0.1).
     pub public_addr: Option<String>,
@@ -43,7 +51,7 @@ pub struct NetworkConfig {
 }
 
 /// `[limits]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest blob payload in bytes. Default 1048576 (1 MiB); 1..=16 MiB.
@@ -52,6 +60,15 @@ pub struct LimitsConfig {
     pub max_batch: u32,
     /// Payload bytes one group may store. Default 1073741824 (1 GiB).
     pub max_group_storage: u64,
+    /// Blobs one group may store. Default 1000000.
+    pub max_group_blobs: u64,
+    /// Payload bytes the whole relay may store; pushes beyond get OVERLOADED.
+    /// Default 10737418240 (10 GiB).
+    pub max_storage: u64,
+    /// Live sessions on the relay; more get OVERLOADED. Default 10000.
+    pub max_sessions: u32,
+    /// Live sessions of one group; more get RATE_LIMITED. Default 256.
+    pub max_group_sessions: u32,
     /// TTL in seconds of a blob pushed without one. Default 604800 (7 days).
     pub default_ttl_s: u32,
     /// Largest TTL in seconds a push may ask for. Default 2592000 (30 days).
@@ -66,8 +83,49 @@ pub struct LimitsConfig {
     pub shutdown_grace_s: u32,
 }
 
+/// `[rate_limits]`. Rates are per second; bursts are what may be spent at
+/// once after a quiet period (token buckets, GCRA via `governor`).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitsConfig {
+    /// Requests per second per device. Default 100.
+    pub requests_per_s: u32,
+    /// Request burst per device. Default 200.
+    pub requests_burst: u32,
+    /// Pushed payload bytes per second per device. Default 33554432 (32 MiB/s).
+    pub push_bytes_per_s: u32,
+    /// Pushed bytes burst per device; raised to at least one full push frame.
+    /// Default 268435456 (256 MiB).
+    pub push_bytes_burst: u32,
+    /// New connections per second per remote IP. Default 10.
+    pub connections_per_ip_per_s: u32,
+    /// New connection burst per remote IP. Default 50.
+    pub connections_per_ip_burst: u32,
+    /// Seconds between prunes of idle limiter keys. Default 60.
+    pub prune_interval_s: u32,
+}
+
+/// `[cleanup]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    /// Seconds between cleanup runs. Default 60.
+    pub interval_s: u32,
+    /// Blobs deleted per write transaction. Default 500.
+    pub batch_size: u32,
+    /// Also delete blobs every device of the group has acknowledged.
+    /// Default false.
+    pub delete_acked: bool,
+    /// With `delete_acked`: only devices seen within this many days count.
+    /// Default 30.
+    pub acked_device_window_days: u32,
+    /// Seconds between `PRAGMA wal_checkpoint(TRUNCATE)` + `PRAGMA optimize`.
+    /// Default 3600.
+    pub maintenance_interval_s: u32,
+}
+
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` or `json`. Default `text`.
@@ -78,7 +136,7 @@ pub struct LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -93,6 +151,8 @@ impl Default for Config {
             data_dir: PathBuf::from("relay-data"),
             network: NetworkConfig::default(),
             limits: LimitsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            cleanup: CleanupConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -103,6 +163,7 @@ impl Default for NetworkConfig {
         NetworkConfig {
             quic_bind: SocketAddr::from(([0, 0, 0, 0], 4433)),
             http_bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            metrics_bind: None,
             public_addr: None,
             public_relays: false,
             address_lookup: false,
@@ -116,12 +177,42 @@ impl Default for LimitsConfig {
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_batch: DEFAULT_MAX_BATCH,
             max_group_storage: 1 << 30,
+            max_group_blobs: 1_000_000,
+            max_storage: 10 << 30,
+            max_sessions: 10_000,
+            max_group_sessions: 256,
             default_ttl_s: 7 * 24 * 3600,
             max_ttl_s: 30 * 24 * 3600,
             max_pull_limit: 10_000,
             hello_timeout_s: 10,
             request_timeout_s: 30,
             shutdown_grace_s: 10,
+        }
+    }
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        RateLimitsConfig {
+            requests_per_s: 100,
+            requests_burst: 200,
+            push_bytes_per_s: 32 << 20,
+            push_bytes_burst: 256 << 20,
+            connections_per_ip_per_s: 10,
+            connections_per_ip_burst: 50,
+            prune_interval_s: 60,
+        }
+    }
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            interval_s: 60,
+            batch_size: 500,
+            delete_acked: false,
+            acked_device_window_days: 30,
+            maintenance_interval_s: 3600,
         }
     }
 }
@@ -164,24 +255,102 @@ pub enum ConfigError {
     },
 }
 
+/// Prefix of environment variables that set any config key:
+/// `SYNC_RELAY__<SECTION>__<KEY>` (or `SYNC_RELAY__<KEY>` for top-level
+/// keys), e.g. `SYNC_RELAY__LIMITS__MAX_BLOB_SIZE=2097152`.
+pub const ENV_PREFIX: &str = "SYNC_RELAY__";
+
 impl Config {
     /// Parse a TOML document (missing keys take their defaults) and validate.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        Config::layered(Some((text, path)), std::iter::empty())
     }
 
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Config::from_toml(&text, path)
+        Config::load_with_env(Some(path), std::iter::empty())
+    }
+
+    /// Defaults, then the file (if any), then `SYNC_RELAY__…` variables from
+    /// `env`; validated. Errors name the file key or the variable.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
+                Config::layered(Some((&text, path)), env)
+            }
+            None => Config::layered(None, env),
+        }
+    }
+
+    fn layered(
+        file: Option<(&str, &Path)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let path = file.map(|(_, p)| p.to_path_buf()).unwrap_or_default();
+        let mut table: toml::Table = match file {
+            Some((text, _)) => toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            None => toml::Table::new(),
+        };
+        let mut from_env = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            let value = parse_env_value(&value);
+            match parts.as_slice() {
+                [key] => {
+                    table.insert(key.clone(), value);
+                }
+                [section, key] => {
+                    let entry = table
+                        .entry(section.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let Some(t) = entry.as_table_mut() else {
+                        return Err(ConfigError::Parse {
+                            path: PathBuf::from(&name),
+                            message: format!("`{section}` is not a section"),
+                        });
+                    };
+                    t.insert(key.clone(), value);
+                }
+                _ => {
+                    return Err(ConfigError::Parse {
+                        path: PathBuf::from(&name),
+                        message: "expected SYNC_RELAY__SECTION__KEY or SYNC_RELAY__KEY".into(),
+                    });
+                }
+            }
+            from_env.push(name);
+        }
+        let source = if from_env.is_empty() {
+            path
+        } else {
+            PathBuf::from(format!(
+                "{} + environment ({})",
+                path.display(),
+                from_env.join(", ")
+            ))
+        };
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: source,
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// Check every value's range; the error names the first bad key.
@@ -226,6 +395,48 @@ impl Config {
             return invalid("limits.max_pull_limit", "must be at least 1".into());
         }
         for (key, v) in [
+            ("limits.max_group_blobs", l.max_group_blobs),
+            ("limits.max_storage", l.max_storage),
+            ("limits.max_sessions", u64::from(l.max_sessions)),
+            ("limits.max_group_sessions", u64::from(l.max_group_sessions)),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        let r = &self.rate_limits;
+        for (key, v) in [
+            ("rate_limits.requests_per_s", r.requests_per_s),
+            ("rate_limits.requests_burst", r.requests_burst),
+            ("rate_limits.push_bytes_per_s", r.push_bytes_per_s),
+            ("rate_limits.push_bytes_burst", r.push_bytes_burst),
+            (
+                "rate_limits.connections_per_ip_per_s",
+                r.connections_per_ip_per_s,
+            ),
+            (
+                "rate_limits.connections_per_ip_burst",
+                r.connections_per_ip_burst,
+            ),
+            ("rate_limits.prune_interval_s", r.prune_interval_s),
+            ("cleanup.interval_s", self.cleanup.interval_s),
+            ("cleanup.batch_size", self.cleanup.batch_size),
+            (
+                "cleanup.maintenance_interval_s",
+                self.cleanup.maintenance_interval_s,
+            ),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        if self.cleanup.batch_size > 100_000 {
+            return invalid(
+                "cleanup.batch_size",
+                format!("must be 1..=100000, got {}", self.cleanup.batch_size),
+            );
+        }
+        for (key, v) in [
             ("limits.hello_timeout_s", l.hello_timeout_s),
             ("limits.request_timeout_s", l.request_timeout_s),
         ] {
@@ -265,6 +476,20 @@ impl Config {
     }
 }
 
+/// An environment value as TOML: integers and booleans as such, anything
+/// else as a string.
+fn parse_env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::String(_)),
+            ) => v,
+            _ => toml::Value::String(raw.to_string()),
+        },
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +512,31 @@ mod tests {
     }
 
     #[test]
+    fn the_example_documents_every_key() {
+        let text = include_str!("../../relay.toml.example");
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        let mut check = |section: &str, key: &str| {
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim();
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+            });
+            if !documented {
+                missing.push(format!("{section}{key}"));
+            }
+        };
+        for (key, value) in defaults.as_table().unwrap() {
+            match value.as_table() {
+                Some(section) => section.keys().for_each(|k| check(&format!("{key}."), k)),
+                None => check("", key),
+            }
+        }
+        check("network.", "metrics_bind");
+        check("network.", "public_addr");
+        assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = parse("[limits]\nmax_blob_sise = 5\n")
             .unwrap_err()
@@ -294,6 +544,42 @@ mod tests {
         assert!(err.contains("max_blob_sise"), "{err}");
         let err = parse("colour = 1\n").unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_any_key_and_names_bad_ones() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("SYNC_RELAY__LIMITS__MAX_BLOB_SIZE", "2048"),
+                ("SYNC_RELAY__NETWORK__HTTP_BIND", "0.0.0.0:9000"),
+                ("SYNC_RELAY__CLEANUP__DELETE_ACKED", "true"),
+                ("SYNC_RELAY__DATA_DIR", "/data"),
+                ("SYNC_RELAY_BIN", "ignored: not the prefix"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_blob_size, 2048);
+        assert_eq!(c.network.http_bind, "0.0.0.0:9000".parse().unwrap());
+        assert!(c.cleanup.delete_acked);
+        assert_eq!(c.data_dir, PathBuf::from("/data"));
+        let err = Config::load_with_env(None, env(&[("SYNC_RELAY__LIMITS__MAX_BLOB", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SYNC_RELAY__LIMITS__MAX_BLOB") && err.contains("max_blob"),
+            "{err}"
+        );
+        let err = Config::load_with_env(None, env(&[("SYNC_RELAY__LIMITS__MAX_BATCH", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_batch"), "{err}");
     }
 
     #[test]
@@ -312,5 +598,13 @@ mod tests {
         assert!(err.contains("quic_bind"), "{err}");
         let err = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
         assert!(err.contains("format"), "{err}");
+        let err = parse("[rate_limits]\nrequests_per_s = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rate_limits.requests_per_s"), "{err}");
+        let err = parse("[cleanup]\nbatch_size = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_size"), "{err}");
     }
 }

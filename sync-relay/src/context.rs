@@ -1,10 +1,11 @@
 //! State shared by every session and the HTTP server.
 
-use crate::config::LimitsConfig;
+use crate::config::{Config, LimitsConfig};
+use crate::metrics::Metrics;
 use crate::notify::NotifyHub;
+use crate::ratelimit::RateLimits;
 use crate::storage::Storage;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sync_protocol::limits::max_frame_for_blob_size;
 use sync_protocol::{DeviceId, PROTOCOL_VERSION, Welcome};
@@ -24,20 +25,25 @@ pub struct RelayContext {
     pub shutdown: CancellationToken,
     /// When the relay started.
     pub started: Instant,
-    sessions: AtomicU64,
+    /// Metrics (also the live-session count).
+    pub metrics: Metrics,
+    /// Rate limiters.
+    pub rate_limits: RateLimits,
 }
 
 impl RelayContext {
     /// A context with no live sessions.
-    pub fn new(limits: LimitsConfig, relay_id: DeviceId, storage: Arc<dyn Storage>) -> Arc<Self> {
+    pub fn new(config: &Config, relay_id: DeviceId, storage: Arc<dyn Storage>) -> Arc<Self> {
+        let max_frame = max_frame_for_blob_size(config.limits.max_blob_size);
         Arc::new(RelayContext {
-            limits,
+            limits: config.limits.clone(),
             relay_id,
             storage,
             notify: NotifyHub::new(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
-            sessions: AtomicU64::new(0),
+            metrics: Metrics::new(),
+            rate_limits: RateLimits::new(&config.rate_limits, max_frame),
         })
     }
 
@@ -67,13 +73,18 @@ impl RelayContext {
 
     /// Live (active) sessions.
     pub fn sessions(&self) -> u64 {
-        self.sessions.load(Ordering::Relaxed)
+        self.metrics.sessions.get().max(0) as u64
     }
 
-    /// Count a session as live until the guard drops.
-    pub fn session_guard(self: &Arc<Self>) -> SessionGuard {
-        self.sessions.fetch_add(1, Ordering::Relaxed);
-        SessionGuard(Arc::clone(self))
+    /// Count a session as live until the guard drops, unless the relay
+    /// already holds `max_sessions` (then `None`: answer OVERLOADED).
+    pub fn try_session_guard(self: &Arc<Self>) -> Option<SessionGuard> {
+        let before = self.metrics.sessions.inc();
+        let guard = SessionGuard(Arc::clone(self));
+        if before >= i64::from(self.limits.max_sessions) {
+            return None; // the guard's drop undoes the increment
+        }
+        Some(guard)
     }
 }
 
@@ -82,7 +93,7 @@ pub struct SessionGuard(Arc<RelayContext>);
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.sessions.dec();
     }
 }
 

@@ -6,18 +6,22 @@
 //! (iroh), [`server`] (accept loop, shutdown), [`session`] (per-connection
 //! state machine), [`handlers`] (one per request), [`auth`] (membership
 //! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out),
-//! [`http`] (`/health`).
+//! [`ratelimit`] (governor limits), [`cleanup`] (expiry task), [`metrics`]
+//! (OpenMetrics), [`http`] (`/health`, `/metrics`).
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cleanup;
 pub mod config;
 pub mod context;
 pub mod endpoint;
 pub mod handlers;
 pub mod http;
 pub mod identity;
+pub mod metrics;
 pub mod notify;
+pub mod ratelimit;
 pub mod server;
 pub mod session;
 pub mod storage;

@@ -46,13 +46,23 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Copy the relay's state (database via `VACUUM INTO`, and node key) into
+    /// a new directory; safe while the relay runs.
+    Backup {
+        /// Directory to create (must not exist).
+        dest: PathBuf,
+    },
+    /// Probe the running relay's `GET /health` (for Docker's HEALTHCHECK):
+    /// exit 0 when it answers 200, 1 otherwise.
+    Healthcheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
-    let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let mut config = Config::load_with_env(args.config.as_deref(), std::env::vars())?;
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
@@ -88,6 +98,56 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// `DEST/relay.db` (a consistent copy) and `DEST/relay.key`, mode 0600 in a
+/// 0700 directory.
+async fn backup(config: &Config, dest: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let db = config.db_path();
+    anyhow::ensure!(db.exists(), "no database at {}", db.display());
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dest)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", dest.display()))?;
+    let dest_db = dest.join("relay.db");
+    sync_relay::storage::backup_database(&db, &dest_db).await?;
+    std::fs::set_permissions(&dest_db, std::fs::Permissions::from_mode(0o600))?;
+    let key = config.data_dir.join(identity::KEY_FILE);
+    let dest_key = dest.join(identity::KEY_FILE);
+    std::fs::copy(&key, &dest_key).with_context(|| format!("copying {}", key.display()))?;
+    std::fs::set_permissions(&dest_key, std::fs::Permissions::from_mode(0o600))?;
+    println!("backup written to {} (relay.db, relay.key)", dest.display());
+    Ok(())
+}
+
+/// GET /health on the configured HTTP address (an unspecified IP is probed
+/// on loopback).
+fn healthcheck(config: &Config, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let mut addr = config.network.http_bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(format!("http://{addr}/health"))
+        .call()
+        .with_context(|| format!("no answer from http://{addr}/health"))?;
+    let status = resp.status();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    println!("{body}");
+    if status != 200 {
+        anyhow::bail!("relay is unhealthy: HTTP {status}");
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -110,6 +170,14 @@ async fn main() -> anyhow::Result<()> {
                 config.data_dir.display()
             );
             Ok(())
+        }
+        Some(Command::Healthcheck { timeout }) => {
+            let config = load_config(&args)?;
+            healthcheck(&config, std::time::Duration::from_secs(*timeout))
+        }
+        Some(Command::Backup { dest }) => {
+            let config = load_config(&args)?;
+            backup(&config, dest).await
         }
         Some(Command::Id) => {
             let config = load_config(&args)?;

@@ -32,16 +32,27 @@ impl NotifyHub {
     /// Subscribe to `group`'s head. Publish the head read from storage
     /// *after* subscribing, so no commit can fall between the two.
     pub fn subscribe(self: &Arc<Self>, group: GroupId) -> Subscription {
-        let rx = self
+        self.try_subscribe(group, usize::MAX)
+            .expect("no cap, always subscribes")
+    }
+
+    /// Subscribe unless `group` already has `max` subscriptions (live
+    /// sessions); the check and the subscription are one atomic step.
+    pub fn try_subscribe(self: &Arc<Self>, group: GroupId, max: usize) -> Option<Subscription> {
+        let entry = self
             .groups
             .entry(group)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
-        Subscription {
+            .or_insert_with(|| watch::channel(0).0);
+        if entry.receiver_count() >= max {
+            return None;
+        }
+        let rx = entry.subscribe();
+        drop(entry);
+        Some(Subscription {
             rx: Some(rx),
             hub: Arc::clone(self),
             group,
-        }
+        })
     }
 
     /// Raise `group`'s head to `head` (never lowers it) and wake its
@@ -105,5 +116,17 @@ mod tests {
         assert_eq!(hub.live_groups(), 0);
         hub.publish(g, 9); // nobody listens: no entry is created
         assert_eq!(hub.live_groups(), 0);
+    }
+
+    #[test]
+    fn group_cap_is_enforced() {
+        let hub = NotifyHub::new();
+        let g = GroupId([1; 32]);
+        let a = hub.try_subscribe(g, 2).unwrap();
+        let _b = hub.try_subscribe(g, 2).unwrap();
+        assert!(hub.try_subscribe(g, 2).is_none());
+        assert!(hub.try_subscribe(GroupId([2; 32]), 2).is_some());
+        drop(a);
+        assert!(hub.try_subscribe(g, 2).is_some());
     }
 }

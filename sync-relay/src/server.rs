@@ -3,8 +3,9 @@
 
 use crate::config::Config;
 use crate::context::RelayContext;
-use crate::storage::{SqliteStorage, SqliteStorageOptions, Storage, StorageError};
-use crate::{endpoint, http, identity, session};
+use crate::storage::{Quotas, SqliteStorage, SqliteStorageOptions, Storage, StorageError};
+use crate::{cleanup, endpoint, http, identity, session};
+use iroh::endpoint::IncomingAddr;
 use iroh::{Endpoint, EndpointId};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,8 +47,10 @@ pub struct Relay {
     public_addr: String,
     connections: TaskTracker,
     accept_task: JoinHandle<()>,
-    http_task: JoinHandle<()>,
+    http_tasks: Vec<JoinHandle<()>>,
     http_stop: CancellationToken,
+    background: TaskTracker,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Relay {
@@ -57,7 +60,11 @@ impl Relay {
         let storage: Arc<dyn Storage> = Arc::new(
             SqliteStorage::open(SqliteStorageOptions::new(
                 config.db_path(),
-                config.limits.max_group_storage,
+                Quotas {
+                    max_group_storage: config.limits.max_group_storage,
+                    max_group_blobs: config.limits.max_group_blobs,
+                    max_storage: config.limits.max_storage,
+                },
             ))
             .await?,
         );
@@ -68,7 +75,7 @@ impl Relay {
             .into_iter()
             .next()
             .unwrap_or(config.network.quic_bind);
-        let ctx = RelayContext::new(config.limits.clone(), relay_id, storage);
+        let ctx = RelayContext::new(&config, relay_id, storage);
 
         let listener = tokio::net::TcpListener::bind(config.network.http_bind)
             .await
@@ -81,18 +88,31 @@ impl Relay {
             error,
         })?;
         let http_stop = CancellationToken::new();
-        let http_task = tokio::spawn({
-            let app = http::router(Arc::clone(&ctx));
-            let stop = http_stop.clone();
-            async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(err) = served {
-                    warn!(error = %err, "HTTP server failed");
-                }
-            }
-        });
+        let separate_metrics = config.network.metrics_bind.is_some();
+        let mut http_tasks = vec![serve_http(
+            listener,
+            http::router(Arc::clone(&ctx), !separate_metrics),
+            http_stop.clone(),
+        )];
+        let mut metrics_addr = None;
+        if let Some(addr) = config.network.metrics_bind {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|error| StartError::Http { addr, error })?;
+            metrics_addr = listener.local_addr().ok();
+            http_tasks.push(serve_http(
+                listener,
+                http::metrics_router(Arc::clone(&ctx)),
+                http_stop.clone(),
+            ));
+        }
+        let background = TaskTracker::new();
+        background.spawn(cleanup::run(Arc::clone(&ctx), config.cleanup.clone()));
+        background.spawn(prune_limiters(
+            Arc::clone(&ctx),
+            RelayContext::secs(config.rate_limits.prune_interval_s),
+        ));
+        background.close();
 
         let connections = TaskTracker::new();
         let accept_task = tokio::spawn(accept_loop(
@@ -115,14 +135,20 @@ impl Relay {
             public_addr,
             connections,
             accept_task,
-            http_task,
+            http_tasks,
             http_stop,
+            background,
+            metrics_addr,
         };
         info!(
-            "relay address: {} (QUIC on {}, HTTP on {})",
+            "relay address: {} (QUIC on {}, HTTP on {}{})",
             relay.address(),
             relay.quic_addr,
-            relay.http_addr
+            relay.http_addr,
+            relay
+                .metrics_addr
+                .map(|a| format!(", metrics on {a}"))
+                .unwrap_or_default()
         );
         Ok(relay)
     }
@@ -147,6 +173,16 @@ impl Relay {
         self.http_addr
     }
 
+    /// The bound metrics address, when metrics have their own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Shared state (storage, metrics) for embedding and tests.
+    pub fn context(&self) -> &Arc<RelayContext> {
+        &self.ctx
+    }
+
     /// Stop accepting, let sessions finish in-flight requests within
     /// `shutdown_grace_s`, close them with `CloseCode::ShuttingDown`, drain
     /// storage writes, checkpoint the WAL, and close the endpoint.
@@ -162,11 +198,44 @@ impl Relay {
         {
             warn!("sessions still open after the grace period; closing them");
         }
+        self.background.wait().await;
         self.ctx.storage.close().await;
         self.endpoint.close().await;
         self.http_stop.cancel();
-        let _ = self.http_task.await;
+        for task in self.http_tasks {
+            let _ = task.await;
+        }
         info!("stopped");
+    }
+}
+
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            warn!(error = %err, "HTTP server failed");
+        }
+    })
+}
+
+/// Prune idle rate-limiter keys on an interval so memory stays bounded.
+async fn prune_limiters(ctx: Arc<RelayContext>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let left = ctx.rate_limits.prune();
+                debug!(keys = left, "pruned idle rate-limiter keys");
+            }
+        }
     }
 }
 
@@ -177,10 +246,19 @@ async fn accept_loop(endpoint: Endpoint, ctx: Arc<RelayContext>, connections: Ta
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { return };
+        // Checked before the handshake, answered at the Hello (with a
+        // retry-after) so the device learns why.
+        let admission = match incoming.remote_addr() {
+            IncomingAddr::Ip(addr) => ctx.rate_limits.check_connection(addr.ip()),
+            _ => Ok(()),
+        };
         let ctx = Arc::clone(&ctx);
         connections.spawn(async move {
             match incoming.await {
-                Ok(conn) => session::serve_connection(ctx, conn).await,
+                Ok(conn) => {
+                    ctx.metrics.connections.inc();
+                    session::serve_connection(ctx, conn, admission).await;
+                }
                 Err(err) => debug!(error = %err, "incoming connection failed"),
             }
         });

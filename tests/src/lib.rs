@@ -140,16 +140,36 @@ impl RelayProcess {
         self.child.wait().expect("wait for relay")
     }
 
-    /// `GET /health` as JSON.
-    pub fn health(&self) -> serde_json::Value {
+    /// `GET path` on the relay's HTTP address: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.http).expect("connect to HTTP");
-        s.write_all(b"GET /health HTTP/1.0\r\nHost: relay\r\n\r\n")
-            .unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
-        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("bad /health body {body:?}: {e}"))
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, body.to_string())
+    }
+
+    /// `GET /health` as JSON.
+    pub fn health(&self) -> serde_json::Value {
+        let (_, body) = self.http_get("/health");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /health body {body:?}: {e}"))
+    }
+
+    /// `GET /metrics`, parsed as OpenMetrics (panics when it does not parse).
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        match openmetrics_parser::openmetrics::parse_openmetrics(&body) {
+            Ok(exposition) => Metrics(exposition),
+            Err(e) => panic!("/metrics is not valid OpenMetrics ({e:?}):\n{body}"),
+        }
     }
 
     /// A bare iroh connection to the relay (no Hello sent), from a fresh
@@ -185,6 +205,37 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A parsed `/metrics` exposition.
+pub struct Metrics(
+    openmetrics_parser::MetricsExposition<
+        openmetrics_parser::OpenMetricsType,
+        openmetrics_parser::OpenMetricsValue,
+    >,
+);
+
+impl Metrics {
+    /// The value of a counter or gauge sample; `labels` are the label
+    /// values in the family's label order. Panics if absent.
+    pub fn value(&self, family: &str, labels: &[&str]) -> f64 {
+        use openmetrics_parser::OpenMetricsValue;
+        let fam = self
+            .0
+            .families
+            .get(family)
+            .unwrap_or_else(|| panic!("no metric family {family}"));
+        let wanted: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        let sample = fam
+            .get_sample_by_label_values(&wanted)
+            .unwrap_or_else(|| panic!("no sample {family}{labels:?}"));
+        match &sample.value {
+            OpenMetricsValue::Counter(c) => c.value.as_f64(),
+            OpenMetricsValue::Gauge(g) | OpenMetricsValue::Unknown(g) => g.as_f64(),
+            OpenMetricsValue::Histogram(h) => h.count.unwrap_or(0) as f64,
+            other => panic!("{family} is not a number: {other:?}"),
+        }
     }
 }
 
@@ -308,4 +359,18 @@ impl LibDevice {
 /// True when `haystack` contains `needle`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `len` incompressible pseudo-random bytes (xorshift64*), deterministic.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }

@@ -14,9 +14,14 @@ use sync_protocol::{ErrorCode, ErrorMsg};
 impl From<StorageError> for ErrorMsg {
     fn from(err: StorageError) -> Self {
         match &err {
-            StorageError::GroupQuotaExceeded { .. } => {
+            StorageError::GroupQuotaExceeded { .. } | StorageError::GroupBlobsExceeded { .. } => {
                 ErrorMsg::new(ErrorCode::GroupQuotaExceeded, err.to_string())
             }
+            StorageError::RelayStorageFull { .. } => ErrorMsg::new(
+                ErrorCode::Overloaded,
+                "the relay's storage is full; try again later",
+            )
+            .with_retry_after(60_000),
             StorageError::CursorBeyondHead { .. } => {
                 ErrorMsg::new(ErrorCode::InvalidMessage, err.to_string())
             }

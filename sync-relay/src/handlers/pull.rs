@@ -80,6 +80,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
             )
             .await?;
         remaining -= page.blobs.len() as u32;
+        ctx.metrics.blobs_delivered.inc_by(page.blobs.len() as u64);
         if let Some(last) = page.blobs.last() {
             after = last.cursor;
         }
@@ -93,6 +94,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
             .await
             .map_err(PullError::Stream)?;
         if !more {
+            ctx.metrics.pulls.inc();
             return Ok(());
         }
     }

@@ -3,13 +3,42 @@
 //! publish the new head to the group's live sessions.
 
 use crate::context::{RelayContext, now_ms};
-use crate::storage::{NewBlob, PushRequest};
+use crate::metrics::{KindLabel, ResultLabel};
+use crate::storage::{NewBlob, PushRequest, StorageError};
 use sync_protocol::{DeviceId, ErrorCode, ErrorMsg, GroupId, Push, PushOk};
 
 /// Store `push` for `sender` in `group`. Errors (nothing stored):
-/// INVALID_MESSAGE (empty or oversized batch, zero TTL), BLOB_TOO_LARGE,
-/// TTL_TOO_LONG, GROUP_QUOTA_EXCEEDED, INTERNAL, SHUTTING_DOWN.
+/// INVALID_MESSAGE (empty or oversized batch, zero TTL), RATE_LIMITED (push
+/// bytes per second), BLOB_TOO_LARGE, TTL_TOO_LONG, GROUP_QUOTA_EXCEEDED
+/// (bytes or blobs), OVERLOADED (relay storage full), INTERNAL,
+/// SHUTTING_DOWN.
 pub async fn handle(
+    ctx: &RelayContext,
+    group: GroupId,
+    sender: DeviceId,
+    push: Push,
+) -> Result<PushOk, ErrorMsg> {
+    let result = store(ctx, group, sender, push).await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.error_code().is_client_error() => "rejected",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .pushes
+        .get_or_create(&ResultLabel { result: label })
+        .inc();
+    result
+}
+
+fn quota_rejected(ctx: &RelayContext, kind: &'static str) {
+    ctx.metrics
+        .quota_rejections
+        .get_or_create(&KindLabel { kind })
+        .inc();
+}
+
+async fn store(
     ctx: &RelayContext,
     group: GroupId,
     sender: DeviceId,
@@ -36,6 +65,7 @@ pub async fn handle(
     let mut items = Vec::with_capacity(push.items.len());
     for (i, item) in push.items.into_iter().enumerate() {
         if item.payload.len() > limits.max_blob_size as usize {
+            quota_rejected(ctx, "blob_size");
             return Err(ErrorMsg::new(
                 ErrorCode::BlobTooLarge,
                 format!(
@@ -53,6 +83,7 @@ pub async fn handle(
             ));
         }
         if ttl_s > limits.max_ttl_s {
+            quota_rejected(ctx, "ttl");
             return Err(ErrorMsg::new(
                 ErrorCode::TtlTooLong,
                 format!(
@@ -67,6 +98,23 @@ pub async fn handle(
             expires_at_ms: now.saturating_add(i64::from(ttl_s) * 1000),
         });
     }
+    let bytes: u64 = items.iter().map(|i| i.payload.len() as u64).sum();
+    if let Err(limited) = ctx.rate_limits.check_push_bytes(&sender, bytes) {
+        ctx.metrics
+            .rate_limited
+            .get_or_create(&KindLabel {
+                kind: limited.kind.name(),
+            })
+            .inc();
+        return Err(ErrorMsg::new(
+            ErrorCode::RateLimited,
+            format!(
+                "this device is pushing faster than the relay allows ({bytes} bytes in this push)"
+            ),
+        )
+        .with_retry_after(limited.retry_after_ms()));
+    }
+    let sizes: Vec<u64> = items.iter().map(|i| i.payload.len() as u64).collect();
     let outcome = ctx
         .storage
         .push(PushRequest {
@@ -75,7 +123,21 @@ pub async fn handle(
             items,
             now_ms: now,
         })
-        .await?;
+        .await
+        .inspect_err(|e| match e {
+            StorageError::GroupQuotaExceeded { .. } => quota_rejected(ctx, "group_storage"),
+            StorageError::GroupBlobsExceeded { .. } => quota_rejected(ctx, "group_blobs"),
+            StorageError::RelayStorageFull { .. } => quota_rejected(ctx, "relay_storage"),
+            _ => {}
+        })?;
+    let stored: u64 = outcome
+        .results
+        .iter()
+        .zip(&sizes)
+        .filter(|(r, _)| !r.duplicate)
+        .map(|(_, size)| size)
+        .sum();
+    ctx.metrics.push_bytes.inc_by(stored);
     ctx.notify.publish(group, outcome.head);
     Ok(PushOk {
         results: outcome.results,

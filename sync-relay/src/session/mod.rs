@@ -15,10 +15,13 @@
 pub mod state;
 
 use crate::auth::check_hello;
-use crate::context::{RelayContext, now_ms};
+use crate::context::{RelayContext, SessionGuard, now_ms};
 use crate::handlers::{self, pull::PullError};
+use crate::metrics::KindLabel;
+use crate::notify::Subscription;
+use crate::ratelimit::{LimitKind, Limited};
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
-use state::{Action, Event, SessionState};
+use state::{Action, Event, HelloVerdict, SessionState};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
@@ -33,6 +36,10 @@ use tracing::{debug, info, warn};
 /// How long the relay waits for the peer to take an error frame before it
 /// closes the connection after a rejection.
 const REJECT_FLUSH: Duration = Duration::from_secs(2);
+/// Retry hint (ms) when a group is at its session cap.
+const GROUP_FULL_RETRY_MS: u32 = 5_000;
+/// Retry hint (ms) when the relay is at its session capacity.
+const OVERLOADED_RETRY_MS: u32 = 10_000;
 
 struct Session {
     ctx: Arc<RelayContext>,
@@ -60,12 +67,29 @@ impl Session {
 
     /// Carry out an action that is not `Serve`/`SendWelcome` on `send`.
     async fn perform(&self, action: Action, send: &mut SendStream, message: String) {
+        self.perform_with_retry(action, send, message, None).await;
+    }
+
+    async fn perform_with_retry(
+        &self,
+        action: Action,
+        send: &mut SendStream,
+        message: String,
+        retry_after_ms: Option<u32>,
+    ) {
+        let error = |code| {
+            let e = ErrorMsg::new(code, message.clone());
+            match retry_after_ms {
+                Some(ms) => e.with_retry_after(ms),
+                None => e,
+            }
+        };
         match action {
             Action::Reply(code) => {
-                reply_error(send, ErrorMsg::new(code, message), &self.ctx).await;
+                reply_error(send, error(code), &self.ctx).await;
             }
             Action::RejectAndClose(code, close) => {
-                reply_error(send, ErrorMsg::new(code, message.clone()), &self.ctx).await;
+                reply_error(send, error(code), &self.ctx).await;
                 let _ = timeout(REJECT_FLUSH, send.stopped()).await;
                 self.close(close, &message);
             }
@@ -77,12 +101,19 @@ impl Session {
 
 async fn reply_error(send: &mut SendStream, err: ErrorMsg, ctx: &RelayContext) {
     debug!(code = err.code, message = %err.message, "error reply");
+    ctx.metrics.error_sent(err.error_code());
     let _ = write_message(send, &Message::Error(err), ctx.max_frame()).await;
     let _ = send.finish();
 }
 
 /// Serve one accepted connection until it ends or the relay stops.
-pub async fn serve_connection(ctx: Arc<RelayContext>, conn: Connection) {
+/// `admission` is the verdict of the per-IP connection limit, answered at
+/// the `Hello` so the device learns why and when to retry.
+pub async fn serve_connection(
+    ctx: Arc<RelayContext>,
+    conn: Connection,
+    admission: Result<(), Limited>,
+) {
     let device = DeviceId(*conn.remote_id().as_bytes());
     let session = Arc::new(Session {
         ctx: Arc::clone(&ctx),
@@ -91,18 +122,16 @@ pub async fn serve_connection(ctx: Arc<RelayContext>, conn: Connection) {
         group: OnceLock::new(),
         state: Mutex::new(SessionState::AwaitingHello),
     });
-    let Some((mut send, head)) = handshake(&session).await else {
+    let Some(Admitted {
+        mut send,
+        head,
+        mut subscription,
+        guard: _live,
+    }) = handshake(&session, admission).await
+    else {
         return;
     };
-    let Some(&group) = session.group.get() else {
-        return;
-    };
-    let _live = ctx.session_guard();
     info!(device = %device, "session active");
-
-    let mut subscription = ctx.notify.subscribe(group);
-    // Publish the stored head after subscribing, so no commit is missed.
-    ctx.notify.publish(group, head);
     let welcome = Message::Welcome(ctx.welcome(head));
     if write_message(&mut send, &welcome, HANDSHAKE_MAX_FRAME)
         .await
@@ -114,8 +143,9 @@ pub async fn serve_connection(ctx: Arc<RelayContext>, conn: Connection) {
     drop(send);
 
     let conn = session.conn.clone();
+    let notify_ctx = Arc::clone(&ctx);
     let _notify = AbortOnDropHandle::new(tokio::spawn(async move {
-        forward_notify(conn, subscription.receiver(), head).await;
+        forward_notify(conn, subscription.receiver(), head, &notify_ctx).await;
     }));
 
     let requests = TaskTracker::new();
@@ -153,9 +183,19 @@ pub async fn serve_connection(ctx: Arc<RelayContext>, conn: Connection) {
     info!(device = %device, "session closed");
 }
 
-/// Read and check the `Hello`. Returns the first stream's send half and the
-/// group's head when the session became active.
-async fn handshake(session: &Arc<Session>) -> Option<(SendStream, u64)> {
+/// What a session that passed its `Hello` holds.
+struct Admitted {
+    send: SendStream,
+    head: u64,
+    subscription: Subscription,
+    guard: SessionGuard,
+}
+
+/// Read and check the `Hello` (proof, then connection rate, session caps).
+/// Returns the first stream's send half, the group's head, the group's
+/// NOTIFY subscription and the live-session guard when the session became
+/// active.
+async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Option<Admitted> {
     let ctx = &session.ctx;
     let hello_timeout = RelayContext::secs(ctx.limits.hello_timeout_s);
     let first = tokio::select! {
@@ -209,24 +249,69 @@ async fn handshake(session: &Arc<Session>) -> Option<(SendStream, u64)> {
             return None;
         }
     };
-    let verdict = check_hello(&hello, &ctx.relay_id, &session.device);
-    match session.step(Event::Hello(verdict)) {
-        Action::SendWelcome => {}
-        action => {
-            let msg = match verdict {
-                state::HelloVerdict::UnsupportedVersion => format!(
-                    "protocol version {} is not supported; this relay speaks {}",
-                    hello.version,
-                    sync_protocol::PROTOCOL_VERSION
-                ),
-                _ => "membership proof does not verify for this group, relay and device".into(),
-            };
-            info!(device = %session.device, ?verdict, "Hello rejected");
-            session.perform(action, &mut send, msg).await;
-            return None;
+    let group = hello.group_id;
+    let mut verdict = check_hello(&hello, &ctx.relay_id, &session.device);
+    let mut retry_after_ms = None;
+    let mut msg = match verdict {
+        HelloVerdict::UnsupportedVersion => format!(
+            "protocol version {} is not supported; this relay speaks {}",
+            hello.version,
+            sync_protocol::PROTOCOL_VERSION
+        ),
+        _ => "membership proof does not verify for this group, relay and device".into(),
+    };
+    let mut guard = None;
+    let mut subscription = None;
+    if verdict == HelloVerdict::Accepted {
+        if let Err(limited) = admission {
+            verdict = HelloVerdict::RateLimited;
+            retry_after_ms = Some(limited.retry_after_ms());
+            ctx.metrics
+                .rate_limited
+                .get_or_create(&KindLabel {
+                    kind: limited.kind.name(),
+                })
+                .inc();
+            msg = "too many new connections from this address".into();
+        } else if let Some(g) = ctx.try_session_guard() {
+            guard = Some(g);
+            match ctx
+                .notify
+                .try_subscribe(group, ctx.limits.max_group_sessions as usize)
+            {
+                Some(sub) => subscription = Some(sub),
+                None => {
+                    verdict = HelloVerdict::RateLimited;
+                    retry_after_ms = Some(GROUP_FULL_RETRY_MS);
+                    ctx.metrics
+                        .rate_limited
+                        .get_or_create(&KindLabel {
+                            kind: LimitKind::GroupSessions.name(),
+                        })
+                        .inc();
+                    msg = format!(
+                        "the group already has {} live sessions, the most this relay allows",
+                        ctx.limits.max_group_sessions
+                    );
+                }
+            }
+        } else {
+            verdict = HelloVerdict::Overloaded;
+            retry_after_ms = Some(OVERLOADED_RETRY_MS);
+            msg = "the relay is at its session capacity".into();
         }
     }
-    let group = hello.group_id;
+    let action = session.step(Event::Hello(verdict));
+    if action != Action::SendWelcome {
+        info!(device = %session.device, ?verdict, "Hello rejected");
+        session
+            .perform_with_retry(action, &mut send, msg, retry_after_ms)
+            .await;
+        return None;
+    }
+    let (Some(guard), Some(subscription)) = (guard, subscription) else {
+        return None;
+    };
     let head = match ctx
         .storage
         .open_session(group, session.device, now_ms())
@@ -251,7 +336,14 @@ async fn handshake(session: &Arc<Session>) -> Option<(SendStream, u64)> {
         }
     };
     let _ = session.group.set(group);
-    Some((send, head))
+    // Publish the stored head after subscribing, so no commit is missed.
+    ctx.notify.publish(group, head);
+    Some(Admitted {
+        send,
+        head,
+        subscription,
+        guard,
+    })
 }
 
 /// Serve one request stream of an active session.
@@ -288,7 +380,22 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
     };
     let kind = msg.kind();
     match session.step(Event::Request(kind)) {
-        Action::Serve(_) => dispatch(&session, msg, &mut send).await,
+        Action::Serve(_) => {
+            if let Err(limited) = ctx.rate_limits.check_request(&session.device) {
+                ctx.metrics
+                    .rate_limited
+                    .get_or_create(&KindLabel {
+                        kind: limited.kind.name(),
+                    })
+                    .inc();
+                let err =
+                    ErrorMsg::new(ErrorCode::RateLimited, "too many requests from this device")
+                        .with_retry_after(limited.retry_after_ms());
+                reply_error(&mut send, err, ctx).await;
+                return;
+            }
+            dispatch(&session, msg, &mut send).await
+        }
         action => {
             let text = match action {
                 Action::Reply(ErrorCode::ShuttingDown) => "the relay is shutting down".to_string(),
@@ -306,23 +413,37 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
         return;
     };
     let device = session.device;
-    let answer = match msg {
-        Message::Push(push) => handlers::push::handle(ctx, group, device, push)
-            .await
-            .map(Message::PushOk),
-        Message::Ack(ack) => handlers::ack::handle(ctx, group, device, ack)
-            .await
-            .map(Message::AckOk),
-        Message::Pull(pull) => match handlers::pull::handle(ctx, group, device, pull, send).await {
-            Ok(()) => {
-                let _ = send.finish();
-                return;
+    let started = std::time::Instant::now();
+    let (op, answer) = match msg {
+        Message::Push(push) => (
+            "push",
+            handlers::push::handle(ctx, group, device, push)
+                .await
+                .map(Message::PushOk),
+        ),
+        Message::Ack(ack) => (
+            "ack",
+            handlers::ack::handle(ctx, group, device, ack)
+                .await
+                .map(Message::AckOk),
+        ),
+        Message::Pull(pull) => {
+            let served = handlers::pull::handle(ctx, group, device, pull, send).await;
+            ctx.metrics.observe("pull", started);
+            match served {
+                Ok(()) => {
+                    let _ = send.finish();
+                    return;
+                }
+                Err(PullError::Reply(err)) => ("pull", Err(err)),
+                Err(PullError::Stream(_)) => return,
             }
-            Err(PullError::Reply(err)) => Err(err),
-            Err(PullError::Stream(_)) => return,
-        },
+        }
         _ => return,
     };
+    if op != "pull" {
+        ctx.metrics.observe(op, started);
+    }
     match answer {
         Ok(msg) => {
             let _ = write_message(send, &msg, ctx.max_frame()).await;
@@ -337,6 +458,7 @@ async fn forward_notify(
     conn: Connection,
     rx: &mut tokio::sync::watch::Receiver<u64>,
     mut last_sent: u64,
+    ctx: &RelayContext,
 ) {
     let Ok(mut uni) = conn.open_uni().await else {
         return;
@@ -351,6 +473,7 @@ async fn forward_notify(
             {
                 return;
             }
+            ctx.metrics.notifications_sent.inc();
             last_sent = head;
         }
         if rx.changed().await.is_err() {

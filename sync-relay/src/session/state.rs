@@ -25,6 +25,11 @@ pub enum HelloVerdict {
     UnsupportedVersion,
     /// The proof does not verify against the group id.
     Unauthorized,
+    /// Valid, but over a rate limit (connections per IP, sessions per
+    /// group): the device may retry later.
+    RateLimited,
+    /// Valid, but the relay is at its session capacity.
+    Overloaded,
 }
 
 /// Something that happened to the session.
@@ -92,6 +97,14 @@ impl SessionState {
             (AwaitingHello, Event::Hello(HelloVerdict::Unauthorized)) => (
                 Closing(CloseCode::HelloRejected),
                 Action::RejectAndClose(ErrorCode::Unauthorized, CloseCode::HelloRejected),
+            ),
+            (AwaitingHello, Event::Hello(HelloVerdict::RateLimited)) => (
+                Closing(CloseCode::HelloRejected),
+                Action::RejectAndClose(ErrorCode::RateLimited, CloseCode::HelloRejected),
+            ),
+            (AwaitingHello, Event::Hello(HelloVerdict::Overloaded)) => (
+                Closing(CloseCode::Overloaded),
+                Action::RejectAndClose(ErrorCode::Overloaded, CloseCode::Overloaded),
             ),
             (AwaitingHello, Event::Request(kind)) => {
                 let code = if is_client_request(kind) {
@@ -175,6 +188,22 @@ mod tests {
             Event::Hello(HelloVerdict::UnsupportedVersion),
             Closing(CloseCode::HelloRejected),
             RejectAndClose(ErrorCode::UnsupportedVersion, CloseCode::HelloRejected),
+        );
+    }
+
+    #[test]
+    fn hello_over_a_limit_answers_and_closes() {
+        check(
+            AwaitingHello,
+            Event::Hello(HelloVerdict::RateLimited),
+            Closing(CloseCode::HelloRejected),
+            RejectAndClose(ErrorCode::RateLimited, CloseCode::HelloRejected),
+        );
+        check(
+            AwaitingHello,
+            Event::Hello(HelloVerdict::Overloaded),
+            Closing(CloseCode::Overloaded),
+            RejectAndClose(ErrorCode::Overloaded, CloseCode::Overloaded),
         );
     }
 

@@ -13,7 +13,7 @@
 
 mod sqlite;
 
-pub use sqlite::{SqliteStorage, SqliteStorageOptions};
+pub use sqlite::{SqliteStorage, SqliteStorageOptions, backup_database};
 
 use async_trait::async_trait;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob, PushResult};
@@ -86,6 +86,26 @@ pub enum StorageError {
         /// The quota.
         limit: u64,
     },
+    /// The batch would take the group over `max_group_blobs`.
+    #[error("group blob quota exceeded: {count} blobs stored + {adding} new > {limit} allowed")]
+    GroupBlobsExceeded {
+        /// Blobs the group stores now.
+        count: u64,
+        /// New blobs of the batch.
+        adding: u64,
+        /// The quota.
+        limit: u64,
+    },
+    /// The batch would take the relay over `max_storage`.
+    #[error("relay storage is full: {used} bytes used + {adding} new > {limit} allowed")]
+    RelayStorageFull {
+        /// Bytes the relay stores now.
+        used: u64,
+        /// New bytes of the batch.
+        adding: u64,
+        /// The relay-wide limit.
+        limit: u64,
+    },
     /// An acknowledged cursor is beyond the group's head.
     #[error("cursor {cursor} is beyond the group's head {head}")]
     CursorBeyondHead {
@@ -103,6 +123,50 @@ pub enum StorageError {
     /// The storage has been closed (the relay is stopping).
     #[error("storage is closed")]
     Closed,
+}
+
+/// Quotas the backend enforces inside the push transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Payload bytes per group.
+    pub max_group_storage: u64,
+    /// Blobs per group.
+    pub max_group_blobs: u64,
+    /// Payload bytes of the whole relay.
+    pub max_storage: u64,
+}
+
+impl Quotas {
+    /// No practical limit (tests, tools).
+    pub const UNLIMITED: Quotas = Quotas {
+        max_group_storage: u64::MAX / 4,
+        max_group_blobs: u64::MAX / 4,
+        max_storage: u64::MAX / 4,
+    };
+}
+
+/// What one cleanup step removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Blobs deleted.
+    pub blobs: u64,
+    /// Payload bytes freed.
+    pub bytes: u64,
+}
+
+/// Stored counters compared with the blobs table (a consistency audit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CounterAudit {
+    /// `SUM(bytes_used)` over groups.
+    pub counted_bytes: u64,
+    /// `SUM(LENGTH(payload))` over blobs.
+    pub actual_bytes: u64,
+    /// `SUM(blob_count)` over groups.
+    pub counted_blobs: u64,
+    /// `COUNT(*)` over blobs.
+    pub actual_blobs: u64,
+    /// Groups whose own counters disagree with their blobs.
+    pub mismatched_groups: u64,
 }
 
 /// A storage backend. See the module docs for the contract.
@@ -148,6 +212,21 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Relay-wide counts; runs a real query, so it doubles as a health check.
     async fn stats(&self) -> Result<StorageStats, StorageError>;
+
+    /// Delete at most `limit` blobs that expired at or before `now_ms`, in
+    /// one short write transaction, keeping the groups' counters exact.
+    async fn delete_expired(&self, now_ms: i64, limit: u32) -> Result<Deleted, StorageError>;
+
+    /// Delete at most `limit` blobs that every device of their group seen
+    /// since `seen_since_ms` has acknowledged, in one short transaction.
+    async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError>;
+
+    /// Checkpoint the WAL into the database (truncating it) and let SQLite
+    /// refresh its query statistics.
+    async fn maintenance(&self) -> Result<(), StorageError>;
+
+    /// Compare the stored counters with the blobs actually stored.
+    async fn audit(&self) -> Result<CounterAudit, StorageError>;
 
     /// Finish pending writes and close the database.
     async fn close(&self);

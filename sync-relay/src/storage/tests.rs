@@ -9,12 +9,20 @@ use sync_protocol::{BlobId, DeviceId, GroupId};
 const G: GroupId = GroupId([1; 32]);
 const D: DeviceId = DeviceId([2; 32]);
 
-async fn sqlite(quota: u64) -> (tempfile::TempDir, Arc<dyn Storage>) {
+async fn sqlite_with(quotas: Quotas) -> (tempfile::TempDir, Arc<dyn Storage>) {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStorage::open(SqliteStorageOptions::new(dir.path().join("t.db"), quota))
+    let s = SqliteStorage::open(SqliteStorageOptions::new(dir.path().join("t.db"), quotas))
         .await
         .unwrap();
     (dir, Arc::new(s))
+}
+
+async fn sqlite(max_group_storage: u64) -> (tempfile::TempDir, Arc<dyn Storage>) {
+    sqlite_with(Quotas {
+        max_group_storage,
+        ..Quotas::UNLIMITED
+    })
+    .await
 }
 
 fn blob(id: u8, len: usize) -> NewBlob {
@@ -175,13 +183,13 @@ async fn acknowledged_pushes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     {
-        let s = SqliteStorage::open(SqliteStorageOptions::new(&path, 1 << 20))
+        let s = SqliteStorage::open(SqliteStorageOptions::new(&path, Quotas::UNLIMITED))
             .await
             .unwrap();
         s.push(req(vec![blob(1, 5)])).await.unwrap();
         // No close(): like a crash after the answer.
     }
-    let s = SqliteStorage::open(SqliteStorageOptions::new(&path, 1 << 20))
+    let s = SqliteStorage::open(SqliteStorageOptions::new(&path, Quotas::UNLIMITED))
         .await
         .unwrap();
     assert_eq!(s.head(G).await.unwrap(), 1);
@@ -193,4 +201,193 @@ async fn acknowledged_pushes_survive_reopening() {
         s.push(req(vec![blob(3, 1)])).await,
         Err(StorageError::Closed)
     ));
+}
+
+#[tokio::test]
+async fn group_blob_quota_and_relay_storage_limit_store_nothing() {
+    let (_d, s) = sqlite_with(Quotas {
+        max_group_blobs: 3,
+        max_storage: 1000,
+        ..Quotas::UNLIMITED
+    })
+    .await;
+    s.push(req(vec![blob(1, 10), blob(2, 10)])).await.unwrap();
+    let err = s
+        .push(req(vec![blob(3, 10), blob(4, 10)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::GroupBlobsExceeded {
+                count: 2,
+                adding: 2,
+                limit: 3
+            }
+        ),
+        "{err:?}"
+    );
+    // Another group fills the relay up to its limit, then the next byte is refused.
+    let other = GroupId([9; 32]);
+    let mut big = req(vec![blob(5, 980)]);
+    big.group = other;
+    s.push(big).await.unwrap();
+    let mut over = req(vec![blob(6, 1)]);
+    over.group = other;
+    let err = s.push(over).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::RelayStorageFull {
+                used: 1000,
+                adding: 1,
+                limit: 1000
+            }
+        ),
+        "{err:?}"
+    );
+    // Deleting frees relay-wide room again.
+    let deleted = s.delete_expired(1000, 100).await.unwrap();
+    assert_eq!(
+        deleted,
+        Deleted { blobs: 0, bytes: 0 },
+        "nothing expired yet"
+    );
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.blobs, stats.bytes), (3, 1000));
+}
+
+#[tokio::test]
+async fn concurrent_pushes_never_overshoot_the_group_quota() {
+    let (_d, s) = sqlite(100).await;
+    s.push(req(vec![blob(200, 30)])).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16u8 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(
+            async move { s.push(req(vec![blob(t, 10)])).await },
+        ));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StorageError::GroupQuotaExceeded { .. }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(ok, 7, "exactly the 70 bytes left fit");
+    let audit = s.audit().await.unwrap();
+    assert_eq!(audit.actual_bytes, 100);
+    assert_eq!(audit.counted_bytes, 100);
+}
+
+fn expiring(id: u32, len: usize, expires_at_ms: i64) -> NewBlob {
+    let mut blob_id = [0u8; 16];
+    blob_id[..4].copy_from_slice(&id.to_be_bytes());
+    NewBlob {
+        blob_id: BlobId(blob_id),
+        payload: vec![7; len],
+        expires_at_ms,
+    }
+}
+
+#[tokio::test]
+async fn expired_blobs_are_deleted_in_bounded_batches_with_exact_counters() {
+    let (_d, s) = sqlite(u64::MAX / 4).await;
+    let mut items: Vec<_> = (0..250)
+        .map(|i| expiring(i, 10 + (i as usize % 7), 500))
+        .collect();
+    items.extend((250..300).map(|i| expiring(i, 3, 5000)));
+    s.push(req(items)).await.unwrap();
+    let mut other = req((300..340).map(|i| expiring(i, 5, 600)).collect());
+    other.group = GroupId([9; 32]);
+    s.push(other).await.unwrap();
+
+    let first = s.delete_expired(1000, 100).await.unwrap();
+    assert_eq!(first.blobs, 100, "one batch deletes at most its limit");
+    let mut total = first;
+    loop {
+        let d = s.delete_expired(1000, 100).await.unwrap();
+        total.blobs += d.blobs;
+        total.bytes += d.bytes;
+        if d.blobs < 100 {
+            break;
+        }
+    }
+    assert_eq!(total.blobs, 290);
+    let audit = s.audit().await.unwrap();
+    assert_eq!(audit.mismatched_groups, 0, "{audit:?}");
+    assert_eq!((audit.counted_blobs, audit.actual_blobs), (50, 50));
+    assert_eq!((audit.counted_bytes, audit.actual_bytes), (150, 150));
+    // The survivors are the unexpired ones, and the head did not move back.
+    let page = s.pull_page(G, 0, 1000, 1 << 20, 1000).await.unwrap();
+    assert_eq!(page.blobs.len(), 50);
+    assert_eq!(page.blobs[0].cursor, 251);
+    assert_eq!(s.head(G).await.unwrap(), 300);
+    s.maintenance().await.unwrap();
+}
+
+#[tokio::test]
+async fn acked_blobs_are_deleted_only_when_every_recent_device_has_them() {
+    let (_d, s) = sqlite(u64::MAX / 4).await;
+    let other = DeviceId([3; 32]);
+    s.push(req((0..10).map(|i| expiring(i, 4, i64::MAX)).collect()))
+        .await
+        .unwrap();
+    s.open_session(G, other, 1000).await.unwrap();
+    s.ack(G, D, 8, 1000).await.unwrap();
+    s.ack(G, other, 5, 1000).await.unwrap();
+    let d = s.delete_acked(0, 100).await.unwrap();
+    assert_eq!(d.blobs, 5, "up to the lowest acknowledged cursor");
+    // A device not seen since the window no longer holds deletion back.
+    s.ack(G, D, 10, 5000).await.unwrap();
+    let d = s.delete_acked(2000, 100).await.unwrap();
+    assert_eq!(d.blobs, 5);
+    assert_eq!(s.audit().await.unwrap().actual_blobs, 0);
+    assert_eq!(s.stats().await.unwrap().bytes, 0);
+}
+
+#[tokio::test]
+async fn cleaning_100k_expired_blobs_never_stalls_a_push_for_100ms() {
+    let (_d, s) = sqlite(u64::MAX / 4).await;
+    for b in 0..400u32 {
+        let items = (0..250).map(|i| expiring(b * 250 + i, 16, 500)).collect();
+        s.push(req(items)).await.unwrap();
+    }
+    assert_eq!(s.stats().await.unwrap().blobs, 100_000);
+    let cleaner = {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move {
+            let mut deleted = 0;
+            loop {
+                let d = s.delete_expired(1000, 500).await.unwrap();
+                deleted += d.blobs;
+                if d.blobs < 500 {
+                    return deleted;
+                }
+            }
+        })
+    };
+    let mut worst = std::time::Duration::ZERO;
+    let mut pushes = 0u32;
+    let mut id = 1_000_000u32;
+    while !cleaner.is_finished() {
+        let started = std::time::Instant::now();
+        s.push(req(vec![expiring(id, 16, i64::MAX)])).await.unwrap();
+        worst = worst.max(started.elapsed());
+        pushes += 1;
+        id += 1;
+    }
+    assert_eq!(cleaner.await.unwrap(), 100_000);
+    assert!(pushes > 0);
+    assert!(
+        worst < std::time::Duration::from_millis(100),
+        "a push waited {worst:?} behind the cleanup ({pushes} pushes measured)"
+    );
+    let audit = s.audit().await.unwrap();
+    assert_eq!(
+        (audit.actual_blobs, audit.counted_blobs),
+        (u64::from(pushes), u64::from(pushes))
+    );
 }

@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# 0k-sync relay: build in the Rust image, run in slim Debian as a non-root user.
+#   docker build -t 0k-sync-relay .
+#   docker run -d -p 4433:4433/udp -p 8080:8080 -v relay-data:/data 0k-sync-relay
+# See docs/deploy.md.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# The whole workspace is needed to resolve it; .dockerignore keeps target/ and .git out.
+COPY . .
+RUN cargo build --release --locked -p sync-relay \
+    && install -m 0755 target/release/sync-relay /usr/local/bin/sync-relay
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \
+        --shell /usr/sbin/nologin relay \
+    && mkdir -p /data \
+    && chown relay:relay /data \
+    && chmod 0700 /data
+COPY --from=build /usr/local/bin/sync-relay /usr/local/bin/sync-relay
+USER 10001:10001
+# Data in the volume; QUIC on all interfaces; HTTP (health + metrics) on all
+# interfaces inside the container (publish it only where it should be reachable).
+ENV SYNC_RELAY_DATA_DIR=/data \
+    SYNC_RELAY_QUIC_BIND=0.0.0.0:4433 \
+    SYNC_RELAY_HTTP_BIND=0.0.0.0:8080
+VOLUME ["/data"]
+EXPOSE 8080/tcp 4433/udp
+# No curl in the image: the relay binary probes its own /health.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["sync-relay", "healthcheck"]
+# SIGTERM (docker stop) drains sessions and exits 0; give it more than
+# limits.shutdown_grace_s: docker stop --time 20.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["sync-relay"]
+CMD ["run"]

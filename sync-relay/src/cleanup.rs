@@ -1,0 +1,106 @@
+//! The cleanup task (DESIGN §5.6): on every `cleanup.interval_s` it deletes
+//! expired blobs — and, with `cleanup.delete_acked`, blobs every recently
+//! seen device of their group has acknowledged — in batches of
+//! `cleanup.batch_size`, each its own short write transaction, so pushes are
+//! never held up behind one long delete. Counters stay exact (the storage
+//! subtracts what each batch deleted). Every `maintenance_interval_s` it
+//! checkpoints the WAL (TRUNCATE) and runs `PRAGMA optimize`.
+
+use crate::config::CleanupConfig;
+use crate::context::{RelayContext, now_ms};
+use crate::storage::{Deleted, StorageError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{info, warn};
+
+/// What one cleanup run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Expired blobs deleted.
+    pub expired: Deleted,
+    /// Acknowledged blobs deleted.
+    pub acked: Deleted,
+    /// Write transactions used.
+    pub batches: u32,
+}
+
+/// Run one cleanup pass now.
+pub async fn run_once(
+    ctx: &RelayContext,
+    cfg: &CleanupConfig,
+) -> Result<CleanupReport, StorageError> {
+    let mut report = CleanupReport::default();
+    let now = now_ms();
+    loop {
+        let d = ctx.storage.delete_expired(now, cfg.batch_size).await?;
+        report.batches += 1;
+        add(&mut report.expired, d);
+        ctx.metrics.cleanup_deleted.inc_by(d.blobs);
+        if d.blobs < u64::from(cfg.batch_size) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    if cfg.delete_acked {
+        let window = i64::from(cfg.acked_device_window_days) * 86_400_000;
+        loop {
+            let d = ctx
+                .storage
+                .delete_acked(now.saturating_sub(window), cfg.batch_size)
+                .await?;
+            report.batches += 1;
+            add(&mut report.acked, d);
+            ctx.metrics.cleanup_deleted.inc_by(d.blobs);
+            if d.blobs < u64::from(cfg.batch_size) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    Ok(report)
+}
+
+fn add(total: &mut Deleted, d: Deleted) {
+    total.blobs += d.blobs;
+    total.bytes += d.bytes;
+}
+
+/// Run cleanup and maintenance on their intervals until shutdown.
+pub async fn run(ctx: Arc<RelayContext>, cfg: CleanupConfig) {
+    let mut cleanup = tokio::time::interval(Duration::from_secs(u64::from(cfg.interval_s)));
+    cleanup.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let maintenance_every = Duration::from_secs(u64::from(cfg.maintenance_interval_s));
+    let mut next_maintenance = Instant::now() + maintenance_every;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = cleanup.tick() => {}
+        }
+        match run_once(&ctx, &cfg).await {
+            Ok(r) if r.expired.blobs + r.acked.blobs > 0 => info!(
+                expired_blobs = r.expired.blobs,
+                expired_bytes = r.expired.bytes,
+                acked_blobs = r.acked.blobs,
+                acked_bytes = r.acked.bytes,
+                transactions = r.batches,
+                "cleanup deleted blobs"
+            ),
+            Ok(_) => {}
+            Err(StorageError::Closed) => return,
+            Err(err) => warn!(error = %err, "cleanup failed"),
+        }
+        if Instant::now() >= next_maintenance {
+            next_maintenance = Instant::now() + maintenance_every;
+            let started = Instant::now();
+            match ctx.storage.maintenance().await {
+                Ok(()) => info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "WAL checkpoint and optimize done"
+                ),
+                Err(StorageError::Closed) => return,
+                Err(err) => warn!(error = %err, "database maintenance failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Prometheus/OpenMetrics metrics (DESIGN §5.7), one typed, documented field
+//! per metric, encoded by `prometheus-client`. Names are prefixed
+//! `sync_relay_`; counters get `_total`. **No label ever carries a group or
+//! device id**: labels are small fixed sets (result, kind, code, op).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use sync_protocol::ErrorCode;
+
+/// `result` label: `ok`, `rejected` (client error), `error` (relay error).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// The outcome.
+    pub result: &'static str,
+}
+
+/// `kind` label of limit and quota counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// Which limit.
+    pub kind: &'static str,
+}
+
+/// `code` label: an error code name such as `RATE_LIMITED`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The code's name.
+    pub code: &'static str,
+}
+
+/// `op` label: `hello`, `push`, `pull`, `ack`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// The request.
+    pub op: &'static str,
+}
+
+/// `kind` values of `quota_rejections_total`.
+pub const QUOTA_KINDS: [&str; 5] = [
+    "blob_size",
+    "ttl",
+    "group_storage",
+    "group_blobs",
+    "relay_storage",
+];
+
+/// Every metric of the relay.
+pub struct Metrics {
+    registry: Registry,
+    /// Live sessions (gauge).
+    pub sessions: Gauge,
+    /// Connections accepted (QUIC handshake done).
+    pub connections: Counter,
+    /// Push requests by result.
+    pub pushes: Family<ResultLabel, Counter>,
+    /// Payload bytes of new (non-duplicate) blobs stored.
+    pub push_bytes: Counter,
+    /// Pull requests answered.
+    pub pulls: Counter,
+    /// Blobs sent in `PullBatch` frames.
+    pub blobs_delivered: Counter,
+    /// `Notify` frames written.
+    pub notifications_sent: Counter,
+    /// Requests or connections refused by a rate limit, by kind.
+    pub rate_limited: Family<KindLabel, Counter>,
+    /// Pushes refused by a quota, by kind.
+    pub quota_rejections: Family<KindLabel, Counter>,
+    /// Blobs deleted by the cleanup task (expired or acknowledged).
+    pub cleanup_deleted: Counter,
+    /// Payload bytes stored (refreshed at each scrape).
+    pub storage_bytes: Gauge,
+    /// Blobs stored (refreshed at each scrape).
+    pub storage_blobs: Gauge,
+    /// Groups stored (refreshed at each scrape).
+    pub groups: Gauge,
+    /// Error frames sent, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Time to serve a request, by op, in seconds.
+    pub request_duration: Family<OpLabel, Histogram>,
+}
+
+impl Metrics {
+    /// All metrics, registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sync_relay");
+        let m = Metrics {
+            sessions: Gauge::default(),
+            connections: Counter::default(),
+            pushes: Family::default(),
+            push_bytes: Counter::default(),
+            pulls: Counter::default(),
+            blobs_delivered: Counter::default(),
+            notifications_sent: Counter::default(),
+            rate_limited: Family::default(),
+            quota_rejections: Family::default(),
+            cleanup_deleted: Counter::default(),
+            storage_bytes: Gauge::default(),
+            storage_blobs: Gauge::default(),
+            groups: Gauge::default(),
+            errors: Family::default(),
+            request_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+            }),
+            registry: Registry::default(),
+        };
+        registry.register("sessions", "Live sessions", m.sessions.clone());
+        registry.register(
+            "connections",
+            "QUIC connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "pushes",
+            "Push requests by result (ok, rejected, error)",
+            m.pushes.clone(),
+        );
+        registry.register_with_unit(
+            "push",
+            "Payload bytes of new blobs stored",
+            Unit::Bytes,
+            m.push_bytes.clone(),
+        );
+        registry.register("pulls", "Pull requests answered", m.pulls.clone());
+        registry.register(
+            "blobs_delivered",
+            "Blobs sent to devices in PullBatch frames",
+            m.blobs_delivered.clone(),
+        );
+        registry.register(
+            "notifications_sent",
+            "Notify frames written to sessions",
+            m.notifications_sent.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests or connections refused by a rate limit, by kind",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "quota_rejections",
+            "Pushes refused by a quota, by kind",
+            m.quota_rejections.clone(),
+        );
+        registry.register(
+            "cleanup_deleted",
+            "Blobs deleted by the cleanup task",
+            m.cleanup_deleted.clone(),
+        );
+        registry.register_with_unit(
+            "storage",
+            "Payload bytes stored",
+            Unit::Bytes,
+            m.storage_bytes.clone(),
+        );
+        registry.register("storage_blobs", "Blobs stored", m.storage_blobs.clone());
+        registry.register("groups", "Groups stored", m.groups.clone());
+        registry.register("errors", "Error frames sent, by code", m.errors.clone());
+        // No UNIT metadata on the histogram: strict OpenMetrics parsers
+        // reject it there; the name carries the unit.
+        registry.register(
+            "request_duration_seconds",
+            "Time to serve a request in seconds, by op",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "build",
+            "Relay build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        // Known label values start at zero, so every series exists from the
+        // first scrape (rates and alerts need no special cases).
+        for result in ["ok", "rejected", "error"] {
+            let _ = m.pushes.get_or_create(&ResultLabel { result });
+        }
+        for kind in ["requests", "push_bytes", "connections", "group_sessions"] {
+            let _ = m.rate_limited.get_or_create(&KindLabel { kind });
+        }
+        for kind in QUOTA_KINDS {
+            let _ = m.quota_rejections.get_or_create(&KindLabel { kind });
+        }
+        for code in [
+            ErrorCode::InvalidMessage,
+            ErrorCode::UnsupportedVersion,
+            ErrorCode::Unauthorized,
+            ErrorCode::NotInSession,
+            ErrorCode::RateLimited,
+            ErrorCode::BlobTooLarge,
+            ErrorCode::GroupQuotaExceeded,
+            ErrorCode::TtlTooLong,
+            ErrorCode::Overloaded,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Internal,
+        ] {
+            let _ = m.errors.get_or_create(&CodeLabel { code: code.name() });
+        }
+        for op in ["push", "pull", "ack"] {
+            let _ = m.request_duration.get_or_create(&OpLabel { op });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Count one Error frame.
+    pub fn error_sent(&self, code: sync_protocol::ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel { code: code.name() })
+            .inc();
+    }
+
+    /// Record a request's duration.
+    pub fn observe(&self, op: &'static str, started: std::time::Instant) {
+        self.request_duration
+            .get_or_create(&OpLabel { op })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,325 @@
+//! SQLite backend (DESIGN §5.2–5.3): WAL, `synchronous = NORMAL` (a commit
+//! survives a crash of the relay process), `busy_timeout`, foreign keys on.
+//!
+//! Writes go through one writer task ([`writer`]) that owns the only write
+//! connection and group-commits. Reads use a separate pool of read-only
+//! connections (WAL readers never block the writer).
+
+mod writer;
+
+use super::{
+    CounterAudit, Deleted, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
+    StorageStats,
+};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Row, SqliteExecutor};
+use std::path::PathBuf;
+use std::time::Duration;
+use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use writer::{Job, WriteOp, WriteReply};
+
+/// Depth of the writer's queue; callers wait (asynchronously) when it is full.
+const WRITE_QUEUE: usize = 1024;
+
+/// How the SQLite backend is opened.
+#[derive(Debug, Clone)]
+pub struct SqliteStorageOptions {
+    /// Database file; created with its schema if missing.
+    pub path: PathBuf,
+    /// Quotas checked inside the push transaction.
+    pub quotas: Quotas,
+    /// Read-only connections in the reader pool.
+    pub read_connections: u32,
+    /// How long a statement waits on a locked database.
+    pub busy_timeout: Duration,
+}
+
+impl SqliteStorageOptions {
+    /// Options for `path` with the given quotas and default tuning.
+    pub fn new(path: impl Into<PathBuf>, quotas: Quotas) -> Self {
+        SqliteStorageOptions {
+            path: path.into(),
+            quotas,
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The SQLite [`Storage`] backend. See the module docs.
+pub struct SqliteStorage {
+    readers: SqlitePool,
+    writer: mpsc::Sender<Job>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SqliteStorage {
+    /// Open (or create) the database, run the migrations in
+    /// `migrations/sqlite`, and start the writer task.
+    /// Errors: [`StorageError::Database`], [`StorageError::Migration`].
+    pub async fn open(opts: SqliteStorageOptions) -> Result<Self, StorageError> {
+        create_private(&opts.path)?;
+        let connect = SqliteConnectOptions::new()
+            .filename(&opts.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(opts.busy_timeout)
+            .foreign_keys(true);
+        let mut write_conn = SqliteConnection::connect_with(&connect).await?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&mut write_conn)
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(opts.read_connections.max(1))
+            .connect_with(connect.read_only(true))
+            .await?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let task = tokio::spawn(writer::run(write_conn, rx, opts.quotas));
+        Ok(SqliteStorage {
+            readers,
+            writer: tx,
+            writer_task: Mutex::new(Some(task)),
+        })
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteReply, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Write { op, reply })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn open_session(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        now_ms: i64,
+    ) -> Result<u64, StorageError> {
+        match self
+            .write(WriteOp::OpenSession {
+                group,
+                device,
+                now_ms,
+            })
+            .await?
+        {
+            WriteReply::Head(h) => Ok(h),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
+    async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
+        match self.write(WriteOp::Push(req)).await? {
+            WriteReply::Pushed(out) => Ok(out),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
+    async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
+        head_of(&self.readers, group).await
+    }
+
+    async fn pull_page(
+        &self,
+        group: GroupId,
+        after: u64,
+        max_blobs: u32,
+        max_bytes: usize,
+        now_ms: i64,
+    ) -> Result<PullPage, StorageError> {
+        let max_blobs = max_blobs.max(1) as usize;
+        let mut rows = sqlx::query(
+            "SELECT cursor, blob_id, sender, created_at, payload FROM blobs \
+             WHERE group_id = ?1 AND cursor > ?2 AND expires_at > ?3 \
+             ORDER BY cursor LIMIT ?4",
+        )
+        .bind(&group.0[..])
+        .bind(after as i64)
+        .bind(now_ms)
+        .bind(max_blobs as i64 + 1)
+        .fetch(&self.readers);
+        let mut page = PullPage {
+            blobs: Vec::new(),
+            complete: true,
+        };
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await? {
+            if page.blobs.len() == max_blobs {
+                page.complete = false;
+                break;
+            }
+            let payload: Vec<u8> = row.try_get(4)?;
+            if !page.blobs.is_empty() && bytes + payload.len() > max_bytes {
+                page.complete = false;
+                break;
+            }
+            bytes += payload.len();
+            page.blobs.push(PulledBlob {
+                cursor: row.try_get::<i64, _>(0)? as u64,
+                blob_id: BlobId(fixed(row.try_get(1)?)?),
+                sender: DeviceId(fixed(row.try_get(2)?)?),
+                created_at: row.try_get::<i64, _>(3)? as u64,
+                payload,
+            });
+        }
+        Ok(page)
+    }
+
+    async fn ack(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        cursor: u64,
+        now_ms: i64,
+    ) -> Result<u64, StorageError> {
+        match self
+            .write(WriteOp::Ack {
+                group,
+                device,
+                cursor,
+                now_ms,
+            })
+            .await?
+        {
+            WriteReply::Acked(c) => Ok(c),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
+    async fn stats(&self) -> Result<StorageStats, StorageError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(blob_count), 0), COALESCE(SUM(bytes_used), 0) FROM groups",
+        )
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(StorageStats {
+            groups: row.try_get::<i64, _>(0)? as u64,
+            blobs: row.try_get::<i64, _>(1)? as u64,
+            bytes: row.try_get::<i64, _>(2)? as u64,
+        })
+    }
+
+    async fn delete_expired(&self, now_ms: i64, limit: u32) -> Result<Deleted, StorageError> {
+        match self.write(WriteOp::DeleteExpired { now_ms, limit }).await? {
+            WriteReply::Deleted(d) => Ok(d),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
+    async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError> {
+        match self
+            .write(WriteOp::DeleteAcked {
+                seen_since_ms,
+                limit,
+            })
+            .await?
+        {
+            WriteReply::Deleted(d) => Ok(d),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
+    async fn maintenance(&self) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Maintenance(reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    async fn audit(&self) -> Result<CounterAudit, StorageError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(SUM(bytes_used), 0) FROM groups),                     (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs),                     (SELECT COALESCE(SUM(blob_count), 0) FROM groups),                     (SELECT COUNT(*) FROM blobs),                     (SELECT COUNT(*) FROM groups g WHERE                        g.bytes_used != (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs b WHERE b.group_id = g.group_id)                     OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id))",
+        )
+        .fetch_one(&self.readers)
+        .await?;
+        Ok(CounterAudit {
+            counted_bytes: row.try_get::<i64, _>(0)? as u64,
+            actual_bytes: row.try_get::<i64, _>(1)? as u64,
+            counted_blobs: row.try_get::<i64, _>(2)? as u64,
+            actual_blobs: row.try_get::<i64, _>(3)? as u64,
+            mismatched_groups: row.try_get::<i64, _>(4)? as u64,
+        })
+    }
+
+    async fn close(&self) {
+        let _ = self.writer.send(Job::Shutdown).await;
+        if let Some(task) = self.writer_task.lock().await.take() {
+            let _ = task.await;
+        }
+        self.readers.close().await;
+    }
+}
+
+/// Write a consistent copy of the database at `db` to `dest` with
+/// `VACUUM INTO` (safe while the relay runs: it is one read transaction).
+/// `dest` must not exist. Errors: [`StorageError::Database`].
+pub async fn backup_database(
+    db: &std::path::Path,
+    dest: &std::path::Path,
+) -> Result<(), StorageError> {
+    let connect = SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(30));
+    let mut conn = SqliteConnection::connect_with(&connect).await?;
+    let dest = dest.to_str().ok_or_else(|| {
+        StorageError::Database(sqlx::Error::Protocol("backup path is not UTF-8".into()))
+    })?;
+    sqlx::query("VACUUM INTO ?1")
+        .bind(dest)
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Create the database file with mode 0600 if it does not exist; SQLite
+/// gives its `-wal` and `-shm` files the same mode.
+fn create_private(path: &std::path::Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StorageError::Database(sqlx::Error::Io(e))),
+    }
+}
+
+pub(super) fn fixed<const N: usize>(bytes: Vec<u8>) -> Result<[u8; N], StorageError> {
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        StorageError::Database(sqlx::Error::Decode(
+            format!("expected {N} bytes, found {}", b.len()).into(),
+        ))
+    })
+}
+
+pub(super) async fn head_of<'e>(
+    db: impl SqliteExecutor<'e>,
+    group: GroupId,
+) -> Result<u64, StorageError> {
+    let head: Option<i64> =
+        sqlx::query_scalar("SELECT head_cursor FROM groups WHERE group_id = ?1")
+            .bind(&group.0[..])
+            .fetch_optional(db)
+            .await?;
+    Ok(head.unwrap_or(0) as u64)
+}

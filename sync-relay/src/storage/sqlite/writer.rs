@@ -1,0 +1,493 @@
+//! The SQLite writer task: the only connection that writes.
+//!
+//! It takes every write waiting in its queue (up to [`MAX_OPS_PER_TXN`]),
+//! applies each inside its own savepoint of one transaction, commits once,
+//! and only then answers the callers (group commit). An op refused by a quota
+//! rolls back to its savepoint without touching the others. With one writer
+//! there is no `SQLITE_BUSY` between writers, cursor assignment
+//! (`UPDATE … RETURNING head_cursor`) is trivially serial, and the relay-wide
+//! byte total can be kept exactly in memory.
+
+use super::super::{Deleted, NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
+use super::{fixed, head_of};
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{AssertSqlSafe, Connection, Row};
+use std::collections::{HashMap, HashSet};
+use sync_protocol::{BlobId, DeviceId, GroupId, PushResult};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most queued writes committed in one transaction.
+pub const MAX_OPS_PER_TXN: usize = 128;
+
+pub(super) enum WriteOp {
+    OpenSession {
+        group: GroupId,
+        device: DeviceId,
+        now_ms: i64,
+    },
+    Push(PushRequest),
+    Ack {
+        group: GroupId,
+        device: DeviceId,
+        cursor: u64,
+        now_ms: i64,
+    },
+    DeleteExpired {
+        now_ms: i64,
+        limit: u32,
+    },
+    DeleteAcked {
+        seen_since_ms: i64,
+        limit: u32,
+    },
+}
+
+pub(super) enum WriteReply {
+    Head(u64),
+    Pushed(PushOutcome),
+    Acked(u64),
+    Deleted(Deleted),
+}
+
+pub(super) enum Job {
+    Write {
+        op: WriteOp,
+        reply: oneshot::Sender<Result<WriteReply, StorageError>>,
+    },
+    /// WAL checkpoint + optimize; outside any transaction.
+    Maintenance(oneshot::Sender<Result<(), StorageError>>),
+    Shutdown,
+}
+
+/// Writer state that outlives transactions.
+struct Writer {
+    conn: SqliteConnection,
+    quotas: Quotas,
+    /// `SUM(bytes_used)` over all groups, as committed.
+    total_bytes: u64,
+}
+
+/// Run until `Shutdown` or until every sender is gone, then checkpoint the
+/// WAL and close.
+pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>, quotas: Quotas) {
+    let total_bytes =
+        match sqlx::query_scalar::<_, i64>("SELECT COALESCE(SUM(bytes_used), 0) FROM groups")
+            .fetch_one(&mut conn)
+            .await
+        {
+            Ok(n) => n as u64,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read storage totals; refusing writes");
+                rx.close();
+                while let Some(job) = rx.recv().await {
+                    if let Job::Write { reply, .. } = job {
+                        let _ = reply.send(Err(StorageError::Closed));
+                    }
+                }
+                return;
+            }
+        };
+    let mut w = Writer {
+        conn,
+        quotas,
+        total_bytes,
+    };
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.recv().await else { break };
+        let mut ops = Vec::with_capacity(16);
+        let mut replies = Vec::with_capacity(16);
+        for job in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            match job {
+                Job::Write { op, reply } => {
+                    ops.push(op);
+                    replies.push(reply);
+                }
+                Job::Maintenance(reply) => {
+                    // Commit what is queued first, then run outside a transaction.
+                    w.commit_and_answer(std::mem::take(&mut ops), std::mem::take(&mut replies))
+                        .await;
+                    let _ = reply.send(w.maintenance().await);
+                }
+                Job::Shutdown => {
+                    stop = true;
+                    break;
+                }
+            }
+            if ops.len() >= MAX_OPS_PER_TXN {
+                break;
+            }
+        }
+        w.commit_and_answer(ops, replies).await;
+    }
+    rx.close();
+    // Answer anything still queued so no caller waits forever.
+    while let Ok(job) = rx.try_recv() {
+        match job {
+            Job::Write { reply, .. } => {
+                let _ = reply.send(Err(StorageError::Closed));
+            }
+            Job::Maintenance(reply) => {
+                let _ = reply.send(Err(StorageError::Closed));
+            }
+            Job::Shutdown => {}
+        }
+    }
+    if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut w.conn)
+        .await
+    {
+        tracing::warn!(error = %err, "WAL checkpoint at close failed");
+    }
+    let _ = w.conn.close().await;
+}
+
+type Reply = oneshot::Sender<Result<WriteReply, StorageError>>;
+
+impl Writer {
+    async fn commit_and_answer(&mut self, ops: Vec<WriteOp>, replies: Vec<Reply>) {
+        if ops.is_empty() {
+            return;
+        }
+        match self.commit_group(&ops).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                // The shared transaction failed as a whole: retry each op in
+                // a transaction of its own so each caller gets its own answer.
+                tracing::warn!(error = %err, ops = ops.len(), "group commit failed; retrying one by one");
+                for (op, reply) in ops.iter().zip(replies) {
+                    let result = match self.commit_group(std::slice::from_ref(op)).await {
+                        Ok(mut r) => r.pop().unwrap_or(Err(StorageError::Closed)),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+
+    /// Apply `ops` in one transaction, each in a savepoint. Client errors
+    /// (quotas, cursor) roll back only their op; a database error aborts the
+    /// whole group. The in-memory byte total moves only after the commit.
+    async fn commit_group(
+        &mut self,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Result<WriteReply, StorageError>>, StorageError> {
+        let quotas = self.quotas;
+        let mut total = self.total_bytes;
+        let mut tx = self.conn.begin().await?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let mut sp = tx.begin().await?;
+            match apply(&mut sp, op, quotas, total).await {
+                Ok((reply, delta)) => {
+                    sp.commit().await?;
+                    total = total.saturating_add_signed(delta);
+                    results.push(Ok(reply));
+                }
+                Err(
+                    err @ (StorageError::GroupQuotaExceeded { .. }
+                    | StorageError::GroupBlobsExceeded { .. }
+                    | StorageError::RelayStorageFull { .. }
+                    | StorageError::CursorBeyondHead { .. }),
+                ) => {
+                    sp.rollback().await?;
+                    results.push(Err(err));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        tx.commit().await?;
+        self.total_bytes = total;
+        Ok(results)
+    }
+
+    async fn maintenance(&mut self) -> Result<(), StorageError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut self.conn)
+            .await?;
+        sqlx::query("PRAGMA optimize")
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Apply one op; returns its reply and the change of the relay's byte total.
+async fn apply(
+    conn: &mut SqliteConnection,
+    op: &WriteOp,
+    quotas: Quotas,
+    total_bytes: u64,
+) -> Result<(WriteReply, i64), StorageError> {
+    match op {
+        WriteOp::OpenSession {
+            group,
+            device,
+            now_ms,
+        } => {
+            touch_group(conn, *group, *now_ms).await?;
+            touch_device(conn, *group, *device, *now_ms).await?;
+            Ok((WriteReply::Head(head_of(&mut *conn, *group).await?), 0))
+        }
+        WriteOp::Push(req) => {
+            let (out, added) = apply_push(conn, req, quotas, total_bytes).await?;
+            Ok((WriteReply::Pushed(out), added as i64))
+        }
+        WriteOp::Ack {
+            group,
+            device,
+            cursor,
+            now_ms,
+        } => {
+            let head = head_of(&mut *conn, *group).await?;
+            if *cursor > head {
+                return Err(StorageError::CursorBeyondHead {
+                    cursor: *cursor,
+                    head,
+                });
+            }
+            touch_device(conn, *group, *device, *now_ms).await?;
+            let acked: i64 = sqlx::query_scalar(
+                "UPDATE devices SET acked_cursor = MAX(acked_cursor, ?3) \
+                 WHERE group_id = ?1 AND device_id = ?2 RETURNING acked_cursor",
+            )
+            .bind(&group.0[..])
+            .bind(&device.0[..])
+            .bind(*cursor as i64)
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok((WriteReply::Acked(acked as u64), 0))
+        }
+        WriteOp::DeleteExpired { now_ms, limit } => {
+            let rows = sqlx::query(
+                "DELETE FROM blobs WHERE rowid IN \
+                 (SELECT rowid FROM blobs WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
+                 RETURNING group_id, LENGTH(payload)",
+            )
+            .bind(*now_ms)
+            .bind(i64::from(*limit))
+            .fetch_all(&mut *conn)
+            .await?;
+            let deleted = settle_deletions(conn, rows).await?;
+            Ok((WriteReply::Deleted(deleted), -(deleted.bytes as i64)))
+        }
+        WriteOp::DeleteAcked {
+            seen_since_ms,
+            limit,
+        } => {
+            let rows = sqlx::query(
+                "WITH floor AS (SELECT group_id, MIN(acked_cursor) AS acked FROM devices \
+                   WHERE last_seen_at >= ?1 GROUP BY group_id) \
+                 DELETE FROM blobs WHERE rowid IN \
+                 (SELECT b.rowid FROM blobs b JOIN floor f ON b.group_id = f.group_id \
+                   WHERE b.cursor <= f.acked LIMIT ?2) \
+                 RETURNING group_id, LENGTH(payload)",
+            )
+            .bind(*seen_since_ms)
+            .bind(i64::from(*limit))
+            .fetch_all(&mut *conn)
+            .await?;
+            let deleted = settle_deletions(conn, rows).await?;
+            Ok((WriteReply::Deleted(deleted), -(deleted.bytes as i64)))
+        }
+    }
+}
+
+/// Subtract deleted rows from their groups' counters: one UPDATE per group
+/// touched (at most the batch size), never one per blob.
+async fn settle_deletions(
+    conn: &mut SqliteConnection,
+    rows: Vec<sqlx::sqlite::SqliteRow>,
+) -> Result<Deleted, StorageError> {
+    let mut per_group: HashMap<Vec<u8>, (i64, i64)> = HashMap::new();
+    let mut deleted = Deleted::default();
+    for row in rows {
+        let group: Vec<u8> = row.try_get(0)?;
+        let len: i64 = row.try_get(1)?;
+        let e = per_group.entry(group).or_default();
+        e.0 += 1;
+        e.1 += len;
+        deleted.blobs += 1;
+        deleted.bytes += len as u64;
+    }
+    for (group, (count, bytes)) in per_group {
+        sqlx::query(
+            "UPDATE groups SET blob_count = blob_count - ?2, bytes_used = bytes_used - ?3 \
+             WHERE group_id = ?1",
+        )
+        .bind(group)
+        .bind(count)
+        .bind(bytes)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(deleted)
+}
+
+async fn touch_group(
+    conn: &mut SqliteConnection,
+    group: GroupId,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO groups (group_id, created_at, last_active_at) VALUES (?1, ?2, ?2) \
+         ON CONFLICT (group_id) DO UPDATE SET last_active_at = excluded.last_active_at",
+    )
+    .bind(&group.0[..])
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn touch_device(
+    conn: &mut SqliteConnection,
+    group: GroupId,
+    device: DeviceId,
+    now_ms: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO devices (group_id, device_id, first_seen_at, last_seen_at) VALUES (?1, ?2, ?3, ?3) \
+         ON CONFLICT (group_id, device_id) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+    )
+    .bind(&group.0[..])
+    .bind(&device.0[..])
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One push batch (DESIGN §5.3): duplicate check by blob id → quota checks
+/// (group bytes, group blobs, relay bytes) → cursor assignment → inserts.
+/// Returns the outcome and the payload bytes added.
+async fn apply_push(
+    conn: &mut SqliteConnection,
+    req: &PushRequest,
+    quotas: Quotas,
+    total_bytes: u64,
+) -> Result<(PushOutcome, u64), StorageError> {
+    touch_group(conn, req.group, req.now_ms).await?;
+    touch_device(conn, req.group, req.sender, req.now_ms).await?;
+
+    let existing = existing_cursors(conn, req.group, &req.items).await?;
+    // Which items are new: the first occurrence of an id not yet stored.
+    let mut first_index: HashMap<BlobId, usize> = HashMap::new();
+    let mut new_items: Vec<&NewBlob> = Vec::new();
+    for item in &req.items {
+        if !existing.contains_key(&item.blob_id) && !first_index.contains_key(&item.blob_id) {
+            first_index.insert(item.blob_id, new_items.len());
+            new_items.push(item);
+        }
+    }
+
+    let adding: u64 = new_items.iter().map(|b| b.payload.len() as u64).sum();
+    let head = if new_items.is_empty() {
+        head_of(&mut *conn, req.group).await?
+    } else {
+        let row = sqlx::query("SELECT bytes_used, blob_count FROM groups WHERE group_id = ?1")
+            .bind(&req.group.0[..])
+            .fetch_one(&mut *conn)
+            .await?;
+        let used = row.try_get::<i64, _>(0)? as u64;
+        let count = row.try_get::<i64, _>(1)? as u64;
+        let n = new_items.len() as u64;
+        if used.saturating_add(adding) > quotas.max_group_storage {
+            return Err(StorageError::GroupQuotaExceeded {
+                used,
+                adding,
+                limit: quotas.max_group_storage,
+            });
+        }
+        if count.saturating_add(n) > quotas.max_group_blobs {
+            return Err(StorageError::GroupBlobsExceeded {
+                count,
+                adding: n,
+                limit: quotas.max_group_blobs,
+            });
+        }
+        if total_bytes.saturating_add(adding) > quotas.max_storage {
+            return Err(StorageError::RelayStorageFull {
+                used: total_bytes,
+                adding,
+                limit: quotas.max_storage,
+            });
+        }
+        let head: i64 = sqlx::query_scalar(
+            "UPDATE groups SET head_cursor = head_cursor + ?2, bytes_used = bytes_used + ?3, \
+             blob_count = blob_count + ?2, last_active_at = ?4 WHERE group_id = ?1 RETURNING head_cursor",
+        )
+        .bind(&req.group.0[..])
+        .bind(n as i64)
+        .bind(adding as i64)
+        .bind(req.now_ms)
+        .fetch_one(&mut *conn)
+        .await?;
+        let first = head as u64 - n + 1;
+        for (i, item) in new_items.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(&req.group.0[..])
+            .bind((first + i as u64) as i64)
+            .bind(&item.blob_id.0[..])
+            .bind(&req.sender.0[..])
+            .bind(&item.payload[..])
+            .bind(req.now_ms)
+            .bind(item.expires_at_ms)
+            .execute(&mut *conn)
+            .await?;
+        }
+        head as u64
+    };
+
+    let first_new = head + 1 - new_items.len() as u64;
+    let mut seen = HashSet::new();
+    let results = req
+        .items
+        .iter()
+        .map(|item| match existing.get(&item.blob_id) {
+            Some(&cursor) => PushResult {
+                blob_id: item.blob_id,
+                cursor,
+                duplicate: true,
+            },
+            // The first occurrence in the batch is new; repeats duplicate it.
+            None => PushResult {
+                blob_id: item.blob_id,
+                cursor: first_new + first_index[&item.blob_id] as u64,
+                duplicate: !seen.insert(item.blob_id),
+            },
+        })
+        .collect();
+    Ok((PushOutcome { results, head }, adding))
+}
+
+async fn existing_cursors(
+    conn: &mut SqliteConnection,
+    group: GroupId,
+    items: &[NewBlob],
+) -> Result<HashMap<BlobId, u64>, StorageError> {
+    let mut found = HashMap::new();
+    for chunk in items.chunks(256) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "SELECT blob_id, cursor FROM blobs WHERE group_id = ? AND blob_id IN ({placeholders})"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(&group.0[..]);
+        for item in chunk {
+            q = q.bind(&item.blob_id.0[..]);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let id = BlobId(fixed(row.try_get(0)?)?);
+            found.insert(id, row.try_get::<i64, _>(1)? as u64);
+        }
+    }
+    Ok(found)
+}
