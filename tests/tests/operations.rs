@@ -495,3 +495,48 @@ async fn a_backup_taken_while_running_restores_identity_and_data() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn shutdown_closes_live_sessions_with_close_code_5() {
+    use sync_protocol::{DeviceId, Hello, Message, PROTOCOL_VERSION, read_message, write_message};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::start(&tmp.path().join("data"));
+    let keys = GroupSecret::generate().keys();
+    let (ep, conn) = relay.raw_connect().await;
+    let relay_id = DeviceId(
+        *relay
+            .node_id()
+            .parse::<iroh::EndpointId>()
+            .unwrap()
+            .as_bytes(),
+    );
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        group_id: keys.group_id(),
+        proof: keys.proof(&relay_id, &DeviceId(*ep.id().as_bytes())),
+        device_name: Some("probe".into()),
+    });
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_message(&mut send, &hello, 4096).await.unwrap();
+    send.finish().unwrap();
+    assert!(matches!(
+        read_message(&mut recv, 4096).await.unwrap(),
+        Some(Message::Welcome(_))
+    ));
+    let status = tokio::task::spawn_blocking(move || relay.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    match closed {
+        iroh::endpoint::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code.into_inner(),
+                u64::from(sync_protocol::CloseCode::ShuttingDown.as_u32())
+            );
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+}
