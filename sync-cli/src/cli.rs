@@ -7,10 +7,16 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "sync-cli", version, about, propagate_version = true)]
 pub struct Args {
-    /// Device home: keys, group and sync state (default: <config dir>/0k-sync).
+    /// Device home: keys, group and sync state [default: <config dir>/0k-sync]
     #[arg(long, global = true, env = "SYNC_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
-    /// More log output on stderr (-v, -vv).
+    /// Print machine-readable JSON on stdout (one object per line for streams)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors (and the invite, for init/invite)
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More log output on stderr (-v, -vv)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -19,60 +25,74 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create a new group on a relay and print an invite for other devices.
+    /// Create a new group on a relay and print an invite for other devices
     Init {
-        /// The relay, as NODE_ID@HOST:PORT (printed by the relay at start).
+        /// The relay, as NODE_ID@HOST:PORT (printed by the relay at start)
         #[arg(long, value_name = "NODE_ID@HOST:PORT")]
         relay: String,
-        /// A name for the group, shown to devices that join.
+        /// A name for the group, shown to devices that join
         #[arg(long)]
         name: Option<String>,
-        /// How long the printed invite can be used to join (e.g. 24h, 7d).
+        /// How long the printed invite can be used to join (e.g. 30m, 24h, 7d)
         #[arg(long, default_value = "24h", value_name = "DURATION")]
         expires: String,
+        /// Also print the invite as a QR code (default: when on a terminal)
+        #[arg(long)]
+        qr: bool,
     },
-    /// Print a new invite for this device's group.
+    /// Print a new invite for this device's group
     Invite {
-        /// How long the invite can be used to join (e.g. 24h, 7d).
+        /// How long the invite can be used to join (e.g. 30m, 24h, 7d)
         #[arg(long, default_value = "24h", value_name = "DURATION")]
         expires: String,
+        /// Also print the invite as a QR code (default: when on a terminal)
+        #[arg(long)]
+        qr: bool,
     },
-    /// Join a group with an invite from one of its devices.
+    /// Join a group with an invite from one of its devices
     Join {
-        /// The invite (starts with 0ksync1-).
+        /// The invite (starts with 0ksync1-)
         invite: String,
     },
-    /// Encrypt and push files (or stdin with `-`) to the group.
+    /// Encrypt and push files (or stdin with `-`) to the group
+    ///
+    /// An interrupted push of a file resumes where it stopped when run
+    /// again; a file unchanged since its last push is skipped.
     Push {
-        /// Files to push; `-` reads standard input (needs --name).
+        /// Files to push; `-` reads standard input (needs --name)
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
-        /// Name under which stdin is pushed.
+        /// Name under which stdin (or the one file) is pushed
         #[arg(long)]
         name: Option<String>,
-        /// How long the relay keeps the data (e.g. 7d; default: the relay's).
+        /// How long the relay keeps the data (e.g. 12h, 7d) [default: the relay's]
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
-        /// Print the result as JSON.
+        /// Push files again even if unchanged since their last push
         #[arg(long)]
-        json: bool,
+        force: bool,
+        /// Reconnect attempts before giving up when the relay is unreachable
+        #[arg(long, default_value_t = 12, value_name = "N")]
+        retries: u32,
     },
-    /// Pull and decrypt what other devices pushed, writing files into --out.
+    /// Pull and decrypt what other devices pushed, writing files into --out
     Pull {
-        /// Directory for received files (created if missing).
+        /// Directory for received files (created if missing)
         #[arg(long, default_value = ".", value_name = "DIR")]
         out: PathBuf,
-        /// Stay connected and pull whenever the relay announces new data (Ctrl-C to stop).
+        /// Stay connected and pull whenever the relay announces new data
+        /// (rides through relay restarts and network drops; Ctrl-C stops)
         #[arg(long)]
         follow: bool,
-        /// Print one JSON object per line per event.
-        #[arg(long)]
-        json: bool,
+        /// Reconnect attempts before giving up [default: 12, or never with --follow]
+        #[arg(long, value_name = "N")]
+        retries: Option<u32>,
     },
-    /// Show this device, its group, the local sync state and the relay's reachability.
-    Status {
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
+    /// Show this device, its group, the sync state and the relay's reachability
+    Status,
+    /// Print a shell completion script (e.g. `sync-cli completions bash > /etc/bash_completion.d/sync-cli`)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
     },
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    init_logging(args.verbose);
+    init_logging(args.verbose, args.quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -19,19 +19,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let json = args.json;
     match runtime.block_on(commands::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            output::print_error(&err, json);
             ExitCode::from(1)
         }
     }
 }
 
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info,iroh=warn,noq=warn",
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info,iroh=warn,noq=warn",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SYNC_LOG")

@@ -1,6 +1,35 @@
-//! Printing results: human lines or JSON on stdout, warnings on stderr.
+//! Output: JSON on stdout for scripts, human lines otherwise; progress bars
+//! on stderr for transfers that last over a second (only when stdout is a
+//! terminal); errors with what happened and what to do.
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+use sync_client::ClientError;
+use sync_protocol::ErrorCode;
+
+/// How to print.
+#[derive(Debug, Clone, Copy)]
+pub struct Out {
+    /// JSON on stdout.
+    pub json: bool,
+    /// Nothing but errors.
+    pub quiet: bool,
+}
+
+impl Out {
+    /// Human lines are printed.
+    pub fn human(&self) -> bool {
+        !self.json && !self.quiet
+    }
+
+    /// A progress bar that appears once a transfer has run for a second,
+    /// only when stdout is a terminal and output is human.
+    pub fn progress(&self, label: &str) -> Progress {
+        Progress::new(label, self.human() && std::io::stdout().is_terminal())
+    }
+}
 
 /// Print one JSON value on its own line.
 pub fn json_line<T: Serialize>(value: &T) {
@@ -13,4 +42,105 @@ pub fn json_line<T: Serialize>(value: &T) {
 /// A short node id for human output: the first 10 hex characters.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(10)]
+}
+
+/// A byte-count progress bar (see [`Out::progress`]).
+pub struct Progress {
+    bar: ProgressBar,
+    enabled: bool,
+    started: Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(label: &str, enabled: bool) -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        let style = ProgressStyle::with_template(
+            "{msg:20!} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_message(label.to_string());
+        Progress {
+            bar,
+            enabled,
+            started: Instant::now(),
+            shown: false,
+        }
+    }
+
+    /// Bytes done and, when known, the total.
+    pub fn update(&mut self, done: u64, total: Option<u64>) {
+        if let Some(t) = total {
+            self.bar.set_length(t);
+        }
+        self.bar.set_position(done);
+        if self.enabled && !self.shown && self.started.elapsed() > Duration::from_secs(1) {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            self.shown = true;
+        }
+    }
+
+    /// Remove the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// What the user can do about an error, if there is something to say.
+pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    let client = err.chain().find_map(|e| e.downcast_ref::<ClientError>())?;
+    Some(match client {
+        ClientError::Relay(e) => match e.error_code() {
+            ErrorCode::Unauthorized => {
+                "this device's group secret is not accepted by the relay: check that the home belongs to the group (sync-cli status) or join again with a fresh invite"
+            }
+            ErrorCode::UnsupportedVersion => {
+                "the relay speaks another protocol version: upgrade sync-cli or the relay"
+            }
+            ErrorCode::BlobTooLarge => {
+                "the relay's size limit is smaller than expected: upgrade sync-cli"
+            }
+            ErrorCode::GroupQuotaExceeded => {
+                "the group's storage at the relay is full: wait for old data to expire, or ask the relay operator for a larger quota"
+            }
+            ErrorCode::TtlTooLong => "ask for a shorter --ttl",
+            ErrorCode::Overloaded => "the relay is at capacity: try again later",
+            ErrorCode::RateLimited => {
+                "the relay asks this device to slow down: try again in a moment"
+            }
+            ErrorCode::ShuttingDown => "the relay is restarting: run the command again in a moment",
+            _ => return None,
+        },
+        ClientError::Connect { .. } | ClientError::GaveUp { .. } => {
+            "check that the relay is running and that the address in `sync-cli status` is right"
+        }
+        ClientError::Io { .. } => "check the path and its permissions",
+        _ => return None,
+    })
+}
+
+/// Print an error (and its hint) on stderr, or as JSON on stdout.
+pub fn print_error(err: &anyhow::Error, json: bool) {
+    let message = format!("{err:#}");
+    let hint = hint(err);
+    if json {
+        json_line(&serde_json::json!({ "event": "error", "error": message, "hint": hint }));
+    }
+    eprintln!("error: {message}");
+    if let Some(h) = hint {
+        eprintln!("  hint: {h}");
+    }
+}
+
+/// The invite as a QR code drawn with Unicode half blocks.
+pub fn qr(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build(),
+    )
 }

@@ -43,6 +43,19 @@ pub enum ClientError {
     /// The device home is missing, incomplete or corrupt.
     #[error("{0}")]
     Home(String),
+    /// A request saw no bytes from the relay for the stall timeout.
+    #[error("no progress from the relay for {0:?}; the connection looks dead")]
+    Stalled(std::time::Duration),
+    /// Reconnecting failed `attempts` times in a row.
+    #[error(
+        "gave up after {attempts} attempts to reach the relay; last error: {last}. Check that the relay is running and reachable, then run the command again"
+    )]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: Box<ClientError>,
+    },
 }
 
 impl ClientError {
@@ -51,6 +64,18 @@ impl ClientError {
         match self {
             ClientError::Relay(e) => Some(e.error_code()),
             _ => None,
+        }
+    }
+
+    /// True for failures of the connection (not of the request): the
+    /// request may be repeated on a new connection.
+    pub fn is_transport(&self) -> bool {
+        match self {
+            ClientError::ConnectionLost(_)
+            | ClientError::Stalled(_)
+            | ClientError::Connect { .. } => true,
+            ClientError::Relay(e) => e.error_code() == ErrorCode::ShuttingDown,
+            _ => false,
         }
     }
 

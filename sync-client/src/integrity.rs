@@ -44,6 +44,21 @@ impl SenderTrack {
         Observation::New
     }
 
+    /// Most numbers one `Void` may give up (bounds memory for hostile input).
+    pub const MAX_VOID: u64 = 1 << 20;
+
+    /// Record that the sender gave up `first..=last` (they are no gap and
+    /// are not replays). Ranges over [`SenderTrack::MAX_VOID`] are refused.
+    pub fn void(&mut self, first: u64, last: u64) -> bool {
+        if first == 0 || last < first || last - first >= Self::MAX_VOID {
+            return false;
+        }
+        for seq in first.max(self.contiguous + 1)..=last {
+            let _ = self.observe(seq);
+        }
+        true
+    }
+
     /// Missing ranges `(first, last)` below the highest number seen.
     pub fn gaps(&self) -> Vec<(u64, u64)> {
         let mut gaps = Vec::new();
@@ -85,6 +100,20 @@ mod tests {
         assert_eq!(t.observe(1), Observation::Replay);
         assert_eq!(t.observe(3), Observation::Replay);
         assert_eq!(t.observe(0), Observation::Replay);
+    }
+
+    #[test]
+    fn voided_numbers_fill_gaps_quietly() {
+        let mut t = SenderTrack::default();
+        for s in [1, 2, 9] {
+            t.observe(s);
+        }
+        assert_eq!(t.gaps(), vec![(3, 8)]);
+        assert!(t.void(3, 8));
+        assert!(t.gaps().is_empty());
+        assert_eq!(t.contiguous, 9);
+        assert!(!t.void(1, 1 << 30), "huge ranges are refused");
+        assert!(!t.void(5, 4));
     }
 
     #[test]

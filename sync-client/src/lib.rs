@@ -4,13 +4,15 @@
 //! - [`crypto`]: group secret and keys, membership proof, blob envelope,
 //!   Padmé padding.
 //! - [`session`]: one authenticated session with the relay (opaque payloads).
-//! - [`client`]: [`SyncClient`], which seals pushes and opens pulls.
+//! - [`client`]: [`SyncClient`], which seals pushes and opens pulls, and
+//!   reconnects with backoff ([`backoff`]); resumable pushes ([`journal`]).
 //! - [`receive`]: applying pulled blobs, file reassembly and verification.
 //! - [`home`]: a device's home directory (device key, group, state).
 //! - [`invite`], [`relay_addr`], [`state`], [`integrity`], [`util`].
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod client;
 pub mod crypto;
 pub mod endpoint;
@@ -18,13 +20,15 @@ pub mod error;
 pub mod home;
 pub mod integrity;
 pub mod invite;
+pub mod journal;
 pub mod receive;
 pub mod relay_addr;
 pub mod session;
 pub mod state;
 pub mod util;
 
-pub use client::{PullSummary, PushOptions, PushedFile, SyncClient};
+pub use backoff::RetryPolicy;
+pub use client::{LinkState, PullSummary, PushOptions, PushedFile, Subscription, SyncClient};
 pub use crypto::{GroupKeys, GroupSecret};
 pub use error::ClientError;
 pub use home::Home;

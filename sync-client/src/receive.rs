@@ -4,19 +4,25 @@
 //! whole file and rename it into place. A blob that fails any check is
 //! reported as [`PullEvent::Rejected`] with its cursor, never silently
 //! skipped.
+//!
+//! Crash safety: chunk writes are idempotent (same bytes at the same
+//! offset); before a completed file is renamed, the state is saved with the
+//! file marked `completing`, and [`Receiver::recover`] finishes such files at
+//! the next start — so a crash at any point neither loses a file nor leaves
+//! a half-assembled one behind.
 
 use crate::crypto::GroupKeys;
 use crate::crypto::envelope::{self, BlobKind, FileChunk};
 use crate::error::{ClientError, Result};
 use crate::integrity::Observation;
-use crate::state::{ClientState, PartialFile};
+use crate::state::{ClientState, PartialFile, StateStore};
 use crate::util::sync_dir;
 use serde::Serialize;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use sync_protocol::{BlobId, DeviceId, PulledBlob};
+use sync_protocol::{DeviceId, PulledBlob};
 
 /// Largest file offset a chunk may write at (1 TiB): bounds disk use from a
 /// hostile header.
@@ -24,8 +30,8 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 /// Most chunks in one file.
 pub const MAX_CHUNKS: u32 = 1 << 24;
 
-/// Something that happened while pulling.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Something that happened while pulling or following.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum PullEvent {
     /// A file arrived complete and verified.
@@ -41,6 +47,15 @@ pub enum PullEvent {
         /// Cursor of its last chunk.
         cursor: u64,
     },
+    /// Part of a file arrived (for progress display).
+    Progress {
+        /// The file's name.
+        name: String,
+        /// Bytes of it received so far.
+        received: u64,
+        /// Its size, when the sender knew it.
+        total: Option<u64>,
+    },
     /// An application message arrived.
     Message {
         /// Its cursor.
@@ -54,6 +69,13 @@ pub enum PullEvent {
         /// The message itself (not serialized).
         #[serde(skip)]
         data: Vec<u8>,
+    },
+    /// A sender abandoned a file; its partial copy was removed.
+    Abandoned {
+        /// The file's name, if a partial copy existed.
+        name: Option<String>,
+        /// Sender's node id (hex).
+        sender: String,
     },
     /// A blob failed to decrypt or verify; it was not applied.
     Rejected {
@@ -83,6 +105,22 @@ pub enum PullEvent {
         /// Last missing number.
         last: u64,
     },
+    /// Caught up with the relay (following only).
+    Synced {
+        /// Local cursor.
+        cursor: u64,
+        /// Group head.
+        head: u64,
+    },
+    /// The connection was lost; reconnecting after `delay_ms`.
+    Reconnecting {
+        /// Attempt number, from 1.
+        attempt: u32,
+        /// Wait before this attempt.
+        delay_ms: u64,
+        /// What went wrong.
+        error: String,
+    },
 }
 
 /// Applies pulled blobs for one device into one output directory.
@@ -102,28 +140,75 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    /// Apply one blob, updating `state` (not saving it) and reporting what
-    /// happened through `events`. Only local I/O failures are errors;
-    /// anything wrong with the blob is an event.
+    /// Finish files a crash left `completing`: verify and move them into
+    /// place (or confirm they already are). Call before pulling.
+    pub fn recover(
+        &self,
+        store: &mut StateStore,
+        events: &mut (dyn FnMut(PullEvent) + Send),
+    ) -> Result<()> {
+        let keys: Vec<String> = store
+            .state
+            .partials
+            .iter()
+            .filter(|(_, p)| p.completing)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let partial = store.state.partials.remove(&key).expect("listed");
+            let cursor = store.state.cursor;
+            match finish(&partial, cursor)? {
+                Ok(event) => events(event),
+                Err(reason) => {
+                    store.state.rejected += 1;
+                    events(PullEvent::Rejected {
+                        cursor,
+                        blob_id: String::new(),
+                        reason,
+                    });
+                }
+            }
+            store.save()?;
+        }
+        Ok(())
+    }
+
+    /// Apply one blob, updating `store.state` (saving it only around a
+    /// file's completion) and reporting what happened through `events`.
+    /// Only local I/O failures are errors; anything wrong with the blob is
+    /// an event. Moves the cursor to the blob's.
     pub fn apply(
         &self,
         blob: &PulledBlob,
-        state: &mut ClientState,
-        events: &mut dyn FnMut(PullEvent),
+        store: &mut StateStore,
+        events: &mut (dyn FnMut(PullEvent) + Send),
+    ) -> Result<()> {
+        self.apply_inner(blob, store, events)?;
+        store.state.cursor = store.state.cursor.max(blob.cursor);
+        Ok(())
+    }
+
+    fn apply_inner(
+        &self,
+        blob: &PulledBlob,
+        store: &mut StateStore,
+        events: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<()> {
         if blob.sender == self.me {
             // Our own blob coming back: we have its content already.
             return Ok(());
         }
-        let reject =
-            |state: &mut ClientState, events: &mut dyn FnMut(PullEvent), reason: String| {
-                state.rejected += 1;
-                events(PullEvent::Rejected {
-                    cursor: blob.cursor,
-                    blob_id: hex::encode(blob.blob_id.0),
-                    reason,
-                });
-            };
+        let state = &mut store.state;
+        let reject = |state: &mut ClientState,
+                      events: &mut (dyn FnMut(PullEvent) + Send),
+                      reason: String| {
+            state.rejected += 1;
+            events(PullEvent::Rejected {
+                cursor: blob.cursor,
+                blob_id: hex::encode(blob.blob_id.0),
+                reason,
+            });
+        };
         let opened = match envelope::open(self.keys, &blob.blob_id, &blob.payload) {
             Ok(o) => o,
             Err(e) => {
@@ -160,17 +245,36 @@ impl<'a> Receiver<'a> {
                     len: opened.body.len(),
                     data: opened.body,
                 });
-                Ok(())
+            }
+            BlobKind::Void {
+                file_id,
+                first_seq,
+                last_seq,
+            } => {
+                if !track.void(first_seq, last_seq) {
+                    reject(
+                        state,
+                        events,
+                        "invalid range of abandoned sequence numbers".into(),
+                    );
+                    return Ok(());
+                }
+                let name = file_id.and_then(|id| {
+                    let p = state.partials.remove(&hex::encode(id))?;
+                    let _ = fs::remove_file(&p.temp_path);
+                    Some(p.name)
+                });
+                events(PullEvent::Abandoned { name, sender });
             }
             BlobKind::FileChunk(chunk) => {
-                match self.apply_chunk(&chunk, &opened.body, &sender, blob.cursor, state)? {
+                match self.apply_chunk(&chunk, &opened.body, &sender, blob.cursor, store, events)? {
                     Ok(Some(event)) => events(event),
                     Ok(None) => {}
-                    Err(reason) => reject(state, events, reason),
+                    Err(reason) => reject(&mut store.state, events, reason),
                 }
-                Ok(())
             }
         }
+        Ok(())
     }
 
     /// `Ok(Ok(Some(File)))` when the file completed, `Ok(Err(reason))` when
@@ -181,7 +285,8 @@ impl<'a> Receiver<'a> {
         body: &[u8],
         sender: &str,
         cursor: u64,
-        state: &mut ClientState,
+        store: &mut StateStore,
+        events: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<std::result::Result<Option<PullEvent>, String>> {
         let end = chunk.offset.checked_add(body.len() as u64);
         if end.is_none_or(|e| e > MAX_FILE_SIZE) || chunk.index >= MAX_CHUNKS {
@@ -203,7 +308,8 @@ impl<'a> Receiver<'a> {
         }
         let key = hex::encode(chunk.file_id);
         fs::create_dir_all(&self.out_dir).map_err(ClientError::io(&self.out_dir))?;
-        let partial = state
+        let partial = store
+            .state
             .partials
             .entry(key.clone())
             .or_insert_with(|| PartialFile {
@@ -213,12 +319,18 @@ impl<'a> Receiver<'a> {
                 sender: sender.to_string(),
                 received: Default::default(),
                 end: None,
+                bytes: 0,
+                size_hint: chunk.size_hint,
+                completing: false,
             });
         if partial.name != chunk.name || partial.sender != sender {
             return Ok(Err(format!(
                 "chunk {} claims file {:?} from another name or sender",
                 chunk.index, chunk.name
             )));
+        }
+        if partial.completing || partial.received.contains(&chunk.index) {
+            return Ok(Ok(None)); // already written
         }
         let temp = partial.temp_path.clone();
         let mut f = fs::OpenOptions::new()
@@ -231,43 +343,83 @@ impl<'a> Receiver<'a> {
         f.seek(SeekFrom::Start(chunk.offset))
             .and_then(|_| f.write_all(body))
             .map_err(ClientError::io(&temp))?;
+        drop(f);
         partial.received.insert(chunk.index);
+        partial.bytes += body.len() as u64;
         if let Some(e) = &chunk.end {
             partial.end = Some((e.chunks, e.size, hex::encode(e.blake3)));
         }
-        let Some((chunks, size, hash)) = partial.end.clone() else {
+        events(PullEvent::Progress {
+            name: partial.name.clone(),
+            received: partial.bytes,
+            total: partial.end.as_ref().map(|e| e.1).or(partial.size_hint),
+        });
+        let Some((chunks, _, _)) = partial.end.clone() else {
             return Ok(Ok(None));
         };
         if partial.received.len() < chunks as usize {
             return Ok(Ok(None));
         }
-        // Every chunk is here: verify and move into place.
-        let partial = state.partials.remove(&key).expect("present");
-        f.set_len(size)
-            .and_then(|_| f.sync_all())
-            .map_err(ClientError::io(&temp))?;
-        drop(f);
-        let actual = hash_file(&temp)?;
-        if hex::encode(actual.as_bytes()) != hash {
-            let _ = fs::remove_file(&temp);
-            return Ok(Err(format!(
-                "file {:?} failed its BLAKE3 check; discarded",
-                partial.name
-            )));
-        }
-        fs::set_permissions(&temp, fs::Permissions::from_mode(partial.mode))
-            .map_err(ClientError::io(&temp))?;
-        let dest = temp.parent().unwrap_or(Path::new(".")).join(&partial.name);
-        fs::rename(&temp, &dest).map_err(ClientError::io(&dest))?;
-        sync_dir(dest.parent().unwrap_or(Path::new(".")))?;
-        Ok(Ok(Some(PullEvent::File {
-            name: partial.name,
-            path: dest,
-            size,
-            sender: sender.to_string(),
-            cursor,
-        })))
+        // Every chunk is here. Record that before touching the files, with
+        // the cursor of this last chunk, so a crash from here on is
+        // finished by `recover` instead of waiting for chunks that will
+        // never be sent again.
+        partial.completing = true;
+        store.state.cursor = store.state.cursor.max(cursor);
+        store.save()?;
+        let partial = store.state.partials.remove(&key).expect("present");
+        let outcome = finish(&partial, cursor)?;
+        store.save()?;
+        Ok(outcome.map(Some))
     }
+}
+
+/// Verify a complete temp file and rename it into place. If the temp file
+/// is gone, the rename already happened: check the destination instead.
+fn finish(partial: &PartialFile, cursor: u64) -> Result<std::result::Result<PullEvent, String>> {
+    let Some((_, size, hash)) = &partial.end else {
+        return Ok(Err(format!("{:?} has no end record", partial.name)));
+    };
+    let temp = &partial.temp_path;
+    let dir = temp.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let dest = dir.join(&partial.name);
+    let done = |dest: PathBuf| PullEvent::File {
+        name: partial.name.clone(),
+        path: dest,
+        size: *size,
+        sender: partial.sender.clone(),
+        cursor,
+    };
+    if !temp.exists() {
+        return match hash_file(&dest) {
+            Ok(h) if h.to_hex().as_str() == hash.as_str() => Ok(Ok(done(dest))),
+            _ => Ok(Err(format!(
+                "{:?} was interrupted while being moved into place and is missing",
+                partial.name
+            ))),
+        };
+    }
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(temp)
+        .map_err(ClientError::io(temp))?;
+    f.set_len(*size)
+        .and_then(|_| f.sync_all())
+        .map_err(ClientError::io(temp))?;
+    drop(f);
+    let actual = hash_file(temp)?;
+    if actual.to_hex().as_str() != hash.as_str() {
+        let _ = fs::remove_file(temp);
+        return Ok(Err(format!(
+            "file {:?} failed its BLAKE3 check; discarded",
+            partial.name
+        )));
+    }
+    fs::set_permissions(temp, fs::Permissions::from_mode(partial.mode))
+        .map_err(ClientError::io(temp))?;
+    fs::rename(temp, &dest).map_err(ClientError::io(&dest))?;
+    sync_dir(&dir)?;
+    Ok(Ok(done(dest)))
 }
 
 /// BLAKE3 of a file, read in 64 KiB pieces (constant memory).
@@ -301,9 +453,4 @@ pub fn gap_events(state: &ClientState) -> Vec<PullEvent> {
                 })
         })
         .collect()
-}
-
-/// The blob id of `blob` as hex (for reports).
-pub fn blob_id_hex(id: &BlobId) -> String {
-    hex::encode(id.0)
 }

@@ -215,11 +215,36 @@ impl RelaySession {
         }
     }
 
-    /// Close the session cleanly (close code 0) and release the endpoint.
-    pub async fn close(self) {
+    /// Close the session cleanly (close code 0) and release the endpoint
+    /// (waits at most 1 s for the close to be sent).
+    pub async fn close(&self) {
         self.conn
             .close(VarInt::from_u32(CloseCode::Normal.as_u32()), b"bye");
-        self.endpoint.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.close()).await;
+    }
+
+    /// Resolves once the relay has sent nothing at all (not even an ACK of
+    /// a keep-alive) for `stall`: the path is dead even if QUIC has not
+    /// timed out yet. Never resolves on a live connection.
+    pub async fn stalled(&self, stall: Duration) {
+        let tick = (stall / 5).max(Duration::from_millis(50));
+        let mut last = self.conn.stats().udp_rx.bytes;
+        let mut quiet_since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.conn.stats().udp_rx.bytes;
+            if now != last {
+                last = now;
+                quiet_since = tokio::time::Instant::now();
+            } else if quiet_since.elapsed() >= stall {
+                return;
+            }
+        }
+    }
+
+    /// True once the QUIC connection is closed or lost.
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
     }
 }
 

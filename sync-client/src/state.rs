@@ -36,6 +36,15 @@ pub struct PartialFile {
     pub received: BTreeSet<u32>,
     /// Known once the last chunk arrived: chunk count, size, BLAKE3.
     pub end: Option<(u32, u64, String)>,
+    /// Content bytes written so far.
+    #[serde(default)]
+    pub bytes: u64,
+    /// The size the sender announced (progress display).
+    #[serde(default)]
+    pub size_hint: Option<u64>,
+    /// Every chunk arrived; the file is being verified and moved into place.
+    #[serde(default)]
+    pub completing: bool,
 }
 
 /// Everything the device remembers between runs.
@@ -127,6 +136,11 @@ impl StateStore {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory holding the state files (the device home).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// Reserve `n` sequence numbers for this device's next blobs and persist

@@ -101,8 +101,10 @@ fn two_devices_sync_files_end_to_end() {
         );
         for entry in std::fs::read_dir(&dev.home).unwrap() {
             let entry = entry.unwrap();
-            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600, "{}", entry.path().display());
+            let meta = entry.metadata().unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            let want = if meta.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{}", entry.path().display());
         }
     }
 }
@@ -176,9 +178,14 @@ fn pull_follow_receives_a_new_file_within_two_seconds() {
     std::fs::write(&file, b"pushed while B follows").unwrap();
     a.run(&["push", file.to_str().unwrap()]);
     let acked = Instant::now();
-    let (at, line) = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("file event");
+    let (at, line) = loop {
+        let (at, line) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("file event");
+        if !line.contains("\"synced\"") {
+            break (at, line);
+        }
+    };
     assert!(
         line.contains("\"file\"") && line.contains("live.txt"),
         "{line}"

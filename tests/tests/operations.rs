@@ -44,7 +44,8 @@ async fn each_quota_refuses_with_its_code_and_stores_nothing() {
     let a = LibDevice::new(&relay.address, &GroupSecret::generate())
         .connect()
         .await;
-    let push = |items| a.session().push(items);
+    let session = a.session();
+    let push = |items| session.push(items);
     let stored = || relay.health()["storage_bytes"].as_u64().unwrap();
 
     let err = push(vec![item(1, 1025, None)]).await.unwrap_err();
@@ -181,7 +182,14 @@ async fn expired_blobs_disappear_within_one_cleanup_interval() {
         .map(|i| format!("short-lived {i}").into_bytes())
         .collect();
     client
-        .push_messages(&mut dev.state, &msgs, &PushOptions { ttl_s: Some(1) })
+        .push_messages(
+            &mut dev.state,
+            &msgs,
+            &PushOptions {
+                ttl_s: Some(1),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     client
@@ -243,7 +251,7 @@ async fn metrics_move_with_pushes_pulls_and_sessions() {
     let ca = a.connect().await;
     let mut b = LibDevice::new(&relay.address, &secret);
     let cb = b.connect().await;
-    let mut heads = cb.subscribe();
+    let mut heads = cb.heads();
     ca.push_messages(
         &mut a.state,
         &[b"one".to_vec(), b"two".to_vec()],

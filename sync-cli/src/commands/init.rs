@@ -1,10 +1,39 @@
 //! `init`, `invite`, `join`: group membership.
 
+use crate::output::{Out, json_line, qr, short};
 use anyhow::Result;
+use serde::Serialize;
+use std::io::IsTerminal;
 use sync_client::util::{human_duration, now_s, parse_duration};
 use sync_client::{GroupSecret, Home, Invite, RelayAddr};
 
-fn make_invite(home: &Home, expires: &str) -> Result<(String, u64)> {
+/// `--json` output of `init` and `invite`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct InviteOut {
+    /// The invite string (a secret).
+    pub invite: String,
+    /// Unix seconds after which it cannot be used to join.
+    pub expires_at: u64,
+    /// The group id (hex).
+    pub group_id: String,
+    /// The relay address.
+    pub relay: String,
+}
+
+/// `--json` output of `join`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct JoinOut {
+    /// The group id (hex).
+    pub group_id: String,
+    /// The group's name, if the invite carried one.
+    pub group_name: Option<String>,
+    /// The relay address.
+    pub relay: String,
+    /// This device's node id (hex).
+    pub device_id: String,
+}
+
+fn make_invite(home: &Home, expires: &str) -> Result<(Invite, u64)> {
     let ttl = parse_duration(expires)?;
     let group = home.group()?;
     let invite = Invite {
@@ -13,11 +42,30 @@ fn make_invite(home: &Home, expires: &str) -> Result<(String, u64)> {
         expires_at: now_s() + ttl,
         group_name: group.name,
     };
-    Ok((invite.encode(), ttl))
+    Ok((invite, ttl))
 }
 
-fn print_invite(invite: &str, ttl: u64) {
-    println!("{invite}");
+fn print_invite(invite: &Invite, ttl: u64, force_qr: bool, out: Out) {
+    let text = invite.encode();
+    if out.json {
+        json_line(&InviteOut {
+            invite: text,
+            expires_at: invite.expires_at,
+            group_id: invite.secret.keys().group_id().to_string(),
+            relay: invite.relays[0].clone(),
+        });
+        return;
+    }
+    // The invite alone on stdout, so `INVITE=$(sync-cli invite)` works.
+    println!("{text}");
+    if out.quiet {
+        return;
+    }
+    if (force_qr || std::io::stderr().is_terminal())
+        && let Some(code) = qr(&text)
+    {
+        eprintln!("{code}");
+    }
     eprintln!(
         "This invite is a secret: anyone who has it can read and write the group. \
          It can be used to join for {}. On another device: sync-cli join <invite>",
@@ -25,42 +73,60 @@ fn print_invite(invite: &str, ttl: u64) {
     );
 }
 
-pub fn init(home: &Home, relay: &str, name: Option<String>, expires: &str) -> Result<()> {
+pub fn init(
+    home: &Home,
+    relay: &str,
+    name: Option<String>,
+    expires: &str,
+    qr: bool,
+    out: Out,
+) -> Result<()> {
     let relay: RelayAddr = relay.parse()?;
     parse_duration(expires)?;
     let secret = GroupSecret::generate();
     home.create(&relay, &secret, name)?;
-    let group_id = secret.keys().group_id();
-    eprintln!(
-        "Created group {} on relay {} in {}",
-        crate::output::short(&group_id.to_string()),
-        relay,
-        home.dir().display()
-    );
+    if out.human() {
+        eprintln!(
+            "Created group {} on relay {} in {}",
+            short(&secret.keys().group_id().to_string()),
+            relay,
+            home.dir().display()
+        );
+    }
     let (invite, ttl) = make_invite(home, expires)?;
-    print_invite(&invite, ttl);
+    print_invite(&invite, ttl, qr, out);
     Ok(())
 }
 
-pub fn invite(home: &Home, expires: &str) -> Result<()> {
+pub fn invite(home: &Home, expires: &str, qr: bool, out: Out) -> Result<()> {
     let (invite, ttl) = make_invite(home, expires)?;
-    print_invite(&invite, ttl);
+    print_invite(&invite, ttl, qr, out);
     Ok(())
 }
 
-pub fn join(home: &Home, text: &str) -> Result<()> {
+pub fn join(home: &Home, text: &str, out: Out) -> Result<()> {
     let invite = Invite::decode(text)?;
     invite.check_not_expired(now_s())?;
     let relay: RelayAddr = invite.relays[0].parse()?;
     home.create(&relay, &invite.secret, invite.group_name.clone())?;
-    eprintln!(
-        "Joined group {}{} via relay {}. Pull with: sync-cli pull --out DIR",
-        crate::output::short(&invite.secret.keys().group_id().to_string()),
-        invite
-            .group_name
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default(),
-        relay
-    );
+    let group_id = invite.secret.keys().group_id().to_string();
+    if out.json {
+        json_line(&JoinOut {
+            group_id,
+            group_name: invite.group_name,
+            relay: relay.to_string(),
+            device_id: home.device_key()?.public().to_string(),
+        });
+    } else if out.human() {
+        eprintln!(
+            "Joined group {}{} via relay {}. Pull with: sync-cli pull --out DIR",
+            short(&group_id),
+            invite
+                .group_name
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default(),
+            relay
+        );
+    }
     Ok(())
 }

@@ -1,69 +1,119 @@
 //! `pull [--out DIR] [--follow]`: fetch, decrypt, verify and write files.
 
-use crate::output::{json_line, short};
-use anyhow::{Result, bail};
+use crate::output::{Out, Progress, json_line, short};
+use anyhow::Result;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::Path;
 use sync_client::util::human_size;
-use sync_client::{Home, PullEvent, PullSummary, SyncClient};
+use sync_client::{Home, PullEvent, PullSummary, RetryPolicy, SyncClient};
 
-#[derive(Serialize)]
+/// The last line of `pull --json` (without --follow).
+#[derive(Serialize, schemars::JsonSchema)]
 #[serde(tag = "event", rename = "done")]
-struct Done<'a> {
+pub struct Done {
+    /// What the pull did.
     #[serde(flatten)]
-    summary: &'a PullSummary,
+    pub summary: PullSummary,
 }
 
-fn print_event(event: &PullEvent, json: bool) {
-    if json {
-        if !matches!(event, PullEvent::Message { .. }) {
-            json_line(event);
+/// Prints events; keeps one progress bar per file being received.
+struct Printer {
+    out: Out,
+    bars: HashMap<String, Progress>,
+}
+
+impl Printer {
+    fn event(&mut self, event: PullEvent) {
+        if let PullEvent::Progress {
+            name,
+            received,
+            total,
+        } = &event
+        {
+            let out = self.out;
+            self.bars
+                .entry(name.clone())
+                .or_insert_with(|| out.progress(name))
+                .update(*received, *total);
+            return;
         }
-        return;
-    }
-    match event {
-        PullEvent::File {
-            name, size, sender, ..
-        } => {
-            println!(
-                "received {name} ({}) from {}",
-                human_size(*size),
-                short(sender)
-            );
+        if let PullEvent::File { name, .. } = &event
+            && let Some(bar) = self.bars.remove(name)
+        {
+            bar.finish();
         }
-        PullEvent::Message {
-            cursor,
-            sender,
-            len,
-            ..
-        } => {
-            println!(
-                "message of {len} bytes from {} at cursor {cursor}",
-                short(sender)
-            );
+        if self.out.json {
+            if !matches!(event, PullEvent::Message { .. }) {
+                json_line(&event);
+            }
+            return;
         }
-        PullEvent::Rejected { cursor, reason, .. } => {
-            eprintln!("warning: blob at cursor {cursor} rejected: {reason}");
-        }
-        PullEvent::Replay {
-            cursor,
-            sender,
-            seq,
-        } => {
-            eprintln!(
-                "warning: blob at cursor {cursor} replays sequence number {seq} of {}; ignored",
-                short(sender)
-            );
-        }
-        PullEvent::Gap {
-            sender,
-            first,
-            last,
-        } => {
-            eprintln!(
-                "warning: blobs {first}..={last} of device {} are missing at the relay (withheld or expired)",
-                short(sender)
-            );
+        let human = self.out.human();
+        match event {
+            PullEvent::File {
+                name, size, sender, ..
+            } if human => {
+                println!(
+                    "received {name} ({}) from {}",
+                    human_size(size),
+                    short(&sender)
+                );
+            }
+            PullEvent::Message {
+                cursor,
+                sender,
+                len,
+                ..
+            } if human => {
+                println!(
+                    "message of {len} bytes from {} at cursor {cursor}",
+                    short(&sender)
+                );
+            }
+            PullEvent::Abandoned {
+                name: Some(name),
+                sender,
+            } if human => {
+                println!(
+                    "{} gave up pushing {name}; its partial copy was removed",
+                    short(&sender)
+                );
+            }
+            PullEvent::Rejected { cursor, reason, .. } => {
+                eprintln!("warning: blob at cursor {cursor} rejected: {reason}");
+            }
+            PullEvent::Replay {
+                cursor,
+                sender,
+                seq,
+            } => {
+                eprintln!(
+                    "warning: blob at cursor {cursor} replays sequence number {seq} of device {}; ignored",
+                    short(&sender)
+                );
+            }
+            PullEvent::Gap {
+                sender,
+                first,
+                last,
+            } => {
+                eprintln!(
+                    "warning: blobs {first}..={last} of device {} are missing at the relay (withheld or expired)",
+                    short(&sender)
+                );
+            }
+            PullEvent::Reconnecting {
+                attempt,
+                delay_ms,
+                error,
+            } if human => {
+                eprintln!(
+                    "connection lost ({error}); reconnecting in {:.1} s (attempt {attempt})",
+                    delay_ms as f64 / 1000.0
+                );
+            }
+            _ => {}
         }
     }
 }
@@ -83,53 +133,61 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn pull(home: &Home, out: &Path, follow: bool, json: bool) -> Result<()> {
+pub async fn pull(
+    home: &Home,
+    out_dir: &Path,
+    follow: bool,
+    policy: RetryPolicy,
+    out: Out,
+) -> Result<()> {
     let opts = home.connect_options(None)?;
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
-    let client = SyncClient::connect(&opts).await?;
-    let mut heads = client.subscribe();
-    let mut printer = |e: PullEvent| print_event(&e, json);
-    let summary = client.pull(&mut state, out, &mut printer).await?;
+    let client = SyncClient::connect_with(&opts, policy).await?;
+    let mut printer = Printer {
+        out,
+        bars: HashMap::new(),
+    };
     if !follow {
-        if json {
-            json_line(&Done { summary: &summary });
-        } else if summary.files == 0 {
-            println!("nothing new (cursor {})", summary.cursor);
-        } else {
-            println!(
-                "up to date at cursor {} ({} files)",
-                summary.cursor, summary.files
-            );
+        let summary = client
+            .pull(&mut state, out_dir, &mut |e| printer.event(e))
+            .await?;
+        if out.json {
+            json_line(&Done { summary });
+        } else if out.human() {
+            if summary.files == 0 {
+                println!("nothing new (cursor {})", summary.cursor);
+            } else {
+                println!(
+                    "up to date at cursor {} ({} files)",
+                    summary.cursor, summary.files
+                );
+            }
         }
         client.close().await;
         return Ok(());
     }
-    if json {
-        json_line(&serde_json::json!({"event": "following", "cursor": summary.cursor}));
-    } else {
-        eprintln!(
-            "following at cursor {}; press Ctrl-C to stop",
-            summary.cursor
-        );
-    }
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => {
-                client.close().await;
-                return Ok(());
-            }
-            changed = heads.changed() => {
-                if changed.is_err() {
-                    bail!("lost the connection to the relay; run pull again");
+    let mut announced = false;
+    let result = client
+        .follow(
+            &mut state,
+            out_dir,
+            &mut |e| {
+                if let PullEvent::Synced { cursor, .. } = &e
+                    && !announced
+                {
+                    announced = true;
+                    if out.json {
+                        json_line(&serde_json::json!({"event": "following", "cursor": cursor}));
+                    } else if out.human() {
+                        eprintln!("following at cursor {cursor}; press Ctrl-C to stop");
+                    }
                 }
-                let head = *heads.borrow_and_update();
-                if head > state.state.cursor {
-                    client.pull(&mut state, out, &mut printer).await?;
-                }
-            }
-        }
-    }
+                printer.event(e)
+            },
+            shutdown_signal(),
+        )
+        .await;
+    client.close().await;
+    Ok(result?)
 }

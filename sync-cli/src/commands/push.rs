@@ -1,23 +1,20 @@
-//! `push FILE…` / `push -`: seal and push files.
+//! `push FILE…` / `push -`: seal and push files, resuming interrupted ones.
 
-use crate::output::json_line;
+use crate::output::{Out, json_line};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use sync_client::util::{human_size, parse_duration};
-use sync_client::{Home, PushOptions, PushedFile, SyncClient};
+use sync_client::{Home, PushOptions, PushedFile, RetryPolicy, SyncClient};
 
-#[derive(Serialize)]
-struct PushReport {
-    files: Vec<PushedFile>,
-}
-
-fn file_name(path: &Path) -> Result<String> {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-        .with_context(|| format!("{}: cannot tell the file name; use --name", path.display()))
+/// `--json` output of `push`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct PushOut {
+    /// One entry per input, in order.
+    pub files: Vec<PushedFile>,
+    /// Unfinished earlier pushes given up because they cannot be resumed
+    /// (stdin, or the file changed): their names.
+    pub abandoned: Vec<String>,
 }
 
 pub async fn push(
@@ -25,7 +22,9 @@ pub async fn push(
     files: Vec<PathBuf>,
     name: Option<String>,
     ttl: Option<String>,
-    json: bool,
+    force: bool,
+    policy: RetryPolicy,
+    out: Out,
 ) -> Result<()> {
     let stdin_count = files.iter().filter(|f| f.as_os_str() == "-").count();
     if stdin_count > 0 && name.is_none() {
@@ -45,65 +44,91 @@ pub async fn push(
             bail!("{} is not a regular file", f.display());
         }
     }
+    let opts = home.connect_options(None)?;
     let mut state = home.state()?;
-    let client = SyncClient::connect(&home.connect_options(None)?).await?;
-    if let Some(ttl) = ttl_s
-        && ttl > client.session().welcome().max_ttl_s
-    {
-        bail!(
-            "--ttl is longer than this relay allows ({} s)",
-            client.session().welcome().max_ttl_s
-        );
+    let client = SyncClient::connect_with(&opts, policy).await?;
+    let max_ttl = client.session().welcome().max_ttl_s;
+    if ttl_s.is_some_and(|t| t > max_ttl) {
+        bail!("--ttl is longer than this relay allows ({max_ttl} s)");
     }
-    let opts = PushOptions { ttl_s };
-    let mut report = PushReport { files: Vec::new() };
+    let abandoned = client.abandon_stale_pushes(&mut state).await?;
+    if out.human() {
+        for n in &abandoned {
+            eprintln!(
+                "note: gave up an unfinished earlier push of {n} (it changed or came from stdin)"
+            );
+        }
+    }
+    let push_opts = PushOptions { ttl_s, force };
+    let mut report = PushOut {
+        files: Vec::new(),
+        abandoned,
+    };
     for path in &files {
         let pushed = if path.as_os_str() == "-" {
             let name = name.clone().unwrap_or_default();
-            client
+            let mut bar = out.progress(&name);
+            let r = client
                 .push_file(
                     &mut state,
                     tokio::io::stdin(),
                     &name,
                     0o644,
-                    &opts,
-                    &mut |_| {},
+                    &push_opts,
+                    &mut |done| bar.update(done, None),
                 )
-                .await?
+                .await;
+            bar.finish();
+            r?
         } else {
-            let file = tokio::fs::File::open(path)
+            let label = name.clone().unwrap_or_else(|| path.display().to_string());
+            let mut bar = out.progress(&label);
+            let r = client
+                .push_path(
+                    &mut state,
+                    path,
+                    name.as_deref(),
+                    &push_opts,
+                    &mut |done, total| bar.update(done, total),
+                )
                 .await
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let mode = file.metadata().await?.permissions().mode();
-            let name = match &name {
-                Some(n) => n.clone(),
-                None => file_name(path)?,
-            };
-            client
-                .push_file(&mut state, file, &name, mode, &opts, &mut |_| {})
-                .await
-                .with_context(|| format!("pushing {}", path.display()))?
+                .with_context(|| format!("pushing {}", path.display()));
+            bar.finish();
+            r?
         };
-        if !json {
-            println!(
-                "pushed {} ({}) as {} blob{}, cursors {}..{}{}",
-                pushed.name,
-                human_size(pushed.size),
-                pushed.blobs,
-                if pushed.blobs == 1 { "" } else { "s" },
-                pushed.first_cursor,
-                pushed.last_cursor,
-                if pushed.duplicates > 0 {
-                    format!(" ({} already stored)", pushed.duplicates)
+        if out.human() {
+            if pushed.unchanged {
+                println!(
+                    "{} unchanged since its last push; skipped (--force pushes it again)",
+                    pushed.name
+                );
+            } else {
+                let resumed = if pushed.resumed_chunks > 0 {
+                    format!(", resumed after {} chunks", pushed.resumed_chunks)
                 } else {
                     String::new()
-                }
-            );
+                };
+                println!(
+                    "pushed {} ({}) as {} blob{}, cursors {}..{}{}{}",
+                    pushed.name,
+                    human_size(pushed.size),
+                    pushed.blobs,
+                    if pushed.blobs == 1 { "" } else { "s" },
+                    pushed.first_cursor,
+                    pushed.last_cursor,
+                    resumed,
+                    if pushed.duplicates > 0 {
+                        format!(" ({} already stored)", pushed.duplicates)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
         }
         report.files.push(pushed);
     }
     client.close().await;
-    if json {
+    if out.json {
         json_line(&report);
     }
     Ok(())

@@ -1,37 +1,92 @@
 //! `status`: this device, its group, local state, relay reachability.
 
-use crate::output::json_line;
+use crate::output::{Out, json_line};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::{Duration, Instant};
+use sync_client::journal::Journals;
 use sync_client::receive::gap_events;
+use sync_client::util::human_size;
 use sync_client::{Home, PullEvent, RelaySession};
 
-#[derive(Serialize)]
-struct Status {
-    home: String,
-    device_id: String,
-    group_id: String,
-    group_name: Option<String>,
-    relay: String,
-    relay_reachable: bool,
-    relay_error: Option<String>,
-    relay_rtt_ms: Option<f64>,
-    group_head: Option<u64>,
-    local_cursor: u64,
-    next_seq: u64,
-    partial_files: Vec<String>,
-    rejected_blobs: u64,
-    replayed_blobs: u64,
-    gaps: Vec<PullEvent>,
+/// A push that has not finished.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct PendingPush {
+    /// File name.
+    pub name: String,
+    /// Source path (None for stdin).
+    pub source: Option<String>,
+    /// Chunks acknowledged by the relay.
+    pub acked_chunks: u32,
+    /// Chunks in all (None when unknown).
+    pub chunks: Option<u32>,
 }
 
-pub async fn status(home: &Home, json: bool) -> Result<()> {
+/// A file being received.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct PendingPull {
+    /// File name.
+    pub name: String,
+    /// Bytes received so far.
+    pub received: u64,
+    /// Its size, when known.
+    pub total: Option<u64>,
+}
+
+/// `--json` output of `status`.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct StatusOut {
+    /// The device home.
+    pub home: String,
+    /// This device's node id (hex).
+    pub device_id: String,
+    /// The group id (hex).
+    pub group_id: String,
+    /// The group's name.
+    pub group_name: Option<String>,
+    /// The relay address.
+    pub relay: String,
+    /// Whether a session could be opened now.
+    pub relay_reachable: bool,
+    /// Why not, if not.
+    pub relay_error: Option<String>,
+    /// Round-trip time to the relay in milliseconds.
+    pub relay_rtt_ms: Option<f64>,
+    /// The group's head cursor at the relay.
+    pub group_head: Option<u64>,
+    /// Everything up to this cursor has been applied here.
+    pub local_cursor: u64,
+    /// The next sequence number this device will use.
+    pub next_seq: u64,
+    /// Unfinished pushes (resume by pushing the file again).
+    pub pending_pushes: Vec<PendingPush>,
+    /// Files partly received.
+    pub pending_pulls: Vec<PendingPull>,
+    /// Blobs that failed to decrypt or verify, ever.
+    pub rejected_blobs: u64,
+    /// Blobs that replayed a sequence number, ever.
+    pub replayed_blobs: u64,
+    /// Missing sequence ranges per sender.
+    pub gaps: Vec<PullEvent>,
+}
+
+pub async fn status(home: &Home, out: Out) -> Result<()> {
     let group = home.group()?;
     let state = home.state()?;
     let mut opts = home.connect_options(None)?;
     opts.connect_timeout = Duration::from_secs(5);
-    let mut status = Status {
+    let pending_pushes = Journals::at(home.dir().join("transfers"))
+        .list()?
+        .into_iter()
+        .filter(|j| j.complete.is_none())
+        .map(|j| PendingPush {
+            name: j.name,
+            source: j.source.map(|s| s.path.display().to_string()),
+            acked_chunks: j.acked,
+            chunks: j.chunks,
+        })
+        .collect();
+    let mut status = StatusOut {
         home: home.dir().display().to_string(),
         device_id: home.device_key()?.public().to_string(),
         group_id: opts.keys.group_id().to_string(),
@@ -43,11 +98,16 @@ pub async fn status(home: &Home, json: bool) -> Result<()> {
         group_head: None,
         local_cursor: state.state.cursor,
         next_seq: state.next_seq()?,
-        partial_files: state
+        pending_pushes,
+        pending_pulls: state
             .state
             .partials
             .values()
-            .map(|p| p.name.clone())
+            .map(|p| PendingPull {
+                name: p.name.clone(),
+                received: p.bytes,
+                total: p.end.as_ref().map(|e| e.1).or(p.size_hint),
+            })
             .collect(),
         rejected_blobs: state.state.rejected,
         replayed_blobs: state.state.replays,
@@ -69,8 +129,11 @@ pub async fn status(home: &Home, json: bool) -> Result<()> {
         }
         Err(e) => status.relay_error = Some(e.to_string()),
     }
-    if json {
+    if out.json {
         json_line(&status);
+        return Ok(());
+    }
+    if out.quiet {
         return Ok(());
     }
     println!("home:      {}", status.home);
@@ -94,12 +157,27 @@ pub async fn status(home: &Home, json: bool) -> Result<()> {
         _ => println!("reachable: unknown"),
     }
     println!("cursor:    {}", status.local_cursor);
-    if !status.partial_files.is_empty() {
-        println!("receiving: {}", status.partial_files.join(", "));
+    for p in &status.pending_pushes {
+        println!(
+            "pushing:   {} ({} of {} chunks acknowledged; push it again to resume)",
+            p.name,
+            p.acked_chunks,
+            p.chunks
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "?".into())
+        );
+    }
+    for p in &status.pending_pulls {
+        println!(
+            "receiving: {} ({} of {})",
+            p.name,
+            human_size(p.received),
+            p.total.map(human_size).unwrap_or_else(|| "?".into())
+        );
     }
     if status.rejected_blobs + status.replayed_blobs > 0 || !status.gaps.is_empty() {
         println!(
-            "integrity: {} rejected, {} replayed, {} gaps",
+            "integrity: {} rejected, {} replayed, {} gaps — blobs were altered, replayed or withheld",
             status.rejected_blobs,
             status.replayed_blobs,
             status.gaps.len()

@@ -45,6 +45,17 @@ pub enum BlobKind {
     FileChunk(FileChunk),
     /// An application message (opaque bytes, not a file).
     Message,
+    /// The sender abandoned a file push: receivers drop its partial file,
+    /// and sequence numbers `first_seq..=last_seq` will never be used (so
+    /// they are no gap).
+    Void {
+        /// The abandoned file, if a file was being pushed.
+        file_id: Option<[u8; 16]>,
+        /// First sequence number given up.
+        first_seq: u64,
+        /// Last sequence number given up.
+        last_seq: u64,
+    },
 }
 
 /// Where a chunk belongs in its file (DESIGN §6 "Large data").
@@ -60,6 +71,9 @@ pub struct FileChunk {
     pub index: u32,
     /// Byte offset of this chunk in the file.
     pub offset: u64,
+    /// The file's size when known before sending (progress display only;
+    /// the authoritative size is in `end`).
+    pub size_hint: Option<u64>,
     /// Present on the last chunk only.
     pub end: Option<FileEnd>,
 }
@@ -334,6 +348,7 @@ mod tests {
             mode: 0o644,
             index: 0,
             offset: 0,
+            size_hint: Some(5),
             end: Some(FileEnd {
                 chunks: 1,
                 size: 5,
@@ -514,6 +529,7 @@ mod tests {
             c.mode = u32::MAX;
             c.index = u32::MAX;
             c.offset = u64::MAX;
+            c.size_hint = Some(u64::MAX);
             c.end = Some(FileEnd {
                 chunks: u32::MAX,
                 size: u64::MAX,

@@ -1,0 +1,274 @@
+//! Pulling: everything after the local cursor, applied through
+//! [`Receiver`]; following (pull whenever NOTIFY says the head moved, riding
+//! through reconnects); and [`SyncClient::subscribe`], the same as a stream
+//! of events.
+
+use super::{LinkState, SyncClient};
+use crate::error::{ClientError, Result};
+use crate::receive::{PullEvent, Receiver, gap_events};
+use crate::session::RelaySession;
+use crate::state::StateStore;
+use serde::Serialize;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use sync_protocol::ErrorCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Blobs asked for per pull request.
+pub const PULL_LIMIT: u32 = 1000;
+
+/// What a `pull` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct PullSummary {
+    /// Local cursor after the pull.
+    pub cursor: u64,
+    /// Group head reported by the relay.
+    pub head: u64,
+    /// Blobs received (including this device's own, which are skipped).
+    pub blobs: u64,
+    /// Files completed.
+    pub files: u64,
+    /// Blobs rejected.
+    pub rejected: u64,
+}
+
+impl SyncClient {
+    /// Pull everything after the local cursor, applying it into `out_dir`,
+    /// until the relay has nothing more; then report sequence gaps and
+    /// acknowledge the cursor. The state is saved after every frame, so an
+    /// interruption (crash, lost connection) resumes from the last frame.
+    /// Lost connections and stalls are retried per the [`RetryPolicy`].
+    /// Errors: [`ClientError::Relay`], [`ClientError::GaveUp`],
+    /// [`ClientError::Protocol`], [`ClientError::Io`] (local writes).
+    ///
+    /// [`RetryPolicy`]: crate::backoff::RetryPolicy
+    pub async fn pull(
+        &self,
+        state: &mut StateStore,
+        out_dir: &Path,
+        events: &mut (dyn FnMut(PullEvent) + Send),
+    ) -> Result<PullSummary> {
+        let receiver = Receiver::new(self.keys(), self.device_id(), out_dir);
+        receiver.recover(state, events)?;
+        let mut summary = PullSummary::default();
+        let mut count = |e: PullEvent, summary: &mut PullSummary| {
+            match &e {
+                PullEvent::File { .. } => summary.files += 1,
+                PullEvent::Rejected { .. } => summary.rejected += 1,
+                _ => {}
+            }
+            events(e);
+        };
+        loop {
+            let slot = self.slot();
+            let stall = self.policy.stall_timeout;
+            let round = {
+                let mut sink = |e| count(e, &mut summary);
+                tokio::select! {
+                    r = pull_round(&slot.session, state, &receiver, &mut sink, stall) => r,
+                    _ = slot.session.stalled(stall) => Err(ClientError::Stalled(stall)),
+                }
+            };
+            match round {
+                Ok(round) => {
+                    summary.blobs += round.received;
+                    summary.head = summary.head.max(round.head);
+                    if round.received == 0 {
+                        break;
+                    }
+                }
+                Err(e) if e.is_transport() => self.reconnect(slot.generation, e).await?,
+                Err(ClientError::Relay(e)) if e.error_code() == ErrorCode::RateLimited => {
+                    let wait = u64::from(e.retry_after_ms.unwrap_or(1000).max(1));
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for gap in gap_events(&state.state) {
+            count(gap, &mut summary);
+        }
+        let cursor = state.state.cursor;
+        if cursor > 0 {
+            self.call(|s| async move { s.ack(cursor).await }).await?;
+        }
+        summary.cursor = cursor;
+        Ok(summary)
+    }
+
+    /// Pull now and then whenever NOTIFY announces a head past the local
+    /// cursor, until `stop` resolves. Reconnects by itself after relay
+    /// restarts and network drops (per the retry policy; give it
+    /// `max_attempts: None` to never give up) and pulls again on every new
+    /// connection, so nothing pushed meanwhile is missed.
+    pub async fn follow(
+        &self,
+        state: &mut StateStore,
+        out_dir: &Path,
+        events: &mut (dyn FnMut(PullEvent) + Send),
+        stop: impl Future<Output = ()>,
+    ) -> Result<()> {
+        tokio::pin!(stop);
+        let mut link = self.link_state();
+        loop {
+            let summary = tokio::select! {
+                _ = &mut stop => return Ok(()),
+                s = self.pull(state, out_dir, events) => s?,
+            };
+            events(PullEvent::Synced {
+                cursor: summary.cursor,
+                head: summary.head,
+            });
+            // Wait until the head moves past our cursor (or the session dies).
+            loop {
+                let slot = self.slot();
+                let mut heads = slot.session.heads();
+                if *heads.borrow_and_update() > state.state.cursor {
+                    break;
+                }
+                let stall = self.policy.stall_timeout;
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    changed = heads.changed() => {
+                        if changed.is_err() {
+                            self.reconnect_reporting(slot.generation, ClientError::ConnectionLost("the relay closed the session".into()), &mut link, events).await?;
+                            break;
+                        }
+                    }
+                    _ = slot.session.stalled(stall) => {
+                        self.reconnect_reporting(slot.generation, ClientError::Stalled(stall), &mut link, events).await?;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reconnect_reporting(
+        &self,
+        generation: u64,
+        cause: ClientError,
+        link: &mut tokio::sync::watch::Receiver<LinkState>,
+        events: &mut (dyn FnMut(PullEvent) + Send),
+    ) -> Result<()> {
+        let reconnect = self.reconnect(generation, cause);
+        tokio::pin!(reconnect);
+        loop {
+            tokio::select! {
+                r = &mut reconnect => return r,
+                Ok(()) = link.changed() => {
+                    if let LinkState::Reconnecting { attempt, delay, error } = link.borrow_and_update().clone() {
+                        events(PullEvent::Reconnecting {
+                            attempt,
+                            delay_ms: delay.as_millis() as u64,
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follow in a background task and hand out its events: the live view
+    /// of the group driven by NOTIFY (new files and messages, progress,
+    /// gaps, rejections, reconnects). The state comes back from
+    /// [`Subscription::stop`].
+    pub fn subscribe(self: &Arc<Self>, state: StateStore, out_dir: PathBuf) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let client = Arc::clone(self);
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut state = state;
+            let sender = tx.clone();
+            let result = client
+                .follow(
+                    &mut state,
+                    &out_dir,
+                    &mut |e| {
+                        let _ = sender.send(SubscriptionEvent::Event(e));
+                    },
+                    token.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = result {
+                let _ = tx.send(SubscriptionEvent::Failed(e));
+            }
+            state
+        });
+        Subscription { rx, stop, task }
+    }
+}
+
+/// What a [`Subscription`] yields.
+#[derive(Debug)]
+pub enum SubscriptionEvent {
+    /// Something happened.
+    Event(PullEvent),
+    /// Following stopped for good (e.g. gave up reconnecting).
+    Failed(ClientError),
+}
+
+/// A running [`SyncClient::subscribe`].
+pub struct Subscription {
+    rx: mpsc::UnboundedReceiver<SubscriptionEvent>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<StateStore>,
+}
+
+impl Subscription {
+    /// The next event; `None` after the subscription ended.
+    pub async fn next(&mut self) -> Option<SubscriptionEvent> {
+        self.rx.recv().await
+    }
+
+    /// Stop following and get the state back (saved up to the last frame).
+    pub async fn stop(self) -> Result<StateStore> {
+        self.stop.cancel();
+        self.task
+            .await
+            .map_err(|e| ClientError::Home(format!("subscription task failed: {e}")))
+    }
+}
+
+struct Round {
+    received: u64,
+    head: u64,
+}
+
+/// One `Pull` request: apply every frame of the answer, saving the state
+/// after each; an empty answer moves the cursor to the head.
+async fn pull_round(
+    session: &RelaySession,
+    state: &mut StateStore,
+    receiver: &Receiver<'_>,
+    events: &mut (dyn FnMut(PullEvent) + Send),
+    stall: Duration,
+) -> Result<Round> {
+    let mut response = session.pull(state.state.cursor, PULL_LIMIT).await?;
+    let mut round = Round {
+        received: 0,
+        head: 0,
+    };
+    loop {
+        let batch = tokio::time::timeout(stall, response.next_batch())
+            .await
+            .map_err(|_| ClientError::Stalled(stall))??;
+        let Some(batch) = batch else { break };
+        round.head = round.head.max(batch.head);
+        for blob in &batch.blobs {
+            round.received += 1;
+            receiver.apply(blob, state, events)?;
+        }
+        state.save()?;
+    }
+    if round.received == 0 {
+        // Everything up to `head` that still exists was visible.
+        state.state.cursor = state.state.cursor.max(round.head);
+        state.save()?;
+    }
+    Ok(round)
+}

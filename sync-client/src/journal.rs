@@ -1,0 +1,223 @@
+//! Push journals (resumable pushes): one JSON file per pushed file in
+//! `<home>/transfers/`, written atomically before the first blob is sent and
+//! updated as the relay acknowledges chunks.
+//!
+//! A journal pins everything a retry must repeat exactly: the file id, the
+//! chunk size, the block of sequence numbers, and — derived from the file id
+//! — every chunk's blob id. So a push that is interrupted (crash, kill,
+//! network) and run again sends the same blobs under the same ids: the relay
+//! stores each once, and the push continues after the last acknowledged
+//! chunk. A journal whose source changed, or that cannot be resumed (stdin),
+//! is *abandoned*: a `Void` blob tells receivers to drop the partial file and
+//! that its sequence numbers will never be used.
+
+use crate::error::{ClientError, Result};
+use crate::util::{ensure_private_dir, write_atomic};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use sync_protocol::BlobId;
+
+/// Layout version of journal files.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// The blob id of chunk `index` of file `file_id`:
+/// `BLAKE3-derive_key("0k-sync/1 chunk blob id", file_id ‖ index)[..16]`.
+/// Random-looking to the relay, identical on every retry.
+pub fn chunk_blob_id(file_id: &[u8; 16], index: u32) -> BlobId {
+    let mut h = blake3::Hasher::new_derive_key("0k-sync/1 chunk blob id");
+    h.update(file_id);
+    h.update(&index.to_be_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    BlobId(id)
+}
+
+/// Where the pushed bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFingerprint {
+    /// Canonical path.
+    pub path: PathBuf,
+    /// Size in bytes when the push started.
+    pub size: u64,
+    /// Modification time (ns since the epoch) when the push started.
+    pub mtime_ns: i128,
+}
+
+impl SourceFingerprint {
+    /// Fingerprint of the file at `path` now.
+    pub fn of(path: &Path) -> Result<SourceFingerprint> {
+        let canonical = std::fs::canonicalize(path).map_err(ClientError::io(path))?;
+        let meta = std::fs::metadata(&canonical).map_err(ClientError::io(path))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Ok(SourceFingerprint {
+            path: canonical,
+            size: meta.len(),
+            mtime_ns,
+        })
+    }
+}
+
+/// One push in progress (or done).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushJournal {
+    /// [`JOURNAL_VERSION`].
+    pub version: u32,
+    /// The file (None for stdin: not resumable).
+    pub source: Option<SourceFingerprint>,
+    /// Name receivers see.
+    pub name: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// TTL asked for.
+    pub ttl_s: Option<u32>,
+    /// File id (hex) shared by all chunks.
+    pub file_id: String,
+    /// Content bytes per chunk.
+    pub chunk_size: usize,
+    /// Chunk count, when known up front.
+    pub chunks: Option<u32>,
+    /// First sequence number of the reserved block.
+    pub first_seq: u64,
+    /// Last sequence number reserved so far.
+    pub last_seq: u64,
+    /// Chunks `0..acked` are acknowledged by the relay.
+    pub acked: u32,
+    /// Lowest and highest cursor of acknowledged chunks.
+    pub cursors: Option<(u64, u64)>,
+    /// Set when every chunk is acknowledged; with the content hash (hex).
+    pub complete: Option<String>,
+}
+
+impl PushJournal {
+    /// The file id as bytes.
+    pub fn file_id_bytes(&self) -> Result<[u8; 16]> {
+        hex::decode(&self.file_id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                ClientError::Home(format!("journal of {:?} has a bad file id", self.name))
+            })
+    }
+}
+
+/// The journal directory of a home.
+#[derive(Debug, Clone)]
+pub struct Journals {
+    dir: PathBuf,
+}
+
+impl Journals {
+    /// Journals in `dir` (created 0700 on first write).
+    pub fn at(dir: impl Into<PathBuf>) -> Journals {
+        Journals { dir: dir.into() }
+    }
+
+    /// Journal file for a source (by path) or a stdin push (by file id).
+    pub fn path_for(&self, journal: &PushJournal) -> PathBuf {
+        let key = match &journal.source {
+            Some(src) => format!(
+                "push-{}",
+                &blake3::hash(src.path.as_os_str().as_encoded_bytes()).to_hex()[..24]
+            ),
+            None => format!("push-stdin-{}", journal.file_id),
+        };
+        self.dir.join(format!("{key}.json"))
+    }
+
+    /// Persist atomically.
+    pub fn save(&self, journal: &PushJournal) -> Result<()> {
+        ensure_private_dir(&self.dir)?;
+        let json = serde_json::to_vec_pretty(journal)
+            .map_err(|e| ClientError::Home(format!("cannot encode journal: {e}")))?;
+        write_atomic(&self.path_for(journal), &json)
+    }
+
+    /// Forget a journal.
+    pub fn remove(&self, journal: &PushJournal) -> Result<()> {
+        let p = self.path_for(journal);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ClientError::io(&p)(e)),
+        }
+    }
+
+    /// Every journal (unreadable files are reported as errors).
+    pub fn list(&self) -> Result<Vec<PushJournal>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(ClientError::io(&self.dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(ClientError::io(&self.dir))?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(ClientError::io(&path))?;
+            let journal: PushJournal = serde_json::from_slice(&bytes).map_err(|e| {
+                ClientError::Home(format!("{}: corrupt push journal: {e}", path.display()))
+            })?;
+            out.push(journal);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The journal of the file at `path`, if any.
+    pub fn find(&self, path: &Path) -> Result<Option<PushJournal>> {
+        let canonical = std::fs::canonicalize(path).map_err(ClientError::io(path))?;
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|j| j.source.as_ref().is_some_and(|s| s.path == canonical)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_blob_ids_are_stable_and_distinct() {
+        let f = [1u8; 16];
+        assert_eq!(chunk_blob_id(&f, 0), chunk_blob_id(&f, 0));
+        assert_ne!(chunk_blob_id(&f, 0), chunk_blob_id(&f, 1));
+        assert_ne!(chunk_blob_id(&f, 0), chunk_blob_id(&[2u8; 16], 0));
+    }
+
+    #[test]
+    fn journals_round_trip_and_are_found_by_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("data.bin");
+        std::fs::write(&file, b"hello").unwrap();
+        let journals = Journals::at(tmp.path().join("transfers"));
+        assert!(journals.list().unwrap().is_empty());
+        let j = PushJournal {
+            version: JOURNAL_VERSION,
+            source: Some(SourceFingerprint::of(&file).unwrap()),
+            name: "data.bin".into(),
+            mode: 0o644,
+            ttl_s: None,
+            file_id: hex::encode([3u8; 16]),
+            chunk_size: 1000,
+            chunks: Some(1),
+            first_seq: 5,
+            last_seq: 5,
+            acked: 0,
+            cursors: None,
+            complete: None,
+        };
+        journals.save(&j).unwrap();
+        assert_eq!(journals.find(&file).unwrap(), Some(j.clone()));
+        assert_eq!(journals.list().unwrap().len(), 1);
+        journals.remove(&j).unwrap();
+        assert_eq!(journals.find(&file).unwrap(), None);
+    }
+}
