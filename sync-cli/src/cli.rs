@@ -74,6 +74,9 @@ pub enum Command {
         /// Reconnect attempts before giving up when the relay is unreachable
         #[arg(long, default_value_t = 12, value_name = "N")]
         retries: u32,
+        /// Abandon and retry a transfer that makes no progress for this long
+        #[arg(long, default_value = "15s", value_name = "DURATION")]
+        stall_timeout: String,
     },
     /// Pull and decrypt what other devices pushed, writing files into --out
     Pull {
@@ -87,6 +90,9 @@ pub enum Command {
         /// Reconnect attempts before giving up [default: 12, or never with --follow]
         #[arg(long, value_name = "N")]
         retries: Option<u32>,
+        /// Abandon and retry a transfer that makes no progress for this long
+        #[arg(long, default_value = "15s", value_name = "DURATION")]
+        stall_timeout: String,
     },
     /// Show this device, its group, the sync state and the relay's reachability
     Status,

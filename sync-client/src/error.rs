@@ -47,9 +47,7 @@ pub enum ClientError {
     #[error("no progress from the relay for {0:?}; the connection looks dead")]
     Stalled(std::time::Duration),
     /// Reconnecting failed `attempts` times in a row.
-    #[error(
-        "gave up after {attempts} attempts to reach the relay; last error: {last}. Check that the relay is running and reachable, then run the command again"
-    )]
+    #[error("gave up after {attempts} attempts to reach the relay; last error: {last}")]
     GaveUp {
         /// Attempts made.
         attempts: u32,

@@ -170,6 +170,11 @@ impl Journals {
         Ok(out)
     }
 
+    /// The highest sequence number any journal names (0 when none).
+    pub fn max_reserved_seq(&self) -> Result<u64> {
+        Ok(self.list()?.iter().map(|j| j.last_seq).max().unwrap_or(0))
+    }
+
     /// The journal of the file at `path`, if any.
     pub fn find(&self, path: &Path) -> Result<Option<PushJournal>> {
         let canonical = std::fs::canonicalize(path).map_err(ClientError::io(path))?;

@@ -454,3 +454,211 @@ pub fn gap_events(state: &ClientState) -> Vec<PullEvent> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::GroupSecret;
+    use crate::crypto::envelope::{BlobHeader, Compression, FileEnd, seal};
+    use sync_protocol::BlobId;
+
+    struct Fixture {
+        keys: GroupKeys,
+        store: StateStore,
+        dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Fixture {
+            keys: GroupSecret::from_bytes([1; 32]).keys(),
+            store: StateStore::open(dir.path().join("state.json")).unwrap(),
+            dir,
+        }
+    }
+
+    const SENDER: DeviceId = DeviceId([9; 32]);
+
+    fn blob(f: &Fixture, cursor: u64, id: u8, seq: u64, kind: BlobKind, body: &[u8]) -> PulledBlob {
+        let header = BlobHeader {
+            kind,
+            sender: SENDER,
+            seq,
+            created_at_ms: 1,
+            compression: Compression::None,
+            body_len: 0,
+        };
+        PulledBlob {
+            cursor,
+            blob_id: BlobId([id; 16]),
+            sender: SENDER,
+            created_at: 1,
+            payload: seal(&f.keys, &BlobId([id; 16]), header, body, 1 << 20).unwrap(),
+        }
+    }
+
+    fn apply_all(f: &mut Fixture, blobs: &[PulledBlob]) -> Vec<PullEvent> {
+        let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), f.dir.path().join("out"));
+        let mut events = Vec::new();
+        for b in blobs {
+            receiver
+                .apply(b, &mut f.store, &mut |e| events.push(e))
+                .unwrap();
+        }
+        events
+    }
+
+    #[test]
+    fn a_replayed_blob_is_reported_and_not_applied_twice() {
+        let mut f = fixture();
+        let m = blob(&f, 1, 1, 1, BlobKind::Message, b"hello");
+        let mut again = m.clone();
+        again.cursor = 2; // the relay serves the same blob again
+        let events = apply_all(&mut f, &[m, again]);
+        assert!(matches!(events[0], PullEvent::Message { seq: 1, .. }));
+        assert!(
+            matches!(
+                events[1],
+                PullEvent::Replay {
+                    cursor: 2,
+                    seq: 1,
+                    ..
+                }
+            ),
+            "{events:?}"
+        );
+        assert_eq!(events.len(), 2);
+        assert_eq!(f.store.state.replays, 1);
+        assert_eq!(f.store.state.cursor, 2);
+    }
+
+    #[test]
+    fn a_withheld_blob_shows_as_a_gap() {
+        let mut f = fixture();
+        let blobs = [
+            blob(&f, 1, 1, 1, BlobKind::Message, b"one"),
+            blob(&f, 3, 3, 3, BlobKind::Message, b"three"),
+        ];
+        apply_all(&mut f, &blobs);
+        let gaps = gap_events(&f.store.state);
+        assert_eq!(gaps.len(), 1);
+        assert!(matches!(
+            &gaps[0],
+            PullEvent::Gap {
+                first: 2,
+                last: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_blob_with_a_forged_sender_is_rejected() {
+        let mut f = fixture();
+        let mut b = blob(&f, 1, 1, 1, BlobKind::Message, b"x");
+        b.sender = DeviceId([7; 32]);
+        let events = apply_all(&mut f, &[b]);
+        assert!(
+            matches!(&events[0], PullEvent::Rejected { cursor: 1, reason, .. } if reason.contains("claims sender"))
+        );
+    }
+
+    fn chunk(index: u32, offset: u64, end: Option<FileEnd>) -> BlobKind {
+        BlobKind::FileChunk(FileChunk {
+            file_id: [4; 16],
+            name: "f.bin".into(),
+            mode: 0o640,
+            index,
+            offset,
+            size_hint: Some(6),
+            end,
+        })
+    }
+
+    #[test]
+    fn a_file_survives_a_crash_between_verification_and_rename() {
+        let mut f = fixture();
+        let end = FileEnd {
+            chunks: 2,
+            size: 6,
+            blake3: *blake3::hash(b"abcdef").as_bytes(),
+        };
+        let c0 = blob(&f, 1, 1, 1, chunk(0, 0, None), b"abc");
+        let c1 = blob(&f, 2, 2, 2, chunk(1, 3, Some(end)), b"def");
+        apply_all(&mut f, &[c0]);
+        // Simulate the crash: the last chunk was written and the state says
+        // `completing` (with its sequence number seen and the cursor at it,
+        // as `apply_chunk` saves them), but the rename never happened.
+        let key = hex::encode([4u8; 16]);
+        f.store
+            .state
+            .senders
+            .get_mut(&hex::encode(SENDER.0))
+            .unwrap()
+            .observe(2);
+        f.store.state.cursor = 2;
+        {
+            let p = f.store.state.partials.get_mut(&key).unwrap();
+            p.end = Some((2, 6, blake3::hash(b"abcdef").to_hex().to_string()));
+            p.completing = true;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p.temp_path)
+                .unwrap();
+            file.seek(SeekFrom::Start(3)).unwrap();
+            file.write_all(b"def").unwrap();
+        }
+        f.store.save().unwrap();
+        let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), f.dir.path().join("out"));
+        let mut events = Vec::new();
+        receiver
+            .recover(&mut f.store, &mut |e| events.push(e))
+            .unwrap();
+        assert!(
+            matches!(&events[0], PullEvent::File { size: 6, .. }),
+            "{events:?}"
+        );
+        assert_eq!(
+            std::fs::read(f.dir.path().join("out/f.bin")).unwrap(),
+            b"abcdef"
+        );
+        assert!(f.store.state.partials.is_empty());
+        // The last chunk served again afterwards is a replay, not a new file.
+        let events = apply_all(&mut f, &[c1]);
+        assert!(
+            matches!(events[..], [PullEvent::Replay { seq: 2, .. }]),
+            "{events:?}"
+        );
+        assert!(f.store.state.partials.is_empty(), "no stuck partial");
+    }
+
+    #[test]
+    fn an_abandoned_file_is_removed_and_its_numbers_are_no_gap() {
+        let mut f = fixture();
+        let c0 = blob(&f, 1, 1, 1, chunk(0, 0, None), b"abc");
+        let void = blob(
+            &f,
+            2,
+            2,
+            5,
+            BlobKind::Void {
+                file_id: Some([4; 16]),
+                first_seq: 1,
+                last_seq: 4,
+            },
+            b"",
+        );
+        let events = apply_all(&mut f, &[c0, void]);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, PullEvent::Abandoned { name: Some(n), .. } if n == "f.bin"))
+        );
+        assert!(f.store.state.partials.is_empty());
+        assert!(gap_events(&f.store.state).is_empty());
+        let left: Vec<_> = std::fs::read_dir(f.dir.path().join("out"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "partial file removed");
+    }
+}

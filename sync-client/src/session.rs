@@ -55,6 +55,11 @@ impl RelaySession {
     pub async fn connect(opts: &ConnectOptions) -> Result<RelaySession> {
         let addrs = opts.relay.resolve().await?;
         let endpoint = endpoint::bind(opts.device_key.clone(), addrs[0]).await?;
+        // A failed attempt's endpoint is closed without waiting long for the
+        // half-open connection to drain.
+        let discard = |endpoint: Endpoint| async move {
+            let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.close()).await;
+        };
         match tokio::time::timeout(
             opts.connect_timeout,
             Self::handshake(&endpoint, opts, &addrs),
@@ -63,17 +68,14 @@ impl RelaySession {
         {
             Ok(Ok(session)) => Ok(session),
             Ok(Err(e)) => {
-                endpoint.close().await;
+                discard(endpoint).await;
                 Err(e)
             }
             Err(_) => {
-                endpoint.close().await;
+                discard(endpoint).await;
                 Err(ClientError::Connect {
                     addr: opts.relay.to_string(),
-                    reason: format!(
-                        "no answer within {} s; is the relay running and the address right?",
-                        opts.connect_timeout.as_secs()
-                    ),
+                    reason: format!("no answer within {} s", opts.connect_timeout.as_secs_f64()),
                 })
             }
         }

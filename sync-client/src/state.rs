@@ -148,6 +148,18 @@ impl StateStore {
     /// `seq.lock`), so a number is never used twice, even by two processes
     /// or after a crash mid-push. Returns the first.
     pub fn reserve_seqs(&mut self, n: u64) -> Result<u64> {
+        self.reserve_seqs_then(n, |_| Ok(()))
+    }
+
+    /// As [`StateStore::reserve_seqs`], running `record(first)` (e.g. saving
+    /// a push journal that names the numbers) under the lock *before* the
+    /// counter moves. Numbers named by any push journal are never handed
+    /// out again, so a crash between the two writes loses nothing.
+    pub fn reserve_seqs_then(
+        &mut self,
+        n: u64,
+        record: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<u64> {
         let lock_path = self.seq_path.with_file_name("seq.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -157,7 +169,10 @@ impl StateStore {
             .open(&lock_path)
             .map_err(ClientError::io(&lock_path))?;
         lock.lock().map_err(ClientError::io(&lock_path))?;
-        let next = self.next_seq()?;
+        let journaled =
+            crate::journal::Journals::at(self.dir().join("transfers")).max_reserved_seq()?;
+        let next = self.next_seq()?.max(journaled + 1);
+        record(next)?;
         let file = SeqFile { next_seq: next + n };
         let json = serde_json::to_vec(&file)
             .map_err(|e| ClientError::Home(format!("cannot encode sequence file: {e}")))?;

@@ -273,6 +273,24 @@ impl Device {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Point this device at another relay address (e.g. a fault proxy in
+    /// front of the relay), editing `group.toml`.
+    pub fn set_relay(&self, address: &str) {
+        let path = self.home.join("group.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let edited: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("relay = ") {
+                    format!("relay = \"{address}\"\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&path, edited).unwrap();
+    }
+
     /// Run `sync-cli ARGS` and return the whole output, success or not.
     pub fn output(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run sync-cli")
@@ -282,6 +300,38 @@ impl Device {
 impl Default for Device {
     fn default() -> Self {
         Device::new()
+    }
+}
+
+/// A creates a group on `relay`, B joins it; both through the real CLI.
+pub fn init_pair(relay: &RelayProcess) -> (Device, Device) {
+    let a = Device::new();
+    let b = Device::new();
+    let invite = a.run(&["init", "--relay", &relay.address, "--name", "test group"]);
+    assert!(invite.trim().starts_with("0ksync1-"), "{invite}");
+    b.run(&["join", invite.trim()]);
+    (a, b)
+}
+
+/// Parse one JSON document.
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Parse one JSON object per line.
+pub fn ndjson(out: &str) -> Vec<serde_json::Value> {
+    out.lines().map(json).collect()
+}
+
+/// Poll `check` every 20 ms until it is true; panic after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

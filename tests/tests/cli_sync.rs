@@ -1,27 +1,10 @@
 //! Two devices sync real files through a real relay, driven by the real CLI.
 
-use e2e_tests::{Device, RelayProcess, contains, machine_binary};
+use e2e_tests::{Device, RelayProcess, contains, init_pair, json, machine_binary, ndjson};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn init_pair(relay: &RelayProcess) -> (Device, Device) {
-    let a = Device::new();
-    let b = Device::new();
-    let invite = a.run(&["init", "--relay", &relay.address, "--name", "test group"]);
-    assert!(invite.trim().starts_with("0ksync1-"), "{invite}");
-    b.run(&["join", invite.trim()]);
-    (a, b)
-}
-
-fn json(out: &str) -> serde_json::Value {
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
-fn ndjson(out: &str) -> Vec<serde_json::Value> {
-    out.lines().map(json).collect()
-}
 
 #[test]
 fn two_devices_sync_files_end_to_end() {
@@ -338,5 +321,33 @@ fn status_reports_reachability_and_cursor() {
             .as_str()
             .unwrap()
             .contains("cannot connect")
+    );
+}
+
+#[test]
+fn an_unreachable_relay_is_retried_then_given_up_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut relay = RelayProcess::start(&tmp.path().join("relay"));
+    let (a, _b) = init_pair(&relay);
+    relay.terminate();
+    let f = tmp.path().join("x.txt");
+    std::fs::write(&f, b"x").unwrap();
+    let started = std::time::Instant::now();
+    let out = a.output(&[
+        "push",
+        "--retries",
+        "2",
+        "--stall-timeout",
+        "1s",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gave up after 2 attempts"), "{err}");
+    assert!(err.contains("hint:"), "says what to do: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
     );
 }

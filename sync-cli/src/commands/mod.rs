@@ -12,11 +12,14 @@ use clap::CommandFactory;
 use sync_client::{Home, RetryPolicy};
 
 /// A retry policy giving up after `retries` reconnects (`None`: never).
-fn policy(retries: Option<u32>) -> RetryPolicy {
-    RetryPolicy {
+fn policy(retries: Option<u32>, stall_timeout: &str) -> Result<RetryPolicy> {
+    let stall = sync_client::util::parse_duration(stall_timeout)?;
+    anyhow::ensure!(stall >= 1, "--stall-timeout must be at least 1s");
+    Ok(RetryPolicy {
         max_attempts: retries,
+        stall_timeout: std::time::Duration::from_secs(stall),
         ..RetryPolicy::default()
-    }
+    })
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -45,18 +48,24 @@ pub async fn run(args: Args) -> Result<()> {
             ttl,
             force,
             retries,
-        } => push::push(&home, files, name, ttl, force, policy(Some(retries)), out).await,
+            stall_timeout,
+        } => {
+            let policy = policy(Some(retries), &stall_timeout)?;
+            push::push(&home, files, name, ttl, force, policy, out).await
+        }
         Command::Pull {
             out: dir,
             follow,
             retries,
+            stall_timeout,
         } => {
             let retries = if follow {
                 retries
             } else {
                 Some(retries.unwrap_or(12))
             };
-            pull::pull(&home, &dir, follow, policy(retries), out).await
+            let policy = policy(retries, &stall_timeout)?;
+            pull::pull(&home, &dir, follow, policy, out).await
         }
         Command::Status => status::status(&home, out).await,
         Command::Completions { shell } => {
@@ -68,5 +77,30 @@ pub async fn run(args: Args) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `--json` output schemas, snapshotted: a change to what scripts
+    //! parse must show up as a reviewed snapshot change.
+
+    #[test]
+    fn json_schemas_are_stable() {
+        insta::assert_json_snapshot!("schema_push", schemars::schema_for!(super::push::PushOut));
+        insta::assert_json_snapshot!(
+            "schema_pull_event",
+            schemars::schema_for!(sync_client::PullEvent)
+        );
+        insta::assert_json_snapshot!("schema_pull_done", schemars::schema_for!(super::pull::Done));
+        insta::assert_json_snapshot!(
+            "schema_status",
+            schemars::schema_for!(super::status::StatusOut)
+        );
+        insta::assert_json_snapshot!(
+            "schema_invite",
+            schemars::schema_for!(super::init::InviteOut)
+        );
+        insta::assert_json_snapshot!("schema_join", schemars::schema_for!(super::init::JoinOut));
     }
 }

@@ -140,7 +140,8 @@ pub async fn pull(
     policy: RetryPolicy,
     out: Out,
 ) -> Result<()> {
-    let opts = home.connect_options(None)?;
+    let mut opts = home.connect_options(None)?;
+    opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
     let client = SyncClient::connect_with(&opts, policy).await?;

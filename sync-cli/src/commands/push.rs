@@ -44,7 +44,8 @@ pub async fn push(
             bail!("{} is not a regular file", f.display());
         }
     }
-    let opts = home.connect_options(None)?;
+    let mut opts = home.connect_options(None)?;
+    opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let mut state = home.state()?;
     let client = SyncClient::connect_with(&opts, policy).await?;
     let max_ttl = client.session().welcome().max_ttl_s;

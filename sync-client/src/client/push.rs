@@ -23,8 +23,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Push requests kept in flight by a file push.
 pub const PUSH_PIPELINE: usize = 4;
-/// Acknowledged chunks between journal writes.
+/// Acknowledged chunks between journal writes …
 const JOURNAL_EVERY: u32 = 8;
+/// … or this long, whichever comes first.
+const JOURNAL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Options of a push.
 #[derive(Debug, Clone, Default)]
@@ -268,8 +270,7 @@ impl SyncClient {
             let chunks = fingerprint.size.div_ceil(chunk_size as u64).max(1);
             let chunks = u32::try_from(chunks)
                 .map_err(|_| ClientError::InvalidInput(format!("{name:?} is too large")))?;
-            let first_seq = state.reserve_seqs(u64::from(chunks))?;
-            let j = PushJournal {
+            let mut j = PushJournal {
                 version: JOURNAL_VERSION,
                 source: Some(fingerprint.clone()),
                 name: name.clone(),
@@ -278,13 +279,19 @@ impl SyncClient {
                 file_id: hex::encode(random_bytes::<16>()),
                 chunk_size,
                 chunks: Some(chunks),
-                first_seq,
-                last_seq: first_seq + u64::from(chunks) - 1,
+                first_seq: 0,
+                last_seq: 0,
                 acked: 0,
                 cursors: None,
                 complete: None,
             };
-            journals.save(&j)?;
+            // The journal names its sequence numbers before the counter
+            // moves past them (see `StateStore::reserve_seqs_then`).
+            state.reserve_seqs_then(u64::from(chunks), |first| {
+                j.first_seq = first;
+                j.last_seq = first + u64::from(chunks) - 1;
+                journals.save(&j)
+            })?;
             journal = Some(j);
         }
         let mut journal = journal.expect("set above");
@@ -412,6 +419,7 @@ impl SyncClient {
         let mut current = read_chunk(&mut reader, chunk_size, &journal.name).await?;
         let mut index: u32 = 0;
         let mut since_save = 0;
+        let mut saved_at = std::time::Instant::now();
         loop {
             let next = if current.len() == chunk_size {
                 read_chunk(&mut reader, chunk_size, &journal.name).await?
@@ -435,15 +443,15 @@ impl SyncClient {
                 let seq = if journal.chunks.is_some() {
                     journal.first_seq + u64::from(index)
                 } else {
-                    // Unknown length: reserve as we go, and record the
-                    // reservation before the chunk can reach the relay.
-                    let seq = state.reserve_seqs(1)?;
-                    if journal.first_seq == 0 {
-                        journal.first_seq = seq;
-                    }
-                    journal.last_seq = seq;
-                    journals.save(journal)?;
-                    seq
+                    // Unknown length: reserve as we go, recording each
+                    // number in the journal before the counter moves.
+                    state.reserve_seqs_then(1, |seq| {
+                        if journal.first_seq == 0 {
+                            journal.first_seq = seq;
+                        }
+                        journal.last_seq = seq;
+                        journals.save(journal)
+                    })?
                 };
                 let chunk = FileChunk {
                     file_id,
@@ -470,9 +478,12 @@ impl SyncClient {
                 {
                     acked(&mut report, journal, done?);
                     since_save += 1;
-                    if since_save >= JOURNAL_EVERY && journal.source.is_some() {
+                    if (since_save >= JOURNAL_EVERY || saved_at.elapsed() >= JOURNAL_INTERVAL)
+                        && journal.source.is_some()
+                    {
                         journals.save(journal)?;
                         since_save = 0;
+                        saved_at = std::time::Instant::now();
                     }
                 }
                 in_flight.push_back(self.push_items(vec![item]));
