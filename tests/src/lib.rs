@@ -56,6 +56,13 @@ impl RelayProcess {
         Self::start_with(data_dir, "127.0.0.1:0", &[])
     }
 
+    /// Start a relay meant to be reached only through a
+    /// [`proxy::UdpProxy`]: it listens on IPv6 loopback, which the devices'
+    /// IPv4 endpoints cannot reach directly (see the proxy module docs).
+    pub fn start_behind_proxy(data_dir: &Path, extra: &[&str]) -> RelayProcess {
+        Self::start_with(data_dir, "[::1]:0", extra)
+    }
+
     /// Start a relay with an explicit QUIC bind address and extra arguments.
     pub fn start_with(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
         let mut child = Command::new(bin("sync-relay"))

@@ -1,7 +1,14 @@
 //! A userspace UDP fault proxy for loopback tests (kernel `netem` is not
 //! available here). It sits between a QUIC client and the relay: the client
 //! dials the proxy's address, and each client address gets its own upstream
-//! socket to the relay. Faults apply per direction and can be changed while
+//! socket to the relay.
+//!
+//! iroh's NAT traversal advertises the relay's own addresses to the client,
+//! which would then open a direct path around the proxy. So a relay behind
+//! the proxy listens on IPv6 loopback (`[::1]`) while the proxy listens on
+//! IPv4 loopback: the client's IPv4-only endpoint cannot use the advertised
+//! address, and every packet goes through the proxy
+//! ([`crate::RelayProcess::start_behind_proxy`]). Faults apply per direction and can be changed while
 //! traffic flows: delay and jitter, loss (optionally correlated),
 //! duplication, reordering, a bandwidth cap (with a bounded queue, like a
 //! router), and a full blackhole.
@@ -286,10 +293,18 @@ async fn run(front: Arc<UdpSocket>, upstream: SocketAddr, shared: Arc<Mutex<Shar
         let up = match clients.get(&from) {
             Some((sock, _)) => Arc::clone(sock),
             None => {
-                let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else {
+                // The upstream socket speaks the relay's address family.
+                let local = if upstream.is_ipv6() {
+                    "[::1]:0"
+                } else {
+                    "127.0.0.1:0"
+                };
+                let Ok(sock) = UdpSocket::bind(local).await else {
+                    shared.lock().unwrap().stats.dropped += 1;
                     continue;
                 };
                 if sock.connect(upstream).await.is_err() {
+                    shared.lock().unwrap().stats.dropped += 1;
                     continue;
                 }
                 let sock = Arc::new(sock);

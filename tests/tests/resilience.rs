@@ -65,7 +65,7 @@ fn relay_killed_mid_push_and_mid_pull_both_complete_byte_identical_without_dupli
     let rt = runtime();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("relay");
-    let mut relay = RelayProcess::start(&data);
+    let mut relay = RelayProcess::start_behind_proxy(&data, &[]);
     let quic = relay.quic.to_string();
     let (a, b) = init_pair(&relay);
     let proxy = rt.block_on(UdpProxy::start(relay.quic));
@@ -150,7 +150,7 @@ fn relay_killed_mid_push_and_mid_pull_both_complete_byte_identical_without_dupli
 fn follow_gets_a_file_pushed_during_a_five_second_outage() {
     let rt = runtime();
     let tmp = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let relay = RelayProcess::start_behind_proxy(&tmp.path().join("relay"), &[]);
     let (a, b) = init_pair(&relay);
     let proxy = rt.block_on(UdpProxy::start(relay.quic));
     b.set_relay(&format!("{}@{}", relay.node_id(), proxy.addr));
@@ -206,7 +206,7 @@ fn follow_gets_a_file_pushed_during_a_five_second_outage() {
 fn cli_killed_at_random_points_ends_with_the_same_files_and_no_duplicates() {
     let rt = runtime();
     let tmp = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let relay = RelayProcess::start_behind_proxy(&tmp.path().join("relay"), &[]);
     let (a, b) = init_pair(&relay);
     let proxy = rt.block_on(UdpProxy::start(relay.quic));
     proxy.set(capped(8_000_000));
@@ -285,7 +285,7 @@ fn cli_killed_at_random_points_ends_with_the_same_files_and_no_duplicates() {
 fn an_interrupted_push_resumes_after_its_acknowledged_chunks() {
     let rt = runtime();
     let tmp = tempfile::tempdir().unwrap();
-    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let relay = RelayProcess::start_behind_proxy(&tmp.path().join("relay"), &[]);
     let (a, _b) = init_pair(&relay);
     let proxy = rt.block_on(UdpProxy::start(relay.quic));
     proxy.set(capped(4_000_000));

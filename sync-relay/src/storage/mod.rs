@@ -11,8 +11,10 @@
 //! - a call returns `Ok` only after its writes are durable against a crash of
 //!   the relay process.
 
+mod memory;
 mod sqlite;
 
+pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, SqliteStorageOptions, backup_database};
 
 use async_trait::async_trait;
@@ -232,5 +234,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn close(&self);
 }
 
+#[cfg(test)]
+mod model_check;
 #[cfg(test)]
 mod tests;

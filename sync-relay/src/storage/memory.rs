@@ -1,0 +1,344 @@
+//! An in-memory [`Storage`]: the obviously-correct reference model the
+//! SQLite backend is checked against (property tests drive both with the
+//! same operations and compare every answer), and a backend for tests and
+//! embedding where durability does not matter. Nothing survives a restart.
+
+use super::{
+    CounterAudit, Deleted, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
+    StorageStats,
+};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob, PushResult};
+
+#[derive(Clone)]
+struct Stored {
+    blob_id: BlobId,
+    sender: DeviceId,
+    payload: Vec<u8>,
+    created_at: i64,
+    expires_at: i64,
+}
+
+#[derive(Clone, Default)]
+struct Device {
+    acked: u64,
+    last_seen: i64,
+}
+
+#[derive(Clone, Default)]
+struct Group {
+    head: u64,
+    blobs: BTreeMap<u64, Stored>,
+    devices: BTreeMap<DeviceId, Device>,
+}
+
+impl Group {
+    fn bytes(&self) -> u64 {
+        self.blobs.values().map(|b| b.payload.len() as u64).sum()
+    }
+
+    fn cursor_of(&self, id: &BlobId) -> Option<u64> {
+        self.blobs
+            .iter()
+            .find(|(_, b)| b.blob_id == *id)
+            .map(|(c, _)| *c)
+    }
+
+    fn touch(&mut self, device: DeviceId, now_ms: i64) {
+        self.devices.entry(device).or_default().last_seen = now_ms;
+    }
+}
+
+#[derive(Default)]
+struct Model {
+    groups: BTreeMap<GroupId, Group>,
+    closed: bool,
+}
+
+impl Model {
+    fn total_bytes(&self) -> u64 {
+        self.groups.values().map(Group::bytes).sum()
+    }
+}
+
+/// The in-memory backend. See the module docs.
+pub struct MemoryStorage {
+    quotas: Quotas,
+    model: Mutex<Model>,
+}
+
+impl MemoryStorage {
+    /// An empty store enforcing `quotas`.
+    pub fn new(quotas: Quotas) -> Self {
+        MemoryStorage {
+            quotas,
+            model: Mutex::new(Model::default()),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Model) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        if m.closed {
+            return Err(StorageError::Closed);
+        }
+        f(&mut m)
+    }
+}
+
+/// Delete blobs chosen by `pick` (at most `limit`), oldest first.
+fn delete_where(
+    m: &mut Model,
+    limit: u32,
+    mut pick: impl FnMut(&GroupId, &Group, u64, &Stored) -> bool,
+) -> Deleted {
+    let mut victims: Vec<(i64, GroupId, u64)> = Vec::new();
+    for (gid, g) in &m.groups {
+        for (cursor, b) in &g.blobs {
+            if pick(gid, g, *cursor, b) {
+                victims.push((b.expires_at, *gid, *cursor));
+            }
+        }
+    }
+    victims.sort();
+    victims.truncate(limit as usize);
+    let mut d = Deleted::default();
+    for (_, gid, cursor) in victims {
+        if let Some(b) = m.groups.get_mut(&gid).and_then(|g| g.blobs.remove(&cursor)) {
+            d.blobs += 1;
+            d.bytes += b.payload.len() as u64;
+        }
+    }
+    d
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn open_session(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        now_ms: i64,
+    ) -> Result<u64, StorageError> {
+        self.with(|m| {
+            let g = m.groups.entry(group).or_default();
+            g.touch(device, now_ms);
+            Ok(g.head)
+        })
+    }
+
+    async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
+        let quotas = self.quotas;
+        self.with(|m| {
+            let total = m.total_bytes();
+            let mut g = m.groups.get(&req.group).cloned().unwrap_or_default();
+            // New items: the first occurrence of an id not yet stored.
+            let mut new_ids = Vec::new();
+            let mut seen = HashSet::new();
+            for item in &req.items {
+                if g.cursor_of(&item.blob_id).is_none() && seen.insert(item.blob_id) {
+                    new_ids.push(item.blob_id);
+                }
+            }
+            let mut counted = HashSet::new();
+            let adding: u64 = req
+                .items
+                .iter()
+                .filter(|i| new_ids.contains(&i.blob_id) && counted.insert(i.blob_id))
+                .map(|i| i.payload.len() as u64)
+                .sum();
+            let n = new_ids.len() as u64;
+            if n > 0 {
+                let used = g.bytes();
+                if used + adding > quotas.max_group_storage {
+                    return Err(StorageError::GroupQuotaExceeded {
+                        used,
+                        adding,
+                        limit: quotas.max_group_storage,
+                    });
+                }
+                let count = g.blobs.len() as u64;
+                if count + n > quotas.max_group_blobs {
+                    return Err(StorageError::GroupBlobsExceeded {
+                        count,
+                        adding: n,
+                        limit: quotas.max_group_blobs,
+                    });
+                }
+                if total + adding > quotas.max_storage {
+                    return Err(StorageError::RelayStorageFull {
+                        used: total,
+                        adding,
+                        limit: quotas.max_storage,
+                    });
+                }
+            }
+            let mut assigned: HashMap<BlobId, u64> = HashMap::new();
+            let mut results = Vec::new();
+            for item in &req.items {
+                if let Some(c) = g.cursor_of(&item.blob_id) {
+                    results.push(PushResult {
+                        blob_id: item.blob_id,
+                        cursor: c,
+                        duplicate: true,
+                    });
+                } else if let Some(&c) = assigned.get(&item.blob_id) {
+                    results.push(PushResult {
+                        blob_id: item.blob_id,
+                        cursor: c,
+                        duplicate: true,
+                    });
+                } else {
+                    g.head += 1;
+                    assigned.insert(item.blob_id, g.head);
+                    results.push(PushResult {
+                        blob_id: item.blob_id,
+                        cursor: g.head,
+                        duplicate: false,
+                    });
+                }
+            }
+            for item in &req.items {
+                if let Some(&c) = assigned.get(&item.blob_id) {
+                    g.blobs.entry(c).or_insert_with(|| Stored {
+                        blob_id: item.blob_id,
+                        sender: req.sender,
+                        payload: item.payload.clone(),
+                        created_at: req.now_ms,
+                        expires_at: item.expires_at_ms,
+                    });
+                }
+            }
+            g.touch(req.sender, req.now_ms);
+            let head = g.head;
+            m.groups.insert(req.group, g);
+            Ok(PushOutcome { results, head })
+        })
+    }
+
+    async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
+        self.with(|m| Ok(m.groups.get(&group).map(|g| g.head).unwrap_or(0)))
+    }
+
+    async fn pull_page(
+        &self,
+        group: GroupId,
+        after: u64,
+        max_blobs: u32,
+        max_bytes: usize,
+        now_ms: i64,
+    ) -> Result<PullPage, StorageError> {
+        self.with(|m| {
+            let max_blobs = max_blobs.max(1) as usize;
+            let mut page = PullPage {
+                blobs: Vec::new(),
+                complete: true,
+            };
+            let Some(g) = m.groups.get(&group) else {
+                return Ok(page);
+            };
+            let mut bytes = 0;
+            for (cursor, b) in g
+                .blobs
+                .range(after + 1..)
+                .filter(|(_, b)| b.expires_at > now_ms)
+            {
+                if page.blobs.len() == max_blobs
+                    || (!page.blobs.is_empty() && bytes + b.payload.len() > max_bytes)
+                {
+                    page.complete = false;
+                    break;
+                }
+                bytes += b.payload.len();
+                page.blobs.push(PulledBlob {
+                    cursor: *cursor,
+                    blob_id: b.blob_id,
+                    sender: b.sender,
+                    created_at: b.created_at as u64,
+                    payload: b.payload.clone(),
+                });
+            }
+            Ok(page)
+        })
+    }
+
+    async fn ack(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        cursor: u64,
+        now_ms: i64,
+    ) -> Result<u64, StorageError> {
+        self.with(|m| {
+            let head = m.groups.get(&group).map(|g| g.head).unwrap_or(0);
+            if cursor > head {
+                return Err(StorageError::CursorBeyondHead { cursor, head });
+            }
+            let g = m.groups.entry(group).or_default();
+            let d = g.devices.entry(device).or_default();
+            d.last_seen = now_ms;
+            d.acked = d.acked.max(cursor);
+            Ok(d.acked)
+        })
+    }
+
+    async fn stats(&self) -> Result<StorageStats, StorageError> {
+        self.with(|m| {
+            Ok(StorageStats {
+                groups: m.groups.len() as u64,
+                blobs: m.groups.values().map(|g| g.blobs.len() as u64).sum(),
+                bytes: m.total_bytes(),
+            })
+        })
+    }
+
+    async fn delete_expired(&self, now_ms: i64, limit: u32) -> Result<Deleted, StorageError> {
+        self.with(|m| Ok(delete_where(m, limit, |_, _, _, b| b.expires_at <= now_ms)))
+    }
+
+    async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError> {
+        self.with(|m| {
+            let floors: HashMap<GroupId, u64> = m
+                .groups
+                .iter()
+                .filter_map(|(gid, g)| {
+                    g.devices
+                        .values()
+                        .filter(|d| d.last_seen >= seen_since_ms)
+                        .map(|d| d.acked)
+                        .min()
+                        .map(|f| (*gid, f))
+                })
+                .collect();
+            Ok(delete_where(m, limit, |gid, _, cursor, _| {
+                floors.get(gid).is_some_and(|f| cursor <= *f)
+            }))
+        })
+    }
+
+    async fn maintenance(&self) -> Result<(), StorageError> {
+        self.with(|_| Ok(()))
+    }
+
+    async fn audit(&self) -> Result<CounterAudit, StorageError> {
+        self.with(|m| {
+            let bytes = m.total_bytes();
+            let blobs = m.groups.values().map(|g| g.blobs.len() as u64).sum();
+            Ok(CounterAudit {
+                counted_bytes: bytes,
+                actual_bytes: bytes,
+                counted_blobs: blobs,
+                actual_blobs: blobs,
+                mismatched_groups: 0,
+            })
+        })
+    }
+
+    async fn close(&self) {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+    }
+}
