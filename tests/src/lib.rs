@@ -204,6 +204,55 @@ impl RelayProcess {
         (ep, conn)
     }
 
+    /// A raw connection that has completed a valid `Hello` for `keys`'
+    /// group (the `Welcome` is returned): for tests that misbehave after the
+    /// handshake.
+    pub async fn raw_session(
+        &self,
+        keys: &sync_client::GroupKeys,
+    ) -> (
+        iroh::Endpoint,
+        iroh::endpoint::Connection,
+        sync_protocol::Welcome,
+    ) {
+        use sync_protocol::{
+            DeviceId, Hello, Message, PROTOCOL_VERSION, read_message, write_message,
+        };
+        let (ep, conn) = self.raw_connect().await;
+        let relay_id = DeviceId(
+            *self
+                .node_id()
+                .parse::<iroh::EndpointId>()
+                .unwrap()
+                .as_bytes(),
+        );
+        let hello = Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            group_id: keys.group_id(),
+            proof: keys.proof(&relay_id, &DeviceId(*ep.id().as_bytes())),
+            device_name: None,
+        });
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        write_message(&mut send, &hello, 4096).await.unwrap();
+        send.finish().unwrap();
+        match read_message(&mut recv, 4096).await.unwrap() {
+            Some(Message::Welcome(w)) => (ep, conn, w),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// The relay process's resident memory (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Path of the relay's SQLite database.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("relay.db")

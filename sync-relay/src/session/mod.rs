@@ -12,7 +12,10 @@
 //!   finish; new ones are answered SHUTTING_DOWN; then the connection is
 //!   closed with `CloseCode::ShuttingDown`.
 
+mod forward;
 pub mod state;
+
+pub use forward::QUIET_RESEND;
 
 use crate::auth::check_hello;
 use crate::context::{RelayContext, SessionGuard, now_ms};
@@ -26,7 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
-    CloseCode, DeviceId, ErrorCode, ErrorMsg, FrameError, GroupId, Message, Notify, read_message,
+    CloseCode, DeviceId, ErrorCode, ErrorMsg, FrameError, GroupId, Message, read_message,
     write_message,
 };
 use tokio::time::{Instant, timeout};
@@ -47,6 +50,7 @@ struct Session {
     device: DeviceId,
     group: OnceLock<GroupId>,
     state: Mutex<SessionState>,
+    activity: Arc<forward::Activity>,
 }
 
 impl Session {
@@ -121,6 +125,7 @@ pub async fn serve_connection(
         device,
         group: OnceLock::new(),
         state: Mutex::new(SessionState::AwaitingHello),
+        activity: Arc::new(forward::Activity::default()),
     });
     let Some(Admitted {
         mut send,
@@ -144,8 +149,19 @@ pub async fn serve_connection(
 
     let conn = session.conn.clone();
     let notify_ctx = Arc::clone(&ctx);
+    let activity = Arc::clone(&session.activity);
     let _notify = AbortOnDropHandle::new(tokio::spawn(async move {
-        forward_notify(conn, subscription.receiver(), head, &notify_ctx).await;
+        // Streams are lazy: opening costs nothing until the first Notify.
+        if let Ok(uni) = conn.open_uni().await {
+            forward::forward_notify(
+                uni,
+                subscription.receiver(),
+                head,
+                &activity,
+                &notify_ctx.metrics,
+            )
+            .await;
+        }
     }));
 
     let requests = TaskTracker::new();
@@ -379,6 +395,7 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
         }
     };
     let kind = msg.kind();
+    session.activity.request();
     match session.step(Event::Request(kind)) {
         Action::Serve(_) => {
             if let Err(limited) = ctx.rate_limits.check_request(&session.device) {
@@ -450,34 +467,5 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
             let _ = send.finish();
         }
         Err(err) => reply_error(send, err, ctx).await,
-    }
-}
-
-/// Forward the group's head as coalesced `Notify` frames on a uni stream.
-async fn forward_notify(
-    conn: Connection,
-    rx: &mut tokio::sync::watch::Receiver<u64>,
-    mut last_sent: u64,
-    ctx: &RelayContext,
-) {
-    let Ok(mut uni) = conn.open_uni().await else {
-        return;
-    };
-    loop {
-        let head = *rx.borrow_and_update();
-        if head > last_sent {
-            let frame = Message::Notify(Notify { head });
-            if write_message(&mut uni, &frame, HANDSHAKE_MAX_FRAME)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            ctx.metrics.notifications_sent.inc();
-            last_sent = head;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }
