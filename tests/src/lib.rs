@@ -6,6 +6,7 @@
 //! (`target/<profile>/`), where `cargo test --workspace` builds them; set
 //! `SYNC_RELAY_BIN` / `SYNC_CLI_BIN` to test other builds.
 
+pub mod chaos;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};

@@ -202,7 +202,7 @@ impl SyncClient {
         path: &Path,
         name: Option<&str>,
         opts: &PushOptions,
-        progress: &mut dyn FnMut(u64, Option<u64>),
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
     ) -> Result<PushedFile> {
         let name = match name {
             Some(n) => n.to_string(),
@@ -314,7 +314,7 @@ impl SyncClient {
         name: &str,
         mode: u32,
         opts: &PushOptions,
-        progress: &mut dyn FnMut(u64),
+        progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<PushedFile> {
         validate_name(name)
             .map_err(|why| ClientError::InvalidInput(format!("cannot push {name:?}: {why}")))?;
@@ -398,7 +398,7 @@ impl SyncClient {
         mut reader: R,
         journal: &mut PushJournal,
         journals: &Journals,
-        progress: &mut dyn FnMut(u64, Option<u64>),
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
     ) -> Result<PushedFile> {
         let chunk_size = journal.chunk_size;
         let file_id = journal.file_id_bytes()?;
