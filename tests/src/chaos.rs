@@ -363,7 +363,14 @@ impl Chaos {
         );
         let ids: BTreeSet<BlobId> = stored.values().copied().collect();
         assert_eq!(ids.len(), stored.len(), "a blob id stored twice");
-        let ledger = self.ledger.lock().unwrap();
+        let ledger = {
+            let l = self.ledger.lock().unwrap();
+            Ledger {
+                acked: l.acked.clone(),
+                messages: l.messages.clone(),
+                files: l.files.clone(),
+            }
+        };
         for (cursor, id) in &ledger.acked {
             assert_eq!(
                 stored.get(cursor),
