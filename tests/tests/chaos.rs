@@ -295,7 +295,7 @@ async fn disconnect_during_push() {
     let c = &chaos;
     let cut = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = c.devices[0].proxy.blackhole_for(Duration::from_secs(3));
+        drop(c.devices[0].proxy.blackhole_for(Duration::from_secs(3)));
     };
     tokio::join!(c.push_file(&client, 0, "cut.bin", &content), cut);
     client.close().await;
@@ -314,7 +314,7 @@ async fn disconnect_during_pull() {
     let c = &chaos;
     let cut = async {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let _ = c.devices[1].proxy.blackhole_for(Duration::from_secs(3));
+        drop(c.devices[1].proxy.blackhole_for(Duration::from_secs(3)));
     };
     tokio::join!(c.pull(1, &c1), cut);
     c1.close().await;
