@@ -13,7 +13,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Keep-alive interval, so an idle `pull --follow` session stays open.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
-/// Bind an endpoint on an ephemeral UDP port of the relay's address family.
+/// Bind an endpoint on an ephemeral UDP port of the relay's address family
+/// (`relay` only chooses the family).
 pub async fn bind(device_key: SecretKey, relay: SocketAddr) -> Result<Endpoint> {
     let local: SocketAddr = if relay.is_ipv6() {
         "[::]:0".parse().expect("literal")

@@ -39,7 +39,8 @@ pub struct ConnectOptions {
 /// A live session with the relay.
 #[derive(Debug)]
 pub struct RelaySession {
-    endpoint: Endpoint,
+    /// Closed with the session when the session owns it.
+    endpoint: Option<Endpoint>,
     conn: Connection,
     welcome: Welcome,
     device_id: DeviceId,
@@ -66,7 +67,10 @@ impl RelaySession {
         )
         .await
         {
-            Ok(Ok(session)) => Ok(session),
+            Ok(Ok(mut session)) => {
+                session.endpoint = Some(endpoint);
+                Ok(session)
+            }
             Ok(Err(e)) => {
                 discard(endpoint).await;
                 Err(e)
@@ -79,6 +83,23 @@ impl RelaySession {
                 })
             }
         }
+    }
+
+    /// Open a session over an existing endpoint (which stays open when the
+    /// session closes): many sessions of one device identity share one UDP
+    /// socket, e.g. for load generators. `opts.device_key` is ignored: the
+    /// endpoint's key is the device identity.
+    pub async fn connect_on(endpoint: &Endpoint, opts: &ConnectOptions) -> Result<RelaySession> {
+        let addrs = opts.relay.resolve().await?;
+        tokio::time::timeout(
+            opts.connect_timeout,
+            Self::handshake(endpoint, opts, &addrs),
+        )
+        .await
+        .map_err(|_| ClientError::Connect {
+            addr: opts.relay.to_string(),
+            reason: format!("no answer within {} s", opts.connect_timeout.as_secs_f64()),
+        })?
     }
 
     async fn handshake(
@@ -130,7 +151,7 @@ impl RelaySession {
             read_notify(notify_conn, heads_tx).await;
         }));
         Ok(RelaySession {
-            endpoint: endpoint.clone(),
+            endpoint: None,
             conn,
             welcome,
             device_id,
@@ -222,7 +243,9 @@ impl RelaySession {
     pub async fn close(&self) {
         self.conn
             .close(VarInt::from_u32(CloseCode::Normal.as_u32()), b"bye");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.close()).await;
+        if let Some(endpoint) = &self.endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.close()).await;
+        }
     }
 
     /// Resolves once the relay has sent nothing at all (not even an ACK of

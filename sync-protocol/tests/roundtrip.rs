@@ -127,6 +127,16 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_streams_never_panic_the_frame_reader(bytes in proptest::collection::vec(any::<u8>(), 0..2048), max in 0u32..4096) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut r = &bytes[..];
+            // Read frames until the stream ends or a frame is refused.
+            while let Ok(Some(_)) = read_message(&mut r, max).await {}
+        });
+    }
+
+    #[test]
     fn mutated_messages_never_panic_the_decoder(msg in message(), idx in any::<usize>(), byte in any::<u8>()) {
         let mut body = encode_body(&msg);
         if !body.is_empty() {

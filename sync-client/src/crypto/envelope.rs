@@ -267,10 +267,14 @@ pub fn open(
             &mut inner,
         )
         .map_err(|_| EnvelopeError::Authentication)?;
-    parse_inner(&inner)
+    decode_inner(&inner)
 }
 
-fn parse_inner(inner: &[u8]) -> Result<OpenedBlob, EnvelopeError> {
+/// Decode a decrypted inner plaintext (`u32 header length ‖ header ‖ body ‖
+/// zero padding`), checking every length against the buffer and bounding
+/// decompression to [`MAX_BODY_LEN`]. [`open`] calls it after the AEAD
+/// check; exposed for fuzzing. Errors: [`EnvelopeError::Malformed`].
+pub fn decode_inner(inner: &[u8]) -> Result<OpenedBlob, EnvelopeError> {
     let malformed = |m: &str| EnvelopeError::Malformed(m.to_string());
     let header_len = inner
         .get(..4)

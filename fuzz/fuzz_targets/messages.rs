@@ -1,0 +1,28 @@
+//! Every message decoder: the frame body decoder and each message type's
+//! own decoder. A body that decodes must re-encode to the same bytes.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use sync_protocol::*;
+
+fn each<T: serde::de::DeserializeOwned + serde::Serialize>(data: &[u8]) {
+    if let Ok((value, rest)) = postcard::take_from_bytes::<T>(data) {
+        let used = data.len() - rest.len();
+        assert_eq!(postcard::to_allocvec(&value).unwrap(), &data[..used]);
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(msg) = decode_body(data) {
+        assert_eq!(encode_body(&msg), data, "one message, one encoding");
+    }
+    each::<Hello>(data);
+    each::<Welcome>(data);
+    each::<Push>(data);
+    each::<PushOk>(data);
+    each::<Pull>(data);
+    each::<PullBatch>(data);
+    each::<Ack>(data);
+    each::<AckOk>(data);
+    each::<Notify>(data);
+    each::<ErrorMsg>(data);
+});

@@ -1,0 +1,114 @@
+//! Micro-benchmarks (criterion): the frame codec, the blob envelope, and the
+//! storage push path. `cargo bench -p sync-bench --bench micro`.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use sync_client::GroupSecret;
+use sync_client::crypto::envelope::{BlobHeader, BlobKind, Compression, open, seal};
+use sync_protocol::{BlobId, DeviceId, Message, Push, PushItem, decode_body, encode_frame};
+use sync_relay::storage::{
+    NewBlob, PushRequest, Quotas, SqliteStorage, SqliteStorageOptions, Storage,
+};
+
+fn payload(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    getrandom::fill(&mut v).unwrap();
+    v
+}
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("frame codec");
+    for (n, len) in [(64usize, 1024usize), (1, 1 << 20)] {
+        let msg = Message::Push(Push {
+            items: (0..n)
+                .map(|i| PushItem {
+                    blob_id: BlobId([i as u8; 16]),
+                    payload: payload(len),
+                    ttl_s: None,
+                })
+                .collect(),
+        });
+        let frame = encode_frame(&msg);
+        g.throughput(Throughput::Bytes(frame.len() as u64));
+        g.bench_function(format!("encode push {n}x{len}B"), |b| {
+            b.iter(|| encode_frame(black_box(&msg)))
+        });
+        g.bench_function(format!("decode push {n}x{len}B"), |b| {
+            b.iter(|| decode_body(black_box(&frame[4..])).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn envelope(c: &mut Criterion) {
+    let keys = GroupSecret::from_bytes([1; 32]).keys();
+    let header = || BlobHeader {
+        kind: BlobKind::Message,
+        sender: DeviceId([2; 32]),
+        seq: 1,
+        created_at_ms: 0,
+        compression: Compression::None,
+        body_len: 0,
+    };
+    let mut g = c.benchmark_group("envelope");
+    for len in [1024usize, 1 << 20] {
+        let body = payload(len);
+        let sealed = seal(&keys, &BlobId([3; 16]), header(), &body, 2 << 20).unwrap();
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(format!("seal {len}B"), |b| {
+            b.iter(|| seal(&keys, &BlobId([3; 16]), header(), black_box(&body), 2 << 20).unwrap())
+        });
+        g.bench_function(format!("open {len}B"), |b| {
+            b.iter(|| open(&keys, &BlobId([3; 16]), black_box(&sealed)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn storage(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = rt
+        .block_on(SqliteStorage::open(SqliteStorageOptions::new(
+            dir.path().join("b.db"),
+            Quotas::UNLIMITED,
+        )))
+        .unwrap();
+    let body = payload(1024);
+    let mut n = 0u64;
+    let mut g = c.benchmark_group("storage");
+    for batch in [1usize, 64] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("push batch of {batch} x 1 KiB"), |b| {
+            b.iter(|| {
+                let items = (0..batch)
+                    .map(|_| {
+                        n += 1;
+                        let mut id = [0u8; 16];
+                        id[..8].copy_from_slice(&n.to_be_bytes());
+                        NewBlob {
+                            blob_id: BlobId(id),
+                            payload: body.clone(),
+                            expires_at_ms: i64::MAX,
+                        }
+                    })
+                    .collect();
+                rt.block_on(s.push(PushRequest {
+                    group: sync_protocol::GroupId([9; 32]),
+                    sender: DeviceId([8; 32]),
+                    items,
+                    now_ms: 0,
+                }))
+                .unwrap()
+            })
+        });
+    }
+    g.finish();
+    rt.block_on(s.close());
+}
+
+criterion_group!(micro, codec, envelope, storage);
+criterion_main!(micro);

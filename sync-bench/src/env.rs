@@ -1,0 +1,172 @@
+//! What every scenario needs: where the binaries are, how to start a relay
+//! process with a bench config, random payloads, memory readings.
+
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+use sync_client::{ConnectOptions, GroupKeys, RelayAddr};
+
+/// Scenario sizes: tiny (CI smoke) or full.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    /// True for the CI smoke size.
+    pub tiny: bool,
+}
+
+impl Size {
+    /// `full` normally, `tiny` when tiny.
+    pub fn pick<T>(&self, full: T, tiny: T) -> T {
+        if self.tiny { tiny } else { full }
+    }
+}
+
+/// A binary next to this one (same target directory and profile).
+pub fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build it first (cargo build --release -p sync-relay -p sync-cli)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A relay process started for a scenario.
+pub struct Relay {
+    child: Child,
+    /// `NODE_ID@127.0.0.1:PORT`.
+    pub address: String,
+    /// Bound QUIC address.
+    pub quic: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Relay settings that keep limits out of the way of a benchmark.
+pub const BENCH_CONFIG: &str = "[limits]\nmax_blob_size = 4194304\nmax_group_storage = 68719476736\n\
+max_storage = 68719476736\nmax_sessions = 20000\nmax_group_sessions = 4096\nmax_group_blobs = 100000000\n\
+[rate_limits]\nrequests_per_s = 4000000000\nrequests_burst = 4000000000\npush_bytes_per_s = 4000000000\n\
+push_bytes_burst = 4000000000\nconnections_per_ip_per_s = 1000000\nconnections_per_ip_burst = 1000000\n\
+[log]\nlevel = \"warn,sync_relay::server=info\"\n";
+
+impl Relay {
+    /// Start `sync-relay` with [`BENCH_CONFIG`] plus `extra` TOML.
+    pub fn start(extra: &str) -> Result<Relay> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("relay.toml");
+        std::fs::write(&config, format!("{BENCH_CONFIG}{extra}"))?;
+        let mut child = Command::new(sibling("sync-relay")?)
+            .arg("--config")
+            .arg(&config)
+            .args(["--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--quic-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting sync-relay")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("relay address: ").nth(1) {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("relay did not start")?;
+        let address = line
+            .split_whitespace()
+            .next()
+            .context("address")?
+            .to_string();
+        let quic = line
+            .split("QUIC on ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .context("quic addr")?
+            .parse()?;
+        Ok(Relay {
+            child,
+            address,
+            quic,
+            _dir: dir,
+        })
+    }
+
+    /// Connect options for a device of `keys`' group.
+    pub fn device(&self, keys: &GroupKeys) -> Result<ConnectOptions> {
+        let relay: RelayAddr = self.address.parse()?;
+        Ok(ConnectOptions {
+            relay,
+            keys: keys.clone(),
+            device_key: iroh::SecretKey::generate(),
+            device_name: None,
+            connect_timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Resident memory now and at its peak, in KiB.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        proc_memory(self.child.id())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (VmRSS, VmHWM) of a process in KiB.
+pub fn proc_memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `len` random bytes.
+pub fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    getrandom::fill(&mut v).expect("OS random");
+    v
+}
+
+/// A unique 16-byte id from two counters.
+pub fn blob_id(a: u32, b: u64) -> sync_protocol::BlobId {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&a.to_be_bytes());
+    id[4..12].copy_from_slice(&b.to_be_bytes());
+    id[12..].copy_from_slice(&random(4));
+    sync_protocol::BlobId(id)
+}
+
+/// The workspace `migrations/sqlite` directory.
+pub fn migrations_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite"))
+}

@@ -1,0 +1,155 @@
+//! `sync-bench`: benchmarks of the relay and client against baselines
+//! measured in the same run (raw iroh, raw sqlx, process start), and the
+//! bounded load generator. Prints Markdown tables; `--markdown FILE` also
+//! writes them with the machine's description (for BENCHMARKS.md).
+//!
+//! Run the release build: `cargo build --release -p sync-relay -p sync-cli
+//! -p sync-bench && target/release/sync-bench all --markdown BENCHMARKS.md`.
+//! `--tiny` runs every scenario at a smoke-test size (CI).
+
+mod env;
+mod raw;
+mod scenarios;
+mod sqlite_baseline;
+mod stats;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use env::Size;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Run every scenario at a tiny size (smoke test).
+    #[arg(long, global = true)]
+    tiny: bool,
+    /// Also write the tables (with machine facts) to this Markdown file.
+    #[arg(long, global = true, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Clone, PartialEq, Eq)]
+enum Scenario {
+    /// Every scenario below, in order.
+    All,
+    /// 1. Push throughput vs raw iroh and raw sqlx.
+    Push,
+    /// 2. NOTIFY latency vs raw round trip.
+    Notify,
+    /// 3. Fan-out to 1, 100 and 1,000 sessions.
+    Fanout,
+    /// 4. Idle sessions: memory per session, accept time.
+    Idle,
+    /// 5. Bulk push and pull through SyncClient vs raw stream.
+    Bulk,
+    /// 6. Cold start of the relay and of a CLI push.
+    Cold,
+    /// The load generator.
+    Load {
+        /// Devices.
+        #[arg(long)]
+        devices: Option<usize>,
+        /// Groups.
+        #[arg(long)]
+        groups: Option<usize>,
+        /// Seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// (internal) one side of the bulk scenario, in its own process.
+    #[command(hide = true)]
+    BulkClient {
+        mode: String,
+        relay: String,
+        secret: String,
+        home: PathBuf,
+        path: PathBuf,
+    },
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|k| k.parse::<u64>().ok())
+        .map(|k| format!("{:.1} GiB", k as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    format!("{cores} cores, {mem} memory, {profile} build, loopback")
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Scenario::BulkClient {
+        mode,
+        relay,
+        secret,
+        home,
+        path,
+    } = &args.scenario
+    {
+        return scenarios::bulk::client(mode, relay, secret, home, path).await;
+    }
+    let size = Size { tiny: args.tiny };
+    let all = args.scenario == Scenario::All;
+    let mut out = format!("Machine: {}.\n\n", machine());
+    let mut emit = |table: stats::Table| {
+        let md = table.markdown();
+        println!("{md}");
+        out.push_str(&md);
+        out.push('\n');
+    };
+    if all || args.scenario == Scenario::Push {
+        emit(scenarios::push::run(size).await?);
+    }
+    if all || args.scenario == Scenario::Notify {
+        emit(scenarios::notify::run(size).await?);
+    }
+    if all || args.scenario == Scenario::Fanout {
+        emit(scenarios::fanout::run(size).await?);
+    }
+    if all || args.scenario == Scenario::Idle {
+        emit(scenarios::idle::run(size).await?);
+    }
+    if all || args.scenario == Scenario::Bulk {
+        emit(scenarios::bulk::run(size).await?);
+    }
+    if all || args.scenario == Scenario::Cold {
+        emit(scenarios::cold::run(size).await?);
+    }
+    if let Scenario::Load {
+        devices,
+        groups,
+        seconds,
+    } = &args.scenario
+    {
+        let mut load = scenarios::load::Load::for_size(size);
+        load.devices = devices.unwrap_or(load.devices);
+        load.groups = groups.unwrap_or(load.groups).max(1);
+        load.duration = seconds
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(load.duration);
+        emit(scenarios::load::run(load).await?);
+    } else if all {
+        emit(scenarios::load::run(scenarios::load::Load::for_size(size)).await?);
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, out)?;
+    }
+    Ok(())
+}

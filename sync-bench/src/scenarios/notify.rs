@@ -1,0 +1,78 @@
+//! Scenario 2: NOTIFY latency. Device A pushes a sealed message; device B,
+//! subscribed, is woken by NOTIFY, pulls and decrypts it. The latency runs
+//! from A's push call to B's decrypted message, one message at a time.
+//! Baseline: a raw iroh round trip measured in the same run.
+
+use crate::env::{Relay, Size};
+use crate::stats::{Latency, Table, ms, ratio};
+use anyhow::{Context, Result};
+use std::time::Instant;
+use sync_client::{GroupSecret, PullEvent, PushOptions, StateStore, SyncClient};
+
+/// Run the scenario.
+pub async fn run(size: Size) -> Result<Table> {
+    let n = size.pick(10_000, 100);
+    let relay = Relay::start("")?;
+    let keys = GroupSecret::generate().keys();
+    let dir = tempfile::tempdir()?;
+    let a = SyncClient::connect(&relay.device(&keys)?).await?;
+    let b = SyncClient::connect(&relay.device(&keys)?).await?;
+    std::fs::create_dir_all(dir.path().join("a"))?;
+    std::fs::create_dir_all(dir.path().join("b"))?;
+    let mut sa = StateStore::open(dir.path().join("a/state.json"))?;
+    let mut sb = StateStore::open(dir.path().join("b/state.json"))?;
+    let out = dir.path().join("out");
+    let body = crate::env::random(1024);
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let ok = a
+            .push_messages(
+                &mut sa,
+                std::slice::from_ref(&body),
+                &PushOptions::default(),
+            )
+            .await?;
+        let head = ok.last().context("push result")?.head;
+        let mut heads = b.heads();
+        while *heads.borrow_and_update() < head {
+            heads.changed().await?;
+        }
+        let mut arrived = None;
+        b.pull(&mut sb, &out, &mut |e| {
+            if matches!(e, PullEvent::Message { .. }) && arrived.is_none() {
+                arrived = Some(started.elapsed());
+            }
+        })
+        .await?;
+        samples.push(arrived.context("message not received")?);
+    }
+    a.close().await;
+    b.close().await;
+    let notify = Latency::of(samples);
+    let rtt = super::raw_round_trip(1024, n.min(2000)).await?;
+    let mut table = Table::new(
+        "Notify latency (A pushes → B notified, pulls and decrypts)",
+        &["", "p50 ms", "p99 ms", "max ms", "samples"],
+    );
+    table.row(vec![
+        "relay: push → decrypted at B".into(),
+        ms(notify.p50),
+        ms(notify.p99),
+        ms(notify.max),
+        notify.n.to_string(),
+    ]);
+    table.row(vec![
+        "raw iroh round trip, 1 KiB".into(),
+        ms(rtt.p50),
+        ms(rtt.p99),
+        ms(rtt.max),
+        rtt.n.to_string(),
+    ]);
+    table.note(format!(
+        "p99 ratio to the raw round trip p99: {}; p50 ratio: {}. The path is at least three round trips (push + ack, NOTIFY, pull), plus sealing and opening.",
+        ratio(notify.p99.as_secs_f64(), rtt.p99.as_secs_f64()),
+        ratio(notify.p50.as_secs_f64(), rtt.p50.as_secs_f64())
+    ));
+    Ok(table)
+}
