@@ -1,13 +1,15 @@
 //! Every message decoder: the frame body decoder and each message type's
-//! own decoder. A body that decodes must re-encode to the same bytes.
+//! own decoder. A body `decode_body` accepts must re-encode to the same
+//! bytes (one message, one encoding).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sync_protocol::*;
 
 fn each<T: serde::de::DeserializeOwned + serde::Serialize>(data: &[u8]) {
-    if let Ok((value, rest)) = postcard::take_from_bytes::<T>(data) {
-        let used = data.len() - rest.len();
-        assert_eq!(postcard::to_allocvec(&value).unwrap(), &data[..used]);
+    // postcard alone accepts overlong varints; only `decode_body` promises a
+    // canonical encoding. Here: decoding must not panic and must re-encode.
+    if let Ok((value, _)) = postcard::take_from_bytes::<T>(data) {
+        let _ = postcard::to_allocvec(&value).unwrap();
     }
 }
 

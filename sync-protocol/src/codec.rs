@@ -33,6 +33,13 @@ pub enum DecodeError {
         /// Number of bytes after it.
         extra: usize,
     },
+    /// The message decoded but is not in its one canonical encoding (an
+    /// overlong varint): refused so every message has exactly one encoding.
+    #[error("{kind} message is not canonically encoded")]
+    NonCanonical {
+        /// The message that decoded.
+        kind: MessageKind,
+    },
     /// A field is over a static protocol limit.
     #[error("{0}")]
     OverLimit(String),
@@ -76,6 +83,7 @@ pub fn encoded_len(msg: &Message) -> usize {
 ///
 /// Errors: [`DecodeError::Empty`], [`DecodeError::UnknownTag`],
 /// [`DecodeError::Malformed`], [`DecodeError::TrailingBytes`],
+/// [`DecodeError::NonCanonical`],
 /// [`DecodeError::OverLimit`] (a `Hello` device name over 64 bytes).
 pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
     if body.is_empty() {
@@ -96,6 +104,12 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             kind,
             extra: rest.len(),
         });
+    }
+    // postcard accepts overlong varints (e.g. `ef 00` for 111); the canonical
+    // encoding is strictly shorter, so comparing lengths finds them without
+    // encoding the message again.
+    if encoded_len(&msg) != body.len() {
+        return Err(DecodeError::NonCanonical { kind });
     }
     if let Message::Hello(Hello {
         device_name: Some(name),
@@ -182,6 +196,29 @@ mod tests {
                 extra: 1
             })
         );
+    }
+
+    #[test]
+    fn overlong_varints_are_rejected() {
+        // Found by the `messages` fuzz target: `ef 00` is an overlong 111.
+        assert_eq!(
+            decode_body(&[4, 0xef, 0x00, 0x01]),
+            Err(DecodeError::NonCanonical {
+                kind: MessageKind::Pull
+            })
+        );
+        assert_eq!(
+            decode_body(&[4, 0x6f, 0x01]).unwrap(),
+            Message::Pull(Pull {
+                after: 111,
+                limit: 1
+            })
+        );
+        // An overlong tag too.
+        assert!(matches!(
+            decode_body(&[0x86, 0x00, 0x05]),
+            Err(DecodeError::NonCanonical { .. })
+        ));
     }
 
     #[test]

@@ -123,7 +123,10 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode_body(&bytes);
+        // Whatever decodes is the one canonical encoding of its message.
+        if let Ok(msg) = decode_body(&bytes) {
+            prop_assert_eq!(encode_body(&msg), bytes);
+        }
     }
 
     #[test]
@@ -143,7 +146,9 @@ proptest! {
             let i = idx % body.len();
             body[i] = byte;
         }
-        let _ = decode_body(&body);
+        if let Ok(decoded) = decode_body(&body) {
+            prop_assert_eq!(encode_body(&decoded), body);
+        }
     }
 
     #[test]
