@@ -1,6 +1,6 @@
 //! Baseline (b): raw sqlx inserts into the relay's schema, with the relay's
 //! pragmas and the same batching (one transaction per batch: cursor
-//! assignment, then the inserts), no network, no protocol.
+//! assignment, then one multi-row insert), no network, no protocol.
 
 use anyhow::Result;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -43,21 +43,25 @@ pub async fn inserts(payload: usize, batch: usize, total: usize) -> Result<(u64,
         .bind((n * payload) as i64)
         .fetch_one(&mut *tx)
         .await?;
-        for i in 0..n {
-            let id = crate::env::blob_id(0, (done + i) as u64);
-            sqlx::query(
-                "INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
-            )
-            .bind(&group[..])
-            .bind(head - n as i64 + 1 + i as i64)
-            .bind(&id.0[..])
-            .bind(&group[..])
-            .bind(&body[..])
-            .bind(i64::MAX)
-            .execute(&mut *tx)
-            .await?;
+        // One multi-row INSERT per batch, as the relay does.
+        let rows = vec!["(?, ?, ?, ?, ?, 0, ?)"; n].join(",");
+        let sql = format!(
+            "INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) VALUES {rows}"
+        );
+        let ids: Vec<_> = (0..n)
+            .map(|i| crate::env::blob_id(0, (done + i) as u64))
+            .collect();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, id) in ids.iter().enumerate() {
+            q = q
+                .bind(&group[..])
+                .bind(head - n as i64 + 1 + i as i64)
+                .bind(&id.0[..])
+                .bind(&group[..])
+                .bind(&body[..])
+                .bind(i64::MAX);
         }
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
         done += n;
     }

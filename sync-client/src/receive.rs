@@ -179,18 +179,19 @@ impl<'a> Receiver<'a> {
     /// an event. Moves the cursor to the blob's.
     pub fn apply(
         &self,
-        blob: &PulledBlob,
+        blob: PulledBlob,
         store: &mut StateStore,
         events: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<()> {
+        let cursor = blob.cursor;
         self.apply_inner(blob, store, events)?;
-        store.state.cursor = store.state.cursor.max(blob.cursor);
+        store.state.cursor = store.state.cursor.max(cursor);
         Ok(())
     }
 
     fn apply_inner(
         &self,
-        blob: &PulledBlob,
+        mut blob: PulledBlob,
         store: &mut StateStore,
         events: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<()> {
@@ -209,7 +210,8 @@ impl<'a> Receiver<'a> {
                 reason,
             });
         };
-        let opened = match envelope::open(self.keys, &blob.blob_id, &blob.payload) {
+        let payload = std::mem::take(&mut blob.payload);
+        let opened = match envelope::open_owned(self.keys, &blob.blob_id, payload) {
             Ok(o) => o,
             Err(e) => {
                 reject(state, events, e.to_string());
@@ -243,7 +245,7 @@ impl<'a> Receiver<'a> {
                     sender,
                     seq: header.seq,
                     len: opened.body.len(),
-                    data: opened.body,
+                    data: opened.body.into_vec(),
                 });
             }
             BlobKind::Void {
@@ -267,7 +269,14 @@ impl<'a> Receiver<'a> {
                 events(PullEvent::Abandoned { name, sender });
             }
             BlobKind::FileChunk(chunk) => {
-                match self.apply_chunk(&chunk, &opened.body, &sender, blob.cursor, store, events)? {
+                match self.apply_chunk(
+                    &chunk,
+                    opened.body.as_slice(),
+                    &sender,
+                    blob.cursor,
+                    store,
+                    events,
+                )? {
                     Ok(Some(event)) => events(event),
                     Ok(None) => {}
                     Err(reason) => reject(&mut store.state, events, reason),
@@ -502,7 +511,7 @@ mod tests {
         let mut events = Vec::new();
         for b in blobs {
             receiver
-                .apply(b, &mut f.store, &mut |e| events.push(e))
+                .apply(b.clone(), &mut f.store, &mut |e| events.push(e))
                 .unwrap();
         }
         events

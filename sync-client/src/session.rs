@@ -13,7 +13,7 @@ use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
     Ack, CloseCode, DeviceId, Hello, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem,
-    PushOk, Welcome, read_message, write_message,
+    PushOk, Welcome, decode_body, read_frame_into, read_message, write_message,
 };
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
@@ -221,6 +221,7 @@ impl RelaySession {
             recv,
             max_frame: self.welcome.max_frame,
             done: false,
+            buf: Vec::new(),
         })
     }
 
@@ -279,6 +280,8 @@ pub struct PullResponse {
     recv: RecvStream,
     max_frame: u32,
     done: bool,
+    /// Reused for every frame of the answer.
+    buf: Vec<u8>,
 }
 
 impl PullResponse {
@@ -289,7 +292,12 @@ impl PullResponse {
         if self.done {
             return Ok(None);
         }
-        match read_message(&mut self.recv, self.max_frame).await? {
+        let msg = if read_frame_into(&mut self.recv, self.max_frame, &mut self.buf).await? {
+            Some(decode_body(&self.buf).map_err(sync_protocol::FrameError::from)?)
+        } else {
+            None
+        };
+        match msg {
             Some(Message::PullBatch(batch)) => {
                 self.done = !batch.more;
                 Ok(Some(batch))

@@ -57,6 +57,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: u32,
 ) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut body = Vec::new();
+    Ok(read_frame_into(r, max, &mut body).await?.then_some(body))
+}
+
+/// As [`read_frame`], into `body` (cleared first), so a reader of many
+/// frames reuses one buffer. Returns `Ok(false)` on a clean end of stream.
+pub async fn read_frame_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+    body: &mut Vec<u8>,
+) -> Result<bool, FrameError> {
+    body.clear();
     let max = max.min(MAX_FRAME_CEILING);
     let mut header = [0u8; FRAME_HEADER_LEN];
     let mut got = 0;
@@ -64,7 +76,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         let n = r.read(&mut header[got..]).await?;
         if n == 0 {
             if got == 0 {
-                return Ok(None);
+                return Ok(false);
             }
             return Err(FrameError::Truncated {
                 expected: FRAME_HEADER_LEN as u64,
@@ -81,15 +93,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         });
     }
     let len = len as usize;
-    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
-    r.take(len as u64).read_to_end(&mut body).await?;
+    body.reserve(len.min(INITIAL_BODY_CAPACITY));
+    r.take(len as u64).read_to_end(body).await?;
     if body.len() < len {
         return Err(FrameError::Truncated {
             expected: len as u64,
             got: body.len() as u64,
         });
     }
-    Ok(Some(body))
+    Ok(true)
 }
 
 /// Read and decode one message from a frame of at most `max` bytes.

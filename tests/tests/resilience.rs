@@ -296,8 +296,12 @@ fn an_interrupted_push_resumes_after_its_acknowledged_chunks() {
     let acked = || -> u64 {
         std::fs::read_dir(&transfers)
             .ok()
-            .and_then(|mut d| d.next())
-            .and_then(|e| std::fs::read(e.ok()?.path()).ok())
+            .and_then(|d| {
+                // The journal itself, not a temp file of an atomic write.
+                d.flatten()
+                    .find(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .and_then(|e| std::fs::read(e.path()).ok())
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .and_then(|j| j["acked"].as_u64())
             .unwrap_or(0)

@@ -38,7 +38,7 @@ pub struct PullSummary {
 impl SyncClient {
     /// Pull everything after the local cursor, applying it into `out_dir`,
     /// until the relay has nothing more; then report sequence gaps and
-    /// acknowledge the cursor. The state is saved after every frame, so an
+    /// acknowledge the cursor. The state is saved periodically and at the end of each request, so an
     /// interruption (crash, lost connection) resumes from the last frame.
     /// Lost connections and stalls are retried per the [`RetryPolicy`].
     /// Errors: [`ClientError::Relay`], [`ClientError::GaveUp`],
@@ -239,8 +239,18 @@ struct Round {
     head: u64,
 }
 
+/// State saves during a pull: every [`SAVE_EVERY_FRAMES`] frames or
+/// [`SAVE_INTERVAL`], whichever comes first, and at the end of each round.
+/// Re-applying what a crash made us forget is harmless (chunk writes are
+/// idempotent and sequence numbers are saved with the cursor), so the saves
+/// only bound how much is pulled again after a crash.
+const SAVE_EVERY_FRAMES: u32 = 16;
+/// See [`SAVE_EVERY_FRAMES`].
+const SAVE_INTERVAL: Duration = Duration::from_millis(500);
+
 /// One `Pull` request: apply every frame of the answer, saving the state
-/// after each; an empty answer moves the cursor to the head.
+/// periodically and at the end; an empty answer moves the cursor to the
+/// head.
 async fn pull_round(
     session: &RelaySession,
     state: &mut StateStore,
@@ -253,22 +263,34 @@ async fn pull_round(
         received: 0,
         head: 0,
     };
-    loop {
-        let batch = tokio::time::timeout(stall, response.next_batch())
-            .await
-            .map_err(|_| ClientError::Stalled(stall))??;
-        let Some(batch) = batch else { break };
-        round.head = round.head.max(batch.head);
-        for blob in &batch.blobs {
-            round.received += 1;
-            receiver.apply(blob, state, events)?;
+    let mut unsaved = 0u32;
+    let mut saved_at = std::time::Instant::now();
+    let result = async {
+        loop {
+            let batch = tokio::time::timeout(stall, response.next_batch())
+                .await
+                .map_err(|_| ClientError::Stalled(stall))??;
+            let Some(batch) = batch else { break };
+            round.head = round.head.max(batch.head);
+            for blob in batch.blobs {
+                round.received += 1;
+                receiver.apply(blob, state, events)?;
+            }
+            unsaved += 1;
+            if unsaved >= SAVE_EVERY_FRAMES || saved_at.elapsed() >= SAVE_INTERVAL {
+                state.save()?;
+                unsaved = 0;
+                saved_at = std::time::Instant::now();
+            }
         }
-        state.save()?;
+        Ok::<(), ClientError>(())
     }
-    if round.received == 0 {
+    .await;
+    if round.received == 0 && result.is_ok() {
         // Everything up to `head` that still exists was visible.
         state.state.cursor = state.state.cursor.max(round.head);
-        state.save()?;
     }
-    Ok(round)
+    // Whatever was applied is saved, even when the round failed midway.
+    state.save()?;
+    result.map(|()| round)
 }

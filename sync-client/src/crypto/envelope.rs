@@ -124,7 +124,59 @@ pub struct OpenedBlob {
     /// The header.
     pub header: BlobHeader,
     /// The body, decompressed.
-    pub body: Vec<u8>,
+    pub body: Body,
+}
+
+/// A decrypted body: a range of the buffer it was decrypted in (no copy),
+/// or a fresh buffer when it was decompressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    buf: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+impl Body {
+    fn whole(buf: Vec<u8>) -> Body {
+        let range = 0..buf.len();
+        Body { buf, range }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// The bytes as an owned vector (copies only when they are part of a
+    /// larger buffer).
+    pub fn into_vec(self) -> Vec<u8> {
+        if self.range == (0..self.buf.len()) {
+            self.buf
+        } else {
+            self.buf[self.range].to_vec()
+        }
+    }
+}
+
+impl PartialEq<[u8]> for Body {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl PartialEq<Vec<u8>> for Body {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
 }
 
 /// Why an envelope cannot be sealed or opened.
@@ -249,6 +301,16 @@ pub fn open(
     blob_id: &BlobId,
     payload: &[u8],
 ) -> Result<OpenedBlob, EnvelopeError> {
+    open_owned(keys, blob_id, payload.to_vec())
+}
+
+/// As [`open`], decrypting in place in `payload` (no copy of the body; the
+/// pull path hands over the buffer it received).
+pub fn open_owned(
+    keys: &GroupKeys,
+    blob_id: &BlobId,
+    mut payload: Vec<u8>,
+) -> Result<OpenedBlob, EnvelopeError> {
     if payload.len() < ENVELOPE_OVERHEAD {
         return Err(EnvelopeError::TooShort(payload.len()));
     }
@@ -258,16 +320,36 @@ pub fn open(
     let nonce_bytes: [u8; NONCE_LEN] = payload[1..1 + NONCE_LEN]
         .try_into()
         .map_err(|_| EnvelopeError::TooShort(payload.len()))?;
-    let mut inner = payload[1 + NONCE_LEN..].to_vec();
+    let tag_at = payload.len() - TAG_LEN;
+    let tag: [u8; TAG_LEN] = payload[tag_at..]
+        .try_into()
+        .map_err(|_| EnvelopeError::TooShort(tag_at))?;
     let cipher = XChaCha20Poly1305::new(keys.blob_key().into());
+    let inner = &mut payload[1 + NONCE_LEN..tag_at];
     cipher
-        .decrypt_in_place(
+        .decrypt_inout_detached(
             &XNonce::from(nonce_bytes),
             &associated_data(&keys.group_id(), blob_id),
-            &mut inner,
+            inner.into(),
+            &tag.into(),
         )
         .map_err(|_| EnvelopeError::Authentication)?;
-    decode_inner(&inner)
+    let (header, body) = parse_inner(&payload[1 + NONCE_LEN..tag_at])?;
+    let body = match body {
+        InnerBody::Stored(range) => Body {
+            buf: payload,
+            range: 1 + NONCE_LEN + range.start..1 + NONCE_LEN + range.end,
+        },
+        InnerBody::Decompressed(buf) => Body::whole(buf),
+    };
+    Ok(OpenedBlob { header, body })
+}
+
+enum InnerBody {
+    /// The body is this range of the inner plaintext.
+    Stored(std::ops::Range<usize>),
+    /// The body had to be decompressed.
+    Decompressed(Vec<u8>),
 }
 
 /// Decode a decrypted inner plaintext (`u32 header length ‖ header ‖ body ‖
@@ -275,6 +357,15 @@ pub fn open(
 /// decompression to [`MAX_BODY_LEN`]. [`open`] calls it after the AEAD
 /// check; exposed for fuzzing. Errors: [`EnvelopeError::Malformed`].
 pub fn decode_inner(inner: &[u8]) -> Result<OpenedBlob, EnvelopeError> {
+    let (header, body) = parse_inner(inner)?;
+    let body = match body {
+        InnerBody::Stored(range) => Body::whole(inner[range].to_vec()),
+        InnerBody::Decompressed(buf) => Body::whole(buf),
+    };
+    Ok(OpenedBlob { header, body })
+}
+
+fn parse_inner(inner: &[u8]) -> Result<(BlobHeader, InnerBody), EnvelopeError> {
     let malformed = |m: &str| EnvelopeError::Malformed(m.to_string());
     let header_len = inner
         .get(..4)
@@ -296,7 +387,7 @@ pub fn decode_inner(inner: &[u8]) -> Result<OpenedBlob, EnvelopeError> {
         validate_name(&chunk.name).map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
     }
     let body = match header.compression {
-        Compression::None => stored.to_vec(),
+        Compression::None => InnerBody::Stored(start..start + stored.len()),
         Compression::Zstd { raw_len } => {
             let raw_len = raw_len as usize;
             if raw_len > MAX_BODY_LEN {
@@ -307,10 +398,10 @@ pub fn decode_inner(inner: &[u8]) -> Result<OpenedBlob, EnvelopeError> {
             if body.len() != raw_len {
                 return Err(malformed("body size differs from the declared size"));
             }
-            body
+            InnerBody::Decompressed(body)
         }
     };
-    Ok(OpenedBlob { header, body })
+    Ok((header, body))
 }
 
 /// A file name is one path component: non-empty, at most 255 bytes, no `/`,

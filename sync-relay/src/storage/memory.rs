@@ -213,7 +213,6 @@ impl Storage for MemoryStorage {
                     });
                 }
             }
-            g.touch(req.sender, req.now_ms);
             let head = g.head;
             m.groups.insert(req.group, g);
             Ok(PushOutcome { results, head })

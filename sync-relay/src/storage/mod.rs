@@ -171,6 +171,20 @@ pub struct CounterAudit {
     pub mismatched_groups: u64,
 }
 
+impl StorageError {
+    /// True for refusals caused by the request (quotas, cursor beyond the
+    /// head): nothing was stored, the storage is fine.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StorageError::GroupQuotaExceeded { .. }
+                | StorageError::GroupBlobsExceeded { .. }
+                | StorageError::RelayStorageFull { .. }
+                | StorageError::CursorBeyondHead { .. }
+        )
+    }
+}
+
 /// A storage backend. See the module docs for the contract.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {

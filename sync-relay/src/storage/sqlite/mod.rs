@@ -47,7 +47,7 @@ impl SqliteStorageOptions {
         SqliteStorageOptions {
             path: path.into(),
             quotas,
-            read_connections: 4,
+            read_connections: 2,
             busy_timeout: Duration::from_secs(5),
         }
     }

@@ -181,6 +181,22 @@ impl Writer {
         let mut total = self.total_bytes;
         let mut tx = self.conn.begin().await?;
         let mut results = Vec::with_capacity(ops.len());
+        if let [op] = ops {
+            // One op alone needs no savepoint: a refusal rolls back the
+            // whole transaction (two fewer statements on the common path).
+            match apply(&mut tx, op, quotas, total).await {
+                Ok((reply, delta)) => {
+                    tx.commit().await?;
+                    self.total_bytes = total.saturating_add_signed(delta);
+                    return Ok(vec![Ok(reply)]);
+                }
+                Err(err) if err.is_refusal() => {
+                    tx.rollback().await?;
+                    return Ok(vec![Err(err)]);
+                }
+                Err(err) => return Err(err),
+            }
+        }
         for op in ops {
             let mut sp = tx.begin().await?;
             match apply(&mut sp, op, quotas, total).await {
@@ -189,12 +205,7 @@ impl Writer {
                     total = total.saturating_add_signed(delta);
                     results.push(Ok(reply));
                 }
-                Err(
-                    err @ (StorageError::GroupQuotaExceeded { .. }
-                    | StorageError::GroupBlobsExceeded { .. }
-                    | StorageError::RelayStorageFull { .. }
-                    | StorageError::CursorBeyondHead { .. }),
-                ) => {
+                Err(err) if err.is_refusal() => {
                     sp.rollback().await?;
                     results.push(Err(err));
                 }
@@ -363,8 +374,11 @@ async fn touch_device(
     Ok(())
 }
 
-/// One push batch (DESIGN §5.3): duplicate check by blob id → quota checks
-/// (group bytes, group blobs, relay bytes) → cursor assignment → inserts.
+/// One push batch (DESIGN §5.3): duplicate check by blob id → cursor
+/// assignment and counters in one upsert → quota checks on its result (an
+/// op over a quota rolls back to its savepoint) → one multi-row insert.
+/// Three statements whatever the batch size: each statement is a round trip
+/// to sqlx's SQLite thread, the dominant cost of a small push.
 /// Returns the outcome and the payload bytes added.
 async fn apply_push(
     conn: &mut SqliteConnection,
@@ -372,9 +386,6 @@ async fn apply_push(
     quotas: Quotas,
     total_bytes: u64,
 ) -> Result<(PushOutcome, u64), StorageError> {
-    touch_group(conn, req.group, req.now_ms).await?;
-    touch_device(conn, req.group, req.sender, req.now_ms).await?;
-
     let existing = existing_cursors(conn, req.group, &req.items).await?;
     // Which items are new: the first occurrence of an id not yet stored.
     let mut first_index: HashMap<BlobId, usize> = HashMap::new();
@@ -387,16 +398,27 @@ async fn apply_push(
     }
 
     let adding: u64 = new_items.iter().map(|b| b.payload.len() as u64).sum();
+    let n = new_items.len() as u64;
     let head = if new_items.is_empty() {
         head_of(&mut *conn, req.group).await?
     } else {
-        let row = sqlx::query("SELECT bytes_used, blob_count FROM groups WHERE group_id = ?1")
-            .bind(&req.group.0[..])
-            .fetch_one(&mut *conn)
-            .await?;
-        let used = row.try_get::<i64, _>(0)? as u64;
-        let count = row.try_get::<i64, _>(1)? as u64;
-        let n = new_items.len() as u64;
+        let row = sqlx::query(
+            "INSERT INTO groups (group_id, head_cursor, bytes_used, blob_count, created_at, last_active_at) \
+             VALUES (?1, ?2, ?3, ?2, ?4, ?4) \
+             ON CONFLICT (group_id) DO UPDATE SET head_cursor = head_cursor + excluded.head_cursor, \
+             bytes_used = bytes_used + excluded.bytes_used, blob_count = blob_count + excluded.blob_count, \
+             last_active_at = excluded.last_active_at \
+             RETURNING head_cursor, bytes_used, blob_count",
+        )
+        .bind(&req.group.0[..])
+        .bind(n as i64)
+        .bind(adding as i64)
+        .bind(req.now_ms)
+        .fetch_one(&mut *conn)
+        .await?;
+        let head = row.try_get::<i64, _>(0)? as u64;
+        let used = row.try_get::<i64, _>(1)? as u64 - adding;
+        let count = row.try_get::<i64, _>(2)? as u64 - n;
         if used.saturating_add(adding) > quotas.max_group_storage {
             return Err(StorageError::GroupQuotaExceeded {
                 used,
@@ -418,33 +440,8 @@ async fn apply_push(
                 limit: quotas.max_storage,
             });
         }
-        let head: i64 = sqlx::query_scalar(
-            "UPDATE groups SET head_cursor = head_cursor + ?2, bytes_used = bytes_used + ?3, \
-             blob_count = blob_count + ?2, last_active_at = ?4 WHERE group_id = ?1 RETURNING head_cursor",
-        )
-        .bind(&req.group.0[..])
-        .bind(n as i64)
-        .bind(adding as i64)
-        .bind(req.now_ms)
-        .fetch_one(&mut *conn)
-        .await?;
-        let first = head as u64 - n + 1;
-        for (i, item) in new_items.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .bind(&req.group.0[..])
-            .bind((first + i as u64) as i64)
-            .bind(&item.blob_id.0[..])
-            .bind(&req.sender.0[..])
-            .bind(&item.payload[..])
-            .bind(req.now_ms)
-            .bind(item.expires_at_ms)
-            .execute(&mut *conn)
-            .await?;
-        }
-        head as u64
+        insert_blobs(conn, req, &new_items, head - n + 1).await?;
+        head
     };
 
     let first_new = head + 1 - new_items.len() as u64;
@@ -467,6 +464,36 @@ async fn apply_push(
         })
         .collect();
     Ok((PushOutcome { results, head }, adding))
+}
+
+/// Insert `items` under consecutive cursors from `first`, as few
+/// multi-row statements as SQLite's parameter limit allows.
+async fn insert_blobs(
+    conn: &mut SqliteConnection,
+    req: &PushRequest,
+    items: &[&NewBlob],
+    first: u64,
+) -> Result<(), StorageError> {
+    // 7 parameters a row; SQLite allows 32766 per statement.
+    for (c, chunk) in items.chunks(1024).enumerate() {
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
+        let sql = format!(
+            "INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) VALUES {rows}"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (i, item) in chunk.iter().enumerate() {
+            q = q
+                .bind(&req.group.0[..])
+                .bind((first + (c * 1024 + i) as u64) as i64)
+                .bind(&item.blob_id.0[..])
+                .bind(&req.sender.0[..])
+                .bind(&item.payload[..])
+                .bind(req.now_ms)
+                .bind(item.expires_at_ms);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 async fn existing_cursors(
