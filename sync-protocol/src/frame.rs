@@ -68,7 +68,26 @@ pub async fn read_frame_into<R: AsyncRead + Unpin>(
     max: u32,
     body: &mut Vec<u8>,
 ) -> Result<bool, FrameError> {
-    body.clear();
+    match read_frame_header(r, max).await? {
+        None => {
+            body.clear();
+            Ok(false)
+        }
+        Some(len) => {
+            read_frame_body(r, len, body).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// The first half of [`read_frame`]: the length prefix, checked against
+/// `max` (nothing is allocated). `Ok(None)` on a clean end of stream.
+/// Lets a caller set a deadline that depends on the announced length.
+/// Errors: [`FrameError::TooLarge`], [`FrameError::Truncated`], [`FrameError::Io`].
+pub async fn read_frame_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: u32,
+) -> Result<Option<u32>, FrameError> {
     let max = max.min(MAX_FRAME_CEILING);
     let mut header = [0u8; FRAME_HEADER_LEN];
     let mut got = 0;
@@ -76,7 +95,7 @@ pub async fn read_frame_into<R: AsyncRead + Unpin>(
         let n = r.read(&mut header[got..]).await?;
         if n == 0 {
             if got == 0 {
-                return Ok(false);
+                return Ok(None);
             }
             return Err(FrameError::Truncated {
                 expected: FRAME_HEADER_LEN as u64,
@@ -92,7 +111,19 @@ pub async fn read_frame_into<R: AsyncRead + Unpin>(
             max,
         });
     }
+    Ok(Some(len))
+}
+
+/// The second half of [`read_frame`]: exactly `len` body bytes into `body`
+/// (cleared first), read incrementally. Errors: [`FrameError::Truncated`],
+/// [`FrameError::Io`].
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: u32,
+    body: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let len = len as usize;
+    body.clear();
     body.reserve(len.min(INITIAL_BODY_CAPACITY));
     r.take(len as u64).read_to_end(body).await?;
     if body.len() < len {
@@ -101,7 +132,7 @@ pub async fn read_frame_into<R: AsyncRead + Unpin>(
             got: body.len() as u64,
         });
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Read and decode one message from a frame of at most `max` bytes.

@@ -19,7 +19,10 @@ pub mod message;
 
 pub use codec::{DecodeError, decode_body, encode_body, encode_frame};
 pub use codes::{CloseCode, ErrorCode};
-pub use frame::{FrameError, read_frame, read_frame_into, read_message, write_message};
+pub use frame::{
+    FrameError, read_frame, read_frame_body, read_frame_header, read_frame_into, read_message,
+    write_message,
+};
 pub use message::{
     Ack, AckOk, BlobId, DeviceId, ErrorMsg, GroupId, HELLO_PROOF_CONTEXT, Hello, Message,
     MessageKind, Notify, Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk, PushResult,

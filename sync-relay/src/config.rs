@@ -77,7 +77,8 @@ pub struct LimitsConfig {
     pub max_pull_limit: u32,
     /// Seconds a new connection has to send its Hello. Default 10.
     pub hello_timeout_s: u32,
-    /// Seconds a stream has to deliver its request frame. Default 30.
+    /// Seconds a stream has to deliver its request frame's length prefix;
+    /// the whole frame gets this plus `length / 4096` s. Default 30.
     pub request_timeout_s: u32,
     /// Seconds in-flight requests get to finish on shutdown. Default 10.
     pub shutdown_grace_s: u32,

@@ -68,7 +68,7 @@ impl SyncClient {
             let round = {
                 let mut sink = |e| count(e, &mut summary);
                 tokio::select! {
-                    r = pull_round(&slot.session, state, &receiver, &mut sink, stall) => r,
+                    r = pull_round(&slot.session, state, &receiver, &mut sink) => r,
                     _ = slot.session.stalled(stall) => Err(ClientError::Stalled(stall)),
                 }
             };
@@ -256,7 +256,6 @@ async fn pull_round(
     state: &mut StateStore,
     receiver: &Receiver<'_>,
     events: &mut (dyn FnMut(PullEvent) + Send),
-    stall: Duration,
 ) -> Result<Round> {
     let mut response = session.pull(state.state.cursor, PULL_LIMIT).await?;
     let mut round = Round {
@@ -267,9 +266,10 @@ async fn pull_round(
     let mut saved_at = std::time::Instant::now();
     let result = async {
         loop {
-            let batch = tokio::time::timeout(stall, response.next_batch())
-                .await
-                .map_err(|_| ClientError::Stalled(stall))??;
+            // No per-frame deadline: on a slow link one frame can take
+            // minutes. A dead link is caught by the session's stall watchdog
+            // (no bytes at all), which runs alongside this round.
+            let batch = response.next_batch().await?;
             let Some(batch) = batch else { break };
             round.head = round.head.max(batch.head);
             for blob in batch.blobs {

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
-    CloseCode, DeviceId, ErrorCode, ErrorMsg, FrameError, GroupId, Message, read_message,
-    write_message,
+    CloseCode, DeviceId, ErrorCode, ErrorMsg, FrameError, GroupId, Message, decode_body,
+    read_frame_body, read_frame_header, read_message, write_message,
 };
 use tokio::time::{Instant, timeout};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -362,19 +362,44 @@ async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Op
     })
 }
 
+/// Bytes per second a request must arrive at, on average, once its
+/// `request_timeout_s` has passed: slow links (56 kbit/s is 7,000 B/s) get
+/// time in proportion to what they send; a slowloris does not.
+pub const MIN_REQUEST_RATE: u32 = 4096;
+
+/// Read one request frame: the length prefix within `request_timeout_s`,
+/// the whole frame within `request_timeout_s + len / MIN_REQUEST_RATE`.
+/// `Err(allowed)` when the deadline passed.
+async fn read_request(
+    ctx: &RelayContext,
+    recv: &mut RecvStream,
+) -> Result<Result<Option<Message>, FrameError>, Duration> {
+    let base = RelayContext::secs(ctx.limits.request_timeout_s);
+    let started = Instant::now();
+    let len = match timeout(base, read_frame_header(recv, ctx.max_frame())).await {
+        Err(_) => return Err(base),
+        Ok(Ok(Some(len))) => len,
+        Ok(other) => return Ok(other.map(|_| None)),
+    };
+    let allowed = base + Duration::from_secs_f64(f64::from(len) / f64::from(MIN_REQUEST_RATE));
+    let mut body = Vec::new();
+    match tokio::time::timeout_at(started + allowed, read_frame_body(recv, len, &mut body)).await {
+        Err(_) => Err(allowed),
+        Ok(Err(e)) => Ok(Err(e)),
+        Ok(Ok(())) => Ok(decode_body(&body).map(Some).map_err(FrameError::from)),
+    }
+}
+
 /// Serve one request stream of an active session.
 async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: RecvStream) {
     let ctx = &session.ctx;
-    let read = timeout(
-        RelayContext::secs(ctx.limits.request_timeout_s),
-        read_message(&mut recv, ctx.max_frame()),
-    )
-    .await;
-    let msg = match read {
-        Err(_) => {
+    let msg = match read_request(ctx, &mut recv).await {
+        Err(allowed) => {
             let msg = format!(
-                "no complete request within {} s",
-                ctx.limits.request_timeout_s
+                "no complete request within {:.0} s (the first {} s, then at least {} bytes/s)",
+                allowed.as_secs_f64(),
+                ctx.limits.request_timeout_s,
+                MIN_REQUEST_RATE
             );
             reply_error(
                 &mut send,

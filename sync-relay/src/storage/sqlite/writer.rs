@@ -179,7 +179,11 @@ impl Writer {
     ) -> Result<Vec<Result<WriteReply, StorageError>>, StorageError> {
         let quotas = self.quotas;
         let mut total = self.total_bytes;
-        let mut tx = self.conn.begin().await?;
+        // IMMEDIATE: take the write lock up front, where `busy_timeout`
+        // applies. A deferred transaction upgrading from read to write fails
+        // at once with SQLITE_BUSY if another connection (a backup, a
+        // closing connection's checkpoint) holds the lock at that moment.
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         let mut results = Vec::with_capacity(ops.len());
         if let [op] = ops {
             // One op alone needs no savepoint: a refusal rolls back the
