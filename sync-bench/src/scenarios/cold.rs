@@ -2,7 +2,7 @@
 //! a CLI `push` of a 1 KiB file end to end. Baselines: starting the same
 //! binaries with `--version` (process start and exit, nothing else).
 
-use crate::env::{Relay, Size, random, sibling};
+use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size, random, sibling};
 use crate::stats::{Latency, Table, ms, ratio};
 use anyhow::{Result, bail};
 use std::process::{Command, Stdio};
@@ -29,7 +29,7 @@ pub async fn run(size: Size) -> Result<Table> {
             Command::new(sibling("sync-relay")?).arg("--version"),
         )?);
         let started = Instant::now();
-        let relay = Relay::start("")?;
+        let relay = Relay::start(DEFAULT_MAX_BLOB_SIZE)?;
         let mut opts = relay.device(&keys)?;
         opts.connect_timeout = Duration::from_millis(500);
         loop {
@@ -41,7 +41,7 @@ pub async fn run(size: Size) -> Result<Table> {
         }
     }
     // CLI push of 1 KiB against a running relay.
-    let relay = Relay::start("")?;
+    let relay = Relay::start(DEFAULT_MAX_BLOB_SIZE)?;
     let dir = tempfile::tempdir()?;
     let home = Home::at(dir.path().join("home"));
     home.create(&relay.address.parse()?, &GroupSecret::generate(), None)?;

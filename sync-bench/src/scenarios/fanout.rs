@@ -3,7 +3,7 @@
 //! Sessions share a few client endpoints (100 sessions each) and, like real
 //! devices, acknowledge what they were told before the next push.
 
-use crate::env::{Relay, Size, blob_id, random};
+use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size, blob_id, random};
 use crate::stats::{Latency, Table, ms, ratio};
 use anyhow::Result;
 use futures::future::try_join_all;
@@ -45,7 +45,7 @@ pub async fn run(size: Size) -> Result<Table> {
     );
     let rtt = super::raw_round_trip(64, 200).await?;
     for n in size.pick(vec![1usize, 100, 1000], vec![1, 20]) {
-        let relay = Relay::start("")?;
+        let relay = Relay::start(DEFAULT_MAX_BLOB_SIZE)?;
         let keys = GroupSecret::generate().keys();
         let (endpoints, listeners) = sessions(&relay, &keys, n).await?;
         let pusher = RelaySession::connect(&relay.device(&keys)?).await?;

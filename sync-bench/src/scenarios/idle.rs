@@ -2,7 +2,7 @@
 //! possible, up to 10,000, across client endpoints of 100 sessions each and
 //! groups of 200; relay memory per session and the time to accept them.
 
-use crate::env::{Relay, Size};
+use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size};
 use crate::stats::Table;
 use anyhow::Result;
 use futures::future::join_all;
@@ -12,7 +12,7 @@ use sync_client::{GroupSecret, RelaySession};
 /// Run the scenario.
 pub async fn run(size: Size) -> Result<Table> {
     let target = size.pick(10_000usize, 50);
-    let relay = Relay::start("")?;
+    let relay = Relay::start(DEFAULT_MAX_BLOB_SIZE)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (rss_before, _) = relay.memory_kib();
     let groups: Vec<_> = (0..target.div_ceil(200))

@@ -3,7 +3,7 @@
 //! second; reports throughput, latency percentiles, errors and relay memory.
 //! Small in CI (`--tiny`), full size in the benchmarks.
 
-use crate::env::{Relay, Size, blob_id, random};
+use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size, blob_id, random};
 use crate::stats::{Latency, Table, ms};
 use anyhow::Result;
 use futures::future::join_all;
@@ -46,7 +46,7 @@ struct DeviceReport {
 
 /// Run the load and return its report table (panics on nothing: errors are counted).
 pub async fn run(load: Load) -> Result<Table> {
-    let relay = Relay::start("")?;
+    let relay = Relay::start(DEFAULT_MAX_BLOB_SIZE)?;
     let groups: Vec<_> = (0..load.groups)
         .map(|_| GroupSecret::generate().keys())
         .collect();

@@ -3,7 +3,7 @@
 //! from A's push call to B's decrypted message, one message at a time.
 //! Baseline: a raw iroh round trip measured in the same run.
 
-use crate::env::{Relay, Size};
+use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size};
 use crate::stats::{Latency, Table, ms, ratio};
 use anyhow::{Context, Result};
 use std::time::Instant;
@@ -12,7 +12,7 @@ use sync_client::{GroupSecret, PullEvent, PushOptions, StateStore, SyncClient};
 /// Run the scenario.
 pub async fn run(size: Size) -> Result<Table> {
     let n = size.pick(10_000, 100);
-    let relay = Relay::start("")?;
+    let relay = Relay::start(DEFAULT_MAX_BLOB_SIZE)?;
     let keys = GroupSecret::generate().keys();
     let dir = tempfile::tempdir()?;
     let a = SyncClient::connect(&relay.device(&keys)?).await?;

@@ -33,7 +33,7 @@ async fn relay_run(
     time: Duration,
     cap: u64,
 ) -> Result<Run> {
-    let relay = Relay::start("")?;
+    let relay = Relay::start(4 << 20)?;
     let groups: Vec<_> = (0..devices.div_ceil(GROUP_SIZE))
         .map(|_| GroupSecret::generate().keys())
         .collect();
