@@ -21,7 +21,7 @@ COPY --from=build /usr/local/bin/sync-relay /usr/local/bin/sync-relay
 USER 10001:10001
 # Data in the volume; QUIC on all interfaces; HTTP (health + metrics) on all
 # interfaces inside the container (publish it only where it should be reachable).
-# Two glibc malloc arenas: large pulls peak ~25 % lower (BENCHMARKS.md).
+# Two glibc malloc arenas: peak memory of large transfers ~20 % lower (BENCHMARKS.md).
 ENV SYNC_RELAY_DATA_DIR=/data \
     SYNC_RELAY_QUIC_BIND=0.0.0.0:4433 \
     SYNC_RELAY_HTTP_BIND=0.0.0.0:8080 \

@@ -51,28 +51,31 @@ pub struct Relay {
     _dir: tempfile::TempDir,
 }
 
-/// Relay settings that keep quotas and rate limits out of the way of a
-/// benchmark; `max_blob_size` is set per scenario (see [`Relay::start`]).
-pub const BENCH_CONFIG: &str = "max_group_storage = 68719476736\n\
-max_storage = 68719476736\nmax_sessions = 20000\nmax_group_sessions = 4096\nmax_group_blobs = 100000000\n\
-[rate_limits]\nrequests_per_s = 4000000000\nrequests_burst = 4000000000\npush_bytes_per_s = 4000000000\n\
-push_bytes_burst = 4000000000\nconnections_per_ip_per_s = 1000000\nconnections_per_ip_burst = 1000000\n\
-[log]\nlevel = \"warn,sync_relay::server=info\"\n";
+/// Relay config for a benchmark: `max_blob_size` bytes, quotas and rate
+/// limits out of the way, quiet logs.
+fn bench_config(max_blob_size: u32) -> String {
+    format!(
+        "[limits]\nmax_blob_size = {max_blob_size}\nmax_group_storage = 68719476736\n\
+         max_storage = 68719476736\nmax_sessions = 20000\nmax_group_sessions = 4096\n\
+         max_group_blobs = 100000000\n\
+         [rate_limits]\nrequests_per_s = 4000000000\nrequests_burst = 4000000000\n\
+         push_bytes_per_s = 4000000000\npush_bytes_burst = 4000000000\n\
+         connections_per_ip_per_s = 1000000\nconnections_per_ip_burst = 1000000\n\
+         [log]\nlevel = \"warn,sync_relay::server=info\"\n"
+    )
+}
 
 /// The relay's default `limits.max_blob_size` (1 MiB): what devices chunk
 /// files to on a relay with the embedded defaults.
-pub const DEFAULT_MAX_BLOB_SIZE: u32 = 1 << 20;
+pub use sync_protocol::limits::DEFAULT_MAX_BLOB_SIZE;
 
 impl Relay {
-    /// Start `sync-relay` with [`BENCH_CONFIG`] and `max_blob_size` bytes
+    /// Start `sync-relay` with `bench_config(max_blob_size)`
     /// (which also bounds a push frame, so a batch of 64 × 64 KiB needs 4 MiB).
     pub fn start(max_blob_size: u32) -> Result<Relay> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("relay.toml");
-        std::fs::write(
-            &config,
-            format!("[limits]\nmax_blob_size = {max_blob_size}\n{BENCH_CONFIG}"),
-        )?;
+        std::fs::write(&config, bench_config(max_blob_size))?;
         let mut child = Command::new(sibling("sync-relay")?)
             .arg("--config")
             .arg(&config)

@@ -272,8 +272,8 @@ pub fn seal(
     max_blob_size: usize,
 ) -> Result<Vec<u8>, EnvelopeError> {
     let compressed = worth_compressing(body)
-        .then(|| zstd::bulk::compress(body, 3).ok())
-        .flatten()
+        .then(|| zstd::bulk::compress(body, 3))
+        .and_then(Result::ok)
         .filter(|c| c.len() < body.len());
     let stored: &[u8] = match &compressed {
         Some(c) => {
