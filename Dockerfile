@@ -8,18 +8,24 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # The whole workspace is needed to resolve it; .dockerignore keeps target/ and .git out.
 COPY . .
-RUN cargo build --release --locked -p sync-relay \
-    && install -m 0755 target/release/sync-relay /usr/local/bin/sync-relay
+# The `dist` profile is `release` without debug info, stripped (the release
+# profile's line tables make a 118 MB binary; see docs/deploy.md for the size).
+RUN cargo build --profile dist --locked -p sync-relay \
+    && install -m 0755 target/dist/sync-relay /usr/local/bin/sync-relay
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home \
+# The group is created with the same id as the user: USER 10001:10001 then
+# runs with a group that exists, and the volume's files belong to it.
+RUN groupadd --system --gid 10001 relay \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
         --shell /usr/sbin/nologin relay \
     && mkdir -p /data \
     && chown relay:relay /data \
     && chmod 0700 /data
 COPY --from=build /usr/local/bin/sync-relay /usr/local/bin/sync-relay
 USER 10001:10001
-# Data in the volume; QUIC on all interfaces; HTTP (health + metrics) on all
+# Data in the volume; QUIC on all interfaces (set SYNC_RELAY__NETWORK__PUBLIC_ADDR
+# to the HOST:PORT devices reach, or the relay warns that it announces 127.0.0.1); HTTP (health + metrics) on all
 # interfaces inside the container (publish it only where it should be reachable).
 # Two glibc malloc arenas: peak memory of large transfers ~20 % lower (BENCHMARKS.md).
 ENV SYNC_RELAY_DATA_DIR=/data \

@@ -29,11 +29,25 @@ pub struct RelayContext {
     pub metrics: Metrics,
     /// Rate limiters.
     pub rate_limits: RateLimits,
+    /// Configuration problems found at start that an operator should fix,
+    /// reported in `/health` (e.g. no usable announced address,
+    /// [`crate::advertise`]).
+    pub warnings: Vec<String>,
 }
 
 impl RelayContext {
-    /// A context with no live sessions.
+    /// A context with no live sessions and no warnings.
     pub fn new(config: &Config, relay_id: DeviceId, storage: Arc<dyn Storage>) -> Arc<Self> {
+        Self::with_warnings(config, relay_id, storage, Vec::new())
+    }
+
+    /// A context with no live sessions that reports `warnings` in `/health`.
+    pub fn with_warnings(
+        config: &Config,
+        relay_id: DeviceId,
+        storage: Arc<dyn Storage>,
+        warnings: Vec<String>,
+    ) -> Arc<Self> {
         let max_frame = max_frame_for_blob_size(config.limits.max_blob_size);
         Arc::new(RelayContext {
             limits: config.limits.clone(),
@@ -44,6 +58,7 @@ impl RelayContext {
             started: Instant::now(),
             metrics: Metrics::new(),
             rate_limits: RateLimits::new(&config.rate_limits, max_frame),
+            warnings,
         })
     }
 

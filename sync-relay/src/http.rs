@@ -34,6 +34,10 @@ pub struct Health {
     pub storage_bytes: u64,
     /// `ok`, or the database error.
     pub db: String,
+    /// Configuration problems to fix (empty when none), e.g. an announced
+    /// address that only works on this host ([`crate::advertise`]). They do
+    /// not make the relay unhealthy.
+    pub warnings: Vec<String>,
 }
 
 /// Content type of the OpenMetrics text format.
@@ -99,6 +103,7 @@ async fn health(State(ctx): State<Arc<RelayContext>>) -> (StatusCode, Json<Healt
             groups: stats.groups,
             storage_bytes: stats.bytes,
             db,
+            warnings: ctx.warnings.clone(),
         }),
     )
 }

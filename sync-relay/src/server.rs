@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::context::RelayContext;
 use crate::storage::{Quotas, SqliteStorage, SqliteStorageOptions, Storage, StorageError};
-use crate::{cleanup, endpoint, http, identity, session};
+use crate::{advertise, cleanup, endpoint, http, identity, session};
 use iroh::endpoint::IncomingAddr;
 use iroh::{Endpoint, EndpointId};
 use std::net::SocketAddr;
@@ -75,7 +75,20 @@ impl Relay {
             .into_iter()
             .next()
             .unwrap_or(config.network.quic_bind);
-        let ctx = RelayContext::new(&config, relay_id, storage);
+        let advertised = advertise::advertised(
+            quic_addr,
+            config.network.public_addr.as_deref(),
+            &advertise::host_ips(),
+        );
+        if let Some(w) = &advertised.warning {
+            warn!("{w}");
+        }
+        let ctx = RelayContext::with_warnings(
+            &config,
+            relay_id,
+            storage,
+            advertised.warning.into_iter().collect(),
+        );
 
         let listener = tokio::net::TcpListener::bind(config.network.http_bind)
             .await
@@ -120,13 +133,7 @@ impl Relay {
             Arc::clone(&ctx),
             connections.clone(),
         ));
-        let public_addr = config.network.public_addr.clone().unwrap_or_else(|| {
-            let mut shown = quic_addr;
-            if shown.ip().is_unspecified() {
-                shown.set_ip([127, 0, 0, 1].into());
-            }
-            shown.to_string()
-        });
+        let public_addr = advertised.addr;
         let relay = Relay {
             ctx,
             endpoint,

@@ -548,3 +548,43 @@ async fn shutdown_closes_live_sessions_with_close_code_5() {
         other => panic!("expected an application close, got {other:?}"),
     }
 }
+
+/// A relay bound to an unspecified address without `network.public_addr`
+/// (the Docker image's case) warns at start and in `/health`, naming the
+/// key to set; with `public_addr` it announces that and warns of nothing.
+#[test]
+fn an_unspecified_bind_without_public_addr_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start_with(&tmp.path().join("a"), "0.0.0.0:0", &[]);
+    let health = relay.health();
+    let warnings = health["warnings"].as_array().expect("warnings array");
+    assert_eq!(warnings.len(), 1, "{health}");
+    let w = warnings[0].as_str().unwrap();
+    assert!(w.contains("network.public_addr"), "{w}");
+    assert!(relay.log().contains("network.public_addr is not set"));
+    assert_eq!(health["status"], "ok", "a warning is not unhealthy");
+    assert!(
+        relay
+            .address
+            .ends_with(&format!("@127.0.0.1:{}", relay.quic.port()))
+    );
+
+    let config = tmp.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        "[network]\npublic_addr = \"relay.example.org:4433\"\n",
+    )
+    .unwrap();
+    let relay = RelayProcess::start_with(
+        &tmp.path().join("b"),
+        "0.0.0.0:0",
+        &["--config", config.to_str().unwrap()],
+    );
+    assert!(
+        relay.address.ends_with("@relay.example.org:4433"),
+        "{}",
+        relay.address
+    );
+    assert_eq!(relay.health()["warnings"], serde_json::json!([]));
+    assert!(!relay.log().contains("public_addr is not set"));
+}
