@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob, PushResult};
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 struct Stored {
     blob_id: BlobId,
     sender: DeviceId,
@@ -21,13 +21,13 @@ struct Stored {
     expires_at: i64,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 struct Device {
     acked: u64,
     last_seen: i64,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 struct Group {
     head: u64,
     blobs: BTreeMap<u64, Stored>,
@@ -76,6 +76,31 @@ impl MemoryStorage {
             quotas,
             model: Mutex::new(Model::default()),
         }
+    }
+
+    /// An open store holding a copy of this one's contents, also after
+    /// [`Storage::close`] (what reopening a durable backend shows). The model
+    /// check forks the reference model to reopen it and to try several
+    /// orders of concurrent writes.
+    pub fn fork(&self) -> MemoryStorage {
+        let m = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        MemoryStorage {
+            quotas: self.quotas,
+            model: Mutex::new(Model {
+                groups: m.groups.clone(),
+                closed: false,
+            }),
+        }
+    }
+
+    /// Whether two stores hold the same groups, blobs and devices.
+    pub fn same_contents(&self, other: &MemoryStorage) -> bool {
+        if std::ptr::eq(self, other) {
+            return true;
+        }
+        let a = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let b = other.model.lock().unwrap_or_else(|p| p.into_inner());
+        self.quotas == other.quotas && a.groups == b.groups
     }
 
     fn with<T>(

@@ -217,7 +217,9 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<PullPage, StorageError>;
 
     /// Raise `device`'s acknowledged cursor to `cursor` (never lowers it) and
-    /// return the stored value. Errors: [`StorageError::CursorBeyondHead`].
+    /// return the stored value; the group and the device are created if new,
+    /// as by [`Storage::open_session`]. Errors:
+    /// [`StorageError::CursorBeyondHead`].
     async fn ack(
         &self,
         group: GroupId,

@@ -1,58 +1,83 @@
-//! Model check: random operation sequences run against the SQLite backend
-//! and the in-memory reference model ([`super::MemoryStorage`]); every
-//! answer must be the same (pushes with duplicates and quota hits, pulls
-//! with row and byte limits, acks, expiry, acknowledged-blob deletion,
-//! stats, audits). proptest shrinks any difference to a minimal sequence.
+//! Model check: proptest drives a backend and the in-memory reference model
+//! ([`MemoryStorage`]) with the same random operations and requires the same
+//! answer to every one, compared field by field: pushes (ids repeated within
+//! a batch and across batches, every quota refusal), pulls (every field of
+//! every [`PulledBlob`], `created_at` and payload bytes included, under row
+//! and byte limits and expiry), acks, expiry, acknowledged-blob deletion,
+//! stats; after every step the backend's counter audit must balance. Time is
+//! a counter the operations move, so `created_at` is deterministic.
+//!
+//! Two operations reach what a one-call-at-a-time check cannot:
+//! - **Burst**: several writes (pushes to different groups, some refused by a
+//!   quota, the same blob id in two of them, acks, deletions, a WAL
+//!   checkpoint) submitted concurrently. SQLite's writer takes them from its
+//!   queue into one transaction, each in its own savepoint (group commit).
+//!   The model applies them in the order the backend commits them: for a
+//!   backend with one write queue, the order of submission, which
+//!   [`submit_burst`] makes the queue order; for any other, any order the
+//!   model answers identically (the burst must be linearizable).
+//! - **Reopen**: the backend is closed (writes then answer `Closed`, as the
+//!   model's do) and opened again over the same data; the model keeps its
+//!   contents. Heads, counters, acks and the relay-wide byte total (which
+//!   SQLite's writer recomputes at open) must survive.
+//!
+//! The check is backend-generic: [`check`] takes a [`Backend`] that opens the
+//! store under test over one test case's data. SQLite runs it below; another
+//! backend adds an implementation of [`Backend`] and one `proptest!` block.
 
 use super::*;
+use async_trait::async_trait;
+use futures::future::BoxFuture;
 use proptest::prelude::*;
-use sync_protocol::{BlobId, DeviceId, GroupId};
+use std::task::Poll;
+use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
 
-#[derive(Debug, Clone)]
-enum Op {
-    Push {
-        group: u8,
-        device: u8,
-        items: Vec<(u8, u8, i64)>,
-    },
-    Pull {
-        group: u8,
-        after_back: u8,
-        max_blobs: u32,
-        max_bytes: usize,
-    },
-    Ack {
-        group: u8,
-        device: u8,
-        back: u8,
-    },
-    Tick(i64),
-    Expire,
-    DeleteAcked {
-        window: i64,
-    },
-    Stats,
+/// Opens the store under test. One value per test case, owning that case's
+/// data (a temporary file, a fresh schema). The check runs on a
+/// current-thread runtime, so `open` need not be `Send`.
+#[async_trait(?Send)]
+pub(crate) trait Backend {
+    /// Open the store over this case's data: empty the first time, and
+    /// holding everything committed so far after a close.
+    async fn open(&mut self, quotas: Quotas) -> Box<dyn Storage>;
+
+    /// True when concurrent writes commit in the order they were submitted
+    /// (one write queue, as SQLite's writer). Otherwise the check accepts any
+    /// order of a burst that the model answers identically.
+    fn commits_in_submission_order(&self) -> bool;
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        4 => (0..2u8, 0..3u8, prop::collection::vec((0..24u8, 0..60u8, 1..40i64), 1..6))
-            .prop_map(|(group, device, items)| Op::Push { group, device, items }),
-        3 => (0..2u8, 0..6u8, 1..5u32, 1..200usize)
-            .prop_map(|(group, after_back, max_blobs, max_bytes)| Op::Pull { group, after_back, max_blobs, max_bytes }),
-        2 => (0..2u8, 0..3u8, 0..4u8).prop_map(|(group, device, back)| Op::Ack { group, device, back }),
-        2 => (1..15i64).prop_map(Op::Tick),
-        1 => Just(Op::Expire),
-        1 => (0..30i64).prop_map(|window| Op::DeleteAcked { window }),
-        1 => Just(Op::Stats),
-    ]
+/// The SQLite backend over a temporary directory.
+struct Sqlite {
+    dir: tempfile::TempDir,
+    /// Whether the check may rely on the writer's queue order (false runs
+    /// the order-free check meant for backends without one write queue).
+    queue_order: bool,
 }
 
-/// Errors made comparable.
-fn norm<T: std::fmt::Debug>(r: Result<T, StorageError>) -> Result<String, String> {
-    match r {
-        Ok(v) => Ok(format!("{v:?}")),
-        Err(e) => Err(e.to_string()),
+/// A temporary directory in RAM where there is one (`/dev/shm` on Linux):
+/// the check compares answers, not durability, and the `fsync`s of opening,
+/// closing and checkpointing databases would otherwise take most of its
+/// time (about five times as long on a virtual disk).
+fn ram_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("temp dir")
+}
+
+#[async_trait(?Send)]
+impl Backend for Sqlite {
+    async fn open(&mut self, quotas: Quotas) -> Box<dyn Storage> {
+        let opts = SqliteStorageOptions::new(self.dir.path().join("m.db"), quotas);
+        Box::new(SqliteStorage::open(opts).await.expect("open SQLite"))
+    }
+
+    fn commits_in_submission_order(&self) -> bool {
+        self.queue_order
     }
 }
 
@@ -61,6 +86,184 @@ const QUOTAS: Quotas = Quotas {
     max_group_blobs: 14,
     max_storage: 700,
 };
+/// Groups 0 and 1 have sessions from the start; group 2 comes into being
+/// through whatever touches it first.
+const GROUPS: u8 = 3;
+const DEVICES: u8 = 3;
+/// Larger than anything a case stores: a deletion in a burst takes all
+/// eligible blobs, so its answer does not depend on which rows a backend
+/// picks first.
+const ALL: u32 = 1000;
+
+fn gid(g: u8) -> GroupId {
+    GroupId([g + 1; 32])
+}
+
+fn dev(d: u8) -> DeviceId {
+    DeviceId([d + 1; 32])
+}
+
+/// A write, with arguments relative to the state (resolved by [`prepare`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Write {
+    /// Items are (blob id, payload length, TTL).
+    Push {
+        group: u8,
+        device: u8,
+        items: Vec<(u8, u8, i64)>,
+    },
+    /// `back` 0 acks one beyond the head (refused); n > 0 acks head − (n − 1).
+    Ack {
+        group: u8,
+        device: u8,
+        back: u8,
+    },
+    OpenSession {
+        group: u8,
+        device: u8,
+    },
+    /// One `delete_expired` taking everything expired.
+    ExpireAll,
+    /// One `delete_acked` taking everything acknowledged.
+    DeleteAckedAll {
+        window: i64,
+    },
+    Maintenance,
+}
+
+/// One step of a test case.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Write(Write),
+    /// Writes submitted concurrently (group-committed by SQLite).
+    Burst(Vec<Write>),
+    Pull {
+        group: u8,
+        after_back: u8,
+        max_blobs: u32,
+        max_bytes: usize,
+    },
+    Tick(i64),
+    /// Delete expired blobs in batches of 3 until a batch comes back short.
+    Expire,
+    /// Delete acknowledged blobs in batches of 3 likewise.
+    DeleteAcked {
+        window: i64,
+    },
+    Stats,
+    /// Close the backend and open it again over the same data.
+    Reopen,
+}
+
+fn push() -> impl Strategy<Value = Write> {
+    (
+        0..GROUPS,
+        0..DEVICES,
+        prop::collection::vec((0..24u8, 0..60u8, 1..40i64), 1..6),
+    )
+        .prop_map(|(group, device, items)| Write::Push {
+            group,
+            device,
+            items,
+        })
+}
+
+fn write() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        8 => push(),
+        3 => (0..GROUPS, 0..DEVICES, 0..4u8)
+            .prop_map(|(group, device, back)| Write::Ack { group, device, back }),
+        1 => (0..GROUPS, 0..DEVICES).prop_map(|(group, device)| Write::OpenSession { group, device }),
+        1 => Just(Write::ExpireAll),
+        1 => (0..30i64).prop_map(|window| Write::DeleteAckedAll { window }),
+        1 => Just(Write::Maintenance),
+    ]
+}
+
+/// Operations of one test case.
+pub(crate) fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        4 => push().prop_map(Op::Write),
+        2 => write().prop_map(Op::Write),
+        4 => prop::collection::vec(write(), 2..6).prop_map(Op::Burst),
+        3 => (0..GROUPS, 0..6u8, 1..5u32, 1..200usize)
+            .prop_map(|(group, after_back, max_blobs, max_bytes)| Op::Pull { group, after_back, max_blobs, max_bytes }),
+        2 => (1..15i64).prop_map(Op::Tick),
+        1 => Just(Op::Expire),
+        1 => (0..30i64).prop_map(|window| Op::DeleteAcked { window }),
+        1 => Just(Op::Stats),
+        1 => Just(Op::Reopen),
+    ];
+    prop::collection::vec(op, 1..max)
+}
+
+/// A call with absolute arguments: what the backend and the model both run.
+#[derive(Clone)]
+enum Call {
+    Push(GroupId, DeviceId, Vec<NewBlob>, i64),
+    Ack(GroupId, DeviceId, u64, i64),
+    OpenSession(GroupId, DeviceId, i64),
+    DeleteExpired(i64, u32),
+    DeleteAcked(i64, u32),
+    Maintenance,
+    Head(GroupId),
+    Pull(GroupId, u64, u32, usize, i64),
+    DrainExpired(i64),
+    DrainAcked(i64),
+    Stats,
+}
+
+/// A pulled blob with every field shown in failure messages (the
+/// protocol's `Debug` prints only the payload's length).
+#[derive(Debug, PartialEq)]
+struct Blob {
+    cursor: u64,
+    blob_id: BlobId,
+    sender: DeviceId,
+    created_at: u64,
+    payload: Vec<u8>,
+}
+
+/// An answer, errors included, comparable as a whole.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Pushed(Result<PushOutcome, String>),
+    Cursor(Result<u64, String>),
+    Page(Result<(bool, Vec<Blob>), String>),
+    Deleted(Result<Deleted, String>),
+    Stats(Result<StorageStats, String>),
+    Done(Result<(), String>),
+}
+
+fn ans<T>(r: Result<T, StorageError>) -> Result<T, String> {
+    r.map_err(|e| format!("{e:?}"))
+}
+
+fn page(p: PullPage) -> (bool, Vec<Blob>) {
+    // Exhaustive destructuring: a field added to either type must be
+    // compared here before this compiles.
+    let PullPage { blobs, complete } = p;
+    let blobs = blobs
+        .into_iter()
+        .map(|b| {
+            let PulledBlob {
+                cursor,
+                blob_id,
+                sender,
+                created_at,
+                payload,
+            } = b;
+            Blob {
+                cursor,
+                blob_id,
+                sender,
+                created_at,
+                payload,
+            }
+        })
+        .collect();
+    (complete, blobs)
+}
 
 async fn drain(s: &dyn Storage, expired: bool, arg: i64) -> Result<Deleted, StorageError> {
     let mut total = Deleted::default();
@@ -78,111 +281,287 @@ async fn drain(s: &dyn Storage, expired: bool, arg: i64) -> Result<Deleted, Stor
     }
 }
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqliteStorage::open(SqliteStorageOptions::new(dir.path().join("m.db"), QUOTAS))
-        .await
-        .unwrap();
-    let model = MemoryStorage::new(QUOTAS);
-    let backends: [&dyn Storage; 2] = [&sqlite, &model];
-    let gid = |g: u8| GroupId([g + 1; 32]);
-    let dev = |d: u8| DeviceId([d + 1; 32]);
-    let mut now: i64 = 1000;
-    for b in backends {
-        for g in 0..2 {
-            for d in 0..3 {
-                b.open_session(gid(g), dev(d), now).await.unwrap();
+fn run<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
+    Box::pin(async move {
+        match call.clone() {
+            Call::Push(group, sender, items, now_ms) => Answer::Pushed(ans(s
+                .push(PushRequest {
+                    group,
+                    sender,
+                    items,
+                    now_ms,
+                })
+                .await)),
+            Call::Ack(g, d, cursor, now) => Answer::Cursor(ans(s.ack(g, d, cursor, now).await)),
+            Call::OpenSession(g, d, now) => Answer::Cursor(ans(s.open_session(g, d, now).await)),
+            Call::DeleteExpired(now, limit) => {
+                Answer::Deleted(ans(s.delete_expired(now, limit).await))
+            }
+            Call::DeleteAcked(since, limit) => {
+                Answer::Deleted(ans(s.delete_acked(since, limit).await))
+            }
+            Call::Maintenance => Answer::Done(ans(s.maintenance().await)),
+            Call::Head(g) => Answer::Cursor(ans(s.head(g).await)),
+            Call::Pull(g, after, rows, bytes, now) => {
+                Answer::Page(ans(s.pull_page(g, after, rows, bytes, now).await).map(page))
+            }
+            Call::DrainExpired(now) => Answer::Deleted(ans(drain(s, true, now).await)),
+            Call::DrainAcked(since) => Answer::Deleted(ans(drain(s, false, since).await)),
+            Call::Stats => Answer::Stats(ans(s.stats().await)),
+        }
+    })
+}
+
+/// Submit `calls` concurrently and collect their answers in submission
+/// order. Each call's future is polled once, in order, before any is
+/// awaited: one poll runs a write up to its wait for the answer, so it is in
+/// the backend's queue (SQLite: the writer's FIFO channel) before the next is
+/// submitted, and the writer task cannot run in between (the test runtime
+/// has one thread and this loop does not yield). `unconstrained` keeps
+/// tokio's cooperative budget from turning a ready send into a yield.
+async fn submit_burst(s: &dyn Storage, calls: &[Call]) -> Vec<Answer> {
+    let mut futures: Vec<_> = calls.iter().map(|c| run(s, c)).collect();
+    let mut answers: Vec<Option<Answer>> = calls.iter().map(|_| None).collect();
+    tokio::task::unconstrained(async {
+        for (f, a) in futures.iter_mut().zip(answers.iter_mut()) {
+            if let Poll::Ready(done) = futures::poll!(f.as_mut()) {
+                *a = Some(done);
+            }
+        }
+    })
+    .await;
+    let mut out = Vec::with_capacity(calls.len());
+    for (f, a) in futures.into_iter().zip(answers) {
+        out.push(match a {
+            Some(done) => done,
+            None => f.await,
+        });
+    }
+    out
+}
+
+/// All orders of `0..n`.
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![Vec::new()];
+    }
+    let mut all = Vec::new();
+    for p in permutations(n - 1) {
+        for i in 0..=p.len() {
+            let mut q = p.clone();
+            q.insert(i, n - 1);
+            all.push(q);
+        }
+    }
+    all
+}
+
+/// Keep the model states that answer `calls` exactly as the backend did
+/// (`got`), applying the calls in one of `orders`; every order that matches
+/// yields a successor state (duplicates dropped). On no match, the error
+/// shows the first model's answers in submission order.
+async fn follow(
+    models: Vec<MemoryStorage>,
+    calls: &[Call],
+    got: &[Answer],
+    orders: &[Vec<usize>],
+) -> Result<Vec<MemoryStorage>, String> {
+    let mut next: Vec<MemoryStorage> = Vec::new();
+    let mut expected = None;
+    for model in &models {
+        for order in orders {
+            let m = model.fork();
+            let mut answers: Vec<Option<Answer>> = calls.iter().map(|_| None).collect();
+            for &i in order {
+                answers[i] = Some(run(&m, &calls[i]).await);
+            }
+            let answers: Vec<Answer> = answers.into_iter().flatten().collect();
+            if answers == got {
+                if !next.iter().any(|n| n.same_contents(&m)) {
+                    next.push(m);
+                }
+            } else if expected.is_none() {
+                expected = Some(answers);
             }
         }
     }
-    for (step, op) in ops.into_iter().enumerate() {
-        let mut answers = Vec::new();
-        for b in backends {
-            let answer = match &op {
-                Op::Push {
-                    group,
-                    device,
-                    items,
-                } => {
-                    let items = items
-                        .iter()
-                        .map(|(id, len, ttl)| NewBlob {
-                            blob_id: BlobId([*id; 16]),
-                            payload: vec![*id; *len as usize],
-                            expires_at_ms: now + ttl,
-                        })
-                        .collect();
-                    norm(
-                        b.push(PushRequest {
-                            group: gid(*group),
-                            sender: dev(*device),
-                            items,
-                            now_ms: now,
-                        })
-                        .await,
-                    )
-                }
-                Op::Pull {
-                    group,
-                    after_back,
-                    max_blobs,
-                    max_bytes,
-                } => {
-                    let head = b.head(gid(*group)).await.unwrap();
-                    let after = head.saturating_sub(u64::from(*after_back));
-                    norm(
-                        b.pull_page(gid(*group), after, *max_blobs, *max_bytes, now)
-                            .await
-                            .map(|p| {
-                                (
-                                    p.complete,
-                                    p.blobs
-                                        .iter()
-                                        .map(|x| (x.cursor, x.blob_id, x.sender, x.payload.clone()))
-                                        .collect::<Vec<_>>(),
-                                )
-                            }),
-                    )
-                }
-                Op::Ack {
-                    group,
-                    device,
-                    back,
-                } => {
-                    let head = b.head(gid(*group)).await.unwrap();
-                    // `back` 0 asks for one beyond the head: refused.
-                    let cursor = if *back == 0 {
-                        head + 1
-                    } else {
-                        head.saturating_sub(u64::from(*back) - 1)
-                    };
-                    norm(b.ack(gid(*group), dev(*device), cursor, now).await)
-                }
-                Op::Tick(dt) => Ok(format!("{}", now + dt)),
-                Op::Expire => norm(drain(b, true, now).await),
-                Op::DeleteAcked { window } => norm(drain(b, false, now - window).await),
-                Op::Stats => norm(b.stats().await),
-            };
-            answers.push(answer);
-        }
-        prop_assert_eq!(&answers[0], &answers[1], "step {}: {:?}", step, op);
-        if let Op::Tick(dt) = op {
-            now += dt;
-        }
-        let audit = sqlite.audit().await.unwrap();
-        prop_assert_eq!(audit.mismatched_groups, 0, "step {}: {:?}", step, audit);
-        prop_assert_eq!(audit.counted_bytes, audit.actual_bytes);
+    if next.is_empty() {
+        return Err(format!(
+            "backend answered {got:#?}\nmodel answers {:#?}",
+            expected.unwrap_or_default()
+        ));
     }
-    sqlite.close().await;
+    Ok(next)
+}
+
+/// Resolve a write's relative arguments against the backend's state.
+async fn prepare(s: &dyn Storage, w: &Write, now: i64, salt: &mut u32) -> Call {
+    match w {
+        Write::Push {
+            group,
+            device,
+            items,
+        } => {
+            let items = items
+                .iter()
+                .map(|&(id, len, ttl)| {
+                    // Payload bytes unique to this item: a payload stored
+                    // under the wrong id, torn or overwritten by a later
+                    // push of the same id shows.
+                    *salt += 1;
+                    let seed = salt.to_le_bytes();
+                    NewBlob {
+                        blob_id: BlobId([id; 16]),
+                        payload: (0..usize::from(len))
+                            .map(|i| seed[i % 4] ^ id ^ (i as u8).wrapping_mul(31))
+                            .collect(),
+                        expires_at_ms: now + ttl,
+                    }
+                })
+                .collect();
+            Call::Push(gid(*group), dev(*device), items, now)
+        }
+        Write::Ack {
+            group,
+            device,
+            back,
+        } => {
+            let head = s.head(gid(*group)).await.expect("head");
+            let cursor = if *back == 0 {
+                head + 1
+            } else {
+                head.saturating_sub(u64::from(*back) - 1)
+            };
+            Call::Ack(gid(*group), dev(*device), cursor, now)
+        }
+        Write::OpenSession { group, device } => Call::OpenSession(gid(*group), dev(*device), now),
+        Write::ExpireAll => Call::DeleteExpired(now, ALL),
+        Write::DeleteAckedAll { window } => Call::DeleteAcked(now - window, ALL),
+        Write::Maintenance => Call::Maintenance,
+    }
+}
+
+/// Run `ops` against the store `backend` opens and against the model.
+pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut store = backend.open(QUOTAS).await;
+    let mut models = vec![MemoryStorage::new(QUOTAS)];
+    let mut now: i64 = 1000;
+    let mut salt = 0;
+    let setup: Vec<Call> = (0..2)
+        .flat_map(|g| (0..DEVICES).map(move |d| Call::OpenSession(gid(g), dev(d), 1000)))
+        .collect();
+    for (step, op) in std::iter::once(None)
+        .chain(ops.iter().map(Some))
+        .enumerate()
+    {
+        let s = &*store;
+        let calls: Vec<Call> = match op {
+            None => setup.clone(),
+            Some(Op::Write(w)) => vec![prepare(s, w, now, &mut salt).await],
+            Some(Op::Burst(ws)) => {
+                let mut calls = Vec::new();
+                for w in ws {
+                    calls.push(prepare(s, w, now, &mut salt).await);
+                }
+                calls
+            }
+            Some(Op::Pull {
+                group,
+                after_back,
+                max_blobs,
+                max_bytes,
+            }) => {
+                let g = gid(*group);
+                let head = s.head(g).await.expect("head");
+                let after = head.saturating_sub(u64::from(*after_back));
+                vec![
+                    Call::Head(g),
+                    Call::Pull(g, after, *max_blobs, *max_bytes, now),
+                ]
+            }
+            Some(Op::Tick(dt)) => {
+                now += dt;
+                Vec::new()
+            }
+            Some(Op::Expire) => vec![Call::DrainExpired(now)],
+            Some(Op::DeleteAcked { window }) => vec![Call::DrainAcked(now - window)],
+            Some(Op::Stats) => vec![Call::Stats],
+            Some(Op::Reopen) => {
+                store.close().await;
+                for m in &models {
+                    m.close().await;
+                }
+                // A closed store refuses writes; so does the closed model.
+                let refused = [
+                    Call::Push(gid(0), dev(0), vec![], now),
+                    Call::Ack(gid(0), dev(0), 0, now),
+                ];
+                for c in &refused {
+                    let got = run(&*store, c).await;
+                    for m in &models {
+                        prop_assert_eq!(&got, &run(m, c).await, "step {}: {:?}", step, op);
+                    }
+                }
+                drop(store);
+                store = backend.open(QUOTAS).await;
+                models = models.iter().map(MemoryStorage::fork).collect();
+                // Counters and the relay-wide total as the reopened backend
+                // reads them back.
+                vec![Call::Stats]
+            }
+        };
+        let s = &*store;
+        let in_order = vec![(0..calls.len()).collect()];
+        let (got, orders) = match op {
+            Some(Op::Burst(_)) if !backend.commits_in_submission_order() => {
+                (submit_burst(s, &calls).await, permutations(calls.len()))
+            }
+            Some(Op::Burst(_)) => (submit_burst(s, &calls).await, in_order),
+            _ => {
+                let mut got = Vec::new();
+                for c in &calls {
+                    got.push(run(s, c).await);
+                }
+                (got, in_order)
+            }
+        };
+        models = follow(models, &calls, &got, &orders)
+            .await
+            .map_err(|e| TestCaseError::fail(format!("step {step}: {op:?}\n{e}")))?;
+        let audit = s.audit().await.expect("audit");
+        prop_assert_eq!(audit.mismatched_groups, 0, "step {}: {:?}", step, audit);
+        prop_assert_eq!(audit.counted_bytes, audit.actual_bytes, "step {}", step);
+        prop_assert_eq!(audit.counted_blobs, audit.actual_blobs, "step {}", step);
+    }
+    store.close().await;
     Ok(())
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn sqlite_answers_like_the_reference_model(ops in prop::collection::vec(op(), 1..40)) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(ops))?;
+    fn sqlite_answers_like_the_reference_model(ops in ops(50)) {
+        let mut backend = Sqlite { dir: ram_tempdir(), queue_order: true };
+        runtime().block_on(check(&mut backend, ops))?;
+    }
+}
+
+proptest! {
+    // Keeps the order-free path (for a backend without one write queue)
+    // working: SQLite's queue order is one of the orders it tries.
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sqlite_answers_like_the_model_in_some_order_of_each_burst(ops in ops(50)) {
+        let mut backend = Sqlite { dir: ram_tempdir(), queue_order: false };
+        runtime().block_on(check(&mut backend, ops))?;
     }
 }

@@ -266,6 +266,12 @@ async fn apply(
                     head,
                 });
             }
+            if head == 0 {
+                // The group may have no row yet (acking cursor 0 before any
+                // session): create it, as `open_session` does, so the
+                // device row's foreign key holds.
+                touch_group(conn, *group, *now_ms).await?;
+            }
             touch_device(conn, *group, *device, *now_ms).await?;
             let acked: i64 = sqlx::query_scalar(
                 "UPDATE devices SET acked_cursor = MAX(acked_cursor, ?3) \
