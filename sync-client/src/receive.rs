@@ -29,6 +29,13 @@ use sync_protocol::{DeviceId, PulledBlob};
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
 /// Most chunks in one file.
 pub const MAX_CHUNKS: u32 = 1 << 24;
+/// Most devices whose sequence numbers are tracked: a blob of one more
+/// sender is rejected (bounds the state file).
+pub const MAX_SENDERS: usize = 4096;
+/// Most files received partly at once: the first chunk of one more file is
+/// rejected (bounds the state file and the temp files in the output
+/// directory). Honest senders finish a file before starting the next.
+pub const MAX_PARTIAL_FILES: usize = 256;
 
 /// Something that happened while pulling or following.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -228,15 +235,34 @@ impl<'a> Receiver<'a> {
             return Ok(());
         }
         let sender = hex::encode(blob.sender.0);
-        let track = state.senders.entry(sender.clone()).or_default();
-        if track.observe(header.seq) == Observation::Replay {
-            state.replays += 1;
-            events(PullEvent::Replay {
-                cursor: blob.cursor,
-                sender,
-                seq: header.seq,
-            });
+        if !state.senders.contains_key(&sender) && state.senders.len() >= MAX_SENDERS {
+            reject(
+                state,
+                events,
+                format!("more than {MAX_SENDERS} devices sent blobs; {sender} is not tracked"),
+            );
             return Ok(());
+        }
+        let track = state.senders.entry(sender.clone()).or_default();
+        match track.observe(header.seq) {
+            Observation::New => {}
+            Observation::Replay => {
+                state.replays += 1;
+                events(PullEvent::Replay {
+                    cursor: blob.cursor,
+                    sender,
+                    seq: header.seq,
+                });
+                return Ok(());
+            }
+            Observation::Refused(why) => {
+                reject(
+                    state,
+                    events,
+                    format!("sequence number {}: {why}", header.seq),
+                );
+                return Ok(());
+            }
         }
         match header.kind {
             BlobKind::Message => {
@@ -253,11 +279,11 @@ impl<'a> Receiver<'a> {
                 first_seq,
                 last_seq,
             } => {
-                if !track.void(first_seq, last_seq) {
+                if let Err(why) = track.void(first_seq, last_seq) {
                     reject(
                         state,
                         events,
-                        "invalid range of abandoned sequence numbers".into(),
+                        format!("abandoned sequence numbers {first_seq}..={last_seq}: {why}"),
                     );
                     return Ok(());
                 }
@@ -316,6 +342,14 @@ impl<'a> Receiver<'a> {
             )));
         }
         let key = hex::encode(chunk.file_id);
+        if !store.state.partials.contains_key(&key)
+            && store.state.partials.len() >= MAX_PARTIAL_FILES
+        {
+            return Ok(Err(format!(
+                "{MAX_PARTIAL_FILES} files are already being received; {:?} is not started",
+                chunk.name
+            )));
+        }
         fs::create_dir_all(&self.out_dir).map_err(ClientError::io(&self.out_dir))?;
         let partial = store
             .state
@@ -353,7 +387,7 @@ impl<'a> Receiver<'a> {
             .and_then(|_| f.write_all(body))
             .map_err(ClientError::io(&temp))?;
         drop(f);
-        partial.received.insert(chunk.index);
+        partial.received.insert(chunk.index..=chunk.index);
         partial.bytes += body.len() as u64;
         if let Some(e) = &chunk.end {
             partial.end = Some((e.chunks, e.size, hex::encode(e.blake3)));
@@ -366,7 +400,12 @@ impl<'a> Receiver<'a> {
         let Some((chunks, _, _)) = partial.end.clone() else {
             return Ok(Ok(None));
         };
-        if partial.received.len() < chunks as usize {
+        let have: u64 = partial
+            .received
+            .iter()
+            .map(|r| u64::from(r.end() - r.start()) + 1)
+            .sum();
+        if have < u64::from(chunks) {
             return Ok(Ok(None));
         }
         // Every chunk is here. Record that before touching the files, with

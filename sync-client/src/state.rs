@@ -12,8 +12,9 @@
 use crate::error::{ClientError, Result};
 use crate::integrity::SenderTrack;
 use crate::util::write_atomic;
+use rangemap::RangeInclusiveSet;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -32,8 +33,10 @@ pub struct PartialFile {
     pub temp_path: PathBuf,
     /// Sender's node id, hex.
     pub sender: String,
-    /// Chunk numbers written.
-    pub received: BTreeSet<u32>,
+    /// Chunk numbers written, as ranges (`[first, last]` pairs; single
+    /// numbers in older state files).
+    #[serde(deserialize_with = "crate::integrity::ranges_or_numbers")]
+    pub received: RangeInclusiveSet<u32>,
     /// Known once the last chunk arrived: chunk count, size, BLAKE3.
     pub end: Option<(u32, u64, String)>,
     /// Content bytes written so far.

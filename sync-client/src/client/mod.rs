@@ -10,6 +10,12 @@
 //! waited out for the relay's `retry_after_ms`. After `max_attempts` failed
 //! reconnects the call fails with [`ClientError::GaveUp`].
 //!
+//! Every wait the relay asks for is capped on this side: one wait, and all
+//! the RATE_LIMITED waits of one request together, at most
+//! [`MAX_RATE_LIMIT_WAIT`]; a retry hint at `Hello` or with OVERLOADED /
+//! INTERNAL at most [`MAX_RATE_LIMIT_WAIT`] too. The size of the chunks a file
+//! is cut into is at most [`MAX_CHUNK_BLOB_SIZE`] whatever `Welcome` says.
+//!
 //! - [`push`]: messages, files (chunked, pipelined, resumable via journals);
 //! - [`pull`]: pull, follow (NOTIFY-driven live sync), subscribe.
 
@@ -31,8 +37,26 @@ use sync_protocol::{DeviceId, ErrorCode};
 use tokio::sync::watch;
 
 /// Longest total wait for RATE_LIMITED answers of one request before the
-/// error is returned.
+/// error is returned (and so the longest single wait the relay can ask
+/// for).
 pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(300);
+
+/// Largest sealed blob this client makes, whatever the relay's `Welcome`
+/// announces (32 MiB): a relay cannot make the client allocate more per
+/// chunk. Blobs are also kept within the relay's `max_frame` (less the
+/// frame's own overhead), so one always fits a `Push`.
+pub const MAX_CHUNK_BLOB_SIZE: usize = 32 * 1024 * 1024;
+
+/// The blob size to seal for: the relay's `max_blob_size`, capped by
+/// [`MAX_CHUNK_BLOB_SIZE`] and by what fits one frame of `max_frame` bytes
+/// (itself capped by the protocol's ceiling).
+pub fn blob_size_for(welcome: &sync_protocol::Welcome) -> usize {
+    use sync_protocol::limits::{BATCH_OVERHEAD, MAX_FRAME_CEILING, PUSH_ITEM_OVERHEAD};
+    let frame = welcome.max_frame.min(MAX_FRAME_CEILING) as usize;
+    (welcome.max_blob_size as usize)
+        .min(MAX_CHUNK_BLOB_SIZE)
+        .min(frame.saturating_sub(BATCH_OVERHEAD + PUSH_ITEM_OVERHEAD))
+}
 
 /// The state of the client's connection, for display.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,11 +143,19 @@ fn retryable_at_connect(err: &ClientError) -> bool {
         })
 }
 
+/// The relay's `retry_after_ms` hint of an error (zero without one),
+/// never more than [`MAX_RATE_LIMIT_WAIT`].
 fn retry_hint(err: &ClientError) -> Duration {
     match err {
-        ClientError::Relay(e) => Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(0))),
+        ClientError::Relay(e) => hint_of(e),
         _ => Duration::ZERO,
     }
+}
+
+/// An error frame's `retry_after_ms` (zero without one), never more than
+/// [`MAX_RATE_LIMIT_WAIT`].
+fn hint_of(e: &sync_protocol::ErrorMsg) -> Duration {
+    Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(0))).min(MAX_RATE_LIMIT_WAIT)
 }
 
 /// Connect, retrying per `policy`; `cause` is the failure that made a
@@ -227,10 +259,15 @@ impl SyncClient {
         &self.keys
     }
 
-    /// Bytes of file content per chunk: the most whose envelope fits the
-    /// relay's `max_blob_size`.
+    /// Largest sealed blob to make: see [`blob_size_for`].
+    pub fn max_blob_size(&self) -> usize {
+        blob_size_for(self.session().welcome())
+    }
+
+    /// Bytes of file content per chunk: the most whose envelope fits
+    /// [`SyncClient::max_blob_size`].
     pub fn chunk_size(&self) -> usize {
-        envelope::max_body_for(self.session().welcome().max_blob_size as usize).max(1)
+        envelope::max_body_for(self.max_blob_size()).max(1)
     }
 
     /// The group's head as NOTIFY reports it on the current session;
@@ -270,7 +307,13 @@ impl SyncClient {
     /// Run `op` on the current session, reconnecting and repeating it on
     /// transport failures and stalls, and waiting out RATE_LIMITED (and,
     /// with backoff, OVERLOADED / INTERNAL) answers. `op` must be safe to
-    /// repeat.
+    /// repeat. This is the client's one retry loop: pushes, pulls and acks
+    /// all run through it.
+    ///
+    /// Every wait is bounded here, whatever the relay says: one
+    /// RATE_LIMITED wait and their sum per call at most
+    /// [`MAX_RATE_LIMIT_WAIT`] (the error is returned once it is spent), an
+    /// OVERLOADED / INTERNAL hint at most [`MAX_RATE_LIMIT_WAIT`] too.
     pub async fn call<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut(Arc<RelaySession>) -> Fut,
@@ -292,8 +335,9 @@ impl SyncClient {
                     if e.error_code() == ErrorCode::RateLimited
                         && rate_waited < MAX_RATE_LIMIT_WAIT =>
                 {
-                    let wait =
+                    let asked =
                         Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(1000).max(1)));
+                    let wait = asked.min(MAX_RATE_LIMIT_WAIT - rate_waited);
                     tracing::debug!(wait_ms = wait.as_millis() as u64, "rate limited; waiting");
                     self.pacing.sleep(wait).await;
                     rate_waited += wait;
@@ -301,7 +345,7 @@ impl SyncClient {
                 Err(ClientError::Relay(e))
                     if matches!(e.error_code(), ErrorCode::Overloaded | ErrorCode::Internal) =>
                 {
-                    let hint = Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(0)));
+                    let hint = hint_of(&e);
                     match busy.next_delay() {
                         Some(d) => self.pacing.sleep(d.max(hint)).await,
                         None => return Err(ClientError::Relay(e)),

@@ -105,7 +105,7 @@ impl SyncClient {
             &blob_id,
             self.header(kind, seq),
             body,
-            self.session().welcome().max_blob_size as usize,
+            self.max_blob_size(),
         )?;
         Ok(PushItem {
             blob_id,

@@ -418,6 +418,10 @@ fn parse_inner(inner: &[u8]) -> Result<(BlobHeader, InnerBody), EnvelopeError> {
         Compression::None => InnerBody::Stored(start..start + stored.len()),
         Compression::Zstd { raw_len } => {
             let raw_len = raw_len as usize;
+            if stored.is_empty() {
+                // Not a zstd frame (the decompressor would read it as one).
+                return Err(malformed("empty zstd body"));
+            }
             if raw_len > MAX_BODY_LEN {
                 return Err(malformed("declared body size over the limit"));
             }
