@@ -11,6 +11,7 @@
 
 use crate::error::{ClientError, Result};
 use crate::integrity::SenderTrack;
+use crate::place::KnownVersion;
 use crate::util::write_atomic;
 use rangemap::RangeInclusiveSet;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,19 @@ pub struct PartialFile {
     /// Every chunk arrived; the file is being verified and moved into place.
     #[serde(default)]
     pub completing: bool,
+    /// The file's history (hex), when its sender gave one
+    /// ([`crate::crypto::FileVersion`]).
+    #[serde(default)]
+    pub lineage: Option<String>,
+    /// Its generation in that history.
+    #[serde(default)]
+    pub generation: u64,
+    /// The sending device's name, for a conflict copy.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The sender's highest sequence number among the chunks so far.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Everything the device remembers between runs.
@@ -69,6 +83,10 @@ pub struct ClientState {
     /// Number of blobs that failed to decrypt or verify, ever.
     #[serde(default)]
     pub rejected: u64,
+    /// The file version this device last wrote at each path (absolute):
+    /// what a later version may replace (see [`crate::place`]).
+    #[serde(default)]
+    pub files: BTreeMap<String, KnownVersion>,
 }
 
 impl Default for ClientState {
@@ -80,6 +98,7 @@ impl Default for ClientState {
             partials: BTreeMap::new(),
             replays: 0,
             rejected: 0,
+            files: BTreeMap::new(),
         }
     }
 }

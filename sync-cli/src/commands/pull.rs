@@ -38,7 +38,9 @@ impl Printer {
                 .update(*received, *total);
             return;
         }
-        if let PullEvent::File { name, .. } = &event
+        if let PullEvent::File { name, .. }
+        | PullEvent::Conflict { name, .. }
+        | PullEvent::Outdated { name, .. } = &event
             && let Some(bar) = self.bars.remove(name)
         {
             bar.finish();
@@ -57,6 +59,28 @@ impl Printer {
                 println!(
                     "received {name} ({}) from {}",
                     human_size(size),
+                    short(&sender)
+                );
+            }
+            PullEvent::Conflict {
+                name,
+                path,
+                kept,
+                size,
+                sender,
+                ..
+            } if human => {
+                println!(
+                    "received {name} ({}) from {}, but {} differs here and was kept; saved the received file as {}",
+                    human_size(size),
+                    short(&sender),
+                    kept.display(),
+                    path.display()
+                );
+            }
+            PullEvent::Outdated { name, sender, .. } => {
+                eprintln!(
+                    "warning: ignored an older version of {name} from device {}; this device has a newer one",
                     short(&sender)
                 );
             }
@@ -158,6 +182,11 @@ pub async fn pull(
         } else if out.human() {
             if summary.files == 0 {
                 println!("nothing new (cursor {})", summary.cursor);
+            } else if summary.conflicts > 0 {
+                println!(
+                    "up to date at cursor {} ({} files, {} saved as conflict copies)",
+                    summary.cursor, summary.files, summary.conflicts
+                );
             } else {
                 println!(
                     "up to date at cursor {} ({} files)",

@@ -60,7 +60,11 @@ pub async fn push(
             );
         }
     }
-    let push_opts = PushOptions { ttl_s, force };
+    let push_opts = PushOptions {
+        ttl_s,
+        force,
+        device_name: sync_client::util::host_name(),
+    };
     let mut report = PushOut {
         files: Vec::new(),
         abandoned,

@@ -28,8 +28,13 @@ pub struct PullSummary {
     pub head: u64,
     /// Blobs received (including this device's own, which are skipped).
     pub blobs: u64,
-    /// Files completed.
+    /// Files completed (conflict copies included).
     pub files: u64,
+    /// Of those, files saved beside a local file of the same name (conflict
+    /// copies).
+    pub conflicts: u64,
+    /// Older versions of files not written.
+    pub outdated: u64,
     /// Blobs rejected.
     pub rejected: u64,
 }
@@ -56,6 +61,11 @@ impl SyncClient {
         let mut count = |e: PullEvent, summary: &mut PullSummary| {
             match &e {
                 PullEvent::File { .. } => summary.files += 1,
+                PullEvent::Conflict { .. } => {
+                    summary.files += 1;
+                    summary.conflicts += 1;
+                }
+                PullEvent::Outdated { .. } => summary.outdated += 1,
                 PullEvent::Rejected { .. } => summary.rejected += 1,
                 _ => {}
             }
