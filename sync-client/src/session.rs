@@ -79,7 +79,10 @@ impl RelaySession {
                 discard(endpoint).await;
                 Err(ClientError::Connect {
                     addr: opts.relay.to_string(),
-                    reason: format!("no answer within {} s", opts.connect_timeout.as_secs_f64()),
+                    reason: format!(
+                        "no answer within {:.1} s",
+                        opts.connect_timeout.as_secs_f64()
+                    ),
                 })
             }
         }
@@ -98,7 +101,10 @@ impl RelaySession {
         .await
         .map_err(|_| ClientError::Connect {
             addr: opts.relay.to_string(),
-            reason: format!("no answer within {} s", opts.connect_timeout.as_secs_f64()),
+            reason: format!(
+                "no answer within {:.1} s",
+                opts.connect_timeout.as_secs_f64()
+            ),
         })?
     }
 

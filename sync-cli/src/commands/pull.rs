@@ -1,6 +1,6 @@
 //! `pull [--out DIR] [--follow]`: fetch, decrypt, verify and write files.
 
-use crate::output::{Out, Progress, json_line, short};
+use crate::output::{Out, Progress, connect, json_line, short};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -127,16 +127,8 @@ impl Printer {
                     short(&sender)
                 );
             }
-            PullEvent::Reconnecting {
-                attempt,
-                delay_ms,
-                error,
-            } if human => {
-                eprintln!(
-                    "connection lost ({error}); reconnecting in {:.1} s (attempt {attempt})",
-                    delay_ms as f64 / 1000.0
-                );
-            }
+            // Reconnects are shown by the connection's status line
+            // (`output::RetryStatus`); `--json` carries them as events.
             _ => {}
         }
     }
@@ -168,14 +160,27 @@ pub async fn pull(
     opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
-    let client = SyncClient::connect_with(&opts, policy).await?;
+    let (client, _retries) = connect(&opts, policy, out).await?;
+    // The endpoint is closed cleanly whether the pull worked or not.
+    let result = run(&client, &mut state, out_dir, follow, out).await;
+    client.close().await;
+    result
+}
+
+async fn run(
+    client: &SyncClient,
+    state: &mut sync_client::StateStore,
+    out_dir: &Path,
+    follow: bool,
+    out: Out,
+) -> Result<()> {
     let mut printer = Printer {
         out,
         bars: HashMap::new(),
     };
     if !follow {
         let summary = client
-            .pull(&mut state, out_dir, &mut |e| printer.event(e))
+            .pull(state, out_dir, &mut |e| printer.event(e))
             .await?;
         if out.json {
             json_line(&Done { summary });
@@ -194,13 +199,12 @@ pub async fn pull(
                 );
             }
         }
-        client.close().await;
         return Ok(());
     }
     let mut announced = false;
-    let result = client
+    client
         .follow(
-            &mut state,
+            state,
             out_dir,
             &mut |e| {
                 if let PullEvent::Synced { cursor, .. } = &e
@@ -217,7 +221,6 @@ pub async fn pull(
             },
             shutdown_signal(),
         )
-        .await;
-    client.close().await;
-    Ok(result?)
+        .await?;
+    Ok(())
 }

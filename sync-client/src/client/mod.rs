@@ -30,6 +30,7 @@ use crate::crypto::{GroupKeys, envelope};
 use crate::error::{ClientError, Result};
 use crate::session::{ConnectOptions, RelaySession};
 use futures::future::BoxFuture;
+use iroh::Endpoint;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,27 +75,39 @@ pub enum LinkState {
         delay: Duration,
         /// Why the connection was lost.
         error: String,
+        /// True when the relay could not be reached (no answer, connection
+        /// lost); false when it answered but refused for now (busy).
+        unreachable: bool,
     },
 }
 
-/// How the retry loops wait and draw their jitter: tokio's clock and the
-/// OS CSPRNG ([`Pacing::real`], the only one outside this module's unit
-/// tests). The tests substitute fixed jitter and a sleeper that records
-/// each wait, to check the waits the loops really take.
+/// How the retry loops wait, tell time and draw their jitter: tokio's
+/// clock and the OS CSPRNG ([`Pacing::real`], the only one outside this
+/// module's unit tests). The tests substitute fixed jitter, a sleeper that
+/// records each wait, and a clock that advances by the waits recorded, to
+/// check the waits the loops really take and when they give up.
 #[derive(Clone)]
 struct Pacing {
     /// A jitter source for each new backoff sequence.
     jitter: fn() -> Jitter,
     /// Waits for the given time.
     sleep: Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>,
+    /// Time since an arbitrary origin.
+    now: Arc<dyn Fn() -> Duration + Send + Sync>,
 }
 
 impl Pacing {
     fn real() -> Self {
+        let origin = tokio::time::Instant::now();
         Pacing {
             jitter: os_jitter,
             sleep: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+            now: Arc::new(move || origin.elapsed()),
         }
+    }
+
+    fn now(&self) -> Duration {
+        (self.now)()
     }
 
     fn backoff(&self, policy: RetryPolicy) -> Backoff {
@@ -113,8 +126,12 @@ struct Slot {
 }
 
 /// A connected device.
+///
+/// Its sessions share one iroh endpoint (one UDP socket), bound at the
+/// first connect attempt; call [`SyncClient::close`] to close it cleanly.
 pub struct SyncClient {
     opts: ConnectOptions,
+    endpoint: Endpoint,
     policy: RetryPolicy,
     pacing: Pacing,
     keys: GroupKeys,
@@ -158,39 +175,88 @@ fn hint_of(e: &sync_protocol::ErrorMsg) -> Duration {
     Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(0))).min(MAX_RATE_LIMIT_WAIT)
 }
 
+/// How long to wait before closing an endpoint is given up: enough for
+/// a connection to a dead peer to finish draining (about 3 probe timeouts).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Shortest time given to one connect attempt, even at the end of the
+/// policy's `give_up_after`.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// One connect attempt on `endpoint` (bound here on first use, for the
+/// relay's address family), within `timeout`.
+async fn connect_once(
+    opts: &ConnectOptions,
+    endpoint: &mut Option<Endpoint>,
+    timeout: Duration,
+) -> Result<RelaySession> {
+    let addrs = opts.relay.resolve().await?;
+    let ep = match endpoint {
+        Some(ep) => ep,
+        None => endpoint.insert(crate::endpoint::bind(opts.device_key.clone(), addrs[0]).await?),
+    };
+    let mut opts = opts.clone();
+    opts.connect_timeout = timeout;
+    RelaySession::connect_on(ep, &opts).await
+}
+
 /// Connect, retrying per `policy`; `cause` is the failure that made a
 /// reconnect necessary (None for the first connect, which tries at once).
+/// With `policy.give_up_after`, no wait and no attempt reaches past that
+/// time from the start of this call.
 async fn connect_retrying(
     opts: &ConnectOptions,
     policy: RetryPolicy,
     pacing: &Pacing,
     link: &watch::Sender<LinkState>,
     cause: Option<ClientError>,
+    endpoint: &mut Option<Endpoint>,
 ) -> Result<RelaySession> {
+    let started = pacing.now();
+    let left = || {
+        policy
+            .give_up_after
+            .map(|limit| limit.saturating_sub(pacing.now().saturating_sub(started)))
+    };
     let mut backoff = pacing.backoff(policy);
     let mut last = cause;
     loop {
         if let Some(err) = &last {
-            let Some(delay) = backoff.next_delay() else {
+            let delay = backoff.next_delay().map(|d| d.max(retry_hint(err)));
+            let Some(delay) = delay.filter(|d| left().is_none_or(|left| *d < left)) else {
                 return Err(ClientError::GaveUp {
                     attempts: backoff.attempts(),
                     last: Box::new(last.take().expect("set")),
                 });
             };
-            let delay = delay.max(retry_hint(err));
             link.send_replace(LinkState::Reconnecting {
                 attempt: backoff.attempts(),
                 delay,
                 error: err.to_string(),
+                unreachable: err.is_transport(),
             });
             tracing::info!(attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, error = %err, "reconnecting");
             pacing.sleep(delay).await;
         }
-        match RelaySession::connect(opts).await {
+        let timeout = match left() {
+            Some(left) => opts.connect_timeout.min(left.max(MIN_ATTEMPT)),
+            None => opts.connect_timeout,
+        };
+        match connect_once(opts, endpoint, timeout).await {
             Ok(session) => return Ok(session),
             Err(e) if retryable_at_connect(&e) => last = Some(e),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Close an endpoint, waiting at most [`CLOSE_TIMEOUT`] for it to drain.
+async fn close_endpoint(endpoint: &Endpoint) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.close())
+        .await
+        .is_err()
+    {
+        tracing::debug!("the endpoint did not finish closing in time");
     }
 }
 
@@ -204,19 +270,44 @@ impl SyncClient {
 
     /// Connect with a given retry policy.
     pub async fn connect_with(opts: &ConnectOptions, policy: RetryPolicy) -> Result<SyncClient> {
-        Self::connect_paced(opts, policy, Pacing::real()).await
+        let (link, _) = watch::channel(LinkState::Connected { generation: 1 });
+        Self::connect_paced(opts, policy, Pacing::real(), link).await
+    }
+
+    /// Connect with a given retry policy, reporting every connection state
+    /// change — the waits of the first connect included — on `link` (e.g. to
+    /// show "relay unreachable, retrying in 4 s"). [`SyncClient::link_state`]
+    /// subscribes to the same channel.
+    pub async fn connect_reporting(
+        opts: &ConnectOptions,
+        policy: RetryPolicy,
+        link: watch::Sender<LinkState>,
+    ) -> Result<SyncClient> {
+        Self::connect_paced(opts, policy, Pacing::real(), link).await
     }
 
     async fn connect_paced(
         opts: &ConnectOptions,
         policy: RetryPolicy,
         pacing: Pacing,
+        link: watch::Sender<LinkState>,
     ) -> Result<SyncClient> {
-        let (link, _) = watch::channel(LinkState::Connected { generation: 1 });
-        let session = connect_retrying(opts, policy, &pacing, &link, None).await?;
+        let mut endpoint = None;
+        let session =
+            match connect_retrying(opts, policy, &pacing, &link, None, &mut endpoint).await {
+                Ok(session) => session,
+                Err(e) => {
+                    if let Some(ep) = &endpoint {
+                        close_endpoint(ep).await;
+                    }
+                    return Err(e);
+                }
+            };
+        let endpoint = endpoint.expect("bound by a successful connect");
         link.send_replace(LinkState::Connected { generation: 1 });
         Ok(SyncClient {
             opts: opts.clone(),
+            endpoint,
             policy,
             pacing,
             keys: opts.keys.clone(),
@@ -293,6 +384,7 @@ impl SyncClient {
             &self.pacing,
             &self.link,
             Some(cause),
+            &mut Some(self.endpoint.clone()),
         )
         .await?;
         let generation = old.generation + 1;
@@ -321,6 +413,7 @@ impl SyncClient {
     {
         let mut rate_waited = Duration::ZERO;
         let mut busy = self.pacing.backoff(self.policy);
+        let started = self.pacing.now();
         loop {
             let slot = self.slot();
             let result = tokio::select! {
@@ -346,8 +439,13 @@ impl SyncClient {
                     if matches!(e.error_code(), ErrorCode::Overloaded | ErrorCode::Internal) =>
                 {
                     let hint = hint_of(&e);
-                    match busy.next_delay() {
-                        Some(d) => self.pacing.sleep(d.max(hint)).await,
+                    let spent = self.pacing.now().saturating_sub(started);
+                    let delay = busy
+                        .next_delay()
+                        .map(|d| d.max(hint))
+                        .filter(|d| self.policy.give_up_after.is_none_or(|l| spent + *d < l));
+                    match delay {
+                        Some(d) => self.pacing.sleep(d).await,
                         None => return Err(ClientError::Relay(e)),
                     }
                 }
@@ -356,9 +454,12 @@ impl SyncClient {
         }
     }
 
-    /// Close the session cleanly.
+    /// Close the session and the endpoint cleanly (waits a few seconds at
+    /// most, for a connection to a dead relay to drain). Call it before
+    /// dropping the client, on errors too: a dropped endpoint is aborted.
     pub async fn close(&self) {
         self.session().close().await;
+        close_endpoint(&self.endpoint).await;
     }
 }
 

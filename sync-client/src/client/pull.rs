@@ -167,7 +167,7 @@ impl SyncClient {
             tokio::select! {
                 r = &mut reconnect => return r,
                 Ok(()) = link.changed() => {
-                    if let LinkState::Reconnecting { attempt, delay, error } = link.borrow_and_update().clone() {
+                    if let LinkState::Reconnecting { attempt, delay, error, .. } = link.borrow_and_update().clone() {
                         events(PullEvent::Reconnecting {
                             attempt,
                             delay_ms: delay.as_millis() as u64,

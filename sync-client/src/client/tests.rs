@@ -232,12 +232,15 @@ fn full_jitter() -> Jitter {
 }
 
 /// Pacing with fixed jitter whose sleeper records each wait (when the
-/// loop awaits it) and returns at once.
+/// loop awaits it) and returns at once; its clock is the sum of the waits
+/// recorded.
 fn recording() -> (Pacing, Arc<Mutex<Vec<Duration>>>) {
     let waits = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&waits);
+    let clock = Arc::clone(&waits);
     let pacing = Pacing {
         jitter: full_jitter,
+        now: Arc::new(move || clock.lock().unwrap().iter().sum()),
         sleep: Arc::new(move |d| {
             let log = Arc::clone(&log);
             Box::pin(async move {
@@ -257,8 +260,14 @@ fn policy() -> RetryPolicy {
         initial: Duration::from_millis(100),
         max_delay: Duration::from_millis(400),
         max_attempts: Some(4),
+        give_up_after: None,
         stall_timeout: DEADLINE,
     }
+}
+
+/// A fresh link-state channel.
+fn link() -> watch::Sender<LinkState> {
+    watch::channel(LinkState::Connected { generation: 1 }).0
 }
 
 fn ms(list: &[u64]) -> Vec<Duration> {
@@ -298,7 +307,7 @@ async fn a_lost_connection_is_retried_with_backoff_until_max_attempts() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let link = client.link_state();
@@ -341,7 +350,7 @@ async fn a_reconnect_honours_the_relays_retry_hint_and_then_repeats_the_request(
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let ok = within_deadline(push_one(&client)).await.unwrap();
@@ -366,7 +375,7 @@ async fn overloaded_answers_are_retried_with_backoff_until_max_attempts() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let err = within_deadline(push_one(&client)).await.unwrap_err();
@@ -387,7 +396,7 @@ async fn rate_limited_answers_are_waited_out_up_to_the_cap() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let err = within_deadline(push_one(&client)).await.unwrap_err();
@@ -421,7 +430,7 @@ async fn pull_waits_out_rate_limits_in_the_same_loop_with_the_same_cap() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let err = within_deadline(pull_once(&client)).await.unwrap_err();
@@ -444,7 +453,7 @@ async fn pull_retries_a_lost_connection_through_the_same_loop() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let summary = within_deadline(pull_once(&client)).await.unwrap();
@@ -471,7 +480,7 @@ async fn huge_retry_hints_are_capped() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let err = within_deadline(push_one(&client)).await.unwrap_err();
@@ -484,7 +493,7 @@ async fn huge_retry_hints_are_capped() {
 async fn endless_empty_batches_end_the_pull_with_a_protocol_error() {
     let relay = ScriptedRelay::start(|_| AtHello::Welcome, |_, _| OnRequest::EmptyBatches).await;
     let (pacing, _) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let err = within_deadline(pull_once(&client)).await.unwrap_err();
@@ -494,4 +503,73 @@ async fn endless_empty_batches_end_the_pull_with_a_protocol_error() {
     }
     assert_eq!(relay.requests(), 1, "not retried");
     client.close().await;
+}
+
+#[tokio::test]
+async fn reconnecting_gives_up_when_the_time_budget_is_spent() {
+    // Unlimited attempts but one second in all: the waits 100, 200, 400 ms
+    // fit, the next 400 ms would end past the second, so the client gives
+    // up there instead of retrying forever.
+    let relay = ScriptedRelay::start(
+        |n| match n {
+            0 => AtHello::Welcome,
+            _ => AtHello::Refuse(ErrorCode::Overloaded, None),
+        },
+        |_, _| OnRequest::Drop,
+    )
+    .await;
+    let (pacing, waits) = recording();
+    let budget = RetryPolicy {
+        max_attempts: None,
+        give_up_after: Some(Duration::from_secs(1)),
+        ..policy()
+    };
+    let client = SyncClient::connect_paced(&relay.options(), budget, pacing, link())
+        .await
+        .unwrap();
+    let err = within_deadline(push_one(&client)).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::GaveUp { attempts: 4, .. }),
+        "{err:?}"
+    );
+    assert_eq!(*waits.lock().unwrap(), ms(&[100, 200, 400]));
+    assert_eq!(relay.connections(), 1 + 3);
+}
+
+#[tokio::test]
+async fn the_first_connect_reports_each_wait_on_the_link() {
+    // Every Hello refused as OVERLOADED: each wait before an attempt is
+    // announced on the caller's channel, marked as a busy (reachable) relay.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::Refuse(ErrorCode::Overloaded, None),
+        |_, _| OnRequest::Serve,
+    )
+    .await;
+    let (pacing, _) = recording();
+    let link = link();
+    let mut seen = link.subscribe();
+    let err = within_deadline(SyncClient::connect_paced(
+        &relay.options(),
+        policy(),
+        pacing,
+        link,
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::GaveUp { attempts: 4, .. }),
+        "{err:?}"
+    );
+    assert!(
+        matches!(
+            &*seen.borrow_and_update(),
+            LinkState::Reconnecting {
+                attempt: 4,
+                unreachable: false,
+                ..
+            }
+        ),
+        "{:?}",
+        *seen.borrow()
+    );
 }
