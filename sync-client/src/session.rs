@@ -248,11 +248,31 @@ impl RelaySession {
     /// Close the session cleanly (close code 0) and release the endpoint
     /// (waits at most 1 s for the close to be sent).
     pub async fn close(&self) {
-        self.conn
-            .close(VarInt::from_u32(CloseCode::Normal.as_u32()), b"bye");
+        self.close_connection();
         if let Some(endpoint) = &self.endpoint {
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.close()).await;
         }
+    }
+
+    /// Close the connection (close code 0) without waiting; the endpoint,
+    /// if the session owns one, stays open (see [`RelaySession::endpoint`]).
+    pub fn close_connection(&self) {
+        self.conn
+            .close(VarInt::from_u32(CloseCode::Normal.as_u32()), b"bye");
+    }
+
+    /// The endpoint this session owns (bound for it by
+    /// [`RelaySession::connect`] or handed over with
+    /// [`RelaySession::owning`]), to close when done.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint.clone()
+    }
+
+    /// Make the session own `endpoint` (the one it was opened on with
+    /// [`RelaySession::connect_on`]).
+    pub fn owning(mut self, endpoint: Endpoint) -> RelaySession {
+        self.endpoint = Some(endpoint);
+        self
     }
 
     /// Resolves once the relay has sent nothing at all (not even an ACK of

@@ -7,6 +7,7 @@
 //! `SYNC_RELAY_BIN` / `SYNC_CLI_BIN` to test other builds.
 
 pub mod chaos;
+pub mod fake_relay;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sync_protocol::{DeviceId, ErrorCode};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 /// Longest total wait for RATE_LIMITED answers of one request before the
 /// error is returned (and so the longest single wait the relay can ask
@@ -127,11 +128,14 @@ struct Slot {
 
 /// A connected device.
 ///
-/// Its sessions share one iroh endpoint (one UDP socket), bound at the
-/// first connect attempt; call [`SyncClient::close`] to close it cleanly.
+/// Each connect attempt binds a fresh iroh endpoint (as
+/// [`RelaySession::connect`] does: no path state survives a failed or lost
+/// connection). Endpoints that are done with — failed attempts, replaced
+/// sessions — are closed in the background by tasks the client tracks;
+/// [`SyncClient::close`] waits for them, so nothing is dropped unclosed.
 pub struct SyncClient {
     opts: ConnectOptions,
-    endpoint: Endpoint,
+    closer: TaskTracker,
     policy: RetryPolicy,
     pacing: Pacing,
     keys: GroupKeys,
@@ -183,21 +187,24 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// policy's `give_up_after`.
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
-/// One connect attempt on `endpoint` (bound here on first use, for the
-/// relay's address family), within `timeout`.
+/// One connect attempt on a fresh endpoint, within `timeout`. The
+/// endpoint of a failed attempt is closed by a task of `closer`.
 async fn connect_once(
     opts: &ConnectOptions,
-    endpoint: &mut Option<Endpoint>,
+    closer: &TaskTracker,
     timeout: Duration,
 ) -> Result<RelaySession> {
     let addrs = opts.relay.resolve().await?;
-    let ep = match endpoint {
-        Some(ep) => ep,
-        None => endpoint.insert(crate::endpoint::bind(opts.device_key.clone(), addrs[0]).await?),
-    };
+    let endpoint = crate::endpoint::bind(opts.device_key.clone(), addrs[0]).await?;
     let mut opts = opts.clone();
     opts.connect_timeout = timeout;
-    RelaySession::connect_on(ep, &opts).await
+    match RelaySession::connect_on(&endpoint, &opts).await {
+        Ok(session) => Ok(session.owning(endpoint)),
+        Err(e) => {
+            closer.spawn(close_endpoint(endpoint));
+            Err(e)
+        }
+    }
 }
 
 /// Connect, retrying per `policy`; `cause` is the failure that made a
@@ -210,7 +217,7 @@ async fn connect_retrying(
     pacing: &Pacing,
     link: &watch::Sender<LinkState>,
     cause: Option<ClientError>,
-    endpoint: &mut Option<Endpoint>,
+    closer: &TaskTracker,
 ) -> Result<RelaySession> {
     let started = pacing.now();
     let left = || {
@@ -242,7 +249,7 @@ async fn connect_retrying(
             Some(left) => opts.connect_timeout.min(left.max(MIN_ATTEMPT)),
             None => opts.connect_timeout,
         };
-        match connect_once(opts, endpoint, timeout).await {
+        match connect_once(opts, closer, timeout).await {
             Ok(session) => return Ok(session),
             Err(e) if retryable_at_connect(&e) => last = Some(e),
             Err(e) => return Err(e),
@@ -251,13 +258,21 @@ async fn connect_retrying(
 }
 
 /// Close an endpoint, waiting at most [`CLOSE_TIMEOUT`] for it to drain.
-async fn close_endpoint(endpoint: &Endpoint) {
+async fn close_endpoint(endpoint: Endpoint) {
     if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.close())
         .await
         .is_err()
     {
         tracing::debug!("the endpoint did not finish closing in time");
     }
+}
+
+/// Wait (at most [`CLOSE_TIMEOUT`]) for every endpoint handed to `closer`
+/// to finish closing.
+async fn wait_closed(closer: &TaskTracker) {
+    closer.close();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closer.wait()).await;
+    closer.reopen();
 }
 
 impl SyncClient {
@@ -292,22 +307,18 @@ impl SyncClient {
         pacing: Pacing,
         link: watch::Sender<LinkState>,
     ) -> Result<SyncClient> {
-        let mut endpoint = None;
-        let session =
-            match connect_retrying(opts, policy, &pacing, &link, None, &mut endpoint).await {
-                Ok(session) => session,
-                Err(e) => {
-                    if let Some(ep) = &endpoint {
-                        close_endpoint(ep).await;
-                    }
-                    return Err(e);
-                }
-            };
-        let endpoint = endpoint.expect("bound by a successful connect");
+        let closer = TaskTracker::new();
+        let session = match connect_retrying(opts, policy, &pacing, &link, None, &closer).await {
+            Ok(session) => session,
+            Err(e) => {
+                wait_closed(&closer).await;
+                return Err(e);
+            }
+        };
         link.send_replace(LinkState::Connected { generation: 1 });
         Ok(SyncClient {
             opts: opts.clone(),
-            endpoint,
+            closer,
             policy,
             pacing,
             keys: opts.keys.clone(),
@@ -377,14 +388,17 @@ impl SyncClient {
             return Ok(());
         }
         tracing::info!(error = %cause, "connection to the relay lost");
-        old.session.close().await;
+        old.session.close_connection();
+        if let Some(endpoint) = old.session.endpoint() {
+            self.closer.spawn(close_endpoint(endpoint));
+        }
         let session = connect_retrying(
             &self.opts,
             self.policy,
             &self.pacing,
             &self.link,
             Some(cause),
-            &mut Some(self.endpoint.clone()),
+            &self.closer,
         )
         .await?;
         let generation = old.generation + 1;
@@ -404,14 +418,20 @@ impl SyncClient {
     ///
     /// Every wait is bounded here, whatever the relay says: one
     /// RATE_LIMITED wait and their sum per call at most
-    /// [`MAX_RATE_LIMIT_WAIT`] (the error is returned once it is spent), an
-    /// OVERLOADED / INTERNAL hint at most [`MAX_RATE_LIMIT_WAIT`] too.
+    /// [`MAX_RATE_LIMIT_WAIT`] and the policy's `give_up_after` (the error
+    /// is returned once that is spent), an OVERLOADED / INTERNAL hint at
+    /// most [`MAX_RATE_LIMIT_WAIT`] too, and OVERLOADED / INTERNAL retries
+    /// end with `max_attempts` or `give_up_after`.
     pub async fn call<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut(Arc<RelaySession>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let mut rate_waited = Duration::ZERO;
+        let rate_budget = self
+            .policy
+            .give_up_after
+            .map_or(MAX_RATE_LIMIT_WAIT, |d| d.min(MAX_RATE_LIMIT_WAIT));
         let mut busy = self.pacing.backoff(self.policy);
         let started = self.pacing.now();
         loop {
@@ -425,12 +445,11 @@ impl SyncClient {
             match result {
                 Err(e) if e.is_transport() => self.reconnect(slot.generation, e).await?,
                 Err(ClientError::Relay(e))
-                    if e.error_code() == ErrorCode::RateLimited
-                        && rate_waited < MAX_RATE_LIMIT_WAIT =>
+                    if e.error_code() == ErrorCode::RateLimited && rate_waited < rate_budget =>
                 {
                     let asked =
                         Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(1000).max(1)));
-                    let wait = asked.min(MAX_RATE_LIMIT_WAIT - rate_waited);
+                    let wait = asked.min(rate_budget - rate_waited);
                     tracing::debug!(wait_ms = wait.as_millis() as u64, "rate limited; waiting");
                     self.pacing.sleep(wait).await;
                     rate_waited += wait;
@@ -454,12 +473,16 @@ impl SyncClient {
         }
     }
 
-    /// Close the session and the endpoint cleanly (waits a few seconds at
-    /// most, for a connection to a dead relay to drain). Call it before
+    /// Close the session and every endpoint cleanly (waits a few seconds
+    /// at most, for connections to a dead relay to drain). Call it before
     /// dropping the client, on errors too: a dropped endpoint is aborted.
     pub async fn close(&self) {
-        self.session().close().await;
-        close_endpoint(&self.endpoint).await;
+        let session = self.session();
+        session.close_connection();
+        if let Some(endpoint) = session.endpoint() {
+            self.closer.spawn(close_endpoint(endpoint));
+        }
+        wait_closed(&self.closer).await;
     }
 }
 

@@ -573,3 +573,26 @@ async fn the_first_connect_reports_each_wait_on_the_link() {
         *seen.borrow()
     );
 }
+
+#[tokio::test]
+async fn rate_limit_waits_end_with_the_time_budget_too() {
+    // A person's command (give_up_after 2 s) is not held for the 5 minutes
+    // MAX_RATE_LIMIT_WAIT allows: it waits 2 s in all, then reports.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::Welcome,
+        |_, _| OnRequest::Refuse(ErrorCode::RateLimited, Some(u32::MAX)),
+    )
+    .await;
+    let (pacing, waits) = recording();
+    let budget = RetryPolicy {
+        give_up_after: Some(Duration::from_secs(2)),
+        ..policy()
+    };
+    let client = SyncClient::connect_paced(&relay.options(), budget, pacing, link())
+        .await
+        .unwrap();
+    let err = within_deadline(pull_once(&client)).await.unwrap_err();
+    assert_eq!(err.relay_code(), Some(ErrorCode::RateLimited), "{err:?}");
+    assert_eq!(*waits.lock().unwrap(), vec![Duration::from_secs(2)]);
+    client.close().await;
+}
