@@ -791,6 +791,39 @@ mod tests {
         ));
     }
 
+    /// Golden bytes of headers (postcard): what clients before file
+    /// versions sealed still decodes the same, and a versioned chunk's
+    /// layout is pinned (docs/protocol.md, "Blob payloads").
+    #[test]
+    fn header_bytes_are_stable() {
+        let chunk = FileChunk {
+            file_id: [1; 16],
+            name: "a.txt".into(),
+            mode: 0o644,
+            index: 2,
+            offset: 300,
+            size_hint: Some(5),
+            end: None,
+        };
+        let legacy = header(BlobKind::FileChunk(chunk.clone()));
+        let versioned = header(BlobKind::VersionedChunk {
+            chunk,
+            version: FileVersion {
+                lineage: [3; 16],
+                generation: 2,
+                device: Some("pc".into()),
+            },
+        });
+        for (h, golden) in [(legacy, LEGACY_HEADER), (versioned, VERSIONED_HEADER)] {
+            let bytes = postcard::to_allocvec(&h).unwrap();
+            assert_eq!(hex::encode(&bytes), golden);
+            assert_eq!(postcard::from_bytes::<BlobHeader>(&bytes).unwrap(), h);
+        }
+    }
+
+    const LEGACY_HEADER: &str = "000101010101010101010101010101010105612e747874a40302ac0201050005050505050505050505050505050505050505050505050505050505050505050780d095ffbc310000";
+    const VERSIONED_HEADER: &str = "030101010101010101010101010101010105612e747874a40302ac0201050003030303030303030303030303030303020102706305050505050505050505050505050505050505050505050505050505050505050780d095ffbc310000";
+
     #[test]
     fn header_of_max_name_fits_the_bound() {
         let BlobKind::FileChunk(c) = chunk(&"n".repeat(MAX_NAME_LEN)) else {

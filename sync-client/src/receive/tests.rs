@@ -538,3 +538,66 @@ fn modes_are_reduced_and_hostile_names_refused() {
     }
     assert_eq!(listing(&f), ["tool"]);
 }
+
+#[test]
+fn the_number_of_senders_and_of_partial_files_is_capped() {
+    let mut f = fixture();
+    // MAX_SENDERS devices each send a message; one more is not tracked.
+    let msgs: Vec<PulledBlob> = (0..=MAX_SENDERS as u32)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            let sender = DeviceId(id);
+            let blob_id = BlobId([i as u8; 16]);
+            let header = BlobHeader {
+                kind: BlobKind::Message,
+                sender,
+                seq: 1,
+                created_at_ms: 1,
+                compression: Compression::None,
+                body_len: 0,
+            };
+            PulledBlob {
+                cursor: u64::from(i) + 1,
+                blob_id,
+                sender,
+                created_at: 1,
+                payload: seal(&f.keys, &blob_id, header, b"m", 1 << 20).unwrap(),
+            }
+        })
+        .collect();
+    let events = outcomes(&mut f, &msgs);
+    assert_eq!(f.store.state.senders.len(), MAX_SENDERS);
+    assert!(
+        matches!(events.last(), Some(PullEvent::Rejected { reason, .. }) if reason.contains("devices sent blobs")),
+        "{:?}",
+        events.last()
+    );
+    // MAX_PARTIAL_FILES files started (first chunks only); one more is not.
+    let mut f = fixture();
+    let starts: Vec<PulledBlob> = (0..=MAX_PARTIAL_FILES as u64)
+        .map(|i| {
+            let kind = BlobKind::FileChunk(FileChunk {
+                file_id: *blake3::hash(&i.to_be_bytes())
+                    .as_bytes()
+                    .first_chunk::<16>()
+                    .unwrap(),
+                name: format!("f{i}"),
+                mode: 0o644,
+                index: 0,
+                offset: 0,
+                size_hint: None,
+                end: None,
+            });
+            blob(&f, i + 1, i as u8, i + 1, kind, b"part")
+        })
+        .collect();
+    let events = outcomes(&mut f, &starts);
+    assert_eq!(f.store.state.partials.len(), MAX_PARTIAL_FILES);
+    assert!(
+        matches!(events.last(), Some(PullEvent::Rejected { reason, .. }) if reason.contains("already being received")),
+        "{:?}",
+        events.last()
+    );
+    assert_eq!(listing(&f).len(), MAX_PARTIAL_FILES, "no temp file for it");
+}
