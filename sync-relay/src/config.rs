@@ -23,6 +23,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// The expiry task.
     pub cleanup: CleanupConfig,
+    /// Who may create new groups.
+    pub access: AccessConfig,
     /// Log output.
     pub log: LogConfig,
 }
@@ -125,6 +127,51 @@ pub struct CleanupConfig {
     pub maintenance_interval_s: u32,
 }
 
+/// `[access]`: who may create new groups (docs/deploy.md §Access). Devices
+/// joining an existing group are never asked for anything but the group's
+/// membership proof.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// `token` (default): a new group is created only by a `HelloWithToken`
+    /// carrying an access token from `sync-relay token create`. `open`: any
+    /// device may create groups, within the per-address limits below (a
+    /// token, when presented, still creates a token-owned group).
+    pub mode: AccessMode,
+    /// Open mode: groups one address (IPv4 address, IPv6 /64) may create
+    /// per hour. Default 10.
+    pub new_groups_per_address_per_hour: u32,
+    /// Payload bytes all groups one address created may store together;
+    /// pushes beyond get OWNER_QUOTA_EXCEEDED. Default 1073741824 (1 GiB).
+    pub max_storage_per_address: u64,
+    /// Live sessions on all groups one address created; Hellos beyond get
+    /// RATE_LIMITED. Default 256.
+    pub max_sessions_per_address: u32,
+}
+
+/// How new groups are admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// Only with an operator-issued access token.
+    Token,
+    /// By anyone, within per-address limits.
+    Open,
+}
+
+impl AccessConfig {
+    /// How many addresses may own groups at once: as many as the relay can
+    /// promise their whole `max_storage_per_address` and
+    /// `max_sessions_per_address` (`limits.max_storage` and
+    /// `limits.max_sessions` divided by them, the smaller), at least 1.
+    pub fn max_addresses(&self, limits: &LimitsConfig) -> u64 {
+        let by_storage = limits.max_storage / self.max_storage_per_address.max(1);
+        let by_sessions =
+            u64::from(limits.max_sessions) / u64::from(self.max_sessions_per_address.max(1));
+        by_storage.min(by_sessions).max(1)
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,7 +201,19 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             cleanup: CleanupConfig::default(),
+            access: AccessConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            mode: AccessMode::Token,
+            new_groups_per_address_per_hour: 10,
+            max_storage_per_address: 1 << 30,
+            max_sessions_per_address: 256,
         }
     }
 }
@@ -400,6 +459,18 @@ impl Config {
             ("limits.max_storage", l.max_storage),
             ("limits.max_sessions", u64::from(l.max_sessions)),
             ("limits.max_group_sessions", u64::from(l.max_group_sessions)),
+            (
+                "access.new_groups_per_address_per_hour",
+                u64::from(self.access.new_groups_per_address_per_hour),
+            ),
+            (
+                "access.max_storage_per_address",
+                self.access.max_storage_per_address,
+            ),
+            (
+                "access.max_sessions_per_address",
+                u64::from(self.access.max_sessions_per_address),
+            ),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1".into());
@@ -607,5 +678,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch_size"), "{err}");
+        let err = parse("[access]\nmode = \"public\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mode"), "{err}");
+        let err = parse("[access]\nmax_storage_per_address = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("access.max_storage_per_address"), "{err}");
+        let err = parse("[access]\nnew_groups_per_address_per_hour = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("access.new_groups_per_address_per_hour"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn token_mode_is_the_default_and_addresses_fit_the_relay() {
+        let c = Config::default();
+        assert_eq!(c.access.mode, AccessMode::Token);
+        // 10 GiB / 1 GiB; 10000 / 256 = 39.
+        assert_eq!(c.access.max_addresses(&c.limits), 10);
+        let c = parse("[access]\nmode = \"open\"\nmax_sessions_per_address = 5000\n").unwrap();
+        assert_eq!(c.access.mode, AccessMode::Open);
+        assert_eq!(c.access.max_addresses(&c.limits), 2);
+        let c = parse("[limits]\nmax_storage = 100\n").unwrap();
+        assert_eq!(c.access.max_addresses(&c.limits), 1, "at least one");
     }
 }

@@ -1,5 +1,6 @@
 //! State shared by every session and the HTTP server.
 
+use crate::admission::Admission;
 use crate::config::{Config, LimitsConfig};
 use crate::metrics::Metrics;
 use crate::notify::NotifyHub;
@@ -29,6 +30,8 @@ pub struct RelayContext {
     pub metrics: Metrics,
     /// Rate limiters.
     pub rate_limits: RateLimits,
+    /// Who may create groups and hold sessions (`[access]`).
+    pub admission: Arc<Admission>,
     /// Configuration problems found at start that an operator should fix,
     /// reported in `/health` (e.g. no usable announced address,
     /// [`crate::advertise`]).
@@ -58,6 +61,7 @@ impl RelayContext {
             started: Instant::now(),
             metrics: Metrics::new(),
             rate_limits: RateLimits::new(&config.rate_limits, max_frame),
+            admission: Admission::new(config),
             warnings,
         })
     }

@@ -129,7 +129,22 @@ mod tests {
 
     #[async_trait]
     impl Storage for BrokenStorage {
-        async fn open_session(&self, _: GroupId, _: DeviceId, _: i64) -> Result<u64, StorageError> {
+        async fn open_session(
+            &self,
+            _: GroupId,
+            _: DeviceId,
+            _: i64,
+            _: NewGroup,
+        ) -> Result<OpenedSession, StorageError> {
+            Err(broken())
+        }
+        async fn create_token(&self, _: NewToken) -> Result<TokenInfo, StorageError> {
+            Err(broken())
+        }
+        async fn revoke_token(&self, _: &str, _: i64) -> Result<TokenInfo, StorageError> {
+            Err(broken())
+        }
+        async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
             Err(broken())
         }
         async fn push(&self, _: PushRequest) -> Result<PushOutcome, StorageError> {

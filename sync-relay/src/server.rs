@@ -3,8 +3,8 @@
 
 use crate::config::Config;
 use crate::context::RelayContext;
-use crate::storage::{Quotas, SqliteStorage, SqliteStorageOptions, Storage, StorageError};
-use crate::{advertise, cleanup, endpoint, http, identity, session};
+use crate::storage::{SqliteStorage, SqliteStorageOptions, Storage, StorageError};
+use crate::{admission, advertise, cleanup, endpoint, http, identity, session};
 use iroh::endpoint::IncomingAddr;
 use iroh::{Endpoint, EndpointId};
 use std::net::SocketAddr;
@@ -60,11 +60,7 @@ impl Relay {
         let storage: Arc<dyn Storage> = Arc::new(
             SqliteStorage::open(SqliteStorageOptions::new(
                 config.db_path(),
-                Quotas {
-                    max_group_storage: config.limits.max_group_storage,
-                    max_group_blobs: config.limits.max_group_blobs,
-                    max_storage: config.limits.max_storage,
-                },
+                admission::quotas(&config),
             ))
             .await?,
         );
@@ -255,16 +251,20 @@ async fn accept_loop(endpoint: Endpoint, ctx: Arc<RelayContext>, connections: Ta
         let Some(incoming) = incoming else { return };
         // Checked before the handshake, answered at the Hello (with a
         // retry-after) so the device learns why.
-        let admission = match incoming.remote_addr() {
-            IncomingAddr::Ip(addr) => ctx.rate_limits.check_connection(addr.ip()),
-            _ => Ok(()),
+        let remote = match incoming.remote_addr() {
+            IncomingAddr::Ip(addr) => Some(addr.ip()),
+            _ => None,
+        };
+        let admission = match remote {
+            Some(ip) => ctx.rate_limits.check_connection(ip),
+            None => Ok(()),
         };
         let ctx = Arc::clone(&ctx);
         connections.spawn(async move {
             match incoming.await {
                 Ok(conn) => {
                     ctx.metrics.connections.inc();
-                    session::serve_connection(ctx, conn, admission).await;
+                    session::serve_connection(ctx, conn, remote, admission).await;
                 }
                 Err(err) => debug!(error = %err, "incoming connection failed"),
             }

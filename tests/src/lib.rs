@@ -37,6 +37,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The environment [`RelayProcess::start_with`] runs relays in: open access
+/// mode, no practical limit on the groups one address creates per hour,
+/// 1000 live sessions on one address's groups (so that with the default
+/// `max_sessions` ten addresses may own groups), and the default storage
+/// budget per address (1 GiB, far above what tests store). Environment variables
+/// override the config file, so tests that configure `[access]` themselves
+/// start with [`RelayProcess::start_with_access`].
+pub const OPEN_ACCESS: &[(&str, &str)] = &[
+    ("SYNC_RELAY__ACCESS__MODE", "open"),
+    ("SYNC_RELAY__ACCESS__NEW_GROUPS_PER_ADDRESS_PER_HOUR", "1000000"),
+    ("SYNC_RELAY__ACCESS__MAX_SESSIONS_PER_ADDRESS", "1000"),
+];
+
 /// A running `sync-relay` process.
 pub struct RelayProcess {
     child: Child,
@@ -64,13 +77,33 @@ impl RelayProcess {
         Self::start_with(data_dir, "[::1]:0", extra)
     }
 
-    /// Start a relay with an explicit QUIC bind address and extra arguments.
+    /// Start a relay with an explicit QUIC bind address and extra arguments,
+    /// in open access mode with no practical per-address limit on new
+    /// groups or sessions ([`OPEN_ACCESS`]): tests that are not about
+    /// admission create groups freely, as devices did before access
+    /// control. Tests about access use [`RelayProcess::start_with_access`].
     pub fn start_with(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
+        Self::start_with_env(data_dir, quic_bind, extra, OPEN_ACCESS)
+    }
+
+    /// Start a relay whose `[access]` comes from `extra` (e.g. `--config`)
+    /// or the defaults (token mode): nothing is overridden.
+    pub fn start_with_access(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
+        Self::start_with_env(data_dir, quic_bind, extra, &[])
+    }
+
+    fn start_with_env(
+        data_dir: &Path,
+        quic_bind: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         let mut child = Command::new(bin("sync-relay"))
             .args(["--data-dir"])
             .arg(data_dir)
             .args(["--quic-bind", quic_bind, "--http-bind", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -4,8 +4,8 @@
 //! embedding where durability does not matter. Nothing survives a restart.
 
 use super::{
-    CounterAudit, Deleted, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
-    StorageStats,
+    CounterAudit, Deleted, NewGroup, NewToken, OpenedSession, Owner, PullPage, PushOutcome,
+    PushRequest, Quotas, Storage, StorageError, StorageStats, TokenHash, TokenInfo,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,7 +32,20 @@ struct Group {
     head: u64,
     blobs: BTreeMap<u64, Stored>,
     devices: BTreeMap<DeviceId, Device>,
+    owner: Option<Owner>,
 }
+
+#[derive(Clone, PartialEq)]
+struct Token {
+    label: Option<String>,
+    created_at: i64,
+    max_groups: u64,
+    max_storage: u64,
+    revoked_at: Option<i64>,
+}
+
+/// An address's new-group window: (start, groups created in it).
+type Window = (i64, u64);
 
 impl Group {
     fn bytes(&self) -> u64 {
@@ -54,12 +67,99 @@ impl Group {
 #[derive(Default)]
 struct Model {
     groups: BTreeMap<GroupId, Group>,
+    tokens: BTreeMap<TokenHash, Token>,
+    windows: BTreeMap<Owner, Window>,
     closed: bool,
 }
 
 impl Model {
     fn total_bytes(&self) -> u64 {
         self.groups.values().map(Group::bytes).sum()
+    }
+
+    /// Groups and payload bytes of `owner`, counted from the groups.
+    fn owned(&self, owner: Owner) -> (u64, u64) {
+        self.groups
+            .values()
+            .filter(|g| g.owner == Some(owner))
+            .fold((0, 0), |(n, b), g| (n + 1, b + g.bytes()))
+    }
+
+    fn token_info(&self, hash: &TokenHash, t: &Token) -> TokenInfo {
+        let (groups, bytes_used) = self.owned(Owner::Token(*hash));
+        TokenInfo {
+            id: hash.public_id(),
+            label: t.label.clone(),
+            created_at_ms: t.created_at,
+            max_groups: t.max_groups,
+            max_storage: t.max_storage,
+            revoked_at_ms: t.revoked_at,
+            groups,
+            bytes_used,
+        }
+    }
+
+    fn token_by_id(&self, id: &str) -> Option<TokenHash> {
+        self.tokens.keys().find(|h| h.public_id() == id).copied()
+    }
+
+    /// Decide whether `new_group` may create a group now (and record the
+    /// address window if so).
+    fn admit(
+        &mut self,
+        new_group: NewGroup,
+        now_ms: i64,
+        quotas: &Quotas,
+    ) -> Result<Option<Owner>, StorageError> {
+        match new_group {
+            NewGroup::Refuse => Err(StorageError::AccessTokenRequired),
+            NewGroup::Unowned => Ok(None),
+            NewGroup::Token(hash) => {
+                let t = self
+                    .tokens
+                    .get(&hash)
+                    .filter(|t| t.revoked_at.is_none())
+                    .ok_or(StorageError::AccessTokenInvalid)?;
+                let (count, _) = self.owned(Owner::Token(hash));
+                if count >= t.max_groups {
+                    return Err(StorageError::TokenGroupLimit {
+                        count,
+                        limit: t.max_groups,
+                    });
+                }
+                Ok(Some(Owner::Token(hash)))
+            }
+            NewGroup::Address(key) => {
+                let owner = Owner::Address(key);
+                let q = quotas.address;
+                if self.owned(owner).0 == 0 {
+                    let owning: std::collections::BTreeSet<Owner> = self
+                        .groups
+                        .values()
+                        .filter_map(|g| g.owner)
+                        .filter(|o| matches!(o, Owner::Address(_)))
+                        .collect();
+                    if owning.len() as u64 >= q.max_addresses {
+                        return Err(StorageError::AddressesFull {
+                            limit: q.max_addresses,
+                        });
+                    }
+                }
+                let (mut start, mut n) = self.windows.get(&owner).copied().unwrap_or((0, 0));
+                if n == 0 || now_ms.saturating_sub(start) >= q.window_ms {
+                    (start, n) = (now_ms, 0);
+                }
+                if n >= q.new_groups_per_window {
+                    return Err(StorageError::AddressGroupRate {
+                        count: n,
+                        limit: q.new_groups_per_window,
+                        retry_after_ms: (start.saturating_add(q.window_ms) - now_ms).max(1) as u64,
+                    });
+                }
+                self.windows.insert(owner, (start, n + 1));
+                Ok(Some(owner))
+            }
+        }
     }
 }
 
@@ -88,6 +188,8 @@ impl MemoryStorage {
             quotas: self.quotas,
             model: Mutex::new(Model {
                 groups: m.groups.clone(),
+                tokens: m.tokens.clone(),
+                windows: m.windows.clone(),
                 closed: false,
             }),
         }
@@ -100,7 +202,10 @@ impl MemoryStorage {
         }
         let a = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let b = other.model.lock().unwrap_or_else(|p| p.into_inner());
-        self.quotas == other.quotas && a.groups == b.groups
+        self.quotas == other.quotas
+            && a.groups == b.groups
+            && a.tokens == b.tokens
+            && a.windows == b.windows
     }
 
     fn with<T>(
@@ -148,11 +253,66 @@ impl Storage for MemoryStorage {
         group: GroupId,
         device: DeviceId,
         now_ms: i64,
-    ) -> Result<u64, StorageError> {
+        new_group: NewGroup,
+    ) -> Result<OpenedSession, StorageError> {
+        let quotas = self.quotas;
         self.with(|m| {
+            if !m.groups.contains_key(&group) {
+                let owner = m.admit(new_group, now_ms, &quotas)?;
+                m.groups.insert(
+                    group,
+                    Group {
+                        owner,
+                        ..Group::default()
+                    },
+                );
+            }
             let g = m.groups.entry(group).or_default();
             g.touch(device, now_ms);
-            Ok(g.head)
+            Ok(OpenedSession {
+                head: g.head,
+                owner: g.owner,
+            })
+        })
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo, StorageError> {
+        self.with(|m| {
+            let id = token.hash.public_id();
+            if m.token_by_id(&id).is_some() {
+                return Err(StorageError::TokenIdTaken(id));
+            }
+            let t = Token {
+                label: token.label,
+                created_at: token.created_at_ms,
+                max_groups: token.max_groups,
+                max_storage: token.max_storage,
+                revoked_at: None,
+            };
+            let info = m.token_info(&token.hash, &t);
+            m.tokens.insert(token.hash, t);
+            Ok(info)
+        })
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<TokenInfo, StorageError> {
+        self.with(|m| {
+            let hash = m
+                .token_by_id(id)
+                .ok_or_else(|| StorageError::TokenNotFound(id.to_string()))?;
+            let t = m.tokens.get_mut(&hash).expect("found above");
+            t.revoked_at.get_or_insert(now_ms);
+            let t = t.clone();
+            Ok(m.token_info(&hash, &t))
+        })
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
+        self.with(|m| {
+            let mut all: Vec<TokenInfo> =
+                m.tokens.iter().map(|(h, t)| m.token_info(h, t)).collect();
+            all.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+            Ok(all)
         })
     }
 
@@ -178,6 +338,19 @@ impl Storage for MemoryStorage {
                 .sum();
             let n = new_ids.len() as u64;
             if n > 0 {
+                let owner_use = g.owner.map(|o| {
+                    let (_, used) = m.owned(o);
+                    match o {
+                        Owner::Token(h) => match m.tokens.get(&h) {
+                            Some(t) => (o, used, t.max_storage, t.revoked_at.is_some()),
+                            None => (o, used, 0, true),
+                        },
+                        Owner::Address(_) => (o, used, quotas.address.max_storage, false),
+                    }
+                });
+                if owner_use.is_some_and(|(_, _, _, revoked)| revoked) {
+                    return Err(StorageError::TokenRevoked);
+                }
                 let used = g.bytes();
                 if used + adding > quotas.max_group_storage {
                     return Err(StorageError::GroupQuotaExceeded {
@@ -192,6 +365,16 @@ impl Storage for MemoryStorage {
                         count,
                         adding: n,
                         limit: quotas.max_group_blobs,
+                    });
+                }
+                if let Some((o, used, limit, _)) = owner_use
+                    && used + adding > limit
+                {
+                    return Err(StorageError::OwnerQuotaExceeded {
+                        kind: o.kind(),
+                        used,
+                        adding,
+                        limit,
                     });
                 }
                 if total + adding > quotas.max_storage {
@@ -358,6 +541,7 @@ impl Storage for MemoryStorage {
                 counted_blobs: blobs,
                 actual_blobs: blobs,
                 mismatched_groups: 0,
+                mismatched_owners: 0,
             })
         })
     }

@@ -7,7 +7,11 @@
 //!   increasing in commit order, under any concurrency;
 //! - a blob id already stored in the group is not stored again: its first
 //!   cursor is returned with `duplicate = true`;
-//! - a push that would take the group over its storage quota stores nothing;
+//! - a push that would take the group over its storage quota, or its owner
+//!   over the owner's budget, stores nothing;
+//! - a group is created only as [`NewGroup`] allows, decided in the same
+//!   transaction that creates it (two racing creations cannot overshoot a
+//!   token's `max_groups`), and each owner's counters stay exact;
 //! - a call returns `Ok` only after its writes are durable against a crash of
 //!   the relay process.
 
@@ -17,8 +21,173 @@ mod sqlite;
 pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, SqliteStorageOptions, backup_database};
 
+/// Operator commands on the SQLite database while the relay runs
+/// (`sync-relay token …`).
+pub mod admin {
+    pub use super::sqlite::admin::{create_token, list_tokens, open_admin, revoke_token};
+}
+
 use async_trait::async_trait;
-use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob, PushResult};
+use std::net::IpAddr;
+use sync_protocol::{AccessToken, BlobId, DeviceId, GroupId, PulledBlob, PushResult};
+
+/// BLAKE3 hash of an access token's 32 bytes: all the relay stores of a
+/// token, and what it looks tokens up by. (Tokens are 32 random bytes, so a
+/// fast hash is right: there is nothing to brute-force.)
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// The hash of `token`.
+    pub fn of(token: &AccessToken) -> TokenHash {
+        TokenHash(*blake3::hash(&token.0).as_bytes())
+    }
+
+    /// The token's public id: the first 4 bytes of the hash as 8 hex
+    /// characters (what `token list` shows and `token revoke` takes).
+    pub fn public_id(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenHash({})", self.public_id())
+    }
+}
+
+/// An address that creates groups in open mode: an IPv4 address, or the /64
+/// prefix of an IPv6 address (one host usually holds a whole /64). 9 bytes:
+/// `4` or `6`, then the 4 or 8 address bytes, zero-padded. IPv4-mapped IPv6
+/// addresses count as their IPv4 address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct AddressKey(pub [u8; 9]);
+
+impl AddressKey {
+    /// Connections without an IP address of their own (through an iroh
+    /// relay server) share this one key.
+    pub const RELAYED: AddressKey = AddressKey([0; 9]);
+
+    /// The key of `ip`.
+    pub fn of(ip: IpAddr) -> AddressKey {
+        let mut key = [0u8; 9];
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                key[0] = 4;
+                key[1..5].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                key[0] = 6;
+                key[1..9].copy_from_slice(&v6.octets()[..8]);
+            }
+        }
+        AddressKey(key)
+    }
+}
+
+/// Who created a group, and whose budget its bytes count against.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum Owner {
+    /// Created with an access token.
+    Token(TokenHash),
+    /// Created without a token, in open mode, from this address.
+    Address(AddressKey),
+}
+
+impl Owner {
+    /// The key stored in `owners.owner` / `groups.owner`.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Owner::Token(h) => &h.0,
+            Owner::Address(a) => &a.0,
+        }
+    }
+
+    /// The owner stored as `bytes` (32 bytes: a token, 9: an address).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Owner> {
+        if let Ok(h) = <[u8; 32]>::try_from(bytes) {
+            Some(Owner::Token(TokenHash(h)))
+        } else {
+            <[u8; 9]>::try_from(bytes)
+                .ok()
+                .map(|a| Owner::Address(AddressKey(a)))
+        }
+    }
+
+    /// `token` or `address` (the `owners.kind` column).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Owner::Token(_) => "token",
+            Owner::Address(_) => "address",
+        }
+    }
+}
+
+/// What [`Storage::open_session`] may do when the group does not exist yet
+/// (decided by [`crate::admission`] from the access mode and the `Hello`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NewGroup {
+    /// Create it, owned by this token: refused when the token is unknown or
+    /// revoked ([`StorageError::AccessTokenInvalid`]) or has created its
+    /// `max_groups` ([`StorageError::TokenGroupLimit`]).
+    Token(TokenHash),
+    /// Create it, owned by this address: refused over
+    /// [`AddressQuotas::new_groups_per_window`]
+    /// ([`StorageError::AddressGroupRate`]) or, for an address that owns no
+    /// group yet, when [`AddressQuotas::max_addresses`] addresses already do
+    /// ([`StorageError::AddressesFull`]).
+    Address(AddressKey),
+    /// Create nothing: [`StorageError::AccessTokenRequired`].
+    Refuse,
+    /// Create it without an owner (tools and tests; the relay's admission
+    /// never chooses this).
+    Unowned,
+}
+
+/// The answer to [`Storage::open_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The group's head cursor (0 for a new group).
+    pub head: u64,
+    /// Who owns the group (`None` for groups from before owners existed).
+    pub owner: Option<Owner>,
+}
+
+/// A token to store ([`Storage::create_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// Hash of the token.
+    pub hash: TokenHash,
+    /// The operator's note.
+    pub label: Option<String>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Groups the token may create (live at once).
+    pub max_groups: u64,
+    /// Payload bytes all its groups may store together.
+    pub max_storage: u64,
+}
+
+/// A stored token and what its groups use (`token list`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    /// Public id (8 hex characters).
+    pub id: String,
+    /// The operator's note.
+    pub label: Option<String>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Groups the token may create.
+    pub max_groups: u64,
+    /// Payload bytes its groups may store together.
+    pub max_storage: u64,
+    /// When it was revoked, Unix ms.
+    pub revoked_at_ms: Option<i64>,
+    /// Groups it created that exist now.
+    pub groups: u64,
+    /// Payload bytes its groups store now.
+    pub bytes_used: u64,
+}
 
 /// One blob to store.
 #[derive(Clone)]
@@ -108,6 +277,57 @@ pub enum StorageError {
         /// The relay-wide limit.
         limit: u64,
     },
+    /// The group does not exist and [`NewGroup::Refuse`] forbids creating it.
+    #[error("this relay creates groups only with an access token")]
+    AccessTokenRequired,
+    /// [`NewGroup::Token`] names a token that is unknown or revoked.
+    #[error("the access token is unknown or revoked")]
+    AccessTokenInvalid,
+    /// A push to a group whose token has been revoked.
+    #[error("the access token that created this group was revoked")]
+    TokenRevoked,
+    /// The token has created `limit` groups that still exist.
+    #[error("the access token has {count} groups, at most {limit} allowed")]
+    TokenGroupLimit {
+        /// Its groups now.
+        count: u64,
+        /// Its `max_groups`.
+        limit: u64,
+    },
+    /// The address created `limit` groups in the current window.
+    #[error("this address created {count} groups in the current window, at most {limit} allowed")]
+    AddressGroupRate {
+        /// Groups created in the window.
+        count: u64,
+        /// The limit per window.
+        limit: u64,
+        /// Milliseconds until the window ends.
+        retry_after_ms: u64,
+    },
+    /// `limit` addresses own groups already; a new address gets none.
+    #[error("{limit} addresses own groups already, the most the relay promises storage to")]
+    AddressesFull {
+        /// [`AddressQuotas::max_addresses`].
+        limit: u64,
+    },
+    /// The batch's new bytes would take the group's owner over its budget.
+    #[error("the {kind}'s groups store {used} bytes + {adding} new > {limit} allowed")]
+    OwnerQuotaExceeded {
+        /// `token` or `address`.
+        kind: &'static str,
+        /// Bytes all the owner's groups store now.
+        used: u64,
+        /// New bytes of the batch.
+        adding: u64,
+        /// The owner's budget.
+        limit: u64,
+    },
+    /// No token has this public id.
+    #[error("no token with id {0:?}")]
+    TokenNotFound(String),
+    /// A token with the same public id exists already.
+    #[error("a token with id {0:?} exists already")]
+    TokenIdTaken(String),
     /// An acknowledged cursor is beyond the group's head.
     #[error("cursor {cursor} is beyond the group's head {head}")]
     CursorBeyondHead {
@@ -127,7 +347,24 @@ pub enum StorageError {
     Closed,
 }
 
-/// Quotas the backend enforces inside the push transaction.
+/// Limits on groups created by addresses (open mode), enforced inside the
+/// transactions that create groups and store blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressQuotas {
+    /// Payload bytes all groups one address created may store together.
+    pub max_storage: u64,
+    /// Groups one address may create per window.
+    pub new_groups_per_window: u64,
+    /// Length of that window in ms (one hour on the relay). A window starts
+    /// with the first group created after the previous one ended.
+    pub window_ms: i64,
+    /// Addresses that may own groups at once: the relay can keep its
+    /// promise of `max_storage` to each (`access` config, [`crate::admission`]).
+    pub max_addresses: u64,
+}
+
+/// Quotas the backend enforces inside the push transaction (and, for
+/// addresses, the group-creating one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quotas {
     /// Payload bytes per group.
@@ -136,6 +373,8 @@ pub struct Quotas {
     pub max_group_blobs: u64,
     /// Payload bytes of the whole relay.
     pub max_storage: u64,
+    /// Groups created by addresses.
+    pub address: AddressQuotas,
 }
 
 impl Quotas {
@@ -144,6 +383,12 @@ impl Quotas {
         max_group_storage: u64::MAX / 4,
         max_group_blobs: u64::MAX / 4,
         max_storage: u64::MAX / 4,
+        address: AddressQuotas {
+            max_storage: u64::MAX / 4,
+            new_groups_per_window: u64::MAX / 4,
+            window_ms: 3_600_000,
+            max_addresses: u64::MAX / 4,
+        },
     };
 }
 
@@ -169,11 +414,13 @@ pub struct CounterAudit {
     pub actual_blobs: u64,
     /// Groups whose own counters disagree with their blobs.
     pub mismatched_groups: u64,
+    /// Owners whose counters disagree with their groups (bytes or count).
+    pub mismatched_owners: u64,
 }
 
 impl StorageError {
-    /// True for refusals caused by the request (quotas, cursor beyond the
-    /// head): nothing was stored, the storage is fine.
+    /// True for refusals caused by the request (quotas, admission, cursor
+    /// beyond the head, token ids): nothing was stored, the storage is fine.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
@@ -181,6 +428,15 @@ impl StorageError {
                 | StorageError::GroupBlobsExceeded { .. }
                 | StorageError::RelayStorageFull { .. }
                 | StorageError::CursorBeyondHead { .. }
+                | StorageError::AccessTokenRequired
+                | StorageError::AccessTokenInvalid
+                | StorageError::TokenRevoked
+                | StorageError::TokenGroupLimit { .. }
+                | StorageError::AddressGroupRate { .. }
+                | StorageError::AddressesFull { .. }
+                | StorageError::OwnerQuotaExceeded { .. }
+                | StorageError::TokenNotFound(_)
+                | StorageError::TokenIdTaken(_)
         )
     }
 }
@@ -188,17 +444,27 @@ impl StorageError {
 /// A storage backend. See the module docs for the contract.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
-    /// Record that `device` opened a session on `group` (creating the group
-    /// if new) and return the group's head cursor.
+    /// Record that `device` opened a session on `group` and return the
+    /// group's head cursor and owner. A group that does not exist is created
+    /// as `new_group` allows, in the same transaction as the admission
+    /// decision. Errors (nothing stored): [`StorageError::AccessTokenRequired`],
+    /// [`StorageError::AccessTokenInvalid`], [`StorageError::TokenGroupLimit`],
+    /// [`StorageError::AddressGroupRate`], [`StorageError::AddressesFull`];
+    /// [`StorageError::Database`], [`StorageError::Closed`].
     async fn open_session(
         &self,
         group: GroupId,
         device: DeviceId,
         now_ms: i64,
-    ) -> Result<u64, StorageError>;
+        new_group: NewGroup,
+    ) -> Result<OpenedSession, StorageError>;
 
-    /// Store a batch atomically. Errors: [`StorageError::GroupQuotaExceeded`]
-    /// (nothing stored), [`StorageError::Database`], [`StorageError::Closed`].
+    /// Store a batch atomically. Errors (nothing stored):
+    /// [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
+    /// [`StorageError::TokenRevoked`] (the group's token was revoked),
+    /// [`StorageError::OwnerQuotaExceeded`] (its owner's budget),
+    /// [`StorageError::RelayStorageFull`]; [`StorageError::Database`],
+    /// [`StorageError::Closed`]. Checked in that order.
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError>;
 
     /// The group's head cursor (0 for an unknown group).
@@ -217,8 +483,9 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<PullPage, StorageError>;
 
     /// Raise `device`'s acknowledged cursor to `cursor` (never lowers it) and
-    /// return the stored value; the group and the device are created if new,
-    /// as by [`Storage::open_session`]. Errors:
+    /// return the stored value; the group (without an owner: acks come only
+    /// in a session, whose `open_session` created it) and the device are
+    /// created if new. Errors:
     /// [`StorageError::CursorBeyondHead`].
     async fn ack(
         &self,
@@ -246,10 +513,24 @@ pub trait Storage: Send + Sync + 'static {
     /// Compare the stored counters with the blobs actually stored.
     async fn audit(&self) -> Result<CounterAudit, StorageError>;
 
+    /// Store a new access token. Errors: [`StorageError::TokenIdTaken`]
+    /// (another token has the same public id: make a new token).
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo, StorageError>;
+
+    /// Revoke the token with public id `id` at `now_ms` (a token revoked
+    /// before keeps its first revocation time): it creates no more groups,
+    /// and its groups take no more pushes. Errors: [`StorageError::TokenNotFound`].
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<TokenInfo, StorageError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError>;
+
     /// Finish pending writes and close the database.
     async fn close(&self);
 }
 
+#[cfg(test)]
+mod access_tests;
 #[cfg(test)]
 mod model_check;
 #[cfg(test)]

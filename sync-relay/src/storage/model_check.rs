@@ -4,8 +4,17 @@
 //! a batch and across batches, every quota refusal), pulls (every field of
 //! every [`PulledBlob`], `created_at` and payload bytes included, under row
 //! and byte limits and expiry), acks, expiry, acknowledged-blob deletion,
-//! stats; after every step the backend's counter audit must balance. Time is
-//! a counter the operations move, so `created_at` is deterministic.
+//! stats; after every step the backend's counter audit must balance (groups'
+//! and owners' counters). Time is a counter the operations move, so
+//! `created_at` is deterministic.
+//!
+//! Admission (issue 10) is part of it: sessions open groups that do not
+//! exist yet under every [`NewGroup`] (a token that is valid, at its
+//! `max_groups`, revoked or unknown; an address within or over its window's
+//! new groups, or one more than `max_addresses`; refused; unowned), pushes
+//! charge their group's owner (refused over the owner's budget, or after
+//! its token was revoked), tokens are created, revoked and listed, and
+//! every deletion must keep the owners' counters exact.
 //!
 //! Two operations reach what a one-call-at-a-time check cannot:
 //! - **Burst**: several writes (pushes to different groups, some refused by a
@@ -85,10 +94,22 @@ const QUOTAS: Quotas = Quotas {
     max_group_storage: 400,
     max_group_blobs: 14,
     max_storage: 700,
+    address: AddressQuotas {
+        max_storage: 200,
+        new_groups_per_window: 1,
+        window_ms: 30,
+        max_addresses: 1,
+    },
 };
-/// Groups 0 and 1 have sessions from the start; group 2 comes into being
-/// through whatever touches it first.
-const GROUPS: u8 = 3;
+/// Groups 0 and 1 have sessions (and no owner) from the start; groups 2..
+/// come into being through whatever touches them first: mostly a session
+/// under some admission, sometimes a push or an ack (unowned).
+const GROUPS: u8 = 8;
+/// Tokens 0 and 1 exist from the start (limits in [`setup_token`]); token 2
+/// is unknown until a `CreateToken` makes it.
+const TOKENS: u8 = 3;
+/// Addresses that may ask for groups in open mode.
+const ADDRESSES: u8 = 2;
 const DEVICES: u8 = 3;
 /// Larger than anything a case stores: a deletion in a burst takes all
 /// eligible blobs, so its answer does not depend on which rows a backend
@@ -101,6 +122,55 @@ fn gid(g: u8) -> GroupId {
 
 fn dev(d: u8) -> DeviceId {
     DeviceId([d + 1; 32])
+}
+
+fn token(t: u8) -> TokenHash {
+    TokenHash::of(&sync_protocol::AccessToken([t + 1; 32]))
+}
+
+fn address(a: u8) -> AddressKey {
+    AddressKey::of(std::net::IpAddr::from([192, 0, 2, a + 1]))
+}
+
+/// Token `t` as created at `now`: token 0 may own 2 groups and 250 bytes,
+/// the others 1 group and 120 bytes.
+fn setup_token(t: u8, now: i64) -> NewToken {
+    NewToken {
+        hash: token(t),
+        label: (t == 0).then(|| format!("token {t}")),
+        created_at_ms: now,
+        max_groups: if t == 0 { 2 } else { 1 },
+        max_storage: if t == 0 { 250 } else { 120 },
+    }
+}
+
+/// How a session asks for its group if the group does not exist.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Admit {
+    Token(u8),
+    Address(u8),
+    Refuse,
+    Unowned,
+}
+
+impl Admit {
+    fn new_group(self) -> NewGroup {
+        match self {
+            Admit::Token(t) => NewGroup::Token(token(t)),
+            Admit::Address(a) => NewGroup::Address(address(a)),
+            Admit::Refuse => NewGroup::Refuse,
+            Admit::Unowned => NewGroup::Unowned,
+        }
+    }
+}
+
+fn admit() -> impl Strategy<Value = Admit> {
+    prop_oneof![
+        4 => (0..TOKENS).prop_map(Admit::Token),
+        4 => (0..ADDRESSES).prop_map(Admit::Address),
+        1 => Just(Admit::Refuse),
+        1 => Just(Admit::Unowned),
+    ]
 }
 
 /// A write, with arguments relative to the state (resolved by [`prepare`]).
@@ -121,6 +191,13 @@ pub(crate) enum Write {
     OpenSession {
         group: u8,
         device: u8,
+        admit: Admit,
+    },
+    CreateToken {
+        token: u8,
+    },
+    RevokeToken {
+        token: u8,
     },
     /// One `delete_expired` taking everything expired.
     ExpireAll,
@@ -151,13 +228,15 @@ pub(crate) enum Op {
         window: i64,
     },
     Stats,
+    /// List the tokens.
+    Tokens,
     /// Close the backend and open it again over the same data.
     Reopen,
 }
 
 fn push() -> impl Strategy<Value = Write> {
     (
-        0..GROUPS,
+        data_group(),
         0..DEVICES,
         prop::collection::vec((0..24u8, 0..60u8, 1..40i64), 1..6),
     )
@@ -168,12 +247,28 @@ fn push() -> impl Strategy<Value = Write> {
         })
 }
 
+/// The group a push, ack or pull goes to: mostly one of the first three, so
+/// the others come into being mostly through a session under an admission.
+fn data_group() -> impl Strategy<Value = u8> {
+    prop_oneof![3 => 0..3u8, 1 => 0..GROUPS]
+}
+
+fn open_session() -> impl Strategy<Value = Write> {
+    (0..GROUPS, 0..DEVICES, admit()).prop_map(|(group, device, admit)| Write::OpenSession {
+        group,
+        device,
+        admit,
+    })
+}
+
 fn write() -> impl Strategy<Value = Write> {
     prop_oneof![
         8 => push(),
-        3 => (0..GROUPS, 0..DEVICES, 0..4u8)
+        3 => (data_group(), 0..DEVICES, 0..4u8)
             .prop_map(|(group, device, back)| Write::Ack { group, device, back }),
-        1 => (0..GROUPS, 0..DEVICES).prop_map(|(group, device)| Write::OpenSession { group, device }),
+        3 => open_session(),
+        1 => (0..TOKENS).prop_map(|token| Write::CreateToken { token }),
+        1 => (0..TOKENS).prop_map(|token| Write::RevokeToken { token }),
         1 => Just(Write::ExpireAll),
         1 => (0..30i64).prop_map(|window| Write::DeleteAckedAll { window }),
         1 => Just(Write::Maintenance),
@@ -184,14 +279,16 @@ fn write() -> impl Strategy<Value = Write> {
 pub(crate) fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
     let op = prop_oneof![
         4 => push().prop_map(Op::Write),
+        3 => open_session().prop_map(Op::Write),
         2 => write().prop_map(Op::Write),
         4 => prop::collection::vec(write(), 2..6).prop_map(Op::Burst),
-        3 => (0..GROUPS, 0..6u8, 1..5u32, 1..200usize)
+        3 => (data_group(), 0..6u8, 1..5u32, 1..200usize)
             .prop_map(|(group, after_back, max_blobs, max_bytes)| Op::Pull { group, after_back, max_blobs, max_bytes }),
         2 => (1..15i64).prop_map(Op::Tick),
         1 => Just(Op::Expire),
         1 => (0..30i64).prop_map(|window| Op::DeleteAcked { window }),
         1 => Just(Op::Stats),
+        1 => Just(Op::Tokens),
         1 => Just(Op::Reopen),
     ];
     prop::collection::vec(op, 1..max)
@@ -202,7 +299,10 @@ pub(crate) fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
 enum Call {
     Push(GroupId, DeviceId, Vec<NewBlob>, i64),
     Ack(GroupId, DeviceId, u64, i64),
-    OpenSession(GroupId, DeviceId, i64),
+    OpenSession(GroupId, DeviceId, i64, NewGroup),
+    CreateToken(NewToken),
+    RevokeToken(String, i64),
+    Tokens,
     DeleteExpired(i64, u32),
     DeleteAcked(i64, u32),
     Maintenance,
@@ -233,6 +333,9 @@ enum Answer {
     Deleted(Result<Deleted, String>),
     Stats(Result<StorageStats, String>),
     Done(Result<(), String>),
+    Opened(Result<OpenedSession, String>),
+    Token(Result<TokenInfo, String>),
+    Tokens(Result<Vec<TokenInfo>, String>),
 }
 
 fn ans<T>(r: Result<T, StorageError>) -> Result<T, String> {
@@ -293,7 +396,12 @@ fn run<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
                 })
                 .await)),
             Call::Ack(g, d, cursor, now) => Answer::Cursor(ans(s.ack(g, d, cursor, now).await)),
-            Call::OpenSession(g, d, now) => Answer::Cursor(ans(s.open_session(g, d, now).await)),
+            Call::OpenSession(g, d, now, new_group) => {
+                Answer::Opened(ans(s.open_session(g, d, now, new_group).await))
+            }
+            Call::CreateToken(t) => Answer::Token(ans(s.create_token(t).await)),
+            Call::RevokeToken(id, now) => Answer::Token(ans(s.revoke_token(&id, now).await)),
+            Call::Tokens => Answer::Tokens(ans(s.tokens().await)),
             Call::DeleteExpired(now, limit) => {
                 Answer::Deleted(ans(s.delete_expired(now, limit).await))
             }
@@ -434,7 +542,13 @@ async fn prepare(s: &dyn Storage, w: &Write, now: i64, salt: &mut u32) -> Call {
             };
             Call::Ack(gid(*group), dev(*device), cursor, now)
         }
-        Write::OpenSession { group, device } => Call::OpenSession(gid(*group), dev(*device), now),
+        Write::OpenSession {
+            group,
+            device,
+            admit,
+        } => Call::OpenSession(gid(*group), dev(*device), now, admit.new_group()),
+        Write::CreateToken { token } => Call::CreateToken(setup_token(*token, now)),
+        Write::RevokeToken { token: t } => Call::RevokeToken(token(*t).public_id(), now),
         Write::ExpireAll => Call::DeleteExpired(now, ALL),
         Write::DeleteAckedAll { window } => Call::DeleteAcked(now - window, ALL),
         Write::Maintenance => Call::Maintenance,
@@ -448,7 +562,10 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
     let mut now: i64 = 1000;
     let mut salt = 0;
     let setup: Vec<Call> = (0..2)
-        .flat_map(|g| (0..DEVICES).map(move |d| Call::OpenSession(gid(g), dev(d), 1000)))
+        .flat_map(|g| {
+            (0..DEVICES).map(move |d| Call::OpenSession(gid(g), dev(d), 1000, NewGroup::Unowned))
+        })
+        .chain((0..2).map(|t| Call::CreateToken(setup_token(t, 1000))))
         .collect();
     for (step, op) in std::iter::once(None)
         .chain(ops.iter().map(Some))
@@ -486,6 +603,7 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
             Some(Op::Expire) => vec![Call::DrainExpired(now)],
             Some(Op::DeleteAcked { window }) => vec![Call::DrainAcked(now - window)],
             Some(Op::Stats) => vec![Call::Stats],
+            Some(Op::Tokens) => vec![Call::Tokens],
             Some(Op::Reopen) => {
                 store.close().await;
                 for m in &models {
@@ -505,9 +623,9 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
                 drop(store);
                 store = backend.open(QUOTAS).await;
                 models = models.iter().map(MemoryStorage::fork).collect();
-                // Counters and the relay-wide total as the reopened backend
-                // reads them back.
-                vec![Call::Stats]
+                // Counters, the relay-wide total and the tokens as the
+                // reopened backend reads them back.
+                vec![Call::Stats, Call::Tokens]
             }
         };
         let s = &*store;
@@ -530,6 +648,7 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
             .map_err(|e| TestCaseError::fail(format!("step {step}: {op:?}\n{e}")))?;
         let audit = s.audit().await.expect("audit");
         prop_assert_eq!(audit.mismatched_groups, 0, "step {}: {:?}", step, audit);
+        prop_assert_eq!(audit.mismatched_owners, 0, "step {}: {:?}", step, audit);
         prop_assert_eq!(audit.counted_bytes, audit.actual_bytes, "step {}", step);
         prop_assert_eq!(audit.counted_blobs, audit.actual_blobs, "step {}", step);
     }

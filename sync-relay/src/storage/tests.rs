@@ -45,7 +45,13 @@ fn req(items: Vec<NewBlob>) -> PushRequest {
 #[tokio::test]
 async fn pushes_get_consecutive_cursors_and_duplicates_their_first_cursor() {
     let (_d, s) = sqlite(1 << 20).await;
-    assert_eq!(s.open_session(G, D, 1).await.unwrap(), 0);
+    assert_eq!(
+        s.open_session(G, D, 1, NewGroup::Unowned)
+            .await
+            .unwrap()
+            .head,
+        0
+    );
     let out = s.push(req(vec![blob(1, 10), blob(2, 10)])).await.unwrap();
     assert_eq!(out.head, 2);
     assert_eq!(
@@ -335,7 +341,9 @@ async fn acked_blobs_are_deleted_only_when_every_recent_device_has_them() {
     s.push(req((0..10).map(|i| expiring(i, 4, i64::MAX)).collect()))
         .await
         .unwrap();
-    s.open_session(G, other, 1000).await.unwrap();
+    s.open_session(G, other, 1000, NewGroup::Unowned)
+        .await
+        .unwrap();
     s.ack(G, D, 8, 1000).await.unwrap();
     s.ack(G, other, 5, 1000).await.unwrap();
     let d = s.delete_acked(0, 100).await.unwrap();

@@ -8,7 +8,11 @@
 //! (`UPDATE … RETURNING head_cursor`) is trivially serial, and the relay-wide
 //! byte total can be kept exactly in memory.
 
-use super::super::{Deleted, NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
+use super::super::{
+    Deleted, NewBlob, NewGroup, NewToken, OpenedSession, Owner, PushOutcome, PushRequest, Quotas,
+    StorageError, TokenInfo,
+};
+use super::access;
 use super::{fixed, head_of};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
@@ -24,8 +28,14 @@ pub(super) enum WriteOp {
         group: GroupId,
         device: DeviceId,
         now_ms: i64,
+        new_group: NewGroup,
     },
     Push(PushRequest),
+    CreateToken(NewToken),
+    RevokeToken {
+        id: String,
+        now_ms: i64,
+    },
     Ack {
         group: GroupId,
         device: DeviceId,
@@ -43,7 +53,8 @@ pub(super) enum WriteOp {
 }
 
 pub(super) enum WriteReply {
-    Head(u64),
+    Opened(OpenedSession),
+    Token(TokenInfo),
     Pushed(PushOutcome),
     Acked(u64),
     Deleted(Deleted),
@@ -244,11 +255,21 @@ async fn apply(
             group,
             device,
             now_ms,
+            new_group,
         } => {
-            touch_group(conn, *group, *now_ms).await?;
+            let opened =
+                access::open_group(conn, *group, *now_ms, *new_group, quotas.address).await?;
             touch_device(conn, *group, *device, *now_ms).await?;
-            Ok((WriteReply::Head(head_of(&mut *conn, *group).await?), 0))
+            Ok((WriteReply::Opened(opened), 0))
         }
+        WriteOp::CreateToken(token) => Ok((
+            WriteReply::Token(access::create_token(conn, token).await?),
+            0,
+        )),
+        WriteOp::RevokeToken { id, now_ms } => Ok((
+            WriteReply::Token(access::revoke_token(conn, id, *now_ms).await?),
+            0,
+        )),
         WriteOp::Push(req) => {
             let (out, added) = apply_push(conn, req, quotas, total_bytes).await?;
             Ok((WriteReply::Pushed(out), added as i64))
@@ -336,17 +357,22 @@ async fn settle_deletions(
         deleted.blobs += 1;
         deleted.bytes += len as u64;
     }
+    let mut per_owner: HashMap<Vec<u8>, i64> = HashMap::new();
     for (group, (count, bytes)) in per_group {
-        sqlx::query(
+        let owner: Option<Option<Vec<u8>>> = sqlx::query_scalar(
             "UPDATE groups SET blob_count = blob_count - ?2, bytes_used = bytes_used - ?3 \
-             WHERE group_id = ?1",
+             WHERE group_id = ?1 RETURNING owner",
         )
         .bind(group)
         .bind(count)
         .bind(bytes)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
+        if let Some(Some(owner)) = owner {
+            *per_owner.entry(owner).or_default() += bytes;
+        }
     }
+    access::release_owners(conn, per_owner).await?;
     Ok(deleted)
 }
 
@@ -418,7 +444,7 @@ async fn apply_push(
              ON CONFLICT (group_id) DO UPDATE SET head_cursor = head_cursor + excluded.head_cursor, \
              bytes_used = bytes_used + excluded.bytes_used, blob_count = blob_count + excluded.blob_count, \
              last_active_at = excluded.last_active_at \
-             RETURNING head_cursor, bytes_used, blob_count",
+             RETURNING head_cursor, bytes_used, blob_count, owner",
         )
         .bind(&req.group.0[..])
         .bind(n as i64)
@@ -429,6 +455,16 @@ async fn apply_push(
         let head = row.try_get::<i64, _>(0)? as u64;
         let used = row.try_get::<i64, _>(1)? as u64 - adding;
         let count = row.try_get::<i64, _>(2)? as u64 - n;
+        let owner: Option<Vec<u8>> = row.try_get(3)?;
+        let owner_use = match &owner {
+            Some(o) => {
+                Some(access::charge_owner(conn, o, adding, quotas.address.max_storage).await?)
+            }
+            None => None,
+        };
+        if owner_use.as_ref().is_some_and(|o| o.revoked) {
+            return Err(StorageError::TokenRevoked);
+        }
         if used.saturating_add(adding) > quotas.max_group_storage {
             return Err(StorageError::GroupQuotaExceeded {
                 used,
@@ -441,6 +477,21 @@ async fn apply_push(
                 count,
                 adding: n,
                 limit: quotas.max_group_blobs,
+            });
+        }
+        if let (Some(o), Some(kind)) = (
+            &owner_use,
+            owner
+                .as_deref()
+                .and_then(Owner::from_bytes)
+                .map(|o| o.kind()),
+        ) && o.used.saturating_add(adding) > o.limit
+        {
+            return Err(StorageError::OwnerQuotaExceeded {
+                kind,
+                used: o.used,
+                adding,
+                limit: o.limit,
             });
         }
         if total_bytes.saturating_add(adding) > quotas.max_storage {
