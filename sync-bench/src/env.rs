@@ -130,6 +130,7 @@ impl Relay {
             device_key: iroh::SecretKey::generate(),
             device_name: None,
             connect_timeout: Duration::from_secs(30),
+            access_token: None,
         })
     }
 

@@ -1,7 +1,7 @@
 //! The running relay: storage, iroh endpoint, accept loop, HTTP server, and
 //! graceful shutdown (DESIGN §5.8).
 
-use crate::config::Config;
+use crate::config::{AccessMode, Config};
 use crate::context::RelayContext;
 use crate::storage::{SqliteStorage, SqliteStorageOptions, Storage, StorageError};
 use crate::{admission, advertise, cleanup, endpoint, http, identity, session};
@@ -64,6 +64,20 @@ impl Relay {
             ))
             .await?,
         );
+        match config.access.mode {
+            AccessMode::Token => info!(
+                "access: new groups need an access token (sync-relay token create); \
+                 devices joining existing groups need none"
+            ),
+            AccessMode::Open => info!(
+                "access: open; per address {} new groups an hour, {} bytes, {} sessions; \
+                 groups from at most {} addresses at once",
+                config.access.new_groups_per_address_per_hour,
+                config.access.max_storage_per_address,
+                config.access.max_sessions_per_address,
+                config.access.max_addresses(&config.limits)
+            ),
+        }
         let relay_id = DeviceId(*key.public().as_bytes());
         let endpoint = endpoint::bind(&config.network, key).await?;
         let quic_addr = endpoint

@@ -46,7 +46,10 @@ pub fn bin(name: &str) -> PathBuf {
 /// start with [`RelayProcess::start_with_access`].
 pub const OPEN_ACCESS: &[(&str, &str)] = &[
     ("SYNC_RELAY__ACCESS__MODE", "open"),
-    ("SYNC_RELAY__ACCESS__NEW_GROUPS_PER_ADDRESS_PER_HOUR", "1000000"),
+    (
+        "SYNC_RELAY__ACCESS__NEW_GROUPS_PER_ADDRESS_PER_HOUR",
+        "1000000",
+    ),
     ("SYNC_RELAY__ACCESS__MAX_SESSIONS_PER_ADDRESS", "1000"),
 ];
 
@@ -291,6 +294,50 @@ impl RelayProcess {
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("relay.db")
     }
+
+    /// Run `sync-relay token ARGS --data-dir DATA_DIR` next to the running
+    /// relay (as an operator would) and return its output.
+    pub fn token(&self, args: &[&str]) -> Output {
+        Command::new(bin("sync-relay"))
+            .arg("token")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sync-relay token")
+    }
+
+    /// `sync-relay token create ARGS`, asserting success: the token line.
+    pub fn create_token(&self, args: &[&str]) -> String {
+        let mut all = vec!["create"];
+        all.extend_from_slice(args);
+        let out = self.token(&all);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "the token alone: {stdout:?}");
+        stdout.trim().to_string()
+    }
+}
+
+/// An offline iroh endpoint bound to `ip` (port chosen by the system): a
+/// device connecting from that address, e.g. one of many loopback
+/// addresses (127.0.0.0/8) standing for strangers on many hosts. Use it with
+/// [`sync_client::RelaySession::connect_on`].
+pub async fn endpoint_at(ip: std::net::IpAddr) -> iroh::Endpoint {
+    iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_address_lookup()
+        .clear_ip_transports()
+        .bind_addr(SocketAddr::new(ip, 0))
+        .expect("bind address")
+        .bind()
+        .await
+        .expect("bind endpoint")
 }
 
 impl Drop for RelayProcess {
@@ -486,6 +533,7 @@ impl LibDevice {
                 device_key: iroh::SecretKey::generate(),
                 device_name: None,
                 connect_timeout: Duration::from_secs(10),
+                access_token: None,
             },
             state: StateStore::open(dir.path().join("state.json")).unwrap(),
             _dir: dir,

@@ -39,7 +39,8 @@ pub async fn run(args: Args) -> Result<()> {
             name,
             expires,
             qr,
-        } => init::init(&home, &relay, name, &expires, qr, out),
+            token,
+        } => init::init(&home, &relay, name, &expires, qr, token.as_deref(), out).await,
         Command::Invite { expires, qr } => init::invite(&home, &expires, qr, out),
         Command::Join { invite } => init::join(&home, &invite, out),
         Command::Push {

@@ -369,6 +369,7 @@ async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Op
                 } else {
                     CloseCode::Internal
                 };
+                drop((guard, subscription));
                 session
                     .perform(
                         Action::RejectAndClose(reply.error_code(), close),
@@ -383,6 +384,9 @@ async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Op
     let action = session.step(Event::Hello(verdict));
     if action != Action::SendWelcome {
         info!(device = %session.device, ?verdict, "Hello rejected");
+        // A refused Hello holds no session slot while its error is flushed
+        // (up to REJECT_FLUSH): refused Hellos must not fill max_sessions.
+        drop((guard, subscription, owner_guard));
         session
             .perform_with_retry(action, &mut send, msg, retry_after_ms)
             .await;
