@@ -212,6 +212,10 @@ async fn a_revoked_token_freezes_its_groups_but_keeps_them_readable() {
     let list = json(&String::from_utf8(relay.token(&["list", "--json"]).stdout).unwrap());
     assert!(list[0]["revoked_at_ms"].as_u64().is_some(), "{list}");
     assert_eq!(list[0]["bytes_used"], 100);
+    // Bad limits are refused before anything is written.
+    let out = relay.token(&["create", "--max-groups", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--max-groups"), "{}", stderr(&out));
     // An unknown id is an error naming it.
     let out = relay.token(&["revoke", "ffffffff"]);
     assert_eq!(out.status.code(), Some(1));

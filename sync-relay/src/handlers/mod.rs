@@ -105,3 +105,65 @@ impl From<StorageError> for ErrorMsg {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every admission and budget refusal keeps its own code and tells the
+    /// user what to do; the hourly limit carries its wait.
+    #[test]
+    fn access_refusals_map_to_their_codes_with_a_way_out() {
+        let cases = [
+            (
+                StorageError::AccessTokenRequired,
+                ErrorCode::AccessTokenRequired,
+                "--token",
+            ),
+            (
+                StorageError::AccessTokenInvalid,
+                ErrorCode::AccessTokenInvalid,
+                "operator",
+            ),
+            (
+                StorageError::TokenRevoked,
+                ErrorCode::AccessTokenInvalid,
+                "revoked",
+            ),
+            (
+                StorageError::TokenGroupLimit { count: 3, limit: 3 },
+                ErrorCode::GroupLimitReached,
+                "--max-groups",
+            ),
+            (
+                StorageError::AddressesFull { limit: 4 },
+                ErrorCode::GroupLimitReached,
+                "access token",
+            ),
+            (
+                StorageError::OwnerQuotaExceeded {
+                    kind: "token",
+                    used: 10,
+                    adding: 5,
+                    limit: 12,
+                },
+                ErrorCode::OwnerQuotaExceeded,
+                "12 bytes",
+            ),
+        ];
+        for (err, code, hint) in cases {
+            let e = ErrorMsg::from(err);
+            assert_eq!(e.error_code(), code, "{e}");
+            assert!(e.message.contains(hint), "{e}");
+            assert!(e.message.len() <= sync_protocol::limits::MAX_ERROR_MESSAGE);
+        }
+        let e = ErrorMsg::from(StorageError::AddressGroupRate {
+            count: 10,
+            limit: 10,
+            retry_after_ms: 90_000,
+        });
+        assert_eq!(e.error_code(), ErrorCode::GroupLimitReached);
+        assert_eq!(e.retry_after_ms, Some(90_000));
+        assert!(e.message.contains("2 minutes"), "{e}");
+    }
+}
