@@ -36,7 +36,7 @@ use crate::proxy::{Link, UdpProxy};
 use crate::{LibDevice, RelayProcess, contains};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 pub use sync_client::client::push::PUSH_PIPELINE;
@@ -82,10 +82,12 @@ pub fn chaos_policy() -> RetryPolicy {
 }
 
 /// A blackhole that surely forces a reconnect: longer than the stall timeout
-/// of [`chaos_policy`] plus its watchdog's tick (a fifth of it) and a margin.
+/// of [`chaos_policy`], plus its watchdog's tick (a fifth of it), plus 2 s
+/// of margin (packets a bandwidth cap had queued before the cut still
+/// arrive for up to the queue's 500 ms).
 pub fn reconnect_forcing_outage() -> Duration {
     let stall = chaos_policy().stall_timeout;
-    stall + stall / 5 + Duration::from_secs(1)
+    stall + stall / 5 + Duration::from_secs(2)
 }
 
 /// The client's connection number (1 = first connection; 0 while it is
@@ -287,7 +289,10 @@ impl Ledger {
 
 /// Push the file at `path` as `name` from `device`, recording every chunk in
 /// `ledger` as the relay acknowledges it (so chunks acknowledged to a push
-/// that is then killed count too) and counting them in `acks`.
+/// that is then killed count too), then calling `on_ack` with the number of
+/// chunks this call has had acknowledged so far. `on_ack` runs in the push,
+/// before the next chunk is sent: a fault it injects lands at that exact
+/// point (with at most [`PUSH_PIPELINE`] - 1 requests in flight).
 pub async fn push_path_recorded(
     client: &SyncClient,
     state: &mut StateStore,
@@ -295,8 +300,9 @@ pub async fn push_path_recorded(
     device: usize,
     path: &Path,
     name: &str,
-    acks: &AtomicU32,
+    on_ack: &mut (dyn FnMut(u32) + Send),
 ) -> sync_client::error::Result<PushedFile> {
+    let mut acked = 0;
     client
         .push_path_observed(
             state,
@@ -306,10 +312,69 @@ pub async fn push_path_recorded(
             &mut |_, _| {},
             &mut |ack| {
                 ledger.lock().unwrap().chunk(device, name, ack);
-                acks.fetch_add(1, Ordering::SeqCst);
+                acked += 1;
+                on_ack(acked);
             },
         )
         .await
+}
+
+/// Holds a transfer at one point while the test injects a fault (e.g. kills
+/// the relay), so the fault lands exactly there. The transfer calls
+/// [`Hold::here`]; the test awaits [`HoldControl::reached`], acts, and
+/// releases it (dropping the control releases it too).
+pub struct Hold {
+    reached: Option<tokio::sync::oneshot::Sender<()>>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+/// The test's side of a [`Hold`].
+pub struct HoldControl {
+    reached: tokio::sync::oneshot::Receiver<()>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+/// A new hold and its control.
+pub fn hold() -> (Hold, HoldControl) {
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    (
+        Hold {
+            reached: Some(reached_tx),
+            release: release_rx,
+        },
+        HoldControl { reached, release },
+    )
+}
+
+impl Hold {
+    /// The first call tells the test and blocks this thread (inside
+    /// `block_in_place`: multi-thread runtimes only) until released, for at
+    /// most two minutes; later calls return at once.
+    pub fn here(&mut self) {
+        if let Some(reached) = self.reached.take() {
+            let _ = reached.send(());
+            tokio::task::block_in_place(|| {
+                let _ = self.release.recv_timeout(Duration::from_secs(120));
+            });
+        }
+    }
+}
+
+impl HoldControl {
+    /// Wait until the transfer is held; panics if it ended without getting
+    /// there, or after `limit`.
+    pub async fn reached(&mut self, limit: Duration, what: &str) {
+        tokio::time::timeout(limit, &mut self.reached)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|_| panic!("the transfer ended before {what}"));
+    }
+
+    /// Let the transfer go on.
+    pub fn release(self) {
+        let _ = self.release.send(());
+    }
 }
 
 /// What a canary run did.
@@ -482,11 +547,16 @@ impl Chaos {
     /// read anything but its own message, or hit the deadline, or if none
     /// completed.
     pub async fn stop_canary(&mut self) {
+        self.check_canary("when it was stopped").await
+    }
+
+    async fn check_canary(&mut self, when: &str) {
         if let Some(canary) = self.canary.take() {
             let _ = canary.stop.send(true);
             let verdict = canary.task.await.expect("the canary task panicked");
-            let done =
-                verdict.unwrap_or_else(|e| panic!("the relay stopped serving another group: {e}"));
+            let done = verdict.unwrap_or_else(|e| {
+                panic!("the relay stopped serving another group (canary checked {when}): {e}")
+            });
             assert!(done > 0, "the canary completed no round trip");
             self.canary_round_trips += done;
         }
@@ -495,7 +565,7 @@ impl Chaos {
     /// Check the canary, then `kill -9` the relay. [`Chaos::restart_relay`]
     /// brings it back.
     pub async fn kill_relay(&mut self) {
-        self.stop_canary().await;
+        self.check_canary("before a relay kill").await;
         tokio::task::block_in_place(|| self.relay.kill9());
     }
 
@@ -573,18 +643,18 @@ impl Chaos {
     }
 
     /// Push a file of `content` as `name` from device `i`, recording it and
-    /// every chunk's cursor; `acks` counts acknowledged chunks as they come.
-    pub async fn push_file_counting(
+    /// every chunk's cursor; `on_ack` as in [`push_path_recorded`].
+    pub async fn push_file_observed(
         &self,
         client: &SyncClient,
         i: usize,
         name: &str,
         content: &[u8],
-        acks: &AtomicU32,
+        on_ack: &mut (dyn FnMut(u32) + Send),
     ) -> PushedFile {
         let path = self.source(i, name, content);
         let mut state = self.devices[i].state();
-        let pushed = push_path_recorded(client, &mut state, &self.ledger, i, &path, name, acks)
+        let pushed = push_path_recorded(client, &mut state, &self.ledger, i, &path, name, on_ack)
             .await
             .unwrap_or_else(|e| panic!("device {i} file push failed: {e}"));
         assert_eq!(pushed.size, content.len() as u64);
@@ -594,7 +664,7 @@ impl Chaos {
     /// Push a file of `content` as `name` from device `i`, recording it and
     /// every chunk's cursor.
     pub async fn push_file(&self, client: &SyncClient, i: usize, name: &str, content: &[u8]) {
-        self.push_file_counting(client, i, name, content, &AtomicU32::new(0))
+        self.push_file_observed(client, i, name, content, &mut |_| {})
             .await;
     }
 
@@ -630,7 +700,7 @@ impl Chaos {
     /// invariants (module docs). Returns the group's head.
     pub async fn verify(&mut self) -> u64 {
         self.set_links(Link::default());
-        self.stop_canary().await;
+        self.check_canary("at the end of the scenario").await;
         // 1 + 2: what the relay stores, read by a fresh direct device.
         let reader = LibDevice::new(&self.relay.address, &self.secret);
         let client = SyncClient::connect_with(&reader.opts, chaos_policy())
@@ -786,26 +856,41 @@ impl Chaos {
 }
 
 /// How far a pull had got: the bytes of files applied so far (from
-/// `Progress` events), and the bytes applied while the client was on a
-/// connection after its first.
+/// `Progress` events), when the fault struck, and what was applied after a
+/// reconnect.
 #[derive(Debug, Default)]
 pub struct PullProgress {
     /// Most bytes of a file applied so far.
-    pub bytes: std::sync::atomic::AtomicU64,
+    pub bytes: AtomicU64,
+    /// Bytes applied when the fault was injected (at the first progress).
+    pub at_fault: AtomicU64,
     /// `Progress` events seen on a later connection (generation ≥ 2).
     pub after_reconnect: AtomicU32,
 }
 
 impl PullProgress {
-    /// An observer for [`Chaos::pull_observed`] that updates `self`;
-    /// `client` tells the connection generation.
-    pub fn observer<'a>(&'a self, client: &SyncClient) -> impl FnMut(&PullEvent) + Send + use<'a> {
+    /// An observer for [`Chaos::pull_observed`] that updates `self` and
+    /// calls `fault` at the first progress (part of a file applied), inside
+    /// the pull: the fault lands at that exact point. `client` tells the
+    /// connection generation.
+    pub fn observer<'a>(
+        &'a self,
+        client: &SyncClient,
+        fault: impl FnOnce() + Send + 'a,
+    ) -> impl FnMut(&PullEvent) + Send + 'a {
         let link = client.link_state();
+        let mut fault = Some(fault);
         move |e| {
             if let PullEvent::Progress { received, .. } = e {
                 self.bytes.fetch_max(*received, Ordering::SeqCst);
                 if generation_of(&link) >= 2 {
                     self.after_reconnect.fetch_add(1, Ordering::SeqCst);
+                }
+                if *received > 0
+                    && let Some(fault) = fault.take()
+                {
+                    self.at_fault.store(*received, Ordering::SeqCst);
+                    fault();
                 }
             }
         }

@@ -517,6 +517,31 @@ mod tests {
         .await;
     }
 
+    /// Seeded, so deterministic; the bound is four standard deviations of
+    /// the binomial count (±580 around 30,000), tight enough that a drop
+    /// rate 5 % above the configured one fails.
+    #[test]
+    fn loss_rate_is_the_configured_probability() {
+        let mut d = Direction {
+            rng: SmallRng::seed_from_u64(7),
+            last_lost: false,
+            busy_until: Instant::now(),
+        };
+        let f = Faults {
+            loss: 0.3,
+            ..Faults::default()
+        };
+        let n = 100_000;
+        let dropped = (0..n)
+            .filter(|_| matches!(decide(&mut d, &f, 100), Verdict::Drop))
+            .count() as f64;
+        let sigma = (n as f64 * 0.3 * 0.7).sqrt();
+        assert!(
+            (dropped - 0.3 * n as f64).abs() < 4.0 * sigma,
+            "{dropped} of {n} dropped"
+        );
+    }
+
     #[test]
     fn correlated_loss_comes_in_bursts() {
         let mut d = Direction {

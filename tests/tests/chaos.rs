@@ -6,8 +6,8 @@
 //! version of every workload; CI runs scale 1.
 
 use e2e_tests::chaos::{
-    Chaos, PUSH_PIPELINE, PullProgress, generation, push_path_recorded, reconnect_forcing_outage,
-    scale, wait_for,
+    Chaos, PUSH_PIPELINE, PullProgress, generation, hold, push_path_recorded,
+    reconnect_forcing_outage, scale, wait_for,
 };
 use e2e_tests::proxy::{Faults, Link};
 use e2e_tests::random_bytes;
@@ -44,7 +44,8 @@ fn assert_landed_mid_push(at_fault: u32, chunks: u32, generation: Option<u64>) {
 /// A fault hit a pull mid-transfer: part, not all, of the file had been
 /// applied when it struck, the client reconnected, and part of the file was
 /// applied on the new connection.
-fn assert_landed_mid_pull(at_fault: u64, len: usize, progress: &PullProgress, generation: u64) {
+fn assert_landed_mid_pull(len: usize, progress: &PullProgress, generation: u64) {
+    let at_fault = progress.at_fault.load(SeqCst);
     eprintln!("fault at {at_fault} of {len} bytes applied; connection {generation}; {progress:?}");
     assert!(
         at_fault > 0 && at_fault < len as u64,
@@ -189,8 +190,10 @@ async fn total_loss_past_the_stall_timeout_then_recovery() {
     chaos.verify().await;
 }
 
-/// The relay is killed once it has acknowledged some chunks of a file push,
-/// and restarted; the push resumes and completes.
+/// The relay is killed right after it has acknowledged the first chunk of
+/// a file push (the push is held there, requests in flight, while the
+/// canary is checked and the relay killed), and restarted; the push
+/// reconnects, resumes and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_kill_9_mid_push() {
     let mut chaos = Chaos::start(2, each_way(bandwidth(2_000_000))).await;
@@ -199,36 +202,44 @@ async fn relay_kill_9_mid_push() {
     let path = chaos.source(0, name, &content);
     let dev = chaos.devices[0].handle();
     let ledger = Arc::clone(&chaos.ledger);
-    let acks = Arc::new(AtomicU32::new(0));
+    let (mut hold, mut control) = hold();
+    let at_kill = Arc::new(AtomicU32::new(0));
     let push = tokio::spawn({
-        let acks = Arc::clone(&acks);
+        let at_kill = Arc::clone(&at_kill);
         async move {
             let client = dev.connect().await;
             let mut state = dev.state();
-            let pushed = push_path_recorded(&client, &mut state, &ledger, 0, &path, name, &acks)
-                .await
-                .unwrap();
+            let mut on_ack = |n: u32| {
+                if n == 1 {
+                    at_kill.store(n, SeqCst);
+                    hold.here();
+                }
+            };
+            let pushed =
+                push_path_recorded(&client, &mut state, &ledger, 0, &path, name, &mut on_ack)
+                    .await
+                    .unwrap();
             let chunks = Chaos::chunks_of(&client, pushed.size as usize);
             let generation = generation(&client);
             client.close().await;
             (chunks, generation)
         }
     });
-    wait_for(DEADLINE, "a chunk acknowledged", || {
-        acks.load(SeqCst) >= 1 || push.is_finished()
-    })
-    .await;
+    control
+        .reached(DEADLINE, "the first chunk acknowledged")
+        .await;
     chaos.kill_relay().await;
-    let at_kill = acks.load(SeqCst);
+    control.release();
     tokio::time::sleep(Duration::from_millis(300)).await;
     chaos.restart_relay().await;
     let (chunks, generation) = push.await.unwrap();
-    assert_landed_mid_push(at_kill, chunks, Some(generation));
+    assert_landed_mid_push(at_kill.load(SeqCst), chunks, Some(generation));
     chaos.verify().await;
 }
 
-/// The relay is killed once part of a file has been pulled, and restarted;
-/// the pull resumes and completes the file.
+/// The relay is killed once part of a file has been pulled (the pull is
+/// held there while the canary is checked and the relay killed), and
+/// restarted; the pull reconnects and completes the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_kill_9_mid_pull() {
     let mut chaos = Chaos::start(2, Link::default()).await;
@@ -241,30 +252,26 @@ async fn relay_kill_9_mid_pull() {
     chaos.devices[1].proxy.set(each_way(bandwidth(2_000_000)));
     let dev = chaos.devices[1].handle();
     let progress = Arc::new(PullProgress::default());
+    let (mut hold, mut control) = hold();
     let pull = tokio::spawn({
         let progress = Arc::clone(&progress);
         async move {
             let client = dev.connect().await;
-            let summary = dev
-                .pull_observed(&client, &mut progress.observer(&client))
-                .await
-                .unwrap();
+            let mut observer = progress.observer(&client, || hold.here());
+            let summary = dev.pull_observed(&client, &mut observer).await.unwrap();
             let generation = generation(&client);
             client.close().await;
             (summary, generation)
         }
     });
-    wait_for(DEADLINE, "part of the file pulled", || {
-        progress.bytes.load(SeqCst) > 0 || pull.is_finished()
-    })
-    .await;
+    control.reached(DEADLINE, "part of the file pulled").await;
     chaos.kill_relay().await;
-    let at_kill = progress.bytes.load(SeqCst);
+    control.release();
     tokio::time::sleep(Duration::from_millis(300)).await;
     chaos.restart_relay().await;
     let (summary, generation) = pull.await.unwrap();
     assert_eq!(summary.files, 1);
-    assert_landed_mid_pull(at_kill, content.len(), &progress, generation);
+    assert_landed_mid_pull(content.len(), &progress, generation);
     chaos.verify().await;
 }
 
@@ -282,9 +289,11 @@ async fn client_killed_mid_push_then_resumed() {
         async move {
             let client = dev.connect().await;
             let mut state = dev.state();
-            let pushed = push_path_recorded(&client, &mut state, &ledger, 0, &path, name, &acks)
-                .await
-                .unwrap();
+            let mut on_ack = |n| acks.store(n, SeqCst);
+            let pushed =
+                push_path_recorded(&client, &mut state, &ledger, 0, &path, name, &mut on_ack)
+                    .await
+                    .unwrap();
             let chunks = Chaos::chunks_of(&client, pushed.size as usize);
             client.close().await;
             (pushed, chunks)
@@ -355,50 +364,45 @@ async fn ten_connect_disconnect_cycles() {
     chaos.verify().await;
 }
 
-/// The link slows from 5 MB/s to 400 kB/s once the push has chunks
+/// The link slows from 5 MB/s to 400 kB/s right after the first chunk is
 /// acknowledged; later chunks cross the slow link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_drop_mid_transfer() {
     let mut chaos = Chaos::start(2, each_way(bandwidth(5_000_000))).await;
     let content = random_bytes(2 * MIB);
     let client = chaos.devices[0].connect().await;
-    let acks = AtomicU32::new(0);
-    let c = &chaos;
-    let slow_down = async {
-        wait_for(DEADLINE, "a chunk acknowledged", || acks.load(SeqCst) >= 1).await;
-        c.devices[0].proxy.set(each_way(bandwidth(400_000)));
-        acks.load(SeqCst)
+    let proxy = &chaos.devices[0].proxy;
+    let mut on_ack = |n| {
+        if n == 1 {
+            proxy.set(each_way(bandwidth(400_000)));
+        }
     };
-    let (_, at_drop) = tokio::join!(
-        c.push_file_counting(&client, 0, "slowed.bin", &content, &acks),
-        slow_down
-    );
-    assert_landed_mid_push(at_drop, Chaos::chunks_of(&client, content.len()), None);
+    chaos
+        .push_file_observed(&client, 0, "slowed.bin", &content, &mut on_ack)
+        .await;
+    assert_landed_mid_push(1, Chaos::chunks_of(&client, content.len()), None);
     client.close().await;
     chaos.verify().await;
 }
 
-/// The link drops everything, for longer than the stall timeout, once the
-/// push has chunks acknowledged: the client reconnects and finishes.
+/// The link drops everything, for longer than the stall timeout, right after
+/// the first chunk is acknowledged: the client reconnects and finishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_during_push() {
     let mut chaos = Chaos::start(2, each_way(bandwidth(2_000_000))).await;
     let content = random_bytes(3 * MIB);
     let client = chaos.devices[0].connect().await;
-    let acks = AtomicU32::new(0);
-    let c = &chaos;
-    let cut = async {
-        wait_for(DEADLINE, "a chunk acknowledged", || acks.load(SeqCst) >= 1).await;
-        let at = acks.load(SeqCst);
-        drop(c.devices[0].proxy.blackhole_for(reconnect_forcing_outage()));
-        at
+    let proxy = &chaos.devices[0].proxy;
+    let mut on_ack = |n| {
+        if n == 1 {
+            drop(proxy.blackhole_for(reconnect_forcing_outage()));
+        }
     };
-    let (_, at_cut) = tokio::join!(
-        c.push_file_counting(&client, 0, "cut.bin", &content, &acks),
-        cut
-    );
+    chaos
+        .push_file_observed(&client, 0, "cut.bin", &content, &mut on_ack)
+        .await;
     assert_landed_mid_push(
-        at_cut,
+        1,
         Chaos::chunks_of(&client, content.len()),
         Some(generation(&client)),
     );
@@ -418,19 +422,13 @@ async fn disconnect_during_pull() {
     chaos.devices[1].proxy.set(each_way(bandwidth(2_000_000)));
     let c1 = chaos.devices[1].connect().await;
     let progress = PullProgress::default();
-    let c = &chaos;
-    let cut = async {
-        wait_for(DEADLINE, "part of the file pulled", || {
-            progress.bytes.load(SeqCst) > 0
-        })
-        .await;
-        let at = progress.bytes.load(SeqCst);
-        drop(c.devices[1].proxy.blackhole_for(reconnect_forcing_outage()));
-        at
-    };
-    let mut observer = progress.observer(&c1);
-    let (_, at_cut) = tokio::join!(c.pull_observed(1, &c1, &mut observer), cut);
-    assert_landed_mid_pull(at_cut, content.len(), &progress, generation(&c1));
+    let proxy = &chaos.devices[1].proxy;
+    let mut observer = progress.observer(&c1, || {
+        drop(proxy.blackhole_for(reconnect_forcing_outage()));
+    });
+    chaos.pull_observed(1, &c1, &mut observer).await;
+    drop(observer);
+    assert_landed_mid_pull(content.len(), &progress, generation(&c1));
     c1.close().await;
     chaos.verify().await;
 }
