@@ -1,9 +1,14 @@
 //! Chaos scenarios (issue: proof under faults). Every scenario ends with
 //! [`Chaos::verify`], which checks the invariants: no acknowledged blob
-//! lost, no duplicate, no corruption, all devices converge, no plaintext at
-//! the relay, the relay kept serving a canary client of another group.
-//! `CHAOS_SCALE=10 cargo test -p e2e-tests --test chaos` runs the large
-//! version of every workload; CI runs scale 1.
+//! lost (messages and every file chunk), nothing stored twice or beyond
+//! what was pushed (`head` = messages + chunks), no corruption, each file
+//! delivered exactly once, all devices converge, no plaintext at the relay,
+//! the relay kept serving a canary of another group (checked before every
+//! relay kill too). Faults are triggered on observed progress (an
+//! acknowledged chunk, part of a file applied) and each fault scenario
+//! asserts that the fault landed mid-transfer and, where it must, that the
+//! client reconnected. `CHAOS_SCALE=10 cargo test -p e2e-tests --test chaos`
+//! runs the large version of every workload; CI runs scale 1.
 
 use e2e_tests::chaos::{
     Chaos, PUSH_PIPELINE, PullProgress, generation, hold, push_path_recorded,
