@@ -9,11 +9,12 @@
 //! at the kill (sent, unanswered) is pushed again after the restart with the
 //! same ids and payloads: a batch that had committed must be answered as a
 //! duplicate under the cursors it is stored at, one that had not is stored
-//! now. Then the whole group is pulled: cursors are gapless, every blob id
-//! is stored once, every stored blob is exactly one that was acknowledged,
+//! now. Then the round's blobs are pulled (every fourth round and the last,
+//! the whole group: the data accumulates, so later kills are checked
+//! against earlier rounds' data too): cursors are gapless, every blob id is
+//! stored once, every stored blob is exactly one that was acknowledged,
 //! under its acknowledged cursor, and every payload equals, byte for byte,
-//! the one derived from its id. The data accumulates across rounds, so later
-//! rounds check earlier ones too. `CRASH_SEED` fixes the random delays (the
+//! the one derived from its id. `CRASH_SEED` fixes the random delays (the
 //! seed is printed).
 //!
 //! `a_push_committed_but_unanswered_is_a_duplicate_on_retry`: the relay's
@@ -97,8 +98,7 @@ struct Round {
     /// Set just before the `kill -9`: from then on a lost connection is
     /// expected.
     killed: watch::Receiver<bool>,
-    /// Set once answers already on their way have had time to arrive: the
-    /// pusher stops waiting for one.
+    /// Set once the relay is dead: the pusher stops waiting for an answer.
     stop: watch::Receiver<bool>,
     /// Acknowledged batches per pusher in this round.
     acks: watch::Sender<[u32; PUSHERS]>,
@@ -128,10 +128,9 @@ async fn push_until_killed(
                 record(&ledger, &ok, &format!("pusher {d} batch {i}"));
                 round.acks.send_modify(|a| a[d] += 1);
             }
-            Err(e @ (ClientError::ConnectionLost(_) | ClientError::Stalled(_)))
+            Err(ClientError::ConnectionLost(_) | ClientError::Stalled(_))
                 if *round.killed.borrow() =>
             {
-                let _ = e;
                 return Ok(items);
             }
             Err(e) => {
@@ -181,31 +180,43 @@ async fn pull_all(session: &RelaySession, after: u64) -> BTreeMap<u64, (BlobId, 
     }
 }
 
-/// The whole group is exactly `acked`: gapless cursors, each id once, each
-/// payload the one derived from its id.
-fn check_group(stored: &BTreeMap<u64, (BlobId, Vec<u8>)>, acked: &BTreeMap<u64, BlobId>) {
-    let head = stored.keys().last().copied().unwrap_or(0);
-    assert_eq!(stored.len() as u64, head, "cursors not gapless");
+/// The group's blobs after cursor `after` (`stored`) are exactly those
+/// `acked` after it: gapless cursors, each id once, each payload the one
+/// derived from its id.
+fn check_group(
+    ctx: &str,
+    after: u64,
+    stored: &BTreeMap<u64, (BlobId, Vec<u8>)>,
+    acked: &BTreeMap<u64, BlobId>,
+) {
+    let head = stored.keys().last().copied().unwrap_or(after);
+    assert_eq!(
+        stored.keys().copied().collect::<Vec<_>>(),
+        (after + 1..=head).collect::<Vec<_>>(),
+        "{ctx}: cursors not gapless"
+    );
     let mut seen = HashMap::new();
     for (cursor, (id, payload)) in stored {
         if let Some(first) = seen.insert(*id, *cursor) {
-            panic!("blob {id:?} stored twice, at cursors {first} and {cursor}");
+            panic!("{ctx}: blob {id:?} stored twice, at cursors {first} and {cursor}");
         }
         assert!(
             *payload == payload_of(id),
-            "payload of blob {id:?} at cursor {cursor} differs from what was pushed ({} bytes)",
+            "{ctx}: payload of blob {id:?} at cursor {cursor} differs from what was pushed ({} bytes)",
             payload.len()
         );
     }
-    for (cursor, id) in acked {
+    for (cursor, id) in acked.range(after + 1..) {
         match stored.get(cursor) {
             Some((got, _)) if got == id => {}
-            Some((got, _)) => panic!("cursor {cursor} acknowledged for {id:?} holds {got:?}"),
-            None => panic!("acknowledged cursor {cursor} ({id:?}) lost"),
+            Some((got, _)) => {
+                panic!("{ctx}: cursor {cursor} acknowledged for {id:?} holds {got:?}")
+            }
+            None => panic!("{ctx}: acknowledged cursor {cursor} ({id:?}) lost"),
         }
     }
     if let Some((cursor, (id, _))) = stored.iter().find(|(c, _)| !acked.contains_key(c)) {
-        panic!("blob {id:?} stored at cursor {cursor} was never acknowledged");
+        panic!("{ctx}: blob {id:?} stored at cursor {cursor} was never acknowledged");
     }
 }
 
@@ -271,10 +282,12 @@ async fn acknowledged_blobs_survive_repeated_kill_9() {
         tokio::time::timeout(DEADLINE, async {
             tokio::select! {
                 r = acks_rx.wait_for(|a| a.iter().all(|&n| n > 0)) => { r.unwrap(); }
-                (r, d, _) = futures::future::select_all(pushers.iter_mut()) => {
-                    panic!("{ctx}: pusher {d} ended before the kill: {:?}",
-                        r.map(|r| r.map(|items| items.len())));
-                }
+                (r, d, _) = futures::future::select_all(pushers.iter_mut()) => match r {
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Ok(Err(msg)) => panic!("{ctx}: {msg}"),
+                    other => panic!("{ctx}: pusher {d} ended before the kill: {:?}",
+                        other.map(|r| r.map(|items| items.len()))),
+                },
             }
         })
         .await
@@ -295,7 +308,7 @@ async fn acknowledged_blobs_survive_repeated_kill_9() {
         let acks = *acks_rx.borrow();
         drop(relay);
 
-        // Restart; push each in-flight batch again, as its device would.
+        // Restart; push each in-flight batch again.
         let relay = tokio::task::block_in_place(|| RelayProcess::start_with(&data, &quic, &args));
         let reader = LibDevice::new(&relay.address, &secret);
         let session = RelaySession::connect(&reader.opts).await.unwrap();
@@ -305,12 +318,12 @@ async fn acknowledged_blobs_survive_repeated_kill_9() {
             .into_iter()
             .map(|(c, (id, _))| (id, c))
             .collect();
+        // The retries go through another device of the group: blob ids are
+        // idempotency keys for the whole group, whoever pushes them.
         let retries = futures::future::join_all(in_flight.into_iter().map(|(d, items)| {
-            let opts = &devices[d].opts;
+            let session = &session;
             async move {
-                let retry = RelaySession::connect(opts).await?;
-                let ok = retry.push(items.clone()).await;
-                retry.close().await;
+                let ok = session.push(items.clone()).await;
                 ok.map(|ok| (d, items, ok))
             }
         }))
@@ -342,19 +355,22 @@ async fn acknowledged_blobs_survive_repeated_kill_9() {
             }
         }
 
-        // The whole group, payloads included, is exactly what was acknowledged.
-        let stored = pull_all(&session, 0).await;
+        // The group, payloads included, is exactly what was acknowledged:
+        // this round's blobs, and every fourth round (and the last) the
+        // whole group again, so later kills are checked against earlier
+        // rounds' data too.
+        let after = if round % 4 == 3 || round + 1 == loops {
+            0
+        } else {
+            checked_head
+        };
+        let stored = pull_all(&session, after).await;
         session.close().await;
-        let acked = ledger.lock().unwrap().clone();
-        let outcome = std::panic::catch_unwind(|| check_group(&stored, &acked));
-        if let Err(panic) = outcome {
-            eprintln!("{ctx}: check failed");
-            std::panic::resume_unwind(panic);
-        }
-        checked_head = stored.len() as u64;
+        check_group(&ctx, after, &stored, &ledger.lock().unwrap());
+        checked_head = stored.keys().last().copied().unwrap_or(after);
         println!(
-            "round {round}: killed {extra:?} after every pusher's first ack, acks {acks:?}, head {}",
-            stored.len()
+            "round {round}: killed {extra:?} after every pusher's first ack, acks {acks:?}, \
+             head {checked_head}, checked after {after}"
         );
         drop(relay);
     }
@@ -393,17 +409,27 @@ async fn a_push_committed_but_unanswered_is_a_duplicate_on_retry() {
 
     let unanswered = batch(1, 1);
     let push = session.push(unanswered.clone());
-    let mut exited = tokio::task::spawn_blocking(move || {
-        let status = relay.wait_exit(DEADLINE);
-        (status, relay)
-    });
-    let (status, relay) = tokio::select! {
-        biased;
-        r = &mut exited => r.unwrap(),
-        r = push => match r {
-            Ok(ok) => panic!("the push was answered, the fail point did not fire: {ok:?}"),
-            Err(_) => exited.await.unwrap(),
-        },
+    // Wait for the relay to exit; the push must not be answered first.
+    let status = {
+        let exited = async {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                let status = relay.wait_exit(Duration::ZERO);
+                if status.is_some() || tokio::time::Instant::now() >= deadline {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::pin!(exited);
+        tokio::select! {
+            biased;
+            status = &mut exited => status,
+            r = push => match r {
+                Ok(ok) => panic!("the push was answered, the fail point did not fire: {ok:?}"),
+                Err(_) => exited.await,
+            },
+        }
     };
     let status = status.expect("the relay exits at the fail point");
     assert_eq!(
@@ -454,7 +480,7 @@ async fn a_push_committed_but_unanswered_is_a_duplicate_on_retry() {
     assert_eq!(next.results[0].cursor, 2 * u64::from(BATCH) + 1);
 
     let stored = pull_all(&session, 0).await;
-    check_group(&stored, &ledger.lock().unwrap());
+    check_group("after the retry", 0, &stored, &ledger.lock().unwrap());
     assert_eq!(stored.len(), 3 * usize::from(BATCH));
     session.close().await;
     drop(relay);
