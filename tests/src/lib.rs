@@ -66,12 +66,24 @@ impl RelayProcess {
 
     /// Start a relay with an explicit QUIC bind address and extra arguments.
     pub fn start_with(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
+        Self::start_with_env(data_dir, quic_bind, extra, &[])
+    }
+
+    /// [`RelayProcess::start_with`] with extra environment variables (e.g.
+    /// the debug-build fail point `SYNC_RELAY_FAILPOINT`).
+    pub fn start_with_env(
+        data_dir: &Path,
+        quic_bind: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         let mut child = Command::new(bin("sync-relay"))
             .args(["--data-dir"])
             .arg(data_dir)
             .args(["--quic-bind", quic_bind, "--http-bind", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -140,6 +152,21 @@ impl RelayProcess {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Wait up to `limit` for the relay to exit on its own; `None` if it is
+    /// still running then.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for relay") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGTERM and wait for the exit.

@@ -65,6 +65,50 @@ struct Writer {
     quotas: Quotas,
     /// `SUM(bytes_used)` over all groups, as committed.
     total_bytes: u64,
+    /// Armed `crash-after-commit` fail point: push commits left before it
+    /// fires (debug builds only, see [`FAILPOINT_ENV`]).
+    #[cfg(debug_assertions)]
+    crash_after_push_commits: Option<u32>,
+}
+
+/// Test-only fail point, read once when the writer starts and **only in
+/// debug builds** (`cfg(debug_assertions)`; release builds, which are what
+/// the Dockerfile ships, compile it out). `SYNC_RELAY_FAILPOINT=
+/// crash-after-commit[:N]` ends the process with exit code
+/// [`FAILPOINT_EXIT_CODE`] right after the N-th (default: first) committed
+/// transaction that contains a push, before any caller of that transaction
+/// is answered: the crash window between COMMIT and the reply that a
+/// `kill -9` can only hit by chance. The end-to-end suite (which runs the
+/// debug binaries `cargo test --workspace` builds) uses it to prove that a
+/// retried push is answered as a duplicate with its original cursor.
+///
+/// A cargo feature was not used: the e2e tests run the binary built for
+/// the workspace, and enabling a feature for that build would need a
+/// dependency edge that exists only to unify features (and would rebuild
+/// the relay whenever `-p` selections differ).
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const FAILPOINT_ENV: &str = "SYNC_RELAY_FAILPOINT";
+
+/// Exit code of a fired fail point (distinct from a panic's 101 and from
+/// signals), so a test can tell the fail point from any other crash.
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const FAILPOINT_EXIT_CODE: i32 = 86;
+
+/// Parse the fail point from the environment: `Some(N)` for
+/// `crash-after-commit[:N]` (N ≥ 1). Anything else is logged and ignored.
+#[cfg(debug_assertions)]
+fn failpoint_from_env() -> Option<u32> {
+    let value = std::env::var(FAILPOINT_ENV).ok()?;
+    let n = match value.split_once(':') {
+        None if value == "crash-after-commit" => Some(1),
+        Some(("crash-after-commit", n)) => n.parse().ok().filter(|&n| n >= 1),
+        _ => None,
+    };
+    match n {
+        Some(_) => tracing::warn!(failpoint = %value, "test fail point armed"),
+        None => tracing::error!(failpoint = %value, "unknown fail point; ignored"),
+    }
+    n
 }
 
 /// Run until `Shutdown` or until every sender is gone, then checkpoint the
@@ -91,6 +135,8 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>,
         conn,
         quotas,
         total_bytes,
+        #[cfg(debug_assertions)]
+        crash_after_push_commits: failpoint_from_env(),
     };
     let mut stop = false;
     while !stop {
@@ -142,7 +188,8 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>,
     let _ = w.conn.close().await;
 }
 
-type Reply = oneshot::Sender<Result<WriteReply, StorageError>>;
+type Reply = oneshot::Sender<OpResult>;
+type OpResult = Result<WriteReply, StorageError>;
 
 impl Writer {
     async fn commit_and_answer(&mut self, ops: Vec<WriteOp>, replies: Vec<Reply>) {
@@ -151,6 +198,7 @@ impl Writer {
         }
         match self.commit_group(&ops).await {
             Ok(results) => {
+                self.failpoint_after_commit(&ops, &results);
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -161,7 +209,10 @@ impl Writer {
                 tracing::warn!(error = %err, ops = ops.len(), "group commit failed; retrying one by one");
                 for (op, reply) in ops.iter().zip(replies) {
                     let result = match self.commit_group(std::slice::from_ref(op)).await {
-                        Ok(mut r) => r.pop().unwrap_or(Err(StorageError::Closed)),
+                        Ok(mut r) => {
+                            self.failpoint_after_commit(std::slice::from_ref(op), &r);
+                            r.pop().unwrap_or(Err(StorageError::Closed))
+                        }
                         Err(e) => Err(e),
                     };
                     let _ = reply.send(result);
@@ -169,6 +220,28 @@ impl Writer {
             }
         }
     }
+
+    /// The `crash-after-commit` fail point ([`FAILPOINT_ENV`]): called
+    /// after a commit, before its callers are answered; counts commits
+    /// that stored at least one push (a refused push was rolled back).
+    #[cfg(debug_assertions)]
+    fn failpoint_after_commit(&mut self, ops: &[WriteOp], results: &[OpResult]) {
+        if let Some(left) = &mut self.crash_after_push_commits
+            && ops
+                .iter()
+                .zip(results)
+                .any(|(op, r)| matches!(op, WriteOp::Push(_)) && r.is_ok())
+        {
+            *left -= 1;
+            if *left == 0 {
+                tracing::error!("fail point crash-after-commit: exiting before answering");
+                std::process::exit(FAILPOINT_EXIT_CODE);
+            }
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn failpoint_after_commit(&mut self, _ops: &[WriteOp], _results: &[OpResult]) {}
 
     /// Apply `ops` in one transaction, each in a savepoint. Client errors
     /// (quotas, cursor) roll back only their op; a database error aborts the
