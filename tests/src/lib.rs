@@ -269,16 +269,11 @@ impl RelayProcess {
         }
     }
 
-    /// The relay process's resident memory (VmRSS) in KiB.
+    /// The relay process's resident memory (VmRSS) in KiB. Panics when it
+    /// cannot be read (see [`RelayProcess::proc_status_kib`]): a memory
+    /// check must never pass on a reading of 0.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        self.proc_status_kib("VmRSS")
     }
 
     /// Path of the relay's SQLite database.
@@ -291,6 +286,87 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Memory of the relay process, for tests that bound what an attack costs
+/// (Linux `/proc` and `prlimit`).
+impl RelayProcess {
+    /// A `Vm*` figure of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`,
+    /// `VmSize`, …). Panics when the file cannot be read or lacks the
+    /// field (a relay that has exited has no `Vm*` lines), so a broken
+    /// reading fails the test instead of passing as 0.
+    pub fn proc_status_kib(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {path} for {field}: {e}"));
+        let prefix = format!("{field}:");
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| {
+                panic!("{path} has no {field} line (has the relay exited?):\n{status}")
+            });
+        match value.split_whitespace().collect::<Vec<_>>()[..] {
+            [n, "kB"] => n
+                .parse()
+                .unwrap_or_else(|e| panic!("{path}: bad {field} value {value:?}: {e}")),
+            _ => panic!("{path}: unexpected {field} value {value:?}"),
+        }
+    }
+
+    /// The relay's peak resident memory (VmHWM) in KiB since it started or
+    /// since the last [`RelayProcess::reset_peak_rss`]. Unlike VmRSS it
+    /// also sees memory that was touched and already freed again.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM")
+    }
+
+    /// Reset the relay's peak resident memory (VmHWM) to its current
+    /// resident memory (`echo 5 > /proc/PID/clear_refs`, Linux ≥ 4.0).
+    pub fn reset_peak_rss(&self) {
+        let path = format!("/proc/{}/clear_refs", self.child.id());
+        std::fs::write(&path, "5")
+            .unwrap_or_else(|e| panic!("cannot reset the peak RSS ({path}): {e}"));
+    }
+
+    /// Cap the running relay's address space (`RLIMIT_AS`, via `prlimit(2)`)
+    /// at its current size (VmSize) plus `headroom` bytes, and return the
+    /// cap in bytes. From then on a mapping beyond the cap fails, so an
+    /// allocation of more than `headroom` makes the relay abort ("memory
+    /// allocation of N bytes failed") even where RSS would not show it: a
+    /// `Vec::with_capacity` of gigabytes is only reserved, never touched.
+    /// Measure the relay's normal growth first and keep `headroom` well
+    /// above it (tokio threads and glibc arenas reserve address space).
+    pub fn limit_address_space(&self, headroom: u64) -> u64 {
+        let cap = self.proc_status_kib("VmSize") * 1024 + headroom;
+        let limit = libc::rlimit {
+            rlim_cur: cap,
+            rlim_max: cap,
+        };
+        // SAFETY: prlimit reads `limit`, a valid rlimit, and is given a null
+        // pointer for the old limit, which it then does not write.
+        let rc = unsafe {
+            libc::prlimit(
+                self.child.id() as libc::pid_t,
+                libc::RLIMIT_AS,
+                &limit,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "prlimit(RLIMIT_AS) on the relay: {}",
+            std::io::Error::last_os_error()
+        );
+        cap
+    }
+
+    /// The relay's exit status if it has exited (e.g. aborted on a failed
+    /// allocation), `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the relay")
     }
 }
 
