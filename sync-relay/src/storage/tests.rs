@@ -401,11 +401,13 @@ async fn pushes_commit_between_the_batches_of_a_large_cleanup() {
     assert_eq!(report.expired.blobs, BLOBS);
     // A push waits for the batch in progress and perhaps the next (group
     // commit); the two reads around it may see a batch or two more. Seen:
-    // 1 to 3 batches. One long delete would show 100,000.
+    // 1 to 3 batches; 16 once on a machine loaded 5× over its cores (the
+    // pushing task itself was not scheduled). One long delete, or every
+    // batch queued at once, shows ~100,000: the bound sits far from both.
     assert!(
-        worst_wait <= 10 * u64::from(BATCH),
+        worst_wait <= 40 * u64::from(BATCH),
         "a push waited while the cleanup deleted {worst_wait} blobs \
-         (more than 10 batches of {BATCH})"
+         (more than 40 batches of {BATCH})"
     );
     assert!(
         committed_during_cleanup >= 10,
