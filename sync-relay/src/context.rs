@@ -1,6 +1,7 @@
 //! State shared by every session and the HTTP server.
 
 use crate::config::{Config, LimitsConfig};
+use crate::http::{STATS_MAX_AGE, StatsCache};
 use crate::metrics::Metrics;
 use crate::notify::NotifyHub;
 use crate::ratelimit::RateLimits;
@@ -33,6 +34,9 @@ pub struct RelayContext {
     /// reported in `/health` (e.g. no usable announced address,
     /// [`crate::advertise`]).
     pub warnings: Vec<String>,
+    /// Storage figures for `/health` and `/metrics`, queried at most once
+    /// a second whatever the request rate.
+    pub storage_figures: StatsCache,
 }
 
 impl RelayContext {
@@ -59,6 +63,7 @@ impl RelayContext {
             metrics: Metrics::new(),
             rate_limits: RateLimits::new(&config.rate_limits, max_frame),
             warnings,
+            storage_figures: StatsCache::new(STATS_MAX_AGE),
         })
     }
 

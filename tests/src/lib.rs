@@ -49,7 +49,16 @@ pub struct RelayProcess {
     /// The data directory.
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
+    /// When `/health` or `/metrics` was last asked (see [`FIGURES_MAX_AGE`]).
+    figures_asked: Mutex<Option<std::time::Instant>>,
 }
+
+/// How old the storage figures (groups, devices, blobs, bytes) in `/health`
+/// and `/metrics` may be: the relay queries them at most once per second
+/// (`sync_relay::http::STATS_MAX_AGE`), so a read right after a change may
+/// show the figures from before it. [`RelayProcess::fresh_health`] and
+/// [`RelayProcess::fresh_metrics`] wait this out.
+pub const FIGURES_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl RelayProcess {
     /// Start a relay on free loopback ports with `data_dir`.
@@ -135,6 +144,7 @@ impl RelayProcess {
             http,
             data_dir: data_dir.to_path_buf(),
             log,
+            figures_asked: Mutex::new(None),
         }
     }
 
@@ -180,6 +190,9 @@ impl RelayProcess {
     /// `GET path` on the relay's HTTP address: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
+        if path == "/health" || path == "/metrics" {
+            *self.figures_asked.lock().unwrap() = Some(std::time::Instant::now());
+        }
         let mut s = std::net::TcpStream::connect(self.http).expect("connect to HTTP");
         write!(s, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").unwrap();
         let mut resp = String::new();
@@ -197,6 +210,30 @@ impl RelayProcess {
     pub fn health(&self) -> serde_json::Value {
         let (_, body) = self.http_get("/health");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /health body {body:?}: {e}"))
+    }
+
+    /// [`RelayProcess::health`] with storage figures that include every
+    /// change made before the call: first waits until [`FIGURES_MAX_AGE`]
+    /// (plus a margin) has passed since the last `/health` or `/metrics`
+    /// request, so the relay queries its database afresh.
+    pub fn fresh_health(&self) -> serde_json::Value {
+        self.wait_for_fresh_figures();
+        self.health()
+    }
+
+    /// [`RelayProcess::metrics`] with fresh storage figures, as
+    /// [`RelayProcess::fresh_health`].
+    pub fn fresh_metrics(&self) -> Metrics {
+        self.wait_for_fresh_figures();
+        self.metrics()
+    }
+
+    fn wait_for_fresh_figures(&self) {
+        let asked = *self.figures_asked.lock().unwrap();
+        if let Some(at) = asked {
+            let ready = at + FIGURES_MAX_AGE + Duration::from_millis(100);
+            std::thread::sleep(ready.saturating_duration_since(std::time::Instant::now()));
+        }
     }
 
     /// `GET /metrics`, parsed as OpenMetrics (panics when it does not parse).

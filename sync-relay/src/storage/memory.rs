@@ -4,8 +4,8 @@
 //! embedding where durability does not matter. Nothing survives a restart.
 
 use super::{
-    CounterAudit, Deleted, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
-    StorageStats,
+    CounterAudit, Deleted, LiveGroups, Pruned, PullPage, PushOutcome, PushRequest, Quotas, Storage,
+    StorageError, StorageStats,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,9 +32,20 @@ struct Group {
     head: u64,
     blobs: BTreeMap<u64, Stored>,
     devices: BTreeMap<DeviceId, Device>,
+    /// Last open session or push that stored something, Unix ms.
+    last_active: i64,
 }
 
 impl Group {
+    /// A group created at `now_ms`, starting at the head floor.
+    fn new(floor: u64, now_ms: i64) -> Group {
+        Group {
+            head: floor,
+            last_active: now_ms,
+            ..Group::default()
+        }
+    }
+
     fn bytes(&self) -> u64 {
         self.blobs.values().map(|b| b.payload.len() as u64).sum()
     }
@@ -54,12 +65,21 @@ impl Group {
 #[derive(Default)]
 struct Model {
     groups: BTreeMap<GroupId, Group>,
+    /// Highest head pruned; new groups start here.
+    head_floor: u64,
     closed: bool,
 }
 
 impl Model {
     fn total_bytes(&self) -> u64 {
         self.groups.values().map(Group::bytes).sum()
+    }
+
+    fn head(&self, group: &GroupId) -> u64 {
+        self.groups
+            .get(group)
+            .map(|g| g.head)
+            .unwrap_or(self.head_floor)
     }
 }
 
@@ -88,19 +108,21 @@ impl MemoryStorage {
             quotas: self.quotas,
             model: Mutex::new(Model {
                 groups: m.groups.clone(),
+                head_floor: m.head_floor,
                 closed: false,
             }),
         }
     }
 
-    /// Whether two stores hold the same groups, blobs and devices.
+    /// Whether two stores hold the same groups, blobs, devices and head
+    /// floor.
     pub fn same_contents(&self, other: &MemoryStorage) -> bool {
         if std::ptr::eq(self, other) {
             return true;
         }
         let a = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let b = other.model.lock().unwrap_or_else(|p| p.into_inner());
-        self.quotas == other.quotas && a.groups == b.groups
+        self.quotas == other.quotas && a.groups == b.groups && a.head_floor == b.head_floor
     }
 
     fn with<T>(
@@ -150,7 +172,12 @@ impl Storage for MemoryStorage {
         now_ms: i64,
     ) -> Result<u64, StorageError> {
         self.with(|m| {
-            let g = m.groups.entry(group).or_default();
+            let floor = m.head_floor;
+            let g = m
+                .groups
+                .entry(group)
+                .or_insert_with(|| Group::new(floor, now_ms));
+            g.last_active = now_ms;
             g.touch(device, now_ms);
             Ok(g.head)
         })
@@ -160,7 +187,12 @@ impl Storage for MemoryStorage {
         let quotas = self.quotas;
         self.with(|m| {
             let total = m.total_bytes();
-            let mut g = m.groups.get(&req.group).cloned().unwrap_or_default();
+            let existed = m.groups.contains_key(&req.group);
+            let mut g = m
+                .groups
+                .get(&req.group)
+                .cloned()
+                .unwrap_or_else(|| Group::new(m.head_floor, req.now_ms));
             // New items: the first occurrence of an id not yet stored.
             let mut new_ids = Vec::new();
             let mut seen = HashSet::new();
@@ -239,13 +271,19 @@ impl Storage for MemoryStorage {
                 }
             }
             let head = g.head;
-            m.groups.insert(req.group, g);
+            if n > 0 {
+                g.last_active = req.now_ms;
+            }
+            // Only a push that stores something creates its group.
+            if existed || n > 0 {
+                m.groups.insert(req.group, g);
+            }
             Ok(PushOutcome { results, head })
         })
     }
 
     async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
-        self.with(|m| Ok(m.groups.get(&group).map(|g| g.head).unwrap_or(0)))
+        self.with(|m| Ok(m.head(&group)))
     }
 
     async fn pull_page(
@@ -298,11 +336,15 @@ impl Storage for MemoryStorage {
         now_ms: i64,
     ) -> Result<u64, StorageError> {
         self.with(|m| {
-            let head = m.groups.get(&group).map(|g| g.head).unwrap_or(0);
+            let head = m.head(&group);
             if cursor > head {
                 return Err(StorageError::CursorBeyondHead { cursor, head });
             }
-            let g = m.groups.entry(group).or_default();
+            let floor = m.head_floor;
+            let g = m
+                .groups
+                .entry(group)
+                .or_insert_with(|| Group::new(floor, now_ms));
             let d = g.devices.entry(device).or_default();
             d.last_seen = now_ms;
             d.acked = d.acked.max(cursor);
@@ -314,6 +356,7 @@ impl Storage for MemoryStorage {
         self.with(|m| {
             Ok(StorageStats {
                 groups: m.groups.len() as u64,
+                devices: m.groups.values().map(|g| g.devices.len() as u64).sum(),
                 blobs: m.groups.values().map(|g| g.blobs.len() as u64).sum(),
                 bytes: m.total_bytes(),
             })
@@ -341,6 +384,57 @@ impl Storage for MemoryStorage {
             Ok(delete_where(m, limit, |gid, _, cursor, _| {
                 floors.get(gid).is_some_and(|f| cursor <= *f)
             }))
+        })
+    }
+
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError> {
+        self.with(|m| {
+            let live: HashSet<GroupId> = live().into_iter().collect();
+            let mut pruned = Pruned::default();
+            let mut idle: Vec<(i64, GroupId, DeviceId)> = m
+                .groups
+                .iter()
+                .filter(|(gid, _)| !live.contains(gid))
+                .flat_map(|(gid, g)| {
+                    g.devices
+                        .iter()
+                        .filter(|(_, d)| d.last_seen < idle_before_ms)
+                        .map(|(did, d)| (d.last_seen, *gid, *did))
+                })
+                .collect();
+            idle.sort();
+            idle.truncate(limit as usize);
+            for (_, gid, did) in idle {
+                if let Some(g) = m.groups.get_mut(&gid) {
+                    g.devices.remove(&did);
+                    pruned.devices += 1;
+                }
+            }
+            let mut empty: Vec<(i64, GroupId)> = m
+                .groups
+                .iter()
+                .filter(|(gid, g)| {
+                    !live.contains(gid)
+                        && g.blobs.is_empty()
+                        && g.devices.is_empty()
+                        && g.last_active < idle_before_ms
+                })
+                .map(|(gid, g)| (g.last_active, *gid))
+                .collect();
+            empty.sort();
+            empty.truncate(limit as usize);
+            for (_, gid) in empty {
+                if let Some(g) = m.groups.remove(&gid) {
+                    m.head_floor = m.head_floor.max(g.head);
+                    pruned.groups += 1;
+                }
+            }
+            Ok(pruned)
         })
     }
 

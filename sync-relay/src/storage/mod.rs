@@ -3,8 +3,13 @@
 //!
 //! The contract every backend keeps:
 //! - a push batch is atomic: all of its new blobs are stored, or none;
-//! - cursors are per group, start at 1, and are gapless and strictly
-//!   increasing in commit order, under any concurrency;
+//! - cursors are per group, gapless and strictly increasing in commit order,
+//!   under any concurrency; a new group starts at the *head floor* (0 until
+//!   an idle group is pruned, then the highest head pruned so far), so its
+//!   first cursor is the floor + 1;
+//! - a group's head never decreases, not even when the group is pruned by
+//!   [`Storage::prune_idle`] and created again: a device's saved cursor is
+//!   never beyond its group's head because of a prune;
 //! - a blob id already stored in the group is not stored again: its first
 //!   cursor is returned with `duplicate = true`;
 //! - a push that would take the group over its storage quota stores nothing;
@@ -18,6 +23,7 @@ pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, SqliteStorageOptions, backup_database};
 
 use async_trait::async_trait;
+use std::sync::Arc;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob, PushResult};
 
 /// One blob to store.
@@ -67,6 +73,8 @@ pub struct PullPage {
 pub struct StorageStats {
     /// Groups with a row in storage.
     pub groups: u64,
+    /// Devices with a row in storage (one per group and device seen).
+    pub devices: u64,
     /// Blobs stored.
     pub blobs: u64,
     /// Payload bytes stored.
@@ -156,6 +164,22 @@ pub struct Deleted {
     pub bytes: u64,
 }
 
+/// What one [`Storage::prune_idle`] step removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Group rows deleted.
+    pub groups: u64,
+    /// Device rows deleted.
+    pub devices: u64,
+}
+
+/// The groups that have a live session, asked for by the backend *inside*
+/// its write transaction of a prune, so that a session registered after the
+/// answer opens (`open_session`) after the prune committed. The relay
+/// answers from its NOTIFY hub, where a session subscribes before it calls
+/// `open_session`.
+pub type LiveGroups = Arc<dyn Fn() -> Vec<GroupId> + Send + Sync>;
+
 /// Stored counters compared with the blobs table (a consistency audit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CounterAudit {
@@ -201,7 +225,8 @@ pub trait Storage: Send + Sync + 'static {
     /// (nothing stored), [`StorageError::Database`], [`StorageError::Closed`].
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError>;
 
-    /// The group's head cursor (0 for an unknown group).
+    /// The group's head cursor (the head floor for an unknown group: where
+    /// it would start).
     async fn head(&self, group: GroupId) -> Result<u64, StorageError>;
 
     /// Blobs of `group` with cursor > `after` that have not expired at
@@ -238,6 +263,27 @@ pub trait Storage: Send + Sync + 'static {
     /// Delete at most `limit` blobs that every device of their group seen
     /// since `seen_since_ms` has acknowledged, in one short transaction.
     async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError>;
+
+    /// Prune what idle empty groups leave behind, in one short write
+    /// transaction, never touching a group `live` names (asked once, inside
+    /// the transaction):
+    /// 1. at most `limit` devices not seen since `idle_before_ms` (Unix ms,
+    ///    `last_seen_at < idle_before_ms`), oldest first (ties by group id,
+    ///    then device id);
+    /// 2. then at most `limit` groups that hold no blob, have no device left
+    ///    and were last active before `idle_before_ms` (opened or pushed to),
+    ///    oldest first (ties by group id). The highest head among them raises
+    ///    the head floor, where a group created later starts.
+    ///
+    /// A group that holds a blob is never pruned (expired blobs count until
+    /// `delete_expired` removed them). Call again while either count comes
+    /// back equal to `limit`.
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError>;
 
     /// Checkpoint the WAL into the database (truncating it) and let SQLite
     /// refresh its query statistics.

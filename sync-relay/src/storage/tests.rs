@@ -421,3 +421,107 @@ async fn pushes_commit_between_the_batches_of_a_large_cleanup() {
     let audit = s.audit().await.unwrap();
     assert_eq!((audit.actual_blobs, audit.counted_blobs), (pushes, pushes));
 }
+
+fn no_live() -> LiveGroups {
+    Arc::new(Vec::new)
+}
+
+/// Pruning (`Storage::prune_idle`): idle devices go, then the groups they
+/// leave with no blob, no device and no recent activity, unless named live;
+/// a group holding a blob is never pruned; a pruned group's head becomes the
+/// head floor, so a group created (again) later never starts below it.
+#[tokio::test]
+async fn idle_empty_groups_are_pruned_and_heads_never_go_backwards() {
+    let (_d, s) = sqlite(u64::MAX / 4).await;
+    let g = |n: u8| GroupId([n; 32]);
+    // 1: holds a blob (idle for ages). 2: its 3 blobs expired (head 3).
+    // 3: never held one. 4: idle but live. 5: active after the cutoff.
+    let mut with_blob = req(vec![expiring(1, 10, i64::MAX)]);
+    with_blob.group = g(1);
+    s.push(with_blob).await.unwrap();
+    s.open_session(g(1), D, 100).await.unwrap();
+    let mut expired = req((0..3).map(|i| expiring(i, 10, 500)).collect());
+    expired.group = g(2);
+    s.push(expired).await.unwrap();
+    s.open_session(g(2), D, 100).await.unwrap();
+    for n in [3, 4] {
+        s.open_session(g(n), D, 100).await.unwrap();
+    }
+    s.open_session(g(5), D, 5000).await.unwrap();
+    assert_eq!(s.delete_expired(1000, 100).await.unwrap().blobs, 3);
+    assert_eq!(s.stats().await.unwrap().groups, 5);
+
+    let live: LiveGroups = Arc::new(move || vec![g(4)]);
+    let pruned = s.prune_idle(2000, 100, Arc::clone(&live)).await.unwrap();
+    // Devices of 1, 2, 3 (not 4: live; not 5: recent), then groups 2 and 3.
+    assert_eq!(
+        pruned,
+        Pruned {
+            groups: 2,
+            devices: 3
+        }
+    );
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.groups, stats.devices, stats.blobs), (3, 2, 1));
+    assert_eq!(
+        s.prune_idle(2000, 100, live).await.unwrap(),
+        Pruned::default()
+    );
+
+    // Group 2 comes back where it was, not at 0; so does any new group.
+    assert_eq!(s.head(g(2)).await.unwrap(), 3);
+    assert_eq!(s.open_session(g(2), D, 6000).await.unwrap(), 3);
+    let mut fresh = req(vec![expiring(9, 10, i64::MAX)]);
+    fresh.group = g(6);
+    let out = s.push(fresh).await.unwrap();
+    assert_eq!((out.results[0].cursor, out.head), (4, 4));
+    // An ack up to the floor on a group with no row is within its head.
+    assert_eq!(s.ack(g(7), D, 3, 6000).await.unwrap(), 3);
+    // The group with a blob kept its head and blob.
+    assert_eq!(s.head(g(1)).await.unwrap(), 1);
+    assert_eq!(
+        s.pull_page(g(1), 0, 10, 1 << 20, 6000)
+            .await
+            .unwrap()
+            .blobs
+            .len(),
+        1
+    );
+    let audit = s.audit().await.unwrap();
+    assert_eq!(audit.mismatched_groups, 0, "{audit:?}");
+}
+
+#[tokio::test]
+async fn pruning_goes_in_bounded_batches_and_the_floor_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        SqliteStorage::open(SqliteStorageOptions::new(
+            dir.path().join("t.db"),
+            Quotas::UNLIMITED,
+        ))
+    };
+    let s = open().await.unwrap();
+    for n in 0..10u8 {
+        s.open_session(GroupId([n; 32]), D, 100).await.unwrap();
+    }
+    let mut expired = req(vec![expiring(1, 10, 500), expiring(2, 10, 500)]);
+    expired.group = GroupId([200; 32]);
+    s.push(expired).await.unwrap();
+    s.delete_expired(1000, 100).await.unwrap();
+    let mut calls = Vec::new();
+    loop {
+        let p = s.prune_idle(2000, 4, no_live()).await.unwrap();
+        calls.push((p.devices, p.groups));
+        if p.devices < 4 && p.groups < 4 {
+            break;
+        }
+    }
+    // 10 devices and 11 groups, at most 4 of each per transaction; a group
+    // goes in the transaction that removed its last device.
+    assert_eq!(calls, vec![(4, 4), (4, 4), (2, 3)]);
+    assert_eq!(s.stats().await.unwrap(), StorageStats::default());
+    s.close().await;
+    let s = open().await.unwrap();
+    assert_eq!(s.open_session(GroupId([1; 32]), D, 3000).await.unwrap(), 2);
+    s.close().await;
+}

@@ -8,8 +8,8 @@
 mod writer;
 
 use super::{
-    CounterAudit, Deleted, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
-    StorageStats,
+    CounterAudit, Deleted, LiveGroups, Pruned, PullPage, PushOutcome, PushRequest, Quotas, Storage,
+    StorageError, StorageStats,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -201,12 +201,14 @@ impl Storage for SqliteStorage {
 
     async fn stats(&self) -> Result<StorageStats, StorageError> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(blob_count), 0), COALESCE(SUM(bytes_used), 0) FROM groups",
+            "SELECT COUNT(*), COALESCE(SUM(blob_count), 0), COALESCE(SUM(bytes_used), 0), \
+             (SELECT COUNT(*) FROM devices) FROM groups",
         )
         .fetch_one(&self.readers)
         .await?;
         Ok(StorageStats {
             groups: row.try_get::<i64, _>(0)? as u64,
+            devices: row.try_get::<i64, _>(3)? as u64,
             blobs: row.try_get::<i64, _>(1)? as u64,
             bytes: row.try_get::<i64, _>(2)? as u64,
         })
@@ -228,6 +230,25 @@ impl Storage for SqliteStorage {
             .await?
         {
             WriteReply::Deleted(d) => Ok(d),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError> {
+        match self
+            .write(WriteOp::PruneIdle {
+                idle_before_ms,
+                limit,
+                live,
+            })
+            .await?
+        {
+            WriteReply::Pruned(p) => Ok(p),
             _ => Err(StorageError::Closed),
         }
     }
@@ -316,10 +337,13 @@ pub(super) async fn head_of<'e>(
     db: impl SqliteExecutor<'e>,
     group: GroupId,
 ) -> Result<u64, StorageError> {
-    let head: Option<i64> =
-        sqlx::query_scalar("SELECT head_cursor FROM groups WHERE group_id = ?1")
-            .bind(&group.0[..])
-            .fetch_optional(db)
-            .await?;
-    Ok(head.unwrap_or(0) as u64)
+    // An unknown group's head is the floor it would start at.
+    let head: i64 = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT head_cursor FROM groups WHERE group_id = ?1), head_floor) \
+         FROM relay_state",
+    )
+    .bind(&group.0[..])
+    .fetch_one(db)
+    .await?;
+    Ok(head as u64)
 }

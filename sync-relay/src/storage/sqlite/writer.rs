@@ -8,7 +8,9 @@
 //! (`UPDATE … RETURNING head_cursor`) is trivially serial, and the relay-wide
 //! byte total can be kept exactly in memory.
 
-use super::super::{Deleted, NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
+use super::super::{
+    Deleted, LiveGroups, NewBlob, Pruned, PushOutcome, PushRequest, Quotas, StorageError,
+};
 use super::{fixed, head_of};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
@@ -40,6 +42,11 @@ pub(super) enum WriteOp {
         seen_since_ms: i64,
         limit: u32,
     },
+    PruneIdle {
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    },
 }
 
 pub(super) enum WriteReply {
@@ -47,6 +54,7 @@ pub(super) enum WriteReply {
     Pushed(PushOutcome),
     Acked(u64),
     Deleted(Deleted),
+    Pruned(Pruned),
 }
 
 pub(super) enum Job {
@@ -332,17 +340,18 @@ async fn apply(
             cursor,
             now_ms,
         } => {
-            let head = head_of(&mut *conn, *group).await?;
+            let (row_head, floor) = group_head(conn, *group).await?;
+            let head = row_head.unwrap_or(floor);
             if *cursor > head {
                 return Err(StorageError::CursorBeyondHead {
                     cursor: *cursor,
                     head,
                 });
             }
-            if head == 0 {
-                // The group may have no row yet (acking cursor 0 before any
-                // session): create it, as `open_session` does, so the
-                // device row's foreign key holds.
+            if row_head.is_none() {
+                // No row yet (acking before any session, or after a prune):
+                // create it, as `open_session` does, so the device row's
+                // foreign key holds.
                 touch_group(conn, *group, *now_ms).await?;
             }
             touch_device(conn, *group, *device, *now_ms).await?;
@@ -389,7 +398,84 @@ async fn apply(
             let deleted = settle_deletions(conn, rows).await?;
             Ok((WriteReply::Deleted(deleted), -(deleted.bytes as i64)))
         }
+        WriteOp::PruneIdle {
+            idle_before_ms,
+            limit,
+            live,
+        } => {
+            let pruned = prune_idle(conn, *idle_before_ms, *limit, live).await?;
+            Ok((WriteReply::Pruned(pruned), 0))
+        }
     }
+}
+
+/// [`super::super::Storage::prune_idle`]: idle devices, then idle empty
+/// groups left without devices (so deleting a group never cascades), the
+/// live groups excluded in SQL (a JSON array of hex ids), and the head
+/// floor raised to the highest head pruned.
+async fn prune_idle(
+    conn: &mut SqliteConnection,
+    idle_before_ms: i64,
+    limit: u32,
+    live: &LiveGroups,
+) -> Result<Pruned, StorageError> {
+    let live: Vec<String> = live().iter().map(|g| hex::encode(g.0)).collect();
+    let live = serde_json::Value::from(live).to_string();
+    let devices = sqlx::query(
+        "DELETE FROM devices WHERE (group_id, device_id) IN \
+         (SELECT group_id, device_id FROM devices WHERE last_seen_at < ?1 \
+           AND group_id NOT IN (SELECT unhex(value) FROM json_each(?2)) \
+           ORDER BY last_seen_at, group_id, device_id LIMIT ?3)",
+    )
+    .bind(idle_before_ms)
+    .bind(&live)
+    .bind(i64::from(limit))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    // `blob_count = 0` selects the partial index `groups_idle`; the blobs
+    // check guards against a counter ever being wrong (the delete would
+    // cascade to the blobs).
+    let heads: Vec<i64> = sqlx::query_scalar(
+        "DELETE FROM groups WHERE group_id IN \
+         (SELECT g.group_id FROM groups g WHERE g.blob_count = 0 AND g.last_active_at < ?1 \
+           AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = g.group_id) \
+           AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.group_id = g.group_id) \
+           AND g.group_id NOT IN (SELECT unhex(value) FROM json_each(?2)) \
+           ORDER BY g.last_active_at, g.group_id LIMIT ?3) \
+         RETURNING head_cursor",
+    )
+    .bind(idle_before_ms)
+    .bind(&live)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    if let Some(&top) = heads.iter().max() {
+        sqlx::query("UPDATE relay_state SET head_floor = MAX(head_floor, ?1)")
+            .bind(top)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Pruned {
+        groups: heads.len() as u64,
+        devices,
+    })
+}
+
+/// The group's head if it has a row, and the head floor.
+async fn group_head(
+    conn: &mut SqliteConnection,
+    group: GroupId,
+) -> Result<(Option<u64>, u64), StorageError> {
+    let row = sqlx::query(
+        "SELECT (SELECT head_cursor FROM groups WHERE group_id = ?1), head_floor FROM relay_state",
+    )
+    .bind(&group.0[..])
+    .fetch_one(conn)
+    .await?;
+    let head: Option<i64> = row.try_get(0)?;
+    let floor: i64 = row.try_get(1)?;
+    Ok((head.map(|h| h as u64), floor as u64))
 }
 
 /// Subtract deleted rows from their groups' counters: one UPDATE per group
@@ -429,7 +515,8 @@ async fn touch_group(
     now_ms: i64,
 ) -> Result<(), StorageError> {
     sqlx::query(
-        "INSERT INTO groups (group_id, created_at, last_active_at) VALUES (?1, ?2, ?2) \
+        "INSERT INTO groups (group_id, head_cursor, created_at, last_active_at) \
+         VALUES (?1, (SELECT head_floor FROM relay_state), ?2, ?2) \
          ON CONFLICT (group_id) DO UPDATE SET last_active_at = excluded.last_active_at",
     )
     .bind(&group.0[..])
@@ -487,10 +574,10 @@ async fn apply_push(
     } else {
         let row = sqlx::query(
             "INSERT INTO groups (group_id, head_cursor, bytes_used, blob_count, created_at, last_active_at) \
-             VALUES (?1, ?2, ?3, ?2, ?4, ?4) \
-             ON CONFLICT (group_id) DO UPDATE SET head_cursor = head_cursor + excluded.head_cursor, \
-             bytes_used = bytes_used + excluded.bytes_used, blob_count = blob_count + excluded.blob_count, \
-             last_active_at = excluded.last_active_at \
+             VALUES (?1, (SELECT head_floor FROM relay_state) + ?2, ?3, ?2, ?4, ?4) \
+             ON CONFLICT (group_id) DO UPDATE SET head_cursor = head_cursor + ?2, \
+             bytes_used = bytes_used + ?3, blob_count = blob_count + ?2, \
+             last_active_at = ?4 \
              RETURNING head_cursor, bytes_used, blob_count",
         )
         .bind(&req.group.0[..])
