@@ -15,7 +15,9 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// 1002: the membership proof does not verify against the group id.
     Unauthorized,
-    /// 1003: a request other than `Hello` before the session is active.
+    /// 1003: a request other than `Hello` before the session is active, or
+    /// (not while the session is live) a request whose group the relay no
+    /// longer stores.
     NotInSession,
     /// 1004: the group does not exist and this relay creates groups only for
     /// a `HelloWithToken` carrying an operator-issued access token.

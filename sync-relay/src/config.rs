@@ -114,7 +114,8 @@ pub struct RateLimitsConfig {
 pub struct CleanupConfig {
     /// Seconds between cleanup runs. Default 60.
     pub interval_s: u32,
-    /// Blobs deleted per write transaction. Default 500.
+    /// Blobs (and at most as many idle devices and idle groups) deleted per
+    /// write transaction. Default 500.
     pub batch_size: u32,
     /// Also delete blobs every device of the group has acknowledged.
     /// Default false.
@@ -122,6 +123,13 @@ pub struct CleanupConfig {
     /// With `delete_acked`: only devices seen within this many days count.
     /// Default 30.
     pub acked_device_window_days: u32,
+    /// Days after which a device not seen (no session opened, no ack) is
+    /// forgotten, and a group holding no blob, without a live session and
+    /// with no device left is pruned (its head is kept as the relay's head
+    /// floor, so it never goes backwards). 0 prunes at the next run.
+    /// With `delete_acked`, at least `acked_device_window_days` apply.
+    /// Default 30; 0..=36500.
+    pub idle_group_days: u32,
     /// Seconds between `PRAGMA wal_checkpoint(TRUNCATE)` + `PRAGMA optimize`.
     /// Default 3600.
     pub maintenance_interval_s: u32,
@@ -272,6 +280,7 @@ impl Default for CleanupConfig {
             batch_size: 500,
             delete_acked: false,
             acked_device_window_days: 30,
+            idle_group_days: 30,
             maintenance_interval_s: 3600,
         }
     }
@@ -285,6 +294,9 @@ impl Default for LogConfig {
         }
     }
 }
+
+/// Largest day count a `…_days` key takes (100 years).
+const MAX_DAYS: u32 = 36_500;
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -502,6 +514,15 @@ impl Config {
                 return invalid(key, "must be at least 1".into());
             }
         }
+        if self.cleanup.idle_group_days > MAX_DAYS {
+            return invalid(
+                "cleanup.idle_group_days",
+                format!(
+                    "must be 0..={MAX_DAYS} days, got {}",
+                    self.cleanup.idle_group_days
+                ),
+            );
+        }
         if self.cleanup.batch_size > 100_000 {
             return invalid(
                 "cleanup.batch_size",
@@ -678,6 +699,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch_size"), "{err}");
+        let err = parse("[cleanup]\nidle_group_days = 36501\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cleanup.idle_group_days"), "{err}");
+        let c = parse("[cleanup]\nidle_group_days = 0\n").unwrap();
+        assert_eq!(c.cleanup.idle_group_days, 0);
         let err = parse("[access]\nmode = \"public\"\n")
             .unwrap_err()
             .to_string();

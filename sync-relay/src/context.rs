@@ -2,6 +2,7 @@
 
 use crate::admission::Admission;
 use crate::config::{Config, LimitsConfig};
+use crate::http::{STATS_MAX_AGE, StatsCache};
 use crate::metrics::Metrics;
 use crate::notify::NotifyHub;
 use crate::ratelimit::RateLimits;
@@ -36,6 +37,9 @@ pub struct RelayContext {
     /// reported in `/health` (e.g. no usable announced address,
     /// [`crate::advertise`]).
     pub warnings: Vec<String>,
+    /// Storage figures for `/health` and `/metrics`, queried at most once
+    /// a second whatever the request rate.
+    pub storage_figures: StatsCache,
 }
 
 impl RelayContext {
@@ -63,6 +67,7 @@ impl RelayContext {
             rate_limits: RateLimits::new(&config.rate_limits, max_frame),
             admission: Admission::new(config),
             warnings,
+            storage_figures: StatsCache::new(STATS_MAX_AGE),
         })
     }
 

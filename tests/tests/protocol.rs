@@ -7,19 +7,37 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use sync_client::GroupSecret;
 use sync_protocol::{
-    BlobId, DeviceId, ErrorCode, Hello, Message, PROTOCOL_VERSION, Proof, Push, PushItem,
-    read_message, write_message,
+    BlobId, CloseCode, DeviceId, ErrorCode, Hello, Message, PROTOCOL_VERSION, Proof, Push,
+    PushItem, read_message, write_message,
 };
 
-/// Send `msg` on a new stream and read one answer (None: connection gone).
+/// Generous deadline for an answer or a close the relay owes us: a missed
+/// one fails the test instead of passing for "the relay closed".
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Send `msg` on a new stream and read one answer (None: the stream or the
+/// connection is gone). Panics when neither an answer nor the end of the
+/// stream arrives within [`DEADLINE`].
 async fn exchange(conn: &iroh::endpoint::Connection, msg: &Message) -> Option<Message> {
     let (mut send, mut recv) = conn.open_bi().await.ok()?;
     write_message(&mut send, msg, 1 << 20).await.ok()?;
     send.finish().ok()?;
-    tokio::time::timeout(Duration::from_secs(10), read_message(&mut recv, 1 << 20))
+    tokio::time::timeout(DEADLINE, read_message(&mut recv, 1 << 20))
         .await
+        .unwrap_or_else(|_| panic!("no answer to {} within {DEADLINE:?}", msg.kind()))
         .ok()?
-        .ok()?
+}
+
+/// Wait (at most [`DEADLINE`]) for the relay to close `conn`, and return
+/// the close code it sent. Panics when the connection stays open or ends
+/// any other way (idle timeout, reset), which would be a silent hang.
+async fn relay_close_code(conn: &iroh::endpoint::Connection) -> CloseCode {
+    let closed = tokio::time::timeout(DEADLINE, conn.closed())
+        .await
+        .unwrap_or_else(|_| panic!("the relay did not close the connection within {DEADLINE:?}"));
+    let code = app_close_code(&closed)
+        .unwrap_or_else(|| panic!("the connection ended without a relay close code: {closed:?}"));
+    CloseCode::from_u32(u32::try_from(code).expect("close codes are u32"))
 }
 
 async fn hello_with(
@@ -63,6 +81,9 @@ async fn push_without_the_group_secret_is_unauthorized_and_stores_nothing() {
         Some(ErrorCode::Unauthorized),
         "{answer:?}"
     );
+    // The refusal ends the session with close code 4 (HELLO_REJECTED),
+    // after which a push cannot even be sent.
+    assert_eq!(relay_close_code(&conn).await, CloseCode::HelloRejected);
     let push = Message::Push(Push {
         items: vec![PushItem {
             blob_id: BlobId([1; 16]),
@@ -70,13 +91,10 @@ async fn push_without_the_group_secret_is_unauthorized_and_stores_nothing() {
             ttl_s: None,
         }],
     });
-    assert!(
-        exchange(&conn, &push).await.is_none(),
-        "the relay closed the connection"
-    );
+    assert_eq!(exchange(&conn, &push).await, None);
 
     // 2. A real member's proof, replayed by another device.
-    let (_ep2, _conn2, answer) = hello_with(&relay, |relay_id, _me| Hello {
+    let (_ep2, conn2, answer) = hello_with(&relay, |relay_id, _me| Hello {
         version: PROTOCOL_VERSION,
         group_id: keys.group_id(),
         proof: keys.proof(&relay_id, &DeviceId([9; 32])),
@@ -84,10 +102,11 @@ async fn push_without_the_group_secret_is_unauthorized_and_stores_nothing() {
     })
     .await;
     assert_eq!(error_code(&answer), Some(ErrorCode::Unauthorized));
+    assert_eq!(relay_close_code(&conn2).await, CloseCode::HelloRejected);
 
     // 3. Signed with another group's key for this group's id.
     let other = GroupSecret::generate().keys();
-    let (_ep3, _conn3, answer) = hello_with(&relay, |relay_id, me| Hello {
+    let (_ep3, conn3, answer) = hello_with(&relay, |relay_id, me| Hello {
         version: PROTOCOL_VERSION,
         group_id: keys.group_id(),
         proof: other.proof(&relay_id, &me),
@@ -95,14 +114,13 @@ async fn push_without_the_group_secret_is_unauthorized_and_stores_nothing() {
     })
     .await;
     assert_eq!(error_code(&answer), Some(ErrorCode::Unauthorized));
+    assert_eq!(relay_close_code(&conn3).await, CloseCode::HelloRejected);
 
-    // 4. A push before any Hello.
-    let (_ep4, _conn4, answer) = {
-        let (ep, conn) = relay.raw_connect().await;
-        let answer = exchange(&conn, &push).await;
-        (ep, conn, answer)
-    };
+    // 4. A push before any Hello: NOT_IN_SESSION, then a protocol-violation close.
+    let (_ep4, conn4) = relay.raw_connect().await;
+    let answer = exchange(&conn4, &push).await;
     assert_eq!(error_code(&answer), Some(ErrorCode::NotInSession));
+    assert_eq!(relay_close_code(&conn4).await, CloseCode::ProtocolViolation);
 
     // Nothing was stored, not even a group row.
     let health = relay.health();
@@ -116,7 +134,7 @@ async fn push_without_the_group_secret_is_unauthorized_and_stores_nothing() {
     client.close().await;
 
     // A wrong protocol version gets its own code.
-    let (_ep5, _conn5, answer) = hello_with(&relay, |relay_id, me| Hello {
+    let (_ep5, conn5, answer) = hello_with(&relay, |relay_id, me| Hello {
         version: PROTOCOL_VERSION + 1,
         group_id: keys.group_id(),
         proof: keys.proof(&relay_id, &me),
@@ -124,6 +142,7 @@ async fn push_without_the_group_secret_is_unauthorized_and_stores_nothing() {
     })
     .await;
     assert_eq!(error_code(&answer), Some(ErrorCode::UnsupportedVersion));
+    assert_eq!(relay_close_code(&conn5).await, CloseCode::HelloRejected);
 }
 
 #[tokio::test]
@@ -324,14 +343,7 @@ async fn silent_connection_is_closed_with_hello_timeout() {
         &["--config", config.to_str().unwrap()],
     );
     let (_ep, conn) = relay.raw_connect().await;
-    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
-        .await
-        .expect("closed by the relay");
-    assert_eq!(
-        app_close_code(&closed),
-        Some(sync_protocol::CloseCode::HelloTimeout.as_u32().into()),
-        "{closed:?}"
-    );
+    assert_eq!(relay_close_code(&conn).await, CloseCode::HelloTimeout);
 }
 
 #[tokio::test]
@@ -350,13 +362,7 @@ async fn oversized_length_prefix_gets_an_error_and_close_code_2() {
         }
         other => panic!("{other:?}"),
     }
-    let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed())
-        .await
-        .unwrap();
-    assert_eq!(
-        app_close_code(&closed),
-        Some(sync_protocol::CloseCode::FrameTooLarge.as_u32().into())
-    );
+    assert_eq!(relay_close_code(&conn).await, CloseCode::FrameTooLarge);
     // The relay keeps serving honest clients.
     let dev = LibDevice::new(&relay.address, &GroupSecret::generate());
     dev.connect().await.close().await;

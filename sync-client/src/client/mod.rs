@@ -17,12 +17,13 @@ pub mod pull;
 pub mod push;
 
 pub use pull::{PullSummary, Subscription};
-pub use push::{PushOptions, PushedFile};
+pub use push::{ChunkAck, PushOptions, PushedFile};
 
-use crate::backoff::{Backoff, RetryPolicy};
+use crate::backoff::{Backoff, Jitter, RetryPolicy, os_jitter};
 use crate::crypto::{GroupKeys, envelope};
 use crate::error::{ClientError, Result};
 use crate::session::{ConnectOptions, RelaySession};
+use futures::future::BoxFuture;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +53,35 @@ pub enum LinkState {
     },
 }
 
+/// How the retry loops wait and draw their jitter: tokio's clock and the
+/// OS CSPRNG ([`Pacing::real`], the only one outside this module's unit
+/// tests). The tests substitute fixed jitter and a sleeper that records
+/// each wait, to check the waits the loops really take.
+#[derive(Clone)]
+struct Pacing {
+    /// A jitter source for each new backoff sequence.
+    jitter: fn() -> Jitter,
+    /// Waits for the given time.
+    sleep: Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>,
+}
+
+impl Pacing {
+    fn real() -> Self {
+        Pacing {
+            jitter: os_jitter,
+            sleep: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+        }
+    }
+
+    fn backoff(&self, policy: RetryPolicy) -> Backoff {
+        Backoff::with_jitter(policy, (self.jitter)())
+    }
+
+    async fn sleep(&self, d: Duration) {
+        (self.sleep)(d).await
+    }
+}
+
 #[derive(Clone)]
 struct Slot {
     generation: u64,
@@ -62,6 +92,7 @@ struct Slot {
 pub struct SyncClient {
     opts: ConnectOptions,
     policy: RetryPolicy,
+    pacing: Pacing,
     keys: GroupKeys,
     slot: Mutex<Slot>,
     reconnect_lock: tokio::sync::Mutex<()>,
@@ -100,10 +131,11 @@ fn retry_hint(err: &ClientError) -> Duration {
 async fn connect_retrying(
     opts: &ConnectOptions,
     policy: RetryPolicy,
+    pacing: &Pacing,
     link: &watch::Sender<LinkState>,
     cause: Option<ClientError>,
 ) -> Result<RelaySession> {
-    let mut backoff = Backoff::new(policy);
+    let mut backoff = pacing.backoff(policy);
     let mut last = cause;
     loop {
         if let Some(err) = &last {
@@ -120,7 +152,7 @@ async fn connect_retrying(
                 error: err.to_string(),
             });
             tracing::info!(attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, error = %err, "reconnecting");
-            tokio::time::sleep(delay).await;
+            pacing.sleep(delay).await;
         }
         match RelaySession::connect(opts).await {
             Ok(session) => return Ok(session),
@@ -140,12 +172,21 @@ impl SyncClient {
 
     /// Connect with a given retry policy.
     pub async fn connect_with(opts: &ConnectOptions, policy: RetryPolicy) -> Result<SyncClient> {
+        Self::connect_paced(opts, policy, Pacing::real()).await
+    }
+
+    async fn connect_paced(
+        opts: &ConnectOptions,
+        policy: RetryPolicy,
+        pacing: Pacing,
+    ) -> Result<SyncClient> {
         let (link, _) = watch::channel(LinkState::Connected { generation: 1 });
-        let session = connect_retrying(opts, policy, &link, None).await?;
+        let session = connect_retrying(opts, policy, &pacing, &link, None).await?;
         link.send_replace(LinkState::Connected { generation: 1 });
         Ok(SyncClient {
             opts: opts.clone(),
             policy,
+            pacing,
             keys: opts.keys.clone(),
             slot: Mutex::new(Slot {
                 generation: 1,
@@ -209,7 +250,14 @@ impl SyncClient {
         }
         tracing::info!(error = %cause, "connection to the relay lost");
         old.session.close().await;
-        let session = connect_retrying(&self.opts, self.policy, &self.link, Some(cause)).await?;
+        let session = connect_retrying(
+            &self.opts,
+            self.policy,
+            &self.pacing,
+            &self.link,
+            Some(cause),
+        )
+        .await?;
         let generation = old.generation + 1;
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Slot {
             generation,
@@ -229,7 +277,7 @@ impl SyncClient {
         Fut: Future<Output = Result<T>>,
     {
         let mut rate_waited = Duration::ZERO;
-        let mut busy = Backoff::new(self.policy);
+        let mut busy = self.pacing.backoff(self.policy);
         loop {
             let slot = self.slot();
             let result = tokio::select! {
@@ -247,7 +295,7 @@ impl SyncClient {
                     let wait =
                         Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(1000).max(1)));
                     tracing::debug!(wait_ms = wait.as_millis() as u64, "rate limited; waiting");
-                    tokio::time::sleep(wait).await;
+                    self.pacing.sleep(wait).await;
                     rate_waited += wait;
                 }
                 Err(ClientError::Relay(e))
@@ -255,7 +303,7 @@ impl SyncClient {
                 {
                     let hint = Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(0)));
                     match busy.next_delay() {
-                        Some(d) => tokio::time::sleep(d.max(hint)).await,
+                        Some(d) => self.pacing.sleep(d.max(hint)).await,
                         None => return Err(ClientError::Relay(e)),
                     }
                 }
@@ -269,3 +317,6 @@ impl SyncClient {
         self.session().close().await;
     }
 }
+
+#[cfg(test)]
+mod tests;

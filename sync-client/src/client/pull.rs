@@ -83,7 +83,7 @@ impl SyncClient {
                 Err(e) if e.is_transport() => self.reconnect(slot.generation, e).await?,
                 Err(ClientError::Relay(e)) if e.error_code() == ErrorCode::RateLimited => {
                     let wait = u64::from(e.retry_after_ms.unwrap_or(1000).max(1));
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    self.pacing.sleep(Duration::from_millis(wait)).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -91,6 +91,11 @@ impl From<StorageError> for ErrorMsg {
                 "the relay's storage is full; try again later",
             )
             .with_retry_after(60_000),
+            StorageError::UnknownGroup => ErrorMsg::new(
+                ErrorCode::NotInSession,
+                "this session's group is no longer stored on the relay: reconnect (a new Hello) \
+                 to open it again",
+            ),
             StorageError::CursorBeyondHead { .. } => {
                 ErrorMsg::new(ErrorCode::InvalidMessage, err.to_string())
             }
@@ -134,6 +139,11 @@ mod tests {
                 StorageError::TokenGroupLimit { count: 3, limit: 3 },
                 ErrorCode::GroupLimitReached,
                 "--max-groups",
+            ),
+            (
+                StorageError::UnknownGroup,
+                ErrorCode::NotInSession,
+                "reconnect",
             ),
             (
                 StorageError::AddressesFull { limit: 4 },

@@ -437,7 +437,18 @@ async fn read_request(
 }
 
 /// Serve one request stream of an active session.
-async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: RecvStream) {
+async fn serve_stream(session: Arc<Session>, mut send: SendStream, recv: RecvStream) {
+    serve_request(&session, &mut send, recv).await;
+    // During shutdown the connection is closed as soon as no request is in
+    // flight, and a QUIC close drops stream data the peer has not received:
+    // keep this request in flight until the peer has its answer (bounded),
+    // so a push committed during the drain is never left unanswered.
+    if session.ctx.shutdown.is_cancelled() {
+        let _ = timeout(REJECT_FLUSH, send.stopped()).await;
+    }
+}
+
+async fn serve_request(session: &Arc<Session>, send: &mut SendStream, mut recv: RecvStream) {
     let ctx = &session.ctx;
     let msg = match read_request(ctx, &mut recv).await {
         Err(allowed) => {
@@ -447,12 +458,7 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
                 ctx.limits.request_timeout_s,
                 MIN_REQUEST_RATE
             );
-            reply_error(
-                &mut send,
-                ErrorMsg::new(ErrorCode::InvalidMessage, msg),
-                ctx,
-            )
-            .await;
+            reply_error(send, ErrorMsg::new(ErrorCode::InvalidMessage, msg), ctx).await;
             let _ = recv.stop(VarInt::from_u32(0));
             return;
         }
@@ -461,7 +467,7 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
         Ok(Err(err)) => {
             let too_large = matches!(err, FrameError::TooLarge { .. });
             let action = session.step(Event::BadFrame { too_large });
-            session.perform(action, &mut send, err.to_string()).await;
+            session.perform(action, send, err.to_string()).await;
             return;
         }
     };
@@ -479,10 +485,10 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
                 let err =
                     ErrorMsg::new(ErrorCode::RateLimited, "too many requests from this device")
                         .with_retry_after(limited.retry_after_ms());
-                reply_error(&mut send, err, ctx).await;
+                reply_error(send, err, ctx).await;
                 return;
             }
-            dispatch(&session, msg, &mut send).await
+            dispatch(session, msg, send).await
         }
         action => {
             let text = match action {
@@ -490,7 +496,7 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
                 Action::Reply(_) => format!("{kind} is not allowed in an active session"),
                 _ => format!("{kind} is not a request a device may send"),
             };
-            session.perform(action, &mut send, text).await;
+            session.perform(action, send, text).await;
         }
     }
 }

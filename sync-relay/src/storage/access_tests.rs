@@ -276,3 +276,83 @@ async fn addresses_get_their_window_budget_and_a_promised_place() {
     s.push(push(group(4), 4, 300, i64::MAX)).await.unwrap();
     assert_balanced(&*s).await;
 }
+
+/// Pruning meets admission: a pruned group gives its place back to its
+/// token (at `max_groups`, it may create another) and to its address; an
+/// owner row left with nothing goes once its new-group window has ended
+/// (a token's at once), which changes no later decision; a group admitted
+/// after a prune starts at the head floor; pushes and acks to a pruned
+/// group are refused and re-create nothing, so it cannot come back unowned.
+#[tokio::test]
+async fn pruned_groups_go_back_to_their_owners_and_empty_owner_rows_go() {
+    let (_d, s) = open(Quotas {
+        address: AddressQuotas {
+            max_storage: 1000,
+            new_groups_per_window: 1,
+            window_ms: 1000,
+            max_addresses: 1,
+        },
+        ..Quotas::UNLIMITED
+    })
+    .await;
+    s.create_token(new_token(1, 1, 1000)).await.unwrap();
+    let by_token = NewGroup::Token(token(1));
+    let by_address = NewGroup::Address(address(1));
+    s.open_session(group(1), D, 1000, by_token).await.unwrap();
+    s.open_session(group(2), D, 1000, by_address).await.unwrap();
+    // Group 1's head goes to 3, its blobs expire.
+    for id in 1..=3 {
+        s.push(push(group(1), id, 10, 1500)).await.unwrap();
+    }
+    assert!(matches!(
+        s.open_session(group(3), D, 1000, by_token).await,
+        Err(StorageError::TokenGroupLimit { count: 1, limit: 1 })
+    ));
+    assert_eq!(s.delete_expired(2000, 100).await.unwrap().blobs, 3);
+    let none: LiveGroups = Arc::new(Vec::new);
+
+    // Idle before 1500: both groups and devices go; the token's row goes,
+    // the address's stays (its window runs from 1000 to 2000).
+    let p = s.prune_idle(1500, 100, Arc::clone(&none)).await.unwrap();
+    assert_eq!(
+        p,
+        Pruned {
+            groups: 2,
+            devices: 2,
+            owners: 1
+        }
+    );
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.groups, stats.owners), (0, 1));
+    assert_balanced(&*s).await;
+    let t = &s.tokens().await.unwrap()[0];
+    assert_eq!((t.groups, t.bytes_used), (0, 0));
+    // Pruned groups take no push or ack: nothing re-creates them unowned.
+    assert!(matches!(
+        s.push(push(group(1), 9, 10, i64::MAX)).await,
+        Err(StorageError::UnknownGroup)
+    ));
+    assert!(matches!(
+        s.ack(group(2), D, 0, 2000).await,
+        Err(StorageError::UnknownGroup)
+    ));
+    assert_eq!(s.stats().await.unwrap().groups, 0);
+    // Still in its window, the address may not create another group.
+    assert!(matches!(
+        s.open_session(group(4), D, 1900, by_address).await,
+        Err(StorageError::AddressGroupRate { count: 1, .. })
+    ));
+    // Once the window ended the address's empty row goes too.
+    let p = s.prune_idle(2000, 100, Arc::clone(&none)).await.unwrap();
+    assert_eq!(p.owners, 1);
+    assert_eq!(s.stats().await.unwrap().owners, 0);
+    // Both may create groups again, starting at the head floor (3).
+    let o = s.open_session(group(1), D, 2500, by_token).await.unwrap();
+    assert_eq!((o.head, o.owner), (3, Some(Owner::Token(token(1)))));
+    let o = s.open_session(group(4), D, 2500, by_address).await.unwrap();
+    assert_eq!((o.head, o.owner), (3, Some(Owner::Address(address(1)))));
+    let out = s.push(push(group(4), 1, 10, i64::MAX)).await.unwrap();
+    assert_eq!(out.head, 4);
+    assert_eq!(s.stats().await.unwrap().owners, 2);
+    assert_balanced(&*s).await;
+}

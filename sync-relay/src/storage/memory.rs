@@ -4,8 +4,8 @@
 //! embedding where durability does not matter. Nothing survives a restart.
 
 use super::{
-    CounterAudit, Deleted, NewGroup, NewToken, OpenedSession, Owner, PullPage, PushOutcome,
-    PushRequest, Quotas, Storage, StorageError, StorageStats, TokenHash, TokenInfo,
+    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Owner, Pruned, PullPage,
+    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenHash, TokenInfo,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,6 +33,8 @@ struct Group {
     blobs: BTreeMap<u64, Stored>,
     devices: BTreeMap<DeviceId, Device>,
     owner: Option<Owner>,
+    /// Last open session or push that stored something, Unix ms.
+    last_active: i64,
 }
 
 #[derive(Clone, PartialEq)]
@@ -44,10 +46,20 @@ struct Token {
     revoked_at: Option<i64>,
 }
 
-/// An address's new-group window: (start, groups created in it).
+/// An owner's new-group window: (start, groups created in it).
 type Window = (i64, u64);
 
 impl Group {
+    /// A group created at `now_ms` for `owner`, starting at the head floor.
+    fn new(floor: u64, now_ms: i64, owner: Option<Owner>) -> Group {
+        Group {
+            head: floor,
+            last_active: now_ms,
+            owner,
+            ..Group::default()
+        }
+    }
+
     fn bytes(&self) -> u64 {
         self.blobs.values().map(|b| b.payload.len() as u64).sum()
     }
@@ -68,7 +80,12 @@ impl Group {
 struct Model {
     groups: BTreeMap<GroupId, Group>,
     tokens: BTreeMap<TokenHash, Token>,
-    windows: BTreeMap<Owner, Window>,
+    /// Owner rows: an owner gets one with its first group (an address's
+    /// holds its new-group window; a token's is (0, 0)) and loses it when
+    /// pruned with no group left and its window ended.
+    owners: BTreeMap<Owner, Window>,
+    /// Highest head pruned; new groups start here.
+    head_floor: u64,
     closed: bool,
 }
 
@@ -127,6 +144,7 @@ impl Model {
                         limit: t.max_groups,
                     });
                 }
+                self.owners.entry(Owner::Token(hash)).or_insert((0, 0));
                 Ok(Some(Owner::Token(hash)))
             }
             NewGroup::Address(key) => {
@@ -145,7 +163,7 @@ impl Model {
                         });
                     }
                 }
-                let (mut start, mut n) = self.windows.get(&owner).copied().unwrap_or((0, 0));
+                let (mut start, mut n) = self.owners.get(&owner).copied().unwrap_or((0, 0));
                 if n == 0 || now_ms.saturating_sub(start) >= q.window_ms {
                     (start, n) = (now_ms, 0);
                 }
@@ -156,10 +174,17 @@ impl Model {
                         retry_after_ms: (start.saturating_add(q.window_ms) - now_ms).max(1) as u64,
                     });
                 }
-                self.windows.insert(owner, (start, n + 1));
+                self.owners.insert(owner, (start, n + 1));
                 Ok(Some(owner))
             }
         }
+    }
+
+    fn head(&self, group: &GroupId) -> u64 {
+        self.groups
+            .get(group)
+            .map(|g| g.head)
+            .unwrap_or(self.head_floor)
     }
 }
 
@@ -189,13 +214,15 @@ impl MemoryStorage {
             model: Mutex::new(Model {
                 groups: m.groups.clone(),
                 tokens: m.tokens.clone(),
-                windows: m.windows.clone(),
+                owners: m.owners.clone(),
+                head_floor: m.head_floor,
                 closed: false,
             }),
         }
     }
 
-    /// Whether two stores hold the same groups, blobs and devices.
+    /// Whether two stores hold the same groups, blobs, devices, tokens,
+    /// owner rows and head floor.
     pub fn same_contents(&self, other: &MemoryStorage) -> bool {
         if std::ptr::eq(self, other) {
             return true;
@@ -205,7 +232,8 @@ impl MemoryStorage {
         self.quotas == other.quotas
             && a.groups == b.groups
             && a.tokens == b.tokens
-            && a.windows == b.windows
+            && a.owners == b.owners
+            && a.head_floor == b.head_floor
     }
 
     fn with<T>(
@@ -259,15 +287,11 @@ impl Storage for MemoryStorage {
         self.with(|m| {
             if !m.groups.contains_key(&group) {
                 let owner = m.admit(new_group, now_ms, &quotas)?;
-                m.groups.insert(
-                    group,
-                    Group {
-                        owner,
-                        ..Group::default()
-                    },
-                );
+                let floor = m.head_floor;
+                m.groups.insert(group, Group::new(floor, now_ms, owner));
             }
-            let g = m.groups.entry(group).or_default();
+            let g = m.groups.get_mut(&group).expect("present or created above");
+            g.last_active = now_ms;
             g.touch(device, now_ms);
             Ok(OpenedSession {
                 head: g.head,
@@ -320,7 +344,12 @@ impl Storage for MemoryStorage {
         let quotas = self.quotas;
         self.with(|m| {
             let total = m.total_bytes();
-            let mut g = m.groups.get(&req.group).cloned().unwrap_or_default();
+            // Only `open_session` creates groups.
+            let mut g = m
+                .groups
+                .get(&req.group)
+                .cloned()
+                .ok_or(StorageError::UnknownGroup)?;
             // New items: the first occurrence of an id not yet stored.
             let mut new_ids = Vec::new();
             let mut seen = HashSet::new();
@@ -422,13 +451,16 @@ impl Storage for MemoryStorage {
                 }
             }
             let head = g.head;
+            if n > 0 {
+                g.last_active = req.now_ms;
+            }
             m.groups.insert(req.group, g);
             Ok(PushOutcome { results, head })
         })
     }
 
     async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
-        self.with(|m| Ok(m.groups.get(&group).map(|g| g.head).unwrap_or(0)))
+        self.with(|m| Ok(m.head(&group)))
     }
 
     async fn pull_page(
@@ -481,11 +513,14 @@ impl Storage for MemoryStorage {
         now_ms: i64,
     ) -> Result<u64, StorageError> {
         self.with(|m| {
-            let head = m.groups.get(&group).map(|g| g.head).unwrap_or(0);
-            if cursor > head {
-                return Err(StorageError::CursorBeyondHead { cursor, head });
+            // Only `open_session` creates groups.
+            let g = m.groups.get_mut(&group).ok_or(StorageError::UnknownGroup)?;
+            if cursor > g.head {
+                return Err(StorageError::CursorBeyondHead {
+                    cursor,
+                    head: g.head,
+                });
             }
-            let g = m.groups.entry(group).or_default();
             let d = g.devices.entry(device).or_default();
             d.last_seen = now_ms;
             d.acked = d.acked.max(cursor);
@@ -497,6 +532,8 @@ impl Storage for MemoryStorage {
         self.with(|m| {
             Ok(StorageStats {
                 groups: m.groups.len() as u64,
+                devices: m.groups.values().map(|g| g.devices.len() as u64).sum(),
+                owners: m.owners.len() as u64,
                 blobs: m.groups.values().map(|g| g.blobs.len() as u64).sum(),
                 bytes: m.total_bytes(),
             })
@@ -524,6 +561,77 @@ impl Storage for MemoryStorage {
             Ok(delete_where(m, limit, |gid, _, cursor, _| {
                 floors.get(gid).is_some_and(|f| cursor <= *f)
             }))
+        })
+    }
+
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError> {
+        let window_ms = self.quotas.address.window_ms;
+        self.with(|m| {
+            let live: HashSet<GroupId> = live().into_iter().collect();
+            let mut pruned = Pruned::default();
+            let mut idle: Vec<(i64, GroupId, DeviceId)> = m
+                .groups
+                .iter()
+                .filter(|(gid, _)| !live.contains(gid))
+                .flat_map(|(gid, g)| {
+                    g.devices
+                        .iter()
+                        .filter(|(_, d)| d.last_seen < idle_before_ms)
+                        .map(|(did, d)| (d.last_seen, *gid, *did))
+                })
+                .collect();
+            idle.sort();
+            idle.truncate(limit as usize);
+            for (_, gid, did) in idle {
+                if let Some(g) = m.groups.get_mut(&gid) {
+                    g.devices.remove(&did);
+                    pruned.devices += 1;
+                }
+            }
+            let mut empty: Vec<(i64, GroupId)> = m
+                .groups
+                .iter()
+                .filter(|(gid, g)| {
+                    !live.contains(gid)
+                        && g.blobs.is_empty()
+                        && g.devices.is_empty()
+                        && g.last_active < idle_before_ms
+                })
+                .map(|(gid, g)| (g.last_active, *gid))
+                .collect();
+            empty.sort();
+            empty.truncate(limit as usize);
+            for (_, gid) in empty {
+                if let Some(g) = m.groups.remove(&gid) {
+                    m.head_floor = m.head_floor.max(g.head);
+                    pruned.groups += 1;
+                }
+            }
+            // Owner rows with no group left whose window ended (a token's
+            // has none), by window start, then owner bytes.
+            let owning: HashSet<Owner> = m.groups.values().filter_map(|g| g.owner).collect();
+            let mut idle_owners: Vec<(i64, Vec<u8>, Owner)> = m
+                .owners
+                .iter()
+                .filter(|(o, (start, _))| {
+                    !owning.contains(o)
+                        && (matches!(o, Owner::Token(_))
+                            || start.saturating_add(window_ms) <= idle_before_ms)
+                })
+                .map(|(o, (start, _))| (*start, o.bytes().to_vec(), *o))
+                .collect();
+            idle_owners.sort();
+            idle_owners.truncate(limit as usize);
+            for (_, _, o) in idle_owners {
+                m.owners.remove(&o);
+                pruned.owners += 1;
+            }
+            Ok(pruned)
         })
     }
 

@@ -3,15 +3,26 @@
 //!
 //! The contract every backend keeps:
 //! - a push batch is atomic: all of its new blobs are stored, or none;
-//! - cursors are per group, start at 1, and are gapless and strictly
-//!   increasing in commit order, under any concurrency;
+//! - cursors are per group, gapless and strictly increasing in commit order,
+//!   under any concurrency; a new group starts at the *head floor* (0 until
+//!   an idle group is pruned, then the highest head pruned so far), so its
+//!   first cursor is the floor + 1;
+//! - a group's head never decreases, not even when the group is pruned by
+//!   [`Storage::prune_idle`] and created again: a device's saved cursor is
+//!   never beyond its group's head because of a prune;
 //! - a blob id already stored in the group is not stored again: its first
 //!   cursor is returned with `duplicate = true`;
 //! - a push that would take the group over its storage quota, or its owner
 //!   over the owner's budget, stores nothing;
-//! - a group is created only as [`NewGroup`] allows, decided in the same
-//!   transaction that creates it (two racing creations cannot overshoot a
-//!   token's `max_groups`), and each owner's counters stay exact;
+//! - a group is created only by [`Storage::open_session`], as [`NewGroup`]
+//!   allows, decided in the same transaction that creates it (two racing
+//!   creations cannot overshoot a token's `max_groups`); a push or an ack to
+//!   a group that does not exist is refused ([`StorageError::UnknownGroup`])
+//!   and creates nothing, so no group ever escapes admission (not even one
+//!   pruned under a request in flight);
+//! - each owner's counters stay exact through pushes, deletions and prunes
+//!   (a pruned group gives its place back to its owner), and an owner's row
+//!   goes once it owns nothing and its new-group window has ended;
 //! - a call returns `Ok` only after its writes are durable against a crash of
 //!   the relay process.
 
@@ -29,6 +40,7 @@ pub mod admin {
 
 use async_trait::async_trait;
 use std::net::IpAddr;
+use std::sync::Arc;
 use sync_protocol::{AccessToken, BlobId, DeviceId, GroupId, PulledBlob, PushResult};
 
 /// BLAKE3 hash of an access token's 32 bytes: all the relay stores of a
@@ -147,7 +159,8 @@ pub enum NewGroup {
 /// The answer to [`Storage::open_session`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenedSession {
-    /// The group's head cursor (0 for a new group).
+    /// The group's head cursor (a new group's is the head floor: 0 until an
+    /// idle group was pruned).
     pub head: u64,
     /// Who owns the group (`None` for groups from before owners existed).
     pub owner: Option<Owner>,
@@ -236,6 +249,11 @@ pub struct PullPage {
 pub struct StorageStats {
     /// Groups with a row in storage.
     pub groups: u64,
+    /// Devices with a row in storage (one per group and device seen).
+    pub devices: u64,
+    /// Owners with a row in storage: tokens and addresses that own groups,
+    /// and addresses whose new-group window has not ended yet.
+    pub owners: u64,
     /// Blobs stored.
     pub blobs: u64,
     /// Payload bytes stored.
@@ -328,6 +346,12 @@ pub enum StorageError {
     /// A token with the same public id exists already.
     #[error("a token with id {0:?} exists already")]
     TokenIdTaken(String),
+    /// A push or an ack to a group that is not stored: only
+    /// [`Storage::open_session`] creates groups (through admission). A
+    /// session's group is never pruned while the session is live, so this
+    /// answers only a request that outlived its session.
+    #[error("the group is not stored on this relay")]
+    UnknownGroup,
     /// An acknowledged cursor is beyond the group's head.
     #[error("cursor {cursor} is beyond the group's head {head}")]
     CursorBeyondHead {
@@ -401,6 +425,24 @@ pub struct Deleted {
     pub bytes: u64,
 }
 
+/// What one [`Storage::prune_idle`] step removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Group rows deleted.
+    pub groups: u64,
+    /// Device rows deleted.
+    pub devices: u64,
+    /// Owner rows deleted (owning no group, new-group window ended).
+    pub owners: u64,
+}
+
+/// The groups that have a live session, asked for by the backend *inside*
+/// its write transaction of a prune, so that a session registered after the
+/// answer opens (`open_session`) after the prune committed. The relay
+/// answers from its NOTIFY hub, where a session subscribes before it calls
+/// `open_session` and stays subscribed until it ends.
+pub type LiveGroups = Arc<dyn Fn() -> Vec<GroupId> + Send + Sync>;
+
 /// Stored counters compared with the blobs table (a consistency audit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CounterAudit {
@@ -414,7 +456,8 @@ pub struct CounterAudit {
     pub actual_blobs: u64,
     /// Groups whose own counters disagree with their blobs.
     pub mismatched_groups: u64,
-    /// Owners whose counters disagree with their groups (bytes or count).
+    /// Owners whose counters disagree with their groups (bytes or count),
+    /// plus owners named by a group that have no row.
     pub mismatched_owners: u64,
 }
 
@@ -428,6 +471,7 @@ impl StorageError {
                 | StorageError::GroupBlobsExceeded { .. }
                 | StorageError::RelayStorageFull { .. }
                 | StorageError::CursorBeyondHead { .. }
+                | StorageError::UnknownGroup
                 | StorageError::AccessTokenRequired
                 | StorageError::AccessTokenInvalid
                 | StorageError::TokenRevoked
@@ -460,14 +504,16 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<OpenedSession, StorageError>;
 
     /// Store a batch atomically. Errors (nothing stored):
-    /// [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
+    /// [`StorageError::UnknownGroup`] (the group does not exist: pushes
+    /// never create groups), [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
     /// [`StorageError::TokenRevoked`] (the group's token was revoked),
     /// [`StorageError::OwnerQuotaExceeded`] (its owner's budget),
     /// [`StorageError::RelayStorageFull`]; [`StorageError::Database`],
     /// [`StorageError::Closed`]. Checked in that order.
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError>;
 
-    /// The group's head cursor (0 for an unknown group).
+    /// The group's head cursor (the head floor for an unknown group: where
+    /// it would start).
     async fn head(&self, group: GroupId) -> Result<u64, StorageError>;
 
     /// Blobs of `group` with cursor > `after` that have not expired at
@@ -483,10 +529,10 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<PullPage, StorageError>;
 
     /// Raise `device`'s acknowledged cursor to `cursor` (never lowers it) and
-    /// return the stored value; the group (without an owner: acks come only
-    /// in a session, whose `open_session` created it) and the device are
-    /// created if new. Errors:
-    /// [`StorageError::CursorBeyondHead`].
+    /// return the stored value; the device is created if new. Does not count
+    /// as group activity (`last_active_at`). Errors:
+    /// [`StorageError::UnknownGroup`] (the group does not exist: acks never
+    /// create groups), [`StorageError::CursorBeyondHead`].
     async fn ack(
         &self,
         group: GroupId,
@@ -505,6 +551,32 @@ pub trait Storage: Send + Sync + 'static {
     /// Delete at most `limit` blobs that every device of their group seen
     /// since `seen_since_ms` has acknowledged, in one short transaction.
     async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError>;
+
+    /// Prune what idle empty groups leave behind, in one short write
+    /// transaction, never touching a group `live` names (asked once, inside
+    /// the transaction):
+    /// 1. at most `limit` devices not seen since `idle_before_ms` (Unix ms,
+    ///    `last_seen_at < idle_before_ms`), oldest first (ties by group id,
+    ///    then device id);
+    /// 2. then at most `limit` groups that hold no blob, have no device left
+    ///    and were last active before `idle_before_ms` (opened or pushed to),
+    ///    oldest first (ties by group id). The highest head among them raises
+    ///    the head floor, where a group created later starts; each pruned
+    ///    group's owner counts one group fewer (a token may create another);
+    /// 3. then at most `limit` owner rows that own no group and whose
+    ///    new-group window ended before `idle_before_ms` (tokens have none),
+    ///    ordered by window start, then owner bytes. (Forgetting such a row
+    ///    changes no decision: an ended window counts as no window.)
+    ///
+    /// A group that holds a blob is never pruned (expired blobs count until
+    /// `delete_expired` removed them). Call again while any count comes back
+    /// equal to `limit`.
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError>;
 
     /// Checkpoint the WAL into the database (truncating it) and let SQLite
     /// refresh its query statistics.

@@ -4,17 +4,25 @@
 //! a batch and across batches, every quota refusal), pulls (every field of
 //! every [`PulledBlob`], `created_at` and payload bytes included, under row
 //! and byte limits and expiry), acks, expiry, acknowledged-blob deletion,
-//! stats; after every step the backend's counter audit must balance (groups'
-//! and owners' counters). Time is a counter the operations move, so
-//! `created_at` is deterministic.
+//! pruning of idle groups and devices (some groups named live; heads after a
+//! prune, where a group created again starts at the head floor), stats
+//! (owner rows included); after every step the backend's counter audit must
+//! balance (groups' and owners' counters). Time is a counter the operations
+//! move, so `created_at` is deterministic.
 //!
 //! Admission (issue 10) is part of it: sessions open groups that do not
 //! exist yet under every [`NewGroup`] (a token that is valid, at its
 //! `max_groups`, revoked or unknown; an address within or over its window's
 //! new groups, or one more than `max_addresses`; refused; unowned), pushes
 //! charge their group's owner (refused over the owner's budget, or after
-//! its token was revoked), tokens are created, revoked and listed, and
-//! every deletion must keep the owners' counters exact.
+//! its token was revoked), pushes and acks to groups that do not exist (or
+//! no longer do) are refused, tokens are created, revoked and listed, and
+//! every deletion must keep the owners' counters exact. Admission and
+//! pruning meet: a pruned group gives its place back to its owner (a token
+//! at its `max_groups` may create another, as the model's owners derived
+//! from the groups say), owner rows left with nothing go once their window
+//! ended (`Stats::owners`), and a group created again after a prune,
+//! through admission, starts at the head floor.
 //!
 //! Two operations reach what a one-call-at-a-time check cannot:
 //! - **Burst**: several writes (pushes to different groups, some refused by a
@@ -38,6 +46,7 @@ use super::*;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use proptest::prelude::*;
+use std::sync::Arc;
 use std::task::Poll;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
 
@@ -102,8 +111,8 @@ const QUOTAS: Quotas = Quotas {
     },
 };
 /// Groups 0 and 1 have sessions (and no owner) from the start; groups 2..
-/// come into being through whatever touches them first: mostly a session
-/// under some admission, sometimes a push or an ack (unowned).
+/// come into being only through a session under some admission (pushes and
+/// acks to them before are refused). A prune may remove any of them.
 const GROUPS: u8 = 8;
 /// Tokens 0 and 1 exist from the start (limits in [`setup_token`]); token 2
 /// is unknown until a `CreateToken` makes it.
@@ -205,6 +214,12 @@ pub(crate) enum Write {
     DeleteAckedAll {
         window: i64,
     },
+    /// One `prune_idle` taking everything idle for `window`, sparing the
+    /// groups whose bit is set in `live`.
+    PruneIdleAll {
+        window: i64,
+        live: u8,
+    },
     Maintenance,
 }
 
@@ -226,6 +241,13 @@ pub(crate) enum Op {
     /// Delete acknowledged blobs in batches of 3 likewise.
     DeleteAcked {
         window: i64,
+    },
+    /// Delete expired blobs, then prune idle devices and groups in batches
+    /// of 3 until both counts come back short, sparing the groups whose bit
+    /// is set in `live` (what one cleanup run does).
+    PruneIdle {
+        window: i64,
+        live: u8,
     },
     Stats,
     /// List the tokens.
@@ -271,6 +293,7 @@ fn write() -> impl Strategy<Value = Write> {
         1 => (0..TOKENS).prop_map(|token| Write::RevokeToken { token }),
         1 => Just(Write::ExpireAll),
         1 => (0..30i64).prop_map(|window| Write::DeleteAckedAll { window }),
+        1 => (0..12i64, 0..8u8).prop_map(|(window, live)| Write::PruneIdleAll { window, live }),
         1 => Just(Write::Maintenance),
     ]
 }
@@ -284,9 +307,10 @@ pub(crate) fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
         4 => prop::collection::vec(write(), 2..6).prop_map(Op::Burst),
         3 => (data_group(), 0..6u8, 1..5u32, 1..200usize)
             .prop_map(|(group, after_back, max_blobs, max_bytes)| Op::Pull { group, after_back, max_blobs, max_bytes }),
-        2 => (1..15i64).prop_map(Op::Tick),
+        2 => (1..25i64).prop_map(Op::Tick),
         1 => Just(Op::Expire),
         1 => (0..30i64).prop_map(|window| Op::DeleteAcked { window }),
+        2 => (0..12i64, 0..8u8).prop_map(|(window, live)| Op::PruneIdle { window, live }),
         1 => Just(Op::Stats),
         1 => Just(Op::Tokens),
         1 => Just(Op::Reopen),
@@ -305,11 +329,13 @@ enum Call {
     Tokens,
     DeleteExpired(i64, u32),
     DeleteAcked(i64, u32),
+    PruneIdle(i64, u32, Vec<GroupId>),
     Maintenance,
     Head(GroupId),
     Pull(GroupId, u64, u32, usize, i64),
     DrainExpired(i64),
     DrainAcked(i64),
+    DrainIdle(i64, Vec<GroupId>),
     Stats,
 }
 
@@ -331,6 +357,7 @@ enum Answer {
     Cursor(Result<u64, String>),
     Page(Result<(bool, Vec<Blob>), String>),
     Deleted(Result<Deleted, String>),
+    Pruned(Result<Pruned, String>),
     Stats(Result<StorageStats, String>),
     Done(Result<(), String>),
     Opened(Result<OpenedSession, String>),
@@ -384,6 +411,35 @@ async fn drain(s: &dyn Storage, expired: bool, arg: i64) -> Result<Deleted, Stor
     }
 }
 
+fn live(groups: Vec<GroupId>) -> LiveGroups {
+    Arc::new(move || groups.clone())
+}
+
+/// The groups whose bit is set in `mask`.
+fn live_groups(mask: u8) -> Vec<GroupId> {
+    (0..GROUPS)
+        .filter(|g| mask & (1 << g) != 0)
+        .map(gid)
+        .collect()
+}
+
+async fn drain_idle(
+    s: &dyn Storage,
+    before: i64,
+    spared: Vec<GroupId>,
+) -> Result<Pruned, StorageError> {
+    let mut total = Pruned::default();
+    loop {
+        let p = s.prune_idle(before, 3, live(spared.clone())).await?;
+        total.groups += p.groups;
+        total.devices += p.devices;
+        total.owners += p.owners;
+        if p.groups < 3 && p.devices < 3 && p.owners < 3 {
+            return Ok(total);
+        }
+    }
+}
+
 fn run<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
     Box::pin(async move {
         match call.clone() {
@@ -407,6 +463,12 @@ fn run<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
             }
             Call::DeleteAcked(since, limit) => {
                 Answer::Deleted(ans(s.delete_acked(since, limit).await))
+            }
+            Call::PruneIdle(before, limit, spared) => {
+                Answer::Pruned(ans(s.prune_idle(before, limit, live(spared)).await))
+            }
+            Call::DrainIdle(before, spared) => {
+                Answer::Pruned(ans(drain_idle(s, before, spared).await))
             }
             Call::Maintenance => Answer::Done(ans(s.maintenance().await)),
             Call::Head(g) => Answer::Cursor(ans(s.head(g).await)),
@@ -551,6 +613,9 @@ async fn prepare(s: &dyn Storage, w: &Write, now: i64, salt: &mut u32) -> Call {
         Write::RevokeToken { token: t } => Call::RevokeToken(token(*t).public_id(), now),
         Write::ExpireAll => Call::DeleteExpired(now, ALL),
         Write::DeleteAckedAll { window } => Call::DeleteAcked(now - window, ALL),
+        Write::PruneIdleAll { window, live } => {
+            Call::PruneIdle(now - window, ALL, live_groups(*live))
+        }
         Write::Maintenance => Call::Maintenance,
     }
 }
@@ -602,6 +667,19 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
             }
             Some(Op::Expire) => vec![Call::DrainExpired(now)],
             Some(Op::DeleteAcked { window }) => vec![Call::DrainAcked(now - window)],
+            Some(Op::PruneIdle { window, live }) => {
+                // As the cleanup task runs them: expiry first, then pruning,
+                // then every group's head (a pruned group's is the floor).
+                // Stats and tokens show the owners' rows and counts after it.
+                let mut calls = vec![
+                    Call::DrainExpired(now),
+                    Call::DrainIdle(now - window, live_groups(*live)),
+                    Call::Stats,
+                    Call::Tokens,
+                ];
+                calls.extend((0..GROUPS).map(|g| Call::Head(gid(g))));
+                calls
+            }
             Some(Op::Stats) => vec![Call::Stats],
             Some(Op::Tokens) => vec![Call::Tokens],
             Some(Op::Reopen) => {

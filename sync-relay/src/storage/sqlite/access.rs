@@ -1,6 +1,6 @@
 //! Admission of new groups, owners' budgets and tokens in SQL: the pieces of
 //! the writer's transactions that touch `tokens`, `owners` and
-//! `groups.owner` (migration `0002_access.sql`). Every function runs inside
+//! `groups.owner` (migration `0003_access.sql`). Every function runs inside
 //! the caller's transaction or savepoint, so a refusal rolls back with it.
 
 use super::super::{
@@ -12,7 +12,8 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sync_protocol::GroupId;
 
 /// Touch `group` (its `last_active_at`) and return its head and owner; a
-/// group that does not exist is created as `new_group` allows.
+/// group that does not exist is created as `new_group` allows, at the head
+/// floor.
 pub(super) async fn open_group(
     conn: &mut SqliteConnection,
     group: GroupId,
@@ -46,15 +47,19 @@ pub(super) async fn open_group(
             Some(Owner::Address(key))
         }
     };
-    sqlx::query(
-        "INSERT INTO groups (group_id, created_at, last_active_at, owner) VALUES (?1, ?2, ?2, ?3)",
+    let head: i64 = sqlx::query_scalar(
+        "INSERT INTO groups (group_id, head_cursor, created_at, last_active_at, owner) \
+         VALUES (?1, (SELECT head_floor FROM relay_state), ?2, ?2, ?3) RETURNING head_cursor",
     )
     .bind(&group.0[..])
     .bind(now_ms)
     .bind(owner.as_ref().map(Owner::bytes))
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(OpenedSession { head: 0, owner })
+    Ok(OpenedSession {
+        head: head as u64,
+        owner,
+    })
 }
 
 /// The token must exist, be unrevoked and below its `max_groups`; its
@@ -215,6 +220,35 @@ pub(super) async fn release_owners(
             .await?;
     }
     Ok(())
+}
+
+/// Delete at most `limit` owner rows that own no group and whose new-group
+/// window (`window_ms` long) ended before `before_ms` (a token's row has
+/// none): [`super::super::Storage::prune_idle`]'s third step. Forgetting
+/// such a row changes no decision (an ended window counts as no window, a
+/// missing row as no groups and no bytes). Returns how many went.
+pub(super) async fn prune_owners(
+    conn: &mut SqliteConnection,
+    before_ms: i64,
+    window_ms: i64,
+    limit: u32,
+) -> Result<u64, StorageError> {
+    // `group_count = 0` selects the partial index `owners_empty`; the groups
+    // check keeps the foreign key whole even if a counter were wrong.
+    let deleted = sqlx::query(
+        "DELETE FROM owners WHERE owner IN \
+         (SELECT o.owner FROM owners o WHERE o.group_count = 0 \
+           AND (o.kind = 'token' OR o.window_start + ?2 <= ?1) \
+           AND NOT EXISTS (SELECT 1 FROM groups g WHERE g.owner = o.owner) \
+           ORDER BY o.window_start, o.owner LIMIT ?3)",
+    )
+    .bind(before_ms)
+    .bind(window_ms)
+    .bind(i64::from(limit))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(deleted)
 }
 
 const TOKEN_INFO: &str = "SELECT t.id, t.label, t.created_at, t.max_groups, t.max_storage, \

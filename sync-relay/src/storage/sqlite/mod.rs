@@ -9,8 +9,8 @@ mod access;
 mod writer;
 
 use super::{
-    CounterAudit, Deleted, NewGroup, NewToken, OpenedSession, PullPage, PushOutcome, PushRequest,
-    Quotas, Storage, StorageError, StorageStats, TokenInfo,
+    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned, PullPage,
+    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -228,12 +228,15 @@ impl Storage for SqliteStorage {
 
     async fn stats(&self) -> Result<StorageStats, StorageError> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(blob_count), 0), COALESCE(SUM(bytes_used), 0) FROM groups",
+            "SELECT COUNT(*), COALESCE(SUM(blob_count), 0), COALESCE(SUM(bytes_used), 0), \
+             (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM owners) FROM groups",
         )
         .fetch_one(&self.readers)
         .await?;
         Ok(StorageStats {
             groups: row.try_get::<i64, _>(0)? as u64,
+            devices: row.try_get::<i64, _>(3)? as u64,
+            owners: row.try_get::<i64, _>(4)? as u64,
             blobs: row.try_get::<i64, _>(1)? as u64,
             bytes: row.try_get::<i64, _>(2)? as u64,
         })
@@ -259,6 +262,25 @@ impl Storage for SqliteStorage {
         }
     }
 
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError> {
+        match self
+            .write(WriteOp::PruneIdle {
+                idle_before_ms,
+                limit,
+                live,
+            })
+            .await?
+        {
+            WriteReply::Pruned(p) => Ok(p),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
     async fn maintenance(&self) -> Result<(), StorageError> {
         let (reply, rx) = oneshot::channel();
         self.writer
@@ -273,7 +295,9 @@ impl Storage for SqliteStorage {
             "SELECT (SELECT COALESCE(SUM(bytes_used), 0) FROM groups),                     (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs),                     (SELECT COALESCE(SUM(blob_count), 0) FROM groups),                     (SELECT COUNT(*) FROM blobs),                     (SELECT COUNT(*) FROM groups g WHERE                        g.bytes_used != (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs b WHERE b.group_id = g.group_id)                     OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id)), \
                     (SELECT COUNT(*) FROM owners o WHERE \
                        o.bytes_used != (SELECT COALESCE(SUM(bytes_used), 0) FROM groups g WHERE g.owner = o.owner) \
-                    OR o.group_count != (SELECT COUNT(*) FROM groups g WHERE g.owner = o.owner))",
+                    OR o.group_count != (SELECT COUNT(*) FROM groups g WHERE g.owner = o.owner)) \
+                  + (SELECT COUNT(DISTINCT g.owner) FROM groups g WHERE g.owner IS NOT NULL \
+                       AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.owner = g.owner))",
         )
         .fetch_one(&self.readers)
         .await?;
@@ -401,10 +425,13 @@ pub(super) async fn head_of<'e>(
     db: impl SqliteExecutor<'e>,
     group: GroupId,
 ) -> Result<u64, StorageError> {
-    let head: Option<i64> =
-        sqlx::query_scalar("SELECT head_cursor FROM groups WHERE group_id = ?1")
-            .bind(&group.0[..])
-            .fetch_optional(db)
-            .await?;
-    Ok(head.unwrap_or(0) as u64)
+    // An unknown group's head is the floor it would start at.
+    let head: i64 = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT head_cursor FROM groups WHERE group_id = ?1), head_floor) \
+         FROM relay_state",
+    )
+    .bind(&group.0[..])
+    .fetch_one(db)
+    .await?;
+    Ok(head as u64)
 }

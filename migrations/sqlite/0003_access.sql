@@ -1,4 +1,4 @@
--- 0k-sync relay schema v2: admission of new groups and owners' budgets
+-- 0k-sync relay schema v3: admission of new groups and owners' budgets
 -- (docs/deploy.md §Access). Times are Unix milliseconds.
 
 -- Access tokens issued by the operator (`sync-relay token create`). Only a
@@ -26,6 +26,10 @@ CREATE TABLE owners (
 ) STRICT, WITHOUT ROWID;
 
 CREATE INDEX owners_with_groups ON owners (kind) WHERE group_count > 0;
+
+-- Owners left with no group: the cleanup deletes them once their
+-- new-group window has ended (cleanup.idle_group_days).
+CREATE INDEX owners_empty ON owners (window_start) WHERE group_count = 0;
 
 -- Groups that existed before this migration have no owner: they stay admitted
 -- and count against no owner's budget.
