@@ -6,7 +6,8 @@
 //! group with a live session survive, and the pruned groups go back to their
 //! token's `max_groups`; `Hello`s racing repeated prunes (open mode, owned
 //! by an address) never lose a live session's group and keep the owners'
-//! counters exact.
+//! counters exact; and a session whose peer stopped the notify stream still
+//! counts as live.
 
 use ed25519_dalek::{Signer, SigningKey};
 use futures::StreamExt;
@@ -350,6 +351,79 @@ async fn hellos_racing_prunes_never_lose_a_live_sessions_group() {
     for (conn, _, _) in open {
         conn.close(0u32.into(), b"bye");
     }
+    ep.close().await;
+    relay.shutdown().await;
+}
+
+/// A session whose peer stopped its notify stream (`STOP_SENDING`: the
+/// relay's next `Notify` fails) is still a live session: once its group is
+/// empty and idle, cleanups with an idle window of 0 leave the group alone,
+/// and the session's next push lands in it. (Were the group pruned, the push
+/// would be refused with NOT_IN_SESSION: pushes never re-create a group
+/// outside admission.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_stopped_its_notify_stream_keeps_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path(), AccessMode::Token).await;
+    let ctx = Arc::clone(relay.context());
+    let ep = client().await;
+    let token = new_token(&relay, 1).await;
+    let (conn, group, _) = hello(&ep, &relay, Some(token)).await;
+    let push = |id: u8| {
+        Message::Push(Push {
+            items: vec![PushItem {
+                blob_id: BlobId([id; 16]),
+                payload: vec![id; 10],
+                ttl_s: Some(1),
+            }],
+        })
+    };
+    assert!(matches!(
+        exchange(&conn, &push(1)).await,
+        Message::PushOk(_)
+    ));
+    // The relay opens the notify stream with its first Notify; stop it.
+    let mut notify = conn.accept_uni().await.expect("notify stream");
+    assert!(matches!(
+        read_message(&mut notify, 1 << 20).await,
+        Ok(Some(Message::Notify(_)))
+    ));
+    notify.stop(0u32.into()).expect("stop the notify stream");
+    // Each push makes the relay write a Notify on the stopped stream.
+    for id in 2..=4 {
+        assert!(matches!(
+            exchange(&conn, &push(id)).await,
+            Message::PushOk(_)
+        ));
+    }
+    // Cleanups (idle window 0) until every blob (TTL 1 s) has expired and
+    // was deleted; the run that deletes the last one prunes right after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        cleanup::run_once(&ctx, &idle_now()).await.unwrap();
+        if ctx.storage.stats().await.unwrap().blobs == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "blobs never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = cleanup::run_once(&ctx, &idle_now()).await.unwrap();
+    assert_eq!(report.pruned, Default::default(), "nothing left to prune");
+    let stats = ctx.storage.stats().await.unwrap();
+    assert_eq!(
+        (stats.groups, stats.devices, stats.owners),
+        (1, 1, 1),
+        "the live session's group, device and owner"
+    );
+    assert_eq!(ctx.storage.head(group).await.unwrap(), 4);
+    match exchange(&conn, &push(5)).await {
+        Message::PushOk(ok) => assert_eq!(ok.head, 5),
+        other => panic!("expected PushOk, got {other:?}"),
+    }
+    conn.close(0u32.into(), b"bye");
     ep.close().await;
     relay.shutdown().await;
 }

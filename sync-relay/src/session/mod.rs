@@ -169,6 +169,12 @@ pub async fn serve_connection(
             )
             .await;
         }
+        // The subscription is also what marks the group live for the
+        // cleanup (never pruned while a session is on it): keep it until the
+        // session ends (this task is aborted then), even if the peer stopped
+        // the notify stream.
+        std::future::pending::<()>().await;
+        drop(subscription);
     }));
 
     let requests = TaskTracker::new();
