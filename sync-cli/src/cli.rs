@@ -39,6 +39,12 @@ pub enum Command {
         /// Also print the invite as a QR code (default: when on a terminal)
         #[arg(long)]
         qr: bool,
+        /// Access token from the relay's operator (0ksync-token-…): the group
+        /// is created on the relay right away, and the token is not stored.
+        /// Needed on relays that create groups only with a token; devices
+        /// that join need none
+        #[arg(long, env = "SYNC_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        token: Option<String>,
     },
     /// Print a new invite for this device's group
     Invite {

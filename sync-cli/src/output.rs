@@ -191,6 +191,18 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 "the group's storage at the relay is full: wait for old data to expire, or ask the relay operator for a larger quota"
             }
             ErrorCode::TtlTooLong => "ask for a shorter --ttl",
+            ErrorCode::AccessTokenRequired => {
+                "this relay creates groups only for devices with an access token: get one from the relay's operator (`sync-relay token create`) and create the group in a new home with `sync-cli init --relay ADDR --token TOKEN`; to use an existing group, join it with an invite instead"
+            }
+            ErrorCode::AccessTokenInvalid => {
+                "the access token is unknown or was revoked: ask the relay's operator for a new one"
+            }
+            ErrorCode::OwnerQuotaExceeded => {
+                "the storage budget of the token (or address) that created this group is used up: wait for old data to expire, or ask the relay operator for a larger budget"
+            }
+            ErrorCode::GroupLimitReached => {
+                "the relay creates no more groups for this token or address now: ask its operator for a token with a higher --max-groups, or try again later"
+            }
             ErrorCode::Overloaded => "the relay is at capacity: try again later",
             ErrorCode::RateLimited => {
                 "the relay asks this device to slow down: try again in a moment"

@@ -30,7 +30,9 @@ pub mod state;
 pub mod util;
 
 pub use backoff::RetryPolicy;
-pub use client::{LinkState, PullSummary, PushOptions, PushedFile, Subscription, SyncClient};
+pub use client::{
+    ChunkAck, LinkState, PullSummary, PushOptions, PushedFile, Subscription, SyncClient,
+};
 pub use crypto::{GroupKeys, GroupSecret};
 pub use error::ClientError;
 pub use home::Home;

@@ -12,8 +12,9 @@ use iroh::{Endpoint, EndpointAddr, SecretKey};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
-    Ack, CloseCode, DeviceId, Hello, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem,
-    PushOk, Welcome, decode_body, read_frame_into, read_message, write_message,
+    AccessToken, Ack, CloseCode, DeviceId, Hello, HelloWithToken, Message, PROTOCOL_VERSION, Pull,
+    PullBatch, Push, PushItem, PushOk, Welcome, decode_body, read_frame_into, read_message,
+    write_message,
 };
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
@@ -34,6 +35,11 @@ pub struct ConnectOptions {
     pub device_name: Option<String>,
     /// Time allowed for dial + handshake.
     pub connect_timeout: Duration,
+    /// An operator-issued access token, needed only to create a group on a
+    /// relay in token mode: with it the `Hello` is sent as
+    /// `HelloWithToken` (tag 10), without it as a plain `Hello` (which
+    /// relays from before access control also understand).
+    pub access_token: Option<AccessToken>,
 }
 
 /// A live session with the relay.
@@ -51,7 +57,9 @@ pub struct RelaySession {
 impl RelaySession {
     /// Dial the relay and complete the handshake. Errors:
     /// [`ClientError::Connect`] (unreachable, timeout),
-    /// [`ClientError::Relay`] (UNAUTHORIZED, UNSUPPORTED_VERSION),
+    /// [`ClientError::Relay`] (UNAUTHORIZED, UNSUPPORTED_VERSION, and for a
+    /// group that does not exist yet ACCESS_TOKEN_REQUIRED,
+    /// ACCESS_TOKEN_INVALID, GROUP_LIMIT_REACHED),
     /// [`ClientError::Protocol`].
     pub async fn connect(opts: &ConnectOptions) -> Result<RelaySession> {
         let addrs = opts.relay.resolve().await?;
@@ -126,12 +134,19 @@ impl RelaySession {
             })?;
         let relay_id = DeviceId(*opts.relay.node_id.as_bytes());
         let device_id = DeviceId(*endpoint.id().as_bytes());
-        let hello = Message::Hello(Hello {
+        let hello = Hello {
             version: PROTOCOL_VERSION,
             group_id: opts.keys.group_id(),
             proof: opts.keys.proof(&relay_id, &device_id),
             device_name: opts.device_name.clone(),
-        });
+        };
+        let hello = match opts.access_token {
+            Some(access_token) => Message::HelloWithToken(HelloWithToken {
+                hello,
+                access_token,
+            }),
+            None => Message::Hello(hello),
+        };
         let mut recv = send_request(&conn, &hello, HANDSHAKE_MAX_FRAME).await?;
         let welcome = match read_message(&mut recv, HANDSHAKE_MAX_FRAME).await? {
             Some(Message::Welcome(w)) => w,

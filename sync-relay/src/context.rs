@@ -1,6 +1,8 @@
 //! State shared by every session and the HTTP server.
 
+use crate::admission::Admission;
 use crate::config::{Config, LimitsConfig};
+use crate::http::{STATS_MAX_AGE, StatsCache};
 use crate::metrics::Metrics;
 use crate::notify::NotifyHub;
 use crate::ratelimit::RateLimits;
@@ -29,10 +31,15 @@ pub struct RelayContext {
     pub metrics: Metrics,
     /// Rate limiters.
     pub rate_limits: RateLimits,
+    /// Who may create groups and hold sessions (`[access]`).
+    pub admission: Arc<Admission>,
     /// Configuration problems found at start that an operator should fix,
     /// reported in `/health` (e.g. no usable announced address,
     /// [`crate::advertise`]).
     pub warnings: Vec<String>,
+    /// Storage figures for `/health` and `/metrics`, queried at most once
+    /// a second whatever the request rate.
+    pub storage_figures: StatsCache,
 }
 
 impl RelayContext {
@@ -58,7 +65,9 @@ impl RelayContext {
             started: Instant::now(),
             metrics: Metrics::new(),
             rate_limits: RateLimits::new(&config.rate_limits, max_frame),
+            admission: Admission::new(config),
             warnings,
+            storage_figures: StatsCache::new(STATS_MAX_AGE),
         })
     }
 

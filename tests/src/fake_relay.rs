@@ -299,6 +299,8 @@ async fn open_upstream(
         device_key: key,
         device_name,
         connect_timeout: Duration::from_secs(10),
+        // Upstream relays in these tests run in open mode (the harness's default).
+        access_token: None,
     })
     .await
 }

@@ -38,6 +38,22 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The environment [`RelayProcess::start_with`] runs relays in: open access
+/// mode, no practical limit on the groups one address creates per hour,
+/// 1000 live sessions on one address's groups (so that with the default
+/// `max_sessions` ten addresses may own groups), and the default storage
+/// budget per address (1 GiB, far above what tests store). Environment variables
+/// override the config file, so tests that configure `[access]` themselves
+/// start with [`RelayProcess::start_with_access`].
+pub const OPEN_ACCESS: &[(&str, &str)] = &[
+    ("SYNC_RELAY__ACCESS__MODE", "open"),
+    (
+        "SYNC_RELAY__ACCESS__NEW_GROUPS_PER_ADDRESS_PER_HOUR",
+        "1000000",
+    ),
+    ("SYNC_RELAY__ACCESS__MAX_SESSIONS_PER_ADDRESS", "1000"),
+];
+
 /// A running `sync-relay` process.
 pub struct RelayProcess {
     child: Child,
@@ -50,7 +66,16 @@ pub struct RelayProcess {
     /// The data directory.
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
+    /// When `/health` or `/metrics` was last asked (see [`FIGURES_MAX_AGE`]).
+    figures_asked: Mutex<Option<std::time::Instant>>,
 }
+
+/// How old the storage figures (groups, devices, blobs, bytes) in `/health`
+/// and `/metrics` may be: the relay queries them at most once per second
+/// (`sync_relay::http::STATS_MAX_AGE`), so a read right after a change may
+/// show the figures from before it. [`RelayProcess::fresh_health`] and
+/// [`RelayProcess::fresh_metrics`] wait this out.
+pub const FIGURES_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl RelayProcess {
     /// Start a relay on free loopback ports with `data_dir`.
@@ -65,14 +90,48 @@ impl RelayProcess {
         Self::start_with(data_dir, "[::1]:0", extra)
     }
 
-    /// Start a relay with an explicit QUIC bind address and extra arguments.
+    /// Start a relay with an explicit QUIC bind address and extra arguments,
+    /// in open access mode with no practical per-address limit on new
+    /// groups or sessions ([`OPEN_ACCESS`]): tests that are not about
+    /// admission create groups freely, as devices did before access
+    /// control. Tests about access use [`RelayProcess::start_with_access`].
     pub fn start_with(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
+        Self::start_with_env(data_dir, quic_bind, extra, &[])
+    }
+
+    /// Start a relay whose `[access]` comes from `extra` (e.g. `--config`)
+    /// or the defaults (token mode): nothing is overridden.
+    pub fn start_with_access(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
+        Self::spawn(data_dir, quic_bind, extra, &[])
+    }
+
+    /// [`RelayProcess::start_with`] (open access, [`OPEN_ACCESS`]) with extra
+    /// environment variables (e.g. the debug-build fail point
+    /// `SYNC_RELAY_FAILPOINT`); `env` is applied after [`OPEN_ACCESS`], so it
+    /// may override it.
+    pub fn start_with_env(
+        data_dir: &Path,
+        quic_bind: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
+        let env: Vec<(&str, &str)> = OPEN_ACCESS.iter().chain(env).copied().collect();
+        Self::spawn(data_dir, quic_bind, extra, &env)
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        quic_bind: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         let mut child = Command::new(bin("sync-relay"))
             .args(["--data-dir"])
             .arg(data_dir)
             .args(["--quic-bind", quic_bind, "--http-bind", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -124,6 +183,7 @@ impl RelayProcess {
             http,
             data_dir: data_dir.to_path_buf(),
             log,
+            figures_asked: Mutex::new(None),
         }
     }
 
@@ -143,6 +203,21 @@ impl RelayProcess {
         let _ = self.child.wait();
     }
 
+    /// Wait up to `limit` for the relay to exit on its own; `None` if it is
+    /// still running then.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for relay") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM and wait for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let _ = Command::new("kill")
@@ -154,6 +229,9 @@ impl RelayProcess {
     /// `GET path` on the relay's HTTP address: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
+        if path == "/health" || path == "/metrics" {
+            *self.figures_asked.lock().unwrap() = Some(std::time::Instant::now());
+        }
         let mut s = std::net::TcpStream::connect(self.http).expect("connect to HTTP");
         write!(s, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").unwrap();
         let mut resp = String::new();
@@ -171,6 +249,30 @@ impl RelayProcess {
     pub fn health(&self) -> serde_json::Value {
         let (_, body) = self.http_get("/health");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /health body {body:?}: {e}"))
+    }
+
+    /// [`RelayProcess::health`] with storage figures that include every
+    /// change made before the call: first waits until [`FIGURES_MAX_AGE`]
+    /// (plus a margin) has passed since the last `/health` or `/metrics`
+    /// request, so the relay queries its database afresh.
+    pub fn fresh_health(&self) -> serde_json::Value {
+        self.wait_for_fresh_figures();
+        self.health()
+    }
+
+    /// [`RelayProcess::metrics`] with fresh storage figures, as
+    /// [`RelayProcess::fresh_health`].
+    pub fn fresh_metrics(&self) -> Metrics {
+        self.wait_for_fresh_figures();
+        self.metrics()
+    }
+
+    fn wait_for_fresh_figures(&self) {
+        let asked = *self.figures_asked.lock().unwrap();
+        if let Some(at) = asked {
+            let ready = at + FIGURES_MAX_AGE + Duration::from_millis(100);
+            std::thread::sleep(ready.saturating_duration_since(std::time::Instant::now()));
+        }
     }
 
     /// `GET /metrics`, parsed as OpenMetrics (panics when it does not parse).
@@ -243,28 +345,148 @@ impl RelayProcess {
         }
     }
 
-    /// The relay process's resident memory (VmRSS) in KiB.
+    /// The relay process's resident memory (VmRSS) in KiB. Panics when it
+    /// cannot be read (see [`RelayProcess::proc_status_kib`]): a memory
+    /// check must never pass on a reading of 0.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        self.proc_status_kib("VmRSS")
     }
 
     /// Path of the relay's SQLite database.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("relay.db")
     }
+
+    /// Run `sync-relay token ARGS --data-dir DATA_DIR` next to the running
+    /// relay (as an operator would) and return its output.
+    pub fn token(&self, args: &[&str]) -> Output {
+        Command::new(bin("sync-relay"))
+            .arg("token")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sync-relay token")
+    }
+
+    /// `sync-relay token create ARGS`, asserting success: the token line.
+    pub fn create_token(&self, args: &[&str]) -> String {
+        let mut all = vec!["create"];
+        all.extend_from_slice(args);
+        let out = self.token(&all);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "the token alone: {stdout:?}");
+        stdout.trim().to_string()
+    }
+}
+
+/// An offline iroh endpoint bound to `ip` (port chosen by the system): a
+/// device connecting from that address, e.g. one of many loopback
+/// addresses (127.0.0.0/8) standing for strangers on many hosts. Use it with
+/// [`sync_client::RelaySession::connect_on`].
+pub async fn endpoint_at(ip: std::net::IpAddr) -> iroh::Endpoint {
+    iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_address_lookup()
+        .clear_ip_transports()
+        .bind_addr(SocketAddr::new(ip, 0))
+        .expect("bind address")
+        .bind()
+        .await
+        .expect("bind endpoint")
 }
 
 impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Memory of the relay process, for tests that bound what an attack costs
+/// (Linux `/proc` and `prlimit`).
+impl RelayProcess {
+    /// A `Vm*` figure of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`,
+    /// `VmSize`, …). Panics when the file cannot be read or lacks the
+    /// field (a relay that has exited has no `Vm*` lines), so a broken
+    /// reading fails the test instead of passing as 0.
+    pub fn proc_status_kib(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {path} for {field}: {e}"));
+        let prefix = format!("{field}:");
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| {
+                panic!("{path} has no {field} line (has the relay exited?):\n{status}")
+            });
+        match value.split_whitespace().collect::<Vec<_>>()[..] {
+            [n, "kB"] => n
+                .parse()
+                .unwrap_or_else(|e| panic!("{path}: bad {field} value {value:?}: {e}")),
+            _ => panic!("{path}: unexpected {field} value {value:?}"),
+        }
+    }
+
+    /// The relay's peak resident memory (VmHWM) in KiB since it started or
+    /// since the last [`RelayProcess::reset_peak_rss`]. Unlike VmRSS it
+    /// also sees memory that was touched and already freed again.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM")
+    }
+
+    /// Reset the relay's peak resident memory (VmHWM) to its current
+    /// resident memory (`echo 5 > /proc/PID/clear_refs`, Linux ≥ 4.0).
+    pub fn reset_peak_rss(&self) {
+        let path = format!("/proc/{}/clear_refs", self.child.id());
+        std::fs::write(&path, "5")
+            .unwrap_or_else(|e| panic!("cannot reset the peak RSS ({path}): {e}"));
+    }
+
+    /// Cap the running relay's address space (`RLIMIT_AS`, via `prlimit(2)`)
+    /// at its current size (VmSize) plus `headroom` bytes, and return the
+    /// cap in bytes. From then on a mapping beyond the cap fails, so an
+    /// allocation of more than `headroom` makes the relay abort ("memory
+    /// allocation of N bytes failed") even where RSS would not show it: a
+    /// `Vec::with_capacity` of gigabytes is only reserved, never touched.
+    /// Measure the relay's normal growth first and keep `headroom` well
+    /// above it (tokio threads and glibc arenas reserve address space).
+    pub fn limit_address_space(&self, headroom: u64) -> u64 {
+        let cap = self.proc_status_kib("VmSize") * 1024 + headroom;
+        let limit = libc::rlimit {
+            rlim_cur: cap,
+            rlim_max: cap,
+        };
+        // SAFETY: prlimit reads `limit`, a valid rlimit, and is given a null
+        // pointer for the old limit, which it then does not write.
+        let rc = unsafe {
+            libc::prlimit(
+                self.child.id() as libc::pid_t,
+                libc::RLIMIT_AS,
+                &limit,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "prlimit(RLIMIT_AS) on the relay: {}",
+            std::io::Error::last_os_error()
+        );
+        cap
+    }
+
+    /// The relay's exit status if it has exited (e.g. aborted on a failed
+    /// allocation), `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the relay")
     }
 }
 
@@ -454,6 +676,7 @@ impl LibDevice {
                 device_key: iroh::SecretKey::generate(),
                 device_name: None,
                 connect_timeout: Duration::from_secs(10),
+                access_token: None,
             },
             state: StateStore::open(dir.path().join("state.json")).unwrap(),
             _dir: dir,

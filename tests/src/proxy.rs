@@ -358,30 +358,79 @@ mod tests {
         }
     }
 
+    /// Generous: only there so that a broken proxy fails instead of hanging.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
     #[tokio::test]
     async fn forwards_both_ways_and_blackholes_on_demand() {
         let (echo, _e) = echo_server().await;
         let proxy = UdpProxy::start(echo).await;
         let c = client(&proxy).await;
         assert_eq!(
-            round_trip(&c, b"ping", Duration::from_secs(2))
-                .await
-                .as_deref(),
+            round_trip(&c, b"ping", DEADLINE).await.as_deref(),
             Some(&b"ping"[..])
         );
-        let restore = proxy.blackhole_for(Duration::from_millis(300));
+        let before = proxy.stats();
+        proxy.set(Link::both(Faults {
+            blackhole: true,
+            ..Faults::default()
+        }));
+        c.send(b"lost").await.unwrap();
+        wait_until("the proxy to read the datagram", || {
+            proxy.stats().received == before.received + 1
+        })
+        .await;
+        let during = proxy.stats();
+        assert_eq!(during.dropped, before.dropped + 1);
+        assert_eq!(during.forwarded, before.forwarded);
+        proxy.set(Link::default());
         assert_eq!(
-            round_trip(&c, b"lost", Duration::from_millis(150)).await,
-            None
-        );
-        restore.await.unwrap();
-        assert_eq!(
-            round_trip(&c, b"back", Duration::from_secs(2))
-                .await
-                .as_deref(),
+            round_trip(&c, b"back", DEADLINE).await.as_deref(),
             Some(&b"back"[..])
         );
-        assert!(proxy.stats().dropped >= 1);
+    }
+
+    #[tokio::test]
+    async fn blackhole_for_restores_the_previous_faults() {
+        let (echo, _e) = echo_server().await;
+        let proxy = UdpProxy::start(echo).await;
+        let link = Link::both(Faults::delay(7));
+        proxy.set(link.clone());
+        let restore = proxy.blackhole_for(Duration::from_millis(50));
+        {
+            let s = proxy.shared.lock().unwrap();
+            assert!(s.link.up.blackhole && s.link.down.blackhole);
+        }
+        restore.await.unwrap();
+        assert_eq!(proxy.shared.lock().unwrap().link, link);
+    }
+
+    #[test]
+    fn delay_and_jitter_are_what_was_asked() {
+        let mut d = Direction {
+            rng: SmallRng::seed_from_u64(1),
+            last_lost: false,
+            busy_until: Instant::now(),
+        };
+        assert!(matches!(
+            decide(&mut d, &Faults::delay(40), 100),
+            Verdict::Send(s) if s == [Duration::from_millis(40)]
+        ));
+        let f = Faults {
+            jitter: Duration::from_millis(30),
+            ..Faults::delay(100)
+        };
+        let delays: Vec<Duration> = (0..1000)
+            .map(|_| match decide(&mut d, &f, 100) {
+                Verdict::Send(s) => s[0],
+                Verdict::Drop => panic!("nothing may be dropped"),
+            })
+            .collect();
+        let (lo, hi) = (Duration::from_millis(70), Duration::from_millis(130));
+        assert!(delays.iter().all(|x| (lo..=hi).contains(x)));
+        // Seeded, so these hold on every run: the jitter spreads both ways.
+        assert!(delays.iter().any(|x| *x < Duration::from_millis(80)));
+        assert!(delays.iter().any(|x| *x > Duration::from_millis(120)));
     }
 
     #[tokio::test]
@@ -394,7 +443,8 @@ mod tests {
         });
         let c = client(&proxy).await;
         let t = std::time::Instant::now();
-        assert!(round_trip(&c, b"x", Duration::from_secs(2)).await.is_some());
+        assert!(round_trip(&c, b"x", DEADLINE).await.is_some());
+        // A lower bound: a slow machine only makes it longer.
         assert!(
             t.elapsed() >= Duration::from_millis(100),
             "{:?}",
@@ -402,29 +452,94 @@ mod tests {
         );
     }
 
+    async fn wait_until(what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Through real sockets, with the proxy's seeded generator: exactly the
+    /// datagrams a generator with the same seed drops are dropped, and every
+    /// other one reaches the far side. Datagrams are sent in small batches,
+    /// each waited for, so none is lost in a socket buffer.
     #[tokio::test]
-    async fn loss_drops_about_the_configured_share() {
+    async fn loss_drops_exactly_what_the_seeded_generator_says() {
+        const SEED: u64 = 42;
+        const N: u64 = 1000;
         let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let proxy = UdpProxy::start(sink.local_addr().unwrap()).await;
+        let sink_addr = sink.local_addr().unwrap();
+        let arrived = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&arrived);
+        let _sink = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while sink.recv(&mut buf).await.is_ok() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let proxy = UdpProxy::with_seed(sink_addr, SEED).await;
+        let faults = Faults {
+            loss: 0.3,
+            ..Faults::default()
+        };
         proxy.set(Link {
-            up: Faults {
-                loss: 0.3,
-                ..Faults::default()
-            },
+            up: faults.clone(),
             down: Faults::default(),
         });
         let c = client(&proxy).await;
-        for i in 0..1000u32 {
+        for i in 0..N {
             c.send(&i.to_be_bytes()).await.unwrap();
-            if i % 20 == 0 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            if i % 20 == 19 {
+                wait_until("the proxy to read a batch", || {
+                    proxy.stats().received == i + 1
+                })
+                .await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut reference = Direction {
+            rng: SmallRng::seed_from_u64(SEED),
+            last_lost: false,
+            busy_until: Instant::now(),
+        };
+        let expected_drops = (0..N)
+            .filter(|_| matches!(decide(&mut reference, &faults, 8), Verdict::Drop))
+            .count() as u64;
         let s = proxy.stats();
-        assert!(s.received > 900, "{s:?}");
-        let up_dropped = s.dropped as f64 / s.received as f64;
-        assert!((0.24..0.36).contains(&up_dropped), "dropped {up_dropped}");
+        assert_eq!(s.received, N);
+        assert_eq!(s.dropped, expected_drops);
+        assert_eq!(s.forwarded, N - expected_drops);
+        // The seeded rate is near the configured one (a fixed number).
+        assert!((240..360).contains(&expected_drops), "{expected_drops}");
+        wait_until("every forwarded datagram to arrive", || {
+            arrived.load(std::sync::atomic::Ordering::SeqCst) == N - expected_drops
+        })
+        .await;
+    }
+
+    /// Seeded, so deterministic; the bound is four standard deviations of
+    /// the binomial count (±580 around 30,000), tight enough that a drop
+    /// rate 5 % above the configured one fails.
+    #[test]
+    fn loss_rate_is_the_configured_probability() {
+        let mut d = Direction {
+            rng: SmallRng::seed_from_u64(7),
+            last_lost: false,
+            busy_until: Instant::now(),
+        };
+        let f = Faults {
+            loss: 0.3,
+            ..Faults::default()
+        };
+        let n = 100_000;
+        let dropped = (0..n)
+            .filter(|_| matches!(decide(&mut d, &f, 100), Verdict::Drop))
+            .count() as f64;
+        let sigma = (n as f64 * 0.3 * 0.7).sqrt();
+        assert!(
+            (dropped - 0.3 * n as f64).abs() < 4.0 * sigma,
+            "{dropped} of {n} dropped"
+        );
     }
 
     #[test]
@@ -447,8 +562,9 @@ mod tests {
         assert!(loss_after_loss as f64 / after_loss as f64 > 0.8, "bursty");
     }
 
-    #[test]
-    fn bandwidth_cap_spaces_packets_and_tail_drops() {
+    /// On tokio's paused clock, so time does not pass between decisions.
+    #[tokio::test(start_paused = true)]
+    async fn bandwidth_cap_spaces_packets_and_tail_drops() {
         let mut d = Direction {
             rng: SmallRng::seed_from_u64(1),
             last_lost: false,
@@ -467,9 +583,15 @@ mod tests {
                 Verdict::Drop => drops += 1,
             }
         }
-        // 1000 B at 10 kB/s = 100 ms per packet; a 500 ms queue holds ~6.
-        assert!(delays.windows(2).all(|w| w[1] > w[0]));
-        assert!(drops >= 10, "{drops} dropped");
+        // 1000 B at 10 kB/s = 100 ms per packet; a 500 ms queue holds 6
+        // (the sixth waits exactly 500 ms), the rest are tail-dropped.
+        assert_eq!(
+            delays,
+            (1..=6)
+                .map(|k| Duration::from_millis(100 * k))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(drops, 14);
         let dup = Faults {
             duplicate: 1.0,
             ..Faults::default()

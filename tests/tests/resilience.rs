@@ -202,8 +202,45 @@ fn follow_gets_a_file_pushed_during_a_five_second_outage() {
     assert!(follow.wait().unwrap().success());
 }
 
+/// Chunks acknowledged according to the push journal in `home` (`None`
+/// while there is no journal).
+fn journal_acked(home: &Path) -> Option<u64> {
+    std::fs::read_dir(home.join("transfers"))
+        .ok()?
+        .flatten()
+        // The journal itself, not a temp file of an atomic write.
+        .find(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .and_then(|e| std::fs::read(e.path()).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|j| j["acked"].as_u64())
+}
+
+/// The pull cursor saved in `home`'s state (0 before the first save).
+fn state_cursor(home: &Path) -> u64 {
+    std::fs::read(home.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|j| j["cursor"].as_u64())
+        .unwrap_or(0)
+}
+
+/// `kill -9` `child` once `reached` holds; fails if it exits before.
+fn kill_when(child: &mut Child, what: &str, mut reached: impl FnMut() -> bool) {
+    let mut exited = None;
+    wait_until(Duration::from_secs(60), what, || {
+        exited = child.try_wait().unwrap();
+        exited.is_some() || reached()
+    });
+    assert!(
+        exited.is_none(),
+        "{what}: exited ({exited:?}) before it was reached"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
-fn cli_killed_at_random_points_ends_with_the_same_files_and_no_duplicates() {
+fn cli_killed_mid_transfer_resumes_and_ends_with_the_same_files_and_no_duplicates() {
     let rt = runtime();
     let tmp = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start_behind_proxy(&tmp.path().join("relay"), &[]);
@@ -218,18 +255,25 @@ fn cli_killed_at_random_points_ends_with_the_same_files_and_no_duplicates() {
     std::fs::write(&file, &content).unwrap();
     let small = tmp.path().join("small.txt");
     std::fs::write(&small, b"a second file in the same pushes").unwrap();
-    // Kill points spread over a ~2 s push (fixed, so the run is reproducible).
-    let kill_after_ms = [40, 300, 700, 1100, 1500];
-
-    for ms in kill_after_ms {
+    // Kill points on observed progress: as soon as the push journal exists
+    // (before or at the first acknowledgement), then each time the journal
+    // shows chunks acknowledged beyond what the run started from.
+    for point in 0..3 {
+        let start = journal_acked(&a.home);
         let mut push = spawn(
             &a,
             &["push", file.to_str().unwrap(), small.to_str().unwrap()],
         );
-        std::thread::sleep(Duration::from_millis(ms));
-        let _ = push.kill();
-        let _ = push.wait();
+        kill_when(&mut push, &format!("push kill point {point}"), || {
+            let now = journal_acked(&a.home);
+            if point == 0 {
+                now.is_some()
+            } else {
+                now > start
+            }
+        });
     }
+    let resumable = journal_acked(&a.home).expect("a journal left by the killed pushes");
     let report = json(&a.run(&[
         "--json",
         "push",
@@ -237,8 +281,18 @@ fn cli_killed_at_random_points_ends_with_the_same_files_and_no_duplicates() {
         small.to_str().unwrap(),
     ]));
     let big = &report["files"][0];
-    let chunks = big["blobs"].as_u64().unwrap() + big["resumed_chunks"].as_u64().unwrap();
+    let resumed = big["resumed_chunks"].as_u64().unwrap();
+    assert!(
+        resumed > 0,
+        "the last run resumed the killed ones: {report}"
+    );
+    assert_eq!(
+        resumed, resumable,
+        "resumed where the journal says: {report}"
+    );
+    let chunks = big["blobs"].as_u64().unwrap() + resumed;
     assert_eq!(chunks, 17, "16 MiB in ~1 MiB chunks: {report}");
+    println!("push: the last run resumed after {resumed} of {chunks} chunks");
     // The same push once more is a no-op.
     let again = json(&a.run(&[
         "--json",
@@ -249,14 +303,37 @@ fn cli_killed_at_random_points_ends_with_the_same_files_and_no_duplicates() {
     assert_eq!(again["files"][0]["unchanged"], true);
     assert_eq!(again["files"][1]["unchanged"], true);
 
+    // Kill points on observed progress: as soon as a partial file exists;
+    // once the saved cursor moved; once the partial file grew by 2 MiB
+    // (mid-stream, maybe unsaved); once the saved cursor moved again.
     let out = tmp.path().join("out");
-    for ms in kill_after_ms {
+    for point in 0..4 {
+        let (cursor, part) = (state_cursor(&b.home), partial_bytes(&out));
         let mut pull = spawn(&b, &["pull", "--out", out.to_str().unwrap()]);
-        std::thread::sleep(Duration::from_millis(ms));
-        let _ = pull.kill();
-        let _ = pull.wait();
+        kill_when(
+            &mut pull,
+            &format!("pull kill point {point}"),
+            || match point {
+                0 => partial_bytes(&out) > 0,
+                2 => partial_bytes(&out) >= part + 2 * MIB as u64,
+                _ => state_cursor(&b.home) > cursor,
+            },
+        );
     }
+    let resumable = state_cursor(&b.home);
+    assert!(resumable > 0, "the killed pulls saved progress");
     let events = ndjson(&b.run(&["--json", "pull", "--out", out.to_str().unwrap()]));
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done", "{events:?}");
+    assert_eq!(
+        done["blobs"].as_u64().unwrap(),
+        done["head"].as_u64().unwrap() - resumable,
+        "the last pull resumed after the saved cursor {resumable}: {done}"
+    );
+    println!(
+        "pull: the last run resumed after cursor {resumable} of {}",
+        done["head"]
+    );
     assert!(
         events
             .iter()

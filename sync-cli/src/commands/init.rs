@@ -6,8 +6,10 @@ use serde::Serialize;
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use sync_client::session::DEFAULT_CONNECT_TIMEOUT;
 use sync_client::util::{human_duration, now_s, parse_duration};
-use sync_client::{GroupSecret, Home, Invite, RelayAddr};
+use sync_client::{ConnectOptions, GroupSecret, Home, Invite, RelayAddr, RelaySession};
+use sync_protocol::AccessToken;
 use zeroize::Zeroizing;
 
 /// `--json` output of `init` and `invite`.
@@ -76,17 +78,52 @@ fn print_invite(invite: &Invite, ttl: u64, force_qr: bool, out: Out) {
     );
 }
 
-pub fn init(
+/// Create the group `secret` on the relay now, with `token`: one session,
+/// opened and closed. The token is used for this and not kept anywhere.
+async fn create_on_relay(
+    home: &Home,
+    relay: &RelayAddr,
+    secret: &GroupSecret,
+    token: AccessToken,
+) -> Result<()> {
+    let opts = ConnectOptions {
+        relay: relay.clone(),
+        keys: secret.keys(),
+        device_key: home.device_key()?,
+        device_name: None,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        access_token: Some(token),
+    };
+    let session = RelaySession::connect(&opts)
+        .await
+        .context("the relay did not create the group (this home has none)")?;
+    session.close().await;
+    Ok(())
+}
+
+pub async fn init(
     home: &Home,
     relay: &str,
     name: Option<String>,
     expires: &str,
     qr: bool,
+    token: Option<&str>,
     out: Out,
 ) -> Result<()> {
     let relay: RelayAddr = relay.parse()?;
     parse_duration(expires)?;
+    let token = token
+        .map(|t| AccessToken::parse(t).context("invalid --token (or SYNC_TOKEN)"))
+        .transpose()?;
+    anyhow::ensure!(
+        !home.is_initialized(),
+        "{} already belongs to a group; use another --home for another group",
+        home.dir().display()
+    );
     let secret = GroupSecret::generate();
+    if let Some(token) = token {
+        create_on_relay(home, &relay, &secret, token).await?;
+    }
     home.create(&relay, &secret, name)?;
     if out.human() {
         eprintln!(

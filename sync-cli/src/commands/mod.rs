@@ -46,7 +46,8 @@ pub async fn run(args: Args) -> Result<()> {
             name,
             expires,
             qr,
-        } => init::init(&home, &relay, name, &expires, qr, out),
+            token,
+        } => init::init(&home, &relay, name, &expires, qr, token.as_deref(), out).await,
         Command::Invite { expires, qr } => init::invite(&home, &expires, qr, out),
         Command::Join { invite, file } => {
             init::join(&home, invite.as_deref(), file.as_deref(), out)

@@ -23,7 +23,7 @@ pub mod pull;
 pub mod push;
 
 pub use pull::{PullSummary, Subscription};
-pub use push::{PushOptions, PushedFile};
+pub use push::{ChunkAck, PushOptions, PushedFile};
 
 use crate::backoff::{Backoff, Jitter, RetryPolicy, os_jitter};
 use crate::crypto::{GroupKeys, envelope};

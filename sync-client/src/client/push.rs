@@ -65,6 +65,24 @@ pub struct PushedFile {
     pub blake3: String,
 }
 
+/// One chunk of a file push that the relay acknowledged, as reported to
+/// [`SyncClient::push_path_observed`]: where the relay stored it. Lets a
+/// caller keep a ledger of every stored blob that survives the push being
+/// cancelled or failing (e.g. tests checking that no acknowledged blob is
+/// ever lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkAck {
+    /// Chunk index in the file, from 0.
+    pub index: u32,
+    /// The chunk's blob id.
+    pub blob_id: BlobId,
+    /// Cursor the relay stored it at.
+    pub cursor: u64,
+    /// True when the relay already had it (a retried or resumed chunk); the
+    /// cursor is then the one it was first stored at.
+    pub duplicate: bool,
+}
+
 struct Batch {
     items: Vec<PushItem>,
     bytes: usize,
@@ -209,6 +227,25 @@ impl SyncClient {
         opts: &PushOptions,
         progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
     ) -> Result<PushedFile> {
+        self.push_path_observed(state, path, name, opts, progress, &mut |_| {})
+            .await
+    }
+
+    /// As [`SyncClient::push_path`], also calling `on_ack` for every chunk
+    /// as the relay acknowledges it (in chunk order, before the call
+    /// returns). Chunks that an earlier, interrupted run had acknowledged
+    /// and recorded in the journal are not sent, so not reported again; a
+    /// chunk re-sent after an interruption is reported with
+    /// `duplicate: true` and its first cursor.
+    pub async fn push_path_observed(
+        &self,
+        state: &mut StateStore,
+        path: &Path,
+        name: Option<&str>,
+        opts: &PushOptions,
+        progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+        on_ack: &mut (dyn FnMut(ChunkAck) + Send),
+    ) -> Result<PushedFile> {
         let name = match name {
             Some(n) => n.to_string(),
             None => path
@@ -310,7 +347,7 @@ impl SyncClient {
             .await
             .map_err(ClientError::io(path))?;
         let reader = file.take(fingerprint.size);
-        self.send_chunks(state, reader, &mut journal, &journals, progress)
+        self.send_chunks(state, reader, &mut journal, &journals, progress, on_ack)
             .await
     }
 
@@ -350,9 +387,14 @@ impl SyncClient {
             completed_at_ms: 0,
         };
         let report = self
-            .send_chunks(state, reader, &mut journal, &journals, &mut |done, _| {
-                progress(done)
-            })
+            .send_chunks(
+                state,
+                reader,
+                &mut journal,
+                &journals,
+                &mut |done, _| progress(done),
+                &mut |_| {},
+            )
             .await?;
         journals.remove(&journal)?;
         Ok(report)
@@ -406,7 +448,7 @@ impl SyncClient {
     /// The chunk loop shared by path and reader pushes: read, hash, seal
     /// and send chunk by chunk with [`PUSH_PIPELINE`] requests in flight,
     /// skipping chunks the journal has acknowledged, recording progress in
-    /// the journal.
+    /// the journal and reporting each acknowledged chunk to `on_ack`.
     async fn send_chunks<R: AsyncRead + Unpin>(
         &self,
         state: &mut StateStore,
@@ -414,6 +456,7 @@ impl SyncClient {
         journal: &mut PushJournal,
         journals: &Journals,
         progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
+        on_ack: &mut (dyn FnMut(ChunkAck) + Send),
     ) -> Result<PushedFile> {
         let chunk_size = journal.chunk_size;
         let file_id = journal.file_id_bytes()?;
@@ -514,7 +557,7 @@ impl SyncClient {
                 if in_flight.len() >= PUSH_PIPELINE
                     && let Some(done) = in_flight.next().await
                 {
-                    acked(&mut report, journal, done?);
+                    acked(&mut report, journal, done?, on_ack);
                     since_save += 1;
                     if (since_save >= JOURNAL_EVERY || saved_at.elapsed() >= JOURNAL_INTERVAL)
                         && journal.source.is_some()
@@ -533,7 +576,7 @@ impl SyncClient {
             index += 1;
         }
         while let Some(done) = in_flight.next().await {
-            acked(&mut report, journal, done?);
+            acked(&mut report, journal, done?, on_ack);
         }
         report.blake3 = hasher.finalize().to_hex().to_string();
         journal.complete = Some(report.blake3.clone());
@@ -582,9 +625,21 @@ fn device_name(opts: &PushOptions) -> Option<String> {
         .filter(|n| envelope::validate_device_name(n).is_ok())
 }
 
-/// Count an acknowledged chunk (they arrive in order).
-fn acked(report: &mut PushedFile, journal: &mut PushJournal, ok: PushOk) {
+/// Count an acknowledged chunk (they arrive in order, so its index is the
+/// number of chunks acknowledged before it) and report it to `on_ack`.
+fn acked(
+    report: &mut PushedFile,
+    journal: &mut PushJournal,
+    ok: PushOk,
+    on_ack: &mut (dyn FnMut(ChunkAck) + Send),
+) {
     for r in ok.results {
+        on_ack(ChunkAck {
+            index: journal.acked,
+            blob_id: r.blob_id,
+            cursor: r.cursor,
+            duplicate: r.duplicate,
+        });
         report.blobs += 1;
         report.duplicates += u32::from(r.duplicate);
         report.first_cursor = report.first_cursor.min(r.cursor);

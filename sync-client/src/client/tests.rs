@@ -120,6 +120,7 @@ impl ScriptedRelay {
             device_key: SecretKey::generate(),
             device_name: None,
             connect_timeout: DEADLINE,
+            access_token: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod state;
 
 pub use forward::QUIET_RESEND;
 
+use crate::admission::OwnerSessionGuard;
 use crate::auth::check_hello;
 use crate::context::{RelayContext, SessionGuard, now_ms};
 use crate::handlers::{self, pull::PullError};
@@ -25,6 +26,7 @@ use crate::notify::Subscription;
 use crate::ratelimit::{LimitKind, Limited};
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use state::{Action, Event, HelloVerdict, SessionState};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
@@ -48,6 +50,8 @@ struct Session {
     ctx: Arc<RelayContext>,
     conn: Connection,
     device: DeviceId,
+    /// The peer's IP address (`None` through an iroh relay server).
+    remote: Option<IpAddr>,
     group: OnceLock<GroupId>,
     state: Mutex<SessionState>,
     activity: Arc<forward::Activity>,
@@ -110,12 +114,13 @@ async fn reply_error(send: &mut SendStream, err: ErrorMsg, ctx: &RelayContext) {
     let _ = send.finish();
 }
 
-/// Serve one accepted connection until it ends or the relay stops.
-/// `admission` is the verdict of the per-IP connection limit, answered at
-/// the `Hello` so the device learns why and when to retry.
+/// Serve one accepted connection from `remote` until it ends or the relay
+/// stops. `admission` is the verdict of the per-IP connection limit,
+/// answered at the `Hello` so the device learns why and when to retry.
 pub async fn serve_connection(
     ctx: Arc<RelayContext>,
     conn: Connection,
+    remote: Option<IpAddr>,
     admission: Result<(), Limited>,
 ) {
     let device = DeviceId(*conn.remote_id().as_bytes());
@@ -123,6 +128,7 @@ pub async fn serve_connection(
         ctx: Arc::clone(&ctx),
         conn,
         device,
+        remote,
         group: OnceLock::new(),
         state: Mutex::new(SessionState::AwaitingHello),
         activity: Arc::new(forward::Activity::default()),
@@ -132,6 +138,7 @@ pub async fn serve_connection(
         head,
         mut subscription,
         guard: _live,
+        owner_guard: _owner_live,
     }) = handshake(&session, admission).await
     else {
         return;
@@ -162,6 +169,12 @@ pub async fn serve_connection(
             )
             .await;
         }
+        // The subscription is also what marks the group live for the
+        // cleanup (never pruned while a session is on it): keep it until the
+        // session ends (this task is aborted then), even if the peer stopped
+        // the notify stream.
+        std::future::pending::<()>().await;
+        drop(subscription);
     }));
 
     let requests = TaskTracker::new();
@@ -205,11 +218,13 @@ struct Admitted {
     head: u64,
     subscription: Subscription,
     guard: SessionGuard,
+    owner_guard: Option<OwnerSessionGuard>,
 }
 
-/// Read and check the `Hello` (proof, then connection rate, session caps).
+/// Read and check the `Hello` (proof, then connection rate, session caps,
+/// then the group's admission in storage and its owner's session cap).
 /// Returns the first stream's send half, the group's head, the group's
-/// NOTIFY subscription and the live-session guard when the session became
+/// NOTIFY subscription and the live-session guards when the session became
 /// active.
 async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Option<Admitted> {
     let ctx = &session.ctx;
@@ -238,8 +253,9 @@ async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Op
         Ok(None) => return None, // connection lost before any stream
         Ok(Some(pair)) => pair,
     };
-    let hello = match read {
-        Ok(Some(Message::Hello(hello))) => hello,
+    let (hello, token) = match read {
+        Ok(Some(Message::Hello(hello))) => (hello, None),
+        Ok(Some(Message::HelloWithToken(h))) => (h.hello, Some(h.access_token)),
         Ok(Some(other)) => {
             let action = session.step(Event::Request(other.kind()));
             let msg = format!("expected Hello as the first message, got {}", other.kind());
@@ -317,40 +333,75 @@ async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Op
             msg = "the relay is at its session capacity".into();
         }
     }
+    let mut opened = None;
+    let mut owner_guard = None;
+    if verdict == HelloVerdict::Accepted {
+        let new_group = ctx.admission.new_group(token.as_ref(), session.remote);
+        match ctx
+            .storage
+            .open_session(group, session.device, now_ms(), new_group)
+            .await
+        {
+            Ok(o) => match ctx.admission.owner_session(o.owner) {
+                Ok(g) => {
+                    owner_guard = g;
+                    opened = Some(o);
+                }
+                Err(limit) => {
+                    verdict = HelloVerdict::RateLimited;
+                    retry_after_ms = Some(GROUP_FULL_RETRY_MS);
+                    ctx.metrics
+                        .rate_limited
+                        .get_or_create(&KindLabel {
+                            kind: "owner_sessions",
+                        })
+                        .inc();
+                    msg = format!(
+                        "the groups created from this group's address already have {limit} live \
+                         sessions, the most this relay allows"
+                    );
+                }
+            },
+            Err(err) if err.is_refusal() => {
+                let reply = ErrorMsg::from(err);
+                verdict = HelloVerdict::Refused(reply.error_code());
+                retry_after_ms = reply.retry_after_ms;
+                msg = reply.message;
+            }
+            Err(err) => {
+                let reply: ErrorMsg = err.into();
+                let close = if reply.error_code() == ErrorCode::ShuttingDown {
+                    CloseCode::ShuttingDown
+                } else {
+                    CloseCode::Internal
+                };
+                drop((guard, subscription));
+                session
+                    .perform(
+                        Action::RejectAndClose(reply.error_code(), close),
+                        &mut send,
+                        reply.message,
+                    )
+                    .await;
+                return None;
+            }
+        }
+    }
     let action = session.step(Event::Hello(verdict));
     if action != Action::SendWelcome {
         info!(device = %session.device, ?verdict, "Hello rejected");
+        // A refused Hello holds no session slot while its error is flushed
+        // (up to REJECT_FLUSH): refused Hellos must not fill max_sessions.
+        drop((guard, subscription, owner_guard));
         session
             .perform_with_retry(action, &mut send, msg, retry_after_ms)
             .await;
         return None;
     }
-    let (Some(guard), Some(subscription)) = (guard, subscription) else {
+    let (Some(guard), Some(subscription), Some(opened)) = (guard, subscription, opened) else {
         return None;
     };
-    let head = match ctx
-        .storage
-        .open_session(group, session.device, now_ms())
-        .await
-    {
-        Ok(head) => head,
-        Err(err) => {
-            let reply: ErrorMsg = err.into();
-            let close = if reply.error_code() == ErrorCode::ShuttingDown {
-                CloseCode::ShuttingDown
-            } else {
-                CloseCode::Internal
-            };
-            session
-                .perform(
-                    Action::RejectAndClose(reply.error_code(), close),
-                    &mut send,
-                    reply.message,
-                )
-                .await;
-            return None;
-        }
-    };
+    let head = opened.head;
     let _ = session.group.set(group);
     // Publish the stored head after subscribing, so no commit is missed.
     ctx.notify.publish(group, head);
@@ -359,6 +410,7 @@ async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Op
         head,
         subscription,
         guard,
+        owner_guard,
     })
 }
 
@@ -391,7 +443,18 @@ async fn read_request(
 }
 
 /// Serve one request stream of an active session.
-async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: RecvStream) {
+async fn serve_stream(session: Arc<Session>, mut send: SendStream, recv: RecvStream) {
+    serve_request(&session, &mut send, recv).await;
+    // During shutdown the connection is closed as soon as no request is in
+    // flight, and a QUIC close drops stream data the peer has not received:
+    // keep this request in flight until the peer has its answer (bounded),
+    // so a push committed during the drain is never left unanswered.
+    if session.ctx.shutdown.is_cancelled() {
+        let _ = timeout(REJECT_FLUSH, send.stopped()).await;
+    }
+}
+
+async fn serve_request(session: &Arc<Session>, send: &mut SendStream, mut recv: RecvStream) {
     let ctx = &session.ctx;
     let msg = match read_request(ctx, &mut recv).await {
         Err(allowed) => {
@@ -401,12 +464,7 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
                 ctx.limits.request_timeout_s,
                 MIN_REQUEST_RATE
             );
-            reply_error(
-                &mut send,
-                ErrorMsg::new(ErrorCode::InvalidMessage, msg),
-                ctx,
-            )
-            .await;
+            reply_error(send, ErrorMsg::new(ErrorCode::InvalidMessage, msg), ctx).await;
             let _ = recv.stop(VarInt::from_u32(0));
             return;
         }
@@ -415,7 +473,7 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
         Ok(Err(err)) => {
             let too_large = matches!(err, FrameError::TooLarge { .. });
             let action = session.step(Event::BadFrame { too_large });
-            session.perform(action, &mut send, err.to_string()).await;
+            session.perform(action, send, err.to_string()).await;
             return;
         }
     };
@@ -433,10 +491,10 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
                 let err =
                     ErrorMsg::new(ErrorCode::RateLimited, "too many requests from this device")
                         .with_retry_after(limited.retry_after_ms());
-                reply_error(&mut send, err, ctx).await;
+                reply_error(send, err, ctx).await;
                 return;
             }
-            dispatch(&session, msg, &mut send).await
+            dispatch(session, msg, send).await
         }
         action => {
             let text = match action {
@@ -444,7 +502,7 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, mut recv: Rec
                 Action::Reply(_) => format!("{kind} is not allowed in an active session"),
                 _ => format!("{kind} is not a request a device may send"),
             };
-            session.perform(action, &mut send, text).await;
+            session.perform(action, send, text).await;
         }
     }
 }
