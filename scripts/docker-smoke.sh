@@ -82,6 +82,9 @@ else
   engine=podman
 fi
 command -v "$engine" >/dev/null 2>&1 || die "no $engine"
+engine_opts=() # global options of every engine call (podman: --runtime)
+run_opts=()    # options of every container run and build step (podman: --ulimit)
+eng() { "$engine" "${engine_opts[@]}" "$@"; }
 command -v curl >/dev/null 2>&1 || apt_install curl
 note "engine: $engine ($($engine --version 2>&1 | head -1)); image $IMAGE"
 
@@ -91,8 +94,8 @@ c1=$tag-a
 c2=$tag-b
 vol=$tag-data
 cleanup() {
-  "$engine" rm -f "$c1" "$c2" >/dev/null 2>&1
-  "$engine" volume rm -f "$vol" >/dev/null 2>&1
+  eng rm -f "$c1" "$c2" >/dev/null 2>&1
+  eng volume rm -f "$vol" >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -104,7 +107,7 @@ run_from=$(awk '/^FROM / { f = $2 } END { print f }' "$root/Dockerfile") # debia
 rust_want=${build_from#rust:}
 rust_want=${rust_want%%-*}
 qualify() { case $1 in */*) echo "docker.io/$1" ;; *) echo "docker.io/library/$1" ;; esac; }
-has_image() { "$engine" image inspect "$1" >/dev/null 2>&1; }
+has_image() { eng image inspect "$1" >/dev/null 2>&1; }
 
 make_base_images() {
   [ "$(id -u)" = 0 ] || die "making base images needs root (debootstrap, chroot)"
@@ -123,7 +126,7 @@ make_base_images() {
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin
   : >"$rootfs/etc/resolv.conf"
   tar -C "$rootfs" --numeric-owner -cf - . \
-    | "$engine" import --change 'CMD ["bash"]' - "$(qualify "$run_from")" >/dev/null \
+    | eng import --change 'CMD ["bash"]' - "$(qualify "$run_from")" >"$work/import.log" 2>&1 \
     || die "$engine import of $run_from failed"
   pass base-image-debian "$(qualify "$run_from") from debootstrap in $(since "$t") s"
 
@@ -149,12 +152,12 @@ make_base_images() {
     [ -d "$sysroot/$d" ] && cp -a "$sysroot/$d" "$rootfs/usr/local/rust/"
   done
   tar -C "$rootfs" --numeric-owner -cf - . \
-    | "$engine" import \
+    | eng import \
         --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV CARGO_HOME=/usr/local/cargo' \
         --change "ENV RUST_VERSION=$("$sysroot/bin/rustc" --version | cut -d' ' -f2)" \
         --change 'CMD ["bash"]' \
-        - "$(qualify "$build_from")" >/dev/null \
+        - "$(qualify "$build_from")" >"$work/import.log" 2>&1 \
     || die "$engine import of $build_from failed"
   rm -rf "$rootfs"
   pass base-image-rust "$(qualify "$build_from") = debian + gcc, libc6-dev + host $("$sysroot/bin/rustc" --version | cut -d' ' -f1-2) in $(since "$t") s"
@@ -167,8 +170,31 @@ else
   note "base images present: $(qualify "$build_from"), $(qualify "$run_from") (--make-base-images remakes them)"
 fi
 
+# ---- can the engine run a container here? ----------------------------------
+# Two limits of some sandboxes (seen on this project's machines): crun refuses
+# a cgroup v1/v2 hybrid host ("cgroups in hybrid mode not supported"), where
+# runc works; and without CAP_SYS_RESOURCE podman's default rlimits (nofile
+# 1048576, nproc) cannot be set, so the host's own are passed instead.
+probe() { eng run --rm --network=none "${run_opts[@]}" "$(qualify "$run_from")" true 2>&1; }
+if [ "$engine" = podman ]; then
+  out=$(probe)
+  if grep -q 'hybrid mode' <<<"$out"; then
+    command -v runc >/dev/null 2>&1 || apt_install runc
+    engine_opts=(--runtime runc)
+    note "crun refuses this host's hybrid cgroups: using podman --runtime runc"
+    out=$(probe)
+  fi
+  if grep -qi 'rlimit' <<<"$out"; then
+    nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
+    run_opts=(--ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096)
+    note "podman cannot raise rlimits here (no CAP_SYS_RESOURCE): running with ${run_opts[*]}"
+    out=$(probe)
+  fi
+  [ -z "$out" ] || die "podman cannot run a container here: $out"
+fi
+
 # ---- build ----------------------------------------------------------------
-build=("$engine" build --network=host -t "$IMAGE" -f "$root/Dockerfile" "${no_cache[@]}")
+build=(build --network=host "${run_opts[@]}" -t "$IMAGE" -f "$root/Dockerfile" "${no_cache[@]}")
 if [ "$engine" = podman ]; then
   # docker format keeps HEALTHCHECK (OCI images have no field for it).
   build+=(--pull=never --format docker)
@@ -179,11 +205,11 @@ else
   # of BuildKit's.
   export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
 fi
-note "building: ${build[*]} $root"
+note "building: $engine ${engine_opts[*]} ${build[*]} $root"
 t=$(now)
-if "${build[@]}" "$root" >"$work/build.log" 2>&1; then
+if eng "${build[@]}" "$root" >"$work/build.log" 2>&1; then
   build_s=$(since "$t")
-  size=$("$engine" image inspect -f '{{.Size}}' "$IMAGE")
+  size=$(eng image inspect -f '{{.Size}}' "$IMAGE")
   pass build "$IMAGE in $build_s s, image $(awk -v s="$size" 'BEGIN { printf "%.1f MB", s / 1e6 }')"
 else
   tail -40 "$work/build.log"
@@ -192,12 +218,12 @@ else
   exit 1
 fi
 
-inspect() { "$engine" image inspect -f "$1" "$IMAGE" 2>/dev/null; }
+inspect() { eng image inspect -f "$1" "$IMAGE" 2>/dev/null; }
 user=$(inspect '{{.Config.User}}')
 check image-user "Config.User=$user" test "$user" = 10001:10001
 hc=$(inspect '{{if .Config.Healthcheck}}{{join .Config.Healthcheck.Test " "}}{{end}}')
 check image-healthcheck "HEALTHCHECK ${hc:-missing}" test "$hc" = "CMD sync-relay healthcheck"
-bin_size=$("$engine" run --rm --entrypoint stat "$IMAGE" -c %s /usr/local/bin/sync-relay 2>/dev/null)
+bin_size=$(eng run --rm "${run_opts[@]}" --entrypoint stat "$IMAGE" -c %s /usr/local/bin/sync-relay 2>/dev/null)
 check binary-size "/usr/local/bin/sync-relay $(awk -v s="${bin_size:-0}" 'BEGIN { printf "%.1f MB", s / 1e6 }') (stripped dist profile; release with line tables was 118 MB)" \
   test "${bin_size:-0}" -gt 1000000 -a "${bin_size:-0}" -lt 60000000
 
@@ -225,36 +251,36 @@ free_port() { # free_port tcp|udp: an unused port on 127.0.0.1
 http_port=$(free_port tcp) || die "no free TCP port"
 quic_port=$(free_port udp) || die "no free UDP port"
 note "ports: HTTP 127.0.0.1:$http_port -> 8080/tcp, QUIC 127.0.0.1:$quic_port -> 4433/udp; volume $vol"
-"$engine" volume create "$vol" >/dev/null || die "volume create failed"
+eng volume create "$vol" >/dev/null || die "volume create failed"
 
 start() { # start NAME [ENGINE OPTIONS...]
   local name=$1; shift
-  "$engine" run -d --name "$name" \
+  eng run -d --name "$name" \
     -p "127.0.0.1:$http_port:8080/tcp" -p "127.0.0.1:$quic_port:4433/udp" \
-    -v "$vol:/data" "$@" "$IMAGE" >"$work/$name.id" 2>"$work/$name.err"
+    -v "$vol:/data" "${run_opts[@]}" "$@" "$IMAGE" >"$work/$name.id" 2>"$work/$name.err"
 }
 health() { # health NAME: wait up to 60 s for GET /health 200; body in $work/health.json
   local code=000
   for _ in $(seq 120); do
     code=$(curl -s -m 2 -o "$work/health.json" -w '%{http_code}' "http://127.0.0.1:$http_port/health" 2>/dev/null)
     [ "$code" = 200 ] && break
-    [ "$("$engine" inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ] || break
+    [ "$(eng inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ] || break
     sleep 0.5
   done
   echo "$code"
 }
 warnings() { sed -n 's/.*"warnings":\[\(.*\)\].*/\1/p' "$work/health.json"; }
 node_of() { sed -n 's/.*"node_id":"\([0-9a-f]*\)".*/\1/p' "$work/health.json"; }
-sh_in() { "$engine" exec "$c1" sh -c "$1" 2>&1; }
+sh_in() { eng exec "$c1" sh -c "$1" 2>&1; }
 stop() { # stop NAME: prints "EXITCODE SECONDS"
   local t; t=$(now)
-  "$engine" stop --time 20 "$1" >/dev/null 2>&1
-  echo "$("$engine" inspect -f '{{.State.ExitCode}}' "$1" 2>/dev/null) $(since "$t")"
+  eng stop --time 20 "$1" >/dev/null 2>&1
+  echo "$(eng inspect -f '{{.State.ExitCode}}' "$1" 2>/dev/null) $(since "$t")"
 }
 # The volume's files, seen from a throwaway container as the relay's user.
 wal_state() {
   # shellcheck disable=SC2016 # expanded by the container's shell
-  "$engine" run --rm --user 10001:10001 -v "$vol:/data" --entrypoint sh "$IMAGE" -c \
+  eng run --rm "${run_opts[@]}" --user 10001:10001 -v "$vol:/data" --entrypoint sh "$IMAGE" -c \
     'if [ -e /data/relay.db-wal ]; then echo "relay.db-wal $(stat -c %s /data/relay.db-wal) bytes"; else echo "relay.db-wal absent"; fi' 2>&1
 }
 
@@ -265,18 +291,18 @@ fi
 code=$(health "$c1")
 if [ "$code" = 200 ]; then pass health "GET /health 200: $(head -c 300 "$work/health.json")"
 else
-  fail health "GET /health answered $code; container log:"; "$engine" logs "$c1" 2>&1 | tail -20
+  fail health "GET /health answered $code; container log:"; eng logs "$c1" 2>&1 | tail -20
   exit 1
 fi
 node=$(node_of)
 w=$(warnings)
 check health-warning "public_addr unset: warnings names it: ${w:0:160}..." grep -q 'public_addr' <<<"$w"
-log_line=$("$engine" logs "$c1" 2>&1 | grep -m1 -i 'public_addr')
+log_line=$(eng logs "$c1" 2>&1 | grep -m1 -i 'public_addr')
 check start-warning "logged at start: ${log_line:0:160}..." test -n "$log_line"
-out=$("$engine" exec "$c1" sync-relay healthcheck 2>&1); rc=$?
+out=$(eng exec "$c1" sync-relay healthcheck 2>&1); rc=$?
 check healthcheck-cmd "sync-relay healthcheck in the container: exit $rc" test "$rc" = 0
 if [ "$engine" = podman ]; then
-  out=$(podman healthcheck run "$c1" 2>&1); rc=$?
+  out=$(eng healthcheck run "$c1" 2>&1); rc=$?
   check healthcheck-image "podman healthcheck run (the image's HEALTHCHECK): exit $rc ${out}" test "$rc" = 0
 else
   st=starting
@@ -315,7 +341,7 @@ check stop "$engine stop --time 20: exit ${rc:-?} after $secs s" \
   awk -v rc="${rc:-1}" -v s="$secs" 'BEGIN { exit !(rc == 0 && s < 10) }'
 wal=$(wal_state)
 check wal-checkpointed "$wal" grep -qE '^relay.db-wal (absent|0 bytes)$' <<<"$wal"
-"$engine" rm "$c1" >/dev/null 2>&1
+eng rm "$c1" >/dev/null 2>&1
 
 # ---- recreate on the same volume, now with public_addr ---------------------
 if ! start "$c2" -e "SYNC_RELAY__NETWORK__PUBLIC_ADDR=127.0.0.1:$quic_port"; then
@@ -328,7 +354,7 @@ node2=$(node_of)
 check same-node-id "node id before $node, after ${node2:-?}" test -n "$node" -a "$node" = "$node2"
 w=$(warnings)
 check health-no-warning "SYNC_RELAY__NETWORK__PUBLIC_ADDR set: warnings [$w]" test -z "$w"
-log_line=$("$engine" logs "$c2" 2>&1 | grep -m1 'relay address')
+log_line=$(eng logs "$c2" 2>&1 | grep -m1 'relay address')
 check announced-address "${log_line##*INFO }" grep -q "$node@127.0.0.1:$quic_port" <<<"$log_line"
 if invite=$(cli a invite 2>"$work/cli.err") && cli c join "$invite" >/dev/null 2>>"$work/cli.err" \
   && cli c pull --out "$work/out-c" >/dev/null 2>>"$work/cli.err"; then
