@@ -177,19 +177,20 @@ fi
 # 1048576, nproc) cannot be set, so the host's own are passed instead.
 probe() { eng run --rm --network=none "${run_opts[@]}" "$(qualify "$run_from")" true 2>&1; }
 if [ "$engine" = podman ]; then
-  out=$(probe)
-  if grep -q 'hybrid mode' <<<"$out"; then
-    command -v runc >/dev/null 2>&1 || apt_install runc
-    engine_opts=(--runtime runc)
-    note "crun refuses this host's hybrid cgroups: using podman --runtime runc"
+  for _ in 1 2 3; do
     out=$(probe)
-  fi
-  if grep -qi 'rlimit' <<<"$out"; then
-    nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
-    run_opts=(--ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096)
-    note "podman cannot raise rlimits here (no CAP_SYS_RESOURCE): running with ${run_opts[*]}"
-    out=$(probe)
-  fi
+    if grep -q 'hybrid mode' <<<"$out" && [ ${#engine_opts[@]} = 0 ]; then
+      command -v runc >/dev/null 2>&1 || apt_install runc
+      engine_opts=(--runtime runc)
+      note "crun refuses this host's hybrid cgroups: using podman --runtime runc"
+    elif grep -qi 'rlimit' <<<"$out" && [ ${#run_opts[@]} = 0 ]; then
+      nofile=$(ulimit -Hn); [ "$nofile" = unlimited ] && nofile=1048576
+      run_opts=(--ulimit "nofile=$nofile:$nofile" --ulimit nproc=4096:4096)
+      note "podman cannot raise rlimits here (no CAP_SYS_RESOURCE): running with ${run_opts[*]}"
+    else
+      break
+    fi
+  done
   [ -z "$out" ] || die "podman cannot run a container here: $out"
 fi
 
