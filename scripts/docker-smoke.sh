@@ -282,7 +282,7 @@ stop() { # stop NAME: prints "EXITCODE SECONDS"
 wal_state() {
   # shellcheck disable=SC2016 # expanded by the container's shell
   eng run --rm "${run_opts[@]}" --user 10001:10001 -v "$vol:/data" --entrypoint sh "$IMAGE" -c \
-    'if [ -e /data/relay.db-wal ]; then echo "relay.db-wal $(stat -c %s /data/relay.db-wal) bytes"; else echo "relay.db-wal absent"; fi' 2>&1
+    'if [ -e /data/relay.db-wal ]; then echo "relay.db-wal $(stat -c %s /data/relay.db-wal) bytes"; else echo "relay.db-wal absent"; fi' 2>>"$work/engine.err"
 }
 
 if ! start "$c1"; then
@@ -341,7 +341,7 @@ read -r rc secs <<<"$(stop "$c1")"
 check stop "$engine stop --time 20: exit ${rc:-?} after $secs s" \
   awk -v rc="${rc:-1}" -v s="$secs" 'BEGIN { exit !(rc == 0 && s < 10) }'
 wal=$(wal_state)
-check wal-checkpointed "$wal" grep -qE '^relay.db-wal (absent|0 bytes)$' <<<"$wal"
+check wal-checkpointed "${wal:-no answer: $(tail -1 "$work/engine.err" 2>/dev/null)}" grep -qE '^relay.db-wal (absent|0 bytes)$' <<<"$wal"
 eng rm "$c1" >/dev/null 2>&1
 
 # ---- recreate on the same volume, now with public_addr ---------------------
@@ -368,7 +368,7 @@ read -r rc secs <<<"$(stop "$c2")"
 check stop-again "$engine stop --time 20: exit ${rc:-?} after $secs s" \
   awk -v rc="${rc:-1}" -v s="$secs" 'BEGIN { exit !(rc == 0 && s < 10) }'
 wal=$(wal_state)
-check wal-checkpointed-again "$wal" grep -qE '^relay.db-wal (absent|0 bytes)$' <<<"$wal"
+check wal-checkpointed-again "${wal:-no answer: $(tail -1 "$work/engine.err" 2>/dev/null)}" grep -qE '^relay.db-wal (absent|0 bytes)$' <<<"$wal"
 
 printf -- '-- %d checks, %d failed\n' "$checks" "$fails"
 [ "$fails" = 0 ]
