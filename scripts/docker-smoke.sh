@@ -2,7 +2,9 @@
 # Build the relay image from ./Dockerfile and check it as an operator would
 # (issue 17). Not in CI: the image build alone takes 15-20 minutes on 2 cores.
 #
-#   scripts/docker-smoke.sh [--make-base-images] [--no-cache]
+#   scripts/docker-smoke.sh [--make-base-images] [--no-cache] [--no-build]
+#
+# --no-build checks an image already built (IMAGE) without building it.
 #
 # Uses docker when a Docker engine answers, podman otherwise (installed with
 # apt-get when missing, as root). Every check prints one line,
@@ -36,11 +38,13 @@ set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 make_base=0
+no_build=0
 no_cache=()
 for arg in "$@"; do
   case $arg in
     --make-base-images) make_base=1 ;;
     --no-cache) no_cache=(--no-cache) ;;
+    --no-build) no_build=1 ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -195,28 +199,40 @@ if [ "$engine" = podman ]; then
 fi
 
 # ---- build ----------------------------------------------------------------
-build=(build --network=host "${run_opts[@]}" -t "$IMAGE" -f "$root/Dockerfile" "${no_cache[@]}")
-if [ "$engine" = podman ]; then
-  # docker format keeps HEALTHCHECK (OCI images have no field for it).
-  build+=(--pull=never --format docker)
-  [ -f "$CA_BUNDLE" ] && build+=(-v "$(readlink -f "$CA_BUNDLE"):/etc/ssl/certs/ca-certificates.crt:ro")
+if [ "$no_build" = 1 ]; then
+  has_image "$IMAGE" || die "--no-build: no image $IMAGE"
+  note "--no-build: checking the existing $IMAGE"
 else
-  # The legacy builder needs no frontend image from a registry (BuildKit
-  # fetches one for the `# syntax=` line); the Dockerfile uses nothing else
-  # of BuildKit's.
-  export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
-fi
-note "building: $engine ${engine_opts[*]} ${build[*]} $root"
-t=$(now)
-if eng "${build[@]}" "$root" >"$work/build.log" 2>&1; then
-  build_s=$(since "$t")
-  size=$(eng image inspect -f '{{.Size}}' "$IMAGE")
-  pass build "$IMAGE in $build_s s, image $(awk -v s="$size" 'BEGIN { printf "%.1f MB", s / 1e6 }')"
-else
-  tail -40 "$work/build.log"
-  fail build "after $(since "$t") s (last lines above)"
-  printf -- '-- %d checks, %d failed\n' "$checks" "$fails"
-  exit 1
+  # The build stage's target/ alone is ~1.5 GB: on a full disk the build
+  # fails only when that layer is written, with an obscure error.
+  store=$(eng info -f '{{.Store.GraphRoot}}' 2>/dev/null || eng info -f '{{.DockerRootDir}}' 2>/dev/null)
+  free_kb=$(df -Pk "${store:-/var/lib}" 2>/dev/null | awk 'NR == 2 { print $4 }')
+  [ "${free_kb:-0}" -ge $((3 * 1024 * 1024)) ] \
+    || die "$((${free_kb:-0} / 1024)) MB free under ${store:-/var/lib}: the build needs about 3 GB"
+  build=(build --network=host "${run_opts[@]}" -t "$IMAGE" -f "$root/Dockerfile" "${no_cache[@]}")
+  if [ "$engine" = podman ]; then
+    # docker format keeps HEALTHCHECK (OCI images have no field for it). No
+    # layer cache: the build stage (~2 GB with its target/) is not kept, and
+    # every run builds what an operator's first build does.
+    build+=(--pull=never --format docker --layers=false)
+    [ -f "$CA_BUNDLE" ] && build+=(-v "$(readlink -f "$CA_BUNDLE"):/etc/ssl/certs/ca-certificates.crt:ro")
+  else
+    # The legacy builder needs no frontend image from a registry (BuildKit
+    # fetches one for the `# syntax=` line); the Dockerfile uses nothing else
+    # of BuildKit's.
+    export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
+  fi
+  note "building: $engine ${engine_opts[*]} ${build[*]} $root"
+  t=$(now)
+  if eng "${build[@]}" "$root" >"$work/build.log" 2>&1; then
+    size=$(eng image inspect -f '{{.Size}}' "$IMAGE")
+    pass build "$IMAGE in $(since "$t") s, image $(awk -v s="$size" 'BEGIN { printf "%.1f MB", s / 1e6 }')"
+  else
+    tail -40 "$work/build.log"
+    fail build "after $(since "$t") s (last lines above)"
+    printf -- '-- %d checks, %d failed\n' "$checks" "$fails"
+    exit 1
+  fi
 fi
 
 inspect() { eng image inspect -f "$1" "$IMAGE" 2>/dev/null; }
