@@ -5,6 +5,7 @@
 #   scripts/docker-smoke.sh [--make-base-images] [--no-cache] [--no-build]
 #
 # --no-build checks an image already built (IMAGE) without building it.
+# --no-cache is passed to the build (podman here keeps no layer cache anyway).
 #
 # Uses docker when a Docker engine answers, podman otherwise (installed with
 # apt-get when missing, as root). Every check prints one line,
@@ -28,6 +29,10 @@
 # CA bundle (CA_BUNDLE, default CARGO_HTTP_CAINFO, SSL_CERT_FILE or
 # /etc/ssl/certs/ca-certificates.crt) is mounted over the build container's
 # bundle, for machines behind a TLS-intercepting proxy.
+#
+# Where crun refuses the host's cgroups (a v1/v2 hybrid) or podman cannot set
+# its default rlimits (no CAP_SYS_RESOURCE), as on this project's machines, the
+# script runs podman with runc and the host's limits, and says so.
 #
 # The round trip uses the host's release sync-cli (SYNC_CLI, default
 # target/release/sync-cli, built with `cargo build --release -p sync-cli`;
