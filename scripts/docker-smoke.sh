@@ -172,7 +172,10 @@ make_base_images() {
   pass base-image-rust "$(qualify "$build_from") = debian + gcc, libc6-dev + host $("$sysroot/bin/rustc" --version | cut -d' ' -f1-2) in $(since "$t") s"
 }
 
-if [ "$make_base" = 1 ] || ! has_image "$(qualify "$build_from")" || ! has_image "$(qualify "$run_from")"; then
+probe_image=$(qualify "$run_from")
+if [ "$no_build" = 1 ] && [ "$make_base" = 0 ]; then
+  probe_image=$IMAGE # no base image needed
+elif [ "$make_base" = 1 ] || ! has_image "$(qualify "$build_from")" || ! has_image "$(qualify "$run_from")"; then
   [ "$make_base" = 1 ] || note "base images $build_from / $run_from not found: making local stand-ins"
   make_base_images
 else
@@ -184,10 +187,10 @@ fi
 # a cgroup v1/v2 hybrid host ("cgroups in hybrid mode not supported"), where
 # runc works; and without CAP_SYS_RESOURCE podman's default rlimits (nofile
 # 1048576, nproc) cannot be set, so the host's own are passed instead.
-probe() { eng run --rm --network=none "${run_opts[@]}" "$(qualify "$run_from")" true 2>&1; }
+probe() { eng run --rm --network=none "${run_opts[@]}" --entrypoint true "$probe_image" 2>&1; }
 if [ "$engine" = podman ]; then
   for _ in 1 2 3; do
-    out=$(probe)
+    out=$(probe) && break
     if grep -q 'hybrid mode' <<<"$out" && [ ${#engine_opts[@]} = 0 ]; then
       command -v runc >/dev/null 2>&1 || apt_install runc
       engine_opts=(--runtime runc)
@@ -200,7 +203,7 @@ if [ "$engine" = podman ]; then
       break
     fi
   done
-  [ -z "$out" ] || die "podman cannot run a container here: $out"
+  probe >/dev/null || die "podman cannot run a container here: $(probe | tail -3)"
 fi
 
 # ---- build ----------------------------------------------------------------
