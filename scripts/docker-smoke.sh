@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the relay image from ./Dockerfile and check it as an operator would
-# (issue 17). Not in CI: the image build alone takes 15-20 minutes on 2 cores.
+# (issue 17). Not in CI: 8-15 minutes on 2 cores, most of it the image build.
 #
 #   scripts/docker-smoke.sh [--make-base-images] [--no-cache] [--no-build]
 #
