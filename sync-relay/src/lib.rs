@@ -6,13 +6,15 @@
 //! (iroh), [`server`] (accept loop, shutdown), [`session`] (per-connection
 //! state machine), [`handlers`] (one per request), [`auth`] (membership
 //! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out),
-//! [`ratelimit`] (governor limits), [`cleanup`] (expiry task), [`metrics`]
+//! [`ratelimit`] (governor limits), [`budget`] (memory budgets per peer),
+//! [`cleanup`] (expiry task), [`metrics`]
 //! (OpenMetrics), [`http`] (`/health`, `/metrics`).
 
 #![forbid(unsafe_code)]
 
 pub mod advertise;
 pub mod auth;
+pub mod budget;
 pub mod cleanup;
 pub mod config;
 pub mod context;

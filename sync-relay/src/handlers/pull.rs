@@ -2,11 +2,18 @@
 //! from storage one page at a time, each page sized to fit one frame, so the
 //! relay never holds more than a frame of blobs for a pull however large the
 //! backlog, and holds no database transaction while the client reads.
+//!
+//! Each page is paid for from the session's response budget
+//! ([`crate::budget`]) before it is read from storage (`max_frame` bytes,
+//! cut down to the encoded frame once it is built) and given back once the
+//! device has taken the frame, which it must do within the frame's write
+//! deadline.
 
+use crate::budget::{RELAY_BUSY_RETRY_MS, SessionBudget, WriteError, write_frame};
 use crate::context::{RelayContext, now_ms};
 use sync_protocol::limits::{BATCH_OVERHEAD, PULLED_BLOB_OVERHEAD};
 use sync_protocol::{
-    DeviceId, ErrorCode, ErrorMsg, FrameError, GroupId, Message, Pull, PullBatch, write_message,
+    DeviceId, ErrorCode, ErrorMsg, GroupId, Message, Pull, PullBatch, encode_frame,
 };
 use tokio::io::AsyncWrite;
 
@@ -18,8 +25,9 @@ pub const MAX_BLOBS_PER_FRAME: u32 = 256;
 pub enum PullError {
     /// Answer the client with this error frame.
     Reply(ErrorMsg),
-    /// The stream broke while writing; nothing more can be sent.
-    Stream(FrameError),
+    /// The stream broke, or the device did not take a frame in time;
+    /// nothing more can be sent.
+    Stream(WriteError),
 }
 
 impl From<ErrorMsg> for PullError {
@@ -36,12 +44,16 @@ impl From<crate::storage::StorageError> for PullError {
 
 /// Stream blobs with cursor > `pull.after` (at most `pull.limit`, capped by
 /// `max_pull_limit`) to `out`, and acknowledge `pull.after` for `device`.
-/// Errors: INVALID_MESSAGE (limit 0, cursor beyond head), INTERNAL.
+/// Each frame is reserved from `budget` before its page is read.
+/// Errors: INVALID_MESSAGE (limit 0, cursor beyond head), OVERLOADED (the
+/// relay-wide budget stayed spent for `request_timeout_s`), INTERNAL;
+/// [`PullError::Stream`] when a frame was not taken within its deadline.
 pub async fn handle<W: AsyncWrite + Unpin>(
     ctx: &RelayContext,
     group: GroupId,
     device: DeviceId,
     pull: Pull,
+    budget: &SessionBudget,
     out: &mut W,
 ) -> Result<(), PullError> {
     if pull.limit == 0 {
@@ -68,7 +80,18 @@ pub async fn handle<W: AsyncWrite + Unpin>(
         .saturating_sub(BATCH_OVERHEAD + MAX_BLOBS_PER_FRAME as usize * PULLED_BLOB_OVERHEAD);
     let mut remaining = pull.limit.min(ctx.limits.max_pull_limit);
     let mut after = pull.after;
+    let relay_wait = RelayContext::secs(ctx.limits.request_timeout_s);
     loop {
+        let mut reserved = budget
+            .response(max_frame as usize, relay_wait)
+            .await
+            .map_err(|_| {
+                ErrorMsg::new(
+                    ErrorCode::Overloaded,
+                    "the relay has too many answers in flight; try again shortly",
+                )
+                .with_retry_after(RELAY_BUSY_RETRY_MS)
+            })?;
         let page = ctx
             .storage
             .pull_page(
@@ -85,14 +108,16 @@ pub async fn handle<W: AsyncWrite + Unpin>(
             after = last.cursor;
         }
         let more = !page.complete && remaining > 0 && !page.blobs.is_empty();
-        let frame = Message::PullBatch(PullBatch {
+        let frame = encode_frame(&Message::PullBatch(PullBatch {
             blobs: page.blobs,
             head,
             more,
-        });
-        write_message(out, &frame, max_frame)
+        }));
+        reserved.shrink_to(frame.len());
+        write_frame(out, &frame, max_frame, ctx.transfer_deadline(frame.len()))
             .await
             .map_err(PullError::Stream)?;
+        drop(reserved);
         if !more {
             ctx.metrics.pulls.inc();
             return Ok(());
