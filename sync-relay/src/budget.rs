@@ -164,6 +164,25 @@ impl SessionBudget {
         Ok(self.reservation(session, relay))
     }
 
+    /// Grow `reservation` to `bytes`, now or never (`false`: it is
+    /// unchanged).
+    pub fn try_grow(&self, reservation: &mut Reservation, bytes: usize) -> bool {
+        let n = permits(bytes.saturating_sub(reservation.bytes()));
+        if n == 0 {
+            return true;
+        }
+        let Ok(session) = Arc::clone(&self.responses).try_acquire_many_owned(n) else {
+            return false;
+        };
+        let Ok(relay) = Arc::clone(&self.relay.bytes).try_acquire_many_owned(n) else {
+            return false;
+        };
+        reservation.session.merge(session);
+        reservation.relay.merge(relay);
+        self.relay.in_flight.inc_by(i64::from(n));
+        true
+    }
+
     /// Reserve `bytes` for a response frame about to be built: waits for
     /// the session's share as long as it takes, then for the relay-wide
     /// budget at most `relay_wait`. Errors: [`Exhausted::Relay`] when that
@@ -332,9 +351,14 @@ mod tests {
                 .is_err()
         );
         drop(first);
-        let second = second.await.unwrap();
+        let mut second = second.await.unwrap();
         assert_eq!(second.bytes(), 300);
         assert_eq!(metrics.bytes_in_flight.get(), 300);
+        // Growing takes what is free, now or never.
+        assert!(s.try_grow(&mut second, 400));
+        assert_eq!((second.bytes(), metrics.bytes_in_flight.get()), (400, 400));
+        assert!(!s.try_grow(&mut second, 401), "over the session's 400");
+        assert_eq!((second.bytes(), metrics.bytes_in_flight.get()), (400, 400));
     }
 
     #[tokio::test(start_paused = true)]

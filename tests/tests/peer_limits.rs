@@ -324,10 +324,12 @@ async fn pullers_that_never_read_are_cut_off_and_cost_bounded_memory() {
         (0..SESSIONS).map(|_| never_reading_puller(&relay, &secret, STREAMS)),
     )
     .await;
-    let mut codes = Vec::new();
-    for (_, conn, _) in &attackers {
-        codes.push(closed_with(conn, ANSWER).await);
-    }
+    let codes = futures::future::join_all(
+        attackers
+            .iter()
+            .map(|(_, conn, _)| closed_with(conn, ANSWER)),
+    )
+    .await;
     let cut_after = started.elapsed();
     stop.store(1, Ordering::SeqCst);
     let times = honest.await.unwrap();
@@ -339,7 +341,10 @@ async fn pullers_that_never_read_are_cut_off_and_cost_bounded_memory() {
         summary(&times),
         metrics.value("sync_relay_slow_readers", &[])
     );
-    watch.check(&mut relay, 256.0, "never-reading pullers");
+    // The issue asks for < 256 MiB. The bound is tighter: 2 answer frames
+    // per session (20 × 2.1 MiB) plus QUIC state; without the per-session
+    // share the attackers would fill the relay-wide 128 MiB.
+    watch.check(&mut relay, 100.0, "never-reading pullers");
     let too_slow = Some(u64::from(CloseCode::TooSlow.as_u32()));
     assert!(
         codes.iter().all(|c| *c == too_slow),
@@ -411,17 +416,28 @@ async fn the_relay_wide_budget_bounds_answers_of_all_sessions_together() {
 
 /// Request bodies are paid for before they are read: 8 sessions each fill
 /// every request slot with a largest frame sent but for its last byte, and
-/// hold it. Each session gets `session_request_frames` (4) of them read;
-/// the rest are refused RATE_LIMITED at once and cost nothing. (Without the
-/// budget one connection made the relay hold 16 such frames, 17 MiB, for
-/// up to `request_timeout_s + len / 4096` s: 5 minutes.)
+/// hold it. A session gets at most `session_request_frames` (4) of them
+/// read, and all sessions together at most what `max_bytes_in_flight`
+/// holds (here 20 frames); the rest are refused at once (RATE_LIMITED over
+/// the session's share, OVERLOADED over the relay's) and cost nothing.
+/// (Without the budget one connection made the relay hold 16 such frames,
+/// 17 MiB, for up to `request_timeout_s + len / 4096` s: 5 minutes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_beyond_the_session_budget_are_refused_before_they_are_read() {
     const SESSIONS: usize = 8;
     let tmp = tempfile::tempdir().unwrap();
-    let mut relay = relay_with(tmp.path(), "");
+    // 20 largest frames (1 MiB + 64 KiB + 4) and 64 KiB for small requests.
+    const RELAY_FRAMES: usize = 20;
+    let mut relay = relay_with(
+        tmp.path(),
+        &format!(
+            "[limits]\nmax_bytes_in_flight = {}\n",
+            RELAY_FRAMES * 1_114_112 + 65_536
+        ),
+    );
     let watch = MemoryWatch::start(&relay).await;
     let refused = Arc::new(AtomicUsize::new(0));
+    let overloaded = Arc::new(AtomicUsize::new(0));
     let held = Arc::new(AtomicUsize::new(0));
     let mut sessions = Vec::new();
     let mut max_frame = 0;
@@ -438,6 +454,7 @@ async fn request_bodies_beyond_the_session_budget_are_refused_before_they_are_re
         for _ in 0..REQUEST_SLOTS {
             let (conn, frame) = (conn.clone(), Arc::clone(&frame));
             let (refused, held) = (Arc::clone(&refused), Arc::clone(&held));
+            let overloaded = Arc::clone(&overloaded);
             tasks.spawn(async move {
                 let (mut send, mut recv) = conn.open_bi().await.unwrap();
                 let answer = async {
@@ -460,6 +477,9 @@ async fn request_bodies_beyond_the_session_budget_are_refused_before_they_are_re
                         Some(e) if e.error_code() == ErrorCode::RateLimited => {
                             refused.fetch_add(1, Ordering::SeqCst);
                         }
+                        Some(e) if e.error_code() == ErrorCode::Overloaded => {
+                            overloaded.fetch_add(1, Ordering::SeqCst);
+                        }
                         None => {}
                         Some(e) => panic!("unexpected answer {e:?}"),
                     },
@@ -469,21 +489,22 @@ async fn request_bodies_beyond_the_session_budget_are_refused_before_they_are_re
         }
         sessions.push((ep, conn, tasks));
     }
-    // Wait until the relay holds 4 frames per session (reserved in full
-    // before a byte of their bodies is read) and refused the other streams
-    // (each refusal is sent before anything of the stream is read).
-    let read = (SESSIONS * 4) as f64 * f64::from(max_frame);
+    // Wait until the relay holds 20 frames (each reserved in full before
+    // a byte of its body is read) and refused every other stream (each
+    // refusal is sent before anything of the stream is read).
+    let read = RELAY_FRAMES as f64 * f64::from(max_frame);
+    let all_refused = SESSIONS * REQUEST_SLOTS - RELAY_FRAMES;
+    let refusals = || refused.load(Ordering::SeqCst) + overloaded.load(Ordering::SeqCst);
     let deadline = Instant::now() + ANSWER;
     loop {
         let reserved = relay.metrics().value("sync_relay_in_flight_bytes", &[]);
-        let done = refused.load(Ordering::SeqCst) >= SESSIONS * (REQUEST_SLOTS - 4);
-        if done && reserved >= read {
+        if refusals() >= all_refused && reserved >= read {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "{reserved} bytes reserved, {} streams refused, {} written",
-            refused.load(Ordering::SeqCst),
+            refusals(),
             held.load(Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -491,34 +512,48 @@ async fn request_bodies_beyond_the_session_budget_are_refused_before_they_are_re
     // Let the relay take in the bodies it reads.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let honest = honest_round_trip(&relay).await;
-    let refused = refused.load(Ordering::SeqCst);
+    let (rate_limited, overloaded) = (
+        refused.load(Ordering::SeqCst),
+        overloaded.load(Ordering::SeqCst),
+    );
     let metrics = relay.metrics();
     let in_flight = metrics.value("sync_relay_in_flight_bytes", &[]);
     eprintln!(
-        "{SESSIONS} sessions × {REQUEST_SLOTS} nearly complete largest frames: {refused} refused, \
-         {in_flight} bytes reserved; honest round trip {honest:?}"
+        "{SESSIONS} sessions × {REQUEST_SLOTS} nearly complete largest frames: \
+         {rate_limited} refused RATE_LIMITED (session share), {overloaded} OVERLOADED \
+         (relay-wide), {in_flight} bytes reserved; honest round trip {honest:?}"
     );
-    // 4 frames per session read, the other 12 refused.
-    assert_eq!(refused, SESSIONS * (REQUEST_SLOTS - 4));
-    assert_eq!(in_flight, read, "exactly 4 largest frames per session");
+    assert_eq!(
+        in_flight, read,
+        "exactly {RELAY_FRAMES} largest frames are read"
+    );
+    assert_eq!(rate_limited + overloaded, all_refused);
+    // 8 sessions wanted 4 frames each, 32; the relay had room for 20.
+    assert!(overloaded >= SESSIONS * 4 - RELAY_FRAMES, "{overloaded}");
+    assert!(rate_limited >= 1, "no session was held to its share");
     assert_eq!(
         metrics.value("sync_relay_budget_refusals", &["session"]),
-        refused as f64
+        rate_limited as f64
     );
-    // Read: 4 per session; QUIC holds at most a connection window (two
-    // frames) of each session's unread data on top: ~6 × 1.06 MiB each.
+    assert_eq!(
+        metrics.value("sync_relay_budget_refusals", &["relay"]),
+        overloaded as f64
+    );
+    // 20 frames read (21 MiB), and QUIC holds at most a connection window
+    // (two frames) of each session's data in transit: ~38 MiB.
     watch.check(
         &mut relay,
-        80.0,
+        64.0,
         "nearly complete largest frames on every slot",
     );
     drop(sessions);
 }
 
 /// 8 connections that never send `Hello` each try 100 unidirectional and
-/// 100 bidirectional streams of 1 MB: before `Hello` a connection may open
-/// one bidirectional stream and send 16 KiB in all, so they cost almost
-/// nothing (QUIC's defaults would let each buffer ~125 MB per direction).
+/// 100 bidirectional streams of 1 MB, and datagrams: before `Hello` a
+/// connection may open one bidirectional stream and send 16 KiB in all, and
+/// no datagram, so they cost almost nothing (QUIC's defaults would let each
+/// buffer ~125 MB per direction).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_hello_can_make_the_relay_buffer_almost_nothing() {
     const CONNECTIONS: usize = 8;
@@ -535,6 +570,13 @@ async fn connections_without_hello_can_make_the_relay_buffer_almost_nothing() {
     for _ in 0..CONNECTIONS {
         let ep = endpoint("127.0.0.1", None).await;
         let conn = connect(&ep, &relay).await.unwrap();
+        // Nor does the relay take QUIC datagrams (it would buffer 1.25 MB
+        // of them per connection by default).
+        assert_eq!(
+            conn.max_datagram_size(),
+            None,
+            "the relay accepts datagrams"
+        );
         for _ in 0..STREAMS {
             let (c, d, opened) = (conn.clone(), Arc::clone(&data), Arc::clone(&opened_uni));
             tasks.spawn(async move {
@@ -670,6 +712,8 @@ async fn connections_over_the_per_address_rate_never_complete_a_handshake() {
         ok.len()
     );
     assert_eq!(ok.len() + refused.len(), ATTEMPTS);
+    // Every attempt proved its address (QUIC Retry) before it was counted.
+    assert!(metrics.value("sync_relay_address_validations", &[]) >= ATTEMPTS as f64);
     assert_eq!(
         metrics.value("sync_relay_connections", &[]),
         ok.len() as f64,
