@@ -1,7 +1,10 @@
 //! Rate limits (DESIGN §5.4) with `governor` (GCRA token buckets, keyed
 //! state in a `DashMap`): requests per device, pushed bytes per device, new
-//! connections per remote IP. Over a limit the caller answers RATE_LIMITED
-//! with the wait governor computes — nothing here sleeps or drops a stream.
+//! connections per remote address ([`address_key`]: an IPv6 /64 is one
+//! address). Over a request limit the caller answers RATE_LIMITED with the
+//! wait governor computes; over the connection limit the accept loop
+//! refuses the connection before its TLS handshake — nothing here sleeps or
+//! drops a stream.
 //! Keys that have been idle long enough to be indistinguishable from fresh
 //! ones are pruned by [`RateLimits::prune`] on a timer, so memory follows
 //! the number of recently active devices and addresses.
