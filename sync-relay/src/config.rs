@@ -80,7 +80,8 @@ pub struct LimitsConfig {
     /// Seconds a new connection has to send its Hello. Default 10.
     pub hello_timeout_s: u32,
     /// Seconds a stream has to deliver its request frame's length prefix;
-    /// the whole frame gets this plus `length / 4096` s. Default 30.
+    /// the whole frame gets this plus `length / min_transfer_rate` s, and
+    /// so does the device to take each answer frame. Default 30.
     pub request_timeout_s: u32,
     /// Seconds in-flight requests get to finish on shutdown. Default 10.
     pub shutdown_grace_s: u32,

@@ -50,10 +50,10 @@ pub fn transport_config(limits: &LimitsConfig) -> QuicTransportConfig {
 }
 
 /// Widen a connection whose `Hello` was accepted to its session limits:
-/// `max_requests_in_flight` request streams, plus one for the `Hello`
-/// stream (whose slot QUIC hands back only once the device has seen the
-/// `Welcome` and the stream is fully closed), and a connection receive
-/// window of two largest request frames. What the device sends beyond what
+/// `max_requests_in_flight` request streams plus one, since QUIC counts the
+/// `Hello` stream until it is fully closed (with iroh 1.4 a device gets
+/// exactly `max_requests_in_flight` while it keeps requests open), and a
+/// connection receive window of two largest request frames. What the device sends beyond what
 /// the relay is reading waits in that window; the relay reads at once
 /// every request its budget ([`crate::budget`]) allows and refuses the
 /// rest, so the window only holds data in transit.
