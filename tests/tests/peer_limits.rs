@@ -367,6 +367,65 @@ async fn pullers_that_never_read_are_cut_off_and_cost_bounded_memory() {
     honest_round_trip(&relay).await;
 }
 
+/// A reader that is slow but keeps reading is not cut off: with
+/// `min_transfer_rate` = 64 KiB/s and `request_timeout_s` = 1, a 1 MiB answer
+/// read at about twice that rate (8 s) finishes within its deadline of
+/// 1 s + 16 s, although that is far beyond the 1 s base. (The chaos suite's
+/// `link_56_kbit` runs the defaults over a 7000 byte/s link.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_above_the_minimum_rate_is_not_cut_off() {
+    const RATE: f64 = 128.0 * 1024.0;
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(
+        tmp.path(),
+        "[limits]\nrequest_timeout_s = 1\nmin_transfer_rate = 65536\n",
+    );
+    let secret = GroupSecret::generate();
+    push_blob(&relay, &secret, 1 << 20).await;
+    // Small windows, so the relay's progress follows the reader's.
+    let transport = QuicTransportConfig::builder()
+        .stream_receive_window((16u32 << 10).into())
+        .receive_window((64u32 << 10).into())
+        .build();
+    let ep = endpoint("127.0.0.1", Some(transport)).await;
+    let conn = connect(&ep, &relay).await.unwrap();
+    hello(&relay, &ep, &conn, &secret.keys()).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let pull = Message::Pull(Pull {
+        after: 0,
+        limit: 10,
+    });
+    write_message(&mut send, &pull, 4096).await.unwrap();
+    send.finish().unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout(ANSWER, recv.read(&mut chunk)).await {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => break,
+            other => panic!("after {} bytes: {other:?}", got.len()),
+        };
+        got.extend_from_slice(&chunk[..n]);
+        // Pace the reading at RATE.
+        let due = Duration::from_secs_f64(got.len() as f64 / RATE);
+        tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+    }
+    let took = started.elapsed();
+    let slow_readers = relay.metrics().value("sync_relay_slow_readers", &[]);
+    eprintln!(
+        "slow reader: {} bytes in {took:?} ({:.0} bytes/s); slow_readers_total {slow_readers}",
+        got.len(),
+        got.len() as f64 / took.as_secs_f64()
+    );
+    match sync_protocol::decode_body(&got[4..]) {
+        Ok(Message::PullBatch(b)) => assert_eq!(b.blobs[0].payload.len(), 1 << 20),
+        other => panic!("{other:?}"),
+    }
+    assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+    assert_eq!(slow_readers, 0.0);
+}
+
 /// The relay-wide budget bounds what many sessions hold together, even
 /// with per-session shares that would allow more: 20 never-reading pullers
 /// with a share of 16 frames each (340 MiB together) against
