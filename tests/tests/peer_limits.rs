@@ -336,7 +336,7 @@ async fn pullers_that_never_read_are_cut_off_and_cost_bounded_memory() {
     let mut relay = Arc::into_inner(relay).expect("the honest task is done");
     let metrics = relay.metrics();
     eprintln!(
-        "{SESSIONS} never-reading pullers × {STREAMS} streams: all cut off after {cut_after:?}; \
+        "{SESSIONS} never-reading pullers × {STREAMS} streams: connections ended after {cut_after:?}; \
          honest meanwhile: {}; slow_readers_total {}",
         summary(&times),
         metrics.value("sync_relay_slow_readers", &[])
@@ -547,6 +547,19 @@ async fn request_bodies_beyond_the_session_budget_are_refused_before_they_are_re
             });
         }
         sessions.push((ep, conn, tasks));
+        // One session at a time: each has its streams read or refused
+        // before the next starts, so the first 5 take the relay's 20 frames.
+        let so_far = sessions.len();
+        let deadline = Instant::now() + ANSWER;
+        while refused.load(Ordering::SeqCst) + overloaded.load(Ordering::SeqCst)
+            < so_far * (REQUEST_SLOTS - 4)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "session {so_far} was not answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     // Wait until the relay holds 20 frames (each reserved in full before
     // a byte of its body is read) and refused every other stream (each
@@ -587,9 +600,12 @@ async fn request_bodies_beyond_the_session_budget_are_refused_before_they_are_re
         "exactly {RELAY_FRAMES} largest frames are read"
     );
     assert_eq!(rate_limited + overloaded, all_refused);
-    // 8 sessions wanted 4 frames each, 32; the relay had room for 20.
-    assert!(overloaded >= SESSIONS * 4 - RELAY_FRAMES, "{overloaded}");
-    assert!(rate_limited >= 1, "no session was held to its share");
+    // The first 5 sessions got their share of 4 frames each (20, all the
+    // relay has) and the rest of their streams refused RATE_LIMITED; the
+    // other 3 sessions found the relay's budget spent: OVERLOADED.
+    let full = RELAY_FRAMES / 4;
+    assert_eq!(rate_limited, full * (REQUEST_SLOTS - 4));
+    assert_eq!(overloaded, (SESSIONS - full) * REQUEST_SLOTS);
     assert_eq!(
         metrics.value("sync_relay_budget_refusals", &["session"]),
         rate_limited as f64
