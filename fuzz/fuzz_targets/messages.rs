@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(encode_body(&msg), data, "one message, one encoding");
     }
     each::<Hello>(data);
+    each::<HelloWithToken>(data);
     each::<Welcome>(data);
     each::<Push>(data);
     each::<PushOk>(data);

@@ -7,7 +7,7 @@ use sync_client::GroupSecret;
 use sync_client::crypto::envelope::{BlobHeader, BlobKind, Compression, open, seal};
 use sync_protocol::{BlobId, DeviceId, Message, Push, PushItem, decode_body, encode_frame};
 use sync_relay::storage::{
-    NewBlob, PushRequest, Quotas, SqliteStorage, SqliteStorageOptions, Storage,
+    NewBlob, NewGroup, PushRequest, Quotas, SqliteStorage, SqliteStorageOptions, Storage,
 };
 
 fn payload(len: usize) -> Vec<u8> {
@@ -77,6 +77,14 @@ fn storage(c: &mut Criterion) {
             Quotas::UNLIMITED,
         )))
         .unwrap();
+    // Only sessions create groups: open the one the pushes go to.
+    rt.block_on(s.open_session(
+        sync_protocol::GroupId([9; 32]),
+        DeviceId([8; 32]),
+        0,
+        NewGroup::Unowned,
+    ))
+    .unwrap();
     let body = payload(1024);
     let mut n = 0u64;
     let mut g = c.benchmark_group("storage");

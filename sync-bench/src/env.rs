@@ -51,8 +51,9 @@ pub struct Relay {
     _dir: tempfile::TempDir,
 }
 
-/// Relay config for a benchmark: `max_blob_size` bytes, quotas and rate
-/// limits out of the way, quiet logs.
+/// Relay config for a benchmark: `max_blob_size` bytes, quotas, rate
+/// limits and access control (open mode, no per-address limits) out of the
+/// way, quiet logs.
 fn bench_config(max_blob_size: u32) -> String {
     format!(
         "[limits]\nmax_blob_size = {max_blob_size}\nmax_group_storage = 68719476736\n\
@@ -61,6 +62,8 @@ fn bench_config(max_blob_size: u32) -> String {
          [rate_limits]\nrequests_per_s = 4000000000\nrequests_burst = 4000000000\n\
          push_bytes_per_s = 4000000000\npush_bytes_burst = 4000000000\n\
          connections_per_ip_per_s = 1000000\nconnections_per_ip_burst = 1000000\n\
+         [access]\nmode = \"open\"\nnew_groups_per_address_per_hour = 1000000\n\
+         max_storage_per_address = 68719476736\nmax_sessions_per_address = 1000000\n\
          [log]\nlevel = \"warn,sync_relay::server=info\"\n"
     )
 }
@@ -127,6 +130,7 @@ impl Relay {
             device_key: iroh::SecretKey::generate(),
             device_name: None,
             connect_timeout: Duration::from_secs(30),
+            access_token: None,
         })
     }
 

@@ -39,6 +39,12 @@ pub enum Command {
         /// Also print the invite as a QR code (default: when on a terminal)
         #[arg(long)]
         qr: bool,
+        /// Access token from the relay's operator (0ksync-token-…): the group
+        /// is created on the relay right away, and the token is not stored.
+        /// Needed on relays that create groups only with a token; devices
+        /// that join need none
+        #[arg(long, env = "SYNC_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        token: Option<String>,
     },
     /// Print a new invite for this device's group
     Invite {
@@ -50,9 +56,17 @@ pub enum Command {
         qr: bool,
     },
     /// Join a group with an invite from one of its devices
+    ///
+    /// The invite is a permanent secret of the group: prefer `-` (read it
+    /// from standard input) or --file over pasting it on the command line,
+    /// where other users can see it (`ps`) and the shell keeps it (history).
     Join {
-        /// The invite (starts with 0ksync1-)
-        invite: String,
+        /// The invite (starts with 0ksync1-), or `-` to read it from standard input
+        #[arg(required_unless_present = "file", value_name = "INVITE")]
+        invite: Option<String>,
+        /// Read the invite from this file
+        #[arg(long, value_name = "PATH", conflicts_with = "invite")]
+        file: Option<PathBuf>,
     },
     /// Encrypt and push files (or stdin with `-`) to the group
     ///
@@ -71,9 +85,9 @@ pub enum Command {
         /// Push files again even if unchanged since their last push
         #[arg(long)]
         force: bool,
-        /// Reconnect attempts before giving up when the relay is unreachable
-        #[arg(long, default_value_t = 12, value_name = "N")]
-        retries: u32,
+        /// Give up when the relay stays unreachable this long (e.g. 30s, 5m)
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        retry_for: String,
         /// Abandon and retry a transfer that makes no progress for this long
         #[arg(long, default_value = "15s", value_name = "DURATION")]
         stall_timeout: String,
@@ -87,15 +101,19 @@ pub enum Command {
         /// (rides through relay restarts and network drops; Ctrl-C stops)
         #[arg(long)]
         follow: bool,
-        /// Reconnect attempts before giving up [default: 12, or never with --follow]
-        #[arg(long, value_name = "N")]
-        retries: Option<u32>,
+        /// Give up when the relay stays unreachable this long [default: 30s, or never with --follow]
+        #[arg(long, value_name = "DURATION")]
+        retry_for: Option<String>,
         /// Abandon and retry a transfer that makes no progress for this long
         #[arg(long, default_value = "15s", value_name = "DURATION")]
         stall_timeout: String,
     },
     /// Show this device, its group, the sync state and the relay's reachability
-    Status,
+    Status {
+        /// Report the relay unreachable after trying this long (e.g. 5s)
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        retry_for: String,
+    },
     /// Print a shell completion script (e.g. `sync-cli completions bash > /etc/bash_completion.d/sync-cli`)
     Completions {
         /// The shell

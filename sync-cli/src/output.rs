@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-use sync_client::ClientError;
+use sync_client::{ClientError, ConnectOptions, LinkState, RetryPolicy, SyncClient};
 use sync_protocol::ErrorCode;
 
 /// How to print.
@@ -42,6 +42,92 @@ pub fn json_line<T: Serialize>(value: &T) {
 /// A short node id for human output: the first 10 hex characters.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(10)]
+}
+
+/// Shows the client's retries on stderr while it lives (unless `--quiet`):
+/// one status line per wait, "relay unreachable, retrying in 4 s
+/// (attempt 3)" — on a terminal a single line updated in place, otherwise
+/// one line each. Library log lines stay hidden (they need `-v`).
+pub struct RetryStatus {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RetryStatus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connect with `policy`, showing each retry (see [`RetryStatus`]). Keep
+/// the returned status alive as long as the client: reconnects later on
+/// are shown the same way.
+pub async fn connect(
+    opts: &ConnectOptions,
+    policy: RetryPolicy,
+    out: Out,
+) -> Result<(SyncClient, RetryStatus), ClientError> {
+    let (link, changes) = tokio::sync::watch::channel(LinkState::Connected { generation: 1 });
+    let status = RetryStatus {
+        task: tokio::spawn(show_retries(changes, out)),
+    };
+    let client = SyncClient::connect_reporting(opts, policy, link).await?;
+    Ok((client, status))
+}
+
+async fn show_retries(mut changes: tokio::sync::watch::Receiver<LinkState>, out: Out) {
+    if out.quiet {
+        return;
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let mut line: Option<ProgressBar> = None;
+    while changes.changed().await.is_ok() {
+        let state = changes.borrow_and_update().clone();
+        match state {
+            LinkState::Reconnecting {
+                attempt,
+                delay,
+                unreachable,
+                ..
+            } => {
+                let text = retry_line(attempt, delay, unreachable);
+                if !terminal {
+                    eprintln!("{text}");
+                    continue;
+                }
+                let bar = line.get_or_insert_with(|| {
+                    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    bar
+                });
+                bar.set_message(text);
+            }
+            LinkState::Connected { .. } => {
+                if let Some(bar) = line.take() {
+                    bar.finish_and_clear();
+                }
+            }
+        }
+    }
+}
+
+/// "relay unreachable, retrying in 4 s (attempt 3)".
+pub fn retry_line(attempt: u32, delay: Duration, unreachable: bool) -> String {
+    let what = if unreachable {
+        "relay unreachable"
+    } else {
+        "relay busy"
+    };
+    let secs = delay.as_secs_f64();
+    let wait = if secs >= 1.0 {
+        format!("{secs:.0} s")
+    } else {
+        format!("{secs:.1} s")
+    };
+    format!("{what}, retrying in {wait} (attempt {attempt})")
 }
 
 /// A byte-count progress bar (see [`Out::progress`]).
@@ -105,6 +191,18 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 "the group's storage at the relay is full: wait for old data to expire, or ask the relay operator for a larger quota"
             }
             ErrorCode::TtlTooLong => "ask for a shorter --ttl",
+            ErrorCode::AccessTokenRequired => {
+                "this relay creates groups only for devices with an access token: get one from the relay's operator (`sync-relay token create`) and create the group in a new home with `sync-cli init --relay ADDR --token TOKEN`; to use an existing group, join it with an invite instead"
+            }
+            ErrorCode::AccessTokenInvalid => {
+                "the access token is unknown or was revoked: ask the relay's operator for a new one"
+            }
+            ErrorCode::OwnerQuotaExceeded => {
+                "the storage budget of the token (or address) that created this group is used up: wait for old data to expire, or ask the relay operator for a larger budget"
+            }
+            ErrorCode::GroupLimitReached => {
+                "the relay creates no more groups for this token or address now: ask its operator for a token with a higher --max-groups, or try again later"
+            }
             ErrorCode::Overloaded => "the relay is at capacity: try again later",
             ErrorCode::RateLimited => {
                 "the relay asks this device to slow down: try again in a moment"

@@ -13,9 +13,14 @@ pub struct RetryPolicy {
     pub initial: Duration,
     /// Largest ceiling. Default 30 s.
     pub max_delay: Duration,
-    /// Reconnect attempts before giving up; `None` = never give up.
+    /// Reconnect attempts before giving up; `None` = no limit on the count.
     /// Default 12 (about 3 minutes at the cap).
     pub max_attempts: Option<u32>,
+    /// Give up reconnecting once this long has passed since the connection
+    /// was lost (or since the first attempt), whatever the count: no wait
+    /// or connect attempt reaches past it. `None` (the default) = no limit
+    /// on the time. `sync-cli` uses 30 s for one-shot commands.
+    pub give_up_after: Option<Duration>,
     /// A request that sees no bytes from the relay for this long is
     /// abandoned and retried on a new connection. Default 15 s.
     pub stall_timeout: Duration,
@@ -27,6 +32,7 @@ impl Default for RetryPolicy {
             initial: Duration::from_millis(250),
             max_delay: Duration::from_secs(30),
             max_attempts: Some(12),
+            give_up_after: None,
             stall_timeout: Duration::from_secs(15),
         }
     }
@@ -110,6 +116,7 @@ mod tests {
             initial: Duration::from_millis(250),
             max_delay: Duration::from_secs(30),
             max_attempts,
+            give_up_after: None,
             stall_timeout: Duration::from_secs(15),
         }
     }

@@ -200,6 +200,7 @@ impl Home {
             device_key: self.device_key()?,
             device_name,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            access_token: None,
         })
     }
 }

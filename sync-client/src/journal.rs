@@ -12,6 +12,7 @@
 //! that its sequence numbers will never be used.
 
 use crate::error::{ClientError, Result};
+use crate::place::KnownVersion;
 use crate::util::{ensure_private_dir, write_atomic};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -91,9 +92,36 @@ pub struct PushJournal {
     pub cursors: Option<(u64, u64)>,
     /// Set when every chunk is acknowledged; with the content hash (hex).
     pub complete: Option<String>,
+    /// The file history this push continues or starts (hex; see
+    /// [`crate::crypto::FileVersion`]); `None` in journals of older
+    /// clients, whose chunks go out without a version.
+    #[serde(default)]
+    pub lineage: Option<String>,
+    /// The generation pushed.
+    #[serde(default)]
+    pub generation: u64,
+    /// The pushing device's name, sent with the version.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// When the push completed, Unix ms.
+    #[serde(default)]
+    pub completed_at_ms: u64,
 }
 
 impl PushJournal {
+    /// The version this complete push sent from its source path, as a
+    /// record of what this device (node id `me`, hex) holds there.
+    pub fn known_version(&self, me: &str) -> Option<KnownVersion> {
+        Some(KnownVersion {
+            lineage: self.lineage.clone(),
+            generation: self.generation,
+            sender: me.to_string(),
+            seq: self.last_seq,
+            blake3: self.complete.clone()?,
+            at_ms: self.completed_at_ms,
+        })
+    }
+
     /// The file id as bytes.
     pub fn file_id_bytes(&self) -> Result<[u8; 16]> {
         hex::decode(&self.file_id)
@@ -218,6 +246,10 @@ mod tests {
             acked: 0,
             cursors: None,
             complete: None,
+            lineage: None,
+            generation: 0,
+            device: None,
+            completed_at_ms: 0,
         };
         journals.save(&j).unwrap();
         assert_eq!(journals.find(&file).unwrap(), Some(j.clone()));

@@ -6,7 +6,8 @@
 //! - [`session`]: one authenticated session with the relay (opaque payloads).
 //! - [`client`]: [`SyncClient`], which seals pushes and opens pulls, and
 //!   reconnects with backoff ([`backoff`]); resumable pushes ([`journal`]).
-//! - [`receive`]: applying pulled blobs, file reassembly and verification.
+//! - [`receive`]: applying pulled blobs, file reassembly and verification;
+//!   [`place`]: where a received file lands without destroying local data.
 //! - [`home`]: a device's home directory (device key, group, state).
 //! - [`invite`], [`relay_addr`], [`state`], [`integrity`], [`util`].
 
@@ -21,6 +22,7 @@ pub mod home;
 pub mod integrity;
 pub mod invite;
 pub mod journal;
+pub mod place;
 pub mod receive;
 pub mod relay_addr;
 pub mod session;

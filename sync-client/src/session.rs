@@ -12,8 +12,9 @@ use iroh::{Endpoint, EndpointAddr, SecretKey};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
-    Ack, CloseCode, DeviceId, Hello, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem,
-    PushOk, Welcome, decode_body, read_frame_into, read_message, write_message,
+    AccessToken, Ack, CloseCode, DeviceId, Hello, HelloWithToken, Message, PROTOCOL_VERSION, Pull,
+    PullBatch, Push, PushItem, PushOk, Welcome, decode_body, read_frame_into, read_message,
+    write_message,
 };
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
@@ -34,6 +35,11 @@ pub struct ConnectOptions {
     pub device_name: Option<String>,
     /// Time allowed for dial + handshake.
     pub connect_timeout: Duration,
+    /// An operator-issued access token, needed only to create a group on a
+    /// relay in token mode: with it the `Hello` is sent as
+    /// `HelloWithToken` (tag 10), without it as a plain `Hello` (which
+    /// relays from before access control also understand).
+    pub access_token: Option<AccessToken>,
 }
 
 /// A live session with the relay.
@@ -51,7 +57,9 @@ pub struct RelaySession {
 impl RelaySession {
     /// Dial the relay and complete the handshake. Errors:
     /// [`ClientError::Connect`] (unreachable, timeout),
-    /// [`ClientError::Relay`] (UNAUTHORIZED, UNSUPPORTED_VERSION),
+    /// [`ClientError::Relay`] (UNAUTHORIZED, UNSUPPORTED_VERSION, and for a
+    /// group that does not exist yet ACCESS_TOKEN_REQUIRED,
+    /// ACCESS_TOKEN_INVALID, GROUP_LIMIT_REACHED),
     /// [`ClientError::Protocol`].
     pub async fn connect(opts: &ConnectOptions) -> Result<RelaySession> {
         let addrs = opts.relay.resolve().await?;
@@ -79,7 +87,10 @@ impl RelaySession {
                 discard(endpoint).await;
                 Err(ClientError::Connect {
                     addr: opts.relay.to_string(),
-                    reason: format!("no answer within {} s", opts.connect_timeout.as_secs_f64()),
+                    reason: format!(
+                        "no answer within {:.1} s",
+                        opts.connect_timeout.as_secs_f64()
+                    ),
                 })
             }
         }
@@ -98,7 +109,10 @@ impl RelaySession {
         .await
         .map_err(|_| ClientError::Connect {
             addr: opts.relay.to_string(),
-            reason: format!("no answer within {} s", opts.connect_timeout.as_secs_f64()),
+            reason: format!(
+                "no answer within {:.1} s",
+                opts.connect_timeout.as_secs_f64()
+            ),
         })?
     }
 
@@ -120,12 +134,19 @@ impl RelaySession {
             })?;
         let relay_id = DeviceId(*opts.relay.node_id.as_bytes());
         let device_id = DeviceId(*endpoint.id().as_bytes());
-        let hello = Message::Hello(Hello {
+        let hello = Hello {
             version: PROTOCOL_VERSION,
             group_id: opts.keys.group_id(),
             proof: opts.keys.proof(&relay_id, &device_id),
             device_name: opts.device_name.clone(),
-        });
+        };
+        let hello = match opts.access_token {
+            Some(access_token) => Message::HelloWithToken(HelloWithToken {
+                hello,
+                access_token,
+            }),
+            None => Message::Hello(hello),
+        };
         let mut recv = send_request(&conn, &hello, HANDSHAKE_MAX_FRAME).await?;
         let welcome = match read_message(&mut recv, HANDSHAKE_MAX_FRAME).await? {
             Some(Message::Welcome(w)) => w,
@@ -242,11 +263,31 @@ impl RelaySession {
     /// Close the session cleanly (close code 0) and release the endpoint
     /// (waits at most 1 s for the close to be sent).
     pub async fn close(&self) {
-        self.conn
-            .close(VarInt::from_u32(CloseCode::Normal.as_u32()), b"bye");
+        self.close_connection();
         if let Some(endpoint) = &self.endpoint {
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.close()).await;
         }
+    }
+
+    /// Close the connection (close code 0) without waiting; the endpoint,
+    /// if the session owns one, stays open (see [`RelaySession::endpoint`]).
+    pub fn close_connection(&self) {
+        self.conn
+            .close(VarInt::from_u32(CloseCode::Normal.as_u32()), b"bye");
+    }
+
+    /// The endpoint this session owns (bound for it by
+    /// [`RelaySession::connect`] or handed over with
+    /// [`RelaySession::owning`]), to close when done.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.endpoint.clone()
+    }
+
+    /// Make the session own `endpoint` (the one it was opened on with
+    /// [`RelaySession::connect_on`]).
+    pub fn owning(mut self, endpoint: Endpoint) -> RelaySession {
+        self.endpoint = Some(endpoint);
+        self
     }
 
     /// Resolves once the relay has sent nothing at all (not even an ACK of

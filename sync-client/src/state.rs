@@ -11,9 +11,11 @@
 
 use crate::error::{ClientError, Result};
 use crate::integrity::SenderTrack;
+use crate::place::KnownVersion;
 use crate::util::write_atomic;
+use rangemap::RangeInclusiveSet;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -32,8 +34,10 @@ pub struct PartialFile {
     pub temp_path: PathBuf,
     /// Sender's node id, hex.
     pub sender: String,
-    /// Chunk numbers written.
-    pub received: BTreeSet<u32>,
+    /// Chunk numbers written, as ranges (`[first, last]` pairs; single
+    /// numbers in older state files).
+    #[serde(deserialize_with = "crate::integrity::ranges_or_numbers")]
+    pub received: RangeInclusiveSet<u32>,
     /// Known once the last chunk arrived: chunk count, size, BLAKE3.
     pub end: Option<(u32, u64, String)>,
     /// Content bytes written so far.
@@ -45,6 +49,19 @@ pub struct PartialFile {
     /// Every chunk arrived; the file is being verified and moved into place.
     #[serde(default)]
     pub completing: bool,
+    /// The file's history (hex), when its sender gave one
+    /// ([`crate::crypto::FileVersion`]).
+    #[serde(default)]
+    pub lineage: Option<String>,
+    /// Its generation in that history.
+    #[serde(default)]
+    pub generation: u64,
+    /// The sending device's name, for a conflict copy.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// The sender's highest sequence number among the chunks so far.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Everything the device remembers between runs.
@@ -66,6 +83,10 @@ pub struct ClientState {
     /// Number of blobs that failed to decrypt or verify, ever.
     #[serde(default)]
     pub rejected: u64,
+    /// The file version this device last wrote at each path (absolute):
+    /// what a later version may replace (see [`crate::place`]).
+    #[serde(default)]
+    pub files: BTreeMap<String, KnownVersion>,
 }
 
 impl Default for ClientState {
@@ -77,6 +98,7 @@ impl Default for ClientState {
             partials: BTreeMap::new(),
             replays: 0,
             rejected: 0,
+            files: BTreeMap::new(),
         }
     }
 }

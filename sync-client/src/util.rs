@@ -61,6 +61,24 @@ pub fn parse_duration(text: &str) -> Result<u64> {
         .ok_or_else(bad)
 }
 
+/// This machine's host name (its first label, at most 32 bytes), when it
+/// is usable as a device name in file names
+/// ([`crate::crypto::envelope::validate_device_name`]).
+pub fn host_name() -> Option<String> {
+    let text = fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let label = text.trim().split('.').next()?;
+    let mut cut = label
+        .len()
+        .min(crate::crypto::envelope::MAX_DEVICE_NAME_LEN);
+    while !label.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let name = &label[..cut];
+    crate::crypto::envelope::validate_device_name(name)
+        .ok()
+        .map(|()| name.to_string())
+}
+
 /// `1536` → `"1.5 KiB"`.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -81,7 +81,7 @@ fn assert_faithful(bytes: &[u8], opened: &OpenedBlob) -> Result<(), TestCaseErro
             prop_assert_eq!(opened.body.as_slice(), &raw[..]);
         }
     }
-    if let BlobKind::FileChunk(chunk) = &header.kind {
+    if let Some((chunk, _)) = header.kind.chunk() {
         prop_assert!(validate_name(&chunk.name).is_ok(), "{:?}", chunk.name);
     }
     Ok(())

@@ -5,7 +5,7 @@
 //! errors, so one message has exactly one encoding.
 
 use crate::limits::{FRAME_HEADER_LEN, MAX_DEVICE_NAME};
-use crate::message::{Hello, Message, MessageKind};
+use crate::message::{Hello, HelloWithToken, Message, MessageKind};
 
 /// Why a frame body is not a valid message. Maps to INVALID_MESSAGE.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +56,7 @@ const KINDS: [MessageKind; MessageKind::COUNT as usize] = [
     MessageKind::AckOk,
     MessageKind::Notify,
     MessageKind::Error,
+    MessageKind::HelloWithToken,
 ];
 
 /// The encoded body of `msg` (no length prefix).
@@ -111,10 +112,14 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
     if encoded_len(&msg) != body.len() {
         return Err(DecodeError::NonCanonical { kind });
     }
-    if let Message::Hello(Hello {
+    let hello = match &msg {
+        Message::Hello(h) | Message::HelloWithToken(HelloWithToken { hello: h, .. }) => Some(h),
+        _ => None,
+    };
+    if let Some(Hello {
         device_name: Some(name),
         ..
-    }) = &msg
+    }) = hello
         && name.len() > MAX_DEVICE_NAME
     {
         return Err(DecodeError::OverLimit(format!(
@@ -157,7 +162,7 @@ mod tests {
 
     #[test]
     fn unknown_tag_is_rejected() {
-        assert_eq!(decode_body(&[10]), Err(DecodeError::UnknownTag(10)));
+        assert_eq!(decode_body(&[11]), Err(DecodeError::UnknownTag(11)));
         assert_eq!(
             decode_body(&[0x80, 0x01]),
             Err(DecodeError::UnknownTag(128))
@@ -230,6 +235,59 @@ mod tests {
             device_name: Some("x".repeat(MAX_DEVICE_NAME + 1)),
         }));
         assert!(matches!(decode_body(&body), Err(DecodeError::OverLimit(_))));
+        let body = encode_body(&Message::HelloWithToken(HelloWithToken {
+            hello: Hello {
+                version: 1,
+                group_id: GroupId([1; 32]),
+                proof: Proof([2; 64]),
+                device_name: Some("x".repeat(MAX_DEVICE_NAME + 1)),
+            },
+            access_token: AccessToken([3; 32]),
+        }));
+        assert!(matches!(decode_body(&body), Err(DecodeError::OverLimit(_))));
+    }
+
+    #[test]
+    fn access_tokens_parse_print_and_never_debug() {
+        let t = AccessToken([0xab; 32]);
+        let text = t.to_text();
+        assert_eq!(text, format!("0ksync-token-{}", "ab".repeat(32)));
+        assert_eq!(AccessToken::parse(&format!(" {text}\n")), Ok(t));
+        assert_eq!(
+            AccessToken::parse(
+                &text
+                    .to_uppercase()
+                    .replace("0KSYNC-TOKEN-", "0ksync-token-")
+            ),
+            Ok(t)
+        );
+        for bad in [
+            "",
+            "ab".repeat(32).as_str(),
+            &text[..text.len() - 1],
+            &format!("{text}00"),
+            "0ksync-token-zz",
+        ] {
+            assert_eq!(AccessToken::parse(bad), Err(ParseTokenError), "{bad:?}");
+        }
+        assert_eq!(
+            AccessToken::parse(&format!("0ksync-token-{}é", "a".repeat(62))),
+            Err(ParseTokenError)
+        );
+        assert!(
+            !format!("{t:?}").contains("ab"),
+            "Debug shows no token byte"
+        );
+        let hello = HelloWithToken {
+            hello: Hello {
+                version: 1,
+                group_id: GroupId([1; 32]),
+                proof: Proof([2; 64]),
+                device_name: None,
+            },
+            access_token: t,
+        };
+        assert!(!format!("{hello:?}").contains("abab"), "{hello:?}");
     }
 
     #[test]

@@ -15,8 +15,16 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// 1002: the membership proof does not verify against the group id.
     Unauthorized,
-    /// 1003: a request other than `Hello` before the session is active.
+    /// 1003: a request other than `Hello` before the session is active, or
+    /// (not while the session is live) a request whose group the relay no
+    /// longer stores.
     NotInSession,
+    /// 1004: the group does not exist and this relay creates groups only for
+    /// a `HelloWithToken` carrying an operator-issued access token.
+    AccessTokenRequired,
+    /// 1005: the access token is unknown or revoked (at `Hello`), or the
+    /// token that created the group was revoked (at `Push`).
+    AccessTokenInvalid,
     /// 2000: over a rate limit; `retry_after_ms` says when to retry.
     RateLimited,
     /// 2001: a payload is larger than the relay's `max_blob_size`.
@@ -25,6 +33,15 @@ pub enum ErrorCode {
     GroupQuotaExceeded,
     /// 2003: a `ttl_s` is above the relay's `max_ttl`.
     TtlTooLong,
+    /// 2004: the push would take the groups of the group's owner (its
+    /// access token, or in open mode the address that created it) over the
+    /// owner's storage budget. The message gives used, adding and limit.
+    OwnerQuotaExceeded,
+    /// 2005: no new group now: the access token has created its
+    /// `max_groups`, or the address its new groups for this hour
+    /// (`retry_after_ms` says when), or the open relay promises storage to
+    /// as many addresses as it can.
+    GroupLimitReached,
     /// 3000: the relay is out of capacity (storage, sessions).
     Overloaded,
     /// 3001: the relay is stopping; reconnect later.
@@ -44,10 +61,14 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => 1001,
             ErrorCode::Unauthorized => 1002,
             ErrorCode::NotInSession => 1003,
+            ErrorCode::AccessTokenRequired => 1004,
+            ErrorCode::AccessTokenInvalid => 1005,
             ErrorCode::RateLimited => 2000,
             ErrorCode::BlobTooLarge => 2001,
             ErrorCode::GroupQuotaExceeded => 2002,
             ErrorCode::TtlTooLong => 2003,
+            ErrorCode::OwnerQuotaExceeded => 2004,
+            ErrorCode::GroupLimitReached => 2005,
             ErrorCode::Overloaded => 3000,
             ErrorCode::ShuttingDown => 3001,
             ErrorCode::Internal => 3002,
@@ -62,10 +83,14 @@ impl ErrorCode {
             1001 => ErrorCode::UnsupportedVersion,
             1002 => ErrorCode::Unauthorized,
             1003 => ErrorCode::NotInSession,
+            1004 => ErrorCode::AccessTokenRequired,
+            1005 => ErrorCode::AccessTokenInvalid,
             2000 => ErrorCode::RateLimited,
             2001 => ErrorCode::BlobTooLarge,
             2002 => ErrorCode::GroupQuotaExceeded,
             2003 => ErrorCode::TtlTooLong,
+            2004 => ErrorCode::OwnerQuotaExceeded,
+            2005 => ErrorCode::GroupLimitReached,
             3000 => ErrorCode::Overloaded,
             3001 => ErrorCode::ShuttingDown,
             3002 => ErrorCode::Internal,
@@ -80,10 +105,14 @@ impl ErrorCode {
             ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::NotInSession => "NOT_IN_SESSION",
+            ErrorCode::AccessTokenRequired => "ACCESS_TOKEN_REQUIRED",
+            ErrorCode::AccessTokenInvalid => "ACCESS_TOKEN_INVALID",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::BlobTooLarge => "BLOB_TOO_LARGE",
             ErrorCode::GroupQuotaExceeded => "GROUP_QUOTA_EXCEEDED",
             ErrorCode::TtlTooLong => "TTL_TOO_LONG",
+            ErrorCode::OwnerQuotaExceeded => "OWNER_QUOTA_EXCEEDED",
+            ErrorCode::GroupLimitReached => "GROUP_LIMIT_REACHED",
             ErrorCode::Overloaded => "OVERLOADED",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::Internal => "INTERNAL",
@@ -130,7 +159,9 @@ pub enum CloseCode {
     FrameTooLarge,
     /// 3: no `Hello` within the handshake timeout (10 s).
     HelloTimeout,
-    /// 4: the `Hello` was refused (UNAUTHORIZED, UNSUPPORTED_VERSION); the
+    /// 4: the `Hello` was refused (UNAUTHORIZED, UNSUPPORTED_VERSION,
+    /// ACCESS_TOKEN_REQUIRED, ACCESS_TOKEN_INVALID, GROUP_LIMIT_REACHED,
+    /// RATE_LIMITED); the
     /// `Error` frame on the first stream says why.
     HelloRejected,
     /// 5: the relay is shutting down.
@@ -188,7 +219,8 @@ mod tests {
     #[test]
     fn error_codes_round_trip_and_classify() {
         for n in [
-            1000, 1001, 1002, 1003, 2000, 2001, 2002, 2003, 3000, 3001, 3002,
+            1000, 1001, 1002, 1003, 1004, 1005, 2000, 2001, 2002, 2003, 2004, 2005, 3000, 3001,
+            3002,
         ] {
             let code = ErrorCode::from_u16(n);
             assert!(!matches!(code, ErrorCode::Unknown(_)), "{n} is known");

@@ -65,6 +65,61 @@ pub struct Hello {
     pub device_name: Option<String>,
 }
 
+/// An operator-issued access token (32 random bytes): lets a `Hello` create
+/// a new group on a relay that admits new groups only with a token
+/// (`docs/protocol.md` §Hello). A secret: its `Debug` is redacted and it has
+/// no `Display`; [`AccessToken::to_text`] spells it out on purpose.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessToken(pub [u8; 32]);
+
+/// Prefix of an access token's text form: `0ksync-token-` then 64 lowercase
+/// hex characters.
+pub const ACCESS_TOKEN_PREFIX: &str = "0ksync-token-";
+
+/// Why a string is not an access token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an access token: expected {ACCESS_TOKEN_PREFIX} followed by 64 hex characters")]
+pub struct ParseTokenError;
+
+impl AccessToken {
+    /// The text form, `0ksync-token-<64 hex>` (what the operator hands out).
+    pub fn to_text(&self) -> String {
+        format!("{ACCESS_TOKEN_PREFIX}{}", hex::encode(self.0))
+    }
+
+    /// Parse the text form (surrounding whitespace ignored; hex in either
+    /// case). Errors: [`ParseTokenError`].
+    pub fn parse(text: &str) -> Result<AccessToken, ParseTokenError> {
+        let hex = text
+            .trim()
+            .strip_prefix(ACCESS_TOKEN_PREFIX)
+            .ok_or(ParseTokenError)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex, &mut out).map_err(|_| ParseTokenError)?;
+        Ok(AccessToken(out))
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+/// First request of a session that also presents an [`AccessToken`]: the
+/// fields of [`Hello`] in order, then the token (32 bytes, raw). The relay
+/// checks the token only when the group does not exist yet (creating it);
+/// a device joining an existing group needs none and sends a plain
+/// [`Hello`]. Answered like [`Hello`], plus ACCESS_TOKEN_INVALID (unknown or
+/// revoked token) and GROUP_LIMIT_REACHED (the token's `max_groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloWithToken {
+    /// Everything a [`Hello`] carries (encoded inline, no length).
+    pub hello: Hello,
+    /// The operator-issued token.
+    pub access_token: AccessToken,
+}
+
 /// Answer to [`Hello`]: the session is active; the relay's limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
@@ -279,7 +334,7 @@ pub fn hello_proof_message(relay: &DeviceId, device: &DeviceId) -> Vec<u8> {
 
 /// Every frame body. The variant order is the wire tag (postcard varint):
 /// 0 Hello, 1 Welcome, 2 Push, 3 PushOk, 4 Pull, 5 PullBatch, 6 Ack,
-/// 7 AckOk, 8 Notify, 9 Error.
+/// 7 AckOk, 8 Notify, 9 Error, 10 HelloWithToken.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Tag 0, client → relay.
@@ -302,6 +357,8 @@ pub enum Message {
     Notify(Notify),
     /// Tag 9, relay → client.
     Error(ErrorMsg),
+    /// Tag 10, client → relay: a `Hello` with an access token.
+    HelloWithToken(HelloWithToken),
 }
 
 /// The kind of a [`Message`], for logs and errors ("expected X, got Y").
@@ -317,11 +374,12 @@ pub enum MessageKind {
     AckOk,
     Notify,
     Error,
+    HelloWithToken,
 }
 
 impl MessageKind {
     /// Number of message kinds: tags are `0..COUNT`.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// The message's name as in `docs/protocol.md`.
     pub fn name(self) -> &'static str {
@@ -336,6 +394,7 @@ impl MessageKind {
             MessageKind::AckOk => "AckOk",
             MessageKind::Notify => "Notify",
             MessageKind::Error => "Error",
+            MessageKind::HelloWithToken => "HelloWithToken",
         }
     }
 }
@@ -360,6 +419,7 @@ impl Message {
             Message::AckOk(_) => MessageKind::AckOk,
             Message::Notify(_) => MessageKind::Notify,
             Message::Error(_) => MessageKind::Error,
+            Message::HelloWithToken(_) => MessageKind::HelloWithToken,
         }
     }
 }

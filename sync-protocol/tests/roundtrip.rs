@@ -59,6 +59,23 @@ fn message() -> impl Strategy<Value = Message> {
                     device_name,
                 })
             }),
+        (
+            any::<u16>(),
+            any::<[u8; 32]>(),
+            proptest::option::of("[a-z]{0,64}"),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(version, g, device_name, t)| {
+                Message::HelloWithToken(HelloWithToken {
+                    hello: Hello {
+                        version,
+                        group_id: GroupId(g),
+                        proof: Proof([7; 64]),
+                        device_name,
+                    },
+                    access_token: AccessToken(t),
+                })
+            }),
         (any::<[u8; 32]>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
             |(r, head, a, b)| Message::Welcome(Welcome {
                 version: 1,

@@ -25,6 +25,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// The expiry task.
     pub cleanup: CleanupConfig,
+    /// Who may create new groups.
+    pub access: AccessConfig,
     /// Log output.
     pub log: LogConfig,
 }
@@ -140,7 +142,8 @@ pub struct RateLimitsConfig {
 pub struct CleanupConfig {
     /// Seconds between cleanup runs. Default 60.
     pub interval_s: u32,
-    /// Blobs deleted per write transaction. Default 500.
+    /// Blobs (and at most as many idle devices and idle groups) deleted per
+    /// write transaction. Default 500.
     pub batch_size: u32,
     /// Also delete blobs every device of the group has acknowledged.
     /// Default false.
@@ -148,9 +151,61 @@ pub struct CleanupConfig {
     /// With `delete_acked`: only devices seen within this many days count.
     /// Default 30.
     pub acked_device_window_days: u32,
+    /// Days after which a device not seen (no session opened, no ack) is
+    /// forgotten, and a group holding no blob, without a live session and
+    /// with no device left is pruned (its head is kept as the relay's head
+    /// floor, so it never goes backwards). 0 prunes at the next run.
+    /// With `delete_acked`, at least `acked_device_window_days` apply.
+    /// Default 30; 0..=36500.
+    pub idle_group_days: u32,
     /// Seconds between `PRAGMA wal_checkpoint(TRUNCATE)` + `PRAGMA optimize`.
     /// Default 3600.
     pub maintenance_interval_s: u32,
+}
+
+/// `[access]`: who may create new groups (docs/deploy.md §Access). Devices
+/// joining an existing group are never asked for anything but the group's
+/// membership proof.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// `token` (default): a new group is created only by a `HelloWithToken`
+    /// carrying an access token from `sync-relay token create`. `open`: any
+    /// device may create groups, within the per-address limits below (a
+    /// token, when presented, still creates a token-owned group).
+    pub mode: AccessMode,
+    /// Open mode: groups one address (IPv4 address, IPv6 /64) may create
+    /// per hour. Default 10.
+    pub new_groups_per_address_per_hour: u32,
+    /// Payload bytes all groups one address created may store together;
+    /// pushes beyond get OWNER_QUOTA_EXCEEDED. Default 1073741824 (1 GiB).
+    pub max_storage_per_address: u64,
+    /// Live sessions on all groups one address created; Hellos beyond get
+    /// RATE_LIMITED. Default 256.
+    pub max_sessions_per_address: u32,
+}
+
+/// How new groups are admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// Only with an operator-issued access token.
+    Token,
+    /// By anyone, within per-address limits.
+    Open,
+}
+
+impl AccessConfig {
+    /// How many addresses may own groups at once: as many as the relay can
+    /// promise their whole `max_storage_per_address` and
+    /// `max_sessions_per_address` (`limits.max_storage` and
+    /// `limits.max_sessions` divided by them, the smaller), at least 1.
+    pub fn max_addresses(&self, limits: &LimitsConfig) -> u64 {
+        let by_storage = limits.max_storage / self.max_storage_per_address.max(1);
+        let by_sessions =
+            u64::from(limits.max_sessions) / u64::from(self.max_sessions_per_address.max(1));
+        by_storage.min(by_sessions).max(1)
+    }
 }
 
 /// `[log]`.
@@ -182,7 +237,19 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             cleanup: CleanupConfig::default(),
+            access: AccessConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            mode: AccessMode::Token,
+            new_groups_per_address_per_hour: 10,
+            max_storage_per_address: 1 << 30,
+            max_sessions_per_address: 256,
         }
     }
 }
@@ -247,6 +314,7 @@ impl Default for CleanupConfig {
             batch_size: 500,
             delete_acked: false,
             acked_device_window_days: 30,
+            idle_group_days: 30,
             maintenance_interval_s: 3600,
         }
     }
@@ -260,6 +328,9 @@ impl Default for LogConfig {
         }
     }
 }
+
+/// Largest day count a `…_days` key takes (100 years).
+const MAX_DAYS: u32 = 36_500;
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -434,6 +505,18 @@ impl Config {
             ("limits.max_storage", l.max_storage),
             ("limits.max_sessions", u64::from(l.max_sessions)),
             ("limits.max_group_sessions", u64::from(l.max_group_sessions)),
+            (
+                "access.new_groups_per_address_per_hour",
+                u64::from(self.access.new_groups_per_address_per_hour),
+            ),
+            (
+                "access.max_storage_per_address",
+                self.access.max_storage_per_address,
+            ),
+            (
+                "access.max_sessions_per_address",
+                u64::from(self.access.max_sessions_per_address),
+            ),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1".into());
@@ -464,6 +547,15 @@ impl Config {
             if v == 0 {
                 return invalid(key, "must be at least 1".into());
             }
+        }
+        if self.cleanup.idle_group_days > MAX_DAYS {
+            return invalid(
+                "cleanup.idle_group_days",
+                format!(
+                    "must be 0..={MAX_DAYS} days, got {}",
+                    self.cleanup.idle_group_days
+                ),
+            );
         }
         if self.cleanup.batch_size > 100_000 {
             return invalid(
@@ -707,5 +799,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("batch_size"), "{err}");
+        let err = parse("[cleanup]\nidle_group_days = 36501\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cleanup.idle_group_days"), "{err}");
+        let c = parse("[cleanup]\nidle_group_days = 0\n").unwrap();
+        assert_eq!(c.cleanup.idle_group_days, 0);
+        let err = parse("[access]\nmode = \"public\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mode"), "{err}");
+        let err = parse("[access]\nmax_storage_per_address = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("access.max_storage_per_address"), "{err}");
+        let err = parse("[access]\nnew_groups_per_address_per_hour = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("access.new_groups_per_address_per_hour"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn token_mode_is_the_default_and_addresses_fit_the_relay() {
+        let c = Config::default();
+        assert_eq!(c.access.mode, AccessMode::Token);
+        // 10 GiB / 1 GiB; 10000 / 256 = 39.
+        assert_eq!(c.access.max_addresses(&c.limits), 10);
+        let c = parse("[access]\nmode = \"open\"\nmax_sessions_per_address = 5000\n").unwrap();
+        assert_eq!(c.access.mode, AccessMode::Open);
+        assert_eq!(c.access.max_addresses(&c.limits), 2);
+        let c = parse("[limits]\nmax_storage = 100\n").unwrap();
+        assert_eq!(c.access.max_addresses(&c.limits), 1, "at least one");
     }
 }

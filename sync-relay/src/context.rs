@@ -1,7 +1,9 @@
 //! State shared by every session and the HTTP server.
 
+use crate::admission::Admission;
 use crate::budget::{PendingHellos, RelayBudget, SessionBudget};
 use crate::config::{Config, LimitsConfig};
+use crate::http::{STATS_MAX_AGE, StatsCache};
 use crate::metrics::Metrics;
 use crate::notify::NotifyHub;
 use crate::ratelimit::RateLimits;
@@ -34,10 +36,15 @@ pub struct RelayContext {
     pub budget: RelayBudget,
     /// Connections whose `Hello` is not answered yet, capped.
     pub awaiting_hello: Arc<PendingHellos>,
+    /// Who may create groups and hold sessions (`[access]`).
+    pub admission: Arc<Admission>,
     /// Configuration problems found at start that an operator should fix,
     /// reported in `/health` (e.g. no usable announced address,
     /// [`crate::advertise`]).
     pub warnings: Vec<String>,
+    /// Storage figures for `/health` and `/metrics`, queried at most once
+    /// a second whatever the request rate.
+    pub storage_figures: StatsCache,
 }
 
 impl RelayContext {
@@ -69,7 +76,9 @@ impl RelayContext {
             awaiting_hello: PendingHellos::new(
                 config.limits.max_connections_awaiting_hello as usize,
             ),
+            admission: Admission::new(config),
             warnings,
+            storage_figures: StatsCache::new(STATS_MAX_AGE),
         })
     }
 

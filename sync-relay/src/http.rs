@@ -1,8 +1,16 @@
-//! HTTP endpoints (DESIGN §5.7) over axum. `GET /health` runs a real database
-//! query: 200 `{"status":"ok",…}` when it answers, 503 with
+//! HTTP endpoints (DESIGN §5.7) over axum. `GET /health`: 200
+//! `{"status":"ok",…}` when the database answers, 503 with
 //! `"status":"degraded"` when it fails or `"stopping"` during shutdown.
+//!
+//! Both `/health` and `/metrics` read the storage figures (groups, devices,
+//! blobs, bytes) through one [`StatsCache`] in the [`RelayContext`]: one real
+//! database query at most once per [`STATS_MAX_AGE`], shared by every
+//! request of both endpoints (concurrent requests wait for the one refresh
+//! in progress), so a flood of requests costs the database nothing more.
+//! A failing database shows as a fixed message; its error goes to the log.
 
 use crate::context::RelayContext;
+use crate::storage::{Storage, StorageStats};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -11,9 +19,90 @@ use axum::{Json, Router};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::warn;
 
-/// How long `/health` waits for the database.
+/// How long `/health` and `/metrics` wait for the database.
 const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long storage figures are reused before the next request refreshes
+/// them: at most one database query per second, however many requests.
+pub const STATS_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// `Health::db` when the database answered.
+pub const DB_OK: &str = "ok";
+/// `Health::db` when the database query failed (the error is logged).
+pub const DB_UNAVAILABLE: &str = "database unavailable";
+/// `Health::db` when the database did not answer within 2 s.
+pub const DB_TIMED_OUT: &str = "database did not answer within 2 s";
+
+/// The outcome of one storage-figures query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbStatus {
+    /// The database answered with these figures.
+    Ok(StorageStats),
+    /// The query failed; the error was logged when it happened.
+    Unavailable,
+    /// No answer within 2 s.
+    TimedOut,
+}
+
+impl DbStatus {
+    /// The fixed text shown in `/health`'s `db` field.
+    pub fn message(&self) -> &'static str {
+        match self {
+            DbStatus::Ok(_) => DB_OK,
+            DbStatus::Unavailable => DB_UNAVAILABLE,
+            DbStatus::TimedOut => DB_TIMED_OUT,
+        }
+    }
+}
+
+/// Storage figures refreshed at most once per `max_age`, shared by every
+/// caller: the first caller after they aged runs the query while holding
+/// the lock, the others wait for it and reuse its answer (failures too, so
+/// a broken database is not queried more often either).
+#[derive(Debug)]
+pub struct StatsCache {
+    max_age: Duration,
+    last: Mutex<Option<(Instant, DbStatus)>>,
+}
+
+impl StatsCache {
+    /// A cache that reuses an answer for `max_age` (measured from when the
+    /// query finished).
+    pub fn new(max_age: Duration) -> Self {
+        StatsCache {
+            max_age,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The current figures: cached, or queried from `storage` (waiting at
+    /// most 2 s) when older than `max_age`.
+    pub async fn get(&self, storage: &dyn Storage) -> DbStatus {
+        let mut last = self.last.lock().await;
+        if let Some((at, status)) = *last
+            && at.elapsed() < self.max_age
+        {
+            return status;
+        }
+        let status = match tokio::time::timeout(DB_CHECK_TIMEOUT, storage.stats()).await {
+            Ok(Ok(stats)) => DbStatus::Ok(stats),
+            Ok(Err(err)) => {
+                warn!(error = %err, "storage figures for /health and /metrics: query failed");
+                DbStatus::Unavailable
+            }
+            Err(_) => {
+                warn!("storage figures for /health and /metrics: no answer within 2 s");
+                DbStatus::TimedOut
+            }
+        };
+        *last = Some((Instant::now(), status));
+        status
+    }
+}
 
 /// The body of `GET /health`.
 #[derive(Debug, Serialize)]
@@ -28,12 +117,15 @@ pub struct Health {
     pub uptime_s: u64,
     /// Live sessions.
     pub sessions: u64,
-    /// Groups stored.
+    /// Groups stored (at most 1 s old).
     pub groups: u64,
-    /// Payload bytes stored.
+    /// Device rows stored, one per group and device seen (at most 1 s old).
+    pub devices: u64,
+    /// Payload bytes stored (at most 1 s old).
     pub storage_bytes: u64,
-    /// `ok`, or the database error.
-    pub db: String,
+    /// [`DB_OK`], [`DB_UNAVAILABLE`] or [`DB_TIMED_OUT`]; never the raw
+    /// database error (that goes to the log).
+    pub db: &'static str,
     /// Configuration problems to fix (empty when none), e.g. an announced
     /// address that only works on this host ([`crate::advertise`]). They do
     /// not make the relay unhealthy.
@@ -62,7 +154,7 @@ pub fn metrics_router(ctx: Arc<RelayContext>) -> Router {
 }
 
 async fn metrics(State(ctx): State<Arc<RelayContext>>) -> impl IntoResponse {
-    if let Ok(Ok(stats)) = tokio::time::timeout(DB_CHECK_TIMEOUT, ctx.storage.stats()).await {
+    if let DbStatus::Ok(stats) = ctx.storage_figures.get(&*ctx.storage).await {
         ctx.metrics.storage_bytes.set(stats.bytes as i64);
         ctx.metrics.storage_blobs.set(stats.blobs as i64);
         ctx.metrics.groups.set(stats.groups as i64);
@@ -71,18 +163,14 @@ async fn metrics(State(ctx): State<Arc<RelayContext>>) -> impl IntoResponse {
 }
 
 async fn health(State(ctx): State<Arc<RelayContext>>) -> (StatusCode, Json<Health>) {
-    let stats = tokio::time::timeout(DB_CHECK_TIMEOUT, ctx.storage.stats()).await;
-    let (db, stats) = match stats {
-        Ok(Ok(stats)) => ("ok".to_string(), stats),
-        Ok(Err(err)) => (err.to_string(), Default::default()),
-        Err(_) => (
-            "database did not answer within 2 s".to_string(),
-            Default::default(),
-        ),
+    let db = ctx.storage_figures.get(&*ctx.storage).await;
+    let stats = match db {
+        DbStatus::Ok(stats) => stats,
+        _ => StorageStats::default(),
     };
     let status = if ctx.shutdown.is_cancelled() {
         "stopping"
-    } else if db != "ok" {
+    } else if !matches!(db, DbStatus::Ok(_)) {
         "degraded"
     } else {
         "ok"
@@ -101,8 +189,9 @@ async fn health(State(ctx): State<Arc<RelayContext>>) -> (StatusCode, Json<Healt
             uptime_s: ctx.started.elapsed().as_secs(),
             sessions: ctx.sessions(),
             groups: stats.groups,
+            devices: stats.devices,
             storage_bytes: stats.bytes,
-            db,
+            db: db.message(),
             warnings: ctx.warnings.clone(),
         }),
     )
@@ -129,7 +218,22 @@ mod tests {
 
     #[async_trait]
     impl Storage for BrokenStorage {
-        async fn open_session(&self, _: GroupId, _: DeviceId, _: i64) -> Result<u64, StorageError> {
+        async fn open_session(
+            &self,
+            _: GroupId,
+            _: DeviceId,
+            _: i64,
+            _: NewGroup,
+        ) -> Result<OpenedSession, StorageError> {
+            Err(broken())
+        }
+        async fn create_token(&self, _: NewToken) -> Result<TokenInfo, StorageError> {
+            Err(broken())
+        }
+        async fn revoke_token(&self, _: &str, _: i64) -> Result<TokenInfo, StorageError> {
+            Err(broken())
+        }
+        async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
             Err(broken())
         }
         async fn push(&self, _: PushRequest) -> Result<PushOutcome, StorageError> {
@@ -158,6 +262,9 @@ mod tests {
             Err(broken())
         }
         async fn delete_acked(&self, _: i64, _: u32) -> Result<Deleted, StorageError> {
+            Err(broken())
+        }
+        async fn prune_idle(&self, _: i64, _: u32, _: LiveGroups) -> Result<Pruned, StorageError> {
             Err(broken())
         }
         async fn maintenance(&self) -> Result<(), StorageError> {
@@ -212,7 +319,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn health_is_503_degraded_when_the_database_fails() {
+    async fn health_is_503_degraded_when_the_database_fails_and_never_shows_its_error() {
         let ctx = RelayContext::new(
             &Config::default(),
             DeviceId([5; 32]),
@@ -222,11 +329,196 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["status"], "degraded");
-        assert_ne!(v["db"], "ok");
+        assert_eq!(v["db"], DB_UNAVAILABLE);
+        // Neither the error's text nor any part of it reaches the body.
+        let raw = broken().to_string();
+        assert!(!body.contains(&raw), "raw error shown: {body}");
+        for word in ["closed pool", "database error", "sqlx", "attempted"] {
+            assert!(!body.to_lowercase().contains(word), "{word:?} in {body}");
+        }
         ctx.shutdown.cancel();
         let (status, body, _) = get(router(ctx, true), "/health").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("\"stopping\""));
+    }
+
+    /// A memory storage whose `stats` (the only query `/health` and
+    /// `/metrics` make) is counted and takes 100 ms, so that concurrent
+    /// requests overlap a refresh — or, with `hang`, never answers.
+    struct CountingStorage {
+        inner: MemoryStorage,
+        stats_calls: std::sync::atomic::AtomicU64,
+        hang: bool,
+    }
+
+    impl CountingStorage {
+        fn new(hang: bool) -> Arc<Self> {
+            Arc::new(CountingStorage {
+                inner: MemoryStorage::new(Quotas::UNLIMITED),
+                stats_calls: Default::default(),
+                hang,
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Storage for CountingStorage {
+        async fn open_session(
+            &self,
+            g: GroupId,
+            d: DeviceId,
+            now: i64,
+            new_group: NewGroup,
+        ) -> Result<OpenedSession, StorageError> {
+            self.inner.open_session(g, d, now, new_group).await
+        }
+        async fn create_token(&self, t: NewToken) -> Result<TokenInfo, StorageError> {
+            self.inner.create_token(t).await
+        }
+        async fn revoke_token(&self, id: &str, now: i64) -> Result<TokenInfo, StorageError> {
+            self.inner.revoke_token(id, now).await
+        }
+        async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
+            self.inner.tokens().await
+        }
+        async fn push(&self, r: PushRequest) -> Result<PushOutcome, StorageError> {
+            self.inner.push(r).await
+        }
+        async fn head(&self, g: GroupId) -> Result<u64, StorageError> {
+            self.inner.head(g).await
+        }
+        async fn pull_page(
+            &self,
+            g: GroupId,
+            after: u64,
+            rows: u32,
+            bytes: usize,
+            now: i64,
+        ) -> Result<PullPage, StorageError> {
+            self.inner.pull_page(g, after, rows, bytes, now).await
+        }
+        async fn ack(
+            &self,
+            g: GroupId,
+            d: DeviceId,
+            c: u64,
+            now: i64,
+        ) -> Result<u64, StorageError> {
+            self.inner.ack(g, d, c, now).await
+        }
+        async fn stats(&self) -> Result<StorageStats, StorageError> {
+            self.stats_calls
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.inner.stats().await
+        }
+        async fn delete_expired(&self, now: i64, n: u32) -> Result<Deleted, StorageError> {
+            self.inner.delete_expired(now, n).await
+        }
+        async fn delete_acked(&self, s: i64, n: u32) -> Result<Deleted, StorageError> {
+            self.inner.delete_acked(s, n).await
+        }
+        async fn prune_idle(&self, b: i64, n: u32, l: LiveGroups) -> Result<Pruned, StorageError> {
+            self.inner.prune_idle(b, n, l).await
+        }
+        async fn maintenance(&self) -> Result<(), StorageError> {
+            self.inner.maintenance().await
+        }
+        async fn audit(&self) -> Result<CounterAudit, StorageError> {
+            self.inner.audit().await
+        }
+        async fn close(&self) {
+            self.inner.close().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_reports_a_database_that_does_not_answer_without_waiting_again() {
+        let ctx = RelayContext::new(
+            &Config::default(),
+            DeviceId([5; 32]),
+            CountingStorage::new(true),
+        );
+        let (status, body, _) = get(router(Arc::clone(&ctx), true), "/health").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["db"], DB_TIMED_OUT);
+        // Within the next second the answer is reused: no second 2 s wait.
+        let started = tokio::time::Instant::now();
+        let (status, _, _) = get(router(ctx, true), "/health").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    /// 1,000 requests of `/health` and `/metrics` (both routers, as with a
+    /// separate metrics listener) at once, then 1,000 more spread over one
+    /// second: the database is asked at most once per second, concurrent
+    /// requests share one refresh, and the figures do follow the storage.
+    /// Time is tokio's paused clock, so nothing depends on machine speed.
+    #[tokio::test(start_paused = true)]
+    async fn a_thousand_health_requests_a_second_cost_one_database_query_a_second() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let storage = CountingStorage::new(false);
+        let ctx = RelayContext::new(&Config::default(), DeviceId([5; 32]), storage.clone());
+        let (main, separate) = (
+            router(Arc::clone(&ctx), true),
+            metrics_router(Arc::clone(&ctx)),
+        );
+        let app = |i: usize| match i % 4 {
+            0 | 1 => (main.clone(), "/health"),
+            2 => (main.clone(), "/metrics"),
+            _ => (separate.clone(), "/metrics"),
+        };
+        let burst = futures::future::join_all((0..1000).map(|i| {
+            let (app, path) = app(i);
+            async move { get(app, path).await.0 }
+        }))
+        .await;
+        assert!(burst.iter().all(|s| *s == StatusCode::OK));
+        assert_eq!(
+            storage.stats_calls.load(SeqCst),
+            1,
+            "1,000 concurrent requests share one refresh"
+        );
+
+        // One group appears; 1,000 requests over the next second.
+        storage
+            .open_session(GroupId([1; 32]), DeviceId([2; 32]), 1, NewGroup::Unowned)
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        for i in 0..1000 {
+            let (app, path) = app(i);
+            let (status, body, _) = get(app, path).await;
+            assert_eq!(status, StatusCode::OK);
+            if path == "/health" {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                seen.push(v["groups"].as_u64().unwrap());
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let calls = storage.stats_calls.load(SeqCst);
+        assert!(
+            calls <= 2,
+            "{calls} database queries for 1,000 requests in 1 s"
+        );
+        // The figures are at most a second old: the new group shows up.
+        tokio::time::advance(STATS_MAX_AGE).await;
+        let (_, body, _) = get(main.clone(), "/health").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (v["groups"].as_u64(), v["devices"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(storage.stats_calls.load(SeqCst), calls + 1);
+        assert!(
+            seen.first() == Some(&0),
+            "cached at first: {:?}",
+            &seen[..3]
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! encrypted blobs per sync group under gapless cursors and tells live
 //! sessions when their group's head moves. It never sees a key or plaintext.
 //!
-//! Layout: [`config`] (relay.toml), [`advertise`] (announced address), [`identity`] (node key), [`endpoint`]
+//! Layout: [`config`] (relay.toml), [`admission`] (who may create groups), [`advertise`] (announced address), [`identity`] (node key), [`endpoint`]
 //! (iroh), [`server`] (accept loop, shutdown), [`session`] (per-connection
 //! state machine), [`handlers`] (one per request), [`auth`] (membership
 //! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out),
@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod advertise;
 pub mod auth;
 pub mod budget;

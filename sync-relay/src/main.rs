@@ -59,6 +59,44 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// Manage the access tokens that let devices create groups (in the
+    /// default access mode); safe while the relay runs.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it alone on stdout, this once (the relay
+    /// keeps only its hash). Give it to the device that creates a group:
+    /// `sync-cli init --relay ADDR --token TOKEN`.
+    Create {
+        /// A note for `token list` (e.g. who it is for).
+        #[arg(long, value_name = "TEXT")]
+        label: Option<String>,
+        /// Groups the token may create (that exist at once).
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        max_groups: u64,
+        /// Payload bytes all its groups may store together
+        /// [default: limits.max_group_storage, 1 GiB]
+        #[arg(long, value_name = "BYTES")]
+        max_storage: Option<u64>,
+    },
+    /// List the tokens: id, label, creation time, limits, what their groups
+    /// use, revocation time.
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id: it creates no more groups, and its groups
+    /// take no more pushes (what they store stays readable until it expires).
+    Revoke {
+        /// The id shown by `token create` and `token list` (8 hex characters).
+        id: String,
+    },
 }
 
 fn load_config(args: &Args) -> anyhow::Result<Config> {
@@ -148,6 +186,119 @@ fn healthcheck(config: &Config, timeout: std::time::Duration) -> anyhow::Result<
     Ok(())
 }
 
+/// Most bytes of a token label.
+const MAX_LABEL: usize = 200;
+
+/// `sync-relay token …` on the database in the data dir (created and
+/// migrated if the relay never ran).
+async fn token_command(config: &Config, command: &TokenCommand) -> anyhow::Result<()> {
+    use sync_relay::storage::{NewToken, TokenHash, admin};
+    identity::ensure_data_dir(&config.data_dir)?;
+    let db = config.db_path();
+    let mut conn = admin::open_admin(&db)
+        .await
+        .with_context(|| format!("opening {}", db.display()))?;
+    match command {
+        TokenCommand::Create {
+            label,
+            max_groups,
+            max_storage,
+        } => {
+            if let Some(l) = label {
+                anyhow::ensure!(
+                    l.len() <= MAX_LABEL && !l.chars().any(char::is_control),
+                    "--label must be at most {MAX_LABEL} bytes without control characters"
+                );
+            }
+            anyhow::ensure!(*max_groups >= 1, "--max-groups must be at least 1");
+            let max_storage = max_storage.unwrap_or(config.limits.max_group_storage);
+            anyhow::ensure!(max_storage >= 1, "--max-storage must be at least 1 byte");
+            let token = sync_protocol::AccessToken(rand::random());
+            let info = admin::create_token(
+                &mut conn,
+                &NewToken {
+                    hash: TokenHash::of(&token),
+                    label: label.clone(),
+                    created_at_ms: sync_relay::context::now_ms(),
+                    max_groups: *max_groups,
+                    max_storage,
+                },
+            )
+            .await?;
+            println!("{}", token.to_text());
+            eprintln!(
+                "Created token {}{}: up to {} groups storing {} bytes together. It is shown only \
+                 this once (the relay keeps a hash). The device that creates a group uses it: \
+                 sync-cli init --relay ADDR --token TOKEN",
+                info.id,
+                info.label
+                    .as_deref()
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default(),
+                info.max_groups,
+                info.max_storage
+            );
+            let promised: u64 = admin::list_tokens(&mut conn)
+                .await?
+                .iter()
+                .filter(|t| t.revoked_at_ms.is_none())
+                .map(|t| t.max_storage)
+                .sum();
+            if promised > config.limits.max_storage {
+                eprintln!(
+                    "warning: the valid tokens may store {promised} bytes together, more than \
+                     limits.max_storage ({}): their groups can fill the relay and get OVERLOADED \
+                     each other's pushes; give tokens smaller --max-storage or raise max_storage",
+                    config.limits.max_storage
+                );
+            }
+        }
+        TokenCommand::List { json } => {
+            let tokens = admin::list_tokens(&mut conn).await?;
+            if *json {
+                println!("{}", serde_json::to_string(&tokens)?);
+            } else {
+                print!("{}", token_table(&tokens));
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let info =
+                admin::revoke_token(&mut conn, id.trim(), sync_relay::context::now_ms()).await?;
+            eprintln!(
+                "Revoked token {}: it creates no more groups; its {} groups take no more pushes \
+                 (their {} stored bytes stay readable until they expire)",
+                info.id, info.groups, info.bytes_used
+            );
+        }
+    }
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(())
+}
+
+/// `token list` as a table, times in UTC.
+fn token_table(tokens: &[sync_relay::storage::TokenInfo]) -> String {
+    let time = |ms: i64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        httpdate::fmt_http_date(t)
+    };
+    let mut out = format!(
+        "{:<8}  {:<20}  {:<29}  {:>11}  {:>27}  {}\n",
+        "ID", "LABEL", "CREATED", "GROUPS", "BYTES USED/MAX", "REVOKED"
+    );
+    for t in tokens {
+        out.push_str(&format!(
+            "{:<8}  {:<20}  {:<29}  {:>11}  {:>27}  {}\n",
+            t.id,
+            t.label.as_deref().unwrap_or("-"),
+            time(t.created_at_ms),
+            format!("{}/{}", t.groups, t.max_groups),
+            format!("{}/{}", t.bytes_used, t.max_storage),
+            t.revoked_at_ms.map(time).unwrap_or_else(|| "-".into())
+        ));
+    }
+    out
+}
+
 async fn shutdown_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -178,6 +329,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Backup { dest }) => {
             let config = load_config(&args)?;
             backup(&config, dest).await
+        }
+        Some(Command::Token { command }) => {
+            let config = load_config(&args)?;
+            token_command(&config, command).await
         }
         Some(Command::Id) => {
             let config = load_config(&args)?;

@@ -52,11 +52,12 @@ pub struct OpLabel {
 }
 
 /// `kind` values of `quota_rejections_total`.
-pub const QUOTA_KINDS: [&str; 5] = [
+pub const QUOTA_KINDS: [&str; 6] = [
     "blob_size",
     "ttl",
     "group_storage",
     "group_blobs",
+    "owner_storage",
     "relay_storage",
 ];
 
@@ -234,7 +235,13 @@ impl Metrics {
         for result in ["ok", "rejected", "error"] {
             let _ = m.pushes.get_or_create(&ResultLabel { result });
         }
-        for kind in ["requests", "push_bytes", "connections", "group_sessions"] {
+        for kind in [
+            "requests",
+            "push_bytes",
+            "connections",
+            "group_sessions",
+            "owner_sessions",
+        ] {
             let _ = m.rate_limited.get_or_create(&KindLabel { kind });
         }
         for kind in QUOTA_KINDS {
@@ -245,10 +252,14 @@ impl Metrics {
             ErrorCode::UnsupportedVersion,
             ErrorCode::Unauthorized,
             ErrorCode::NotInSession,
+            ErrorCode::AccessTokenRequired,
+            ErrorCode::AccessTokenInvalid,
             ErrorCode::RateLimited,
             ErrorCode::BlobTooLarge,
             ErrorCode::GroupQuotaExceeded,
             ErrorCode::TtlTooLong,
+            ErrorCode::OwnerQuotaExceeded,
+            ErrorCode::GroupLimitReached,
             ErrorCode::Overloaded,
             ErrorCode::ShuttingDown,
             ErrorCode::Internal,

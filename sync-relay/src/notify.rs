@@ -74,6 +74,13 @@ impl NotifyHub {
     pub fn live_groups(&self) -> usize {
         self.groups.len()
     }
+
+    /// The ids of the groups with a live subscription (a session subscribes
+    /// before it opens its group in storage and stays subscribed until it
+    /// ends): what the cleanup must never prune.
+    pub fn live_group_ids(&self) -> Vec<GroupId> {
+        self.groups.iter().map(|e| *e.key()).collect()
+    }
 }
 
 impl Subscription {

@@ -1,11 +1,11 @@
 //! The running relay: storage, iroh endpoint, accept loop, HTTP server, and
 //! graceful shutdown (DESIGN §5.8).
 
-use crate::config::Config;
+use crate::config::{AccessMode, Config};
 use crate::context::RelayContext;
 use crate::metrics::{KindLabel, ReasonLabel};
-use crate::storage::{Quotas, SqliteStorage, SqliteStorageOptions, Storage, StorageError};
-use crate::{advertise, cleanup, endpoint, http, identity, session};
+use crate::storage::{SqliteStorage, SqliteStorageOptions, Storage, StorageError};
+use crate::{admission, advertise, cleanup, endpoint, http, identity, session};
 use iroh::endpoint::IncomingAddr;
 use iroh::{Endpoint, EndpointId};
 use std::net::SocketAddr;
@@ -61,14 +61,24 @@ impl Relay {
         let storage: Arc<dyn Storage> = Arc::new(
             SqliteStorage::open(SqliteStorageOptions::new(
                 config.db_path(),
-                Quotas {
-                    max_group_storage: config.limits.max_group_storage,
-                    max_group_blobs: config.limits.max_group_blobs,
-                    max_storage: config.limits.max_storage,
-                },
+                admission::quotas(&config),
             ))
             .await?,
         );
+        match config.access.mode {
+            AccessMode::Token => info!(
+                "access: new groups need an access token (sync-relay token create); \
+                 devices joining existing groups need none"
+            ),
+            AccessMode::Open => info!(
+                "access: open; per address {} new groups an hour, {} bytes, {} sessions; \
+                 groups from at most {} addresses at once",
+                config.access.new_groups_per_address_per_hour,
+                config.access.max_storage_per_address,
+                config.access.max_sessions_per_address,
+                config.access.max_addresses(&config.limits)
+            ),
+        }
         let relay_id = DeviceId(*key.public().as_bytes());
         let endpoint = endpoint::bind(&config.network, &config.limits, key).await?;
         let quic_addr = endpoint
@@ -310,7 +320,7 @@ async fn accept_loop(endpoint: Endpoint, ctx: Arc<RelayContext>, connections: Ta
             match incoming.await {
                 Ok(conn) => {
                     ctx.metrics.connections.inc();
-                    session::serve_connection(ctx, conn, awaiting_hello).await;
+                    session::serve_connection(ctx, conn, ip, awaiting_hello).await;
                 }
                 Err(err) => debug!(error = %err, "incoming connection failed"),
             }

@@ -7,6 +7,7 @@
 //! `SYNC_RELAY_BIN` / `SYNC_CLI_BIN` to test other builds.
 
 pub mod chaos;
+pub mod fake_relay;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -37,6 +38,22 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The environment [`RelayProcess::start_with`] runs relays in: open access
+/// mode, no practical limit on the groups one address creates per hour,
+/// 1000 live sessions on one address's groups (so that with the default
+/// `max_sessions` ten addresses may own groups), and the default storage
+/// budget per address (1 GiB, far above what tests store). Environment variables
+/// override the config file, so tests that configure `[access]` themselves
+/// start with [`RelayProcess::start_with_access`].
+pub const OPEN_ACCESS: &[(&str, &str)] = &[
+    ("SYNC_RELAY__ACCESS__MODE", "open"),
+    (
+        "SYNC_RELAY__ACCESS__NEW_GROUPS_PER_ADDRESS_PER_HOUR",
+        "1000000",
+    ),
+    ("SYNC_RELAY__ACCESS__MAX_SESSIONS_PER_ADDRESS", "1000"),
+];
+
 /// A running `sync-relay` process.
 pub struct RelayProcess {
     child: Child,
@@ -49,7 +66,16 @@ pub struct RelayProcess {
     /// The data directory.
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
+    /// When `/health` or `/metrics` was last asked (see [`FIGURES_MAX_AGE`]).
+    figures_asked: Mutex<Option<std::time::Instant>>,
 }
+
+/// How old the storage figures (groups, devices, blobs, bytes) in `/health`
+/// and `/metrics` may be: the relay queries them at most once per second
+/// (`sync_relay::http::STATS_MAX_AGE`), so a read right after a change may
+/// show the figures from before it. [`RelayProcess::fresh_health`] and
+/// [`RelayProcess::fresh_metrics`] wait this out.
+pub const FIGURES_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl RelayProcess {
     /// Start a relay on free loopback ports with `data_dir`.
@@ -64,14 +90,36 @@ impl RelayProcess {
         Self::start_with(data_dir, "[::1]:0", extra)
     }
 
-    /// Start a relay with an explicit QUIC bind address and extra arguments.
+    /// Start a relay with an explicit QUIC bind address and extra arguments,
+    /// in open access mode with no practical per-address limit on new
+    /// groups or sessions ([`OPEN_ACCESS`]): tests that are not about
+    /// admission create groups freely, as devices did before access
+    /// control. Tests about access use [`RelayProcess::start_with_access`].
     pub fn start_with(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
         Self::start_with_env(data_dir, quic_bind, extra, &[])
     }
 
-    /// [`RelayProcess::start_with`] with extra environment variables (e.g.
-    /// the debug-build fail point `SYNC_RELAY_FAILPOINT`).
+    /// Start a relay whose `[access]` comes from `extra` (e.g. `--config`)
+    /// or the defaults (token mode): nothing is overridden.
+    pub fn start_with_access(data_dir: &Path, quic_bind: &str, extra: &[&str]) -> RelayProcess {
+        Self::spawn(data_dir, quic_bind, extra, &[])
+    }
+
+    /// [`RelayProcess::start_with`] (open access, [`OPEN_ACCESS`]) with extra
+    /// environment variables (e.g. the debug-build fail point
+    /// `SYNC_RELAY_FAILPOINT`); `env` is applied after [`OPEN_ACCESS`], so it
+    /// may override it.
     pub fn start_with_env(
+        data_dir: &Path,
+        quic_bind: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
+        let env: Vec<(&str, &str)> = OPEN_ACCESS.iter().chain(env).copied().collect();
+        Self::spawn(data_dir, quic_bind, extra, &env)
+    }
+
+    fn spawn(
         data_dir: &Path,
         quic_bind: &str,
         extra: &[&str],
@@ -135,6 +183,7 @@ impl RelayProcess {
             http,
             data_dir: data_dir.to_path_buf(),
             log,
+            figures_asked: Mutex::new(None),
         }
     }
 
@@ -180,6 +229,9 @@ impl RelayProcess {
     /// `GET path` on the relay's HTTP address: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
+        if path == "/health" || path == "/metrics" {
+            *self.figures_asked.lock().unwrap() = Some(std::time::Instant::now());
+        }
         let mut s = std::net::TcpStream::connect(self.http).expect("connect to HTTP");
         write!(s, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").unwrap();
         let mut resp = String::new();
@@ -197,6 +249,30 @@ impl RelayProcess {
     pub fn health(&self) -> serde_json::Value {
         let (_, body) = self.http_get("/health");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /health body {body:?}: {e}"))
+    }
+
+    /// [`RelayProcess::health`] with storage figures that include every
+    /// change made before the call: first waits until [`FIGURES_MAX_AGE`]
+    /// (plus a margin) has passed since the last `/health` or `/metrics`
+    /// request, so the relay queries its database afresh.
+    pub fn fresh_health(&self) -> serde_json::Value {
+        self.wait_for_fresh_figures();
+        self.health()
+    }
+
+    /// [`RelayProcess::metrics`] with fresh storage figures, as
+    /// [`RelayProcess::fresh_health`].
+    pub fn fresh_metrics(&self) -> Metrics {
+        self.wait_for_fresh_figures();
+        self.metrics()
+    }
+
+    fn wait_for_fresh_figures(&self) {
+        let asked = *self.figures_asked.lock().unwrap();
+        if let Some(at) = asked {
+            let ready = at + FIGURES_MAX_AGE + Duration::from_millis(100);
+            std::thread::sleep(ready.saturating_duration_since(std::time::Instant::now()));
+        }
     }
 
     /// `GET /metrics`, parsed as OpenMetrics (panics when it does not parse).
@@ -280,6 +356,50 @@ impl RelayProcess {
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("relay.db")
     }
+
+    /// Run `sync-relay token ARGS --data-dir DATA_DIR` next to the running
+    /// relay (as an operator would) and return its output.
+    pub fn token(&self, args: &[&str]) -> Output {
+        Command::new(bin("sync-relay"))
+            .arg("token")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sync-relay token")
+    }
+
+    /// `sync-relay token create ARGS`, asserting success: the token line.
+    pub fn create_token(&self, args: &[&str]) -> String {
+        let mut all = vec!["create"];
+        all.extend_from_slice(args);
+        let out = self.token(&all);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "the token alone: {stdout:?}");
+        stdout.trim().to_string()
+    }
+}
+
+/// An offline iroh endpoint bound to `ip` (port chosen by the system): a
+/// device connecting from that address, e.g. one of many loopback
+/// addresses (127.0.0.0/8) standing for strangers on many hosts. Use it with
+/// [`sync_client::RelaySession::connect_on`].
+pub async fn endpoint_at(ip: std::net::IpAddr) -> iroh::Endpoint {
+    iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_address_lookup()
+        .clear_ip_transports()
+        .bind_addr(SocketAddr::new(ip, 0))
+        .expect("bind address")
+        .bind()
+        .await
+        .expect("bind endpoint")
 }
 
 impl Drop for RelayProcess {
@@ -556,6 +676,7 @@ impl LibDevice {
                 device_key: iroh::SecretKey::generate(),
                 device_name: None,
                 connect_timeout: Duration::from_secs(10),
+                access_token: None,
             },
             state: StateStore::open(dir.path().join("state.json")).unwrap(),
             _dir: dir,

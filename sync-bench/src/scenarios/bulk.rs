@@ -38,6 +38,7 @@ pub async fn client(
         device_key: iroh::SecretKey::generate(),
         device_name: None,
         connect_timeout: Duration::from_secs(30),
+        access_token: None,
     };
     std::fs::create_dir_all(home)?;
     let mut state = StateStore::open(home.join("state.json"))?;

@@ -1,11 +1,16 @@
 //! `init`, `invite`, `join`: group membership.
 
 use crate::output::{Out, json_line, qr, short};
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::io::IsTerminal;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use sync_client::session::DEFAULT_CONNECT_TIMEOUT;
 use sync_client::util::{human_duration, now_s, parse_duration};
-use sync_client::{GroupSecret, Home, Invite, RelayAddr};
+use sync_client::{ConnectOptions, GroupSecret, Home, Invite, RelayAddr, RelaySession};
+use sync_protocol::AccessToken;
+use zeroize::Zeroizing;
 
 /// `--json` output of `init` and `invite`.
 #[derive(Serialize, schemars::JsonSchema)]
@@ -73,17 +78,52 @@ fn print_invite(invite: &Invite, ttl: u64, force_qr: bool, out: Out) {
     );
 }
 
-pub fn init(
+/// Create the group `secret` on the relay now, with `token`: one session,
+/// opened and closed. The token is used for this and not kept anywhere.
+async fn create_on_relay(
+    home: &Home,
+    relay: &RelayAddr,
+    secret: &GroupSecret,
+    token: AccessToken,
+) -> Result<()> {
+    let opts = ConnectOptions {
+        relay: relay.clone(),
+        keys: secret.keys(),
+        device_key: home.device_key()?,
+        device_name: None,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        access_token: Some(token),
+    };
+    let session = RelaySession::connect(&opts)
+        .await
+        .context("the relay did not create the group (this home has none)")?;
+    session.close().await;
+    Ok(())
+}
+
+pub async fn init(
     home: &Home,
     relay: &str,
     name: Option<String>,
     expires: &str,
     qr: bool,
+    token: Option<&str>,
     out: Out,
 ) -> Result<()> {
     let relay: RelayAddr = relay.parse()?;
     parse_duration(expires)?;
+    let token = token
+        .map(|t| AccessToken::parse(t).context("invalid --token (or SYNC_TOKEN)"))
+        .transpose()?;
+    anyhow::ensure!(
+        !home.is_initialized(),
+        "{} already belongs to a group; use another --home for another group",
+        home.dir().display()
+    );
     let secret = GroupSecret::generate();
+    if let Some(token) = token {
+        create_on_relay(home, &relay, &secret, token).await?;
+    }
     home.create(&relay, &secret, name)?;
     if out.human() {
         eprintln!(
@@ -104,8 +144,42 @@ pub fn invite(home: &Home, expires: &str, qr: bool, out: Out) -> Result<()> {
     Ok(())
 }
 
-pub fn join(home: &Home, text: &str, out: Out) -> Result<()> {
-    let invite = Invite::decode(text)?;
+/// Read the invite: the argument, standard input (`-`) or a file. Only
+/// the first line counts; surrounding whitespace is ignored.
+fn read_invite(arg: Option<&str>, file: Option<&Path>) -> Result<Zeroizing<String>> {
+    let mut text = Zeroizing::new(String::new());
+    match (arg, file) {
+        (_, Some(path)) => {
+            *text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the invite from {}", path.display()))?;
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                eprintln!(
+                    "warning: {} is readable by other users; the invite in it is a secret of the group",
+                    path.display()
+                );
+            }
+        }
+        (Some("-"), None) => {
+            std::io::stdin()
+                .read_line(&mut text)
+                .context("cannot read the invite from standard input")?;
+        }
+        (Some(arg), None) => text.push_str(arg),
+        (None, None) => {
+            bail!("give the invite, `-` to read it from standard input, or --file PATH")
+        }
+    }
+    let line = Zeroizing::new(text.lines().next().unwrap_or("").trim().to_string());
+    if line.is_empty() {
+        bail!("no invite given (the input was empty)");
+    }
+    Ok(line)
+}
+
+pub fn join(home: &Home, arg: Option<&str>, file: Option<&Path>, out: Out) -> Result<()> {
+    let text = read_invite(arg, file)?;
+    let invite = Invite::decode(&text)?;
     invite.check_not_expired(now_s())?;
     let relay: RelayAddr = invite.relays[0].parse()?;
     home.create(&relay, &invite.secret, invite.group_name.clone())?;

@@ -9,15 +9,22 @@ use crate::cli::{Args, Command};
 use crate::output::Out;
 use anyhow::{Context, Result};
 use clap::CommandFactory;
+use std::time::Duration;
 use sync_client::{Home, RetryPolicy};
 
-/// A retry policy giving up after `retries` reconnects (`None`: never).
-fn policy(retries: Option<u32>, stall_timeout: &str) -> Result<RetryPolicy> {
+/// A retry policy giving up once the relay has been unreachable for
+/// `retry_for` (`None`: never), however many attempts that is.
+fn policy(retry_for: Option<&str>, stall_timeout: &str) -> Result<RetryPolicy> {
     let stall = sync_client::util::parse_duration(stall_timeout)?;
     anyhow::ensure!(stall >= 1, "--stall-timeout must be at least 1s");
+    let give_up_after = retry_for
+        .map(sync_client::util::parse_duration)
+        .transpose()?
+        .map(Duration::from_secs);
     Ok(RetryPolicy {
-        max_attempts: retries,
-        stall_timeout: std::time::Duration::from_secs(stall),
+        max_attempts: None,
+        give_up_after,
+        stall_timeout: Duration::from_secs(stall),
         ..RetryPolicy::default()
     })
 }
@@ -39,35 +46,41 @@ pub async fn run(args: Args) -> Result<()> {
             name,
             expires,
             qr,
-        } => init::init(&home, &relay, name, &expires, qr, out),
+            token,
+        } => init::init(&home, &relay, name, &expires, qr, token.as_deref(), out).await,
         Command::Invite { expires, qr } => init::invite(&home, &expires, qr, out),
-        Command::Join { invite } => init::join(&home, &invite, out),
+        Command::Join { invite, file } => {
+            init::join(&home, invite.as_deref(), file.as_deref(), out)
+        }
         Command::Push {
             files,
             name,
             ttl,
             force,
-            retries,
+            retry_for,
             stall_timeout,
         } => {
-            let policy = policy(Some(retries), &stall_timeout)?;
+            let policy = policy(Some(&retry_for), &stall_timeout)?;
             push::push(&home, files, name, ttl, force, policy, out).await
         }
         Command::Pull {
             out: dir,
             follow,
-            retries,
+            retry_for,
             stall_timeout,
         } => {
-            let retries = if follow {
-                retries
-            } else {
-                Some(retries.unwrap_or(12))
+            let retry_for = match (&retry_for, follow) {
+                (Some(d), _) => Some(d.as_str()),
+                (None, true) => None,
+                (None, false) => Some("30s"),
             };
-            let policy = policy(retries, &stall_timeout)?;
+            let policy = policy(retry_for, &stall_timeout)?;
             pull::pull(&home, &dir, follow, policy, out).await
         }
-        Command::Status => status::status(&home, out).await,
+        Command::Status { retry_for } => {
+            let policy = policy(Some(&retry_for), "15s")?;
+            status::status(&home, policy, out).await
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -1,6 +1,6 @@
 //! `pull [--out DIR] [--follow]`: fetch, decrypt, verify and write files.
 
-use crate::output::{Out, Progress, json_line, short};
+use crate::output::{Out, Progress, connect, json_line, short};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -38,7 +38,9 @@ impl Printer {
                 .update(*received, *total);
             return;
         }
-        if let PullEvent::File { name, .. } = &event
+        if let PullEvent::File { name, .. }
+        | PullEvent::Conflict { name, .. }
+        | PullEvent::Outdated { name, .. } = &event
             && let Some(bar) = self.bars.remove(name)
         {
             bar.finish();
@@ -57,6 +59,28 @@ impl Printer {
                 println!(
                     "received {name} ({}) from {}",
                     human_size(size),
+                    short(&sender)
+                );
+            }
+            PullEvent::Conflict {
+                name,
+                path,
+                kept,
+                size,
+                sender,
+                ..
+            } if human => {
+                println!(
+                    "received {name} ({}) from {}, but {} differs here and was kept; saved the received file as {}",
+                    human_size(size),
+                    short(&sender),
+                    kept.display(),
+                    path.display()
+                );
+            }
+            PullEvent::Outdated { name, sender, .. } => {
+                eprintln!(
+                    "warning: ignored an older version of {name} from device {}; this device has a newer one",
                     short(&sender)
                 );
             }
@@ -103,16 +127,8 @@ impl Printer {
                     short(&sender)
                 );
             }
-            PullEvent::Reconnecting {
-                attempt,
-                delay_ms,
-                error,
-            } if human => {
-                eprintln!(
-                    "connection lost ({error}); reconnecting in {:.1} s (attempt {attempt})",
-                    delay_ms as f64 / 1000.0
-                );
-            }
+            // Reconnects are shown by the connection's status line
+            // (`output::RetryStatus`); `--json` carries them as events.
             _ => {}
         }
     }
@@ -144,20 +160,38 @@ pub async fn pull(
     opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
-    let client = SyncClient::connect_with(&opts, policy).await?;
+    let (client, _retries) = connect(&opts, policy, out).await?;
+    // The endpoint is closed cleanly whether the pull worked or not.
+    let result = run(&client, &mut state, out_dir, follow, out).await;
+    client.close().await;
+    result
+}
+
+async fn run(
+    client: &SyncClient,
+    state: &mut sync_client::StateStore,
+    out_dir: &Path,
+    follow: bool,
+    out: Out,
+) -> Result<()> {
     let mut printer = Printer {
         out,
         bars: HashMap::new(),
     };
     if !follow {
         let summary = client
-            .pull(&mut state, out_dir, &mut |e| printer.event(e))
+            .pull(state, out_dir, &mut |e| printer.event(e))
             .await?;
         if out.json {
             json_line(&Done { summary });
         } else if out.human() {
             if summary.files == 0 {
                 println!("nothing new (cursor {})", summary.cursor);
+            } else if summary.conflicts > 0 {
+                println!(
+                    "up to date at cursor {} ({} files, {} saved as conflict copies)",
+                    summary.cursor, summary.files, summary.conflicts
+                );
             } else {
                 println!(
                     "up to date at cursor {} ({} files)",
@@ -165,13 +199,12 @@ pub async fn pull(
                 );
             }
         }
-        client.close().await;
         return Ok(());
     }
     let mut announced = false;
-    let result = client
+    client
         .follow(
-            &mut state,
+            state,
             out_dir,
             &mut |e| {
                 if let PullEvent::Synced { cursor, .. } = &e
@@ -188,7 +221,6 @@ pub async fn pull(
             },
             shutdown_signal(),
         )
-        .await;
-    client.close().await;
-    Ok(result?)
+        .await?;
+    Ok(())
 }

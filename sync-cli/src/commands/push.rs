@@ -1,6 +1,6 @@
 //! `push FILE…` / `push -`: seal and push files, resuming interrupted ones.
 
-use crate::output::{Out, json_line};
+use crate::output::{Out, connect, json_line};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -47,12 +47,31 @@ pub async fn push(
     let mut opts = home.connect_options(None)?;
     opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let mut state = home.state()?;
-    let client = SyncClient::connect_with(&opts, policy).await?;
+    let (client, _retries) = connect(&opts, policy, out).await?;
+    // The endpoint is closed cleanly whether the push worked or not.
+    let result = push_all(&client, &mut state, &files, name, ttl_s, force, out).await;
+    client.close().await;
+    let report = result?;
+    if out.json {
+        json_line(&report);
+    }
+    Ok(())
+}
+
+async fn push_all(
+    client: &SyncClient,
+    state: &mut sync_client::StateStore,
+    files: &[PathBuf],
+    name: Option<String>,
+    ttl_s: Option<u32>,
+    force: bool,
+    out: Out,
+) -> Result<PushOut> {
     let max_ttl = client.session().welcome().max_ttl_s;
     if ttl_s.is_some_and(|t| t > max_ttl) {
         bail!("--ttl is longer than this relay allows ({max_ttl} s)");
     }
-    let abandoned = client.abandon_stale_pushes(&mut state).await?;
+    let abandoned = client.abandon_stale_pushes(state).await?;
     if out.human() {
         for n in &abandoned {
             eprintln!(
@@ -60,18 +79,22 @@ pub async fn push(
             );
         }
     }
-    let push_opts = PushOptions { ttl_s, force };
+    let push_opts = PushOptions {
+        ttl_s,
+        force,
+        device_name: sync_client::util::host_name(),
+    };
     let mut report = PushOut {
         files: Vec::new(),
         abandoned,
     };
-    for path in &files {
+    for path in files {
         let pushed = if path.as_os_str() == "-" {
             let name = name.clone().unwrap_or_default();
             let mut bar = out.progress(&name);
             let r = client
                 .push_file(
-                    &mut state,
+                    state,
                     tokio::io::stdin(),
                     &name,
                     0o644,
@@ -86,7 +109,7 @@ pub async fn push(
             let mut bar = out.progress(&label);
             let r = client
                 .push_path(
-                    &mut state,
+                    state,
                     path,
                     name.as_deref(),
                     &push_opts,
@@ -128,9 +151,5 @@ pub async fn push(
         }
         report.files.push(pushed);
     }
-    client.close().await;
-    if out.json {
-        json_line(&report);
-    }
-    Ok(())
+    Ok(report)
 }

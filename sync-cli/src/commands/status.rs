@@ -1,13 +1,13 @@
 //! `status`: this device, its group, local state, relay reachability.
 
-use crate::output::{Out, json_line};
+use crate::output::{Out, connect, json_line};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use sync_client::journal::Journals;
 use sync_client::receive::gap_events;
 use sync_client::util::human_size;
-use sync_client::{Home, PullEvent, RelaySession};
+use sync_client::{Home, PullEvent, RetryPolicy};
 
 /// A push that has not finished.
 #[derive(Serialize, schemars::JsonSchema)]
@@ -70,7 +70,7 @@ pub struct StatusOut {
     pub gaps: Vec<PullEvent>,
 }
 
-pub async fn status(home: &Home, out: Out) -> Result<()> {
+pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
     let group = home.group()?;
     let state = home.state()?;
     let mut opts = home.connect_options(None)?;
@@ -114,9 +114,10 @@ pub async fn status(home: &Home, out: Out) -> Result<()> {
         gaps: gap_events(&state.state),
     };
     let started = Instant::now();
-    match RelaySession::connect(&opts).await {
-        Ok(session) => {
+    match connect(&opts, policy, out).await {
+        Ok((client, _retries)) => {
             let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let session = client.session();
             status.relay_reachable = true;
             status.group_head = Some(session.welcome().head_cursor);
             status.relay_rtt_ms = Some(
@@ -125,7 +126,7 @@ pub async fn status(home: &Home, out: Out) -> Result<()> {
                     .map(|d| d.as_secs_f64() * 1000.0)
                     .unwrap_or(connect_ms),
             );
-            session.close().await;
+            client.close().await;
         }
         Err(e) => status.relay_error = Some(e.to_string()),
     }

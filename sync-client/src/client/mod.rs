@@ -10,6 +10,12 @@
 //! waited out for the relay's `retry_after_ms`. After `max_attempts` failed
 //! reconnects the call fails with [`ClientError::GaveUp`].
 //!
+//! Every wait the relay asks for is capped on this side: one wait, and all
+//! the RATE_LIMITED waits of one request together, at most
+//! [`MAX_RATE_LIMIT_WAIT`]; a retry hint at `Hello` or with OVERLOADED /
+//! INTERNAL at most [`MAX_RATE_LIMIT_WAIT`] too. The size of the chunks a file
+//! is cut into is at most [`MAX_CHUNK_BLOB_SIZE`] whatever `Welcome` says.
+//!
 //! - [`push`]: messages, files (chunked, pipelined, resumable via journals);
 //! - [`pull`]: pull, follow (NOTIFY-driven live sync), subscribe.
 
@@ -24,15 +30,35 @@ use crate::crypto::{GroupKeys, envelope};
 use crate::error::{ClientError, Result};
 use crate::session::{ConnectOptions, RelaySession};
 use futures::future::BoxFuture;
+use iroh::Endpoint;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sync_protocol::{DeviceId, ErrorCode};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 /// Longest total wait for RATE_LIMITED answers of one request before the
-/// error is returned.
+/// error is returned (and so the longest single wait the relay can ask
+/// for).
 pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(300);
+
+/// Largest sealed blob this client makes, whatever the relay's `Welcome`
+/// announces (32 MiB): a relay cannot make the client allocate more per
+/// chunk. Blobs are also kept within the relay's `max_frame` (less the
+/// frame's own overhead), so one always fits a `Push`.
+pub const MAX_CHUNK_BLOB_SIZE: usize = 32 * 1024 * 1024;
+
+/// The blob size to seal for: the relay's `max_blob_size`, capped by
+/// [`MAX_CHUNK_BLOB_SIZE`] and by what fits one frame of `max_frame` bytes
+/// (itself capped by the protocol's ceiling).
+pub fn blob_size_for(welcome: &sync_protocol::Welcome) -> usize {
+    use sync_protocol::limits::{BATCH_OVERHEAD, MAX_FRAME_CEILING, PUSH_ITEM_OVERHEAD};
+    let frame = welcome.max_frame.min(MAX_FRAME_CEILING) as usize;
+    (welcome.max_blob_size as usize)
+        .min(MAX_CHUNK_BLOB_SIZE)
+        .min(frame.saturating_sub(BATCH_OVERHEAD + PUSH_ITEM_OVERHEAD))
+}
 
 /// The state of the client's connection, for display.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,27 +76,39 @@ pub enum LinkState {
         delay: Duration,
         /// Why the connection was lost.
         error: String,
+        /// True when the relay could not be reached (no answer, connection
+        /// lost); false when it answered but refused for now (busy).
+        unreachable: bool,
     },
 }
 
-/// How the retry loops wait and draw their jitter: tokio's clock and the
-/// OS CSPRNG ([`Pacing::real`], the only one outside this module's unit
-/// tests). The tests substitute fixed jitter and a sleeper that records
-/// each wait, to check the waits the loops really take.
+/// How the retry loops wait, tell time and draw their jitter: tokio's
+/// clock and the OS CSPRNG ([`Pacing::real`], the only one outside this
+/// module's unit tests). The tests substitute fixed jitter, a sleeper that
+/// records each wait, and a clock that advances by the waits recorded, to
+/// check the waits the loops really take and when they give up.
 #[derive(Clone)]
 struct Pacing {
     /// A jitter source for each new backoff sequence.
     jitter: fn() -> Jitter,
     /// Waits for the given time.
     sleep: Arc<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send + Sync>,
+    /// Time since an arbitrary origin.
+    now: Arc<dyn Fn() -> Duration + Send + Sync>,
 }
 
 impl Pacing {
     fn real() -> Self {
+        let origin = tokio::time::Instant::now();
         Pacing {
             jitter: os_jitter,
             sleep: Arc::new(|d| Box::pin(tokio::time::sleep(d))),
+            now: Arc::new(move || origin.elapsed()),
         }
+    }
+
+    fn now(&self) -> Duration {
+        (self.now)()
     }
 
     fn backoff(&self, policy: RetryPolicy) -> Backoff {
@@ -89,8 +127,15 @@ struct Slot {
 }
 
 /// A connected device.
+///
+/// Each connect attempt binds a fresh iroh endpoint (as
+/// [`RelaySession::connect`] does: no path state survives a failed or lost
+/// connection). Endpoints that are done with — failed attempts, replaced
+/// sessions — are closed in the background by tasks the client tracks;
+/// [`SyncClient::close`] waits for them, so nothing is dropped unclosed.
 pub struct SyncClient {
     opts: ConnectOptions,
+    closer: TaskTracker,
     policy: RetryPolicy,
     pacing: Pacing,
     keys: GroupKeys,
@@ -119,47 +164,115 @@ fn retryable_at_connect(err: &ClientError) -> bool {
         })
 }
 
+/// The relay's `retry_after_ms` hint of an error (zero without one),
+/// never more than [`MAX_RATE_LIMIT_WAIT`].
 fn retry_hint(err: &ClientError) -> Duration {
     match err {
-        ClientError::Relay(e) => Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(0))),
+        ClientError::Relay(e) => hint_of(e),
         _ => Duration::ZERO,
+    }
+}
+
+/// An error frame's `retry_after_ms` (zero without one), never more than
+/// [`MAX_RATE_LIMIT_WAIT`].
+fn hint_of(e: &sync_protocol::ErrorMsg) -> Duration {
+    Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(0))).min(MAX_RATE_LIMIT_WAIT)
+}
+
+/// How long to wait before closing an endpoint is given up: enough for
+/// a connection to a dead peer to finish draining (about 3 probe timeouts).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Shortest time given to one connect attempt, even at the end of the
+/// policy's `give_up_after`.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// One connect attempt on a fresh endpoint, within `timeout`. The
+/// endpoint of a failed attempt is closed by a task of `closer`.
+async fn connect_once(
+    opts: &ConnectOptions,
+    closer: &TaskTracker,
+    timeout: Duration,
+) -> Result<RelaySession> {
+    let addrs = opts.relay.resolve().await?;
+    let endpoint = crate::endpoint::bind(opts.device_key.clone(), addrs[0]).await?;
+    let mut opts = opts.clone();
+    opts.connect_timeout = timeout;
+    match RelaySession::connect_on(&endpoint, &opts).await {
+        Ok(session) => Ok(session.owning(endpoint)),
+        Err(e) => {
+            closer.spawn(close_endpoint(endpoint));
+            Err(e)
+        }
     }
 }
 
 /// Connect, retrying per `policy`; `cause` is the failure that made a
 /// reconnect necessary (None for the first connect, which tries at once).
+/// With `policy.give_up_after`, no wait and no attempt reaches past that
+/// time from the start of this call.
 async fn connect_retrying(
     opts: &ConnectOptions,
     policy: RetryPolicy,
     pacing: &Pacing,
     link: &watch::Sender<LinkState>,
     cause: Option<ClientError>,
+    closer: &TaskTracker,
 ) -> Result<RelaySession> {
+    let started = pacing.now();
+    let left = || {
+        policy
+            .give_up_after
+            .map(|limit| limit.saturating_sub(pacing.now().saturating_sub(started)))
+    };
     let mut backoff = pacing.backoff(policy);
     let mut last = cause;
     loop {
         if let Some(err) = &last {
-            let Some(delay) = backoff.next_delay() else {
+            let delay = backoff.next_delay().map(|d| d.max(retry_hint(err)));
+            let Some(delay) = delay.filter(|d| left().is_none_or(|left| *d < left)) else {
                 return Err(ClientError::GaveUp {
                     attempts: backoff.attempts(),
                     last: Box::new(last.take().expect("set")),
                 });
             };
-            let delay = delay.max(retry_hint(err));
             link.send_replace(LinkState::Reconnecting {
                 attempt: backoff.attempts(),
                 delay,
                 error: err.to_string(),
+                unreachable: err.is_transport(),
             });
             tracing::info!(attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, error = %err, "reconnecting");
             pacing.sleep(delay).await;
         }
-        match RelaySession::connect(opts).await {
+        let timeout = match left() {
+            Some(left) => opts.connect_timeout.min(left.max(MIN_ATTEMPT)),
+            None => opts.connect_timeout,
+        };
+        match connect_once(opts, closer, timeout).await {
             Ok(session) => return Ok(session),
             Err(e) if retryable_at_connect(&e) => last = Some(e),
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Close an endpoint, waiting at most [`CLOSE_TIMEOUT`] for it to drain.
+async fn close_endpoint(endpoint: Endpoint) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, endpoint.close())
+        .await
+        .is_err()
+    {
+        tracing::debug!("the endpoint did not finish closing in time");
+    }
+}
+
+/// Wait (at most [`CLOSE_TIMEOUT`]) for every endpoint handed to `closer`
+/// to finish closing.
+async fn wait_closed(closer: &TaskTracker) {
+    closer.close();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closer.wait()).await;
+    closer.reopen();
 }
 
 impl SyncClient {
@@ -172,19 +285,40 @@ impl SyncClient {
 
     /// Connect with a given retry policy.
     pub async fn connect_with(opts: &ConnectOptions, policy: RetryPolicy) -> Result<SyncClient> {
-        Self::connect_paced(opts, policy, Pacing::real()).await
+        let (link, _) = watch::channel(LinkState::Connected { generation: 1 });
+        Self::connect_paced(opts, policy, Pacing::real(), link).await
+    }
+
+    /// Connect with a given retry policy, reporting every connection state
+    /// change — the waits of the first connect included — on `link` (e.g. to
+    /// show "relay unreachable, retrying in 4 s"). [`SyncClient::link_state`]
+    /// subscribes to the same channel.
+    pub async fn connect_reporting(
+        opts: &ConnectOptions,
+        policy: RetryPolicy,
+        link: watch::Sender<LinkState>,
+    ) -> Result<SyncClient> {
+        Self::connect_paced(opts, policy, Pacing::real(), link).await
     }
 
     async fn connect_paced(
         opts: &ConnectOptions,
         policy: RetryPolicy,
         pacing: Pacing,
+        link: watch::Sender<LinkState>,
     ) -> Result<SyncClient> {
-        let (link, _) = watch::channel(LinkState::Connected { generation: 1 });
-        let session = connect_retrying(opts, policy, &pacing, &link, None).await?;
+        let closer = TaskTracker::new();
+        let session = match connect_retrying(opts, policy, &pacing, &link, None, &closer).await {
+            Ok(session) => session,
+            Err(e) => {
+                wait_closed(&closer).await;
+                return Err(e);
+            }
+        };
         link.send_replace(LinkState::Connected { generation: 1 });
         Ok(SyncClient {
             opts: opts.clone(),
+            closer,
             policy,
             pacing,
             keys: opts.keys.clone(),
@@ -227,10 +361,15 @@ impl SyncClient {
         &self.keys
     }
 
-    /// Bytes of file content per chunk: the most whose envelope fits the
-    /// relay's `max_blob_size`.
+    /// Largest sealed blob to make: see [`blob_size_for`].
+    pub fn max_blob_size(&self) -> usize {
+        blob_size_for(self.session().welcome())
+    }
+
+    /// Bytes of file content per chunk: the most whose envelope fits
+    /// [`SyncClient::max_blob_size`].
     pub fn chunk_size(&self) -> usize {
-        envelope::max_body_for(self.session().welcome().max_blob_size as usize).max(1)
+        envelope::max_body_for(self.max_blob_size()).max(1)
     }
 
     /// The group's head as NOTIFY reports it on the current session;
@@ -249,13 +388,17 @@ impl SyncClient {
             return Ok(());
         }
         tracing::info!(error = %cause, "connection to the relay lost");
-        old.session.close().await;
+        old.session.close_connection();
+        if let Some(endpoint) = old.session.endpoint() {
+            self.closer.spawn(close_endpoint(endpoint));
+        }
         let session = connect_retrying(
             &self.opts,
             self.policy,
             &self.pacing,
             &self.link,
             Some(cause),
+            &self.closer,
         )
         .await?;
         let generation = old.generation + 1;
@@ -270,14 +413,27 @@ impl SyncClient {
     /// Run `op` on the current session, reconnecting and repeating it on
     /// transport failures and stalls, and waiting out RATE_LIMITED (and,
     /// with backoff, OVERLOADED / INTERNAL) answers. `op` must be safe to
-    /// repeat.
+    /// repeat. This is the client's one retry loop: pushes, pulls and acks
+    /// all run through it.
+    ///
+    /// Every wait is bounded here, whatever the relay says: one
+    /// RATE_LIMITED wait and their sum per call at most
+    /// [`MAX_RATE_LIMIT_WAIT`] and the policy's `give_up_after` (the error
+    /// is returned once that is spent), an OVERLOADED / INTERNAL hint at
+    /// most [`MAX_RATE_LIMIT_WAIT`] too, and OVERLOADED / INTERNAL retries
+    /// end with `max_attempts` or `give_up_after`.
     pub async fn call<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut(Arc<RelaySession>) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let mut rate_waited = Duration::ZERO;
+        let rate_budget = self
+            .policy
+            .give_up_after
+            .map_or(MAX_RATE_LIMIT_WAIT, |d| d.min(MAX_RATE_LIMIT_WAIT));
         let mut busy = self.pacing.backoff(self.policy);
+        let started = self.pacing.now();
         loop {
             let slot = self.slot();
             let result = tokio::select! {
@@ -289,11 +445,11 @@ impl SyncClient {
             match result {
                 Err(e) if e.is_transport() => self.reconnect(slot.generation, e).await?,
                 Err(ClientError::Relay(e))
-                    if e.error_code() == ErrorCode::RateLimited
-                        && rate_waited < MAX_RATE_LIMIT_WAIT =>
+                    if e.error_code() == ErrorCode::RateLimited && rate_waited < rate_budget =>
                 {
-                    let wait =
+                    let asked =
                         Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(1000).max(1)));
+                    let wait = asked.min(rate_budget - rate_waited);
                     tracing::debug!(wait_ms = wait.as_millis() as u64, "rate limited; waiting");
                     self.pacing.sleep(wait).await;
                     rate_waited += wait;
@@ -301,9 +457,14 @@ impl SyncClient {
                 Err(ClientError::Relay(e))
                     if matches!(e.error_code(), ErrorCode::Overloaded | ErrorCode::Internal) =>
                 {
-                    let hint = Duration::from_millis(u64::from(e.retry_after_ms.unwrap_or(0)));
-                    match busy.next_delay() {
-                        Some(d) => self.pacing.sleep(d.max(hint)).await,
+                    let hint = hint_of(&e);
+                    let spent = self.pacing.now().saturating_sub(started);
+                    let delay = busy
+                        .next_delay()
+                        .map(|d| d.max(hint))
+                        .filter(|d| self.policy.give_up_after.is_none_or(|l| spent + *d < l));
+                    match delay {
+                        Some(d) => self.pacing.sleep(d).await,
                         None => return Err(ClientError::Relay(e)),
                     }
                 }
@@ -312,9 +473,16 @@ impl SyncClient {
         }
     }
 
-    /// Close the session cleanly.
+    /// Close the session and every endpoint cleanly (waits a few seconds
+    /// at most, for connections to a dead relay to drain). Call it before
+    /// dropping the client, on errors too: a dropped endpoint is aborted.
     pub async fn close(&self) {
-        self.session().close().await;
+        let session = self.session();
+        session.close_connection();
+        if let Some(endpoint) = session.endpoint() {
+            self.closer.spawn(close_endpoint(endpoint));
+        }
+        wait_closed(&self.closer).await;
     }
 }
 

@@ -13,7 +13,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use sync_protocol::ErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +28,13 @@ pub struct PullSummary {
     pub head: u64,
     /// Blobs received (including this device's own, which are skipped).
     pub blobs: u64,
-    /// Files completed.
+    /// Files completed (conflict copies included).
     pub files: u64,
+    /// Of those, files saved beside a local file of the same name (conflict
+    /// copies).
+    pub conflicts: u64,
+    /// Older versions of files not written.
+    pub outdated: u64,
     /// Blobs rejected.
     pub rejected: u64,
 }
@@ -57,35 +61,38 @@ impl SyncClient {
         let mut count = |e: PullEvent, summary: &mut PullSummary| {
             match &e {
                 PullEvent::File { .. } => summary.files += 1,
+                PullEvent::Conflict { .. } => {
+                    summary.files += 1;
+                    summary.conflicts += 1;
+                }
+                PullEvent::Outdated { .. } => summary.outdated += 1,
                 PullEvent::Rejected { .. } => summary.rejected += 1,
                 _ => {}
             }
             events(e);
         };
         loop {
-            let slot = self.slot();
-            let stall = self.policy.stall_timeout;
+            // One request per round through the client's retry loop
+            // (`SyncClient::call`): reconnects, stalls and RATE_LIMITED are
+            // handled, and bounded, there as for every other request.
+            // The round's future borrows the state through `shared`, not
+            // through the closure, so each retry can make a new one.
             let round = {
                 let mut sink = |e| count(e, &mut summary);
-                tokio::select! {
-                    r = pull_round(&slot.session, state, &receiver, &mut sink) => r,
-                    _ = slot.session.stalled(stall) => Err(ClientError::Stalled(stall)),
-                }
+                let shared = tokio::sync::Mutex::new((&mut *state, &mut sink));
+                let shared = &shared;
+                let receiver = &receiver;
+                self.call(|session| async move {
+                    let mut guard = shared.lock().await;
+                    let (state, sink) = &mut *guard;
+                    pull_round(&session, state, receiver, *sink).await
+                })
+                .await?
             };
-            match round {
-                Ok(round) => {
-                    summary.blobs += round.received;
-                    summary.head = summary.head.max(round.head);
-                    if round.received == 0 {
-                        break;
-                    }
-                }
-                Err(e) if e.is_transport() => self.reconnect(slot.generation, e).await?,
-                Err(ClientError::Relay(e)) if e.error_code() == ErrorCode::RateLimited => {
-                    let wait = u64::from(e.retry_after_ms.unwrap_or(1000).max(1));
-                    self.pacing.sleep(Duration::from_millis(wait)).await;
-                }
-                Err(e) => return Err(e),
+            summary.blobs += round.received;
+            summary.head = summary.head.max(round.head);
+            if round.received == 0 {
+                break;
             }
         }
         for gap in gap_events(&state.state) {
@@ -160,7 +167,7 @@ impl SyncClient {
             tokio::select! {
                 r = &mut reconnect => return r,
                 Ok(()) = link.changed() => {
-                    if let LinkState::Reconnecting { attempt, delay, error } = link.borrow_and_update().clone() {
+                    if let LinkState::Reconnecting { attempt, delay, error, .. } = link.borrow_and_update().clone() {
                         events(PullEvent::Reconnecting {
                             attempt,
                             delay_ms: delay.as_millis() as u64,
@@ -248,20 +255,35 @@ const SAVE_EVERY_FRAMES: u32 = 16;
 /// See [`SAVE_EVERY_FRAMES`].
 const SAVE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Most `PullBatch` frames with no blob and `more = true` accepted in a row
+/// in one answer. An honest relay never sends one (it ends the answer
+/// instead); a relay that keeps sending them gets a protocol error rather
+/// than a client spinning forever.
+pub const MAX_EMPTY_BATCHES: u32 = 4;
+
 /// One `Pull` request: apply every frame of the answer, saving the state
 /// periodically and at the end; an empty answer moves the cursor to the
 /// head.
+///
+/// The answer is checked as it arrives, so a relay cannot keep the client
+/// busy with it: at most [`PULL_LIMIT`] blobs (what was asked for), cursors
+/// strictly increasing after the one asked from, and at most
+/// [`MAX_EMPTY_BATCHES`] empty `more` frames in a row. A violation ends the
+/// round with [`ClientError::Protocol`] (not retried).
 async fn pull_round(
     session: &RelaySession,
     state: &mut StateStore,
     receiver: &Receiver<'_>,
     events: &mut (dyn FnMut(PullEvent) + Send),
 ) -> Result<Round> {
-    let mut response = session.pull(state.state.cursor, PULL_LIMIT).await?;
+    let after = state.state.cursor;
+    let mut response = session.pull(after, PULL_LIMIT).await?;
     let mut round = Round {
         received: 0,
         head: 0,
     };
+    let mut last_cursor = after;
+    let mut empty_in_a_row = 0u32;
     let mut unsaved = 0u32;
     let mut saved_at = std::time::Instant::now();
     let result = async {
@@ -272,7 +294,29 @@ async fn pull_round(
             let batch = response.next_batch().await?;
             let Some(batch) = batch else { break };
             round.head = round.head.max(batch.head);
+            empty_in_a_row = if batch.blobs.is_empty() && batch.more {
+                empty_in_a_row + 1
+            } else {
+                0
+            };
+            if empty_in_a_row > MAX_EMPTY_BATCHES {
+                return Err(ClientError::Protocol(format!(
+                    "the relay sent {empty_in_a_row} empty batches in a row, each announcing more"
+                )));
+            }
+            if round.received + batch.blobs.len() as u64 > u64::from(PULL_LIMIT) {
+                return Err(ClientError::Protocol(format!(
+                    "the relay sent more than the {PULL_LIMIT} blobs asked for"
+                )));
+            }
             for blob in batch.blobs {
+                if blob.cursor <= last_cursor {
+                    return Err(ClientError::Protocol(format!(
+                        "the relay sent cursor {} after cursor {last_cursor}; cursors must increase",
+                        blob.cursor
+                    )));
+                }
+                last_cursor = blob.cursor;
                 round.received += 1;
                 receiver.apply(blob, state, events)?;
             }

@@ -6,7 +6,7 @@
 
 use super::SyncClient;
 use crate::crypto::envelope::{
-    BlobHeader, BlobKind, Compression, FileChunk, FileEnd, validate_name,
+    BlobHeader, BlobKind, Compression, FileChunk, FileEnd, FileVersion, validate_name,
 };
 use crate::crypto::{envelope, random_bytes};
 use crate::error::{ClientError, Result};
@@ -35,6 +35,11 @@ pub struct PushOptions {
     pub ttl_s: Option<u32>,
     /// Push a file again even if it is unchanged since its last push.
     pub force: bool,
+    /// This device's name, sent (encrypted) with each file version so a
+    /// receiver can name a conflict copy after it (at most 32 bytes; see
+    /// [`crate::crypto::envelope::validate_device_name`]; an invalid name is
+    /// not sent).
+    pub device_name: Option<String>,
 }
 
 /// What a file push stored.
@@ -123,7 +128,7 @@ impl SyncClient {
             &blob_id,
             self.header(kind, seq),
             body,
-            self.session().welcome().max_blob_size as usize,
+            self.max_blob_size(),
         )?;
         Ok(PushItem {
             blob_id,
@@ -259,7 +264,9 @@ impl SyncClient {
         let fingerprint = SourceFingerprint::of(path)?;
         let journals = Self::journals(state);
         let chunk_size = self.chunk_size();
-        let mut journal = match journals.find(path)? {
+        let previous = journals.find(path)?;
+        let (lineage, generation) = next_version(state, &fingerprint.path, previous.as_ref());
+        let mut journal = match previous {
             Some(j) if j.source.as_ref() == Some(&fingerprint) && j.name == name => {
                 if let Some(hash) = &j.complete {
                     if !opts.force {
@@ -321,6 +328,10 @@ impl SyncClient {
                 acked: 0,
                 cursors: None,
                 complete: None,
+                lineage: Some(lineage),
+                generation,
+                device: device_name(opts),
+                completed_at_ms: 0,
             };
             // The journal names its sequence numbers before the counter
             // moves past them (see `StateStore::reserve_seqs_then`).
@@ -370,6 +381,10 @@ impl SyncClient {
             acked: 0,
             cursors: None,
             complete: None,
+            lineage: Some(hex::encode(random_bytes::<16>())),
+            generation: 1,
+            device: device_name(opts),
+            completed_at_ms: 0,
         };
         let report = self
             .send_chunks(
@@ -445,6 +460,22 @@ impl SyncClient {
     ) -> Result<PushedFile> {
         let chunk_size = journal.chunk_size;
         let file_id = journal.file_id_bytes()?;
+        let version = match &journal.lineage {
+            Some(l) => Some(FileVersion {
+                lineage: hex::decode(l)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        ClientError::Home(format!(
+                            "journal of {:?} has a bad lineage",
+                            journal.name
+                        ))
+                    })?,
+                generation: journal.generation,
+                device: journal.device.clone(),
+            }),
+            None => None,
+        };
         let total = journal.source.as_ref().map(|s| s.size);
         let mut hasher = blake3::Hasher::new();
         let mut in_flight = FuturesOrdered::new();
@@ -509,9 +540,16 @@ impl SyncClient {
                         blake3: *hasher.finalize().as_bytes(),
                     }),
                 };
+                let kind = match &version {
+                    Some(version) => BlobKind::VersionedChunk {
+                        chunk,
+                        version: version.clone(),
+                    },
+                    None => BlobKind::FileChunk(chunk),
+                };
                 let item = self.seal(
                     chunk_blob_id(&file_id, index),
-                    BlobKind::FileChunk(chunk),
+                    kind,
                     seq,
                     &current,
                     journal.ttl_s,
@@ -542,6 +580,7 @@ impl SyncClient {
         }
         report.blake3 = hasher.finalize().to_hex().to_string();
         journal.complete = Some(report.blake3.clone());
+        journal.completed_at_ms = now_ms();
         if journal.source.is_some() {
             journals.save(journal)?;
         }
@@ -550,6 +589,40 @@ impl SyncClient {
         }
         Ok(report)
     }
+}
+
+/// The version a new push of the file at `canonical` gets: the next
+/// generation of the history this device last wrote there (pull, in
+/// `state.json`) or pushed from there (its push journal, `previous`),
+/// whichever is more recent; a new history (random lineage, generation 1)
+/// when there is none. Returns (lineage hex, generation).
+fn next_version(
+    state: &StateStore,
+    canonical: &Path,
+    previous: Option<&PushJournal>,
+) -> (String, u64) {
+    let pulled = state
+        .state
+        .files
+        .get(canonical.to_string_lossy().as_ref())
+        .and_then(|k| Some((k.lineage.clone()?, k.generation, k.at_ms)));
+    let pushed = previous.and_then(|j| Some((j.lineage.clone()?, j.generation, j.completed_at_ms)));
+    let latest = match (pulled, pushed) {
+        (Some(a), Some(b)) if a.0 == b.0 => Some((a.0, a.1.max(b.1), 0)),
+        (Some(a), Some(b)) => Some(if a.2 >= b.2 { a } else { b }),
+        (a, b) => a.or(b),
+    };
+    match latest {
+        Some((lineage, generation, _)) => (lineage, generation.saturating_add(1)),
+        None => (hex::encode(random_bytes::<16>()), 1),
+    }
+}
+
+/// The device name to send: `opts.device_name` when valid.
+fn device_name(opts: &PushOptions) -> Option<String> {
+    opts.device_name
+        .clone()
+        .filter(|n| envelope::validate_device_name(n).is_ok())
 }
 
 /// Count an acknowledged chunk (they arrive in order, so its index is the

@@ -14,8 +14,8 @@ use sync_protocol::limits::{
     DEFAULT_MAX_BATCH, DEFAULT_MAX_BLOB_SIZE, HANDSHAKE_MAX_FRAME, max_frame_for_blob_size,
 };
 use sync_protocol::{
-    BlobId, CloseCode, ErrorMsg, Message, PROTOCOL_VERSION, PushItem, PushOk, PushResult, Welcome,
-    read_message, write_message,
+    AckOk, BlobId, CloseCode, ErrorMsg, Message, PROTOCOL_VERSION, PullBatch, PushItem, PushOk,
+    PushResult, Welcome, read_message, write_message,
 };
 use tokio_util::task::AbortOnDropHandle;
 
@@ -42,7 +42,14 @@ enum OnRequest {
     Refuse(ErrorCode, Option<u32>),
     /// Close the connection (the client sees it lost).
     Drop,
+    /// Answer with empty `PullBatch { more: true }` frames until the client
+    /// stops reading (at most [`RUNAWAY_FRAMES`]).
+    EmptyBatches,
 }
+
+/// Frames [`OnRequest::EmptyBatches`] sends at most: a client still reading
+/// after these never stops.
+const RUNAWAY_FRAMES: usize = 10_000;
 
 type HelloScript = dyn Fn(usize) -> AtHello + Send + Sync;
 type RequestScript = dyn Fn(usize, usize) -> OnRequest + Send + Sync;
@@ -113,6 +120,7 @@ impl ScriptedRelay {
             device_key: SecretKey::generate(),
             device_name: None,
             connect_timeout: DEADLINE,
+            access_token: None,
         }
     }
 
@@ -185,8 +193,28 @@ async fn serve(
                         .collect(),
                     head: push.items.len() as u64,
                 }),
-                other => panic!("the scripted relay serves pushes only, got {other:?}"),
+                Message::Pull(_) => Message::PullBatch(PullBatch {
+                    blobs: Vec::new(),
+                    head: 0,
+                    more: false,
+                }),
+                Message::Ack(ack) => Message::AckOk(AckOk { cursor: ack.cursor }),
+                other => panic!("the scripted relay serves pushes and pulls only, got {other:?}"),
             },
+            OnRequest::EmptyBatches => {
+                let empty = Message::PullBatch(PullBatch {
+                    blobs: Vec::new(),
+                    head: 7,
+                    more: true,
+                });
+                for _ in 0..RUNAWAY_FRAMES {
+                    if write_message(&mut send, &empty, 1 << 21).await.is_err() {
+                        break;
+                    }
+                }
+                r += 1;
+                continue;
+            }
             OnRequest::Refuse(code, retry) => error(code, retry),
             OnRequest::Drop => {
                 conn.close(VarInt::from_u32(CloseCode::Internal.as_u32()), b"scripted");
@@ -205,12 +233,15 @@ fn full_jitter() -> Jitter {
 }
 
 /// Pacing with fixed jitter whose sleeper records each wait (when the
-/// loop awaits it) and returns at once.
+/// loop awaits it) and returns at once; its clock is the sum of the waits
+/// recorded.
 fn recording() -> (Pacing, Arc<Mutex<Vec<Duration>>>) {
     let waits = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&waits);
+    let clock = Arc::clone(&waits);
     let pacing = Pacing {
         jitter: full_jitter,
+        now: Arc::new(move || clock.lock().unwrap().iter().sum()),
         sleep: Arc::new(move |d| {
             let log = Arc::clone(&log);
             Box::pin(async move {
@@ -230,8 +261,14 @@ fn policy() -> RetryPolicy {
         initial: Duration::from_millis(100),
         max_delay: Duration::from_millis(400),
         max_attempts: Some(4),
+        give_up_after: None,
         stall_timeout: DEADLINE,
     }
+}
+
+/// A fresh link-state channel.
+fn link() -> watch::Sender<LinkState> {
+    watch::channel(LinkState::Connected { generation: 1 }).0
 }
 
 fn ms(list: &[u64]) -> Vec<Duration> {
@@ -271,7 +308,7 @@ async fn a_lost_connection_is_retried_with_backoff_until_max_attempts() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let link = client.link_state();
@@ -314,7 +351,7 @@ async fn a_reconnect_honours_the_relays_retry_hint_and_then_repeats_the_request(
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let ok = within_deadline(push_one(&client)).await.unwrap();
@@ -339,7 +376,7 @@ async fn overloaded_answers_are_retried_with_backoff_until_max_attempts() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let err = within_deadline(push_one(&client)).await.unwrap_err();
@@ -360,7 +397,7 @@ async fn rate_limited_answers_are_waited_out_up_to_the_cap() {
     )
     .await;
     let (pacing, waits) = recording();
-    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing)
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
     let err = within_deadline(push_one(&client)).await.unwrap_err();
@@ -371,5 +408,192 @@ async fn rate_limited_answers_are_waited_out_up_to_the_cap() {
         "waited {MAX_RATE_LIMIT_WAIT:?} in all"
     );
     assert_eq!(relay.requests(), 4);
+    client.close().await;
+}
+
+/// A pull against the scripted relay into a fresh state and directory.
+async fn pull_once(client: &SyncClient) -> Result<crate::PullSummary> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = crate::StateStore::open(dir.path().join("state.json")).unwrap();
+    client
+        .pull(&mut state, &dir.path().join("out"), &mut |_| {})
+        .await
+}
+
+#[tokio::test]
+async fn pull_waits_out_rate_limits_in_the_same_loop_with_the_same_cap() {
+    // Every pull is refused as RATE_LIMITED with the largest hint the wire
+    // can carry (49 days): the client waits at most MAX_RATE_LIMIT_WAIT in
+    // all, then reports the error.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::Welcome,
+        |_, _| OnRequest::Refuse(ErrorCode::RateLimited, Some(u32::MAX)),
+    )
+    .await;
+    let (pacing, waits) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let err = within_deadline(pull_once(&client)).await.unwrap_err();
+    assert_eq!(err.relay_code(), Some(ErrorCode::RateLimited), "{err:?}");
+    assert_eq!(*waits.lock().unwrap(), vec![MAX_RATE_LIMIT_WAIT]);
+    assert_eq!(relay.requests(), 2);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn pull_retries_a_lost_connection_through_the_same_loop() {
+    // The first pull's connection drops; the client reconnects with the
+    // policy's backoff and pulls again on the new session.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::Welcome,
+        |n, _| match n {
+            0 => OnRequest::Drop,
+            _ => OnRequest::Serve,
+        },
+    )
+    .await;
+    let (pacing, waits) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let summary = within_deadline(pull_once(&client)).await.unwrap();
+    assert_eq!(summary.blobs, 0);
+    assert_eq!(*waits.lock().unwrap(), ms(&[100]));
+    assert_eq!(relay.connections(), 2);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn huge_retry_hints_are_capped() {
+    // OVERLOADED with a 49-day hint, at Hello and on requests: every wait is
+    // at most MAX_RATE_LIMIT_WAIT, and the client gives up after
+    // max_attempts as usual.
+    let relay = ScriptedRelay::start(
+        |n| match n {
+            0 => AtHello::Welcome,
+            _ => AtHello::Refuse(ErrorCode::Overloaded, Some(u32::MAX)),
+        },
+        |n, _| match n {
+            0 => OnRequest::Refuse(ErrorCode::Overloaded, Some(u32::MAX)),
+            _ => OnRequest::Serve,
+        },
+    )
+    .await;
+    let (pacing, waits) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let err = within_deadline(push_one(&client)).await.unwrap_err();
+    assert_eq!(err.relay_code(), Some(ErrorCode::Overloaded), "{err:?}");
+    assert_eq!(*waits.lock().unwrap(), vec![MAX_RATE_LIMIT_WAIT; 4]);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn endless_empty_batches_end_the_pull_with_a_protocol_error() {
+    let relay = ScriptedRelay::start(|_| AtHello::Welcome, |_, _| OnRequest::EmptyBatches).await;
+    let (pacing, _) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let err = within_deadline(pull_once(&client)).await.unwrap_err();
+    match &err {
+        ClientError::Protocol(m) => assert!(m.contains("empty batches"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    assert_eq!(relay.requests(), 1, "not retried");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn reconnecting_gives_up_when_the_time_budget_is_spent() {
+    // Unlimited attempts but one second in all: the waits 100, 200, 400 ms
+    // fit, the next 400 ms would end past the second, so the client gives
+    // up there instead of retrying forever.
+    let relay = ScriptedRelay::start(
+        |n| match n {
+            0 => AtHello::Welcome,
+            _ => AtHello::Refuse(ErrorCode::Overloaded, None),
+        },
+        |_, _| OnRequest::Drop,
+    )
+    .await;
+    let (pacing, waits) = recording();
+    let budget = RetryPolicy {
+        max_attempts: None,
+        give_up_after: Some(Duration::from_secs(1)),
+        ..policy()
+    };
+    let client = SyncClient::connect_paced(&relay.options(), budget, pacing, link())
+        .await
+        .unwrap();
+    let err = within_deadline(push_one(&client)).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::GaveUp { attempts: 4, .. }),
+        "{err:?}"
+    );
+    assert_eq!(*waits.lock().unwrap(), ms(&[100, 200, 400]));
+    assert_eq!(relay.connections(), 1 + 3);
+}
+
+#[tokio::test]
+async fn the_first_connect_reports_each_wait_on_the_link() {
+    // Every Hello refused as OVERLOADED: each wait before an attempt is
+    // announced on the caller's channel, marked as a busy (reachable) relay.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::Refuse(ErrorCode::Overloaded, None),
+        |_, _| OnRequest::Serve,
+    )
+    .await;
+    let (pacing, _) = recording();
+    let link = link();
+    let mut seen = link.subscribe();
+    let err = within_deadline(SyncClient::connect_paced(
+        &relay.options(),
+        policy(),
+        pacing,
+        link,
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::GaveUp { attempts: 4, .. }),
+        "{err:?}"
+    );
+    assert!(
+        matches!(
+            &*seen.borrow_and_update(),
+            LinkState::Reconnecting {
+                attempt: 4,
+                unreachable: false,
+                ..
+            }
+        ),
+        "{:?}",
+        *seen.borrow()
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_waits_end_with_the_time_budget_too() {
+    // A person's command (give_up_after 2 s) is not held for the 5 minutes
+    // MAX_RATE_LIMIT_WAIT allows: it waits 2 s in all, then reports.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::Welcome,
+        |_, _| OnRequest::Refuse(ErrorCode::RateLimited, Some(u32::MAX)),
+    )
+    .await;
+    let (pacing, waits) = recording();
+    let budget = RetryPolicy {
+        give_up_after: Some(Duration::from_secs(2)),
+        ..policy()
+    };
+    let client = SyncClient::connect_paced(&relay.options(), budget, pacing, link())
+        .await
+        .unwrap();
+    let err = within_deadline(pull_once(&client)).await.unwrap_err();
+    assert_eq!(err.relay_code(), Some(ErrorCode::RateLimited), "{err:?}");
+    assert_eq!(*waits.lock().unwrap(), vec![Duration::from_secs(2)]);
     client.close().await;
 }

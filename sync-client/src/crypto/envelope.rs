@@ -39,9 +39,14 @@ pub const MAX_BODY_LEN: usize = 32 * 1024 * 1024;
 const AD_CONTEXT: &[u8] = b"0k-sync/1 blob";
 
 /// What a blob holds.
+///
+/// Variants are encoded by position (postcard): new ones are only ever
+/// appended, so every client reads what older clients sealed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BlobKind {
-    /// One chunk of a file.
+    /// One chunk of a file, without history (what clients before file
+    /// versions sealed; still read, no longer sealed): receivers order
+    /// such files of one sender by sequence number only.
     FileChunk(FileChunk),
     /// An application message (opaque bytes, not a file).
     Message,
@@ -56,7 +61,47 @@ pub enum BlobKind {
         /// Last sequence number given up.
         last_seq: u64,
     },
+    /// One chunk of a file, with the file version it belongs to (what
+    /// this client seals). Every chunk of one file carries the same version.
+    VersionedChunk {
+        /// The chunk.
+        chunk: FileChunk,
+        /// The version of the file.
+        version: FileVersion,
+    },
 }
+
+impl BlobKind {
+    /// The file chunk and its version (`None` for [`BlobKind::FileChunk`]),
+    /// if this blob is part of a file.
+    pub fn chunk(&self) -> Option<(&FileChunk, Option<&FileVersion>)> {
+        match self {
+            BlobKind::FileChunk(c) => Some((c, None)),
+            BlobKind::VersionedChunk { chunk, version } => Some((chunk, Some(version))),
+            _ => None,
+        }
+    }
+}
+
+/// Where a pushed file version sits in its file's history, so receivers
+/// order versions by history and never by arrival (see `docs/client.md`,
+/// "Conflicts"). A device that pushes a file it received, or pushed
+/// before, continues that file's history: same `lineage`, `generation`
+/// one higher than the version it held; a file with no known history
+/// starts a new lineage at generation 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileVersion {
+    /// Random id shared by every version of one file's history.
+    pub lineage: [u8; 16],
+    /// 1, 2, 3, … along the history.
+    pub generation: u64,
+    /// The pushing device's name (at most [`MAX_DEVICE_NAME_LEN`] bytes, see
+    /// [`validate_device_name`]), shown in conflict copies' names.
+    pub device: Option<String>,
+}
+
+/// Most bytes of [`FileVersion::device`].
+pub const MAX_DEVICE_NAME_LEN: usize = 32;
 
 /// Where a chunk belongs in its file (DESIGN §6 "Large data").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,13 +456,20 @@ fn parse_inner(inner: &[u8]) -> Result<(BlobHeader, InnerBody), EnvelopeError> {
     if inner[start + stored.len()..].iter().any(|&b| b != 0) {
         return Err(malformed("non-zero padding"));
     }
-    if let BlobKind::FileChunk(chunk) = &header.kind {
+    if let Some((chunk, version)) = header.kind.chunk() {
         validate_name(&chunk.name).map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
+        if let Some(device) = version.and_then(|v| v.device.as_deref()) {
+            validate_device_name(device).map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
+        }
     }
     let body = match header.compression {
         Compression::None => InnerBody::Stored(start..start + stored.len()),
         Compression::Zstd { raw_len } => {
             let raw_len = raw_len as usize;
+            if stored.is_empty() {
+                // Not a zstd frame (the decompressor would read it as one).
+                return Err(malformed("empty zstd body"));
+            }
             if raw_len > MAX_BODY_LEN {
                 return Err(malformed("declared body size over the limit"));
             }
@@ -432,9 +484,16 @@ fn parse_inner(inner: &[u8]) -> Result<(BlobHeader, InnerBody), EnvelopeError> {
     Ok((header, body))
 }
 
+/// Prefix of the names this client uses for files being received
+/// (`.0k-sync-<file id>.part`): a received file may not take it.
+pub const RESERVED_PREFIX: &str = ".0k-sync-";
+
 /// A file name is one path component: non-empty, at most 255 bytes, no `/`,
-/// no NUL, not `.` or `..`. Received names are checked so a group member
-/// cannot write outside the output directory.
+/// no NUL, not `.` or `..`, no control character (C0, DEL, C1: terminal
+/// escape sequences) and no Unicode bidirectional override (names that
+/// display as something else), and not starting with [`RESERVED_PREFIX`].
+/// Received names are checked so a group member cannot write outside the
+/// output directory, over this client's own temp files, or to the terminal.
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty file name");
@@ -445,7 +504,32 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err("file name is not a single path component");
     }
+    if name.chars().any(is_unsafe_char) {
+        return Err("file name contains a control or bidirectional-override character");
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Err("file name starts with .0k-sync-, reserved for files being received");
+    }
     Ok(())
+}
+
+/// A device name for conflict copies: non-empty, at most
+/// [`MAX_DEVICE_NAME_LEN`] bytes, no `/`, no control or bidirectional
+/// override character, not starting with `.`.
+pub fn validate_device_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_DEVICE_NAME_LEN {
+        return Err("device name must be 1 to 32 bytes");
+    }
+    if name.contains('/') || name.starts_with('.') || name.chars().any(is_unsafe_char) {
+        return Err("device name contains a character not allowed in file names");
+    }
+    Ok(())
+}
+
+/// Control characters (C0, DEL, C1) and the Unicode bidirectional
+/// embedding, override and isolate characters.
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -667,10 +751,31 @@ mod tests {
 
     #[test]
     fn hostile_names_are_rejected() {
-        for bad in ["", ".", "..", "a/b", "../x", "a\0b"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a\0b",
+            "\x1b]0;owned\x07.txt",
+            "a\x1b[2Jb",
+            "line\nbreak",
+            "tab\there",
+            "del\x7f",
+            "c1\u{9b}31m",
+            "evil\u{202E}txt.exe",
+            ".0k-sync-00112233445566778899aabbccddeeff.part",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         validate_name("report (1).pdf").unwrap();
+        validate_name(".bashrc").unwrap();
+        validate_name("café ünïcode 日本.txt").unwrap();
+        for bad in ["", ".hidden", "a/b", "x\x1b", &"d".repeat(33)] {
+            assert!(validate_device_name(bad).is_err(), "{bad:?}");
+        }
+        validate_device_name("laptop").unwrap();
         let keys = GroupSecret::generate().keys();
         let sealed = seal(
             &keys,
@@ -686,14 +791,57 @@ mod tests {
         ));
     }
 
+    /// Golden bytes of headers (postcard): what clients before file
+    /// versions sealed still decodes the same, and a versioned chunk's
+    /// layout is pinned (docs/protocol.md, "Blob payloads").
+    #[test]
+    fn header_bytes_are_stable() {
+        let chunk = FileChunk {
+            file_id: [1; 16],
+            name: "a.txt".into(),
+            mode: 0o644,
+            index: 2,
+            offset: 300,
+            size_hint: Some(5),
+            end: None,
+        };
+        let legacy = header(BlobKind::FileChunk(chunk.clone()));
+        let versioned = header(BlobKind::VersionedChunk {
+            chunk,
+            version: FileVersion {
+                lineage: [3; 16],
+                generation: 2,
+                device: Some("pc".into()),
+            },
+        });
+        for (h, golden) in [(legacy, LEGACY_HEADER), (versioned, VERSIONED_HEADER)] {
+            let bytes = postcard::to_allocvec(&h).unwrap();
+            assert_eq!(hex::encode(&bytes), golden);
+            assert_eq!(postcard::from_bytes::<BlobHeader>(&bytes).unwrap(), h);
+        }
+    }
+
+    const LEGACY_HEADER: &str = "000101010101010101010101010101010105612e747874a40302ac0201050005050505050505050505050505050505050505050505050505050505050505050780d095ffbc310000";
+    const VERSIONED_HEADER: &str = "030101010101010101010101010101010105612e747874a40302ac0201050003030303030303030303030303030303020102706305050505050505050505050505050505050505050505050505050505050505050780d095ffbc310000";
+
     #[test]
     fn header_of_max_name_fits_the_bound() {
-        let mut h = header(chunk(&"n".repeat(MAX_NAME_LEN)));
+        let BlobKind::FileChunk(c) = chunk(&"n".repeat(MAX_NAME_LEN)) else {
+            unreachable!()
+        };
+        let mut h = header(BlobKind::VersionedChunk {
+            chunk: c,
+            version: FileVersion {
+                lineage: [0xff; 16],
+                generation: u64::MAX,
+                device: Some("d".repeat(MAX_DEVICE_NAME_LEN)),
+            },
+        });
         h.seq = u64::MAX;
         h.created_at_ms = u64::MAX;
         h.compression = Compression::Zstd { raw_len: u32::MAX };
         h.body_len = u32::MAX;
-        if let BlobKind::FileChunk(c) = &mut h.kind {
+        if let BlobKind::VersionedChunk { chunk: c, .. } = &mut h.kind {
             c.mode = u32::MAX;
             c.index = u32::MAX;
             c.offset = u64::MAX;

@@ -8,7 +8,7 @@ pub mod group;
 pub mod padding;
 
 pub use envelope::{
-    BlobHeader, BlobKind, Compression, EnvelopeError, FileChunk, FileEnd, OpenedBlob,
+    BlobHeader, BlobKind, Compression, EnvelopeError, FileChunk, FileEnd, FileVersion, OpenedBlob,
 };
 pub use group::{GroupKeys, GroupSecret};
 

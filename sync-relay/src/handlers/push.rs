@@ -10,8 +10,9 @@ use sync_protocol::{DeviceId, ErrorCode, ErrorMsg, GroupId, Push, PushOk};
 /// Store `push` for `sender` in `group`. Errors (nothing stored):
 /// INVALID_MESSAGE (empty or oversized batch, zero TTL), RATE_LIMITED (push
 /// bytes per second), BLOB_TOO_LARGE, TTL_TOO_LONG, GROUP_QUOTA_EXCEEDED
-/// (bytes or blobs), OVERLOADED (relay storage full), INTERNAL,
-/// SHUTTING_DOWN.
+/// (bytes or blobs), ACCESS_TOKEN_INVALID (the group's token was revoked),
+/// OWNER_QUOTA_EXCEEDED (the budget of the group's token or address),
+/// OVERLOADED (relay storage full), INTERNAL, SHUTTING_DOWN.
 pub async fn handle(
     ctx: &RelayContext,
     group: GroupId,
@@ -127,6 +128,7 @@ async fn store(
         .inspect_err(|e| match e {
             StorageError::GroupQuotaExceeded { .. } => quota_rejected(ctx, "group_storage"),
             StorageError::GroupBlobsExceeded { .. } => quota_rejected(ctx, "group_blobs"),
+            StorageError::OwnerQuotaExceeded { .. } => quota_rejected(ctx, "owner_storage"),
             StorageError::RelayStorageFull { .. } => quota_rejected(ctx, "relay_storage"),
             _ => {}
         })?;

@@ -23,6 +23,7 @@ pub mod state;
 
 pub use forward::QUIET_RESEND;
 
+use crate::admission::OwnerSessionGuard;
 use crate::auth::check_hello;
 use crate::budget::{
     Exhausted, PendingHello, RELAY_BUSY_RETRY_MS, Reservation, SESSION_BUSY_RETRY_MS,
@@ -35,6 +36,7 @@ use crate::notify::Subscription;
 use crate::ratelimit::{LimitKind, Limited};
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use state::{Action, Event, HelloVerdict, SessionState};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
@@ -58,6 +60,8 @@ struct Session {
     ctx: Arc<RelayContext>,
     conn: Connection,
     device: DeviceId,
+    /// The peer's IP address (`None` through an iroh relay server).
+    remote: Option<IpAddr>,
     group: OnceLock<GroupId>,
     state: Mutex<SessionState>,
     activity: Arc<forward::Activity>,
@@ -157,12 +161,14 @@ impl Session {
     }
 }
 
-/// Serve one accepted connection until it ends or the relay stops.
-/// `awaiting_hello` counts the connection against
-/// `limits.max_connections_awaiting_hello` until its `Hello` is answered.
+/// Serve one accepted connection from `remote` until it ends or the relay
+/// stops. `awaiting_hello` counts the connection against
+/// `limits.max_connections_awaiting_hello` until its `Hello` is answered
+/// (the per-address connection rate was checked before the handshake).
 pub async fn serve_connection(
     ctx: Arc<RelayContext>,
     conn: Connection,
+    remote: Option<IpAddr>,
     awaiting_hello: PendingHello,
 ) {
     let device = DeviceId(*conn.remote_id().as_bytes());
@@ -170,6 +176,7 @@ pub async fn serve_connection(
         ctx: Arc::clone(&ctx),
         conn,
         device,
+        remote,
         group: OnceLock::new(),
         state: Mutex::new(SessionState::AwaitingHello),
         activity: Arc::new(forward::Activity::default()),
@@ -182,6 +189,7 @@ pub async fn serve_connection(
         head,
         mut subscription,
         guard: _live,
+        owner_guard: _owner_live,
     }) = admitted
     else {
         return;
@@ -213,6 +221,12 @@ pub async fn serve_connection(
             )
             .await;
         }
+        // The subscription is also what marks the group live for the
+        // cleanup (never pruned while a session is on it): keep it until the
+        // session ends (this task is aborted then), even if the peer stopped
+        // the notify stream.
+        std::future::pending::<()>().await;
+        drop(subscription);
     }));
 
     let requests = TaskTracker::new();
@@ -256,11 +270,13 @@ struct Admitted {
     head: u64,
     subscription: Subscription,
     guard: SessionGuard,
+    owner_guard: Option<OwnerSessionGuard>,
 }
 
-/// Read and check the `Hello` (proof, then session caps). Returns the first
-/// stream's send half, the group's head, the group's NOTIFY subscription
-/// and the live-session guard when the session became active.
+/// Read and check the `Hello` (proof, then session caps, then the group's
+/// admission in storage and its owner's session cap). Returns the first
+/// stream's send half, the group's head, the group's NOTIFY subscription and
+/// the live-session guards when the session became active.
 async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
     let ctx = &session.ctx;
     let hello_timeout = RelayContext::secs(ctx.limits.hello_timeout_s);
@@ -288,8 +304,9 @@ async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
         Ok(None) => return None, // connection lost before any stream
         Ok(Some(pair)) => pair,
     };
-    let hello = match read {
-        Ok(Some(Message::Hello(hello))) => hello,
+    let (hello, token) = match read {
+        Ok(Some(Message::Hello(hello))) => (hello, None),
+        Ok(Some(Message::HelloWithToken(h))) => (h.hello, Some(h.access_token)),
         Ok(Some(other)) => {
             let action = session.step(Event::Request(other.kind()));
             let msg = format!("expected Hello as the first message, got {}", other.kind());
@@ -357,40 +374,75 @@ async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
             msg = "the relay is at its session capacity".into();
         }
     }
+    let mut opened = None;
+    let mut owner_guard = None;
+    if verdict == HelloVerdict::Accepted {
+        let new_group = ctx.admission.new_group(token.as_ref(), session.remote);
+        match ctx
+            .storage
+            .open_session(group, session.device, now_ms(), new_group)
+            .await
+        {
+            Ok(o) => match ctx.admission.owner_session(o.owner) {
+                Ok(g) => {
+                    owner_guard = g;
+                    opened = Some(o);
+                }
+                Err(limit) => {
+                    verdict = HelloVerdict::RateLimited;
+                    retry_after_ms = Some(GROUP_FULL_RETRY_MS);
+                    ctx.metrics
+                        .rate_limited
+                        .get_or_create(&KindLabel {
+                            kind: "owner_sessions",
+                        })
+                        .inc();
+                    msg = format!(
+                        "the groups created from this group's address already have {limit} live \
+                         sessions, the most this relay allows"
+                    );
+                }
+            },
+            Err(err) if err.is_refusal() => {
+                let reply = ErrorMsg::from(err);
+                verdict = HelloVerdict::Refused(reply.error_code());
+                retry_after_ms = reply.retry_after_ms;
+                msg = reply.message;
+            }
+            Err(err) => {
+                let reply: ErrorMsg = err.into();
+                let close = if reply.error_code() == ErrorCode::ShuttingDown {
+                    CloseCode::ShuttingDown
+                } else {
+                    CloseCode::Internal
+                };
+                drop((guard, subscription));
+                session
+                    .perform(
+                        Action::RejectAndClose(reply.error_code(), close),
+                        &mut send,
+                        reply.message,
+                    )
+                    .await;
+                return None;
+            }
+        }
+    }
     let action = session.step(Event::Hello(verdict));
     if action != Action::SendWelcome {
         info!(device = %session.device, ?verdict, "Hello rejected");
+        // A refused Hello holds no session slot while its error is flushed
+        // (up to REJECT_FLUSH): refused Hellos must not fill max_sessions.
+        drop((guard, subscription, owner_guard));
         session
             .perform_with_retry(action, &mut send, msg, retry_after_ms)
             .await;
         return None;
     }
-    let (Some(guard), Some(subscription)) = (guard, subscription) else {
+    let (Some(guard), Some(subscription), Some(opened)) = (guard, subscription, opened) else {
         return None;
     };
-    let head = match ctx
-        .storage
-        .open_session(group, session.device, now_ms())
-        .await
-    {
-        Ok(head) => head,
-        Err(err) => {
-            let reply: ErrorMsg = err.into();
-            let close = if reply.error_code() == ErrorCode::ShuttingDown {
-                CloseCode::ShuttingDown
-            } else {
-                CloseCode::Internal
-            };
-            session
-                .perform(
-                    Action::RejectAndClose(reply.error_code(), close),
-                    &mut send,
-                    reply.message,
-                )
-                .await;
-            return None;
-        }
-    };
+    let head = opened.head;
     let _ = session.group.set(group);
     // Publish the stored head after subscribing, so no commit is missed.
     ctx.notify.publish(group, head);
@@ -399,6 +451,7 @@ async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
         head,
         subscription,
         guard,
+        owner_guard,
     })
 }
 

@@ -30,6 +30,9 @@ pub enum HelloVerdict {
     RateLimited,
     /// Valid, but the relay is at its session capacity.
     Overloaded,
+    /// Valid, but the group may not be created for this device (access
+    /// token required or invalid, a group limit): answered with this code.
+    Refused(ErrorCode),
 }
 
 /// Something that happened to the session.
@@ -106,6 +109,10 @@ impl SessionState {
                 Closing(CloseCode::Overloaded),
                 Action::RejectAndClose(ErrorCode::Overloaded, CloseCode::Overloaded),
             ),
+            (AwaitingHello, Event::Hello(HelloVerdict::Refused(code))) => (
+                Closing(CloseCode::HelloRejected),
+                Action::RejectAndClose(code, CloseCode::HelloRejected),
+            ),
             (AwaitingHello, Event::Request(kind)) => {
                 let code = if is_client_request(kind) {
                     ErrorCode::NotInSession
@@ -138,9 +145,10 @@ impl SessionState {
             (Active, Event::Request(kind)) if is_client_request(kind) => {
                 (Active, Action::Serve(kind))
             }
-            (Active, Event::Request(MessageKind::Hello) | Event::Hello(_)) => {
-                (Active, Action::Reply(ErrorCode::InvalidMessage))
-            }
+            (
+                Active,
+                Event::Request(MessageKind::Hello | MessageKind::HelloWithToken) | Event::Hello(_),
+            ) => (Active, Action::Reply(ErrorCode::InvalidMessage)),
             (Active, Event::Request(_)) => (
                 Closing(CloseCode::ProtocolViolation),
                 Action::RejectAndClose(ErrorCode::InvalidMessage, CloseCode::ProtocolViolation),
@@ -208,6 +216,22 @@ mod tests {
     }
 
     #[test]
+    fn hello_refused_admission_answers_its_code_and_closes() {
+        for code in [
+            ErrorCode::AccessTokenRequired,
+            ErrorCode::AccessTokenInvalid,
+            ErrorCode::GroupLimitReached,
+        ] {
+            check(
+                AwaitingHello,
+                Event::Hello(HelloVerdict::Refused(code)),
+                Closing(CloseCode::HelloRejected),
+                RejectAndClose(code, CloseCode::HelloRejected),
+            );
+        }
+    }
+
+    #[test]
     fn request_before_hello_is_not_in_session() {
         for kind in [MessageKind::Push, MessageKind::Pull, MessageKind::Ack] {
             check(
@@ -263,12 +287,14 @@ mod tests {
 
     #[test]
     fn second_hello_is_answered_but_keeps_the_session() {
-        check(
-            Active,
-            Event::Request(MessageKind::Hello),
-            Active,
-            Reply(ErrorCode::InvalidMessage),
-        );
+        for kind in [MessageKind::Hello, MessageKind::HelloWithToken] {
+            check(
+                Active,
+                Event::Request(kind),
+                Active,
+                Reply(ErrorCode::InvalidMessage),
+            );
+        }
         check(
             Active,
             Event::Hello(HelloVerdict::Accepted),

@@ -4,8 +4,8 @@
 //! embedding where durability does not matter. Nothing survives a restart.
 
 use super::{
-    CounterAudit, Deleted, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
-    StorageStats,
+    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Owner, Pruned, PullPage,
+    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenHash, TokenInfo,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,9 +32,34 @@ struct Group {
     head: u64,
     blobs: BTreeMap<u64, Stored>,
     devices: BTreeMap<DeviceId, Device>,
+    owner: Option<Owner>,
+    /// Last open session or push that stored something, Unix ms.
+    last_active: i64,
 }
 
+#[derive(Clone, PartialEq)]
+struct Token {
+    label: Option<String>,
+    created_at: i64,
+    max_groups: u64,
+    max_storage: u64,
+    revoked_at: Option<i64>,
+}
+
+/// An owner's new-group window: (start, groups created in it).
+type Window = (i64, u64);
+
 impl Group {
+    /// A group created at `now_ms` for `owner`, starting at the head floor.
+    fn new(floor: u64, now_ms: i64, owner: Option<Owner>) -> Group {
+        Group {
+            head: floor,
+            last_active: now_ms,
+            owner,
+            ..Group::default()
+        }
+    }
+
     fn bytes(&self) -> u64 {
         self.blobs.values().map(|b| b.payload.len() as u64).sum()
     }
@@ -54,12 +79,112 @@ impl Group {
 #[derive(Default)]
 struct Model {
     groups: BTreeMap<GroupId, Group>,
+    tokens: BTreeMap<TokenHash, Token>,
+    /// Owner rows: an owner gets one with its first group (an address's
+    /// holds its new-group window; a token's is (0, 0)) and loses it when
+    /// pruned with no group left and its window ended.
+    owners: BTreeMap<Owner, Window>,
+    /// Highest head pruned; new groups start here.
+    head_floor: u64,
     closed: bool,
 }
 
 impl Model {
     fn total_bytes(&self) -> u64 {
         self.groups.values().map(Group::bytes).sum()
+    }
+
+    /// Groups and payload bytes of `owner`, counted from the groups.
+    fn owned(&self, owner: Owner) -> (u64, u64) {
+        self.groups
+            .values()
+            .filter(|g| g.owner == Some(owner))
+            .fold((0, 0), |(n, b), g| (n + 1, b + g.bytes()))
+    }
+
+    fn token_info(&self, hash: &TokenHash, t: &Token) -> TokenInfo {
+        let (groups, bytes_used) = self.owned(Owner::Token(*hash));
+        TokenInfo {
+            id: hash.public_id(),
+            label: t.label.clone(),
+            created_at_ms: t.created_at,
+            max_groups: t.max_groups,
+            max_storage: t.max_storage,
+            revoked_at_ms: t.revoked_at,
+            groups,
+            bytes_used,
+        }
+    }
+
+    fn token_by_id(&self, id: &str) -> Option<TokenHash> {
+        self.tokens.keys().find(|h| h.public_id() == id).copied()
+    }
+
+    /// Decide whether `new_group` may create a group now (and record the
+    /// address window if so).
+    fn admit(
+        &mut self,
+        new_group: NewGroup,
+        now_ms: i64,
+        quotas: &Quotas,
+    ) -> Result<Option<Owner>, StorageError> {
+        match new_group {
+            NewGroup::Refuse => Err(StorageError::AccessTokenRequired),
+            NewGroup::Unowned => Ok(None),
+            NewGroup::Token(hash) => {
+                let t = self
+                    .tokens
+                    .get(&hash)
+                    .filter(|t| t.revoked_at.is_none())
+                    .ok_or(StorageError::AccessTokenInvalid)?;
+                let (count, _) = self.owned(Owner::Token(hash));
+                if count >= t.max_groups {
+                    return Err(StorageError::TokenGroupLimit {
+                        count,
+                        limit: t.max_groups,
+                    });
+                }
+                self.owners.entry(Owner::Token(hash)).or_insert((0, 0));
+                Ok(Some(Owner::Token(hash)))
+            }
+            NewGroup::Address(key) => {
+                let owner = Owner::Address(key);
+                let q = quotas.address;
+                if self.owned(owner).0 == 0 {
+                    let owning: std::collections::BTreeSet<Owner> = self
+                        .groups
+                        .values()
+                        .filter_map(|g| g.owner)
+                        .filter(|o| matches!(o, Owner::Address(_)))
+                        .collect();
+                    if owning.len() as u64 >= q.max_addresses {
+                        return Err(StorageError::AddressesFull {
+                            limit: q.max_addresses,
+                        });
+                    }
+                }
+                let (mut start, mut n) = self.owners.get(&owner).copied().unwrap_or((0, 0));
+                if n == 0 || now_ms.saturating_sub(start) >= q.window_ms {
+                    (start, n) = (now_ms, 0);
+                }
+                if n >= q.new_groups_per_window {
+                    return Err(StorageError::AddressGroupRate {
+                        count: n,
+                        limit: q.new_groups_per_window,
+                        retry_after_ms: (start.saturating_add(q.window_ms) - now_ms).max(1) as u64,
+                    });
+                }
+                self.owners.insert(owner, (start, n + 1));
+                Ok(Some(owner))
+            }
+        }
+    }
+
+    fn head(&self, group: &GroupId) -> u64 {
+        self.groups
+            .get(group)
+            .map(|g| g.head)
+            .unwrap_or(self.head_floor)
     }
 }
 
@@ -88,19 +213,27 @@ impl MemoryStorage {
             quotas: self.quotas,
             model: Mutex::new(Model {
                 groups: m.groups.clone(),
+                tokens: m.tokens.clone(),
+                owners: m.owners.clone(),
+                head_floor: m.head_floor,
                 closed: false,
             }),
         }
     }
 
-    /// Whether two stores hold the same groups, blobs and devices.
+    /// Whether two stores hold the same groups, blobs, devices, tokens,
+    /// owner rows and head floor.
     pub fn same_contents(&self, other: &MemoryStorage) -> bool {
         if std::ptr::eq(self, other) {
             return true;
         }
         let a = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let b = other.model.lock().unwrap_or_else(|p| p.into_inner());
-        self.quotas == other.quotas && a.groups == b.groups
+        self.quotas == other.quotas
+            && a.groups == b.groups
+            && a.tokens == b.tokens
+            && a.owners == b.owners
+            && a.head_floor == b.head_floor
     }
 
     fn with<T>(
@@ -148,11 +281,62 @@ impl Storage for MemoryStorage {
         group: GroupId,
         device: DeviceId,
         now_ms: i64,
-    ) -> Result<u64, StorageError> {
+        new_group: NewGroup,
+    ) -> Result<OpenedSession, StorageError> {
+        let quotas = self.quotas;
         self.with(|m| {
-            let g = m.groups.entry(group).or_default();
+            if !m.groups.contains_key(&group) {
+                let owner = m.admit(new_group, now_ms, &quotas)?;
+                let floor = m.head_floor;
+                m.groups.insert(group, Group::new(floor, now_ms, owner));
+            }
+            let g = m.groups.get_mut(&group).expect("present or created above");
+            g.last_active = now_ms;
             g.touch(device, now_ms);
-            Ok(g.head)
+            Ok(OpenedSession {
+                head: g.head,
+                owner: g.owner,
+            })
+        })
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo, StorageError> {
+        self.with(|m| {
+            let id = token.hash.public_id();
+            if m.token_by_id(&id).is_some() {
+                return Err(StorageError::TokenIdTaken(id));
+            }
+            let t = Token {
+                label: token.label,
+                created_at: token.created_at_ms,
+                max_groups: token.max_groups,
+                max_storage: token.max_storage,
+                revoked_at: None,
+            };
+            let info = m.token_info(&token.hash, &t);
+            m.tokens.insert(token.hash, t);
+            Ok(info)
+        })
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<TokenInfo, StorageError> {
+        self.with(|m| {
+            let hash = m
+                .token_by_id(id)
+                .ok_or_else(|| StorageError::TokenNotFound(id.to_string()))?;
+            let t = m.tokens.get_mut(&hash).expect("found above");
+            t.revoked_at.get_or_insert(now_ms);
+            let t = t.clone();
+            Ok(m.token_info(&hash, &t))
+        })
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
+        self.with(|m| {
+            let mut all: Vec<TokenInfo> =
+                m.tokens.iter().map(|(h, t)| m.token_info(h, t)).collect();
+            all.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+            Ok(all)
         })
     }
 
@@ -160,7 +344,12 @@ impl Storage for MemoryStorage {
         let quotas = self.quotas;
         self.with(|m| {
             let total = m.total_bytes();
-            let mut g = m.groups.get(&req.group).cloned().unwrap_or_default();
+            // Only `open_session` creates groups.
+            let mut g = m
+                .groups
+                .get(&req.group)
+                .cloned()
+                .ok_or(StorageError::UnknownGroup)?;
             // New items: the first occurrence of an id not yet stored.
             let mut new_ids = Vec::new();
             let mut seen = HashSet::new();
@@ -178,6 +367,19 @@ impl Storage for MemoryStorage {
                 .sum();
             let n = new_ids.len() as u64;
             if n > 0 {
+                let owner_use = g.owner.map(|o| {
+                    let (_, used) = m.owned(o);
+                    match o {
+                        Owner::Token(h) => match m.tokens.get(&h) {
+                            Some(t) => (o, used, t.max_storage, t.revoked_at.is_some()),
+                            None => (o, used, 0, true),
+                        },
+                        Owner::Address(_) => (o, used, quotas.address.max_storage, false),
+                    }
+                });
+                if owner_use.is_some_and(|(_, _, _, revoked)| revoked) {
+                    return Err(StorageError::TokenRevoked);
+                }
                 let used = g.bytes();
                 if used + adding > quotas.max_group_storage {
                     return Err(StorageError::GroupQuotaExceeded {
@@ -192,6 +394,16 @@ impl Storage for MemoryStorage {
                         count,
                         adding: n,
                         limit: quotas.max_group_blobs,
+                    });
+                }
+                if let Some((o, used, limit, _)) = owner_use
+                    && used + adding > limit
+                {
+                    return Err(StorageError::OwnerQuotaExceeded {
+                        kind: o.kind(),
+                        used,
+                        adding,
+                        limit,
                     });
                 }
                 if total + adding > quotas.max_storage {
@@ -239,13 +451,16 @@ impl Storage for MemoryStorage {
                 }
             }
             let head = g.head;
+            if n > 0 {
+                g.last_active = req.now_ms;
+            }
             m.groups.insert(req.group, g);
             Ok(PushOutcome { results, head })
         })
     }
 
     async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
-        self.with(|m| Ok(m.groups.get(&group).map(|g| g.head).unwrap_or(0)))
+        self.with(|m| Ok(m.head(&group)))
     }
 
     async fn pull_page(
@@ -298,11 +513,14 @@ impl Storage for MemoryStorage {
         now_ms: i64,
     ) -> Result<u64, StorageError> {
         self.with(|m| {
-            let head = m.groups.get(&group).map(|g| g.head).unwrap_or(0);
-            if cursor > head {
-                return Err(StorageError::CursorBeyondHead { cursor, head });
+            // Only `open_session` creates groups.
+            let g = m.groups.get_mut(&group).ok_or(StorageError::UnknownGroup)?;
+            if cursor > g.head {
+                return Err(StorageError::CursorBeyondHead {
+                    cursor,
+                    head: g.head,
+                });
             }
-            let g = m.groups.entry(group).or_default();
             let d = g.devices.entry(device).or_default();
             d.last_seen = now_ms;
             d.acked = d.acked.max(cursor);
@@ -314,6 +532,8 @@ impl Storage for MemoryStorage {
         self.with(|m| {
             Ok(StorageStats {
                 groups: m.groups.len() as u64,
+                devices: m.groups.values().map(|g| g.devices.len() as u64).sum(),
+                owners: m.owners.len() as u64,
                 blobs: m.groups.values().map(|g| g.blobs.len() as u64).sum(),
                 bytes: m.total_bytes(),
             })
@@ -344,6 +564,77 @@ impl Storage for MemoryStorage {
         })
     }
 
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError> {
+        let window_ms = self.quotas.address.window_ms;
+        self.with(|m| {
+            let live: HashSet<GroupId> = live().into_iter().collect();
+            let mut pruned = Pruned::default();
+            let mut idle: Vec<(i64, GroupId, DeviceId)> = m
+                .groups
+                .iter()
+                .filter(|(gid, _)| !live.contains(gid))
+                .flat_map(|(gid, g)| {
+                    g.devices
+                        .iter()
+                        .filter(|(_, d)| d.last_seen < idle_before_ms)
+                        .map(|(did, d)| (d.last_seen, *gid, *did))
+                })
+                .collect();
+            idle.sort();
+            idle.truncate(limit as usize);
+            for (_, gid, did) in idle {
+                if let Some(g) = m.groups.get_mut(&gid) {
+                    g.devices.remove(&did);
+                    pruned.devices += 1;
+                }
+            }
+            let mut empty: Vec<(i64, GroupId)> = m
+                .groups
+                .iter()
+                .filter(|(gid, g)| {
+                    !live.contains(gid)
+                        && g.blobs.is_empty()
+                        && g.devices.is_empty()
+                        && g.last_active < idle_before_ms
+                })
+                .map(|(gid, g)| (g.last_active, *gid))
+                .collect();
+            empty.sort();
+            empty.truncate(limit as usize);
+            for (_, gid) in empty {
+                if let Some(g) = m.groups.remove(&gid) {
+                    m.head_floor = m.head_floor.max(g.head);
+                    pruned.groups += 1;
+                }
+            }
+            // Owner rows with no group left whose window ended (a token's
+            // has none), by window start, then owner bytes.
+            let owning: HashSet<Owner> = m.groups.values().filter_map(|g| g.owner).collect();
+            let mut idle_owners: Vec<(i64, Vec<u8>, Owner)> = m
+                .owners
+                .iter()
+                .filter(|(o, (start, _))| {
+                    !owning.contains(o)
+                        && (matches!(o, Owner::Token(_))
+                            || start.saturating_add(window_ms) <= idle_before_ms)
+                })
+                .map(|(o, (start, _))| (*start, o.bytes().to_vec(), *o))
+                .collect();
+            idle_owners.sort();
+            idle_owners.truncate(limit as usize);
+            for (_, _, o) in idle_owners {
+                m.owners.remove(&o);
+                pruned.owners += 1;
+            }
+            Ok(pruned)
+        })
+    }
+
     async fn maintenance(&self) -> Result<(), StorageError> {
         self.with(|_| Ok(()))
     }
@@ -358,6 +649,7 @@ impl Storage for MemoryStorage {
                 counted_blobs: blobs,
                 actual_blobs: blobs,
                 mismatched_groups: 0,
+                mismatched_owners: 0,
             })
         })
     }

@@ -3,11 +3,26 @@
 //!
 //! The contract every backend keeps:
 //! - a push batch is atomic: all of its new blobs are stored, or none;
-//! - cursors are per group, start at 1, and are gapless and strictly
-//!   increasing in commit order, under any concurrency;
+//! - cursors are per group, gapless and strictly increasing in commit order,
+//!   under any concurrency; a new group starts at the *head floor* (0 until
+//!   an idle group is pruned, then the highest head pruned so far), so its
+//!   first cursor is the floor + 1;
+//! - a group's head never decreases, not even when the group is pruned by
+//!   [`Storage::prune_idle`] and created again: a device's saved cursor is
+//!   never beyond its group's head because of a prune;
 //! - a blob id already stored in the group is not stored again: its first
 //!   cursor is returned with `duplicate = true`;
-//! - a push that would take the group over its storage quota stores nothing;
+//! - a push that would take the group over its storage quota, or its owner
+//!   over the owner's budget, stores nothing;
+//! - a group is created only by [`Storage::open_session`], as [`NewGroup`]
+//!   allows, decided in the same transaction that creates it (two racing
+//!   creations cannot overshoot a token's `max_groups`); a push or an ack to
+//!   a group that does not exist is refused ([`StorageError::UnknownGroup`])
+//!   and creates nothing, so no group ever escapes admission (not even one
+//!   pruned under a request in flight);
+//! - each owner's counters stay exact through pushes, deletions and prunes
+//!   (a pruned group gives its place back to its owner), and an owner's row
+//!   goes once it owns nothing and its new-group window has ended;
 //! - a call returns `Ok` only after its writes are durable against a crash of
 //!   the relay process.
 
@@ -17,8 +32,175 @@ mod sqlite;
 pub use memory::MemoryStorage;
 pub use sqlite::{SqliteStorage, SqliteStorageOptions, backup_database};
 
+/// Operator commands on the SQLite database while the relay runs
+/// (`sync-relay token …`).
+pub mod admin {
+    pub use super::sqlite::admin::{create_token, list_tokens, open_admin, revoke_token};
+}
+
 use async_trait::async_trait;
-use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob, PushResult};
+use std::net::IpAddr;
+use std::sync::Arc;
+use sync_protocol::{AccessToken, BlobId, DeviceId, GroupId, PulledBlob, PushResult};
+
+/// BLAKE3 hash of an access token's 32 bytes: all the relay stores of a
+/// token, and what it looks tokens up by. (Tokens are 32 random bytes, so a
+/// fast hash is right: there is nothing to brute-force.)
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// The hash of `token`.
+    pub fn of(token: &AccessToken) -> TokenHash {
+        TokenHash(*blake3::hash(&token.0).as_bytes())
+    }
+
+    /// The token's public id: the first 4 bytes of the hash as 8 hex
+    /// characters (what `token list` shows and `token revoke` takes).
+    pub fn public_id(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenHash({})", self.public_id())
+    }
+}
+
+/// An address that creates groups in open mode: an IPv4 address, or the /64
+/// prefix of an IPv6 address (one host usually holds a whole /64). 9 bytes:
+/// `4` or `6`, then the 4 or 8 address bytes, zero-padded. IPv4-mapped IPv6
+/// addresses count as their IPv4 address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct AddressKey(pub [u8; 9]);
+
+impl AddressKey {
+    /// Connections without an IP address of their own (through an iroh
+    /// relay server) share this one key.
+    pub const RELAYED: AddressKey = AddressKey([0; 9]);
+
+    /// The key of `ip`.
+    pub fn of(ip: IpAddr) -> AddressKey {
+        let mut key = [0u8; 9];
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                key[0] = 4;
+                key[1..5].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                key[0] = 6;
+                key[1..9].copy_from_slice(&v6.octets()[..8]);
+            }
+        }
+        AddressKey(key)
+    }
+}
+
+/// Who created a group, and whose budget its bytes count against.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum Owner {
+    /// Created with an access token.
+    Token(TokenHash),
+    /// Created without a token, in open mode, from this address.
+    Address(AddressKey),
+}
+
+impl Owner {
+    /// The key stored in `owners.owner` / `groups.owner`.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Owner::Token(h) => &h.0,
+            Owner::Address(a) => &a.0,
+        }
+    }
+
+    /// The owner stored as `bytes` (32 bytes: a token, 9: an address).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Owner> {
+        if let Ok(h) = <[u8; 32]>::try_from(bytes) {
+            Some(Owner::Token(TokenHash(h)))
+        } else {
+            <[u8; 9]>::try_from(bytes)
+                .ok()
+                .map(|a| Owner::Address(AddressKey(a)))
+        }
+    }
+
+    /// `token` or `address` (the `owners.kind` column).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Owner::Token(_) => "token",
+            Owner::Address(_) => "address",
+        }
+    }
+}
+
+/// What [`Storage::open_session`] may do when the group does not exist yet
+/// (decided by [`crate::admission`] from the access mode and the `Hello`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NewGroup {
+    /// Create it, owned by this token: refused when the token is unknown or
+    /// revoked ([`StorageError::AccessTokenInvalid`]) or has created its
+    /// `max_groups` ([`StorageError::TokenGroupLimit`]).
+    Token(TokenHash),
+    /// Create it, owned by this address: refused over
+    /// [`AddressQuotas::new_groups_per_window`]
+    /// ([`StorageError::AddressGroupRate`]) or, for an address that owns no
+    /// group yet, when [`AddressQuotas::max_addresses`] addresses already do
+    /// ([`StorageError::AddressesFull`]).
+    Address(AddressKey),
+    /// Create nothing: [`StorageError::AccessTokenRequired`].
+    Refuse,
+    /// Create it without an owner (tools and tests; the relay's admission
+    /// never chooses this).
+    Unowned,
+}
+
+/// The answer to [`Storage::open_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedSession {
+    /// The group's head cursor (a new group's is the head floor: 0 until an
+    /// idle group was pruned).
+    pub head: u64,
+    /// Who owns the group (`None` for groups from before owners existed).
+    pub owner: Option<Owner>,
+}
+
+/// A token to store ([`Storage::create_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// Hash of the token.
+    pub hash: TokenHash,
+    /// The operator's note.
+    pub label: Option<String>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Groups the token may create (live at once).
+    pub max_groups: u64,
+    /// Payload bytes all its groups may store together.
+    pub max_storage: u64,
+}
+
+/// A stored token and what its groups use (`token list`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    /// Public id (8 hex characters).
+    pub id: String,
+    /// The operator's note.
+    pub label: Option<String>,
+    /// Unix ms.
+    pub created_at_ms: i64,
+    /// Groups the token may create.
+    pub max_groups: u64,
+    /// Payload bytes its groups may store together.
+    pub max_storage: u64,
+    /// When it was revoked, Unix ms.
+    pub revoked_at_ms: Option<i64>,
+    /// Groups it created that exist now.
+    pub groups: u64,
+    /// Payload bytes its groups store now.
+    pub bytes_used: u64,
+}
 
 /// One blob to store.
 #[derive(Clone)]
@@ -67,6 +249,11 @@ pub struct PullPage {
 pub struct StorageStats {
     /// Groups with a row in storage.
     pub groups: u64,
+    /// Devices with a row in storage (one per group and device seen).
+    pub devices: u64,
+    /// Owners with a row in storage: tokens and addresses that own groups,
+    /// and addresses whose new-group window has not ended yet.
+    pub owners: u64,
     /// Blobs stored.
     pub blobs: u64,
     /// Payload bytes stored.
@@ -108,6 +295,63 @@ pub enum StorageError {
         /// The relay-wide limit.
         limit: u64,
     },
+    /// The group does not exist and [`NewGroup::Refuse`] forbids creating it.
+    #[error("this relay creates groups only with an access token")]
+    AccessTokenRequired,
+    /// [`NewGroup::Token`] names a token that is unknown or revoked.
+    #[error("the access token is unknown or revoked")]
+    AccessTokenInvalid,
+    /// A push to a group whose token has been revoked.
+    #[error("the access token that created this group was revoked")]
+    TokenRevoked,
+    /// The token has created `limit` groups that still exist.
+    #[error("the access token has {count} groups, at most {limit} allowed")]
+    TokenGroupLimit {
+        /// Its groups now.
+        count: u64,
+        /// Its `max_groups`.
+        limit: u64,
+    },
+    /// The address created `limit` groups in the current window.
+    #[error("this address created {count} groups in the current window, at most {limit} allowed")]
+    AddressGroupRate {
+        /// Groups created in the window.
+        count: u64,
+        /// The limit per window.
+        limit: u64,
+        /// Milliseconds until the window ends.
+        retry_after_ms: u64,
+    },
+    /// `limit` addresses own groups already; a new address gets none.
+    #[error("{limit} addresses own groups already, the most the relay promises storage to")]
+    AddressesFull {
+        /// [`AddressQuotas::max_addresses`].
+        limit: u64,
+    },
+    /// The batch's new bytes would take the group's owner over its budget.
+    #[error("the {kind}'s groups store {used} bytes + {adding} new > {limit} allowed")]
+    OwnerQuotaExceeded {
+        /// `token` or `address`.
+        kind: &'static str,
+        /// Bytes all the owner's groups store now.
+        used: u64,
+        /// New bytes of the batch.
+        adding: u64,
+        /// The owner's budget.
+        limit: u64,
+    },
+    /// No token has this public id.
+    #[error("no token with id {0:?}")]
+    TokenNotFound(String),
+    /// A token with the same public id exists already.
+    #[error("a token with id {0:?} exists already")]
+    TokenIdTaken(String),
+    /// A push or an ack to a group that is not stored: only
+    /// [`Storage::open_session`] creates groups (through admission). A
+    /// session's group is never pruned while the session is live, so this
+    /// answers only a request that outlived its session.
+    #[error("the group is not stored on this relay")]
+    UnknownGroup,
     /// An acknowledged cursor is beyond the group's head.
     #[error("cursor {cursor} is beyond the group's head {head}")]
     CursorBeyondHead {
@@ -127,7 +371,24 @@ pub enum StorageError {
     Closed,
 }
 
-/// Quotas the backend enforces inside the push transaction.
+/// Limits on groups created by addresses (open mode), enforced inside the
+/// transactions that create groups and store blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressQuotas {
+    /// Payload bytes all groups one address created may store together.
+    pub max_storage: u64,
+    /// Groups one address may create per window.
+    pub new_groups_per_window: u64,
+    /// Length of that window in ms (one hour on the relay). A window starts
+    /// with the first group created after the previous one ended.
+    pub window_ms: i64,
+    /// Addresses that may own groups at once: the relay can keep its
+    /// promise of `max_storage` to each (`access` config, [`crate::admission`]).
+    pub max_addresses: u64,
+}
+
+/// Quotas the backend enforces inside the push transaction (and, for
+/// addresses, the group-creating one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quotas {
     /// Payload bytes per group.
@@ -136,6 +397,8 @@ pub struct Quotas {
     pub max_group_blobs: u64,
     /// Payload bytes of the whole relay.
     pub max_storage: u64,
+    /// Groups created by addresses.
+    pub address: AddressQuotas,
 }
 
 impl Quotas {
@@ -144,6 +407,12 @@ impl Quotas {
         max_group_storage: u64::MAX / 4,
         max_group_blobs: u64::MAX / 4,
         max_storage: u64::MAX / 4,
+        address: AddressQuotas {
+            max_storage: u64::MAX / 4,
+            new_groups_per_window: u64::MAX / 4,
+            window_ms: 3_600_000,
+            max_addresses: u64::MAX / 4,
+        },
     };
 }
 
@@ -155,6 +424,24 @@ pub struct Deleted {
     /// Payload bytes freed.
     pub bytes: u64,
 }
+
+/// What one [`Storage::prune_idle`] step removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Group rows deleted.
+    pub groups: u64,
+    /// Device rows deleted.
+    pub devices: u64,
+    /// Owner rows deleted (owning no group, new-group window ended).
+    pub owners: u64,
+}
+
+/// The groups that have a live session, asked for by the backend *inside*
+/// its write transaction of a prune, so that a session registered after the
+/// answer opens (`open_session`) after the prune committed. The relay
+/// answers from its NOTIFY hub, where a session subscribes before it calls
+/// `open_session` and stays subscribed until it ends.
+pub type LiveGroups = Arc<dyn Fn() -> Vec<GroupId> + Send + Sync>;
 
 /// Stored counters compared with the blobs table (a consistency audit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -169,11 +456,14 @@ pub struct CounterAudit {
     pub actual_blobs: u64,
     /// Groups whose own counters disagree with their blobs.
     pub mismatched_groups: u64,
+    /// Owners whose counters disagree with their groups (bytes or count),
+    /// plus owners named by a group that have no row.
+    pub mismatched_owners: u64,
 }
 
 impl StorageError {
-    /// True for refusals caused by the request (quotas, cursor beyond the
-    /// head): nothing was stored, the storage is fine.
+    /// True for refusals caused by the request (quotas, admission, cursor
+    /// beyond the head, token ids): nothing was stored, the storage is fine.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
@@ -181,6 +471,16 @@ impl StorageError {
                 | StorageError::GroupBlobsExceeded { .. }
                 | StorageError::RelayStorageFull { .. }
                 | StorageError::CursorBeyondHead { .. }
+                | StorageError::UnknownGroup
+                | StorageError::AccessTokenRequired
+                | StorageError::AccessTokenInvalid
+                | StorageError::TokenRevoked
+                | StorageError::TokenGroupLimit { .. }
+                | StorageError::AddressGroupRate { .. }
+                | StorageError::AddressesFull { .. }
+                | StorageError::OwnerQuotaExceeded { .. }
+                | StorageError::TokenNotFound(_)
+                | StorageError::TokenIdTaken(_)
         )
     }
 }
@@ -188,20 +488,32 @@ impl StorageError {
 /// A storage backend. See the module docs for the contract.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
-    /// Record that `device` opened a session on `group` (creating the group
-    /// if new) and return the group's head cursor.
+    /// Record that `device` opened a session on `group` and return the
+    /// group's head cursor and owner. A group that does not exist is created
+    /// as `new_group` allows, in the same transaction as the admission
+    /// decision. Errors (nothing stored): [`StorageError::AccessTokenRequired`],
+    /// [`StorageError::AccessTokenInvalid`], [`StorageError::TokenGroupLimit`],
+    /// [`StorageError::AddressGroupRate`], [`StorageError::AddressesFull`];
+    /// [`StorageError::Database`], [`StorageError::Closed`].
     async fn open_session(
         &self,
         group: GroupId,
         device: DeviceId,
         now_ms: i64,
-    ) -> Result<u64, StorageError>;
+        new_group: NewGroup,
+    ) -> Result<OpenedSession, StorageError>;
 
-    /// Store a batch atomically. Errors: [`StorageError::GroupQuotaExceeded`]
-    /// (nothing stored), [`StorageError::Database`], [`StorageError::Closed`].
+    /// Store a batch atomically. Errors (nothing stored):
+    /// [`StorageError::UnknownGroup`] (the group does not exist: pushes
+    /// never create groups), [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
+    /// [`StorageError::TokenRevoked`] (the group's token was revoked),
+    /// [`StorageError::OwnerQuotaExceeded`] (its owner's budget),
+    /// [`StorageError::RelayStorageFull`]; [`StorageError::Database`],
+    /// [`StorageError::Closed`]. Checked in that order.
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError>;
 
-    /// The group's head cursor (0 for an unknown group).
+    /// The group's head cursor (the head floor for an unknown group: where
+    /// it would start).
     async fn head(&self, group: GroupId) -> Result<u64, StorageError>;
 
     /// Blobs of `group` with cursor > `after` that have not expired at
@@ -217,9 +529,10 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<PullPage, StorageError>;
 
     /// Raise `device`'s acknowledged cursor to `cursor` (never lowers it) and
-    /// return the stored value; the group and the device are created if new,
-    /// as by [`Storage::open_session`]. Errors:
-    /// [`StorageError::CursorBeyondHead`].
+    /// return the stored value; the device is created if new. Does not count
+    /// as group activity (`last_active_at`). Errors:
+    /// [`StorageError::UnknownGroup`] (the group does not exist: acks never
+    /// create groups), [`StorageError::CursorBeyondHead`].
     async fn ack(
         &self,
         group: GroupId,
@@ -239,6 +552,32 @@ pub trait Storage: Send + Sync + 'static {
     /// since `seen_since_ms` has acknowledged, in one short transaction.
     async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError>;
 
+    /// Prune what idle empty groups leave behind, in one short write
+    /// transaction, never touching a group `live` names (asked once, inside
+    /// the transaction):
+    /// 1. at most `limit` devices not seen since `idle_before_ms` (Unix ms,
+    ///    `last_seen_at < idle_before_ms`), oldest first (ties by group id,
+    ///    then device id);
+    /// 2. then at most `limit` groups that hold no blob, have no device left
+    ///    and were last active before `idle_before_ms` (opened or pushed to),
+    ///    oldest first (ties by group id). The highest head among them raises
+    ///    the head floor, where a group created later starts; each pruned
+    ///    group's owner counts one group fewer (a token may create another);
+    /// 3. then at most `limit` owner rows that own no group and whose
+    ///    new-group window ended before `idle_before_ms` (tokens have none),
+    ///    ordered by window start, then owner bytes. (Forgetting such a row
+    ///    changes no decision: an ended window counts as no window.)
+    ///
+    /// A group that holds a blob is never pruned (expired blobs count until
+    /// `delete_expired` removed them). Call again while any count comes back
+    /// equal to `limit`.
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError>;
+
     /// Checkpoint the WAL into the database (truncating it) and let SQLite
     /// refresh its query statistics.
     async fn maintenance(&self) -> Result<(), StorageError>;
@@ -246,10 +585,24 @@ pub trait Storage: Send + Sync + 'static {
     /// Compare the stored counters with the blobs actually stored.
     async fn audit(&self) -> Result<CounterAudit, StorageError>;
 
+    /// Store a new access token. Errors: [`StorageError::TokenIdTaken`]
+    /// (another token has the same public id: make a new token).
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo, StorageError>;
+
+    /// Revoke the token with public id `id` at `now_ms` (a token revoked
+    /// before keeps its first revocation time): it creates no more groups,
+    /// and its groups take no more pushes. Errors: [`StorageError::TokenNotFound`].
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<TokenInfo, StorageError>;
+
+    /// Every token, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError>;
+
     /// Finish pending writes and close the database.
     async fn close(&self);
 }
 
+#[cfg(test)]
+mod access_tests;
 #[cfg(test)]
 mod model_check;
 #[cfg(test)]

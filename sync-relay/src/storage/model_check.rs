@@ -4,8 +4,25 @@
 //! a batch and across batches, every quota refusal), pulls (every field of
 //! every [`PulledBlob`], `created_at` and payload bytes included, under row
 //! and byte limits and expiry), acks, expiry, acknowledged-blob deletion,
-//! stats; after every step the backend's counter audit must balance. Time is
-//! a counter the operations move, so `created_at` is deterministic.
+//! pruning of idle groups and devices (some groups named live; heads after a
+//! prune, where a group created again starts at the head floor), stats
+//! (owner rows included); after every step the backend's counter audit must
+//! balance (groups' and owners' counters). Time is a counter the operations
+//! move, so `created_at` is deterministic.
+//!
+//! Admission (issue 10) is part of it: sessions open groups that do not
+//! exist yet under every [`NewGroup`] (a token that is valid, at its
+//! `max_groups`, revoked or unknown; an address within or over its window's
+//! new groups, or one more than `max_addresses`; refused; unowned), pushes
+//! charge their group's owner (refused over the owner's budget, or after
+//! its token was revoked), pushes and acks to groups that do not exist (or
+//! no longer do) are refused, tokens are created, revoked and listed, and
+//! every deletion must keep the owners' counters exact. Admission and
+//! pruning meet: a pruned group gives its place back to its owner (a token
+//! at its `max_groups` may create another, as the model's owners derived
+//! from the groups say), owner rows left with nothing go once their window
+//! ended (`Stats::owners`), and a group created again after a prune,
+//! through admission, starts at the head floor.
 //!
 //! Two operations reach what a one-call-at-a-time check cannot:
 //! - **Burst**: several writes (pushes to different groups, some refused by a
@@ -29,6 +46,7 @@ use super::*;
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 use proptest::prelude::*;
+use std::sync::Arc;
 use std::task::Poll;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
 
@@ -85,10 +103,22 @@ const QUOTAS: Quotas = Quotas {
     max_group_storage: 400,
     max_group_blobs: 14,
     max_storage: 700,
+    address: AddressQuotas {
+        max_storage: 200,
+        new_groups_per_window: 1,
+        window_ms: 30,
+        max_addresses: 1,
+    },
 };
-/// Groups 0 and 1 have sessions from the start; group 2 comes into being
-/// through whatever touches it first.
-const GROUPS: u8 = 3;
+/// Groups 0 and 1 have sessions (and no owner) from the start; groups 2..
+/// come into being only through a session under some admission (pushes and
+/// acks to them before are refused). A prune may remove any of them.
+const GROUPS: u8 = 8;
+/// Tokens 0 and 1 exist from the start (limits in [`setup_token`]); token 2
+/// is unknown until a `CreateToken` makes it.
+const TOKENS: u8 = 3;
+/// Addresses that may ask for groups in open mode.
+const ADDRESSES: u8 = 2;
 const DEVICES: u8 = 3;
 /// Larger than anything a case stores: a deletion in a burst takes all
 /// eligible blobs, so its answer does not depend on which rows a backend
@@ -101,6 +131,55 @@ fn gid(g: u8) -> GroupId {
 
 fn dev(d: u8) -> DeviceId {
     DeviceId([d + 1; 32])
+}
+
+fn token(t: u8) -> TokenHash {
+    TokenHash::of(&sync_protocol::AccessToken([t + 1; 32]))
+}
+
+fn address(a: u8) -> AddressKey {
+    AddressKey::of(std::net::IpAddr::from([192, 0, 2, a + 1]))
+}
+
+/// Token `t` as created at `now`: token 0 may own 2 groups and 250 bytes,
+/// the others 1 group and 120 bytes.
+fn setup_token(t: u8, now: i64) -> NewToken {
+    NewToken {
+        hash: token(t),
+        label: (t == 0).then(|| format!("token {t}")),
+        created_at_ms: now,
+        max_groups: if t == 0 { 2 } else { 1 },
+        max_storage: if t == 0 { 250 } else { 120 },
+    }
+}
+
+/// How a session asks for its group if the group does not exist.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Admit {
+    Token(u8),
+    Address(u8),
+    Refuse,
+    Unowned,
+}
+
+impl Admit {
+    fn new_group(self) -> NewGroup {
+        match self {
+            Admit::Token(t) => NewGroup::Token(token(t)),
+            Admit::Address(a) => NewGroup::Address(address(a)),
+            Admit::Refuse => NewGroup::Refuse,
+            Admit::Unowned => NewGroup::Unowned,
+        }
+    }
+}
+
+fn admit() -> impl Strategy<Value = Admit> {
+    prop_oneof![
+        4 => (0..TOKENS).prop_map(Admit::Token),
+        4 => (0..ADDRESSES).prop_map(Admit::Address),
+        1 => Just(Admit::Refuse),
+        1 => Just(Admit::Unowned),
+    ]
 }
 
 /// A write, with arguments relative to the state (resolved by [`prepare`]).
@@ -121,12 +200,25 @@ pub(crate) enum Write {
     OpenSession {
         group: u8,
         device: u8,
+        admit: Admit,
+    },
+    CreateToken {
+        token: u8,
+    },
+    RevokeToken {
+        token: u8,
     },
     /// One `delete_expired` taking everything expired.
     ExpireAll,
     /// One `delete_acked` taking everything acknowledged.
     DeleteAckedAll {
         window: i64,
+    },
+    /// One `prune_idle` taking everything idle for `window`, sparing the
+    /// groups whose bit is set in `live`.
+    PruneIdleAll {
+        window: i64,
+        live: u8,
     },
     Maintenance,
 }
@@ -150,14 +242,23 @@ pub(crate) enum Op {
     DeleteAcked {
         window: i64,
     },
+    /// Delete expired blobs, then prune idle devices and groups in batches
+    /// of 3 until both counts come back short, sparing the groups whose bit
+    /// is set in `live` (what one cleanup run does).
+    PruneIdle {
+        window: i64,
+        live: u8,
+    },
     Stats,
+    /// List the tokens.
+    Tokens,
     /// Close the backend and open it again over the same data.
     Reopen,
 }
 
 fn push() -> impl Strategy<Value = Write> {
     (
-        0..GROUPS,
+        data_group(),
         0..DEVICES,
         prop::collection::vec((0..24u8, 0..60u8, 1..40i64), 1..6),
     )
@@ -168,14 +269,31 @@ fn push() -> impl Strategy<Value = Write> {
         })
 }
 
+/// The group a push, ack or pull goes to: mostly one of the first three, so
+/// the others come into being mostly through a session under an admission.
+fn data_group() -> impl Strategy<Value = u8> {
+    prop_oneof![3 => 0..3u8, 1 => 0..GROUPS]
+}
+
+fn open_session() -> impl Strategy<Value = Write> {
+    (0..GROUPS, 0..DEVICES, admit()).prop_map(|(group, device, admit)| Write::OpenSession {
+        group,
+        device,
+        admit,
+    })
+}
+
 fn write() -> impl Strategy<Value = Write> {
     prop_oneof![
         8 => push(),
-        3 => (0..GROUPS, 0..DEVICES, 0..4u8)
+        3 => (data_group(), 0..DEVICES, 0..4u8)
             .prop_map(|(group, device, back)| Write::Ack { group, device, back }),
-        1 => (0..GROUPS, 0..DEVICES).prop_map(|(group, device)| Write::OpenSession { group, device }),
+        3 => open_session(),
+        1 => (0..TOKENS).prop_map(|token| Write::CreateToken { token }),
+        1 => (0..TOKENS).prop_map(|token| Write::RevokeToken { token }),
         1 => Just(Write::ExpireAll),
         1 => (0..30i64).prop_map(|window| Write::DeleteAckedAll { window }),
+        1 => (0..12i64, 0..8u8).prop_map(|(window, live)| Write::PruneIdleAll { window, live }),
         1 => Just(Write::Maintenance),
     ]
 }
@@ -184,14 +302,17 @@ fn write() -> impl Strategy<Value = Write> {
 pub(crate) fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
     let op = prop_oneof![
         4 => push().prop_map(Op::Write),
+        3 => open_session().prop_map(Op::Write),
         2 => write().prop_map(Op::Write),
         4 => prop::collection::vec(write(), 2..6).prop_map(Op::Burst),
-        3 => (0..GROUPS, 0..6u8, 1..5u32, 1..200usize)
+        3 => (data_group(), 0..6u8, 1..5u32, 1..200usize)
             .prop_map(|(group, after_back, max_blobs, max_bytes)| Op::Pull { group, after_back, max_blobs, max_bytes }),
-        2 => (1..15i64).prop_map(Op::Tick),
+        2 => (1..25i64).prop_map(Op::Tick),
         1 => Just(Op::Expire),
         1 => (0..30i64).prop_map(|window| Op::DeleteAcked { window }),
+        2 => (0..12i64, 0..8u8).prop_map(|(window, live)| Op::PruneIdle { window, live }),
         1 => Just(Op::Stats),
+        1 => Just(Op::Tokens),
         1 => Just(Op::Reopen),
     ];
     prop::collection::vec(op, 1..max)
@@ -202,14 +323,19 @@ pub(crate) fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
 enum Call {
     Push(GroupId, DeviceId, Vec<NewBlob>, i64),
     Ack(GroupId, DeviceId, u64, i64),
-    OpenSession(GroupId, DeviceId, i64),
+    OpenSession(GroupId, DeviceId, i64, NewGroup),
+    CreateToken(NewToken),
+    RevokeToken(String, i64),
+    Tokens,
     DeleteExpired(i64, u32),
     DeleteAcked(i64, u32),
+    PruneIdle(i64, u32, Vec<GroupId>),
     Maintenance,
     Head(GroupId),
     Pull(GroupId, u64, u32, usize, i64),
     DrainExpired(i64),
     DrainAcked(i64),
+    DrainIdle(i64, Vec<GroupId>),
     Stats,
 }
 
@@ -231,8 +357,12 @@ enum Answer {
     Cursor(Result<u64, String>),
     Page(Result<(bool, Vec<Blob>), String>),
     Deleted(Result<Deleted, String>),
+    Pruned(Result<Pruned, String>),
     Stats(Result<StorageStats, String>),
     Done(Result<(), String>),
+    Opened(Result<OpenedSession, String>),
+    Token(Result<TokenInfo, String>),
+    Tokens(Result<Vec<TokenInfo>, String>),
 }
 
 fn ans<T>(r: Result<T, StorageError>) -> Result<T, String> {
@@ -281,6 +411,35 @@ async fn drain(s: &dyn Storage, expired: bool, arg: i64) -> Result<Deleted, Stor
     }
 }
 
+fn live(groups: Vec<GroupId>) -> LiveGroups {
+    Arc::new(move || groups.clone())
+}
+
+/// The groups whose bit is set in `mask`.
+fn live_groups(mask: u8) -> Vec<GroupId> {
+    (0..GROUPS)
+        .filter(|g| mask & (1 << g) != 0)
+        .map(gid)
+        .collect()
+}
+
+async fn drain_idle(
+    s: &dyn Storage,
+    before: i64,
+    spared: Vec<GroupId>,
+) -> Result<Pruned, StorageError> {
+    let mut total = Pruned::default();
+    loop {
+        let p = s.prune_idle(before, 3, live(spared.clone())).await?;
+        total.groups += p.groups;
+        total.devices += p.devices;
+        total.owners += p.owners;
+        if p.groups < 3 && p.devices < 3 && p.owners < 3 {
+            return Ok(total);
+        }
+    }
+}
+
 fn run<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
     Box::pin(async move {
         match call.clone() {
@@ -293,12 +452,23 @@ fn run<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
                 })
                 .await)),
             Call::Ack(g, d, cursor, now) => Answer::Cursor(ans(s.ack(g, d, cursor, now).await)),
-            Call::OpenSession(g, d, now) => Answer::Cursor(ans(s.open_session(g, d, now).await)),
+            Call::OpenSession(g, d, now, new_group) => {
+                Answer::Opened(ans(s.open_session(g, d, now, new_group).await))
+            }
+            Call::CreateToken(t) => Answer::Token(ans(s.create_token(t).await)),
+            Call::RevokeToken(id, now) => Answer::Token(ans(s.revoke_token(&id, now).await)),
+            Call::Tokens => Answer::Tokens(ans(s.tokens().await)),
             Call::DeleteExpired(now, limit) => {
                 Answer::Deleted(ans(s.delete_expired(now, limit).await))
             }
             Call::DeleteAcked(since, limit) => {
                 Answer::Deleted(ans(s.delete_acked(since, limit).await))
+            }
+            Call::PruneIdle(before, limit, spared) => {
+                Answer::Pruned(ans(s.prune_idle(before, limit, live(spared)).await))
+            }
+            Call::DrainIdle(before, spared) => {
+                Answer::Pruned(ans(drain_idle(s, before, spared).await))
             }
             Call::Maintenance => Answer::Done(ans(s.maintenance().await)),
             Call::Head(g) => Answer::Cursor(ans(s.head(g).await)),
@@ -434,9 +604,18 @@ async fn prepare(s: &dyn Storage, w: &Write, now: i64, salt: &mut u32) -> Call {
             };
             Call::Ack(gid(*group), dev(*device), cursor, now)
         }
-        Write::OpenSession { group, device } => Call::OpenSession(gid(*group), dev(*device), now),
+        Write::OpenSession {
+            group,
+            device,
+            admit,
+        } => Call::OpenSession(gid(*group), dev(*device), now, admit.new_group()),
+        Write::CreateToken { token } => Call::CreateToken(setup_token(*token, now)),
+        Write::RevokeToken { token: t } => Call::RevokeToken(token(*t).public_id(), now),
         Write::ExpireAll => Call::DeleteExpired(now, ALL),
         Write::DeleteAckedAll { window } => Call::DeleteAcked(now - window, ALL),
+        Write::PruneIdleAll { window, live } => {
+            Call::PruneIdle(now - window, ALL, live_groups(*live))
+        }
         Write::Maintenance => Call::Maintenance,
     }
 }
@@ -448,7 +627,10 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
     let mut now: i64 = 1000;
     let mut salt = 0;
     let setup: Vec<Call> = (0..2)
-        .flat_map(|g| (0..DEVICES).map(move |d| Call::OpenSession(gid(g), dev(d), 1000)))
+        .flat_map(|g| {
+            (0..DEVICES).map(move |d| Call::OpenSession(gid(g), dev(d), 1000, NewGroup::Unowned))
+        })
+        .chain((0..2).map(|t| Call::CreateToken(setup_token(t, 1000))))
         .collect();
     for (step, op) in std::iter::once(None)
         .chain(ops.iter().map(Some))
@@ -485,7 +667,21 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
             }
             Some(Op::Expire) => vec![Call::DrainExpired(now)],
             Some(Op::DeleteAcked { window }) => vec![Call::DrainAcked(now - window)],
+            Some(Op::PruneIdle { window, live }) => {
+                // As the cleanup task runs them: expiry first, then pruning,
+                // then every group's head (a pruned group's is the floor).
+                // Stats and tokens show the owners' rows and counts after it.
+                let mut calls = vec![
+                    Call::DrainExpired(now),
+                    Call::DrainIdle(now - window, live_groups(*live)),
+                    Call::Stats,
+                    Call::Tokens,
+                ];
+                calls.extend((0..GROUPS).map(|g| Call::Head(gid(g))));
+                calls
+            }
             Some(Op::Stats) => vec![Call::Stats],
+            Some(Op::Tokens) => vec![Call::Tokens],
             Some(Op::Reopen) => {
                 store.close().await;
                 for m in &models {
@@ -505,9 +701,9 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
                 drop(store);
                 store = backend.open(QUOTAS).await;
                 models = models.iter().map(MemoryStorage::fork).collect();
-                // Counters and the relay-wide total as the reopened backend
-                // reads them back.
-                vec![Call::Stats]
+                // Counters, the relay-wide total and the tokens as the
+                // reopened backend reads them back.
+                vec![Call::Stats, Call::Tokens]
             }
         };
         let s = &*store;
@@ -530,6 +726,7 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
             .map_err(|e| TestCaseError::fail(format!("step {step}: {op:?}\n{e}")))?;
         let audit = s.audit().await.expect("audit");
         prop_assert_eq!(audit.mismatched_groups, 0, "step {}: {:?}", step, audit);
+        prop_assert_eq!(audit.mismatched_owners, 0, "step {}: {:?}", step, audit);
         prop_assert_eq!(audit.counted_bytes, audit.actual_bytes, "step {}", step);
         prop_assert_eq!(audit.counted_blobs, audit.actual_blobs, "step {}", step);
     }

@@ -9,12 +9,23 @@ use sync_protocol::{BlobId, DeviceId, GroupId};
 const G: GroupId = GroupId([1; 32]);
 const D: DeviceId = DeviceId([2; 32]);
 
+/// A fresh store where device `D` opened a session on group `G` at time 0
+/// (only sessions create groups).
 async fn sqlite_with(quotas: Quotas) -> (tempfile::TempDir, Arc<dyn Storage>) {
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStorage::open(SqliteStorageOptions::new(dir.path().join("t.db"), quotas))
         .await
         .unwrap();
+    open(&s, G, 0).await;
     (dir, Arc::new(s))
+}
+
+/// Open a session of `D` on `group` (created unowned if new).
+async fn open(s: &dyn Storage, group: GroupId, now_ms: i64) -> u64 {
+    s.open_session(group, D, now_ms, NewGroup::Unowned)
+        .await
+        .unwrap()
+        .head
 }
 
 async fn sqlite(max_group_storage: u64) -> (tempfile::TempDir, Arc<dyn Storage>) {
@@ -45,7 +56,13 @@ fn req(items: Vec<NewBlob>) -> PushRequest {
 #[tokio::test]
 async fn pushes_get_consecutive_cursors_and_duplicates_their_first_cursor() {
     let (_d, s) = sqlite(1 << 20).await;
-    assert_eq!(s.open_session(G, D, 1).await.unwrap(), 0);
+    assert_eq!(
+        s.open_session(G, D, 1, NewGroup::Unowned)
+            .await
+            .unwrap()
+            .head,
+        0
+    );
     let out = s.push(req(vec![blob(1, 10), blob(2, 10)])).await.unwrap();
     assert_eq!(out.head, 2);
     assert_eq!(
@@ -186,6 +203,7 @@ async fn acknowledged_pushes_survive_reopening() {
         let s = SqliteStorage::open(SqliteStorageOptions::new(&path, Quotas::UNLIMITED))
             .await
             .unwrap();
+        open(&s, G, 0).await;
         s.push(req(vec![blob(1, 5)])).await.unwrap();
         // No close(): like a crash after the answer.
     }
@@ -229,6 +247,7 @@ async fn group_blob_quota_and_relay_storage_limit_store_nothing() {
     );
     // Another group fills the relay up to its limit, then the next byte is refused.
     let other = GroupId([9; 32]);
+    open(&*s, other, 0).await;
     let mut big = req(vec![blob(5, 980)]);
     big.group = other;
     s.push(big).await.unwrap();
@@ -302,6 +321,7 @@ async fn expired_blobs_are_deleted_in_bounded_batches_with_exact_counters() {
     s.push(req(items)).await.unwrap();
     let mut other = req((300..340).map(|i| expiring(i, 5, 600)).collect());
     other.group = GroupId([9; 32]);
+    open(&*s, other.group, 0).await;
     s.push(other).await.unwrap();
 
     let first = s.delete_expired(1000, 100).await.unwrap();
@@ -335,7 +355,9 @@ async fn acked_blobs_are_deleted_only_when_every_recent_device_has_them() {
     s.push(req((0..10).map(|i| expiring(i, 4, i64::MAX)).collect()))
         .await
         .unwrap();
-    s.open_session(G, other, 1000).await.unwrap();
+    s.open_session(G, other, 1000, NewGroup::Unowned)
+        .await
+        .unwrap();
     s.ack(G, D, 8, 1000).await.unwrap();
     s.ack(G, other, 5, 1000).await.unwrap();
     let d = s.delete_acked(0, 100).await.unwrap();
@@ -401,11 +423,13 @@ async fn pushes_commit_between_the_batches_of_a_large_cleanup() {
     assert_eq!(report.expired.blobs, BLOBS);
     // A push waits for the batch in progress and perhaps the next (group
     // commit); the two reads around it may see a batch or two more. Seen:
-    // 1 to 3 batches. One long delete would show 100,000.
+    // 1 to 3 batches; 16 once on a machine loaded 5× over its cores (the
+    // pushing task itself was not scheduled). One long delete, or every
+    // batch queued at once, shows ~100,000: the bound sits far from both.
     assert!(
-        worst_wait <= 10 * u64::from(BATCH),
+        worst_wait <= 40 * u64::from(BATCH),
         "a push waited while the cleanup deleted {worst_wait} blobs \
-         (more than 10 batches of {BATCH})"
+         (more than 40 batches of {BATCH})"
     );
     assert!(
         committed_during_cleanup >= 10,
@@ -418,4 +442,122 @@ async fn pushes_commit_between_the_batches_of_a_large_cleanup() {
     );
     let audit = s.audit().await.unwrap();
     assert_eq!((audit.actual_blobs, audit.counted_blobs), (pushes, pushes));
+}
+
+fn no_live() -> LiveGroups {
+    Arc::new(Vec::new)
+}
+
+/// Pruning (`Storage::prune_idle`): idle devices go, then the groups they
+/// leave with no blob, no device and no recent activity, unless named live;
+/// a group holding a blob is never pruned; a pruned group's head becomes the
+/// head floor, so a group created (again) later never starts below it.
+#[tokio::test]
+async fn idle_empty_groups_are_pruned_and_heads_never_go_backwards() {
+    let (_d, s) = sqlite(u64::MAX / 4).await;
+    let g = |n: u8| GroupId([n; 32]);
+    // 1: holds a blob (idle for ages). 2: its 3 blobs expired (head 3).
+    // 3: never held one. 4: idle but live. 5: active after the cutoff.
+    for n in 1..=4 {
+        open(&*s, g(n), 100).await;
+    }
+    let mut with_blob = req(vec![expiring(1, 10, i64::MAX)]);
+    with_blob.group = g(1);
+    with_blob.now_ms = 100;
+    s.push(with_blob).await.unwrap();
+    let mut expired = req((0..3).map(|i| expiring(i, 10, 500)).collect());
+    expired.group = g(2);
+    expired.now_ms = 100;
+    s.push(expired).await.unwrap();
+    open(&*s, g(5), 5000).await;
+    assert_eq!(s.delete_expired(1000, 100).await.unwrap().blobs, 3);
+    assert_eq!(s.stats().await.unwrap().groups, 5);
+
+    let live: LiveGroups = Arc::new(move || vec![g(4)]);
+    let pruned = s.prune_idle(2000, 100, Arc::clone(&live)).await.unwrap();
+    // Devices of 1, 2, 3 (not 4: live; not 5: recent), then groups 2 and 3.
+    assert_eq!(
+        pruned,
+        Pruned {
+            groups: 2,
+            devices: 3,
+            owners: 0
+        }
+    );
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.groups, stats.devices, stats.blobs), (3, 2, 1));
+    assert_eq!(
+        s.prune_idle(2000, 100, live).await.unwrap(),
+        Pruned::default()
+    );
+
+    // Group 2 comes back where it was, not at 0; so does any new group.
+    assert_eq!(s.head(g(2)).await.unwrap(), 3);
+    assert_eq!(open(&*s, g(2), 6000).await, 3);
+    assert_eq!(open(&*s, g(6), 6000).await, 3);
+    let mut fresh = req(vec![expiring(9, 10, i64::MAX)]);
+    fresh.group = g(6);
+    let out = s.push(fresh).await.unwrap();
+    assert_eq!((out.results[0].cursor, out.head), (4, 4));
+    // Only sessions create groups: a push or an ack to a group with no row
+    // (never opened, or pruned) is refused and creates nothing.
+    assert!(matches!(
+        s.ack(g(7), D, 3, 6000).await,
+        Err(StorageError::UnknownGroup)
+    ));
+    let mut stray = req(vec![expiring(8, 10, i64::MAX)]);
+    stray.group = g(7);
+    assert!(matches!(
+        s.push(stray).await,
+        Err(StorageError::UnknownGroup)
+    ));
+    assert_eq!(s.stats().await.unwrap().groups, 5);
+    // The group with a blob kept its head and blob.
+    assert_eq!(s.head(g(1)).await.unwrap(), 1);
+    assert_eq!(
+        s.pull_page(g(1), 0, 10, 1 << 20, 6000)
+            .await
+            .unwrap()
+            .blobs
+            .len(),
+        1
+    );
+    let audit = s.audit().await.unwrap();
+    assert_eq!(audit.mismatched_groups, 0, "{audit:?}");
+}
+
+#[tokio::test]
+async fn pruning_goes_in_bounded_batches_and_the_floor_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let reopen = || {
+        SqliteStorage::open(SqliteStorageOptions::new(
+            dir.path().join("t.db"),
+            Quotas::UNLIMITED,
+        ))
+    };
+    let s = reopen().await.unwrap();
+    for n in 0..10u8 {
+        open(&s, GroupId([n; 32]), 100).await;
+    }
+    let mut expired = req(vec![expiring(1, 10, 500), expiring(2, 10, 500)]);
+    expired.group = GroupId([200; 32]);
+    open(&s, expired.group, 100).await;
+    s.push(expired).await.unwrap();
+    s.delete_expired(1000, 100).await.unwrap();
+    let mut calls = Vec::new();
+    loop {
+        let p = s.prune_idle(2000, 4, no_live()).await.unwrap();
+        calls.push((p.devices, p.groups));
+        if p.devices < 4 && p.groups < 4 {
+            break;
+        }
+    }
+    // 11 devices and 11 groups, at most 4 of each per transaction; a group
+    // goes in the transaction that removed its last device.
+    assert_eq!(calls, vec![(4, 4), (4, 4), (3, 3)]);
+    assert_eq!(s.stats().await.unwrap(), StorageStats::default());
+    s.close().await;
+    let s = reopen().await.unwrap();
+    assert_eq!(open(&s, GroupId([1; 32]), 3000).await, 2);
+    s.close().await;
 }

@@ -5,11 +5,12 @@
 //! connection and group-commits. Reads use a separate pool of read-only
 //! connections (WAL readers never block the writer).
 
+mod access;
 mod writer;
 
 use super::{
-    CounterAudit, Deleted, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
-    StorageStats,
+    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned, PullPage,
+    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -107,18 +108,44 @@ impl Storage for SqliteStorage {
         group: GroupId,
         device: DeviceId,
         now_ms: i64,
-    ) -> Result<u64, StorageError> {
+        new_group: NewGroup,
+    ) -> Result<OpenedSession, StorageError> {
         match self
             .write(WriteOp::OpenSession {
                 group,
                 device,
                 now_ms,
+                new_group,
             })
             .await?
         {
-            WriteReply::Head(h) => Ok(h),
+            WriteReply::Opened(o) => Ok(o),
             _ => Err(StorageError::Closed),
         }
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo, StorageError> {
+        match self.write(WriteOp::CreateToken(token)).await? {
+            WriteReply::Token(t) => Ok(t),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<TokenInfo, StorageError> {
+        match self
+            .write(WriteOp::RevokeToken {
+                id: id.to_string(),
+                now_ms,
+            })
+            .await?
+        {
+            WriteReply::Token(t) => Ok(t),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
+        access::list_tokens(&self.readers).await
     }
 
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
@@ -201,12 +228,15 @@ impl Storage for SqliteStorage {
 
     async fn stats(&self) -> Result<StorageStats, StorageError> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(blob_count), 0), COALESCE(SUM(bytes_used), 0) FROM groups",
+            "SELECT COUNT(*), COALESCE(SUM(blob_count), 0), COALESCE(SUM(bytes_used), 0), \
+             (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM owners) FROM groups",
         )
         .fetch_one(&self.readers)
         .await?;
         Ok(StorageStats {
             groups: row.try_get::<i64, _>(0)? as u64,
+            devices: row.try_get::<i64, _>(3)? as u64,
+            owners: row.try_get::<i64, _>(4)? as u64,
             blobs: row.try_get::<i64, _>(1)? as u64,
             bytes: row.try_get::<i64, _>(2)? as u64,
         })
@@ -232,6 +262,25 @@ impl Storage for SqliteStorage {
         }
     }
 
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError> {
+        match self
+            .write(WriteOp::PruneIdle {
+                idle_before_ms,
+                limit,
+                live,
+            })
+            .await?
+        {
+            WriteReply::Pruned(p) => Ok(p),
+            _ => Err(StorageError::Closed),
+        }
+    }
+
     async fn maintenance(&self) -> Result<(), StorageError> {
         let (reply, rx) = oneshot::channel();
         self.writer
@@ -243,7 +292,12 @@ impl Storage for SqliteStorage {
 
     async fn audit(&self) -> Result<CounterAudit, StorageError> {
         let row = sqlx::query(
-            "SELECT (SELECT COALESCE(SUM(bytes_used), 0) FROM groups),                     (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs),                     (SELECT COALESCE(SUM(blob_count), 0) FROM groups),                     (SELECT COUNT(*) FROM blobs),                     (SELECT COUNT(*) FROM groups g WHERE                        g.bytes_used != (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs b WHERE b.group_id = g.group_id)                     OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id))",
+            "SELECT (SELECT COALESCE(SUM(bytes_used), 0) FROM groups),                     (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs),                     (SELECT COALESCE(SUM(blob_count), 0) FROM groups),                     (SELECT COUNT(*) FROM blobs),                     (SELECT COUNT(*) FROM groups g WHERE                        g.bytes_used != (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs b WHERE b.group_id = g.group_id)                     OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id)), \
+                    (SELECT COUNT(*) FROM owners o WHERE \
+                       o.bytes_used != (SELECT COALESCE(SUM(bytes_used), 0) FROM groups g WHERE g.owner = o.owner) \
+                    OR o.group_count != (SELECT COUNT(*) FROM groups g WHERE g.owner = o.owner)) \
+                  + (SELECT COUNT(DISTINCT g.owner) FROM groups g WHERE g.owner IS NOT NULL \
+                       AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.owner = g.owner))",
         )
         .fetch_one(&self.readers)
         .await?;
@@ -253,6 +307,7 @@ impl Storage for SqliteStorage {
             counted_blobs: row.try_get::<i64, _>(2)? as u64,
             actual_blobs: row.try_get::<i64, _>(3)? as u64,
             mismatched_groups: row.try_get::<i64, _>(4)? as u64,
+            mismatched_owners: row.try_get::<i64, _>(5)? as u64,
         })
     }
 
@@ -288,6 +343,60 @@ pub async fn backup_database(
     Ok(())
 }
 
+pub(super) mod admin {
+    use super::*;
+
+    /// One read-write connection to the database at `path` (created with
+    /// mode 0600 and migrated if needed; WAL, `busy_timeout` 5 s), for
+    /// operator commands (`sync-relay token …`) that run while the relay
+    /// does: their short transactions wait for the relay's writer and the
+    /// relay sees them at its next transaction (it caches no token).
+    /// Errors: [`StorageError::Database`], [`StorageError::Migration`].
+    pub async fn open_admin(path: &std::path::Path) -> Result<SqliteConnection, StorageError> {
+        create_private(path)?;
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let mut conn = SqliteConnection::connect_with(&connect).await?;
+        sqlx::migrate!("../migrations/sqlite")
+            .run(&mut conn)
+            .await?;
+        Ok(conn)
+    }
+
+    /// `sync-relay token create`: store `token` in one IMMEDIATE transaction.
+    pub async fn create_token(
+        conn: &mut SqliteConnection,
+        token: &NewToken,
+    ) -> Result<TokenInfo, StorageError> {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let info = access::create_token(&mut tx, token).await?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    /// `sync-relay token revoke`: revoke token `id` in one transaction.
+    pub async fn revoke_token(
+        conn: &mut SqliteConnection,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<TokenInfo, StorageError> {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let info = access::revoke_token(&mut tx, id, now_ms).await?;
+        tx.commit().await?;
+        Ok(info)
+    }
+
+    /// `sync-relay token list`: every token, oldest first.
+    pub async fn list_tokens(conn: &mut SqliteConnection) -> Result<Vec<TokenInfo>, StorageError> {
+        access::list_tokens(conn).await
+    }
+}
+
 /// Create the database file with mode 0600 if it does not exist; SQLite
 /// gives its `-wal` and `-shm` files the same mode.
 fn create_private(path: &std::path::Path) -> Result<(), StorageError> {
@@ -316,10 +425,13 @@ pub(super) async fn head_of<'e>(
     db: impl SqliteExecutor<'e>,
     group: GroupId,
 ) -> Result<u64, StorageError> {
-    let head: Option<i64> =
-        sqlx::query_scalar("SELECT head_cursor FROM groups WHERE group_id = ?1")
-            .bind(&group.0[..])
-            .fetch_optional(db)
-            .await?;
-    Ok(head.unwrap_or(0) as u64)
+    // An unknown group's head is the floor it would start at.
+    let head: i64 = sqlx::query_scalar(
+        "SELECT COALESCE((SELECT head_cursor FROM groups WHERE group_id = ?1), head_floor) \
+         FROM relay_state",
+    )
+    .bind(&group.0[..])
+    .fetch_one(db)
+    .await?;
+    Ok(head as u64)
 }

@@ -8,8 +8,12 @@
 //! (`UPDATE … RETURNING head_cursor`) is trivially serial, and the relay-wide
 //! byte total can be kept exactly in memory.
 
-use super::super::{Deleted, NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
-use super::{fixed, head_of};
+use super::super::{
+    Deleted, LiveGroups, NewBlob, NewGroup, NewToken, OpenedSession, Owner, Pruned, PushOutcome,
+    PushRequest, Quotas, StorageError, TokenInfo,
+};
+use super::access;
+use super::fixed;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use std::collections::{HashMap, HashSet};
@@ -24,8 +28,14 @@ pub(super) enum WriteOp {
         group: GroupId,
         device: DeviceId,
         now_ms: i64,
+        new_group: NewGroup,
     },
     Push(PushRequest),
+    CreateToken(NewToken),
+    RevokeToken {
+        id: String,
+        now_ms: i64,
+    },
     Ack {
         group: GroupId,
         device: DeviceId,
@@ -40,13 +50,20 @@ pub(super) enum WriteOp {
         seen_since_ms: i64,
         limit: u32,
     },
+    PruneIdle {
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    },
 }
 
 pub(super) enum WriteReply {
-    Head(u64),
+    Opened(OpenedSession),
+    Token(TokenInfo),
     Pushed(PushOutcome),
     Acked(u64),
     Deleted(Deleted),
+    Pruned(Pruned),
 }
 
 pub(super) enum Job {
@@ -317,11 +334,21 @@ async fn apply(
             group,
             device,
             now_ms,
+            new_group,
         } => {
-            touch_group(conn, *group, *now_ms).await?;
+            let opened =
+                access::open_group(conn, *group, *now_ms, *new_group, quotas.address).await?;
             touch_device(conn, *group, *device, *now_ms).await?;
-            Ok((WriteReply::Head(head_of(&mut *conn, *group).await?), 0))
+            Ok((WriteReply::Opened(opened), 0))
         }
+        WriteOp::CreateToken(token) => Ok((
+            WriteReply::Token(access::create_token(conn, token).await?),
+            0,
+        )),
+        WriteOp::RevokeToken { id, now_ms } => Ok((
+            WriteReply::Token(access::revoke_token(conn, id, *now_ms).await?),
+            0,
+        )),
         WriteOp::Push(req) => {
             let (out, added) = apply_push(conn, req, quotas, total_bytes).await?;
             Ok((WriteReply::Pushed(out), added as i64))
@@ -332,18 +359,16 @@ async fn apply(
             cursor,
             now_ms,
         } => {
-            let head = head_of(&mut *conn, *group).await?;
+            // Only `open_session` creates groups (through admission).
+            let head = group_head(conn, *group)
+                .await?
+                .0
+                .ok_or(StorageError::UnknownGroup)?;
             if *cursor > head {
                 return Err(StorageError::CursorBeyondHead {
                     cursor: *cursor,
                     head,
                 });
-            }
-            if head == 0 {
-                // The group may have no row yet (acking cursor 0 before any
-                // session): create it, as `open_session` does, so the
-                // device row's foreign key holds.
-                touch_group(conn, *group, *now_ms).await?;
             }
             touch_device(conn, *group, *device, *now_ms).await?;
             let acked: i64 = sqlx::query_scalar(
@@ -389,7 +414,120 @@ async fn apply(
             let deleted = settle_deletions(conn, rows).await?;
             Ok((WriteReply::Deleted(deleted), -(deleted.bytes as i64)))
         }
+        WriteOp::PruneIdle {
+            idle_before_ms,
+            limit,
+            live,
+        } => {
+            let pruned = prune_idle(
+                conn,
+                *idle_before_ms,
+                *limit,
+                live,
+                quotas.address.window_ms,
+            )
+            .await?;
+            Ok((WriteReply::Pruned(pruned), 0))
+        }
     }
+}
+
+/// [`super::super::Storage::prune_idle`]: idle devices, then idle empty
+/// groups left without devices (so deleting a group never cascades), the
+/// live groups excluded in SQL (a JSON array of hex ids), the head floor
+/// raised to the highest head pruned and the pruned groups' owners
+/// released; then owner rows left with nothing (`window_ms`: the length of
+/// an address's new-group window).
+async fn prune_idle(
+    conn: &mut SqliteConnection,
+    idle_before_ms: i64,
+    limit: u32,
+    live: &LiveGroups,
+    window_ms: i64,
+) -> Result<Pruned, StorageError> {
+    let live: Vec<String> = live().iter().map(|g| hex::encode(g.0)).collect();
+    let live = serde_json::Value::from(live).to_string();
+    let devices = sqlx::query(
+        "DELETE FROM devices WHERE (group_id, device_id) IN \
+         (SELECT group_id, device_id FROM devices WHERE last_seen_at < ?1 \
+           AND group_id NOT IN (SELECT unhex(value) FROM json_each(?2)) \
+           ORDER BY last_seen_at, group_id, device_id LIMIT ?3)",
+    )
+    .bind(idle_before_ms)
+    .bind(&live)
+    .bind(i64::from(limit))
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    // `blob_count = 0` selects the partial index `groups_idle`; the blobs
+    // check guards against a counter ever being wrong (the delete would
+    // cascade to the blobs).
+    let rows = sqlx::query(
+        "DELETE FROM groups WHERE group_id IN \
+         (SELECT g.group_id FROM groups g WHERE g.blob_count = 0 AND g.last_active_at < ?1 \
+           AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = g.group_id) \
+           AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.group_id = g.group_id) \
+           AND g.group_id NOT IN (SELECT unhex(value) FROM json_each(?2)) \
+           ORDER BY g.last_active_at, g.group_id LIMIT ?3) \
+         RETURNING head_cursor, owner, bytes_used",
+    )
+    .bind(idle_before_ms)
+    .bind(&live)
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut top = None;
+    // Owner → (groups, bytes) released; the bytes are 0 (no blobs) while
+    // the counters are exact, and subtracted anyway so they stay exact.
+    let mut released: HashMap<Vec<u8>, (i64, i64)> = HashMap::new();
+    for row in &rows {
+        let head: i64 = row.try_get(0)?;
+        top = top.max(Some(head));
+        if let Some(owner) = row.try_get::<Option<Vec<u8>>, _>(1)? {
+            let e = released.entry(owner).or_default();
+            e.0 += 1;
+            e.1 += row.try_get::<i64, _>(2)?;
+        }
+    }
+    if let Some(top) = top {
+        sqlx::query("UPDATE relay_state SET head_floor = MAX(head_floor, ?1)")
+            .bind(top)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (owner, (groups, bytes)) in released {
+        sqlx::query(
+            "UPDATE owners SET group_count = group_count - ?2, bytes_used = bytes_used - ?3 \
+             WHERE owner = ?1",
+        )
+        .bind(owner)
+        .bind(groups)
+        .bind(bytes)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let owners = access::prune_owners(conn, idle_before_ms, window_ms, limit).await?;
+    Ok(Pruned {
+        groups: rows.len() as u64,
+        devices,
+        owners,
+    })
+}
+
+/// The group's head if it has a row, and the head floor.
+async fn group_head(
+    conn: &mut SqliteConnection,
+    group: GroupId,
+) -> Result<(Option<u64>, u64), StorageError> {
+    let row = sqlx::query(
+        "SELECT (SELECT head_cursor FROM groups WHERE group_id = ?1), head_floor FROM relay_state",
+    )
+    .bind(&group.0[..])
+    .fetch_one(conn)
+    .await?;
+    let head: Option<i64> = row.try_get(0)?;
+    let floor: i64 = row.try_get(1)?;
+    Ok((head.map(|h| h as u64), floor as u64))
 }
 
 /// Subtract deleted rows from their groups' counters: one UPDATE per group
@@ -409,34 +547,23 @@ async fn settle_deletions(
         deleted.blobs += 1;
         deleted.bytes += len as u64;
     }
+    let mut per_owner: HashMap<Vec<u8>, i64> = HashMap::new();
     for (group, (count, bytes)) in per_group {
-        sqlx::query(
+        let owner: Option<Option<Vec<u8>>> = sqlx::query_scalar(
             "UPDATE groups SET blob_count = blob_count - ?2, bytes_used = bytes_used - ?3 \
-             WHERE group_id = ?1",
+             WHERE group_id = ?1 RETURNING owner",
         )
         .bind(group)
         .bind(count)
         .bind(bytes)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
+        if let Some(Some(owner)) = owner {
+            *per_owner.entry(owner).or_default() += bytes;
+        }
     }
+    access::release_owners(conn, per_owner).await?;
     Ok(deleted)
-}
-
-async fn touch_group(
-    conn: &mut SqliteConnection,
-    group: GroupId,
-    now_ms: i64,
-) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO groups (group_id, created_at, last_active_at) VALUES (?1, ?2, ?2) \
-         ON CONFLICT (group_id) DO UPDATE SET last_active_at = excluded.last_active_at",
-    )
-    .bind(&group.0[..])
-    .bind(now_ms)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 async fn touch_device(
@@ -483,25 +610,38 @@ async fn apply_push(
     let adding: u64 = new_items.iter().map(|b| b.payload.len() as u64).sum();
     let n = new_items.len() as u64;
     let head = if new_items.is_empty() {
-        head_of(&mut *conn, req.group).await?
+        group_head(&mut *conn, req.group)
+            .await?
+            .0
+            .ok_or(StorageError::UnknownGroup)?
     } else {
+        // Only `open_session` creates groups (through admission): a push to
+        // a group without a row is refused and creates nothing.
         let row = sqlx::query(
-            "INSERT INTO groups (group_id, head_cursor, bytes_used, blob_count, created_at, last_active_at) \
-             VALUES (?1, ?2, ?3, ?2, ?4, ?4) \
-             ON CONFLICT (group_id) DO UPDATE SET head_cursor = head_cursor + excluded.head_cursor, \
-             bytes_used = bytes_used + excluded.bytes_used, blob_count = blob_count + excluded.blob_count, \
-             last_active_at = excluded.last_active_at \
-             RETURNING head_cursor, bytes_used, blob_count",
+            "UPDATE groups SET head_cursor = head_cursor + ?2, bytes_used = bytes_used + ?3, \
+             blob_count = blob_count + ?2, last_active_at = ?4 WHERE group_id = ?1 \
+             RETURNING head_cursor, bytes_used, blob_count, owner",
         )
         .bind(&req.group.0[..])
         .bind(n as i64)
         .bind(adding as i64)
         .bind(req.now_ms)
-        .fetch_one(&mut *conn)
-        .await?;
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StorageError::UnknownGroup)?;
         let head = row.try_get::<i64, _>(0)? as u64;
         let used = row.try_get::<i64, _>(1)? as u64 - adding;
         let count = row.try_get::<i64, _>(2)? as u64 - n;
+        let owner: Option<Vec<u8>> = row.try_get(3)?;
+        let owner_use = match &owner {
+            Some(o) => {
+                Some(access::charge_owner(conn, o, adding, quotas.address.max_storage).await?)
+            }
+            None => None,
+        };
+        if owner_use.as_ref().is_some_and(|o| o.revoked) {
+            return Err(StorageError::TokenRevoked);
+        }
         if used.saturating_add(adding) > quotas.max_group_storage {
             return Err(StorageError::GroupQuotaExceeded {
                 used,
@@ -514,6 +654,21 @@ async fn apply_push(
                 count,
                 adding: n,
                 limit: quotas.max_group_blobs,
+            });
+        }
+        if let (Some(o), Some(kind)) = (
+            &owner_use,
+            owner
+                .as_deref()
+                .and_then(Owner::from_bytes)
+                .map(|o| o.kind()),
+        ) && o.used.saturating_add(adding) > o.limit
+        {
+            return Err(StorageError::OwnerQuotaExceeded {
+                kind,
+                used: o.used,
+                adding,
+                limit: o.limit,
             });
         }
         if total_bytes.saturating_add(adding) > quotas.max_storage {

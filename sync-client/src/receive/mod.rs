@@ -12,14 +12,18 @@
 //! a half-assembled one behind.
 
 use crate::crypto::GroupKeys;
-use crate::crypto::envelope::{self, BlobKind, FileChunk};
+use crate::crypto::envelope::{self, BlobKind, FileChunk, FileVersion, validate_device_name};
 use crate::error::{ClientError, Result};
 use crate::integrity::Observation;
+use crate::journal::Journals;
+use crate::place::{
+    Incoming, KnownVersion, Placed, hash_file_nofollow, nofollow, place, received_mode,
+};
 use crate::state::{ClientState, PartialFile, StateStore};
-use crate::util::sync_dir;
+use crate::util::now_ms;
 use serde::Serialize;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use sync_protocol::{DeviceId, PulledBlob};
@@ -29,6 +33,13 @@ use sync_protocol::{DeviceId, PulledBlob};
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
 /// Most chunks in one file.
 pub const MAX_CHUNKS: u32 = 1 << 24;
+/// Most devices whose sequence numbers are tracked: a blob of one more
+/// sender is rejected (bounds the state file).
+pub const MAX_SENDERS: usize = 4096;
+/// Most files received partly at once: the first chunk of one more file is
+/// rejected (bounds the state file and the temp files in the output
+/// directory). Honest senders finish a file before starting the next.
+pub const MAX_PARTIAL_FILES: usize = 256;
 
 /// Something that happened while pulling or following.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -42,6 +53,35 @@ pub enum PullEvent {
         path: PathBuf,
         /// Bytes.
         size: u64,
+        /// Sender's node id (hex).
+        sender: String,
+        /// Cursor of its last chunk.
+        cursor: u64,
+    },
+    /// A file arrived while a different local file has its name: the local
+    /// file was kept, and the received one saved beside it (the rules are
+    /// in `docs/client.md`, "Local files are never lost").
+    Conflict {
+        /// Its name.
+        name: String,
+        /// Where it was saved: `NAME (conflict DEVICE DATE TIME).EXT`.
+        path: PathBuf,
+        /// The local file that was kept, untouched.
+        kept: PathBuf,
+        /// Bytes.
+        size: u64,
+        /// Sender's node id (hex).
+        sender: String,
+        /// Cursor of its last chunk.
+        cursor: u64,
+    },
+    /// A file arrived that is older, in its history, than the version this
+    /// device has: not written.
+    Outdated {
+        /// Its name.
+        name: String,
+        /// The path whose newer version was kept.
+        path: PathBuf,
         /// Sender's node id (hex).
         sender: String,
         /// Cursor of its last chunk.
@@ -157,7 +197,7 @@ impl<'a> Receiver<'a> {
         for key in keys {
             let partial = store.state.partials.remove(&key).expect("listed");
             let cursor = store.state.cursor;
-            match finish(&partial, cursor)? {
+            match self.finish(&partial, cursor, store)? {
                 Ok(event) => events(event),
                 Err(reason) => {
                     store.state.rejected += 1;
@@ -228,15 +268,34 @@ impl<'a> Receiver<'a> {
             return Ok(());
         }
         let sender = hex::encode(blob.sender.0);
-        let track = state.senders.entry(sender.clone()).or_default();
-        if track.observe(header.seq) == Observation::Replay {
-            state.replays += 1;
-            events(PullEvent::Replay {
-                cursor: blob.cursor,
-                sender,
-                seq: header.seq,
-            });
+        if !state.senders.contains_key(&sender) && state.senders.len() >= MAX_SENDERS {
+            reject(
+                state,
+                events,
+                format!("more than {MAX_SENDERS} devices sent blobs; {sender} is not tracked"),
+            );
             return Ok(());
+        }
+        let track = state.senders.entry(sender.clone()).or_default();
+        match track.observe(header.seq) {
+            Observation::New => {}
+            Observation::Replay => {
+                state.replays += 1;
+                events(PullEvent::Replay {
+                    cursor: blob.cursor,
+                    sender,
+                    seq: header.seq,
+                });
+                return Ok(());
+            }
+            Observation::Refused(why) => {
+                reject(
+                    state,
+                    events,
+                    format!("sequence number {}: {why}", header.seq),
+                );
+                return Ok(());
+            }
         }
         match header.kind {
             BlobKind::Message => {
@@ -253,11 +312,11 @@ impl<'a> Receiver<'a> {
                 first_seq,
                 last_seq,
             } => {
-                if !track.void(first_seq, last_seq) {
+                if let Err(why) = track.void(first_seq, last_seq) {
                     reject(
                         state,
                         events,
-                        "invalid range of abandoned sequence numbers".into(),
+                        format!("abandoned sequence numbers {first_seq}..={last_seq}: {why}"),
                     );
                     return Ok(());
                 }
@@ -268,9 +327,12 @@ impl<'a> Receiver<'a> {
                 });
                 events(PullEvent::Abandoned { name, sender });
             }
-            BlobKind::FileChunk(chunk) => {
+            BlobKind::FileChunk(_) | BlobKind::VersionedChunk { .. } => {
+                let (chunk, version) = header.kind.chunk().expect("a file chunk");
                 match self.apply_chunk(
-                    &chunk,
+                    chunk,
+                    version,
+                    header.seq,
                     opened.body.as_slice(),
                     &sender,
                     blob.cursor,
@@ -288,9 +350,12 @@ impl<'a> Receiver<'a> {
 
     /// `Ok(Ok(Some(File)))` when the file completed, `Ok(Err(reason))` when
     /// the chunk (or the file) is rejected, `Err` for local I/O failures.
+    #[allow(clippy::too_many_arguments)]
     fn apply_chunk(
         &self,
         chunk: &FileChunk,
+        version: Option<&FileVersion>,
+        seq: u64,
         body: &[u8],
         sender: &str,
         cursor: u64,
@@ -316,6 +381,14 @@ impl<'a> Receiver<'a> {
             )));
         }
         let key = hex::encode(chunk.file_id);
+        if !store.state.partials.contains_key(&key)
+            && store.state.partials.len() >= MAX_PARTIAL_FILES
+        {
+            return Ok(Err(format!(
+                "{MAX_PARTIAL_FILES} files are already being received; {:?} is not started",
+                chunk.name
+            )));
+        }
         fs::create_dir_all(&self.out_dir).map_err(ClientError::io(&self.out_dir))?;
         let partial = store
             .state
@@ -331,10 +404,16 @@ impl<'a> Receiver<'a> {
                 bytes: 0,
                 size_hint: chunk.size_hint,
                 completing: false,
+                lineage: version.map(|v| hex::encode(v.lineage)),
+                generation: version.map_or(0, |v| v.generation),
+                device: version.and_then(|v| v.device.clone()),
+                seq: 0,
             });
-        if partial.name != chunk.name || partial.sender != sender {
+        let same_version = partial.lineage == version.map(|v| hex::encode(v.lineage))
+            && partial.generation == version.map_or(0, |v| v.generation);
+        if partial.name != chunk.name || partial.sender != sender || !same_version {
             return Ok(Err(format!(
-                "chunk {} claims file {:?} from another name or sender",
+                "chunk {} claims file {:?} from another name, sender or version",
                 chunk.index, chunk.name
             )));
         }
@@ -342,18 +421,42 @@ impl<'a> Receiver<'a> {
             return Ok(Ok(None)); // already written
         }
         let temp = partial.temp_path.clone();
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(ClientError::io(&temp))?;
+        let first = partial.received.is_empty();
+        let opened = if first {
+            // A new temp file: whatever is at its name (a stale copy, or a
+            // symlink someone planted) is removed, not followed, and the
+            // file is created exclusively.
+            match fs::remove_file(&temp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ClientError::io(&temp)(e));
+                }
+                _ => {}
+            }
+            nofollow()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)
+        } else {
+            nofollow().write(true).open(&temp)
+        };
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) if !first && e.kind() == std::io::ErrorKind::NotFound => {
+                let name = partial.name.clone();
+                store.state.partials.remove(&key);
+                return Ok(Err(format!(
+                    "the partial copy of {name:?} was removed from the output directory; the file is skipped"
+                )));
+            }
+            Err(e) => return Err(ClientError::io(&temp)(e)),
+        };
         f.seek(SeekFrom::Start(chunk.offset))
             .and_then(|_| f.write_all(body))
             .map_err(ClientError::io(&temp))?;
         drop(f);
-        partial.received.insert(chunk.index);
+        partial.received.insert(chunk.index..=chunk.index);
+        partial.seq = partial.seq.max(seq);
         partial.bytes += body.len() as u64;
         if let Some(e) = &chunk.end {
             partial.end = Some((e.chunks, e.size, hex::encode(e.blake3)));
@@ -366,7 +469,12 @@ impl<'a> Receiver<'a> {
         let Some((chunks, _, _)) = partial.end.clone() else {
             return Ok(Ok(None));
         };
-        if partial.received.len() < chunks as usize {
+        let have: u64 = partial
+            .received
+            .iter()
+            .map(|r| u64::from(r.end() - r.start()) + 1)
+            .sum();
+        if have < u64::from(chunks) {
             return Ok(Ok(None));
         }
         // Every chunk is here. Record that before touching the files, with
@@ -377,73 +485,135 @@ impl<'a> Receiver<'a> {
         store.state.cursor = store.state.cursor.max(cursor);
         store.save()?;
         let partial = store.state.partials.remove(&key).expect("present");
-        let outcome = finish(&partial, cursor)?;
+        let outcome = self.finish(&partial, cursor, store)?;
         store.save()?;
         Ok(outcome.map(Some))
     }
-}
 
-/// Verify a complete temp file and rename it into place. If the temp file
-/// is gone, the rename already happened: check the destination instead.
-fn finish(partial: &PartialFile, cursor: u64) -> Result<std::result::Result<PullEvent, String>> {
-    let Some((_, size, hash)) = &partial.end else {
-        return Ok(Err(format!("{:?} has no end record", partial.name)));
-    };
-    let temp = &partial.temp_path;
-    let dir = temp.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let dest = dir.join(&partial.name);
-    let done = |dest: PathBuf| PullEvent::File {
-        name: partial.name.clone(),
-        path: dest,
-        size: *size,
-        sender: partial.sender.clone(),
-        cursor,
-    };
-    if !temp.exists() {
-        return match hash_file(&dest) {
-            Ok(h) if h.to_hex().as_str() == hash.as_str() => Ok(Ok(done(dest))),
-            _ => Ok(Err(format!(
-                "{:?} was interrupted while being moved into place and is missing",
-                partial.name
-            ))),
+    /// The absolute path a file named `name` lands at (the record key of
+    /// [`ClientState::files`] and of push journals).
+    fn dest_key(dir: &Path, name: &str) -> String {
+        let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        dir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// What this device knows it wrote (pull) or pushed (push journals) at
+    /// `key`.
+    fn known_at(&self, store: &StateStore, key: &str) -> Result<Vec<KnownVersion>> {
+        let mut known: Vec<KnownVersion> =
+            store.state.files.get(key).cloned().into_iter().collect();
+        let me = hex::encode(self.me.0);
+        known.extend(
+            Journals::at(store.dir().join("transfers"))
+                .list()?
+                .iter()
+                .filter(|j| j.source.as_ref().is_some_and(|s| s.path.as_os_str() == key))
+                .filter_map(|j| j.known_version(&me)),
+        );
+        Ok(known)
+    }
+
+    /// Verify a complete temp file and put it in place ([`crate::place`]),
+    /// recording the version written. If the temp file is gone, a crash
+    /// interrupted this after the move: check the destination instead.
+    fn finish(
+        &self,
+        partial: &PartialFile,
+        cursor: u64,
+        store: &mut StateStore,
+    ) -> Result<std::result::Result<PullEvent, String>> {
+        let Some((_, size, hash)) = &partial.end else {
+            return Ok(Err(format!("{:?} has no end record", partial.name)));
         };
+        let temp = &partial.temp_path;
+        let dir = temp.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let key = Self::dest_key(&dir, &partial.name);
+        let version = KnownVersion {
+            lineage: partial.lineage.clone(),
+            generation: partial.generation,
+            sender: partial.sender.clone(),
+            seq: partial.seq,
+            blake3: hash.clone(),
+            at_ms: now_ms(),
+        };
+        let file = |path: PathBuf| PullEvent::File {
+            name: partial.name.clone(),
+            path,
+            size: *size,
+            sender: partial.sender.clone(),
+            cursor,
+        };
+        if fs::symlink_metadata(temp).is_err() {
+            let dest = dir.join(&partial.name);
+            return match hash_file_nofollow(&dest) {
+                Ok(h) if h.to_hex().as_str() == hash.as_str() => {
+                    store.state.files.insert(key, version);
+                    Ok(Ok(file(dest)))
+                }
+                _ => Ok(Err(format!(
+                    "{:?} was interrupted while being moved into place; look for a conflict copy of it",
+                    partial.name
+                ))),
+            };
+        }
+        let f = nofollow()
+            .write(true)
+            .open(temp)
+            .map_err(ClientError::io(temp))?;
+        f.set_len(*size)
+            .and_then(|_| f.sync_all())
+            .map_err(ClientError::io(temp))?;
+        let actual = hash_file_nofollow(temp)?;
+        if actual.to_hex().as_str() != hash.as_str() {
+            drop(f);
+            let _ = fs::remove_file(temp);
+            return Ok(Err(format!(
+                "file {:?} failed its BLAKE3 check; discarded",
+                partial.name
+            )));
+        }
+        f.set_permissions(fs::Permissions::from_mode(received_mode(partial.mode)))
+            .map_err(ClientError::io(temp))?;
+        drop(f);
+        let device_label = partial
+            .device
+            .clone()
+            .filter(|d| validate_device_name(d).is_ok())
+            .unwrap_or_else(|| partial.sender.chars().take(8).collect());
+        let known = self.known_at(store, &key)?;
+        let incoming = Incoming {
+            name: &partial.name,
+            temp,
+            version: &version,
+            device_label: &device_label,
+        };
+        Ok(Ok(match place(&dir, &incoming, &known)? {
+            Placed::Written(path) | Placed::Same(path) => {
+                store.state.files.insert(key, version);
+                file(path)
+            }
+            Placed::Conflict { kept, saved } => PullEvent::Conflict {
+                name: partial.name.clone(),
+                path: saved,
+                kept,
+                size: *size,
+                sender: partial.sender.clone(),
+                cursor,
+            },
+            Placed::Outdated(path) => PullEvent::Outdated {
+                name: partial.name.clone(),
+                path,
+                sender: partial.sender.clone(),
+                cursor,
+            },
+        }))
     }
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(temp)
-        .map_err(ClientError::io(temp))?;
-    f.set_len(*size)
-        .and_then(|_| f.sync_all())
-        .map_err(ClientError::io(temp))?;
-    drop(f);
-    let actual = hash_file(temp)?;
-    if actual.to_hex().as_str() != hash.as_str() {
-        let _ = fs::remove_file(temp);
-        return Ok(Err(format!(
-            "file {:?} failed its BLAKE3 check; discarded",
-            partial.name
-        )));
-    }
-    fs::set_permissions(temp, fs::Permissions::from_mode(partial.mode))
-        .map_err(ClientError::io(temp))?;
-    fs::rename(temp, &dest).map_err(ClientError::io(&dest))?;
-    sync_dir(&dir)?;
-    Ok(Ok(done(dest)))
 }
 
-/// BLAKE3 of a file, read in 64 KiB pieces (constant memory).
+/// BLAKE3 of a file, read in 64 KiB pieces (constant memory), without
+/// following a symlink.
 pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
-    let mut f = fs::File::open(path).map_err(ClientError::io(path))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(ClientError::io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize())
+    hash_file_nofollow(path)
 }
 
 /// Turn unfilled gaps of every sender into [`PullEvent::Gap`]s.
@@ -465,209 +635,4 @@ pub fn gap_events(state: &ClientState) -> Vec<PullEvent> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crypto::GroupSecret;
-    use crate::crypto::envelope::{BlobHeader, Compression, FileEnd, seal};
-    use sync_protocol::BlobId;
-
-    struct Fixture {
-        keys: GroupKeys,
-        store: StateStore,
-        dir: tempfile::TempDir,
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        Fixture {
-            keys: GroupSecret::from_bytes([1; 32]).keys(),
-            store: StateStore::open(dir.path().join("state.json")).unwrap(),
-            dir,
-        }
-    }
-
-    const SENDER: DeviceId = DeviceId([9; 32]);
-
-    fn blob(f: &Fixture, cursor: u64, id: u8, seq: u64, kind: BlobKind, body: &[u8]) -> PulledBlob {
-        let header = BlobHeader {
-            kind,
-            sender: SENDER,
-            seq,
-            created_at_ms: 1,
-            compression: Compression::None,
-            body_len: 0,
-        };
-        PulledBlob {
-            cursor,
-            blob_id: BlobId([id; 16]),
-            sender: SENDER,
-            created_at: 1,
-            payload: seal(&f.keys, &BlobId([id; 16]), header, body, 1 << 20).unwrap(),
-        }
-    }
-
-    fn apply_all(f: &mut Fixture, blobs: &[PulledBlob]) -> Vec<PullEvent> {
-        let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), f.dir.path().join("out"));
-        let mut events = Vec::new();
-        for b in blobs {
-            receiver
-                .apply(b.clone(), &mut f.store, &mut |e| events.push(e))
-                .unwrap();
-        }
-        events
-    }
-
-    #[test]
-    fn a_replayed_blob_is_reported_and_not_applied_twice() {
-        let mut f = fixture();
-        let m = blob(&f, 1, 1, 1, BlobKind::Message, b"hello");
-        let mut again = m.clone();
-        again.cursor = 2; // the relay serves the same blob again
-        let events = apply_all(&mut f, &[m, again]);
-        assert!(matches!(events[0], PullEvent::Message { seq: 1, .. }));
-        assert!(
-            matches!(
-                events[1],
-                PullEvent::Replay {
-                    cursor: 2,
-                    seq: 1,
-                    ..
-                }
-            ),
-            "{events:?}"
-        );
-        assert_eq!(events.len(), 2);
-        assert_eq!(f.store.state.replays, 1);
-        assert_eq!(f.store.state.cursor, 2);
-    }
-
-    #[test]
-    fn a_withheld_blob_shows_as_a_gap() {
-        let mut f = fixture();
-        let blobs = [
-            blob(&f, 1, 1, 1, BlobKind::Message, b"one"),
-            blob(&f, 3, 3, 3, BlobKind::Message, b"three"),
-        ];
-        apply_all(&mut f, &blobs);
-        let gaps = gap_events(&f.store.state);
-        assert_eq!(gaps.len(), 1);
-        assert!(matches!(
-            &gaps[0],
-            PullEvent::Gap {
-                first: 2,
-                last: 2,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn a_blob_with_a_forged_sender_is_rejected() {
-        let mut f = fixture();
-        let mut b = blob(&f, 1, 1, 1, BlobKind::Message, b"x");
-        b.sender = DeviceId([7; 32]);
-        let events = apply_all(&mut f, &[b]);
-        assert!(
-            matches!(&events[0], PullEvent::Rejected { cursor: 1, reason, .. } if reason.contains("claims sender"))
-        );
-    }
-
-    fn chunk(index: u32, offset: u64, end: Option<FileEnd>) -> BlobKind {
-        BlobKind::FileChunk(FileChunk {
-            file_id: [4; 16],
-            name: "f.bin".into(),
-            mode: 0o640,
-            index,
-            offset,
-            size_hint: Some(6),
-            end,
-        })
-    }
-
-    #[test]
-    fn a_file_survives_a_crash_between_verification_and_rename() {
-        let mut f = fixture();
-        let end = FileEnd {
-            chunks: 2,
-            size: 6,
-            blake3: *blake3::hash(b"abcdef").as_bytes(),
-        };
-        let c0 = blob(&f, 1, 1, 1, chunk(0, 0, None), b"abc");
-        let c1 = blob(&f, 2, 2, 2, chunk(1, 3, Some(end)), b"def");
-        apply_all(&mut f, &[c0]);
-        // Simulate the crash: the last chunk was written and the state says
-        // `completing` (with its sequence number seen and the cursor at it,
-        // as `apply_chunk` saves them), but the rename never happened.
-        let key = hex::encode([4u8; 16]);
-        f.store
-            .state
-            .senders
-            .get_mut(&hex::encode(SENDER.0))
-            .unwrap()
-            .observe(2);
-        f.store.state.cursor = 2;
-        {
-            let p = f.store.state.partials.get_mut(&key).unwrap();
-            p.end = Some((2, 6, blake3::hash(b"abcdef").to_hex().to_string()));
-            p.completing = true;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&p.temp_path)
-                .unwrap();
-            file.seek(SeekFrom::Start(3)).unwrap();
-            file.write_all(b"def").unwrap();
-        }
-        f.store.save().unwrap();
-        let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), f.dir.path().join("out"));
-        let mut events = Vec::new();
-        receiver
-            .recover(&mut f.store, &mut |e| events.push(e))
-            .unwrap();
-        assert!(
-            matches!(&events[0], PullEvent::File { size: 6, .. }),
-            "{events:?}"
-        );
-        assert_eq!(
-            std::fs::read(f.dir.path().join("out/f.bin")).unwrap(),
-            b"abcdef"
-        );
-        assert!(f.store.state.partials.is_empty());
-        // The last chunk served again afterwards is a replay, not a new file.
-        let events = apply_all(&mut f, &[c1]);
-        assert!(
-            matches!(events[..], [PullEvent::Replay { seq: 2, .. }]),
-            "{events:?}"
-        );
-        assert!(f.store.state.partials.is_empty(), "no stuck partial");
-    }
-
-    #[test]
-    fn an_abandoned_file_is_removed_and_its_numbers_are_no_gap() {
-        let mut f = fixture();
-        let c0 = blob(&f, 1, 1, 1, chunk(0, 0, None), b"abc");
-        let void = blob(
-            &f,
-            2,
-            2,
-            5,
-            BlobKind::Void {
-                file_id: Some([4; 16]),
-                first_seq: 1,
-                last_seq: 4,
-            },
-            b"",
-        );
-        let events = apply_all(&mut f, &[c0, void]);
-        assert!(
-            events
-                .iter()
-                .any(|e| matches!(e, PullEvent::Abandoned { name: Some(n), .. } if n == "f.bin"))
-        );
-        assert!(f.store.state.partials.is_empty());
-        assert!(gap_events(&f.store.state).is_empty());
-        let left: Vec<_> = std::fs::read_dir(f.dir.path().join("out"))
-            .unwrap()
-            .collect();
-        assert!(left.is_empty(), "partial file removed");
-    }
-}
+mod tests;
