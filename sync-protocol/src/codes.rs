@@ -170,6 +170,10 @@ pub enum CloseCode {
     Overloaded,
     /// 7: the relay failed internally while setting up or serving the session.
     Internal,
+    /// 8: the device did not take an answer within its write deadline
+    /// (`request_timeout_s` plus one second per `min_transfer_rate` bytes):
+    /// a reader that stops reading is cut off. Reconnect and read.
+    TooSlow,
     /// A code this version does not know.
     Unknown(u32),
 }
@@ -186,6 +190,7 @@ impl CloseCode {
             CloseCode::ShuttingDown => 5,
             CloseCode::Overloaded => 6,
             CloseCode::Internal => 7,
+            CloseCode::TooSlow => 8,
             CloseCode::Unknown(n) => n,
         }
     }
@@ -201,6 +206,7 @@ impl CloseCode {
             5 => CloseCode::ShuttingDown,
             6 => CloseCode::Overloaded,
             7 => CloseCode::Internal,
+            8 => CloseCode::TooSlow,
             other => CloseCode::Unknown(other),
         }
     }
@@ -227,7 +233,7 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for n in 0..8 {
+        for n in 0..9 {
             assert_eq!(CloseCode::from_u32(n).as_u32(), n);
             assert!(!matches!(CloseCode::from_u32(n), CloseCode::Unknown(_)));
         }

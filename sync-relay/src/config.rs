@@ -6,7 +6,9 @@
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use sync_protocol::limits::{DEFAULT_MAX_BATCH, DEFAULT_MAX_BLOB_SIZE, MAX_FRAME_CEILING};
+use sync_protocol::limits::{
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_BLOB_SIZE, MAX_FRAME_CEILING, max_frame_for_blob_size,
+};
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
@@ -80,10 +82,36 @@ pub struct LimitsConfig {
     /// Seconds a new connection has to send its Hello. Default 10.
     pub hello_timeout_s: u32,
     /// Seconds a stream has to deliver its request frame's length prefix;
-    /// the whole frame gets this plus `length / 4096` s. Default 30.
+    /// the whole frame gets this plus `length / min_transfer_rate` s, and
+    /// so does the device to take each answer frame. Default 30.
     pub request_timeout_s: u32,
     /// Seconds in-flight requests get to finish on shutdown. Default 10.
     pub shutdown_grace_s: u32,
+    /// Bytes per second a request must arrive at, and an answer must be
+    /// taken at, once `request_timeout_s` has passed: a frame of `len`
+    /// bytes gets `request_timeout_s + len / min_transfer_rate` seconds
+    /// each way. Default 4096 (56 kbit/s links move 7000); 1..=1073741824.
+    pub min_transfer_rate: u32,
+    /// Requests one session may have in flight (QUIC bidirectional streams
+    /// open at once); a device's further streams wait in its QUIC stack.
+    /// Default 16 (the client pipelines 4 pushes); 1..=1024.
+    pub max_requests_in_flight: u32,
+    /// Request bodies one session may have being read at once, in frames of
+    /// `max_frame` bytes; a request beyond gets RATE_LIMITED. Default 4;
+    /// 1..=64.
+    pub session_request_frames: u32,
+    /// Response frames one session may have being written at once, in
+    /// frames of `max_frame` bytes; further answers wait. Default 2; 1..=64.
+    pub session_response_frames: u32,
+    /// Bytes of request bodies and response frames all sessions together
+    /// may hold; a request beyond gets OVERLOADED, an answer waits up to
+    /// `request_timeout_s`. Default 134217728 (128 MiB); at least one
+    /// session's share.
+    pub max_bytes_in_flight: u64,
+    /// Connections whose `Hello` has not been answered yet (TLS handshake
+    /// included); a new connection beyond is refused before its handshake.
+    /// Default 1000; at least 1.
+    pub max_connections_awaiting_hello: u32,
 }
 
 /// `[rate_limits]`. Rates are per second; bursts are what may be spent at
@@ -255,6 +283,12 @@ impl Default for LimitsConfig {
             hello_timeout_s: 10,
             request_timeout_s: 30,
             shutdown_grace_s: 10,
+            min_transfer_rate: 4096,
+            max_requests_in_flight: 16,
+            session_request_frames: 4,
+            session_response_frames: 2,
+            max_bytes_in_flight: 128 << 20,
+            max_connections_awaiting_hello: 1000,
         }
     }
 }
@@ -543,6 +577,47 @@ impl Config {
                 format!("must be 0..=3600 seconds, got {}", l.shutdown_grace_s),
             );
         }
+        for (key, v, max) in [
+            ("limits.min_transfer_rate", l.min_transfer_rate, 1 << 30),
+            (
+                "limits.max_requests_in_flight",
+                l.max_requests_in_flight,
+                1024,
+            ),
+            (
+                "limits.session_request_frames",
+                l.session_request_frames,
+                64,
+            ),
+            (
+                "limits.session_response_frames",
+                l.session_response_frames,
+                64,
+            ),
+            (
+                "limits.max_connections_awaiting_hello",
+                l.max_connections_awaiting_hello,
+                u32::MAX,
+            ),
+        ] {
+            if v == 0 || v > max {
+                return invalid(key, format!("must be 1..={max}, got {v}"));
+            }
+        }
+        let share = u64::from(l.session_request_frames.max(l.session_response_frames))
+            * u64::from(max_frame_for_blob_size(l.max_blob_size));
+        if l.max_bytes_in_flight < share {
+            return invalid(
+                "limits.max_bytes_in_flight",
+                format!(
+                    "must be at least one session's share, {share} bytes \
+                     (the larger of limits.session_request_frames and \
+                     limits.session_response_frames, times max_frame = \
+                     limits.max_blob_size + 65536), got {}",
+                    l.max_bytes_in_flight
+                ),
+            );
+        }
         if let Some(addr) = &self.network.public_addr
             && addr
                 .rsplit_once(':')
@@ -695,6 +770,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("rate_limits.requests_per_s"), "{err}");
+        for key in [
+            "min_transfer_rate",
+            "max_requests_in_flight",
+            "session_request_frames",
+            "session_response_frames",
+            "max_connections_awaiting_hello",
+        ] {
+            let err = parse(&format!("[limits]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("limits.{key}")), "{err}");
+        }
+        let err = parse("[limits]\nmax_requests_in_flight = 1025\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1..=1024"), "{err}");
+        // 4 frames of 1 MiB + 64 KiB do not fit in 4 MiB.
+        let err = parse("[limits]\nmax_bytes_in_flight = 4194304\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("limits.max_bytes_in_flight") && err.contains("4456448"),
+            "{err}"
+        );
+        parse("[limits]\nmax_bytes_in_flight = 4456448\n").unwrap();
         let err = parse("[cleanup]\nbatch_size = -1\n")
             .unwrap_err()
             .to_string();

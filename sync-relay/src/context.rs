@@ -1,6 +1,7 @@
 //! State shared by every session and the HTTP server.
 
 use crate::admission::Admission;
+use crate::budget::{PendingHellos, RelayBudget, SessionBudget};
 use crate::config::{Config, LimitsConfig};
 use crate::http::{STATS_MAX_AGE, StatsCache};
 use crate::metrics::Metrics;
@@ -31,6 +32,10 @@ pub struct RelayContext {
     pub metrics: Metrics,
     /// Rate limiters.
     pub rate_limits: RateLimits,
+    /// The relay-wide byte budget of request bodies and response frames.
+    pub budget: RelayBudget,
+    /// Connections whose `Hello` is not answered yet, capped.
+    pub awaiting_hello: Arc<PendingHellos>,
     /// Who may create groups and hold sessions (`[access]`).
     pub admission: Arc<Admission>,
     /// Configuration problems found at start that an operator should fix,
@@ -56,6 +61,8 @@ impl RelayContext {
         warnings: Vec<String>,
     ) -> Arc<Self> {
         let max_frame = max_frame_for_blob_size(config.limits.max_blob_size);
+        let metrics = Metrics::new();
+        let budget = RelayBudget::new(config.limits.max_bytes_in_flight, &metrics);
         Arc::new(RelayContext {
             limits: config.limits.clone(),
             relay_id,
@@ -63,8 +70,12 @@ impl RelayContext {
             notify: NotifyHub::new(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
-            metrics: Metrics::new(),
+            metrics,
             rate_limits: RateLimits::new(&config.rate_limits, max_frame),
+            budget,
+            awaiting_hello: PendingHellos::new(
+                config.limits.max_connections_awaiting_hello as usize,
+            ),
             admission: Admission::new(config),
             warnings,
             storage_figures: StatsCache::new(STATS_MAX_AGE),
@@ -74,6 +85,25 @@ impl RelayContext {
     /// Largest frame body (bytes) read or written in an active session.
     pub fn max_frame(&self) -> u32 {
         max_frame_for_blob_size(self.limits.max_blob_size)
+    }
+
+    /// A new session's shares of the byte budget
+    /// (`limits.session_request_frames` and `session_response_frames`
+    /// largest frames).
+    pub fn session_budget(&self) -> SessionBudget {
+        let frame = self.max_frame() as usize;
+        SessionBudget::new(
+            &self.budget,
+            self.limits.session_request_frames as usize * frame,
+            self.limits.session_response_frames as usize * frame,
+        )
+    }
+
+    /// How long a frame of `len` bytes may take to arrive or to be taken by
+    /// the device: `request_timeout_s + len / min_transfer_rate` seconds.
+    pub fn transfer_deadline(&self, len: usize) -> Duration {
+        Self::secs(self.limits.request_timeout_s)
+            + Duration::from_secs_f64(len as f64 / f64::from(self.limits.min_transfer_rate.max(1)))
     }
 
     /// The `Welcome` for a session on a group whose head is `head`.

@@ -3,28 +3,66 @@
 //! DNS/pkarr address lookup are off unless switched on in the config, so the
 //! relay needs no internet.
 
-use crate::config::NetworkConfig;
+use crate::config::{LimitsConfig, NetworkConfig};
 use iroh::address_lookup::{DnsAddressLookup, PkarrPublisher, PkarrResolver};
-use iroh::endpoint::{PortmapperConfig, QuicTransportConfig, presets};
+use iroh::endpoint::{Connection, PortmapperConfig, QuicTransportConfig, VarInt, presets};
 use iroh::{Endpoint, NetReportConfig, RelayMode, SecretKey};
 use sync_protocol::ALPN;
+use sync_protocol::limits::{FRAME_HEADER_LEN, HANDSHAKE_MAX_FRAME, max_frame_for_blob_size};
 
-/// Most request streams (QUIC bidirectional streams, the `Hello` stream
-/// included) one device may have open at once on a connection; more wait
-/// for a slot. Each may buffer a request frame of up to `max_frame` bytes.
-pub const MAX_REQUEST_STREAMS: u32 = 100;
+/// Connection receive window (bytes) until the `Hello` is accepted, 16 KiB:
+/// room for the `Hello` frame (at most [`HANDSHAKE_MAX_FRAME`] + 4 bytes) and
+/// little else, so a connection that never authenticates can make the relay
+/// buffer at most this much.
+pub const HELLO_RECEIVE_WINDOW: u32 = 4 * HANDSHAKE_MAX_FRAME;
 
-/// Per-connection QUIC limits: [`MAX_REQUEST_STREAMS`] request streams, and
-/// no unidirectional streams opened by the device. The protocol has none
-/// (only the relay opens one, for `Notify`) and the relay never reads one,
-/// so each that QUIC accepted (100 by default) would hold a stream window
-/// (~1.2 MB) of unread data for the connection's life. Everything else
-/// keeps iroh's defaults.
-pub fn transport_config() -> QuicTransportConfig {
+/// Bytes of one largest request frame with its length prefix.
+fn frame_window(max_frame: u32) -> u64 {
+    u64::from(max_frame) + FRAME_HEADER_LEN as u64
+}
+
+/// Per-connection QUIC limits, as they stand until the `Hello` is accepted
+/// ([`open_session`] widens them):
+///
+/// - one bidirectional stream (the `Hello`'s) and a connection receive
+///   window of [`HELLO_RECEIVE_WINDOW`];
+/// - no unidirectional streams opened by the device: the protocol has
+///   none (only the relay opens one, for `Notify`), and each one QUIC
+///   accepted would hold unread data for the connection's life;
+/// - no QUIC datagrams (the protocol has none; each connection would
+///   otherwise buffer up to 1.25 MB of them);
+/// - a stream receive window of one largest request frame (`max_frame` + 4
+///   bytes: one request per stream, nothing more to read on it);
+/// - a send window (bytes written to the device and not yet acknowledged)
+///   of two largest frames.
+///
+/// Everything else keeps iroh's defaults.
+pub fn transport_config(limits: &LimitsConfig) -> QuicTransportConfig {
+    let frame = frame_window(max_frame_for_blob_size(limits.max_blob_size));
     QuicTransportConfig::builder()
-        .max_concurrent_bidi_streams(MAX_REQUEST_STREAMS.into())
+        .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
+        .receive_window(HELLO_RECEIVE_WINDOW.into())
+        .stream_receive_window(VarInt::from_u64(frame).unwrap_or(VarInt::MAX))
+        .send_window(2 * frame)
+        .datagram_receive_buffer_size(None)
         .build()
+}
+
+/// Widen a connection whose `Hello` was accepted to its session limits:
+/// `max_requests_in_flight` request streams plus one, since QUIC counts the
+/// `Hello` stream until it is fully closed (with iroh 1.4 a device gets
+/// exactly `max_requests_in_flight` while it keeps requests open), and a
+/// connection receive window of two largest request frames. What the device sends beyond what
+/// the relay is reading waits in that window; the relay reads at once
+/// every request its budget ([`crate::budget`]) allows and refuses the
+/// rest, so the window only holds data in transit.
+pub fn open_session(conn: &Connection, limits: &LimitsConfig) {
+    let frame = frame_window(max_frame_for_blob_size(limits.max_blob_size));
+    conn.set_receive_window(VarInt::from_u64(2 * frame).unwrap_or(VarInt::MAX));
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(
+        limits.max_requests_in_flight.saturating_add(1),
+    ));
 }
 
 /// Errors binding the endpoint.
@@ -40,8 +78,13 @@ pub enum EndpointError {
     },
 }
 
-/// Bind the relay's endpoint.
-pub async fn bind(net: &NetworkConfig, key: SecretKey) -> Result<Endpoint, EndpointError> {
+/// Bind the relay's endpoint, with the transport limits of
+/// [`transport_config`].
+pub async fn bind(
+    net: &NetworkConfig,
+    limits: &LimitsConfig,
+    key: SecretKey,
+) -> Result<Endpoint, EndpointError> {
     let bind_err = |message: String| EndpointError::Bind {
         addr: net.quic_bind,
         message,
@@ -54,7 +97,7 @@ pub async fn bind(net: &NetworkConfig, key: SecretKey) -> Result<Endpoint, Endpo
         .portmapper_config(PortmapperConfig::Disabled)
         .net_report_config(NetReportConfig::minimal())
         .secret_key(key)
-        .transport_config(transport_config())
+        .transport_config(transport_config(limits))
         .alpns(vec![ALPN.to_vec()]);
     builder = if net.public_relays {
         builder.relay_mode(iroh::endpoint::default_relay_mode())

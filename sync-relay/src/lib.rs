@@ -6,7 +6,8 @@
 //! (iroh), [`server`] (accept loop, shutdown), [`session`] (per-connection
 //! state machine), [`handlers`] (one per request), [`auth`] (membership
 //! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out),
-//! [`ratelimit`] (governor limits), [`cleanup`] (expiry task), [`metrics`]
+//! [`ratelimit`] (governor limits), [`budget`] (memory budgets per peer),
+//! [`cleanup`] (expiry task), [`metrics`]
 //! (OpenMetrics), [`http`] (`/health`, `/metrics`).
 
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@
 pub mod admission;
 pub mod advertise;
 pub mod auth;
+pub mod budget;
 pub mod cleanup;
 pub mod config;
 pub mod context;

@@ -33,6 +33,17 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// `reason` label of `connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// `reason` values of `connections_refused_total`: over the per-address
+/// connection rate, and over `limits.max_connections_awaiting_hello`.
+pub const REFUSAL_REASONS: [&str; 2] = ["per_ip_rate", "awaiting_hello"];
+
 /// `op` label: `hello`, `push`, `pull`, `ack`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
@@ -83,6 +94,21 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     /// Time to serve a request, by op, in seconds.
     pub request_duration: Family<OpLabel, Histogram>,
+    /// Incoming connections refused before their TLS handshake, by reason
+    /// ([`REFUSAL_REASONS`]).
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Incoming connections sent a QUIC Retry to prove their address
+    /// before they are counted against it.
+    pub address_validations: Counter,
+    /// Bytes of request bodies and response frames reserved right now
+    /// ([`crate::budget`]).
+    pub bytes_in_flight: Gauge,
+    /// Requests refused because a byte budget was spent, by `kind`
+    /// (`session`, `relay`).
+    pub budget_refusals: Family<KindLabel, Counter>,
+    /// Sessions closed because the device did not take an answer within
+    /// its write deadline (close code 8, TOO_SLOW).
+    pub slow_readers: Counter,
 }
 
 impl Metrics {
@@ -107,6 +133,11 @@ impl Metrics {
             request_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
             }),
+            connections_refused: Family::default(),
+            address_validations: Counter::default(),
+            bytes_in_flight: Gauge::default(),
+            budget_refusals: Family::default(),
+            slow_readers: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "Live sessions", m.sessions.clone());
@@ -169,6 +200,32 @@ impl Metrics {
             m.request_duration.clone(),
         );
         registry.register(
+            "connections_refused",
+            "Incoming connections refused before the TLS handshake, by reason",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "address_validations",
+            "Incoming connections sent a QUIC Retry to prove their address",
+            m.address_validations.clone(),
+        );
+        registry.register_with_unit(
+            "in_flight",
+            "Bytes of request bodies and response frames reserved",
+            Unit::Bytes,
+            m.bytes_in_flight.clone(),
+        );
+        registry.register(
+            "budget_refusals",
+            "Requests refused because a byte budget was spent, by kind",
+            m.budget_refusals.clone(),
+        );
+        registry.register(
+            "slow_readers",
+            "Sessions closed for not taking an answer within its write deadline",
+            m.slow_readers.clone(),
+        );
+        registry.register(
             "build",
             "Relay build information",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -208,6 +265,12 @@ impl Metrics {
             ErrorCode::Internal,
         ] {
             let _ = m.errors.get_or_create(&CodeLabel { code: code.name() });
+        }
+        for reason in REFUSAL_REASONS {
+            let _ = m.connections_refused.get_or_create(&ReasonLabel { reason });
+        }
+        for kind in ["session", "relay"] {
+            let _ = m.budget_refusals.get_or_create(&KindLabel { kind });
         }
         for op in ["push", "pull", "ack"] {
             let _ = m.request_duration.get_or_create(&OpLabel { op });

@@ -1,7 +1,10 @@
 //! Rate limits (DESIGN §5.4) with `governor` (GCRA token buckets, keyed
 //! state in a `DashMap`): requests per device, pushed bytes per device, new
-//! connections per remote IP. Over a limit the caller answers RATE_LIMITED
-//! with the wait governor computes — nothing here sleeps or drops a stream.
+//! connections per remote address ([`address_key`]: an IPv6 /64 is one
+//! address). Over a request limit the caller answers RATE_LIMITED with the
+//! wait governor computes; over the connection limit the accept loop
+//! refuses the connection before its TLS handshake — nothing here sleeps or
+//! drops a stream.
 //! Keys that have been idle long enough to be indistinguishable from fresh
 //! ones are pruned by [`RateLimits::prune`] on a timer, so memory follows
 //! the number of recently active devices and addresses.
@@ -56,6 +59,19 @@ impl Limited {
     /// `retry_after` in whole milliseconds, at least 1.
     pub fn retry_after_ms(&self) -> u32 {
         (self.retry_after.as_millis().clamp(1, u128::from(u32::MAX))) as u32
+    }
+}
+
+/// The key a remote address is limited under: an IPv4 address as it is
+/// (also when it arrives IPv4-mapped on an IPv6 socket), an IPv6 address as
+/// its /64 network, since one subscriber usually holds a whole /64 and could
+/// otherwise take a fresh address for each connection.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            v6.to_bits() & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
     }
 }
 
@@ -137,9 +153,14 @@ impl<C: Clock + Clone> RateLimits<C> {
         self.verdict(&self.push_bytes, device, n, LimitKind::PushBytes)
     }
 
-    /// Count a new connection from `ip`.
+    /// Count a new connection from `ip` (keyed by [`address_key`]).
     pub fn check_connection(&self, ip: IpAddr) -> Result<(), Limited> {
-        self.verdict(&self.connections, &ip, 1, LimitKind::Connections)
+        self.verdict(
+            &self.connections,
+            &address_key(ip),
+            1,
+            LimitKind::Connections,
+        )
     }
 
     /// Drop keys that are idle long enough to be fresh again; returns the
@@ -220,6 +241,34 @@ mod tests {
             LimitKind::Connections
         );
         rl.check_connection("192.0.2.2".parse().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_address_and_mapped_ipv4_is_ipv4() {
+        let rl = RateLimits::with_clock(&cfg(), 0, FakeRelativeClock::default());
+        rl.check_connection("2001:db8:1:2::1".parse().unwrap())
+            .unwrap();
+        rl.check_connection("2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap())
+            .unwrap();
+        assert!(
+            rl.check_connection("2001:db8:1:2:abcd::7".parse().unwrap())
+                .is_err(),
+            "a third address of the same /64 is over the burst of 2"
+        );
+        rl.check_connection("2001:db8:1:3::1".parse().unwrap())
+            .unwrap();
+        // IPv4 clients of a dual-stack socket are told apart by their IPv4
+        // address, not lumped into ::ffff:0:0/64.
+        rl.check_connection("::ffff:192.0.2.1".parse().unwrap())
+            .unwrap();
+        rl.check_connection("::ffff:192.0.2.2".parse().unwrap())
+            .unwrap();
+        rl.check_connection("::ffff:192.0.2.3".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            address_key("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::config::{AccessMode, Config};
 use crate::context::RelayContext;
+use crate::metrics::{KindLabel, ReasonLabel};
 use crate::storage::{SqliteStorage, SqliteStorageOptions, Storage, StorageError};
 use crate::{admission, advertise, cleanup, endpoint, http, identity, session};
 use iroh::endpoint::IncomingAddr;
@@ -79,7 +80,7 @@ impl Relay {
             ),
         }
         let relay_id = DeviceId(*key.public().as_bytes());
-        let endpoint = endpoint::bind(&config.network, key).await?;
+        let endpoint = endpoint::bind(&config.network, &config.limits, key).await?;
         let quic_addr = endpoint
             .bound_sockets()
             .into_iter()
@@ -256,29 +257,70 @@ async fn prune_limiters(ctx: Arc<RelayContext>, every: Duration) {
     }
 }
 
+/// Accept connections, refusing before the TLS handshake those that are
+/// over a limit (`connections_refused_total`):
+///
+/// 1. A connection from an IP address that has not proven it (the QUIC
+///    Initial packet's source address can be forged) is sent a QUIC Retry
+///    and counted nowhere: only a peer that receives at that address comes
+///    back, so nobody can spend another address's allowance. This costs an
+///    honest device one extra round trip per connection.
+/// 2. Over `limits.max_connections_awaiting_hello` connections whose
+///    `Hello` is not answered yet: refused.
+/// 3. Over the per-address connection rate (`rate_limits.connections_per_ip_*`,
+///    an IPv6 /64 counting as one address): refused.
+///
+/// A refused device sees the connection refused and retries with backoff.
 async fn accept_loop(endpoint: Endpoint, ctx: Arc<RelayContext>, connections: TaskTracker) {
+    let refused = |reason: &'static str| {
+        ctx.metrics
+            .connections_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    };
     loop {
         let incoming = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             incoming = endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { return };
-        // Checked before the handshake, answered at the Hello (with a
-        // retry-after) so the device learns why.
-        let remote = match incoming.remote_addr() {
+        let ip = match incoming.remote_addr() {
             IncomingAddr::Ip(addr) => Some(addr.ip()),
             _ => None,
         };
-        let admission = match remote {
-            Some(ip) => ctx.rate_limits.check_connection(ip),
-            None => Ok(()),
+        if ip.is_some() && !incoming.remote_addr_validated() {
+            ctx.metrics.address_validations.inc();
+            if let Err(err) = incoming.retry() {
+                err.into_incoming().ignore();
+            }
+            continue;
+        }
+        let Some(awaiting_hello) = ctx.awaiting_hello.try_enter() else {
+            refused("awaiting_hello");
+            debug!(remote = ?ip, "refused: too many connections awaiting their Hello");
+            incoming.refuse();
+            continue;
         };
+        if let Some(ip) = ip
+            && let Err(limited) = ctx.rate_limits.check_connection(ip)
+        {
+            refused("per_ip_rate");
+            ctx.metrics
+                .rate_limited
+                .get_or_create(&KindLabel {
+                    kind: limited.kind.name(),
+                })
+                .inc();
+            debug!(remote = %ip, "refused: too many new connections from this address");
+            incoming.refuse();
+            continue;
+        }
         let ctx = Arc::clone(&ctx);
         connections.spawn(async move {
             match incoming.await {
                 Ok(conn) => {
                     ctx.metrics.connections.inc();
-                    session::serve_connection(ctx, conn, remote, admission).await;
+                    session::serve_connection(ctx, conn, ip, awaiting_hello).await;
                 }
                 Err(err) => debug!(error = %err, "incoming connection failed"),
             }

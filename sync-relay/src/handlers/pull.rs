@@ -2,24 +2,44 @@
 //! from storage one page at a time, each page sized to fit one frame, so the
 //! relay never holds more than a frame of blobs for a pull however large the
 //! backlog, and holds no database transaction while the client reads.
+//!
+//! Each page is paid for from the session's response budget
+//! ([`crate::budget`]) before it is read from storage ([`PROBE_FRAME`] for
+//! the first, `max_frame` for later ones; cut down to the encoded frame once
+//! it is built) and given back once the device has taken the frame, which it
+//! must do within the frame's write deadline. The one page that can exceed
+//! its reservation (a single blob larger than the probe) exists unpaid only
+//! while storage reads it and until the check right after (no wait in
+//! between): at most one per read connection of the database (2) and per
+//! worker thread at a time.
 
+use crate::budget::{RELAY_BUSY_RETRY_MS, SessionBudget, WriteError, write_frame};
 use crate::context::{RelayContext, now_ms};
 use sync_protocol::limits::{BATCH_OVERHEAD, PULLED_BLOB_OVERHEAD};
 use sync_protocol::{
-    DeviceId, ErrorCode, ErrorMsg, FrameError, GroupId, Message, Pull, PullBatch, write_message,
+    DeviceId, ErrorCode, ErrorMsg, GroupId, Message, Pull, PullBatch, encode_frame,
 };
 use tokio::io::AsyncWrite;
 
 /// Most blobs in one `PullBatch` frame.
 pub const MAX_BLOBS_PER_FRAME: u32 = 256;
 
+/// Bytes reserved for the first frame of an answer, 64 KiB: a pull of a
+/// few messages needs no more, so it is not held up while the relay-wide
+/// budget has less than a whole `max_frame` left. A page that turns out
+/// larger (storage always returns at least one blob) is paid for in full
+/// before it is sent — or dropped and read again once a whole frame is
+/// reserved — and later pages of that answer reserve a whole frame first.
+pub const PROBE_FRAME: usize = 64 * 1024;
+
 /// Why a pull stopped.
 #[derive(Debug)]
 pub enum PullError {
     /// Answer the client with this error frame.
     Reply(ErrorMsg),
-    /// The stream broke while writing; nothing more can be sent.
-    Stream(FrameError),
+    /// The stream broke, or the device did not take a frame in time;
+    /// nothing more can be sent.
+    Stream(WriteError),
 }
 
 impl From<ErrorMsg> for PullError {
@@ -36,12 +56,16 @@ impl From<crate::storage::StorageError> for PullError {
 
 /// Stream blobs with cursor > `pull.after` (at most `pull.limit`, capped by
 /// `max_pull_limit`) to `out`, and acknowledge `pull.after` for `device`.
-/// Errors: INVALID_MESSAGE (limit 0, cursor beyond head), INTERNAL.
+/// Each frame is reserved from `budget` before its page is read.
+/// Errors: INVALID_MESSAGE (limit 0, cursor beyond head), OVERLOADED (the
+/// relay-wide budget stayed spent for `request_timeout_s`), INTERNAL;
+/// [`PullError::Stream`] when a frame was not taken within its deadline.
 pub async fn handle<W: AsyncWrite + Unpin>(
     ctx: &RelayContext,
     group: GroupId,
     device: DeviceId,
     pull: Pull,
+    budget: &SessionBudget,
     out: &mut W,
 ) -> Result<(), PullError> {
     if pull.limit == 0 {
@@ -64,35 +88,71 @@ pub async fn handle<W: AsyncWrite + Unpin>(
         ctx.storage.ack(group, device, pull.after, now_ms()).await?;
     }
     let max_frame = ctx.max_frame();
-    let byte_budget = (max_frame as usize)
-        .saturating_sub(BATCH_OVERHEAD + MAX_BLOBS_PER_FRAME as usize * PULLED_BLOB_OVERHEAD);
+    // Payload bytes of a page that fits in `frame` bytes with its overheads.
+    let page_bytes = |frame: usize| {
+        frame.saturating_sub(BATCH_OVERHEAD + MAX_BLOBS_PER_FRAME as usize * PULLED_BLOB_OVERHEAD)
+    };
     let mut remaining = pull.limit.min(ctx.limits.max_pull_limit);
     let mut after = pull.after;
+    let relay_wait = RelayContext::secs(ctx.limits.request_timeout_s);
+    let busy = || {
+        PullError::Reply(
+            ErrorMsg::new(
+                ErrorCode::Overloaded,
+                "the relay has too many answers in flight; try again shortly",
+            )
+            .with_retry_after(RELAY_BUSY_RETRY_MS),
+        )
+    };
+    // The first page is read with a small reservation; pages after one
+    // that did not fit it get a whole frame.
+    let mut want = PROBE_FRAME.min(max_frame as usize);
     loop {
+        let mut reserved = budget
+            .response(want, relay_wait)
+            .await
+            .map_err(|_| busy())?;
         let page = ctx
             .storage
             .pull_page(
                 group,
                 after,
                 remaining.min(MAX_BLOBS_PER_FRAME),
-                byte_budget,
+                page_bytes(want),
                 now_ms(),
             )
             .await?;
-        remaining -= page.blobs.len() as u32;
-        ctx.metrics.blobs_delivered.inc_by(page.blobs.len() as u64);
-        if let Some(last) = page.blobs.last() {
-            after = last.cursor;
-        }
-        let more = !page.complete && remaining > 0 && !page.blobs.is_empty();
-        let frame = Message::PullBatch(PullBatch {
+        // Storage returns one blob even when it is over the byte limit:
+        // such a page must be paid for in full before it is sent.
+        let cut = !page.complete && (page.blobs.len() as u32) < remaining.min(MAX_BLOBS_PER_FRAME);
+        let count = page.blobs.len() as u32;
+        let last = page.blobs.last().map(|b| b.cursor);
+        let more = !page.complete && remaining > count && count > 0;
+        let frame = encode_frame(&Message::PullBatch(PullBatch {
             blobs: page.blobs,
             head,
             more,
-        });
-        write_message(out, &frame, max_frame)
+        }));
+        if frame.len() > reserved.bytes() && !budget.try_grow(&mut reserved, frame.len()) {
+            // Not enough budget for it right now: drop it, wait for a whole
+            // frame, and read the page again.
+            drop(frame);
+            want = max_frame as usize;
+            continue;
+        }
+        if cut {
+            want = max_frame as usize;
+        }
+        remaining -= count;
+        ctx.metrics.blobs_delivered.inc_by(u64::from(count));
+        if let Some(last) = last {
+            after = last;
+        }
+        reserved.shrink_to(frame.len());
+        write_frame(out, &frame, max_frame, ctx.transfer_deadline(frame.len()))
             .await
             .map_err(PullError::Stream)?;
+        drop(reserved);
         if !more {
             ctx.metrics.pulls.inc();
             return Ok(());

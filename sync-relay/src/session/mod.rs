@@ -7,7 +7,13 @@
 //! - After `Welcome` the relay opens one unidirectional stream and forwards
 //!   the group's head on it as `Notify` frames (coalesced).
 //! - Every later bidirectional stream carries one request, answered on the
-//!   same stream, served concurrently (QUIC caps concurrent streams).
+//!   same stream, served concurrently: at most `max_requests_in_flight`
+//!   at once (the QUIC stream limit, raised from 1 once the `Hello` is
+//!   accepted, [`crate::endpoint::open_session`]). A request body is paid
+//!   for from the session's byte budget before it is read, and refused
+//!   when the budget is spent ([`crate::budget`]); every answer frame must
+//!   be taken by the device within its write deadline, or the connection is
+//!   closed (`CloseCode::TooSlow`).
 //! - On shutdown, requests already being served get `shutdown_grace_s` to
 //!   finish; new ones are answered SHUTTING_DOWN; then the connection is
 //!   closed with `CloseCode::ShuttingDown`.
@@ -19,6 +25,10 @@ pub use forward::QUIET_RESEND;
 
 use crate::admission::OwnerSessionGuard;
 use crate::auth::check_hello;
+use crate::budget::{
+    Exhausted, PendingHello, RELAY_BUSY_RETRY_MS, Reservation, SESSION_BUSY_RETRY_MS,
+    SessionBudget, WriteError, write_frame,
+};
 use crate::context::{RelayContext, SessionGuard, now_ms};
 use crate::handlers::{self, pull::PullError};
 use crate::metrics::KindLabel;
@@ -32,7 +42,7 @@ use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
     CloseCode, DeviceId, ErrorCode, ErrorMsg, FrameError, GroupId, Message, decode_body,
-    read_frame_body, read_frame_header, read_message, write_message,
+    encode_frame, read_frame_body, read_frame_header, read_message,
 };
 use tokio::time::{Instant, timeout};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -55,6 +65,7 @@ struct Session {
     group: OnceLock<GroupId>,
     state: Mutex<SessionState>,
     activity: Arc<forward::Activity>,
+    budget: SessionBudget,
 }
 
 impl Session {
@@ -94,10 +105,10 @@ impl Session {
         };
         match action {
             Action::Reply(code) => {
-                reply_error(send, error(code), &self.ctx).await;
+                self.reply_error(send, error(code)).await;
             }
             Action::RejectAndClose(code, close) => {
-                reply_error(send, error(code), &self.ctx).await;
+                self.reply_error(send, error(code)).await;
                 let _ = timeout(REJECT_FLUSH, send.stopped()).await;
                 self.close(close, &message);
             }
@@ -105,23 +116,60 @@ impl Session {
             Action::Serve(_) | Action::SendWelcome | Action::Ignore => {}
         }
     }
-}
 
-async fn reply_error(send: &mut SendStream, err: ErrorMsg, ctx: &RelayContext) {
-    debug!(code = err.code, message = %err.message, "error reply");
-    ctx.metrics.error_sent(err.error_code());
-    let _ = write_message(send, &Message::Error(err), ctx.max_frame()).await;
-    let _ = send.finish();
+    /// Write one answer on `send` within its deadline
+    /// ([`RelayContext::transfer_deadline`]); a device that does not take
+    /// it in time has its connection closed (`CloseCode::TooSlow`).
+    /// `false` when nothing more can be written.
+    async fn answer(&self, send: &mut SendStream, msg: &Message, max_frame: u32) -> bool {
+        let frame = encode_frame(msg);
+        let allowed = self.ctx.transfer_deadline(frame.len());
+        let written = write_frame(send, &frame, max_frame, allowed).await;
+        self.written(written)
+    }
+
+    /// Act on the outcome of writing an answer frame: a missed deadline
+    /// closes the connection. `true` when it was written.
+    fn written(&self, written: Result<(), WriteError>) -> bool {
+        match written {
+            Ok(()) => true,
+            Err(WriteError::Deadline { len, allowed }) => {
+                self.ctx.metrics.slow_readers.inc();
+                info!(device = %self.device, len, ?allowed, "device took no answer in time; closing");
+                self.close(
+                    CloseCode::TooSlow,
+                    "an answer was not taken within its write deadline",
+                );
+                false
+            }
+            Err(err) => {
+                debug!(device = %self.device, error = %err, "answer not written");
+                false
+            }
+        }
+    }
+
+    async fn reply_error(&self, send: &mut SendStream, err: ErrorMsg) {
+        debug!(code = err.code, message = %err.message, "error reply");
+        self.ctx.metrics.error_sent(err.error_code());
+        if self
+            .answer(send, &Message::Error(err), self.ctx.max_frame())
+            .await
+        {
+            let _ = send.finish();
+        }
+    }
 }
 
 /// Serve one accepted connection from `remote` until it ends or the relay
-/// stops. `admission` is the verdict of the per-IP connection limit,
-/// answered at the `Hello` so the device learns why and when to retry.
+/// stops. `awaiting_hello` counts the connection against
+/// `limits.max_connections_awaiting_hello` until its `Hello` is answered
+/// (the per-address connection rate was checked before the handshake).
 pub async fn serve_connection(
     ctx: Arc<RelayContext>,
     conn: Connection,
     remote: Option<IpAddr>,
-    admission: Result<(), Limited>,
+    awaiting_hello: PendingHello,
 ) {
     let device = DeviceId(*conn.remote_id().as_bytes());
     let session = Arc::new(Session {
@@ -132,22 +180,26 @@ pub async fn serve_connection(
         group: OnceLock::new(),
         state: Mutex::new(SessionState::AwaitingHello),
         activity: Arc::new(forward::Activity::default()),
+        budget: ctx.session_budget(),
     });
+    let admitted = handshake(&session).await;
+    drop(awaiting_hello);
     let Some(Admitted {
         mut send,
         head,
         mut subscription,
         guard: _live,
         owner_guard: _owner_live,
-    }) = handshake(&session, admission).await
+    }) = admitted
     else {
         return;
     };
     info!(device = %device, "session active");
+    crate::endpoint::open_session(&session.conn, &ctx.limits);
     let welcome = Message::Welcome(ctx.welcome(head));
-    if write_message(&mut send, &welcome, HANDSHAKE_MAX_FRAME)
+    if !session
+        .answer(&mut send, &welcome, HANDSHAKE_MAX_FRAME)
         .await
-        .is_err()
     {
         return;
     }
@@ -221,12 +273,11 @@ struct Admitted {
     owner_guard: Option<OwnerSessionGuard>,
 }
 
-/// Read and check the `Hello` (proof, then connection rate, session caps,
-/// then the group's admission in storage and its owner's session cap).
-/// Returns the first stream's send half, the group's head, the group's
-/// NOTIFY subscription and the live-session guards when the session became
-/// active.
-async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Option<Admitted> {
+/// Read and check the `Hello` (proof, then session caps, then the group's
+/// admission in storage and its owner's session cap). Returns the first
+/// stream's send half, the group's head, the group's NOTIFY subscription and
+/// the live-session guards when the session became active.
+async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
     let ctx = &session.ctx;
     let hello_timeout = RelayContext::secs(ctx.limits.hello_timeout_s);
     let first = tokio::select! {
@@ -295,17 +346,7 @@ async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Op
     let mut guard = None;
     let mut subscription = None;
     if verdict == HelloVerdict::Accepted {
-        if let Err(limited) = admission {
-            verdict = HelloVerdict::RateLimited;
-            retry_after_ms = Some(limited.retry_after_ms());
-            ctx.metrics
-                .rate_limited
-                .get_or_create(&KindLabel {
-                    kind: limited.kind.name(),
-                })
-                .inc();
-            msg = "too many new connections from this address".into();
-        } else if let Some(g) = ctx.try_session_guard() {
+        if let Some(g) = ctx.try_session_guard() {
             guard = Some(g);
             match ctx
                 .notify
@@ -414,31 +455,51 @@ async fn handshake(session: &Arc<Session>, admission: Result<(), Limited>) -> Op
     })
 }
 
-/// Bytes per second a request must arrive at, on average, once its
-/// `request_timeout_s` has passed: slow links (56 kbit/s is 7,000 B/s) get
-/// time in proportion to what they send; a slowloris does not.
-pub const MIN_REQUEST_RATE: u32 = 4096;
+/// Why a request frame was not read.
+enum ReadFailed {
+    /// The frame did not arrive within its deadline.
+    Deadline(Duration),
+    /// The device is over its request rate.
+    RateLimited(Limited),
+    /// The byte budget could not hold it.
+    Budget(Exhausted),
+}
 
-/// Read one request frame: the length prefix within `request_timeout_s`,
-/// the whole frame within `request_timeout_s + len / MIN_REQUEST_RATE`.
-/// `Err(allowed)` when the deadline passed.
+/// Read one request frame: the length prefix within `request_timeout_s`;
+/// then the request is counted against the device's request rate, and
+/// the session's byte budget must hold `len` bytes (both checked before a
+/// byte of the body is read, so a refused request costs nothing); then the
+/// whole frame within `request_timeout_s + len / min_transfer_rate`. The
+/// reservation is returned with the message; the caller keeps it while the
+/// message's bytes are in memory.
 async fn read_request(
-    ctx: &RelayContext,
+    session: &Session,
     recv: &mut RecvStream,
-) -> Result<Result<Option<Message>, FrameError>, Duration> {
+) -> Result<(Result<Option<Message>, FrameError>, Option<Reservation>), ReadFailed> {
+    let ctx = &session.ctx;
     let base = RelayContext::secs(ctx.limits.request_timeout_s);
     let started = Instant::now();
     let len = match timeout(base, read_frame_header(recv, ctx.max_frame())).await {
-        Err(_) => return Err(base),
+        Err(_) => return Err(ReadFailed::Deadline(base)),
         Ok(Ok(Some(len))) => len,
-        Ok(other) => return Ok(other.map(|_| None)),
+        Ok(other) => return Ok((other.map(|_| None), None)),
     };
-    let allowed = base + Duration::from_secs_f64(f64::from(len) / f64::from(MIN_REQUEST_RATE));
+    ctx.rate_limits
+        .check_request(&session.device)
+        .map_err(ReadFailed::RateLimited)?;
+    let reserved = session
+        .budget
+        .try_request(len as usize)
+        .map_err(ReadFailed::Budget)?;
+    let allowed = ctx.transfer_deadline(len as usize);
     let mut body = Vec::new();
     match tokio::time::timeout_at(started + allowed, read_frame_body(recv, len, &mut body)).await {
-        Err(_) => Err(allowed),
-        Ok(Err(e)) => Ok(Err(e)),
-        Ok(Ok(())) => Ok(decode_body(&body).map(Some).map_err(FrameError::from)),
+        Err(_) => Err(ReadFailed::Deadline(allowed)),
+        Ok(Err(e)) => Ok((Err(e), None)),
+        Ok(Ok(())) => Ok((
+            decode_body(&body).map(Some).map_err(FrameError::from),
+            Some(reserved),
+        )),
     }
 }
 
@@ -456,21 +517,64 @@ async fn serve_stream(session: Arc<Session>, mut send: SendStream, recv: RecvStr
 
 async fn serve_request(session: &Arc<Session>, send: &mut SendStream, mut recv: RecvStream) {
     let ctx = &session.ctx;
-    let msg = match read_request(ctx, &mut recv).await {
-        Err(allowed) => {
+    let (msg, mut reserved) = match read_request(session, &mut recv).await {
+        Err(ReadFailed::Deadline(allowed)) => {
             let msg = format!(
                 "no complete request within {:.0} s (the first {} s, then at least {} bytes/s)",
                 allowed.as_secs_f64(),
                 ctx.limits.request_timeout_s,
-                MIN_REQUEST_RATE
+                ctx.limits.min_transfer_rate
             );
-            reply_error(send, ErrorMsg::new(ErrorCode::InvalidMessage, msg), ctx).await;
             let _ = recv.stop(VarInt::from_u32(0));
+            session
+                .reply_error(send, ErrorMsg::new(ErrorCode::InvalidMessage, msg))
+                .await;
             return;
         }
-        Ok(Ok(Some(msg))) => msg,
-        Ok(Ok(None)) | Ok(Err(FrameError::Io(_))) => return,
-        Ok(Err(err)) => {
+        Err(ReadFailed::RateLimited(limited)) => {
+            let _ = recv.stop(VarInt::from_u32(0));
+            ctx.metrics
+                .rate_limited
+                .get_or_create(&KindLabel {
+                    kind: limited.kind.name(),
+                })
+                .inc();
+            let err = ErrorMsg::new(ErrorCode::RateLimited, "too many requests from this device")
+                .with_retry_after(limited.retry_after_ms());
+            session.reply_error(send, err).await;
+            return;
+        }
+        Err(ReadFailed::Budget(exhausted)) => {
+            // Not read: QUIC drops what already arrived of it.
+            let _ = recv.stop(VarInt::from_u32(0));
+            ctx.metrics
+                .budget_refusals
+                .get_or_create(&KindLabel {
+                    kind: exhausted.name(),
+                })
+                .inc();
+            let err = match exhausted {
+                Exhausted::Session => ErrorMsg::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this session already has {} frames' worth of requests being read; \
+                         send fewer at once",
+                        ctx.limits.session_request_frames
+                    ),
+                )
+                .with_retry_after(SESSION_BUSY_RETRY_MS),
+                Exhausted::Relay => ErrorMsg::new(
+                    ErrorCode::Overloaded,
+                    "the relay has too many requests in flight; try again shortly",
+                )
+                .with_retry_after(RELAY_BUSY_RETRY_MS),
+            };
+            session.reply_error(send, err).await;
+            return;
+        }
+        Ok((Ok(Some(msg)), reserved)) => (msg, reserved),
+        Ok((Ok(None) | Err(FrameError::Io(_)), _)) => return,
+        Ok((Err(err), _)) => {
             let too_large = matches!(err, FrameError::TooLarge { .. });
             let action = session.step(Event::BadFrame { too_large });
             session.perform(action, send, err.to_string()).await;
@@ -478,23 +582,15 @@ async fn serve_request(session: &Arc<Session>, send: &mut SendStream, mut recv: 
         }
     };
     let kind = msg.kind();
+    // Only a push keeps its request bytes (the payloads) until it is served.
+    if !matches!(msg, Message::Push(_)) {
+        reserved = None;
+    }
     session.activity.request();
     match session.step(Event::Request(kind)) {
         Action::Serve(_) => {
-            if let Err(limited) = ctx.rate_limits.check_request(&session.device) {
-                ctx.metrics
-                    .rate_limited
-                    .get_or_create(&KindLabel {
-                        kind: limited.kind.name(),
-                    })
-                    .inc();
-                let err =
-                    ErrorMsg::new(ErrorCode::RateLimited, "too many requests from this device")
-                        .with_retry_after(limited.retry_after_ms());
-                reply_error(send, err, ctx).await;
-                return;
-            }
-            dispatch(session, msg, send).await
+            dispatch(session, msg, send).await;
+            drop(reserved);
         }
         action => {
             let text = match action {
@@ -528,7 +624,8 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
                 .map(Message::AckOk),
         ),
         Message::Pull(pull) => {
-            let served = handlers::pull::handle(ctx, group, device, pull, send).await;
+            let served =
+                handlers::pull::handle(ctx, group, device, pull, &session.budget, send).await;
             ctx.metrics.observe("pull", started);
             match served {
                 Ok(()) => {
@@ -536,7 +633,10 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
                     return;
                 }
                 Err(PullError::Reply(err)) => ("pull", Err(err)),
-                Err(PullError::Stream(_)) => return,
+                Err(PullError::Stream(err)) => {
+                    session.written(Err(err));
+                    return;
+                }
             }
         }
         _ => return,
@@ -546,9 +646,10 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
     }
     match answer {
         Ok(msg) => {
-            let _ = write_message(send, &msg, ctx.max_frame()).await;
-            let _ = send.finish();
+            if session.answer(send, &msg, ctx.max_frame()).await {
+                let _ = send.finish();
+            }
         }
-        Err(err) => reply_error(send, err, ctx).await,
+        Err(err) => session.reply_error(send, err).await,
     }
 }
