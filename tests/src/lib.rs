@@ -8,6 +8,7 @@
 
 pub mod chaos;
 pub mod fake_relay;
+pub mod memory;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -706,4 +707,60 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Start a relay on free loopback ports with `config` (TOML) written to
+/// `dir/relay.toml` and its data in `dir/data`, in open access mode with
+/// generous limits unless `config` says otherwise ([`RelayProcess::start_with`]).
+pub fn relay_with(dir: &Path, config: &str) -> RelayProcess {
+    relay_with_config(dir, config, RelayProcess::start_with)
+}
+
+/// As [`relay_with`], with the relay's own access defaults (token mode),
+/// for tests of access control ([`RelayProcess::start_with_access`]).
+pub fn relay_with_access(dir: &Path, config: &str) -> RelayProcess {
+    relay_with_config(dir, config, RelayProcess::start_with_access)
+}
+
+fn relay_with_config(
+    dir: &Path,
+    config: &str,
+    start: fn(&Path, &str, &[&str]) -> RelayProcess,
+) -> RelayProcess {
+    let file = dir.join("relay.toml");
+    std::fs::write(&file, config).unwrap();
+    start(
+        &dir.join("data"),
+        "127.0.0.1:0",
+        &["--config", file.to_str().unwrap()],
+    )
+}
+
+/// An honest device of a fresh group pushes a message and pulls it back
+/// (panics if either fails); returns how long that took.
+pub async fn honest_round_trip(relay: &RelayProcess) -> Duration {
+    let started = std::time::Instant::now();
+    let secret = GroupSecret::generate();
+    let mut dev = LibDevice::new(&relay.address, &secret);
+    let client = dev.connect().await;
+    client
+        .push_messages(
+            &mut dev.state,
+            &[b"still here".to_vec()],
+            &Default::default(),
+        )
+        .await
+        .expect("honest push works");
+    let batch = client
+        .session()
+        .pull(0, 10)
+        .await
+        .unwrap()
+        .next_batch()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.blobs.len(), 1);
+    client.close().await;
+    started.elapsed()
 }

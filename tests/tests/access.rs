@@ -3,21 +3,12 @@
 //! revoked token leaves working, and strangers who try to crowd an existing
 //! group out of the relay's storage and sessions, in both access modes.
 
-use e2e_tests::{Device, LibDevice, RelayProcess, endpoint_at, json};
+use e2e_tests::{
+    Device, LibDevice, RelayProcess, endpoint_at, json, relay_with_access as relay_with,
+};
 use std::net::IpAddr;
-use std::path::Path;
 use sync_client::{ClientError, ConnectOptions, GroupSecret, RelaySession};
 use sync_protocol::{AccessToken, BlobId, ErrorCode, PushItem};
-
-fn relay_with(dir: &Path, config: &str) -> RelayProcess {
-    let file = dir.join("relay.toml");
-    std::fs::write(&file, config).unwrap();
-    RelayProcess::start_with_access(
-        &dir.join("data"),
-        "127.0.0.1:0",
-        &["--config", file.to_str().unwrap()],
-    )
-}
 
 fn code_of(err: &ClientError) -> ErrorCode {
     err.relay_code()

@@ -8,14 +8,14 @@
 //! touched and freed again counts too) and fails if the relay exited. Each
 //! attack is sized so that a relay without the limit under test would
 //! exceed its budget several times over. The relay also runs under an
-//! address-space cap (`RLIMIT_AS`, [`ADDRESS_SPACE_HEADROOM`] above its
+//! address-space cap (`RLIMIT_AS`, `e2e_tests::memory::ADDRESS_SPACE_HEADROOM` above its
 //! warmed-up size), so an allocation sized from a hostile length — a
 //! `Vec::with_capacity` of gigabytes, reserved but never touched and so
 //! invisible to RSS — makes the relay abort and the test fail.
 
-use e2e_tests::{LibDevice, RelayProcess};
+use e2e_tests::memory::MemoryWatch;
+use e2e_tests::{LibDevice, RelayProcess, honest_round_trip, relay_with};
 use iroh::endpoint::{Connection, ConnectionError, RecvStream, SendStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -24,12 +24,6 @@ use sync_protocol::{
     BlobId, CloseCode, ErrorCode, ErrorMsg, Hello, Message, PROTOCOL_VERSION, Proof, PushItem,
     read_message, write_message,
 };
-
-/// Address space the relay may map beyond its warmed-up size. Its VmSize
-/// (380–450 MiB in a debug build, mostly glibc arenas and thread stacks)
-/// grew by at most 70 MiB (one more arena) over any test of this suite; an
-/// allocation of a gigabyte fails.
-const ADDRESS_SPACE_HEADROOM: u64 = 512 << 20;
 
 /// Request streams a session can hold open at once: the relay's
 /// `limits.max_requests_in_flight` (default 16). The relay's QUIC limit is
@@ -45,16 +39,6 @@ const EVERY_SLOT_READ: &str = "session_request_frames = 64\n";
 
 /// Generous wait for an answer the relay owes.
 const ANSWER: Duration = Duration::from_secs(60);
-
-fn relay_with(dir: &Path, config: &str) -> RelayProcess {
-    let file = dir.join("relay.toml");
-    std::fs::write(&file, config).unwrap();
-    RelayProcess::start_with(
-        &dir.join("data"),
-        "127.0.0.1:0",
-        &["--config", file.to_str().unwrap()],
-    )
-}
 
 async fn closed_with(conn: &Connection) -> Option<u64> {
     match tokio::time::timeout(ANSWER, conn.closed()).await.ok()? {
@@ -81,91 +65,6 @@ async fn error_answer(recv: &mut RecvStream, what: &str) -> ErrorMsg {
     match answer(recv, what).await {
         Message::Error(e) => e,
         other => panic!("{what}: expected an Error, got {other:?}"),
-    }
-}
-
-/// An honest device of another group pushes and pulls a message.
-async fn honest_round_trip(relay: &RelayProcess) {
-    let secret = GroupSecret::generate();
-    let mut dev = LibDevice::new(&relay.address, &secret);
-    let client = dev.connect().await;
-    client
-        .push_messages(
-            &mut dev.state,
-            &[b"still here".to_vec()],
-            &Default::default(),
-        )
-        .await
-        .expect("honest push works");
-    let ok = client
-        .session()
-        .pull(0, 10)
-        .await
-        .unwrap()
-        .next_batch()
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(ok.blobs.len(), 1);
-    client.close().await;
-}
-
-/// The relay's memory over one attack (see the module docs).
-struct MemoryWatch {
-    baseline_kib: u64,
-}
-
-impl MemoryWatch {
-    /// Warm the relay up with an honest round trip, cap its address space,
-    /// reset its peak RSS and take the baseline.
-    async fn start(relay: &RelayProcess) -> MemoryWatch {
-        honest_round_trip(relay).await;
-        relay.limit_address_space(ADDRESS_SPACE_HEADROOM);
-        relay.reset_peak_rss();
-        MemoryWatch {
-            baseline_kib: relay.rss_kib(),
-        }
-    }
-
-    /// Assert the relay still runs and its peak RSS since [`Self::start`]
-    /// stayed within `budget_mib` of the baseline.
-    fn check(&self, relay: &mut RelayProcess, budget_mib: u64, what: &str) {
-        if let Some(status) = relay.exit_status() {
-            let log = relay.log();
-            // The last lines of the log, without backtrace frames.
-            let tail: Vec<&str> = log
-                .lines()
-                .filter(|l| {
-                    let l = l.trim_start();
-                    !(l.starts_with("at ")
-                        || l.split(':')
-                            .next()
-                            .is_some_and(|n| n.parse::<u32>().is_ok()))
-                })
-                .rev()
-                .take(15)
-                .collect();
-            panic!(
-                "{what}: the relay died ({status}); last log lines:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        let peak = relay.peak_rss_kib();
-        let now = relay.rss_kib();
-        let grew = peak.saturating_sub(self.baseline_kib);
-        eprintln!(
-            "{what}: baseline {} KiB, peak {peak} KiB (+{grew} KiB), now {now} KiB, VmSize {} KiB",
-            self.baseline_kib,
-            relay.proc_status_kib("VmSize")
-        );
-        assert!(
-            grew <= budget_mib * 1024,
-            "{what}: relay RSS peaked {} MiB above its warmed-up baseline of {} MiB \
-             (budget {budget_mib} MiB; now {} MiB)",
-            grew / 1024,
-            self.baseline_kib / 1024,
-            now / 1024
-        );
     }
 }
 
@@ -223,7 +122,7 @@ async fn a_4_gib_length_prefix_is_refused_before_allocating() {
         .await
         .expect("the writer ends (relay closed the stream or all sent)")
         .unwrap();
-    watch.check(&mut relay, 8, "4 GiB prefix");
+    watch.check(&mut relay, 8.0, "4 GiB prefix");
     assert!(
         sent < BODY,
         "the relay read all {sent} bytes of a 4 GiB frame"
@@ -231,7 +130,7 @@ async fn a_4_gib_length_prefix_is_refused_before_allocating() {
     assert_eq!(reply.await.unwrap().error_code(), ErrorCode::InvalidMessage);
     assert_eq!(closed_with(&conn).await, code(CloseCode::FrameTooLarge));
     honest_round_trip(&relay).await;
-    watch.check(&mut relay, 8, "4 GiB prefix, after an honest round trip");
+    watch.check(&mut relay, 8.0, "4 GiB prefix, after an honest round trip");
 }
 
 #[tokio::test]
@@ -270,7 +169,7 @@ async fn truncated_frames_cost_what_arrived_and_close_the_connection() {
     })
     .await
     .expect("every stream is answered or ends with the connection");
-    watch.check(&mut relay, 8, "16 truncated max-size frames");
+    watch.check(&mut relay, 8.0, "16 truncated max-size frames");
     assert!(truncated >= 1, "no stream was answered as truncated");
     assert_eq!(closed_with(&conn).await, code(CloseCode::ProtocolViolation));
     honest_round_trip(&relay).await;
@@ -299,7 +198,7 @@ async fn garbage_after_hello_is_invalid_and_closes_the_connection() {
         send.write_all(&garbage).await.unwrap();
         send.finish().unwrap();
         let reply = tokio::time::timeout(ANSWER, read_message(&mut recv, 1 << 16)).await;
-        watch.check(&mut relay, 8, what);
+        watch.check(&mut relay, 8.0, what);
         match reply {
             Ok(Ok(Some(Message::Error(e)))) => {
                 assert_eq!(e.error_code(), ErrorCode::InvalidMessage, "{what}")
@@ -341,7 +240,7 @@ async fn a_30_mib_device_name_is_refused_before_it_is_read() {
         .await
         .expect("the writer ends")
         .unwrap();
-    watch.check(&mut relay, 8, "30 MiB device name");
+    watch.check(&mut relay, 8.0, "30 MiB device name");
     match reply {
         Ok(Ok(Some(Message::Error(e)))) => assert_eq!(e.error_code(), ErrorCode::InvalidMessage),
         other => panic!("{other:?}"),
@@ -379,7 +278,7 @@ async fn slowloris_gets_a_timeout_answer_and_honest_clients_are_served() {
     honest_round_trip(&relay).await;
     let e = error_answer(&mut recv, "dripping stream").await;
     let waited = started.elapsed();
-    watch.check(&mut relay, 8, "slowloris on every stream slot");
+    watch.check(&mut relay, 8.0, "slowloris on every stream slot");
     assert_eq!(e.error_code(), ErrorCode::InvalidMessage);
     assert!(e.message.contains("within 2 s"), "{}", e.message);
     // Not cut before its deadline (2 s + 200 B / 4096 B/s).
@@ -438,7 +337,7 @@ async fn ten_thousand_stream_attempts_get_only_the_stream_cap_and_cost_little() 
     }
     honest_round_trip(&relay).await;
     let opened = opened.load(Ordering::SeqCst);
-    watch.check(&mut relay, 8, &format!("{opened} silent streams"));
+    watch.check(&mut relay, 8.0, &format!("{opened} silent streams"));
     assert!(
         opened == REQUEST_SLOTS,
         "the relay let {opened} of 10,000 streams open"
@@ -477,7 +376,7 @@ async fn a_client_that_never_reads_notify_blocks_no_pusher_and_gets_no_backlog()
         .unwrap();
         head = ok.head;
     }
-    watch.check(&mut relay, 8, "deaf subscriber");
+    watch.check(&mut relay, 8.0, "deaf subscriber");
     // When it finally reads, it sees the newest head, not a backlog of 2000.
     let mut uni = tokio::time::timeout(ANSWER, deaf.accept_uni())
         .await
@@ -540,7 +439,7 @@ async fn unidirectional_streams_from_a_device_are_refused() {
     }
     watch.check(
         &mut relay,
-        8,
+        8.0,
         &format!("{opened} unidirectional streams of 1 MiB"),
     );
     assert_eq!(opened, 0, "unidirectional streams the relay let open");

@@ -1,22 +1,12 @@
 //! Relay operations against the real binary: quotas, rate limits, expiry,
 //! metrics, health, graceful shutdown (issue: relay operations).
 
-use e2e_tests::{LibDevice, RelayProcess};
+use e2e_tests::{LibDevice, RelayProcess, relay_with};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use sync_client::{ClientError, GroupSecret, PushOptions};
 use sync_protocol::{BlobId, ErrorCode, PushItem};
-
-fn relay_with(dir: &Path, config: &str) -> RelayProcess {
-    let file = dir.join("relay.toml");
-    std::fs::write(&file, config).unwrap();
-    RelayProcess::start_with(
-        &dir.join("data"),
-        "127.0.0.1:0",
-        &["--config", file.to_str().unwrap()],
-    )
-}
 
 fn item(id: u8, len: usize, ttl_s: Option<u32>) -> PushItem {
     PushItem {

@@ -5,7 +5,7 @@
 //! before their TLS handshake. Honest clients keep working throughout.
 //!
 //! Memory is measured as in `adversarial.rs`: a baseline after an honest
-//! round trip, the relay's address space capped [`ADDRESS_SPACE_HEADROOM`]
+//! round trip, the relay's address space capped `e2e_tests::memory::ADDRESS_SPACE_HEADROOM`
 //! above its warmed-up size (an allocation sized from a peer's claim aborts
 //! it), and the peak RSS (VmHWM) since the baseline checked against a
 //! budget. Every figure is printed.
@@ -14,11 +14,11 @@
 //! tiny receive windows, so the relay cannot hand its answers off into the
 //! attacker's buffers and has to hold them itself.
 
-use e2e_tests::{LibDevice, RelayProcess};
+use e2e_tests::memory::MemoryWatch;
+use e2e_tests::{LibDevice, RelayProcess, honest_round_trip, relay_with};
 use iroh::endpoint::{Connection, ConnectionError, QuicTransportConfig, presets};
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,26 +29,12 @@ use sync_protocol::{
 };
 use tokio::task::JoinSet;
 
-/// Address space the relay may map beyond its warmed-up size (as in
-/// `adversarial.rs`): a gigabyte-sized allocation fails.
-const ADDRESS_SPACE_HEADROOM: u64 = 512 << 20;
-
 /// Generous wait for anything the relay owes.
 const ANSWER: Duration = Duration::from_secs(60);
 
 /// Request streams a session may have open at once
 /// (`limits.max_requests_in_flight`, default 16).
 const REQUEST_SLOTS: usize = 16;
-
-fn relay_with(dir: &Path, config: &str) -> RelayProcess {
-    let file = dir.join("relay.toml");
-    std::fs::write(&file, config).unwrap();
-    RelayProcess::start_with(
-        &dir.join("data"),
-        "127.0.0.1:0",
-        &["--config", file.to_str().unwrap()],
-    )
-}
 
 /// An offline endpoint bound to `ip` (any loopback address: Linux routes
 /// all of 127/8 to `lo`), with `transport` or iroh's defaults.
@@ -118,35 +104,6 @@ async fn closed_with(conn: &Connection, limit: Duration) -> Option<u64> {
     }
 }
 
-/// An honest device of a fresh group pushes a message and pulls it back;
-/// returns how long that took.
-async fn honest_round_trip(relay: &RelayProcess) -> Duration {
-    let started = Instant::now();
-    let secret = GroupSecret::generate();
-    let mut dev = LibDevice::new(&relay.address, &secret);
-    let client = dev.connect().await;
-    client
-        .push_messages(
-            &mut dev.state,
-            &[b"still here".to_vec()],
-            &Default::default(),
-        )
-        .await
-        .expect("honest push works");
-    let batch = client
-        .session()
-        .pull(0, 10)
-        .await
-        .unwrap()
-        .next_batch()
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(batch.blobs.len(), 1);
-    client.close().await;
-    started.elapsed()
-}
-
 /// Honest round trips, one after another, until `stop` is set; returns
 /// their times. Each must complete.
 fn honest_traffic(
@@ -178,51 +135,6 @@ fn summary(times: &[Duration]) -> String {
             s[s.len() / 2],
             s[s.len() - 1]
         ),
-    }
-}
-
-/// The relay's memory over one attack.
-struct MemoryWatch {
-    baseline_kib: u64,
-}
-
-impl MemoryWatch {
-    async fn start(relay: &RelayProcess) -> MemoryWatch {
-        honest_round_trip(relay).await;
-        relay.limit_address_space(ADDRESS_SPACE_HEADROOM);
-        relay.reset_peak_rss();
-        MemoryWatch {
-            baseline_kib: relay.rss_kib(),
-        }
-    }
-
-    /// Peak growth in MiB since the baseline; panics if the relay died.
-    fn grew_mib(&self, relay: &mut RelayProcess, what: &str) -> f64 {
-        if let Some(status) = relay.exit_status() {
-            let log = relay.log();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            panic!(
-                "{what}: the relay died ({status}); last log lines:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        let peak = relay.peak_rss_kib();
-        let grew = peak.saturating_sub(self.baseline_kib) as f64 / 1024.0;
-        eprintln!(
-            "{what}: baseline {} KiB, peak {peak} KiB (+{grew:.1} MiB), now {} KiB",
-            self.baseline_kib,
-            relay.rss_kib()
-        );
-        grew
-    }
-
-    fn check(&self, relay: &mut RelayProcess, budget_mib: f64, what: &str) {
-        let grew = self.grew_mib(relay, what);
-        assert!(
-            grew <= budget_mib,
-            "{what}: relay RSS peaked {grew:.1} MiB above its warmed-up baseline \
-             (budget {budget_mib} MiB)"
-        );
     }
 }
 
