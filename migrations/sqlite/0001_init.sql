@@ -1,4 +1,4 @@
--- 0k-sync relay schema v1 (DESIGN §5.2). Times are Unix milliseconds; ids are raw bytes.
+-- 0k-sync relay schema v1 (docs/protocol.md and docs/deploy.md). Times are Unix milliseconds; ids are raw bytes.
 
 -- One row per sync group the relay has seen.
 CREATE TABLE groups (

@@ -1,4 +1,4 @@
-//! The device's iroh endpoint (DESIGN §3, §4.6): the device key as identity,
+//! The device's iroh endpoint (docs/protocol.md, §4.6): the device key as identity,
 //! no public relay servers, no DNS/pkarr lookup; the relay is dialed at its
 //! direct address.
 

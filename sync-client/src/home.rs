@@ -1,4 +1,4 @@
-//! A device home directory (DESIGN §4.6, §6), mode 0700, files 0600:
+//! A device home directory (docs/protocol.md "Blob payloads", §6), mode 0700, files 0600:
 //!
 //! | file | holds |
 //! |---|---|

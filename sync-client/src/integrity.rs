@@ -1,4 +1,4 @@
-//! Per-sender sequence tracking (DESIGN §1, §4.4): every blob a device seals
+//! Per-sender sequence tracking (docs/deploy.md "Threat model", §4.4): every blob a device seals
 //! carries its next sequence number (1, 2, 3, …). A receiver records which
 //! numbers it has seen per sender; a number seen twice is a **replay**, and a
 //! number missing below the highest seen, once the relay says it has nothing

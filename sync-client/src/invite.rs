@@ -1,4 +1,4 @@
-//! Invites (DESIGN §4.5): one copy-pasteable string holding the relay
+//! Invites (docs/protocol.md "Blob payloads"): one copy-pasteable string holding the relay
 //! address(es), the group secret and an expiry.
 //!
 //! Format: `0ksync1-` followed by unpadded base64url of

@@ -1,4 +1,4 @@
-//! The 0k-sync device library (DESIGN §4, §6). All cryptography lives here:
+//! The 0k-sync device library (docs/protocol.md "Blob payloads", §6). All cryptography lives here:
 //! the relay never sees a key or a plaintext byte.
 //!
 //! - [`crypto`]: group secret and keys, membership proof, blob envelope,

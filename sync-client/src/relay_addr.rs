@@ -1,4 +1,4 @@
-//! Relay addresses: `NODE_ID@HOST:PORT` (DESIGN §3), where `NODE_ID` is the
+//! Relay addresses: `NODE_ID@HOST:PORT` (docs/protocol.md), where `NODE_ID` is the
 //! relay's 64-hex-character iroh node id and `HOST` an IP address or a DNS
 //! name.
 

@@ -1,4 +1,4 @@
-//! A session with the relay (DESIGN §3): dial, `Hello`/`Welcome`, then one
+//! A session with the relay (docs/protocol.md): dial, `Hello`/`Welcome`, then one
 //! bidirectional stream per request, and the relay's `Notify` stream read in
 //! the background into a `watch` channel of heads. Payloads here are opaque;
 //! sealing and opening them is [`crate::client`]'s job.

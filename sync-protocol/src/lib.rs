@@ -1,4 +1,4 @@
-//! The 0k-sync wire protocol (`docs/protocol.md`, DESIGN §3).
+//! The 0k-sync wire protocol (`docs/protocol.md`, docs/protocol.md).
 //!
 //! This crate is the single place where the bytes on the wire are defined: the
 //! [`Message`] types, the length-prefixed [`frame`] format, the [`ErrorCode`]s

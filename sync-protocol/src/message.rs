@@ -9,7 +9,7 @@ use serde_big_array::BigArray;
 use std::fmt;
 
 /// A sync group's id: the Ed25519 verifying key derived from the group
-/// secret (DESIGN §4.2). 32 bytes, sent raw.
+/// secret (docs/protocol.md "Blob payloads"). 32 bytes, sent raw.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupId(pub [u8; 32]);
 
@@ -24,7 +24,7 @@ pub struct DeviceId(pub [u8; 32]);
 pub struct BlobId(pub [u8; 16]);
 
 /// A membership proof: an Ed25519 signature by the group signing key over
-/// `"0k-sync/1 hello" ‖ relay node id ‖ device node id` (DESIGN §4.3).
+/// `"0k-sync/1 hello" ‖ relay node id ‖ device node id` (docs/protocol.md "Blob payloads").
 /// 64 bytes, sent raw.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proof(#[serde(with = "BigArray")] pub [u8; 64]);
@@ -317,7 +317,7 @@ impl fmt::Display for ErrorMsg {
     }
 }
 
-/// Domain-separation prefix of the membership proof (DESIGN §4.3).
+/// Domain-separation prefix of the membership proof (docs/protocol.md "Blob payloads").
 pub const HELLO_PROOF_CONTEXT: &[u8] = b"0k-sync/1 hello";
 
 /// The bytes a membership proof signs:

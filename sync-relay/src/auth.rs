@@ -1,4 +1,4 @@
-//! Membership proof check (DESIGN §4.3): the `Hello` proof must be an
+//! Membership proof check (docs/protocol.md "Blob payloads"): the `Hello` proof must be an
 //! Ed25519 signature by the group's key (the group id) over
 //! [`sync_protocol::hello_proof_message`] for this relay and the device's
 //! QUIC-authenticated node id.

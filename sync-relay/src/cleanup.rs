@@ -1,4 +1,4 @@
-//! The cleanup task (DESIGN §5.6): on every `cleanup.interval_s` it deletes
+//! The cleanup task (docs/protocol.md and docs/deploy.md): on every `cleanup.interval_s` it deletes
 //! expired blobs — and, with `cleanup.delete_acked`, blobs every recently
 //! seen device of their group has acknowledged — then prunes devices not
 //! seen for `cleanup.idle_group_days` and the groups they leave empty

@@ -1,4 +1,4 @@
-//! Relay configuration (DESIGN §5.9): embedded defaults, `relay.toml`, and
+//! Relay configuration (docs/protocol.md and docs/deploy.md): embedded defaults, `relay.toml`, and
 //! command-line/environment overrides, in that order of precedence (lowest
 //! first). Every key is documented in `relay.toml.example`; unknown keys and
 //! invalid values are rejected at start with the key's name.

@@ -1,4 +1,4 @@
-//! The relay's iroh endpoint (DESIGN §3): persistent key, ALPN `/0k-sync/1`,
+//! The relay's iroh endpoint (docs/protocol.md): persistent key, ALPN `/0k-sync/1`,
 //! direct addressing on `network.quic_bind`. n0's public relay servers and
 //! DNS/pkarr address lookup are off unless switched on in the config, so the
 //! relay needs no internet.

@@ -1,4 +1,4 @@
-//! HTTP endpoints (DESIGN §5.7) over axum. `GET /health`: 200
+//! HTTP endpoints (docs/deploy.md "Prometheus") over axum. `GET /health`: 200
 //! `{"status":"ok",…}` when the database answers, 503 with
 //! `"status":"degraded"` when it fails or `"stopping"` during shutdown.
 //!

@@ -1,4 +1,4 @@
-//! The relay's persistent node key (DESIGN §3): `relay.key` in the data dir,
+//! The relay's persistent node key (docs/protocol.md): `relay.key` in the data dir,
 //! 64 hex characters, mode 0600, created on first start so the node id never
 //! changes.
 

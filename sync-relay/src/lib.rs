@@ -1,4 +1,4 @@
-//! The 0k-sync relay (DESIGN §5): an iroh endpoint that stores opaque
+//! The 0k-sync relay (docs/protocol.md and docs/deploy.md): an iroh endpoint that stores opaque
 //! encrypted blobs per sync group under gapless cursors and tells live
 //! sessions when their group's head moves. It never sees a key or plaintext.
 //!

@@ -1,4 +1,4 @@
-//! Prometheus/OpenMetrics metrics (DESIGN §5.7), one typed, documented field
+//! Prometheus/OpenMetrics metrics (docs/deploy.md "Prometheus"), one typed, documented field
 //! per metric, encoded by `prometheus-client`. Names are prefixed
 //! `sync_relay_`; counters get `_total`. **No label ever carries a group or
 //! device id**: labels are small fixed sets (result, kind, code, op).

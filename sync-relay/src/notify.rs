@@ -1,4 +1,4 @@
-//! NOTIFY fan-out (DESIGN §5.5): one `tokio::sync::watch` channel per group
+//! NOTIFY fan-out (docs/protocol.md and docs/deploy.md): one `tokio::sync::watch` channel per group
 //! with live sessions, in a `DashMap`. A commit publishes the new head; each
 //! session's forwarder sees only the newest value (coalesced), so pushers
 //! never wait for readers and a slow reader never builds a backlog. A group's

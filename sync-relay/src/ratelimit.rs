@@ -1,4 +1,4 @@
-//! Rate limits (DESIGN §5.4) with `governor` (GCRA token buckets, keyed
+//! Rate limits (docs/protocol.md and docs/deploy.md) with `governor` (GCRA token buckets, keyed
 //! state in a `DashMap`): requests per device, pushed bytes per device, new
 //! connections per remote address ([`address_key`]: an IPv6 /64 is one
 //! address). Over a request limit the caller answers RATE_LIMITED with the

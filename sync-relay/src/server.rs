@@ -1,5 +1,5 @@
 //! The running relay: storage, iroh endpoint, accept loop, HTTP server, and
-//! graceful shutdown (DESIGN §5.8).
+//! graceful shutdown (docs/deploy.md "Docker" (stopping)).
 
 use crate::config::{AccessMode, Config};
 use crate::context::RelayContext;

@@ -1,4 +1,4 @@
-//! `SyncClient` (DESIGN §6): a relay session plus the group's keys — seals
+//! `SyncClient` (docs/client.md): a relay session plus the group's keys — seals
 //! what it pushes, opens what it pulls — that rides through bad networks.
 //!
 //! Every request runs through [`SyncClient::call`]: if the connection is

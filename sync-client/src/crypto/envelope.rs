@@ -1,4 +1,4 @@
-//! The blob envelope (DESIGN §4.4):
+//! The blob envelope (docs/protocol.md "Blob payloads"):
 //!
 //! ```text
 //! payload = 0x01 ‖ nonce (24) ‖ XChaCha20-Poly1305(blob key, nonce, padded(inner), ad)
@@ -103,7 +103,7 @@ pub struct FileVersion {
 /// Most bytes of [`FileVersion::device`].
 pub const MAX_DEVICE_NAME_LEN: usize = 32;
 
-/// Where a chunk belongs in its file (DESIGN §6 "Large data").
+/// Where a chunk belongs in its file (docs/client.md "Large data").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileChunk {
     /// Random id shared by every chunk of one pushed file.

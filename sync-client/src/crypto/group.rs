@@ -1,4 +1,4 @@
-//! Group secret and the keys derived from it (DESIGN §4.1–4.3).
+//! Group secret and the keys derived from it (docs/protocol.md "Blob payloads").
 //!
 //! - secret: 32 random bytes (or Argon2id of a passphrase and a 16-byte salt);
 //! - `blake3::derive_key("0k-sync/1 group signing key", secret)` → Ed25519
@@ -97,7 +97,7 @@ impl GroupKeys {
         self.group_id
     }
 
-    /// The membership proof for `device` talking to `relay` (DESIGN §4.3).
+    /// The membership proof for `device` talking to `relay` (docs/protocol.md "Blob payloads").
     pub fn proof(&self, relay: &DeviceId, device: &DeviceId) -> Proof {
         Proof(
             self.signing

@@ -1,4 +1,4 @@
-//! All of 0k-sync's cryptography (DESIGN §4); the relay never sees a key or
+//! All of 0k-sync's cryptography (docs/protocol.md "Blob payloads"); the relay never sees a key or
 //! a plaintext byte. Only well-kept crates are used: BLAKE3 for key
 //! derivation and file hashes, Ed25519 (ed25519-dalek) for membership proofs,
 //! XChaCha20-Poly1305 (RustCrypto) for blobs, Argon2id for passphrases.

@@ -1,4 +1,4 @@
-//! Applying pulled blobs (DESIGN §4.4, §6): open each envelope, check its
+//! Applying pulled blobs (docs/protocol.md "Blob payloads", §6): open each envelope, check its
 //! sender and sequence number, and write file chunks into a temp file next
 //! to the destination; when every chunk is there, verify the BLAKE3 of the
 //! whole file and rename it into place. A blob that fails any check is

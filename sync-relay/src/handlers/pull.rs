@@ -1,4 +1,4 @@
-//! `Pull` → one or more `PullBatch` frames (DESIGN §3): the answer is read
+//! `Pull` → one or more `PullBatch` frames (docs/protocol.md): the answer is read
 //! from storage one page at a time, each page sized to fit one frame, so the
 //! relay never holds more than a frame of blobs for a pull however large the
 //! backlog, and holds no database transaction while the client reads.

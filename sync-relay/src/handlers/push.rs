@@ -1,4 +1,4 @@
-//! `Push` → `PushOk` (DESIGN §3, §5.3): validate every item against the
+//! `Push` → `PushOk` (docs/protocol.md, §5.3): validate every item against the
 //! relay's limits before touching storage, store the batch atomically, then
 //! publish the new head to the group's live sessions.
 

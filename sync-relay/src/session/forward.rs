@@ -1,4 +1,4 @@
-//! The NOTIFY stream of one session (DESIGN §3, §5.5): forwards the group's
+//! The NOTIFY stream of one session (docs/protocol.md, §5.5): forwards the group's
 //! head as `Notify` frames, **coalesced by the reader's own pace**.
 //!
 //! QUIC flow control alone would let a session that never reads buffer a

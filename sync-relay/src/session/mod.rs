@@ -1,4 +1,4 @@
-//! One QUIC connection = one session (DESIGN §3, §5.1). This driver does the
+//! One QUIC connection = one session (docs/protocol.md, §5.1). This driver does the
 //! I/O; [`state::SessionState`] decides.
 //!
 //! - The first bidirectional stream must carry `Hello` within

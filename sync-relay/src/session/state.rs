@@ -1,4 +1,4 @@
-//! The per-connection session state machine (DESIGN §5.1):
+//! The per-connection session state machine (docs/protocol.md and docs/deploy.md):
 //! `AwaitingHello → Active → Closing`. Pure: it decides what to do with each
 //! event and the driver in [`super`] does the I/O, so every transition is
 //! unit-tested here.

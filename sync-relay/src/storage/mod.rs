@@ -1,4 +1,4 @@
-//! Blob storage behind a trait (DESIGN §5.2–5.3), so a second backend can be
+//! Blob storage behind a trait (docs/protocol.md and docs/deploy.md), so a second backend can be
 //! added next to SQLite.
 //!
 //! The contract every backend keeps:

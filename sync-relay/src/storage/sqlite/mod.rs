@@ -1,4 +1,4 @@
-//! SQLite backend (DESIGN §5.2–5.3): WAL, `synchronous = NORMAL` (a commit
+//! SQLite backend (docs/protocol.md and docs/deploy.md): WAL, `synchronous = NORMAL` (a commit
 //! survives a crash of the relay process), `busy_timeout`, foreign keys on.
 //!
 //! Writes go through one writer task ([`writer`]) that owns the only write

@@ -584,7 +584,7 @@ async fn touch_device(
     Ok(())
 }
 
-/// One push batch (DESIGN §5.3): duplicate check by blob id → cursor
+/// One push batch (docs/protocol.md and docs/deploy.md): duplicate check by blob id → cursor
 /// assignment and counters in one upsert → quota checks on its result (an
 /// op over a quota rolls back to its savepoint) → one multi-row insert.
 /// Three statements whatever the batch size: each statement is a round trip
