@@ -164,3 +164,7 @@ pub async fn run(ctx: Arc<RelayContext>, cfg: CleanupConfig) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "cleanup_batches_test.rs"]
+mod batches_test;

@@ -213,7 +213,7 @@ mod tests {
     struct BrokenStorage;
 
     fn broken() -> StorageError {
-        StorageError::Database(sqlx::Error::PoolClosed)
+        StorageError::database("pool closed")
     }
 
     #[async_trait]

@@ -11,6 +11,10 @@ pub async fn handle(
     device: DeviceId,
     ack: Ack,
 ) -> Result<AckOk, ErrorMsg> {
-    let cursor = ctx.storage.ack(group, device, ack.cursor, now_ms()).await?;
+    let cursor = ctx
+        .storage
+        .ack(group, device, ack.cursor, now_ms())
+        .await
+        .map_err(super::error_msg)?;
     Ok(AckOk { cursor })
 }

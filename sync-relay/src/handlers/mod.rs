@@ -13,8 +13,9 @@ use sync_protocol::{ErrorCode, ErrorMsg};
 /// client's own (quota, admission, cursor) keep their meaning, each with a
 /// message that says what to do; database failures become INTERNAL (details
 /// only in the log).
-impl From<StorageError> for ErrorMsg {
-    fn from(err: StorageError) -> Self {
+/// (A function, not `From`: neither type is this crate's.)
+pub fn error_msg(err: StorageError) -> ErrorMsg {
+    {
         match &err {
             StorageError::AccessTokenRequired => ErrorMsg::new(
                 ErrorCode::AccessTokenRequired,
@@ -162,12 +163,12 @@ mod tests {
             ),
         ];
         for (err, code, hint) in cases {
-            let e = ErrorMsg::from(err);
+            let e = error_msg(err);
             assert_eq!(e.error_code(), code, "{e}");
             assert!(e.message.contains(hint), "{e}");
             assert!(e.message.len() <= sync_protocol::limits::MAX_ERROR_MESSAGE);
         }
-        let e = ErrorMsg::from(StorageError::AddressGroupRate {
+        let e = error_msg(StorageError::AddressGroupRate {
             count: 10,
             limit: 10,
             retry_after_ms: 90_000,

@@ -50,7 +50,7 @@ impl From<ErrorMsg> for PullError {
 
 impl From<crate::storage::StorageError> for PullError {
     fn from(e: crate::storage::StorageError) -> Self {
-        PullError::Reply(e.into())
+        PullError::Reply(super::error_msg(e))
     }
 }
 

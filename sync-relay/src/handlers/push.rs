@@ -131,7 +131,8 @@ async fn store(
             StorageError::OwnerQuotaExceeded { .. } => quota_rejected(ctx, "owner_storage"),
             StorageError::RelayStorageFull { .. } => quota_rejected(ctx, "relay_storage"),
             _ => {}
-        })?;
+        })
+        .map_err(super::error_msg)?;
     let stored: u64 = outcome
         .results
         .iter()

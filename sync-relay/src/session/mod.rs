@@ -404,13 +404,13 @@ async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
                 }
             },
             Err(err) if err.is_refusal() => {
-                let reply = ErrorMsg::from(err);
+                let reply = crate::handlers::error_msg(err);
                 verdict = HelloVerdict::Refused(reply.error_code());
                 retry_after_ms = reply.retry_after_ms;
                 msg = reply.message;
             }
             Err(err) => {
-                let reply: ErrorMsg = err.into();
+                let reply = crate::handlers::error_msg(err);
                 let close = if reply.error_code() == ErrorCode::ShuttingDown {
                     CloseCode::ShuttingDown
                 } else {

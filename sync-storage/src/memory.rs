@@ -3,7 +3,7 @@
 //! same operations and compare every answer), and a backend for tests and
 //! embedding where durability does not matter. Nothing survives a restart.
 
-use super::{
+use crate::{
     CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Owner, Pruned, PullPage,
     PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenHash, TokenInfo,
 };

@@ -1,17 +1,17 @@
-//! SQLite backend (docs/protocol.md and docs/deploy.md): WAL, `synchronous = NORMAL` (a commit
+//! SQLite backend of the relay's storage (docs/deploy.md "Storage backends"): WAL, `synchronous = NORMAL` (a commit
 //! survives a crash of the relay process), `busy_timeout`, foreign keys on.
 //!
 //! Writes go through one writer task ([`writer`]) that owns the only write
 //! connection and group-commits. Reads use a separate pool of read-only
 //! connections (WAL readers never block the writer).
 
+#![forbid(unsafe_code)]
+
 mod access;
 mod writer;
 
-use super::{
-    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned, PullPage,
-    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
-};
+pub use writer::{FAILPOINT_ENV, FAILPOINT_EXIT_CODE, MAX_OPS_PER_TXN};
+
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use sqlx::sqlite::{
@@ -22,9 +22,13 @@ use sqlx::{Connection, Row, SqliteExecutor};
 use std::path::PathBuf;
 use std::time::Duration;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
+use sync_storage::{
+    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned, PullPage,
+    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
+};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use writer::{Job, WriteOp, WriteReply};
+use writer::{Job, Slot, Write};
 
 /// Depth of the writer's queue; callers wait (asynchronously) when it is full.
 const WRITE_QUEUE: usize = 1024;
@@ -74,14 +78,18 @@ impl SqliteStorage {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(opts.busy_timeout)
             .foreign_keys(true);
-        let mut write_conn = SqliteConnection::connect_with(&connect).await?;
+        let mut write_conn = SqliteConnection::connect_with(&connect)
+            .await
+            .map_err(dberr)?;
         sqlx::migrate!("../migrations/sqlite")
             .run(&mut write_conn)
-            .await?;
+            .await
+            .map_err(StorageError::migration)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(opts.read_connections.max(1))
             .connect_with(connect.read_only(true))
-            .await?;
+            .await
+            .map_err(dberr)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let task = tokio::spawn(writer::run(write_conn, rx, opts.quotas));
         Ok(SqliteStorage {
@@ -91,10 +99,12 @@ impl SqliteStorage {
         })
     }
 
-    async fn write(&self, op: WriteOp) -> Result<WriteReply, StorageError> {
+    /// Queue the write `make` builds around its caller's slot and wait for
+    /// its answer (sent after the commit).
+    async fn write<T>(&self, make: impl FnOnce(Slot<T>) -> Write) -> Result<T, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(Job::Write { op, reply })
+            .send(Job::Write(make(Slot::new(reply))))
             .await
             .map_err(|_| StorageError::Closed)?;
         rx.await.map_err(|_| StorageError::Closed)?
@@ -110,38 +120,27 @@ impl Storage for SqliteStorage {
         now_ms: i64,
         new_group: NewGroup,
     ) -> Result<OpenedSession, StorageError> {
-        match self
-            .write(WriteOp::OpenSession {
-                group,
-                device,
-                now_ms,
-                new_group,
-            })
-            .await?
-        {
-            WriteReply::Opened(o) => Ok(o),
-            _ => Err(StorageError::Closed),
-        }
+        self.write(|slot| Write::OpenSession {
+            group,
+            device,
+            now_ms,
+            new_group,
+            slot,
+        })
+        .await
     }
 
     async fn create_token(&self, token: NewToken) -> Result<TokenInfo, StorageError> {
-        match self.write(WriteOp::CreateToken(token)).await? {
-            WriteReply::Token(t) => Ok(t),
-            _ => Err(StorageError::Closed),
-        }
+        self.write(|slot| Write::CreateToken { token, slot }).await
     }
 
     async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<TokenInfo, StorageError> {
-        match self
-            .write(WriteOp::RevokeToken {
-                id: id.to_string(),
-                now_ms,
-            })
-            .await?
-        {
-            WriteReply::Token(t) => Ok(t),
-            _ => Err(StorageError::Closed),
-        }
+        self.write(|slot| Write::RevokeToken {
+            id: id.to_string(),
+            now_ms,
+            slot,
+        })
+        .await
     }
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
@@ -149,10 +148,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
-        match self.write(WriteOp::Push(req)).await? {
-            WriteReply::Pushed(out) => Ok(out),
-            _ => Err(StorageError::Closed),
-        }
+        self.write(|slot| Write::Push { req, slot }).await
     }
 
     async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
@@ -183,22 +179,22 @@ impl Storage for SqliteStorage {
             complete: true,
         };
         let mut bytes = 0usize;
-        while let Some(row) = rows.try_next().await? {
+        while let Some(row) = rows.try_next().await.map_err(dberr)? {
             if page.blobs.len() == max_blobs {
                 page.complete = false;
                 break;
             }
-            let payload: Vec<u8> = row.try_get(4)?;
+            let payload: Vec<u8> = row.try_get(4).map_err(dberr)?;
             if !page.blobs.is_empty() && bytes + payload.len() > max_bytes {
                 page.complete = false;
                 break;
             }
             bytes += payload.len();
             page.blobs.push(PulledBlob {
-                cursor: row.try_get::<i64, _>(0)? as u64,
-                blob_id: BlobId(fixed(row.try_get(1)?)?),
-                sender: DeviceId(fixed(row.try_get(2)?)?),
-                created_at: row.try_get::<i64, _>(3)? as u64,
+                cursor: row.try_get::<i64, _>(0).map_err(dberr)? as u64,
+                blob_id: BlobId(fixed(row.try_get(1).map_err(dberr)?)?),
+                sender: DeviceId(fixed(row.try_get(2).map_err(dberr)?)?),
+                created_at: row.try_get::<i64, _>(3).map_err(dberr)? as u64,
                 payload,
             });
         }
@@ -212,18 +208,14 @@ impl Storage for SqliteStorage {
         cursor: u64,
         now_ms: i64,
     ) -> Result<u64, StorageError> {
-        match self
-            .write(WriteOp::Ack {
-                group,
-                device,
-                cursor,
-                now_ms,
-            })
-            .await?
-        {
-            WriteReply::Acked(c) => Ok(c),
-            _ => Err(StorageError::Closed),
-        }
+        self.write(|slot| Write::Ack {
+            group,
+            device,
+            cursor,
+            now_ms,
+            slot,
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StorageStats, StorageError> {
@@ -232,34 +224,33 @@ impl Storage for SqliteStorage {
              (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM owners) FROM groups",
         )
         .fetch_one(&self.readers)
-        .await?;
+        .await
+        .map_err(dberr)?;
         Ok(StorageStats {
-            groups: row.try_get::<i64, _>(0)? as u64,
-            devices: row.try_get::<i64, _>(3)? as u64,
-            owners: row.try_get::<i64, _>(4)? as u64,
-            blobs: row.try_get::<i64, _>(1)? as u64,
-            bytes: row.try_get::<i64, _>(2)? as u64,
+            groups: row.try_get::<i64, _>(0).map_err(dberr)? as u64,
+            devices: row.try_get::<i64, _>(3).map_err(dberr)? as u64,
+            owners: row.try_get::<i64, _>(4).map_err(dberr)? as u64,
+            blobs: row.try_get::<i64, _>(1).map_err(dberr)? as u64,
+            bytes: row.try_get::<i64, _>(2).map_err(dberr)? as u64,
         })
     }
 
     async fn delete_expired(&self, now_ms: i64, limit: u32) -> Result<Deleted, StorageError> {
-        match self.write(WriteOp::DeleteExpired { now_ms, limit }).await? {
-            WriteReply::Deleted(d) => Ok(d),
-            _ => Err(StorageError::Closed),
-        }
+        self.write(|slot| Write::DeleteExpired {
+            now_ms,
+            limit,
+            slot,
+        })
+        .await
     }
 
     async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError> {
-        match self
-            .write(WriteOp::DeleteAcked {
-                seen_since_ms,
-                limit,
-            })
-            .await?
-        {
-            WriteReply::Deleted(d) => Ok(d),
-            _ => Err(StorageError::Closed),
-        }
+        self.write(|slot| Write::DeleteAcked {
+            seen_since_ms,
+            limit,
+            slot,
+        })
+        .await
     }
 
     async fn prune_idle(
@@ -268,17 +259,13 @@ impl Storage for SqliteStorage {
         limit: u32,
         live: LiveGroups,
     ) -> Result<Pruned, StorageError> {
-        match self
-            .write(WriteOp::PruneIdle {
-                idle_before_ms,
-                limit,
-                live,
-            })
-            .await?
-        {
-            WriteReply::Pruned(p) => Ok(p),
-            _ => Err(StorageError::Closed),
-        }
+        self.write(|slot| Write::PruneIdle {
+            idle_before_ms,
+            limit,
+            live,
+            slot,
+        })
+        .await
     }
 
     async fn maintenance(&self) -> Result<(), StorageError> {
@@ -300,14 +287,14 @@ impl Storage for SqliteStorage {
                        AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.owner = g.owner))",
         )
         .fetch_one(&self.readers)
-        .await?;
+        .await.map_err(dberr)?;
         Ok(CounterAudit {
-            counted_bytes: row.try_get::<i64, _>(0)? as u64,
-            actual_bytes: row.try_get::<i64, _>(1)? as u64,
-            counted_blobs: row.try_get::<i64, _>(2)? as u64,
-            actual_blobs: row.try_get::<i64, _>(3)? as u64,
-            mismatched_groups: row.try_get::<i64, _>(4)? as u64,
-            mismatched_owners: row.try_get::<i64, _>(5)? as u64,
+            counted_bytes: row.try_get::<i64, _>(0).map_err(dberr)? as u64,
+            actual_bytes: row.try_get::<i64, _>(1).map_err(dberr)? as u64,
+            counted_blobs: row.try_get::<i64, _>(2).map_err(dberr)? as u64,
+            actual_blobs: row.try_get::<i64, _>(3).map_err(dberr)? as u64,
+            mismatched_groups: row.try_get::<i64, _>(4).map_err(dberr)? as u64,
+            mismatched_owners: row.try_get::<i64, _>(5).map_err(dberr)? as u64,
         })
     }
 
@@ -331,19 +318,24 @@ pub async fn backup_database(
         .filename(db)
         .read_only(true)
         .busy_timeout(Duration::from_secs(30));
-    let mut conn = SqliteConnection::connect_with(&connect).await?;
-    let dest = dest.to_str().ok_or_else(|| {
-        StorageError::Database(sqlx::Error::Protocol("backup path is not UTF-8".into()))
-    })?;
+    let mut conn = SqliteConnection::connect_with(&connect)
+        .await
+        .map_err(dberr)?;
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| StorageError::database("backup path is not UTF-8"))?;
     sqlx::query("VACUUM INTO ?1")
         .bind(dest)
         .execute(&mut conn)
-        .await?;
-    conn.close().await?;
+        .await
+        .map_err(dberr)?;
+    conn.close().await.map_err(dberr)?;
     Ok(())
 }
 
-pub(super) mod admin {
+/// Operator commands on the SQLite database while the relay runs
+/// (`sync-relay token …`).
+pub mod admin {
     use super::*;
 
     /// One read-write connection to the database at `path` (created with
@@ -361,10 +353,13 @@ pub(super) mod admin {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let mut conn = SqliteConnection::connect_with(&connect).await?;
+        let mut conn = SqliteConnection::connect_with(&connect)
+            .await
+            .map_err(dberr)?;
         sqlx::migrate!("../migrations/sqlite")
             .run(&mut conn)
-            .await?;
+            .await
+            .map_err(StorageError::migration)?;
         Ok(conn)
     }
 
@@ -373,9 +368,9 @@ pub(super) mod admin {
         conn: &mut SqliteConnection,
         token: &NewToken,
     ) -> Result<TokenInfo, StorageError> {
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(dberr)?;
         let info = access::create_token(&mut tx, token).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(dberr)?;
         Ok(info)
     }
 
@@ -385,9 +380,9 @@ pub(super) mod admin {
         id: &str,
         now_ms: i64,
     ) -> Result<TokenInfo, StorageError> {
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(dberr)?;
         let info = access::revoke_token(&mut tx, id, now_ms).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(dberr)?;
         Ok(info)
     }
 
@@ -409,19 +404,23 @@ fn create_private(path: &std::path::Path) -> Result<(), StorageError> {
     match created {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StorageError::Database(sqlx::Error::Io(e))),
+        Err(e) => Err(StorageError::database(e)),
     }
 }
 
-pub(super) fn fixed<const N: usize>(bytes: Vec<u8>) -> Result<[u8; N], StorageError> {
+pub(crate) fn fixed<const N: usize>(bytes: Vec<u8>) -> Result<[u8; N], StorageError> {
     bytes.try_into().map_err(|b: Vec<u8>| {
-        StorageError::Database(sqlx::Error::Decode(
-            format!("expected {N} bytes, found {}", b.len()).into(),
-        ))
+        StorageError::database(format!("expected {N} bytes, found {}", b.len()))
     })
 }
 
-pub(super) async fn head_of<'e>(
+/// A database error as a [`StorageError`] (`map_err(dberr)`: `sqlx::Error`
+/// is not this crate's type, so there is no `From`).
+pub(crate) fn dberr(err: sqlx::Error) -> StorageError {
+    StorageError::database(err)
+}
+
+pub(crate) async fn head_of<'e>(
     db: impl SqliteExecutor<'e>,
     group: GroupId,
 ) -> Result<u64, StorageError> {
@@ -432,6 +431,7 @@ pub(super) async fn head_of<'e>(
     )
     .bind(&group.0[..])
     .fetch_one(db)
-    .await?;
+    .await
+    .map_err(dberr)?;
     Ok(head as u64)
 }

@@ -1,10 +1,11 @@
-//! Admission and owners' budgets (issue 10) against the SQLite backend:
-//! each refusal stores nothing, racing creations never overshoot a token's
-//! `max_groups`, a revocation written by the operator's separate connection
-//! is seen by the very next transaction, and cleanup keeps owners' counters
-//! exact.
+//! Admission and owners' budgets (docs/deploy.md "Access"), as tests any
+//! backend runs: each refusal stores nothing, racing creations never
+//! overshoot a token's `max_groups`, a revocation written through another
+//! connection (or instance) is seen by the very next transaction, and
+//! cleanup keeps owners' counters exact.
 
-use super::*;
+use super::Backend;
+use crate::*;
 use std::sync::Arc;
 use sync_protocol::{AccessToken, BlobId, DeviceId, GroupId};
 
@@ -45,12 +46,8 @@ fn push(g: GroupId, id: u8, len: usize, expires_at_ms: i64) -> PushRequest {
     }
 }
 
-async fn open(quotas: Quotas) -> (tempfile::TempDir, Arc<SqliteStorage>) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStorage::open(SqliteStorageOptions::new(dir.path().join("a.db"), quotas))
-        .await
-        .unwrap();
-    (dir, Arc::new(s))
+async fn open(b: &mut dyn Backend, quotas: Quotas) -> Arc<dyn Storage> {
+    Arc::from(b.open(quotas).await)
 }
 
 async fn assert_balanced(s: &dyn Storage) {
@@ -58,9 +55,9 @@ async fn assert_balanced(s: &dyn Storage) {
     assert_eq!((a.mismatched_groups, a.mismatched_owners), (0, 0), "{a:?}");
 }
 
-#[tokio::test]
-async fn without_a_token_no_group_is_created_but_existing_ones_open() {
-    let (_d, s) = open(Quotas::UNLIMITED).await;
+/// See the test name.
+pub async fn without_a_token_no_group_is_created_but_existing_ones_open(b: &mut dyn Backend) {
+    let s = open(b, Quotas::UNLIMITED).await;
     // A group from before admission existed (no owner) stays open to all.
     s.open_session(group(1), D, 1, NewGroup::Unowned)
         .await
@@ -83,9 +80,9 @@ async fn without_a_token_no_group_is_created_but_existing_ones_open() {
     assert_eq!(opened.owner, None);
 }
 
-#[tokio::test]
-async fn a_token_creates_up_to_max_groups_even_when_hellos_race() {
-    let (_d, s) = open(Quotas::UNLIMITED).await;
+/// See the test name.
+pub async fn a_token_creates_up_to_max_groups_even_when_hellos_race(b: &mut dyn Backend) {
+    let s = open(b, Quotas::UNLIMITED).await;
     s.create_token(new_token(1, 3, 1 << 20)).await.unwrap();
     // 20 sessions for 20 new groups at once: the writer group-commits them
     // in one transaction, each decided inside its own savepoint.
@@ -120,9 +117,9 @@ async fn a_token_creates_up_to_max_groups_even_when_hellos_race() {
     assert_balanced(&*s).await;
 }
 
-#[tokio::test]
-async fn an_owner_budget_spans_its_groups_and_cleanup_gives_it_back() {
-    let (_d, s) = open(Quotas::UNLIMITED).await;
+/// See the test name.
+pub async fn an_owner_budget_spans_its_groups_and_cleanup_gives_it_back(b: &mut dyn Backend) {
+    let s = open(b, Quotas::UNLIMITED).await;
     s.create_token(new_token(1, 5, 100)).await.unwrap();
     s.create_token(new_token(2, 5, 100)).await.unwrap();
     for g in [1, 2] {
@@ -162,23 +159,19 @@ async fn an_owner_budget_spans_its_groups_and_cleanup_gives_it_back() {
     assert_eq!((infos[1].groups, infos[1].bytes_used), (1, 100));
 }
 
-/// `sync-relay token revoke` writes through its own connection while the
-/// relay runs: the relay caches nothing, so its next transaction sees it.
-#[tokio::test]
-async fn a_revocation_from_another_connection_freezes_pushes_at_once() {
-    let (dir, s) = open(Quotas::UNLIMITED).await;
-    let mut admin_conn = admin::open_admin(&dir.path().join("a.db")).await.unwrap();
-    let info = admin::create_token(&mut admin_conn, &new_token(1, 5, 1 << 20))
-        .await
-        .unwrap();
+/// The operator revokes through another connection while the relay runs
+/// (`sync-relay token revoke`), or another relay instance on the same
+/// database does: the store caches nothing, so its next transaction sees it.
+pub async fn a_revocation_from_another_connection_freezes_pushes_at_once(b: &mut dyn Backend) {
+    let s = open(b, Quotas::UNLIMITED).await;
+    let other = open(b, Quotas::UNLIMITED).await;
+    let info = other.create_token(new_token(1, 5, 1 << 20)).await.unwrap();
     assert_eq!(info.id, token(1).public_id());
     s.open_session(group(1), D, 1, NewGroup::Token(token(1)))
         .await
         .unwrap();
     s.push(push(group(1), 1, 10, i64::MAX)).await.unwrap();
-    let revoked = admin::revoke_token(&mut admin_conn, &info.id, 77)
-        .await
-        .unwrap();
+    let revoked = other.revoke_token(&info.id, 77).await.unwrap();
     assert_eq!(revoked.revoked_at_ms, Some(77));
     let err = s.push(push(group(1), 2, 10, i64::MAX)).await.unwrap_err();
     assert!(matches!(err, StorageError::TokenRevoked), "{err:?}");
@@ -202,33 +195,38 @@ async fn a_revocation_from_another_connection_freezes_pushes_at_once() {
         .unwrap_err();
     assert!(matches!(err, StorageError::AccessTokenInvalid), "{err:?}");
     // A second revocation keeps the first time; unknown ids are named.
-    let again = admin::revoke_token(&mut admin_conn, &info.id, 99)
-        .await
-        .unwrap();
+    let again = s.revoke_token(&info.id, 99).await.unwrap();
     assert_eq!(again.revoked_at_ms, Some(77));
     assert!(matches!(
-        admin::revoke_token(&mut admin_conn, "00000000", 99).await,
+        other.revoke_token("00000000", 99).await,
         Err(StorageError::TokenNotFound(_))
     ));
-    assert_eq!(
-        admin::list_tokens(&mut admin_conn).await.unwrap(),
-        s.tokens().await.unwrap()
-    );
+    // Creating a token whose public id exists is refused.
+    assert!(matches!(
+        s.create_token(new_token(1, 1, 1)).await,
+        Err(StorageError::TokenIdTaken(_))
+    ));
+    assert_eq!(other.tokens().await.unwrap(), s.tokens().await.unwrap());
+    other.close().await;
+    s.close().await;
 }
 
-#[tokio::test]
-async fn addresses_get_their_window_budget_and_a_promised_place() {
+/// See the test name.
+pub async fn addresses_get_their_window_budget_and_a_promised_place(b: &mut dyn Backend) {
     let window = 3_600_000;
-    let (_d, s) = open(Quotas {
-        max_storage: 1000,
-        address: AddressQuotas {
-            max_storage: 300,
-            new_groups_per_window: 2,
-            window_ms: window,
-            max_addresses: 2,
+    let s = open(
+        b,
+        Quotas {
+            max_storage: 1000,
+            address: AddressQuotas {
+                max_storage: 300,
+                new_groups_per_window: 2,
+                window_ms: window,
+                max_addresses: 2,
+            },
+            ..Quotas::UNLIMITED
         },
-        ..Quotas::UNLIMITED
-    })
+    )
     .await;
     let a = NewGroup::Address(address(1));
     s.open_session(group(1), D, 1000, a).await.unwrap();
@@ -283,17 +281,20 @@ async fn addresses_get_their_window_budget_and_a_promised_place() {
 /// (a token's at once), which changes no later decision; a group admitted
 /// after a prune starts at the head floor; pushes and acks to a pruned
 /// group are refused and re-create nothing, so it cannot come back unowned.
-#[tokio::test]
-async fn pruned_groups_go_back_to_their_owners_and_empty_owner_rows_go() {
-    let (_d, s) = open(Quotas {
-        address: AddressQuotas {
-            max_storage: 1000,
-            new_groups_per_window: 1,
-            window_ms: 1000,
-            max_addresses: 1,
+/// See the test name.
+pub async fn pruned_groups_go_back_to_their_owners_and_empty_owner_rows_go(b: &mut dyn Backend) {
+    let s = open(
+        b,
+        Quotas {
+            address: AddressQuotas {
+                max_storage: 1000,
+                new_groups_per_window: 1,
+                window_ms: 1000,
+                max_addresses: 1,
+            },
+            ..Quotas::UNLIMITED
         },
-        ..Quotas::UNLIMITED
-    })
+    )
     .await;
     s.create_token(new_token(1, 1, 1000)).await.unwrap();
     let by_token = NewGroup::Token(token(1));

@@ -3,13 +3,14 @@
 //! `groups.owner` (migration `0003_access.sql`). Every function runs inside
 //! the caller's transaction or savepoint, so a refusal rolls back with it.
 
-use super::super::{
-    AddressKey, AddressQuotas, NewGroup, NewToken, OpenedSession, Owner, StorageError, TokenHash,
-    TokenInfo,
-};
+use crate::dberr;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sync_protocol::GroupId;
+use sync_storage::{
+    AddressKey, AddressQuotas, NewGroup, NewToken, OpenedSession, Owner, StorageError, TokenHash,
+    TokenInfo,
+};
 
 /// Touch `group` (its `last_active_at`) and return its head and owner; a
 /// group that does not exist is created as `new_group` allows, at the head
@@ -27,11 +28,12 @@ pub(super) async fn open_group(
     .bind(&group.0[..])
     .bind(now_ms)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .map_err(dberr)?;
     if let Some(row) = existing {
-        let owner: Option<Vec<u8>> = row.try_get(1)?;
+        let owner: Option<Vec<u8>> = row.try_get(1).map_err(dberr)?;
         return Ok(OpenedSession {
-            head: row.try_get::<i64, _>(0)? as u64,
+            head: row.try_get::<i64, _>(0).map_err(dberr)? as u64,
             owner: owner.as_deref().and_then(Owner::from_bytes),
         });
     }
@@ -55,7 +57,8 @@ pub(super) async fn open_group(
     .bind(now_ms)
     .bind(owner.as_ref().map(Owner::bytes))
     .fetch_one(&mut *conn)
-    .await?;
+    .await
+    .map_err(dberr)?;
     Ok(OpenedSession {
         head: head as u64,
         owner,
@@ -71,15 +74,16 @@ async fn admit_token(conn: &mut SqliteConnection, hash: TokenHash) -> Result<(),
     )
     .bind(&hash.0[..])
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .map_err(dberr)?;
     let Some(row) = row else {
         return Err(StorageError::AccessTokenInvalid);
     };
-    if row.try_get::<Option<i64>, _>(1)?.is_some() {
+    if row.try_get::<Option<i64>, _>(1).map_err(dberr)?.is_some() {
         return Err(StorageError::AccessTokenInvalid);
     }
-    let limit = row.try_get::<i64, _>(0)? as u64;
-    let count = row.try_get::<i64, _>(2)? as u64;
+    let limit = row.try_get::<i64, _>(0).map_err(dberr)? as u64;
+    let count = row.try_get::<i64, _>(2).map_err(dberr)? as u64;
     if count >= limit {
         return Err(StorageError::TokenGroupLimit { count, limit });
     }
@@ -89,7 +93,8 @@ async fn admit_token(conn: &mut SqliteConnection, hash: TokenHash) -> Result<(),
     )
     .bind(&hash.0[..])
     .execute(&mut *conn)
-    .await?;
+    .await
+    .map_err(dberr)?;
     Ok(())
 }
 
@@ -106,12 +111,13 @@ async fn admit_address(
         sqlx::query("SELECT group_count, window_start, window_groups FROM owners WHERE owner = ?1")
             .bind(&key.0[..])
             .fetch_optional(&mut *conn)
-            .await?;
+            .await
+            .map_err(dberr)?;
     let (count, mut start, mut in_window) = match row {
         Some(r) => (
-            r.try_get::<i64, _>(0)?,
-            r.try_get::<i64, _>(1)?,
-            r.try_get::<i64, _>(2)? as u64,
+            r.try_get::<i64, _>(0).map_err(dberr)?,
+            r.try_get::<i64, _>(1).map_err(dberr)?,
+            r.try_get::<i64, _>(2).map_err(dberr)? as u64,
         ),
         None => (0, 0, 0),
     };
@@ -120,7 +126,8 @@ async fn admit_address(
             "SELECT COUNT(*) FROM owners WHERE kind = 'address' AND group_count > 0",
         )
         .fetch_one(&mut *conn)
-        .await?;
+        .await
+        .map_err(dberr)?;
         if owning as u64 >= q.max_addresses {
             return Err(StorageError::AddressesFull {
                 limit: q.max_addresses,
@@ -148,7 +155,8 @@ async fn admit_address(
     .bind(start)
     .bind((in_window + 1) as i64)
     .execute(&mut *conn)
-    .await?;
+    .await
+    .map_err(dberr)?;
     Ok(())
 }
 
@@ -178,7 +186,8 @@ pub(super) async fn charge_owner(
     .bind(owner)
     .bind(adding as i64)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await
+    .map_err(dberr)?;
     let Some(row) = row else {
         // A group's owner row is created with the group and never deleted
         // while the group exists (foreign key); treat a missing one as revoked.
@@ -188,11 +197,11 @@ pub(super) async fn charge_owner(
             revoked: true,
         });
     };
-    let used = (row.try_get::<i64, _>(0)? as u64).saturating_sub(adding);
+    let used = (row.try_get::<i64, _>(0).map_err(dberr)? as u64).saturating_sub(adding);
     Ok(match Owner::from_bytes(owner) {
         Some(Owner::Token(_)) => {
-            let limit: Option<i64> = row.try_get(1)?;
-            let revoked: Option<i64> = row.try_get(2)?;
+            let limit: Option<i64> = row.try_get(1).map_err(dberr)?;
+            let revoked: Option<i64> = row.try_get(2).map_err(dberr)?;
             OwnerUse {
                 used,
                 limit: limit.unwrap_or(0) as u64,
@@ -217,14 +226,15 @@ pub(super) async fn release_owners(
             .bind(owner)
             .bind(bytes)
             .execute(&mut *conn)
-            .await?;
+            .await
+            .map_err(dberr)?;
     }
     Ok(())
 }
 
 /// Delete at most `limit` owner rows that own no group and whose new-group
 /// window (`window_ms` long) ended before `before_ms` (a token's row has
-/// none): [`super::super::Storage::prune_idle`]'s third step. Forgetting
+/// none): [`sync_storage::Storage::prune_idle`]'s third step. Forgetting
 /// such a row changes no decision (an ended window counts as no window, a
 /// missing row as no groups and no bytes). Returns how many went.
 pub(super) async fn prune_owners(
@@ -246,7 +256,8 @@ pub(super) async fn prune_owners(
     .bind(window_ms)
     .bind(i64::from(limit))
     .execute(&mut *conn)
-    .await?
+    .await
+    .map_err(dberr)?
     .rows_affected();
     Ok(deleted)
 }
@@ -257,14 +268,14 @@ const TOKEN_INFO: &str = "SELECT t.id, t.label, t.created_at, t.max_groups, t.ma
 
 fn token_info(row: &SqliteRow) -> Result<TokenInfo, StorageError> {
     Ok(TokenInfo {
-        id: row.try_get(0)?,
-        label: row.try_get(1)?,
-        created_at_ms: row.try_get(2)?,
-        max_groups: row.try_get::<i64, _>(3)? as u64,
-        max_storage: row.try_get::<i64, _>(4)? as u64,
-        revoked_at_ms: row.try_get(5)?,
-        groups: row.try_get::<i64, _>(6)? as u64,
-        bytes_used: row.try_get::<i64, _>(7)? as u64,
+        id: row.try_get(0).map_err(dberr)?,
+        label: row.try_get(1).map_err(dberr)?,
+        created_at_ms: row.try_get(2).map_err(dberr)?,
+        max_groups: row.try_get::<i64, _>(3).map_err(dberr)? as u64,
+        max_storage: row.try_get::<i64, _>(4).map_err(dberr)? as u64,
+        revoked_at_ms: row.try_get(5).map_err(dberr)?,
+        groups: row.try_get::<i64, _>(6).map_err(dberr)? as u64,
+        bytes_used: row.try_get::<i64, _>(7).map_err(dberr)? as u64,
     })
 }
 
@@ -272,7 +283,8 @@ async fn token_by_id(conn: &mut SqliteConnection, id: &str) -> Result<TokenInfo,
     let row = sqlx::query(sqlx::AssertSqlSafe(format!("{TOKEN_INFO} WHERE t.id = ?1")))
         .bind(id)
         .fetch_optional(&mut *conn)
-        .await?;
+        .await
+        .map_err(dberr)?;
     match row {
         Some(row) => token_info(&row),
         None => Err(StorageError::TokenNotFound(id.to_string())),
@@ -289,7 +301,8 @@ pub(crate) async fn create_token(
     let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM tokens WHERE id = ?1")
         .bind(&id)
         .fetch_optional(&mut *conn)
-        .await?;
+        .await
+        .map_err(dberr)?;
     if taken.is_some() {
         return Err(StorageError::TokenIdTaken(id));
     }
@@ -304,7 +317,8 @@ pub(crate) async fn create_token(
     .bind(token.max_groups.min(i64::MAX as u64) as i64)
     .bind(token.max_storage.min(i64::MAX as u64) as i64)
     .execute(&mut *conn)
-    .await?;
+    .await
+    .map_err(dberr)?;
     token_by_id(conn, &id).await
 }
 
@@ -319,7 +333,8 @@ pub(crate) async fn revoke_token(
         .bind(id)
         .bind(now_ms)
         .execute(&mut *conn)
-        .await?;
+        .await
+        .map_err(dberr)?;
     token_by_id(conn, id).await
 }
 
@@ -331,6 +346,7 @@ pub(crate) async fn list_tokens<'e>(
         "{TOKEN_INFO} ORDER BY t.created_at, t.id"
     )))
     .fetch_all(db)
-    .await?;
+    .await
+    .map_err(dberr)?;
     rows.iter().map(token_info).collect()
 }

@@ -1,5 +1,9 @@
-//! Blob storage behind a trait (docs/protocol.md and docs/deploy.md), so a second backend can be
-//! added next to SQLite.
+//! Blob storage behind a trait (docs/protocol.md and docs/deploy.md "Storage backends"): the
+//! relay stores through [`Storage`], implemented by `sync-storage-sqlite` (one relay on one
+//! file, the default) and `sync-storage-postgres` (several relays on one PostgreSQL). This
+//! crate holds no backend's types: the trait, its error, the in-memory reference model
+//! ([`MemoryStorage`]) and, behind the `testing` feature, the contract tests and the model
+//! check every backend runs ([`testing`]).
 //!
 //! The contract every backend keeps:
 //! - a push batch is atomic: all of its new blobs are stored, or none;
@@ -26,17 +30,13 @@
 //! - a call returns `Ok` only after its writes are durable against a crash of
 //!   the relay process.
 
+#![forbid(unsafe_code)]
+
 mod memory;
-mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use memory::MemoryStorage;
-pub use sqlite::{SqliteStorage, SqliteStorageOptions, backup_database};
-
-/// Operator commands on the SQLite database while the relay runs
-/// (`sync-relay token …`).
-pub mod admin {
-    pub use super::sqlite::admin::{create_token, list_tokens, open_admin, revoke_token};
-}
 
 use async_trait::async_trait;
 use std::net::IpAddr;
@@ -136,7 +136,7 @@ impl Owner {
 }
 
 /// What [`Storage::open_session`] may do when the group does not exist yet
-/// (decided by [`crate::admission`] from the access mode and the `Hello`).
+/// (decided by the relay's admission (`sync_relay::admission`) from the access mode and the `Hello`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum NewGroup {
     /// Create it, owned by this token: refused when the token is unknown or
@@ -262,8 +262,10 @@ pub struct StorageStats {
 
 /// Storage failures. Quota and cursor errors are the client's; the rest map
 /// to INTERNAL on the wire.
+///
+/// Not `#[non_exhaustive]`: the relay maps every variant to a wire error in
+/// one exhaustive `match`, so a new variant must be given its wire meaning.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StorageError {
     /// The batch's new bytes would take the group over `max_group_storage`.
     #[error("group storage quota exceeded: {used} bytes used + {adding} new > {limit} allowed")]
@@ -360,12 +362,13 @@ pub enum StorageError {
         /// The group's head.
         head: u64,
     },
-    /// The database failed.
+    /// The database failed: the backend's own error (a `sqlx::Error`, an
+    /// I/O error), boxed so that this crate names no backend's types.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Running the schema migrations failed.
+    Database(#[source] BoxError),
+    /// Running the schema migrations failed (the backend's error, boxed).
     #[error("database migration failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    Migration(#[source] BoxError),
     /// The storage has been closed (the relay is stopping).
     #[error("storage is closed")]
     Closed,
@@ -383,7 +386,7 @@ pub struct AddressQuotas {
     /// with the first group created after the previous one ended.
     pub window_ms: i64,
     /// Addresses that may own groups at once: the relay can keep its
-    /// promise of `max_storage` to each (`access` config, [`crate::admission`]).
+    /// promise of `max_storage` to each (`access` config, the relay's admission (`sync_relay::admission`)).
     pub max_addresses: u64,
 }
 
@@ -461,7 +464,20 @@ pub struct CounterAudit {
     pub mismatched_owners: u64,
 }
 
+/// A backend's error, boxed ([`StorageError::Database`], [`StorageError::Migration`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 impl StorageError {
+    /// [`StorageError::Database`] from a backend's error (or a message).
+    pub fn database(err: impl Into<BoxError>) -> StorageError {
+        StorageError::Database(err.into())
+    }
+
+    /// [`StorageError::Migration`] from a backend's error.
+    pub fn migration(err: impl Into<BoxError>) -> StorageError {
+        StorageError::Migration(err.into())
+    }
+
     /// True for refusals caused by the request (quotas, admission, cursor
     /// beyond the head, token ids): nothing was stored, the storage is fine.
     pub fn is_refusal(&self) -> bool {
@@ -600,10 +616,3 @@ pub trait Storage: Send + Sync + 'static {
     /// Finish pending writes and close the database.
     async fn close(&self);
 }
-
-#[cfg(test)]
-mod access_tests;
-#[cfg(test)]
-mod model_check;
-#[cfg(test)]
-mod tests;

@@ -8,69 +8,124 @@
 //! (`UPDATE … RETURNING head_cursor`) is trivially serial, and the relay-wide
 //! byte total can be kept exactly in memory.
 
-use super::super::{
-    Deleted, LiveGroups, NewBlob, NewGroup, NewToken, OpenedSession, Owner, Pruned, PushOutcome,
-    PushRequest, Quotas, StorageError, TokenInfo,
-};
-use super::access;
-use super::fixed;
+use crate::access;
+use crate::{dberr, fixed};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use std::collections::{HashMap, HashSet};
 use sync_protocol::{BlobId, DeviceId, GroupId, PushResult};
+use sync_storage::{
+    Deleted, LiveGroups, NewBlob, NewGroup, NewToken, OpenedSession, Owner, Pruned, PushOutcome,
+    PushRequest, Quotas, StorageError, TokenInfo,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most queued writes committed in one transaction.
 pub const MAX_OPS_PER_TXN: usize = 128;
 
-pub(super) enum WriteOp {
+/// One queued write: its arguments and the slot of its caller's typed
+/// answer (so an op can only be answered with its own result type).
+pub(crate) enum Write {
     OpenSession {
         group: GroupId,
         device: DeviceId,
         now_ms: i64,
         new_group: NewGroup,
+        slot: Slot<OpenedSession>,
     },
-    Push(PushRequest),
-    CreateToken(NewToken),
+    Push {
+        req: PushRequest,
+        slot: Slot<PushOutcome>,
+    },
+    CreateToken {
+        token: NewToken,
+        slot: Slot<TokenInfo>,
+    },
     RevokeToken {
         id: String,
         now_ms: i64,
+        slot: Slot<TokenInfo>,
     },
     Ack {
         group: GroupId,
         device: DeviceId,
         cursor: u64,
         now_ms: i64,
+        slot: Slot<u64>,
     },
     DeleteExpired {
         now_ms: i64,
         limit: u32,
+        slot: Slot<Deleted>,
     },
     DeleteAcked {
         seen_since_ms: i64,
         limit: u32,
+        slot: Slot<Deleted>,
     },
     PruneIdle {
         idle_before_ms: i64,
         limit: u32,
         live: LiveGroups,
+        slot: Slot<Pruned>,
     },
 }
 
-pub(super) enum WriteReply {
-    Opened(OpenedSession),
-    Token(TokenInfo),
-    Pushed(PushOutcome),
-    Acked(u64),
-    Deleted(Deleted),
-    Pruned(Pruned),
+/// A caller waiting for a value of type `T`, and that value once its op is
+/// applied (sent only after the commit).
+pub(crate) struct Slot<T> {
+    reply: oneshot::Sender<Result<T, StorageError>>,
+    out: Option<T>,
 }
 
-pub(super) enum Job {
-    Write {
-        op: WriteOp,
-        reply: oneshot::Sender<Result<WriteReply, StorageError>>,
-    },
+impl<T> Slot<T> {
+    /// A slot answering `reply`.
+    pub(crate) fn new(reply: oneshot::Sender<Result<T, StorageError>>) -> Self {
+        Slot { reply, out: None }
+    }
+
+    /// Answer the caller: the applied value if `result` is `Ok`.
+    fn answer(self, result: Result<(), StorageError>) {
+        let answer = result.and_then(|()| {
+            self.out
+                .ok_or_else(|| StorageError::database("write committed without its result"))
+        });
+        let _ = self.reply.send(answer);
+    }
+}
+
+impl Write {
+    /// Drop a value applied in a transaction that did not commit.
+    fn reset(&mut self) {
+        match self {
+            Write::OpenSession { slot, .. } => slot.out = None,
+            Write::Push { slot, .. } => slot.out = None,
+            Write::CreateToken { slot, .. } | Write::RevokeToken { slot, .. } => slot.out = None,
+            Write::Ack { slot, .. } => slot.out = None,
+            Write::DeleteExpired { slot, .. } | Write::DeleteAcked { slot, .. } => slot.out = None,
+            Write::PruneIdle { slot, .. } => slot.out = None,
+        }
+    }
+
+    /// Answer the caller with its applied value, or `result`'s error.
+    fn answer(self, result: Result<(), StorageError>) {
+        match self {
+            Write::OpenSession { slot, .. } => slot.answer(result),
+            Write::Push { slot, .. } => slot.answer(result),
+            Write::CreateToken { slot, .. } | Write::RevokeToken { slot, .. } => {
+                slot.answer(result)
+            }
+            Write::Ack { slot, .. } => slot.answer(result),
+            Write::DeleteExpired { slot, .. } | Write::DeleteAcked { slot, .. } => {
+                slot.answer(result)
+            }
+            Write::PruneIdle { slot, .. } => slot.answer(result),
+        }
+    }
+}
+
+pub(crate) enum Job {
+    Write(Write),
     /// WAL checkpoint + optimize; outside any transaction.
     Maintenance(oneshot::Sender<Result<(), StorageError>>),
     Shutdown,
@@ -141,8 +196,8 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>,
                 tracing::error!(error = %err, "cannot read storage totals; refusing writes");
                 rx.close();
                 while let Some(job) = rx.recv().await {
-                    if let Job::Write { reply, .. } = job {
-                        let _ = reply.send(Err(StorageError::Closed));
+                    if let Job::Write(write) = job {
+                        write.answer(Err(StorageError::Closed));
                     }
                 }
                 return;
@@ -159,17 +214,12 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>,
     while !stop {
         let Some(first) = rx.recv().await else { break };
         let mut ops = Vec::with_capacity(16);
-        let mut replies = Vec::with_capacity(16);
         for job in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match job {
-                Job::Write { op, reply } => {
-                    ops.push(op);
-                    replies.push(reply);
-                }
+                Job::Write(write) => ops.push(write),
                 Job::Maintenance(reply) => {
                     // Commit what is queued first, then run outside a transaction.
-                    w.commit_and_answer(std::mem::take(&mut ops), std::mem::take(&mut replies))
-                        .await;
+                    w.commit_and_answer(std::mem::take(&mut ops)).await;
                     let _ = reply.send(w.maintenance().await);
                 }
                 Job::Shutdown => {
@@ -181,15 +231,13 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>,
                 break;
             }
         }
-        w.commit_and_answer(ops, replies).await;
+        w.commit_and_answer(ops).await;
     }
     rx.close();
     // Answer anything still queued so no caller waits forever.
     while let Ok(job) = rx.try_recv() {
         match job {
-            Job::Write { reply, .. } => {
-                let _ = reply.send(Err(StorageError::Closed));
-            }
+            Job::Write(write) => write.answer(Err(StorageError::Closed)),
             Job::Maintenance(reply) => {
                 let _ = reply.send(Err(StorageError::Closed));
             }
@@ -205,34 +253,34 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>,
     let _ = w.conn.close().await;
 }
 
-type Reply = oneshot::Sender<OpResult>;
-type OpResult = Result<WriteReply, StorageError>;
-
 impl Writer {
-    async fn commit_and_answer(&mut self, ops: Vec<WriteOp>, replies: Vec<Reply>) {
+    async fn commit_and_answer(&mut self, mut ops: Vec<Write>) {
         if ops.is_empty() {
             return;
         }
-        match self.commit_group(&ops).await {
+        match self.commit_group(&mut ops).await {
             Ok(results) => {
                 self.failpoint_after_commit(&ops, &results);
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+                for (write, result) in ops.into_iter().zip(results) {
+                    write.answer(result);
                 }
             }
             Err(err) => {
                 // The shared transaction failed as a whole: retry each op in
                 // a transaction of its own so each caller gets its own answer.
                 tracing::warn!(error = %err, ops = ops.len(), "group commit failed; retrying one by one");
-                for (op, reply) in ops.iter().zip(replies) {
-                    let result = match self.commit_group(std::slice::from_ref(op)).await {
-                        Ok(mut r) => {
-                            self.failpoint_after_commit(std::slice::from_ref(op), &r);
-                            r.pop().unwrap_or(Err(StorageError::Closed))
+                for mut write in ops {
+                    write.reset();
+                    let mut one = [write];
+                    let result = match self.commit_group(&mut one).await {
+                        Ok(r) => {
+                            self.failpoint_after_commit(&one, &r);
+                            r.into_iter().next().unwrap_or(Err(StorageError::Closed))
                         }
                         Err(e) => Err(e),
                     };
-                    let _ = reply.send(result);
+                    let [write] = one;
+                    write.answer(result);
                 }
             }
         }
@@ -242,12 +290,12 @@ impl Writer {
     /// after a commit, before its callers are answered; counts commits
     /// that stored at least one push (a refused push was rolled back).
     #[cfg(debug_assertions)]
-    fn failpoint_after_commit(&mut self, ops: &[WriteOp], results: &[OpResult]) {
+    fn failpoint_after_commit(&mut self, ops: &[Write], results: &[Result<(), StorageError>]) {
         if let Some(left) = &mut self.crash_after_push_commits
             && ops
                 .iter()
                 .zip(results)
-                .any(|(op, r)| matches!(op, WriteOp::Push(_)) && r.is_ok())
+                .any(|(w, r)| matches!(w, Write::Push { .. }) && r.is_ok())
         {
             *left -= 1;
             if *left == 0 {
@@ -258,55 +306,60 @@ impl Writer {
     }
 
     #[cfg(not(debug_assertions))]
-    fn failpoint_after_commit(&mut self, _ops: &[WriteOp], _results: &[OpResult]) {}
+    fn failpoint_after_commit(&mut self, _ops: &[Write], _results: &[Result<(), StorageError>]) {}
 
-    /// Apply `ops` in one transaction, each in a savepoint. Client errors
+    /// Apply `ops` in one transaction, each in a savepoint, each keeping its
+    /// value in its own slot (answered after the commit). Client errors
     /// (quotas, cursor) roll back only their op; a database error aborts the
     /// whole group. The in-memory byte total moves only after the commit.
     async fn commit_group(
         &mut self,
-        ops: &[WriteOp],
-    ) -> Result<Vec<Result<WriteReply, StorageError>>, StorageError> {
+        ops: &mut [Write],
+    ) -> Result<Vec<Result<(), StorageError>>, StorageError> {
         let quotas = self.quotas;
         let mut total = self.total_bytes;
         // IMMEDIATE: take the write lock up front, where `busy_timeout`
         // applies. A deferred transaction upgrading from read to write fails
         // at once with SQLITE_BUSY if another connection (a backup, a
         // closing connection's checkpoint) holds the lock at that moment.
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(dberr)?;
         let mut results = Vec::with_capacity(ops.len());
         if let [op] = ops {
             // One op alone needs no savepoint: a refusal rolls back the
             // whole transaction (two fewer statements on the common path).
             match apply(&mut tx, op, quotas, total).await {
-                Ok((reply, delta)) => {
-                    tx.commit().await?;
+                Ok(delta) => {
+                    tx.commit().await.map_err(dberr)?;
                     self.total_bytes = total.saturating_add_signed(delta);
-                    return Ok(vec![Ok(reply)]);
+                    return Ok(vec![Ok(())]);
                 }
                 Err(err) if err.is_refusal() => {
-                    tx.rollback().await?;
+                    tx.rollback().await.map_err(dberr)?;
                     return Ok(vec![Err(err)]);
                 }
                 Err(err) => return Err(err),
             }
         }
-        for op in ops {
-            let mut sp = tx.begin().await?;
+        for op in ops.iter_mut() {
+            let mut sp = tx.begin().await.map_err(dberr)?;
             match apply(&mut sp, op, quotas, total).await {
-                Ok((reply, delta)) => {
-                    sp.commit().await?;
+                Ok(delta) => {
+                    sp.commit().await.map_err(dberr)?;
                     total = total.saturating_add_signed(delta);
-                    results.push(Ok(reply));
+                    results.push(Ok(()));
                 }
                 Err(err) if err.is_refusal() => {
-                    sp.rollback().await?;
+                    sp.rollback().await.map_err(dberr)?;
                     results.push(Err(err));
                 }
                 Err(err) => return Err(err),
             }
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(dberr)?;
         self.total_bytes = total;
         Ok(results)
     }
@@ -314,50 +367,57 @@ impl Writer {
     async fn maintenance(&mut self) -> Result<(), StorageError> {
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .execute(&mut self.conn)
-            .await?;
+            .await
+            .map_err(dberr)?;
         sqlx::query("PRAGMA optimize")
             .execute(&mut self.conn)
-            .await?;
+            .await
+            .map_err(dberr)?;
         Ok(())
     }
 }
 
-/// Apply one op; returns its reply and the change of the relay's byte total.
+/// Apply one op, keeping its value in its slot; returns the change of the
+/// relay's byte total.
 async fn apply(
     conn: &mut SqliteConnection,
-    op: &WriteOp,
+    write: &mut Write,
     quotas: Quotas,
     total_bytes: u64,
-) -> Result<(WriteReply, i64), StorageError> {
-    match op {
-        WriteOp::OpenSession {
+) -> Result<i64, StorageError> {
+    match write {
+        Write::OpenSession {
             group,
             device,
             now_ms,
             new_group,
+            slot,
         } => {
             let opened =
                 access::open_group(conn, *group, *now_ms, *new_group, quotas.address).await?;
             touch_device(conn, *group, *device, *now_ms).await?;
-            Ok((WriteReply::Opened(opened), 0))
+            slot.out = Some(opened);
+            Ok(0)
         }
-        WriteOp::CreateToken(token) => Ok((
-            WriteReply::Token(access::create_token(conn, token).await?),
-            0,
-        )),
-        WriteOp::RevokeToken { id, now_ms } => Ok((
-            WriteReply::Token(access::revoke_token(conn, id, *now_ms).await?),
-            0,
-        )),
-        WriteOp::Push(req) => {
+        Write::CreateToken { token, slot } => {
+            slot.out = Some(access::create_token(conn, token).await?);
+            Ok(0)
+        }
+        Write::RevokeToken { id, now_ms, slot } => {
+            slot.out = Some(access::revoke_token(conn, id, *now_ms).await?);
+            Ok(0)
+        }
+        Write::Push { req, slot } => {
             let (out, added) = apply_push(conn, req, quotas, total_bytes).await?;
-            Ok((WriteReply::Pushed(out), added as i64))
+            slot.out = Some(out);
+            Ok(added as i64)
         }
-        WriteOp::Ack {
+        Write::Ack {
             group,
             device,
             cursor,
             now_ms,
+            slot,
         } => {
             // Only `open_session` creates groups (through admission).
             let head = group_head(conn, *group)
@@ -379,10 +439,16 @@ async fn apply(
             .bind(&device.0[..])
             .bind(*cursor as i64)
             .fetch_one(&mut *conn)
-            .await?;
-            Ok((WriteReply::Acked(acked as u64), 0))
+            .await
+            .map_err(dberr)?;
+            slot.out = Some(acked as u64);
+            Ok(0)
         }
-        WriteOp::DeleteExpired { now_ms, limit } => {
+        Write::DeleteExpired {
+            now_ms,
+            limit,
+            slot,
+        } => {
             let rows = sqlx::query(
                 "DELETE FROM blobs WHERE rowid IN \
                  (SELECT rowid FROM blobs WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
@@ -391,13 +457,16 @@ async fn apply(
             .bind(*now_ms)
             .bind(i64::from(*limit))
             .fetch_all(&mut *conn)
-            .await?;
+            .await
+            .map_err(dberr)?;
             let deleted = settle_deletions(conn, rows).await?;
-            Ok((WriteReply::Deleted(deleted), -(deleted.bytes as i64)))
+            slot.out = Some(deleted);
+            Ok(-(deleted.bytes as i64))
         }
-        WriteOp::DeleteAcked {
+        Write::DeleteAcked {
             seen_since_ms,
             limit,
+            slot,
         } => {
             let rows = sqlx::query(
                 "WITH floor AS (SELECT group_id, MIN(acked_cursor) AS acked FROM devices \
@@ -410,14 +479,17 @@ async fn apply(
             .bind(*seen_since_ms)
             .bind(i64::from(*limit))
             .fetch_all(&mut *conn)
-            .await?;
+            .await
+            .map_err(dberr)?;
             let deleted = settle_deletions(conn, rows).await?;
-            Ok((WriteReply::Deleted(deleted), -(deleted.bytes as i64)))
+            slot.out = Some(deleted);
+            Ok(-(deleted.bytes as i64))
         }
-        WriteOp::PruneIdle {
+        Write::PruneIdle {
             idle_before_ms,
             limit,
             live,
+            slot,
         } => {
             let pruned = prune_idle(
                 conn,
@@ -427,12 +499,13 @@ async fn apply(
                 quotas.address.window_ms,
             )
             .await?;
-            Ok((WriteReply::Pruned(pruned), 0))
+            slot.out = Some(pruned);
+            Ok(0)
         }
     }
 }
 
-/// [`super::super::Storage::prune_idle`]: idle devices, then idle empty
+/// [`sync_storage::Storage::prune_idle`]: idle devices, then idle empty
 /// groups left without devices (so deleting a group never cascades), the
 /// live groups excluded in SQL (a JSON array of hex ids), the head floor
 /// raised to the highest head pruned and the pruned groups' owners
@@ -457,7 +530,8 @@ async fn prune_idle(
     .bind(&live)
     .bind(i64::from(limit))
     .execute(&mut *conn)
-    .await?
+    .await
+    .map_err(dberr)?
     .rows_affected();
     // `blob_count = 0` selects the partial index `groups_idle`; the blobs
     // check guards against a counter ever being wrong (the delete would
@@ -475,25 +549,27 @@ async fn prune_idle(
     .bind(&live)
     .bind(i64::from(limit))
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+    .map_err(dberr)?;
     let mut top = None;
     // Owner → (groups, bytes) released; the bytes are 0 (no blobs) while
     // the counters are exact, and subtracted anyway so they stay exact.
     let mut released: HashMap<Vec<u8>, (i64, i64)> = HashMap::new();
     for row in &rows {
-        let head: i64 = row.try_get(0)?;
+        let head: i64 = row.try_get(0).map_err(dberr)?;
         top = top.max(Some(head));
-        if let Some(owner) = row.try_get::<Option<Vec<u8>>, _>(1)? {
+        if let Some(owner) = row.try_get::<Option<Vec<u8>>, _>(1).map_err(dberr)? {
             let e = released.entry(owner).or_default();
             e.0 += 1;
-            e.1 += row.try_get::<i64, _>(2)?;
+            e.1 += row.try_get::<i64, _>(2).map_err(dberr)?;
         }
     }
     if let Some(top) = top {
         sqlx::query("UPDATE relay_state SET head_floor = MAX(head_floor, ?1)")
             .bind(top)
             .execute(&mut *conn)
-            .await?;
+            .await
+            .map_err(dberr)?;
     }
     for (owner, (groups, bytes)) in released {
         sqlx::query(
@@ -504,7 +580,8 @@ async fn prune_idle(
         .bind(groups)
         .bind(bytes)
         .execute(&mut *conn)
-        .await?;
+        .await
+        .map_err(dberr)?;
     }
     let owners = access::prune_owners(conn, idle_before_ms, window_ms, limit).await?;
     Ok(Pruned {
@@ -524,9 +601,10 @@ async fn group_head(
     )
     .bind(&group.0[..])
     .fetch_one(conn)
-    .await?;
-    let head: Option<i64> = row.try_get(0)?;
-    let floor: i64 = row.try_get(1)?;
+    .await
+    .map_err(dberr)?;
+    let head: Option<i64> = row.try_get(0).map_err(dberr)?;
+    let floor: i64 = row.try_get(1).map_err(dberr)?;
     Ok((head.map(|h| h as u64), floor as u64))
 }
 
@@ -539,8 +617,8 @@ async fn settle_deletions(
     let mut per_group: HashMap<Vec<u8>, (i64, i64)> = HashMap::new();
     let mut deleted = Deleted::default();
     for row in rows {
-        let group: Vec<u8> = row.try_get(0)?;
-        let len: i64 = row.try_get(1)?;
+        let group: Vec<u8> = row.try_get(0).map_err(dberr)?;
+        let len: i64 = row.try_get(1).map_err(dberr)?;
         let e = per_group.entry(group).or_default();
         e.0 += 1;
         e.1 += len;
@@ -557,7 +635,8 @@ async fn settle_deletions(
         .bind(count)
         .bind(bytes)
         .fetch_optional(&mut *conn)
-        .await?;
+        .await
+        .map_err(dberr)?;
         if let Some(Some(owner)) = owner {
             *per_owner.entry(owner).or_default() += bytes;
         }
@@ -580,7 +659,7 @@ async fn touch_device(
     .bind(&device.0[..])
     .bind(now_ms)
     .execute(conn)
-    .await?;
+    .await.map_err(dberr)?;
     Ok(())
 }
 
@@ -627,12 +706,13 @@ async fn apply_push(
         .bind(adding as i64)
         .bind(req.now_ms)
         .fetch_optional(&mut *conn)
-        .await?
+        .await
+        .map_err(dberr)?
         .ok_or(StorageError::UnknownGroup)?;
-        let head = row.try_get::<i64, _>(0)? as u64;
-        let used = row.try_get::<i64, _>(1)? as u64 - adding;
-        let count = row.try_get::<i64, _>(2)? as u64 - n;
-        let owner: Option<Vec<u8>> = row.try_get(3)?;
+        let head = row.try_get::<i64, _>(0).map_err(dberr)? as u64;
+        let used = row.try_get::<i64, _>(1).map_err(dberr)? as u64 - adding;
+        let count = row.try_get::<i64, _>(2).map_err(dberr)? as u64 - n;
+        let owner: Option<Vec<u8>> = row.try_get(3).map_err(dberr)?;
         let owner_use = match &owner {
             Some(o) => {
                 Some(access::charge_owner(conn, o, adding, quotas.address.max_storage).await?)
@@ -729,7 +809,7 @@ async fn insert_blobs(
                 .bind(req.now_ms)
                 .bind(item.expires_at_ms);
         }
-        q.execute(&mut *conn).await?;
+        q.execute(&mut *conn).await.map_err(dberr)?;
     }
     Ok(())
 }
@@ -749,9 +829,9 @@ async fn existing_cursors(
         for item in chunk {
             q = q.bind(&item.blob_id.0[..]);
         }
-        for row in q.fetch_all(&mut *conn).await? {
-            let id = BlobId(fixed(row.try_get(0)?)?);
-            found.insert(id, row.try_get::<i64, _>(1)? as u64);
+        for row in q.fetch_all(&mut *conn).await.map_err(dberr)? {
+            let id = BlobId(fixed(row.try_get(0).map_err(dberr)?)?);
+            found.insert(id, row.try_get::<i64, _>(1).map_err(dberr)? as u64);
         }
     }
     Ok(found)

@@ -39,65 +39,17 @@
 //!   SQLite's writer recomputes at open) must survive.
 //!
 //! The check is backend-generic: [`check`] takes a [`Backend`] that opens the
-//! store under test over one test case's data. SQLite runs it below; another
-//! backend adds an implementation of [`Backend`] and one `proptest!` block.
+//! store under test over one test case's data, and [`run`] runs `cases`
+//! random cases, each on a fresh backend from a factory
+//! ([`crate::storage_contract_tests`] makes the `#[test]`).
 
-use super::*;
-use async_trait::async_trait;
+use super::Backend;
+use crate::*;
 use futures::future::BoxFuture;
 use proptest::prelude::*;
 use std::sync::Arc;
 use std::task::Poll;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
-
-/// Opens the store under test. One value per test case, owning that case's
-/// data (a temporary file, a fresh schema). The check runs on a
-/// current-thread runtime, so `open` need not be `Send`.
-#[async_trait(?Send)]
-pub(crate) trait Backend {
-    /// Open the store over this case's data: empty the first time, and
-    /// holding everything committed so far after a close.
-    async fn open(&mut self, quotas: Quotas) -> Box<dyn Storage>;
-
-    /// True when concurrent writes commit in the order they were submitted
-    /// (one write queue, as SQLite's writer). Otherwise the check accepts any
-    /// order of a burst that the model answers identically.
-    fn commits_in_submission_order(&self) -> bool;
-}
-
-/// The SQLite backend over a temporary directory.
-struct Sqlite {
-    dir: tempfile::TempDir,
-    /// Whether the check may rely on the writer's queue order (false runs
-    /// the order-free check meant for backends without one write queue).
-    queue_order: bool,
-}
-
-/// A temporary directory in RAM where there is one (`/dev/shm` on Linux):
-/// the check compares answers, not durability, and the `fsync`s of opening,
-/// closing and checkpointing databases would otherwise take most of its
-/// time (about five times as long on a virtual disk).
-fn ram_tempdir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir()
-        && let Ok(dir) = tempfile::tempdir_in(shm)
-    {
-        return dir;
-    }
-    tempfile::tempdir().expect("temp dir")
-}
-
-#[async_trait(?Send)]
-impl Backend for Sqlite {
-    async fn open(&mut self, quotas: Quotas) -> Box<dyn Storage> {
-        let opts = SqliteStorageOptions::new(self.dir.path().join("m.db"), quotas);
-        Box::new(SqliteStorage::open(opts).await.expect("open SQLite"))
-    }
-
-    fn commits_in_submission_order(&self) -> bool {
-        self.queue_order
-    }
-}
 
 const QUOTAS: Quotas = Quotas {
     max_group_storage: 400,
@@ -440,7 +392,7 @@ async fn drain_idle(
     }
 }
 
-fn run<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
+fn run_call<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
     Box::pin(async move {
         match call.clone() {
             Call::Push(group, sender, items, now_ms) => Answer::Pushed(ans(s
@@ -490,7 +442,7 @@ fn run<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
 /// has one thread and this loop does not yield). `unconstrained` keeps
 /// tokio's cooperative budget from turning a ready send into a yield.
 async fn submit_burst(s: &dyn Storage, calls: &[Call]) -> Vec<Answer> {
-    let mut futures: Vec<_> = calls.iter().map(|c| run(s, c)).collect();
+    let mut futures: Vec<_> = calls.iter().map(|c| run_call(s, c)).collect();
     let mut answers: Vec<Option<Answer>> = calls.iter().map(|_| None).collect();
     tokio::task::unconstrained(async {
         for (f, a) in futures.iter_mut().zip(answers.iter_mut()) {
@@ -543,7 +495,7 @@ async fn follow(
             let m = model.fork();
             let mut answers: Vec<Option<Answer>> = calls.iter().map(|_| None).collect();
             for &i in order {
-                answers[i] = Some(run(&m, &calls[i]).await);
+                answers[i] = Some(run_call(&m, &calls[i]).await);
             }
             let answers: Vec<Answer> = answers.into_iter().flatten().collect();
             if answers == got {
@@ -693,9 +645,9 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
                     Call::Ack(gid(0), dev(0), 0, now),
                 ];
                 for c in &refused {
-                    let got = run(&*store, c).await;
+                    let got = run_call(&*store, c).await;
                     for m in &models {
-                        prop_assert_eq!(&got, &run(m, c).await, "step {}: {:?}", step, op);
+                        prop_assert_eq!(&got, &run_call(m, c).await, "step {}: {:?}", step, op);
                     }
                 }
                 drop(store);
@@ -716,7 +668,7 @@ pub(crate) async fn check(backend: &mut dyn Backend, ops: Vec<Op>) -> Result<(),
             _ => {
                 let mut got = Vec::new();
                 for c in &calls {
-                    got.push(run(s, c).await);
+                    got.push(run_call(s, c).await);
                 }
                 (got, in_order)
             }
@@ -741,24 +693,30 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
-
-    #[test]
-    fn sqlite_answers_like_the_reference_model(ops in ops(50)) {
-        let mut backend = Sqlite { dir: ram_tempdir(), queue_order: true };
-        runtime().block_on(check(&mut backend, ops))?;
-    }
-}
-
-proptest! {
-    // Keeps the order-free path (for a backend without one write queue)
-    // working: SQLite's queue order is one of the orders it tries.
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
-
-    #[test]
-    fn sqlite_answers_like_the_model_in_some_order_of_each_burst(ops in ops(50)) {
-        let mut backend = Sqlite { dir: ram_tempdir(), queue_order: false };
-        runtime().block_on(check(&mut backend, ops))?;
+/// Run `cases` random cases of at most 50 operations, each against a fresh
+/// backend from `factory` (which returns `None`, having said why, when the
+/// backend is not available: then nothing runs). Panics with the shrunk
+/// failing case.
+pub fn run(cases: u32, factory: super::Factory) {
+    let rt = runtime();
+    let Some(probe) = rt.block_on(factory()) else {
+        return;
+    };
+    drop(probe);
+    let config = ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&ops(50), |ops| {
+        let rt = runtime();
+        let mut backend = rt
+            .block_on(factory())
+            .ok_or_else(|| TestCaseError::fail("the backend went away"))?;
+        rt.block_on(check(&mut *backend, ops))
+    });
+    if let Err(err) = result {
+        panic!("model check failed: {err}");
     }
 }
