@@ -27,8 +27,42 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     /// Who may create new groups.
     pub access: AccessConfig,
+    /// Where blobs are stored.
+    pub storage: StorageConfig,
     /// Log output.
     pub log: LogConfig,
+}
+
+/// `[storage]` (docs/deploy.md "Storage backends").
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://PATH` (one relay on one file; a relative PATH is relative
+    /// to the working directory) or `postgres://USER@HOST:PORT/DB` (several
+    /// relays on one PostgreSQL). Default: unset, the SQLite file
+    /// `relay.db` in `data_dir`. Env: `SYNC_RELAY__STORAGE__URL`.
+    pub url: Option<String>,
+    /// Connections each relay keeps open to PostgreSQL (ignored for
+    /// SQLite). Default 16; 1..=1000.
+    pub max_connections: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: None,
+            max_connections: 16,
+        }
+    }
+}
+
+/// The backend `[storage] url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// The SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`), as given.
+    Postgres(String),
 }
 
 /// `[network]`.
@@ -238,6 +272,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             cleanup: CleanupConfig::default(),
             access: AccessConfig::default(),
+            storage: StorageConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -463,6 +498,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        self.storage_url()?;
+        if self.storage.max_connections == 0 || self.storage.max_connections > 1000 {
+            return invalid(
+                "storage.max_connections",
+                format!("must be 1..=1000, got {}", self.storage.max_connections),
+            );
+        }
         let blob_ceiling = MAX_FRAME_CEILING / 2;
         if l.max_blob_size == 0 || l.max_blob_size > blob_ceiling {
             return invalid(
@@ -642,6 +684,33 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("relay.db")
     }
+
+    /// The backend `storage.url` names (unset: SQLite at [`Config::db_path`]).
+    /// Errors: [`ConfigError::Invalid`] naming `storage.url` for another
+    /// scheme or an empty path.
+    pub fn storage_url(&self) -> Result<StorageUrl, ConfigError> {
+        let Some(url) = self.storage.url.as_deref() else {
+            return Ok(StorageUrl::Sqlite(self.db_path()));
+        };
+        let invalid = |message: &str| ConfigError::Invalid {
+            key: "storage.url",
+            message: message.to_string(),
+        };
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid(
+                    "sqlite:// needs a file path, e.g. sqlite:///data/relay.db",
+                ));
+            }
+            return Ok(StorageUrl::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StorageUrl::Postgres(url.to_string()));
+        }
+        Err(invalid(
+            "must start with sqlite:// or postgres:// (e.g. postgres://relay@db.internal:5432/relay)",
+        ))
+    }
 }
 
 /// An environment value as TOML: integers and booleans as such, anything
@@ -702,6 +771,39 @@ mod tests {
         check("network.", "metrics_bind");
         check("network.", "public_addr");
         assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+    }
+
+    #[test]
+    fn the_storage_url_picks_the_backend_and_bad_ones_are_named() {
+        let c = Config::default();
+        assert_eq!(
+            c.storage_url().unwrap(),
+            StorageUrl::Sqlite(PathBuf::from("relay-data/relay.db"))
+        );
+        let c = parse("[storage]\nurl = \"sqlite:///var/lib/relay.db\"\n").unwrap();
+        assert_eq!(
+            c.storage_url().unwrap(),
+            StorageUrl::Sqlite(PathBuf::from("/var/lib/relay.db"))
+        );
+        let env = [(
+            "SYNC_RELAY__STORAGE__URL".to_string(),
+            "postgres://relay@127.0.0.1:5432/relay".to_string(),
+        )];
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(
+            c.storage_url().unwrap(),
+            StorageUrl::Postgres("postgres://relay@127.0.0.1:5432/relay".into())
+        );
+        for bad in ["mysql://x/y", "sqlite://", "relay.db"] {
+            let err = parse(&format!("[storage]\nurl = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("storage.url"), "{bad}: {err}");
+        }
+        let err = parse("[storage]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage.max_connections"), "{err}");
     }
 
     #[test]

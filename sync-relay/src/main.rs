@@ -140,7 +140,13 @@ fn init_logging(config: &Config) {
 /// 0700 directory.
 async fn backup(config: &Config, dest: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let db = config.db_path();
+    let db = match config.storage_url()? {
+        sync_relay::config::StorageUrl::Sqlite(path) => path,
+        sync_relay::config::StorageUrl::Postgres(_) => anyhow::bail!(
+            "storage.url is a PostgreSQL database: back it up with pg_dump (docs/deploy.md \
+             \"Storage backends\"); copy relay.key from the data dir yourself"
+        ),
+    };
     anyhow::ensure!(db.exists(), "no database at {}", db.display());
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -189,15 +195,84 @@ fn healthcheck(config: &Config, timeout: std::time::Duration) -> anyhow::Result<
 /// Most bytes of a token label.
 const MAX_LABEL: usize = 200;
 
-/// `sync-relay token …` on the database in the data dir (created and
-/// migrated if the relay never ran).
+/// Where `sync-relay token …` writes: its own connection to the SQLite file
+/// (waiting for the running relay's writer), or a PostgreSQL store.
+enum TokenStore {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(std::sync::Arc<dyn sync_relay::storage::Storage>),
+}
+
+impl TokenStore {
+    /// The database `storage.url` names (created and migrated if the relay
+    /// never ran).
+    async fn open(config: &Config) -> anyhow::Result<TokenStore> {
+        use sync_relay::config::StorageUrl;
+        Ok(match config.storage_url()? {
+            StorageUrl::Sqlite(db) => {
+                identity::ensure_data_dir(&config.data_dir)?;
+                let conn = sync_relay::storage::admin::open_admin(&db)
+                    .await
+                    .with_context(|| format!("opening {}", db.display()))?;
+                TokenStore::Sqlite(conn)
+            }
+            StorageUrl::Postgres(_) => TokenStore::Postgres(
+                sync_relay::storage::open(config)
+                    .await
+                    .context("opening the PostgreSQL storage")?,
+            ),
+        })
+    }
+
+    async fn create(
+        &mut self,
+        token: sync_relay::storage::NewToken,
+    ) -> Result<sync_relay::storage::TokenInfo, sync_relay::storage::StorageError> {
+        match self {
+            TokenStore::Sqlite(conn) => {
+                sync_relay::storage::admin::create_token(conn, &token).await
+            }
+            TokenStore::Postgres(s) => s.create_token(token).await,
+        }
+    }
+
+    async fn list(
+        &mut self,
+    ) -> Result<Vec<sync_relay::storage::TokenInfo>, sync_relay::storage::StorageError> {
+        match self {
+            TokenStore::Sqlite(conn) => sync_relay::storage::admin::list_tokens(conn).await,
+            TokenStore::Postgres(s) => s.tokens().await,
+        }
+    }
+
+    async fn revoke(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<sync_relay::storage::TokenInfo, sync_relay::storage::StorageError> {
+        match self {
+            TokenStore::Sqlite(conn) => {
+                sync_relay::storage::admin::revoke_token(conn, id, now_ms).await
+            }
+            TokenStore::Postgres(s) => s.revoke_token(id, now_ms).await,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            TokenStore::Sqlite(conn) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            TokenStore::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// `sync-relay token …` on the database `storage.url` names (by default
+/// the SQLite file in the data dir, created and migrated if the relay never
+/// ran).
 async fn token_command(config: &Config, command: &TokenCommand) -> anyhow::Result<()> {
-    use sync_relay::storage::{NewToken, TokenHash, admin};
-    identity::ensure_data_dir(&config.data_dir)?;
-    let db = config.db_path();
-    let mut conn = admin::open_admin(&db)
-        .await
-        .with_context(|| format!("opening {}", db.display()))?;
+    use sync_relay::storage::{NewToken, TokenHash};
+    let mut conn = TokenStore::open(config).await?;
     match command {
         TokenCommand::Create {
             label,
@@ -214,17 +289,15 @@ async fn token_command(config: &Config, command: &TokenCommand) -> anyhow::Resul
             let max_storage = max_storage.unwrap_or(config.limits.max_group_storage);
             anyhow::ensure!(max_storage >= 1, "--max-storage must be at least 1 byte");
             let token = sync_protocol::AccessToken(rand::random());
-            let info = admin::create_token(
-                &mut conn,
-                &NewToken {
+            let info = conn
+                .create(NewToken {
                     hash: TokenHash::of(&token),
                     label: label.clone(),
                     created_at_ms: sync_relay::context::now_ms(),
                     max_groups: *max_groups,
                     max_storage,
-                },
-            )
-            .await?;
+                })
+                .await?;
             println!("{}", token.to_text());
             eprintln!(
                 "Created token {}{}: up to {} groups storing {} bytes together. It is shown only \
@@ -238,7 +311,8 @@ async fn token_command(config: &Config, command: &TokenCommand) -> anyhow::Resul
                 info.max_groups,
                 info.max_storage
             );
-            let promised: u64 = admin::list_tokens(&mut conn)
+            let promised: u64 = conn
+                .list()
                 .await?
                 .iter()
                 .filter(|t| t.revoked_at_ms.is_none())
@@ -254,7 +328,7 @@ async fn token_command(config: &Config, command: &TokenCommand) -> anyhow::Resul
             }
         }
         TokenCommand::List { json } => {
-            let tokens = admin::list_tokens(&mut conn).await?;
+            let tokens = conn.list().await?;
             if *json {
                 println!("{}", serde_json::to_string(&tokens)?);
             } else {
@@ -262,8 +336,9 @@ async fn token_command(config: &Config, command: &TokenCommand) -> anyhow::Resul
             }
         }
         TokenCommand::Revoke { id } => {
-            let info =
-                admin::revoke_token(&mut conn, id.trim(), sync_relay::context::now_ms()).await?;
+            let info = conn
+                .revoke(id.trim(), sync_relay::context::now_ms())
+                .await?;
             eprintln!(
                 "Revoked token {}: it creates no more groups; its {} groups take no more pushes \
                  (their {} stored bytes stay readable until they expire)",
@@ -271,7 +346,7 @@ async fn token_command(config: &Config, command: &TokenCommand) -> anyhow::Resul
             );
         }
     }
-    let _ = sqlx::Connection::close(conn).await;
+    conn.close().await;
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 use crate::config::{AccessMode, Config};
 use crate::context::RelayContext;
 use crate::metrics::{KindLabel, ReasonLabel};
-use crate::storage::{SqliteStorage, SqliteStorageOptions, Storage, StorageError};
-use crate::{admission, advertise, cleanup, endpoint, http, identity, session};
+use crate::storage::{Storage, StorageError};
+use crate::{advertise, cleanup, endpoint, http, identity, session};
 use iroh::endpoint::IncomingAddr;
 use iroh::{Endpoint, EndpointId};
 use std::net::SocketAddr;
@@ -58,12 +58,10 @@ impl Relay {
     /// Start everything described by `config`. Errors: [`StartError`].
     pub async fn start(config: Config) -> Result<Relay, StartError> {
         let key = identity::load_or_create(&config.data_dir)?;
-        let storage: Arc<dyn Storage> = Arc::new(
-            SqliteStorage::open(SqliteStorageOptions::new(
-                config.db_path(),
-                admission::quotas(&config),
-            ))
-            .await?,
+        let storage: Arc<dyn Storage> = crate::storage::open(&config).await?;
+        info!(
+            backend = crate::storage::backend_name(&config),
+            "storage open"
         );
         match config.access.mode {
             AccessMode::Token => info!(

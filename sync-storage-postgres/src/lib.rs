@@ -1,0 +1,418 @@
+//! PostgreSQL backend of the relay's storage (docs/deploy.md "Storage backends"): several relay
+//! instances share one database and keep the contract of [`sync_storage`] among them.
+//!
+//! Every call is one transaction on a connection from a pool (READ
+//! COMMITTED), committed before it returns `Ok` (`synchronous_commit` as the
+//! server sets it: on by default, so an acknowledged push is durable). What
+//! makes it safe across instances is row locks, taken in one order by every
+//! transaction (group → owner → relay row), so they cannot deadlock:
+//! - a push locks its group's row (`SELECT … FOR NO KEY UPDATE`): the group's
+//!   pushes, from any instance, assign cursors one after the other from the
+//!   head they read under the lock, so cursors are gapless and a retried
+//!   blob id is found by the duplicate check under the same lock;
+//! - the owner's counter is raised by an `UPDATE … RETURNING` (its row lock
+//!   orders pushes of one owner's groups), and the relay-wide byte counter
+//!   in `relay_state` likewise, as the last statement before the commit
+//!   (the relay-wide quota is exact; its lock is held for that statement
+//!   and the commit only);
+//! - new groups of a token lock the token's row; new groups of addresses
+//!   take one transaction-scoped advisory lock (the count of addresses that
+//!   own groups is relay-wide);
+//! - cleanup (expiry, acknowledged deletion, pruning) takes a
+//!   transaction-scoped advisory lock, so one instance cleans at a time
+//!   (the others wait for that batch, then find what is left).
+//!
+//! A deadlock or serialization failure the server reports (40P01, 40001)
+//! is retried, at most [`RETRIES`] times.
+
+#![forbid(unsafe_code)]
+
+mod access;
+mod cleanup;
+mod push;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use futures::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
+use sync_storage::{
+    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned, PullPage,
+    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
+};
+
+/// How often a transaction the server aborted as a deadlock or a
+/// serialization failure is tried again before the error is returned.
+pub const RETRIES: u32 = 3;
+
+/// How the PostgreSQL backend is opened.
+#[derive(Debug, Clone)]
+pub struct PostgresStorageOptions {
+    /// Where the database is (`postgres://user@host:port/db`, any option
+    /// libpq-style URLs take).
+    pub connect: PgConnectOptions,
+    /// Quotas checked inside the push transaction.
+    pub quotas: Quotas,
+    /// Connections in this instance's pool.
+    pub max_connections: u32,
+    /// How long a call waits for a free connection.
+    pub acquire_timeout: Duration,
+}
+
+impl PostgresStorageOptions {
+    /// Options for `url` with the given quotas and default tuning (16
+    /// connections, 5 s to get one). Errors: [`StorageError::Database`] for
+    /// a URL that does not parse.
+    pub fn new(url: &str, quotas: Quotas) -> Result<Self, StorageError> {
+        Ok(PostgresStorageOptions {
+            connect: PgConnectOptions::from_str(url).map_err(dberr)?,
+            quotas,
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        })
+    }
+}
+
+/// The PostgreSQL [`Storage`] backend. See the module docs.
+pub struct PostgresStorage {
+    pool: PgPool,
+    quotas: Quotas,
+}
+
+impl PostgresStorage {
+    /// Connect, run the migrations in `migrations/postgres` (sqlx holds an
+    /// advisory lock while it migrates, so instances starting together
+    /// migrate once) and return the store.
+    /// Errors: [`StorageError::Database`], [`StorageError::Migration`].
+    pub async fn open(opts: PostgresStorageOptions) -> Result<Self, StorageError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(opts.connect)
+            .await
+            .map_err(dberr)?;
+        sqlx::migrate!("../migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(StorageError::migration)?;
+        Ok(PostgresStorage {
+            pool,
+            quotas: opts.quotas,
+        })
+    }
+
+    /// Run `op` in a transaction of its own and commit it; a refusal rolls
+    /// it back. Retried on deadlock or serialization failure.
+    async fn in_transaction<T, F>(&self, mut op: F) -> Result<T, StorageError>
+    where
+        T: Send,
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, StorageError>> + Send,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = async {
+                let mut tx: Transaction<'_, Postgres> = self.pool.begin().await.map_err(dberr)?;
+                let out = op(&mut tx).await?;
+                tx.commit().await.map_err(dberr)?;
+                Ok(out)
+            }
+            .await;
+            match result {
+                Err(StorageError::Database(e)) if attempt <= RETRIES && is_retryable(&*e) => {
+                    tracing::debug!(error = %e, attempt, "transaction aborted by the server; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// True for a deadlock (40P01) or serialization failure (40001): the
+/// server rolled the transaction back, and running it again is safe.
+fn is_retryable(err: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        err.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("40P01" | "40001"))
+    )
+}
+
+/// A database error as a [`StorageError`]: a closed pool is
+/// [`StorageError::Closed`] (the relay is stopping), anything else
+/// [`StorageError::Database`]. (`sqlx::Error` is not this crate's type, so
+/// there is no `From`.)
+pub(crate) fn dberr(err: sqlx::Error) -> StorageError {
+    match err {
+        sqlx::Error::PoolClosed => StorageError::Closed,
+        err => StorageError::database(err),
+    }
+}
+
+/// `bytes` as an `N`-byte array, or a database error naming the length.
+pub(crate) fn fixed<const N: usize>(bytes: Vec<u8>) -> Result<[u8; N], StorageError> {
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        StorageError::database(format!("expected {N} bytes, found {}", b.len()))
+    })
+}
+
+/// A non-negative stored integer as `u64` (a negative one is a database
+/// error: the schema never stores one).
+pub(crate) fn unsigned(v: i64) -> Result<u64, StorageError> {
+    u64::try_from(v).map_err(|_| StorageError::database(format!("negative counter {v}")))
+}
+
+/// `v` for a BIGINT column (values above `i64::MAX` are stored as it).
+pub(crate) fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn open_session(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        now_ms: i64,
+        new_group: NewGroup,
+    ) -> Result<OpenedSession, StorageError> {
+        let address = self.quotas.address;
+        self.in_transaction(|conn| {
+            Box::pin(async move {
+                let opened = access::open_group(conn, group, now_ms, new_group, address).await?;
+                access::touch_device(conn, group, device, now_ms).await?;
+                Ok(opened)
+            })
+        })
+        .await
+    }
+
+    async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
+        let quotas = self.quotas;
+        // Shared, not cloned, by the attempts of a retried transaction.
+        let req = std::sync::Arc::new(req);
+        self.in_transaction(move |conn| {
+            let req = std::sync::Arc::clone(&req);
+            Box::pin(async move { push::apply(conn, &req, quotas).await })
+        })
+        .await
+    }
+
+    async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
+        // An unknown group's head is the floor it would start at.
+        let head: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT head_cursor FROM groups WHERE group_id = $1), head_floor) \
+             FROM relay_state",
+        )
+        .bind(&group.0[..])
+        .fetch_one(&self.pool)
+        .await
+        .map_err(dberr)?;
+        unsigned(head)
+    }
+
+    async fn pull_page(
+        &self,
+        group: GroupId,
+        after: u64,
+        max_blobs: u32,
+        max_bytes: usize,
+        now_ms: i64,
+    ) -> Result<PullPage, StorageError> {
+        let max_blobs = max_blobs.max(1) as usize;
+        let mut rows = sqlx::query(
+            "SELECT cursor, blob_id, sender, created_at, payload FROM blobs \
+             WHERE group_id = $1 AND cursor > $2 AND expires_at > $3 \
+             ORDER BY cursor LIMIT $4",
+        )
+        .bind(&group.0[..])
+        .bind(signed(after))
+        .bind(now_ms)
+        .bind(max_blobs as i64 + 1)
+        .fetch(&self.pool);
+        let mut page = PullPage {
+            blobs: Vec::new(),
+            complete: true,
+        };
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await.map_err(dberr)? {
+            if page.blobs.len() == max_blobs {
+                page.complete = false;
+                break;
+            }
+            let payload: Vec<u8> = row.try_get(4).map_err(dberr)?;
+            if !page.blobs.is_empty() && bytes + payload.len() > max_bytes {
+                page.complete = false;
+                break;
+            }
+            bytes += payload.len();
+            page.blobs.push(PulledBlob {
+                cursor: unsigned(row.try_get(0).map_err(dberr)?)?,
+                blob_id: BlobId(fixed(row.try_get(1).map_err(dberr)?)?),
+                sender: DeviceId(fixed(row.try_get(2).map_err(dberr)?)?),
+                created_at: unsigned(row.try_get(3).map_err(dberr)?)?,
+                payload,
+            });
+        }
+        Ok(page)
+    }
+
+    async fn ack(
+        &self,
+        group: GroupId,
+        device: DeviceId,
+        cursor: u64,
+        now_ms: i64,
+    ) -> Result<u64, StorageError> {
+        self.in_transaction(|conn| {
+            Box::pin(async move {
+                // FOR KEY SHARE: a prune cannot delete the group under the
+                // ack; pushes (FOR NO KEY UPDATE) are not held up.
+                let head: i64 = sqlx::query_scalar(
+                    "SELECT head_cursor FROM groups WHERE group_id = $1 FOR KEY SHARE",
+                )
+                .bind(&group.0[..])
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(dberr)?
+                .ok_or(StorageError::UnknownGroup)?;
+                let head = unsigned(head)?;
+                if cursor > head {
+                    return Err(StorageError::CursorBeyondHead { cursor, head });
+                }
+                access::touch_device(conn, group, device, now_ms).await?;
+                let acked: i64 = sqlx::query_scalar(
+                    "UPDATE devices SET acked_cursor = GREATEST(acked_cursor, $3) \
+                     WHERE group_id = $1 AND device_id = $2 RETURNING acked_cursor",
+                )
+                .bind(&group.0[..])
+                .bind(&device.0[..])
+                .bind(signed(cursor))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(dberr)?;
+                unsigned(acked)
+            })
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StorageStats, StorageError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(blob_count), 0)::BIGINT, \
+             COALESCE(SUM(bytes_used), 0)::BIGINT, \
+             (SELECT COUNT(*) FROM devices), (SELECT COUNT(*) FROM owners) FROM groups",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(dberr)?;
+        let get = |i: usize| -> Result<u64, StorageError> {
+            unsigned(row.try_get::<i64, _>(i).map_err(dberr)?)
+        };
+        Ok(StorageStats {
+            groups: get(0)?,
+            devices: get(3)?,
+            owners: get(4)?,
+            blobs: get(1)?,
+            bytes: get(2)?,
+        })
+    }
+
+    async fn delete_expired(&self, now_ms: i64, limit: u32) -> Result<Deleted, StorageError> {
+        self.in_transaction(|conn| Box::pin(cleanup::delete_expired(conn, now_ms, limit)))
+            .await
+    }
+
+    async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError> {
+        self.in_transaction(|conn| Box::pin(cleanup::delete_acked(conn, seen_since_ms, limit)))
+            .await
+    }
+
+    async fn prune_idle(
+        &self,
+        idle_before_ms: i64,
+        limit: u32,
+        live: LiveGroups,
+    ) -> Result<Pruned, StorageError> {
+        let window_ms = self.quotas.address.window_ms;
+        self.in_transaction(move |conn| {
+            let live = live.clone();
+            Box::pin(async move {
+                cleanup::prune_idle(conn, idle_before_ms, limit, &live, window_ms).await
+            })
+        })
+        .await
+    }
+
+    /// Nothing to do: PostgreSQL's autovacuum keeps the tables and their
+    /// statistics (there is no WAL file of ours to checkpoint).
+    async fn maintenance(&self) -> Result<(), StorageError> {
+        if self.pool.is_closed() {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    async fn audit(&self) -> Result<CounterAudit, StorageError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COALESCE(SUM(bytes_used), 0)::BIGINT FROM groups), \
+                    (SELECT COALESCE(SUM(octet_length(payload)), 0)::BIGINT FROM blobs), \
+                    (SELECT COALESCE(SUM(blob_count), 0)::BIGINT FROM groups), \
+                    (SELECT COUNT(*) FROM blobs), \
+                    (SELECT COUNT(*) FROM groups g WHERE \
+                       g.bytes_used != (SELECT COALESCE(SUM(octet_length(payload)), 0) FROM blobs b WHERE b.group_id = g.group_id) \
+                    OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id)), \
+                    (SELECT COUNT(*) FROM owners o WHERE \
+                       o.bytes_used != (SELECT COALESCE(SUM(bytes_used), 0) FROM groups g WHERE g.owner = o.owner) \
+                    OR o.group_count != (SELECT COUNT(*) FROM groups g WHERE g.owner = o.owner)) \
+                  + (SELECT COUNT(DISTINCT g.owner) FROM groups g WHERE g.owner IS NOT NULL \
+                       AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.owner = g.owner)) \
+                  + (SELECT COUNT(*) FROM relay_state r WHERE r.bytes_used != \
+                       (SELECT COALESCE(SUM(bytes_used), 0) FROM groups))",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(dberr)?;
+        let get = |i: usize| -> Result<u64, StorageError> {
+            unsigned(row.try_get::<i64, _>(i).map_err(dberr)?)
+        };
+        Ok(CounterAudit {
+            counted_bytes: get(0)?,
+            actual_bytes: get(1)?,
+            counted_blobs: get(2)?,
+            actual_blobs: get(3)?,
+            mismatched_groups: get(4)?,
+            // The relay-wide counter, when it disagrees, counts as one
+            // mismatched owner (it is the relay's budget).
+            mismatched_owners: get(5)?,
+        })
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<TokenInfo, StorageError> {
+        self.in_transaction(move |conn| {
+            let token = token.clone();
+            Box::pin(async move { access::create_token(conn, &token).await })
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<TokenInfo, StorageError> {
+        let id = id.to_string();
+        self.in_transaction(move |conn| {
+            let id = id.clone();
+            Box::pin(async move { access::revoke_token(conn, &id, now_ms).await })
+        })
+        .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
+        let mut conn = self.pool.acquire().await.map_err(dberr)?;
+        access::list_tokens(&mut conn).await
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

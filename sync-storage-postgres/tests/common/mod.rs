@@ -1,0 +1,114 @@
+//! A PostgreSQL database per test (`SYNC_TEST_POSTGRES_URL`), as a
+//! [`Backend`] for `sync_storage::testing`.
+
+use async_trait::async_trait;
+use futures::future::LocalBoxFuture;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use std::str::FromStr;
+use sync_storage::testing::Backend;
+use sync_storage::{Quotas, Storage};
+use sync_storage_postgres::{PostgresStorage, PostgresStorageOptions};
+
+/// The variable naming the server the tests create their databases on,
+/// e.g. `postgres://postgres@127.0.0.1:5432/test` (its database is only
+/// where `CREATE DATABASE` runs).
+pub const URL_ENV: &str = "SYNC_TEST_POSTGRES_URL";
+
+/// A database of its own on the test server, dropped with this value.
+pub struct Postgres {
+    /// The server, connected to its own database (for CREATE/DROP).
+    admin: PgConnectOptions,
+    /// The test's database.
+    name: String,
+}
+
+impl Postgres {
+    /// Create a database with a random name; `None` (after a loud line on
+    /// stderr) without [`URL_ENV`]. Panics if the server refuses.
+    pub async fn create() -> Option<Postgres> {
+        let Ok(url) = std::env::var(URL_ENV) else {
+            eprintln!(
+                "SKIPPED: {URL_ENV} not set; this PostgreSQL test did not run \
+                 (e.g. {URL_ENV}=postgres://postgres@127.0.0.1:5432/test)"
+            );
+            return None;
+        };
+        let admin = PgConnectOptions::from_str(&url).expect("SYNC_TEST_POSTGRES_URL parses");
+        let name = format!("zk_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("{URL_ENV}={url}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("CREATE DATABASE");
+        let _ = conn.close().await;
+        Some(Postgres { admin, name })
+    }
+
+    /// Options for a store over this database.
+    pub fn options(&self, quotas: Quotas) -> PostgresStorageOptions {
+        PostgresStorageOptions {
+            connect: self.admin.clone().database(&self.name),
+            quotas,
+            max_connections: 8,
+            acquire_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl Drop for Postgres {
+    /// Drop the database (closing whatever connections are left), on a
+    /// thread of its own: this may run while a panic unwinds, inside or
+    /// outside a runtime.
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect_with(&admin).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await?;
+                conn.close().await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl Backend for Postgres {
+    async fn open(&mut self, quotas: Quotas) -> Box<dyn Storage> {
+        Box::new(
+            PostgresStorage::open(self.options(quotas))
+                .await
+                .expect("open PostgreSQL storage"),
+        )
+    }
+
+    /// Each call is a transaction of its own on a pool: a burst commits in
+    /// any order (the model check tries each).
+    fn commits_in_submission_order(&self) -> bool {
+        false
+    }
+}
+
+/// The [`sync_storage::testing::Factory`] for PostgreSQL.
+pub fn postgres() -> LocalBoxFuture<'static, Option<Box<dyn Backend>>> {
+    Box::pin(async {
+        Postgres::create()
+            .await
+            .map(|p| Box::new(p) as Box<dyn Backend>)
+    })
+}
