@@ -11,8 +11,9 @@ use sqlx::{PgConnection, Row};
 use std::collections::BTreeMap;
 use sync_storage::{Deleted, LiveGroups, Pruned, StorageError};
 
-/// The advisory lock every cleanup batch holds (transaction-scoped).
-pub(crate) const CLEANUP_LOCK: i64 = 0x0c5c_0000_0000_0001;
+/// The advisory lock every cleanup batch holds (transaction-scoped,
+/// `pg_advisory_xact_lock(CLEANUP_LOCK)`).
+pub const CLEANUP_LOCK: i64 = 0x0c5c_0000_0000_0001;
 
 async fn lock_cleanup(conn: &mut PgConnection) -> Result<(), StorageError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")

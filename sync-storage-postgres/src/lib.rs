@@ -30,6 +30,10 @@
 mod access;
 mod cleanup;
 mod push;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use cleanup::CLEANUP_LOCK;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;

@@ -6,6 +6,4 @@
 //! a loud SKIPPED line and passes (a fresh machine without PostgreSQL);
 //! `.ci/run` sets it and checks the server answers, so CI always runs them.
 
-mod common;
-
-sync_storage::storage_contract_tests!(common::postgres, 32);
+sync_storage::storage_contract_tests!(sync_storage_postgres::testing::factory, 32);

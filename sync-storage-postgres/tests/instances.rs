@@ -4,13 +4,12 @@
 //! test in a database of its own (`SYNC_TEST_POSTGRES_URL`; without it, a
 //! loud SKIPPED line and a pass).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 use sync_protocol::{BlobId, DeviceId, GroupId};
 use sync_storage::{NewBlob, NewGroup, PushRequest, Quotas, Storage, StorageError};
-use sync_storage_postgres::PostgresStorage;
+use sync_storage_postgres::testing::TestDatabase;
+use sync_storage_postgres::{CLEANUP_LOCK, PostgresStorage};
 
 fn blob(task: u8, i: u16, len: usize, expires_at_ms: i64) -> NewBlob {
     let mut id = [0u8; 16];
@@ -23,7 +22,7 @@ fn blob(task: u8, i: u16, len: usize, expires_at_ms: i64) -> NewBlob {
     }
 }
 
-async fn two(db: &common::Postgres, quotas: Quotas) -> [Arc<dyn Storage>; 2] {
+async fn two(db: &TestDatabase, quotas: Quotas) -> [Arc<dyn Storage>; 2] {
     let a = PostgresStorage::open(db.options(quotas)).await.unwrap();
     let b = PostgresStorage::open(db.options(quotas)).await.unwrap();
     [Arc::new(a), Arc::new(b)]
@@ -34,7 +33,7 @@ async fn two(db: &common::Postgres, quotas: Quotas) -> [Arc<dyn Storage>; 2] {
 /// blob more, and every task was refused with RelayStorageFull.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_quota_holds_across_two_instances() {
-    let Some(db) = common::Postgres::create().await else {
+    let Some(db) = TestDatabase::create().await else {
         return;
     };
     let quotas = Quotas {
@@ -86,7 +85,7 @@ async fn the_relay_quota_holds_across_two_instances() {
 /// waits for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_runs_on_one_instance_at_a_time() {
-    let Some(db) = common::Postgres::create().await else {
+    let Some(db) = TestDatabase::create().await else {
         return;
     };
     let stores = two(&db, Quotas::UNLIMITED).await;
@@ -138,7 +137,7 @@ async fn cleanup_runs_on_one_instance_at_a_time() {
     use sqlx::Connection;
     let mut tx = holder.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(0x0c5c_0000_0000_0001_i64)
+        .bind(CLEANUP_LOCK)
         .execute(&mut *tx)
         .await
         .unwrap();

@@ -1,6 +1,10 @@
-//! A PostgreSQL database per test (`SYNC_TEST_POSTGRES_URL`), as a
-//! [`Backend`] for `sync_storage::testing`.
+//! A PostgreSQL database per test (feature `testing`): created with a
+//! random name on the server `SYNC_TEST_POSTGRES_URL` names, dropped when
+//! the value is dropped (also while a panic unwinds), and usable as a
+//! [`Backend`] for `sync_storage::testing`. Without the variable,
+//! [`TestDatabase::create`] prints a loud SKIPPED line and returns `None`.
 
+use crate::{PostgresStorage, PostgresStorageOptions};
 use async_trait::async_trait;
 use futures::future::LocalBoxFuture;
 use sqlx::Connection;
@@ -8,7 +12,6 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use std::str::FromStr;
 use sync_storage::testing::Backend;
 use sync_storage::{Quotas, Storage};
-use sync_storage_postgres::{PostgresStorage, PostgresStorageOptions};
 
 /// The variable naming the server the tests create their databases on,
 /// e.g. `postgres://postgres@127.0.0.1:5432/test` (its database is only
@@ -16,17 +19,19 @@ use sync_storage_postgres::{PostgresStorage, PostgresStorageOptions};
 pub const URL_ENV: &str = "SYNC_TEST_POSTGRES_URL";
 
 /// A database of its own on the test server, dropped with this value.
-pub struct Postgres {
+pub struct TestDatabase {
     /// The server, connected to its own database (for CREATE/DROP).
     admin: PgConnectOptions,
+    /// The server's URL as given.
+    url: String,
     /// The test's database.
     name: String,
 }
 
-impl Postgres {
+impl TestDatabase {
     /// Create a database with a random name; `None` (after a loud line on
     /// stderr) without [`URL_ENV`]. Panics if the server refuses.
-    pub async fn create() -> Option<Postgres> {
+    pub async fn create() -> Option<TestDatabase> {
         let Ok(url) = std::env::var(URL_ENV) else {
             eprintln!(
                 "SKIPPED: {URL_ENV} not set; this PostgreSQL test did not run \
@@ -44,7 +49,19 @@ impl Postgres {
             .await
             .expect("CREATE DATABASE");
         let _ = conn.close().await;
-        Some(Postgres { admin, name })
+        Some(TestDatabase { admin, url, name })
+    }
+
+    /// The URL of this test's database (the server's URL with its
+    /// database name replaced), e.g. for a relay's `storage.url`.
+    pub fn url(&self) -> String {
+        let (base, query) = match self.url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (self.url.as_str(), String::new()),
+        };
+        let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
+        let authority = rest.split('/').next().unwrap_or(rest);
+        format!("{scheme}://{authority}/{}{query}", self.name)
     }
 
     /// Options for a store over this database.
@@ -58,7 +75,7 @@ impl Postgres {
     }
 }
 
-impl Drop for Postgres {
+impl Drop for TestDatabase {
     /// Drop the database (closing whatever connections are left), on a
     /// thread of its own: this may run while a panic unwinds, inside or
     /// outside a runtime.
@@ -88,7 +105,7 @@ impl Drop for Postgres {
 }
 
 #[async_trait(?Send)]
-impl Backend for Postgres {
+impl Backend for TestDatabase {
     async fn open(&mut self, quotas: Quotas) -> Box<dyn Storage> {
         Box::new(
             PostgresStorage::open(self.options(quotas))
@@ -104,10 +121,11 @@ impl Backend for Postgres {
     }
 }
 
-/// The [`sync_storage::testing::Factory`] for PostgreSQL.
-pub fn postgres() -> LocalBoxFuture<'static, Option<Box<dyn Backend>>> {
+/// The [`sync_storage::testing::Factory`] for PostgreSQL: a
+/// [`TestDatabase`] per test.
+pub fn factory() -> LocalBoxFuture<'static, Option<Box<dyn Backend>>> {
     Box::pin(async {
-        Postgres::create()
+        TestDatabase::create()
             .await
             .map(|p| Box::new(p) as Box<dyn Backend>)
     })
