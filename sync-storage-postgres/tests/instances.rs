@@ -49,7 +49,8 @@ async fn the_relay_quota_holds_across_two_instances() {
             s.open_session(group, DeviceId([t; 32]), 1, NewGroup::Unowned)
                 .await
                 .unwrap();
-            for i in 0.. {
+            // 2000 bytes are 200 blobs: each task is refused long before 1000.
+            for i in 0..1000 {
                 let req = PushRequest {
                     group,
                     sender: DeviceId([t; 32]),
@@ -62,6 +63,7 @@ async fn the_relay_quota_holds_across_two_instances() {
                     Err(e) => panic!("{e}"),
                 }
             }
+            panic!("1000 pushes of 10 bytes and never RelayStorageFull");
         }));
     }
     for t in tasks {
