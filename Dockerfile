@@ -27,6 +27,8 @@ USER 10001:10001
 # Data in the volume; QUIC on all interfaces (set SYNC_RELAY__NETWORK__PUBLIC_ADDR
 # to the HOST:PORT devices reach, or the relay warns that it announces 127.0.0.1); HTTP (health + metrics) on all
 # interfaces inside the container (publish it only where it should be reachable).
+# Storage: SQLite in /data by default; several relays on one PostgreSQL with
+# SYNC_RELAY__STORAGE__URL=postgres://… (docs/deploy.md "Storage backends").
 # Two glibc malloc arenas: peak memory of large transfers ~20 % lower (BENCHMARKS.md).
 ENV SYNC_RELAY_DATA_DIR=/data \
     SYNC_RELAY_QUIC_BIND=0.0.0.0:4433 \

@@ -435,8 +435,8 @@ fn run_call<'a>(s: &'a dyn Storage, call: &'a Call) -> BoxFuture<'a, Answer> {
 }
 
 /// Submit `calls` concurrently and collect their answers in submission
-/// order. Each call's future is polled once, in order, before any is
-/// awaited: one poll runs a write up to its wait for the answer, so it is in
+/// order. Each call's future is polled once, in order, before all are
+/// awaited together: one poll runs a write up to its wait for the answer, so it is in
 /// the backend's queue (SQLite: the writer's FIFO channel) before the next is
 /// submitted, and the writer task cannot run in between (the test runtime
 /// has one thread and this loop does not yield). `unconstrained` keeps
@@ -452,14 +452,16 @@ async fn submit_burst(s: &dyn Storage, calls: &[Call]) -> Vec<Answer> {
         }
     })
     .await;
-    let mut out = Vec::with_capacity(calls.len());
-    for (f, a) in futures.into_iter().zip(answers) {
-        out.push(match a {
+    // Then all together: a backend whose calls are transactions of their
+    // own (PostgreSQL) may have one call wait for a row lock another holds
+    // until it is polled to its commit, so none may wait for another here.
+    futures::future::join_all(futures.into_iter().zip(answers).map(|(f, a)| async move {
+        match a {
             Some(done) => done,
             None => f.await,
-        });
-    }
-    out
+        }
+    }))
+    .await
 }
 
 /// All orders of `0..n`.
