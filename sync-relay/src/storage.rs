@@ -29,8 +29,9 @@ pub async fn open(config: &Config) -> Result<Arc<dyn Storage>, StorageError> {
     })
 }
 
-/// `sqlite` or `postgres`: the backend `config` runs on (for logs and
-/// `/health`). Errors as [`Config::storage_url`].
+/// `sqlite` or `postgres`: the backend `config` runs on (for the log
+/// line at start; an invalid URL, refused by [`Config::validate`], counts
+/// as the default, SQLite).
 pub fn backend_name(config: &Config) -> &'static str {
     match config.storage_url() {
         Ok(StorageUrl::Postgres(_)) => "postgres",

@@ -20,7 +20,9 @@
 //!   own groups is relay-wide);
 //! - cleanup (expiry, acknowledged deletion, pruning) takes a
 //!   transaction-scoped advisory lock, so one instance cleans at a time
-//!   (the others wait for that batch, then find what is left).
+//!   (the others wait for that batch, then find what is left); pushes hold
+//!   the same lock shared, so a batch runs between pushes, never inside one
+//!   (as SQLite's single writer orders them).
 //!
 //! A deadlock or serialization failure the server reports (40P01, 40001)
 //! is retried, at most [`RETRIES`] times.

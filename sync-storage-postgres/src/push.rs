@@ -21,6 +21,16 @@ pub(crate) async fn apply(
     req: &PushRequest,
     quotas: Quotas,
 ) -> Result<PushOutcome, StorageError> {
+    // Shared with other pushes, exclusive with a cleanup batch: a batch
+    // never runs between this push's duplicate check and its insert (READ
+    // COMMITTED would let the push see a blob as stored that the batch then
+    // deletes, while the batch missed the push's own expired blobs: no
+    // order of the two answers both).
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+        .bind(crate::CLEANUP_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(dberr)?;
     // The group's row lock: this group's pushes, from every instance, run
     // this transaction one at a time from here to the commit. Only
     // `open_session` creates groups (through admission).
