@@ -194,6 +194,7 @@ mod tests {
         }
         fs::create_dir_all(&deep).unwrap();
         fs::write(deep.join("too-deep.txt"), b"x").unwrap();
+        fs::write(deep.join("too-deep-2.txt"), b"x").unwrap();
         let mut ok = tmp.path().to_path_buf();
         for _ in 0..MAX_DEPTH - 2 {
             ok.push("d");
@@ -203,8 +204,9 @@ mod tests {
         assert_eq!(tree.files.len(), 1, "{:?}", tree.files);
         assert_eq!(tree.files[0].name.split('/').count(), MAX_DEPTH);
         assert!(tree.files[0].name.ends_with("/deepest.txt"));
+        // One report for the directory, which is not walked further.
         assert_eq!(tree.skipped.len(), 1, "{:?}", tree.skipped);
-        assert!(tree.skipped[0].reason.contains("deeper"));
+        assert!(tree.skipped[0].reason.contains("its files are not pushed"));
         for bad in ["", "../x", "/abs", "a\\b"] {
             assert!(walk(tmp.path(), bad).is_err(), "{bad:?}");
         }

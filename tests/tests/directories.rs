@@ -15,10 +15,19 @@ use std::time::Duration;
 use sync_client::crypto::envelope::FileVersion;
 use sync_protocol::{DeviceId, PulledBlob};
 
+/// A file's content as compared: the text when short, else its size and
+/// BLAKE3 (so a failed comparison stays readable).
+fn content(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if bytes.len() <= 64 => text.to_string(),
+        _ => format!("{} bytes, blake3 {}", bytes.len(), blake3::hash(bytes)),
+    }
+}
+
 /// Every entry under `dir` (recursively, not following symlinks) as
 /// `relative/path` → content: `<dir>` for a directory, `<link TARGET>`
 /// for a symlink.
-fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+fn tree(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -29,14 +38,14 @@ fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
         let meta = std::fs::symlink_metadata(e.path()).unwrap();
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(e.path()).unwrap();
-            out.push((name, format!("<link {}>", target.display()).into_bytes()));
+            out.push((name, format!("<link {}>", target.display())));
         } else if meta.is_dir() {
-            out.push((name.clone(), b"<dir>".to_vec()));
+            out.push((name.clone(), "<dir>".to_string()));
             for (n, c) in tree(&e.path()) {
                 out.push((format!("{name}/{n}"), c));
             }
         } else {
-            out.push((name, std::fs::read(e.path()).unwrap()));
+            out.push((name, content(&std::fs::read(e.path()).unwrap())));
         }
     }
     out.sort();
@@ -72,13 +81,13 @@ fn a_nested_tree_is_recreated_by_pull_and_follow_and_conflicts_land_beside() {
     std::fs::write(src.join("empty.txt"), b"").unwrap();
     symlink(src.join("src"), src.join("src-link")).unwrap();
     symlink("/etc/passwd", src.join("passwd")).unwrap();
-    let expected: Vec<(String, Vec<u8>)> = {
+    let expected: Vec<(String, String)> = {
         let mut t: Vec<_> = tree(&src)
             .into_iter()
-            .filter(|(n, c)| !c.starts_with(b"<link") && n != "empty-dir")
+            .filter(|(n, c)| !c.starts_with("<link") && n != "empty-dir")
             .map(|(n, c)| (format!("proj/{n}"), c))
             .collect();
-        t.push(("proj".into(), b"<dir>".to_vec()));
+        t.push(("proj".into(), "<dir>".to_string()));
         t.sort();
         t
     };
@@ -269,9 +278,9 @@ async fn hostile_paths_are_refused_and_nothing_lands_outside_out() {
     assert_eq!(entries, ["out", "outside"]);
     let mut expected = before;
     expected.extend([
-        ("ok".to_string(), b"<dir>".to_vec()),
-        ("ok/deep".to_string(), b"<dir>".to_vec()),
-        (good.to_string(), format!("content of {good}").into_bytes()),
+        ("ok".to_string(), "<dir>".to_string()),
+        ("ok/deep".to_string(), "<dir>".to_string()),
+        (good.to_string(), format!("content of {good}")),
     ]);
     expected.sort();
     assert_eq!(tree(&out), expected);
