@@ -44,7 +44,8 @@ pub struct PushOptions {
 /// What a file push stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PushedFile {
-    /// File name as receivers will see it.
+    /// Name as receivers will see it: the relative path they recreate
+    /// under their output directory (docs/client.md "Directories").
     pub name: String,
     /// Bytes.
     pub size: u64,
