@@ -32,10 +32,18 @@ enum Input {
     File(PathBuf, Option<String>),
 }
 
-/// The name a directory is pushed under: `--name`, or its own name.
+/// The name a directory is pushed under: `--name`, or its name as given
+/// (`photos` for `~/photos` or a symlink named `photos`), or for `.`,
+/// `..` and the like the name of the directory they lead to.
 fn tree_prefix(dir: &Path, name: Option<&str>) -> Result<String> {
     if let Some(n) = name {
         return Ok(n.to_string());
+    }
+    if let Some(std::path::Component::Normal(n)) = dir.components().next_back() {
+        return n
+            .to_str()
+            .map(str::to_string)
+            .with_context(|| format!("{} is not UTF-8; give a name with --name", dir.display()));
     }
     let real =
         std::fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
