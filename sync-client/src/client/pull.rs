@@ -57,6 +57,7 @@ impl SyncClient {
     ) -> Result<PullSummary> {
         let receiver = Receiver::new(self.keys(), self.device_id(), out_dir);
         receiver.recover(state, events)?;
+        self.note_head(state.state.cursor);
         let mut summary = PullSummary::default();
         let mut count = |e: PullEvent, summary: &mut PullSummary| {
             match &e {
@@ -277,6 +278,16 @@ async fn pull_round(
     events: &mut (dyn FnMut(PullEvent) + Send),
 ) -> Result<Round> {
     let after = state.state.cursor;
+    // A relay's head never decreases (docs/protocol.md "Push → PushOk"):
+    // one below our cursor does not hold this group's history.
+    let head = session.seen_head();
+    if after > head {
+        return Err(ClientError::RelayBehind {
+            relay: session.relay().to_string(),
+            head,
+            known: after,
+        });
+    }
     let mut response = session.pull(after, PULL_LIMIT).await?;
     let mut round = Round {
         received: 0,

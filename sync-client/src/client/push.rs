@@ -149,11 +149,14 @@ impl SyncClient {
     /// [`SyncClient::call`]; the same blob ids are sent again, so a retry
     /// never stores anything twice.
     pub async fn push_items(&self, items: Vec<PushItem>) -> Result<PushOk> {
-        self.call(|s| {
-            let items = items.clone();
-            async move { s.push(items).await }
-        })
-        .await
+        let ok = self
+            .call(|s| {
+                let items = items.clone();
+                async move { s.push(items).await }
+            })
+            .await?;
+        self.note_head(ok.head);
+        Ok(ok)
     }
 
     /// Seal and push application messages (each at most
