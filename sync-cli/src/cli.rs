@@ -26,10 +26,16 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new group on a relay and print an invite for other devices
+    ///
+    /// Give --relay once per relay of the group, first preferred: the
+    /// relays must be instances of one relay cluster (sharing one
+    /// database). Devices use one at a time and fail over to the next
+    /// when it is unreachable; invites carry them all.
     Init {
-        /// The relay, as NODE_ID@HOST:PORT (printed by the relay at start)
-        #[arg(long, value_name = "NODE_ID@HOST:PORT")]
-        relay: String,
+        /// A relay, as NODE_ID@HOST:PORT (printed by the relay at start);
+        /// repeat for each instance of the relay cluster (at most 8), first preferred
+        #[arg(long, required = true, value_name = "NODE_ID@HOST:PORT")]
+        relay: Vec<String>,
         /// A name for the group, shown to devices that join
         #[arg(long)]
         name: Option<String>,

@@ -160,7 +160,7 @@ pub async fn pull(
     opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
-    let (client, _retries) = connect(&opts, policy, out).await?;
+    let (client, _retries) = connect(home, &opts, policy, out).await?;
     // The endpoint is closed cleanly whether the pull worked or not.
     let result = run(&client, &mut state, out_dir, follow, out).await;
     client.close().await;

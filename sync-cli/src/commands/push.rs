@@ -116,7 +116,7 @@ pub async fn push(
     let mut opts = home.connect_options(None)?;
     opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let mut state = home.state()?;
-    let (client, _retries) = connect(&opts, policy, out).await?;
+    let (client, _retries) = connect(home, &opts, policy, out).await?;
     // The endpoint is closed cleanly whether the push worked or not.
     let result = push_all(&client, &mut state, inputs, skipped, ttl_s, force, out).await;
     client.close().await;
