@@ -597,3 +597,5 @@ async fn rate_limit_waits_end_with_the_time_budget_too() {
     assert_eq!(*waits.lock().unwrap(), vec![Duration::from_secs(2)]);
     client.close().await;
 }
+
+mod failover;
