@@ -75,12 +75,15 @@ pub async fn connect(
     out: Out,
 ) -> Result<(SyncClient, RetryStatus), ClientError> {
     let relays = home.relays()?;
+    // The saved pull cursor: a relay whose head is below it is not of the
+    // group's cluster (docs/client.md "Several relays").
+    let floor = home.state()?.state.cursor;
     let (link, changes) = tokio::sync::watch::channel(LinkState::Connected { generation: 1 });
     let mut status = RetryStatus {
         task: tokio::spawn(show_retries(changes, out)),
         remember: None,
     };
-    let client = SyncClient::connect_failover(opts, relays, policy, link).await?;
+    let client = SyncClient::connect_failover(opts, relays, floor, policy, link).await?;
     fn remember(home: &Home, relay: &sync_client::RelayAddr) {
         if let Err(e) = home.remember_relay(relay) {
             tracing::warn!(error = %e, "cannot record the relay in use");

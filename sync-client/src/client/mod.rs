@@ -384,15 +384,20 @@ impl SyncClient {
     /// list order; every later reconnect fails over the same way, starting
     /// with the relay after the one that failed. Reports like
     /// [`SyncClient::connect_reporting`]; [`SyncClient::relay`] tells which
-    /// relay is in use. Errors: as [`SyncClient::connect_reporting`], and
-    /// [`ClientError::RelayBehind`].
+    /// relay is in use. `head_floor` is a cursor this device already holds
+    /// (its saved pull cursor): a relay announcing a lower head does not
+    /// hold the group's history. Errors: as
+    /// [`SyncClient::connect_reporting`], and [`ClientError::RelayBehind`]
+    /// (not retried, nor failed over from: a relay outside the cluster is
+    /// a configuration to fix, not an outage).
     pub async fn connect_failover(
         opts: &ConnectOptions,
         relays: RelayList,
+        head_floor: u64,
         policy: RetryPolicy,
         link: watch::Sender<LinkState>,
     ) -> Result<SyncClient> {
-        Self::connect_any(opts, relays, policy, Pacing::real(), link).await
+        Self::connect_any(opts, relays, head_floor, policy, Pacing::real(), link).await
     }
 
     async fn connect_paced(
@@ -402,18 +407,19 @@ impl SyncClient {
         link: watch::Sender<LinkState>,
     ) -> Result<SyncClient> {
         let relays = RelayList::one(opts.relay.clone());
-        Self::connect_any(opts, relays, policy, pacing, link).await
+        Self::connect_any(opts, relays, 0, policy, pacing, link).await
     }
 
     async fn connect_any(
         opts: &ConnectOptions,
         relays: RelayList,
+        head_floor: u64,
         policy: RetryPolicy,
         pacing: Pacing,
         link: watch::Sender<LinkState>,
     ) -> Result<SyncClient> {
         let closer = TaskTracker::new();
-        let head_floor = AtomicU64::new(0);
+        let head_floor = AtomicU64::new(head_floor);
         let dial = Dial {
             opts,
             relays: &relays,

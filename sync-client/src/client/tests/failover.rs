@@ -44,6 +44,7 @@ async fn the_first_connect_dials_the_next_relay_at_once_when_one_is_unreachable_
     let client = within_deadline(SyncClient::connect_any(
         &options_for(&opts, &dead),
         relays,
+        0,
         policy(),
         pacing,
         link(),
@@ -67,6 +68,7 @@ async fn the_relay_that_worked_last_is_dialed_first() {
     let client = SyncClient::connect_any(
         &options_for(&a.options(), &b.addr),
         list(&[&a.addr, &b.addr]),
+        0,
         policy(),
         pacing,
         link(),
@@ -88,6 +90,7 @@ async fn a_lost_connection_fails_over_to_the_next_relay_and_the_request_is_repea
     let client = SyncClient::connect_any(
         &options_for(&a.options(), &a.addr),
         list(&[&a.addr, &b.addr]),
+        0,
         policy(),
         pacing,
         link(),
@@ -119,6 +122,7 @@ async fn rounds_wrap_around_wait_per_the_backoff_and_give_up_after_max_attempts(
     let err = within_deadline(SyncClient::connect_any(
         &options_for(&a.options(), &b.addr),
         list(&[&a.addr, &b.addr]),
+        0,
         policy(),
         pacing,
         link(),
@@ -157,6 +161,7 @@ async fn a_relay_hint_holds_that_relay_back_but_not_the_others() {
     let err = within_deadline(SyncClient::connect_any(
         &options_for(&a.options(), &a.addr),
         list(&[&a.addr, &b.addr]),
+        0,
         short,
         pacing,
         link(),
@@ -186,6 +191,7 @@ async fn a_relay_behind_the_head_already_seen_is_refused() {
     let client = SyncClient::connect_any(
         &options_for(&a.options(), &a.addr),
         list(&[&a.addr, &b.addr]),
+        0,
         policy(),
         pacing,
         link(),
@@ -209,6 +215,38 @@ async fn a_relay_behind_the_head_already_seen_is_refused() {
     }
     assert_eq!(b.requests(), 0, "nothing was sent to it");
     client.close().await;
+}
+
+#[tokio::test]
+async fn a_relay_whose_head_is_below_the_floor_given_at_connect_is_refused() {
+    // The device holds cursor 3 (from before); B, tried first, welcomes
+    // with head 0: refused at once, A is not tried.
+    let a = ScriptedRelay::start(|_| AtHello::Welcome, |_, _| OnRequest::Serve).await;
+    let b = ScriptedRelay::start(|_| AtHello::Welcome, |_, _| OnRequest::Serve).await;
+    let (pacing, waits) = recording();
+    let err = SyncClient::connect_any(
+        &options_for(&a.options(), &b.addr),
+        list(&[&a.addr, &b.addr]),
+        3,
+        policy(),
+        pacing,
+        link(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ClientError::RelayBehind {
+                head: 0,
+                known: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!((a.connections(), b.connections()), (0, 1));
+    assert_eq!(*waits.lock().unwrap(), ms(&[]));
 }
 
 #[tokio::test]
