@@ -480,13 +480,6 @@ impl SyncClient {
         &self.relays
     }
 
-    /// Record that the group's head is at least `head` (seen in a
-    /// `PushOk`, or a saved cursor): a relay announcing less later is
-    /// refused with [`ClientError::RelayBehind`].
-    pub(crate) fn note_head(&self, head: u64) {
-        self.head_floor.fetch_max(head, Ordering::SeqCst);
-    }
-
     /// The retry policy in use.
     pub fn policy(&self) -> RetryPolicy {
         self.policy
@@ -534,7 +527,10 @@ impl SyncClient {
             return Ok(());
         }
         tracing::info!(error = %cause, "connection to the relay lost");
-        self.note_head(old.session.seen_head());
+        // Whatever the lost session was told of (heads, acknowledged
+        // pushes, pulled cursors) the next relay must hold too.
+        self.head_floor
+            .fetch_max(old.session.seen_head(), Ordering::SeqCst);
         old.session.close_connection();
         if let Some(endpoint) = old.session.endpoint() {
             self.closer.spawn(close_endpoint(endpoint));

@@ -57,7 +57,6 @@ impl SyncClient {
     ) -> Result<PullSummary> {
         let receiver = Receiver::new(self.keys(), self.device_id(), out_dir);
         receiver.recover(state, events)?;
-        self.note_head(state.state.cursor);
         let mut summary = PullSummary::default();
         let mut count = |e: PullEvent, summary: &mut PullSummary| {
             match &e {

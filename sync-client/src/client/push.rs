@@ -149,14 +149,11 @@ impl SyncClient {
     /// [`SyncClient::call`]; the same blob ids are sent again, so a retry
     /// never stores anything twice.
     pub async fn push_items(&self, items: Vec<PushItem>) -> Result<PushOk> {
-        let ok = self
-            .call(|s| {
-                let items = items.clone();
-                async move { s.push(items).await }
-            })
-            .await?;
-        self.note_head(ok.head);
-        Ok(ok)
+        self.call(|s| {
+            let items = items.clone();
+            async move { s.push(items).await }
+        })
+        .await
     }
 
     /// Seal and push application messages (each at most

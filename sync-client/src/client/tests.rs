@@ -14,8 +14,8 @@ use sync_protocol::limits::{
     DEFAULT_MAX_BATCH, DEFAULT_MAX_BLOB_SIZE, HANDSHAKE_MAX_FRAME, max_frame_for_blob_size,
 };
 use sync_protocol::{
-    AckOk, BlobId, CloseCode, ErrorMsg, Message, PROTOCOL_VERSION, PullBatch, PushItem, PushOk,
-    PushResult, Welcome, read_message, write_message,
+    AckOk, BlobId, CloseCode, ErrorMsg, Message, PROTOCOL_VERSION, PullBatch, PulledBlob, PushItem,
+    PushOk, PushResult, Welcome, read_message, write_message,
 };
 use tokio_util::task::AbortOnDropHandle;
 
@@ -45,6 +45,10 @@ enum OnRequest {
     /// Answer with empty `PullBatch { more: true }` frames until the client
     /// stops reading (at most [`RUNAWAY_FRAMES`]).
     EmptyBatches,
+    /// Answer a `Pull` after 0 with blobs at cursors 1 and 2 under a head
+    /// of 0 (read before they were committed, as the protocol allows), any
+    /// later `Pull` with nothing under head 2.
+    BlobsPastTheHead,
 }
 
 /// Frames [`OnRequest::EmptyBatches`] sends at most: a client still reading
@@ -215,6 +219,28 @@ async fn serve(
                 r += 1;
                 continue;
             }
+            OnRequest::BlobsPastTheHead => match request {
+                Message::Pull(pull) if pull.after == 0 => Message::PullBatch(PullBatch {
+                    blobs: (1..=2)
+                        .map(|cursor| PulledBlob {
+                            cursor,
+                            blob_id: BlobId([cursor as u8; 16]),
+                            sender: DeviceId([3; 32]),
+                            created_at: 0,
+                            payload: vec![0; 64],
+                        })
+                        .collect(),
+                    head: 0,
+                    more: false,
+                }),
+                Message::Pull(_) => Message::PullBatch(PullBatch {
+                    blobs: Vec::new(),
+                    head: 2,
+                    more: false,
+                }),
+                Message::Ack(ack) => Message::AckOk(AckOk { cursor: ack.cursor }),
+                other => panic!("BlobsPastTheHead serves pulls only, got {other:?}"),
+            },
             OnRequest::Refuse(code, retry) => error(code, retry),
             OnRequest::Drop => {
                 conn.close(VarInt::from_u32(CloseCode::Internal.as_u32()), b"scripted");
