@@ -157,3 +157,40 @@ fn a_relay_that_does_not_hold_the_groups_history_is_reported_not_used() {
     );
     assert_eq!(s["relay_reachable"], false, "no usable relay: {s}");
 }
+
+/// `init --token` with several relays creates the group on the first that
+/// can be reached (they share one database); a relay that answers and
+/// refuses the token ends `init` with its error, naming it, and no group.
+#[test]
+fn init_with_a_token_creates_the_group_on_the_first_reachable_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dead = RelayProcess::start(&tmp.path().join("relay-a"));
+    let live = RelayProcess::start_with_access(&tmp.path().join("relay-b"), "127.0.0.1:0", &[]);
+    let (a, b) = (dead.address.clone(), live.address.clone());
+    let _hold = kill_and_hold(&mut dead);
+
+    let refused = Device::new();
+    let unknown = sync_protocol::AccessToken([7; 32]).to_text();
+    let out = refused.output(&["init", "--relay", &b, "--relay", &a, "--token", &unknown]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("relay {b} did not create the group"))
+            && err.contains("ACCESS_TOKEN_INVALID (1005)"),
+        "{err}"
+    );
+    assert!(
+        !refused.home.join("group.toml").exists(),
+        "no group written"
+    );
+
+    let token = live.create_token(&["--label", "multi"]);
+    let x = Device::new();
+    x.run(&["init", "--relay", &a, "--relay", &b, "--token", &token]);
+    let file = tmp.path().join("f.txt");
+    std::fs::write(&file, b"created on B").unwrap();
+    // The group exists on B: a plain Hello (no token) is accepted there.
+    run(&x, &with(&["push", file.to_str().unwrap()], &FAST));
+    let s = json(&x.run(&["status", "--json", "--retry-for", "2s"]));
+    assert_eq!(s["relays"][1]["group_head"], 1, "{s}");
+}
