@@ -584,12 +584,7 @@ mod tests {
         let owner = NewGroup::Address(AddressKey::of("192.0.2.1".parse().unwrap()));
         for (group, device) in [(1, 1), (1, 2), (2, 3)] {
             ctx.storage
-                .open_session(
-                    GroupId([group; 32]),
-                    DeviceId([device; 32]),
-                    0,
-                    owner.clone(),
-                )
+                .open_session(GroupId([group; 32]), DeviceId([device; 32]), 0, owner)
                 .await
                 .unwrap();
         }
