@@ -28,6 +28,7 @@ pub mod relay_addr;
 pub mod session;
 pub mod state;
 pub mod util;
+pub mod withheld;
 
 pub use backoff::RetryPolicy;
 pub use client::{

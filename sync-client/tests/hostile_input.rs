@@ -29,6 +29,7 @@ fn header() -> BlobHeader {
         created_at_ms: 0,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     }
 }
 

@@ -62,6 +62,7 @@ fn sealed(
         created_at_ms: 1,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     };
     PulledBlob {
         cursor,

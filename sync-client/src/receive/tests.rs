@@ -31,6 +31,7 @@ fn blob(f: &Fixture, cursor: u64, id: u8, seq: u64, kind: BlobKind, body: &[u8])
         created_at_ms: 1,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     };
     PulledBlob {
         cursor,
@@ -257,6 +258,7 @@ fn file_blob(
         created_at_ms: 1,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     };
     PulledBlob {
         cursor,
@@ -556,6 +558,7 @@ fn the_number_of_senders_and_of_partial_files_is_capped() {
                 created_at_ms: 1,
                 compression: Compression::None,
                 body_len: 0,
+                view: Default::default(),
             };
             PulledBlob {
                 cursor: u64::from(i) + 1,
