@@ -45,6 +45,9 @@ enum OnRequest {
     /// Answer with empty `PullBatch { more: true }` frames until the client
     /// stops reading (at most [`RUNAWAY_FRAMES`]).
     EmptyBatches,
+    /// Answer a `Pull` with one empty, final `PullBatch` announcing this
+    /// head (anything else as [`OnRequest::Serve`]).
+    EmptyWithHead(u64),
 }
 
 /// Frames [`OnRequest::EmptyBatches`] sends at most: a client still reading
@@ -178,8 +181,13 @@ async fn serve(
             return;
         };
         requests.fetch_add(1, Ordering::SeqCst);
-        let answer = match on_request(r) {
-            OnRequest::Serve => match request {
+        let answer = match (on_request(r), &request) {
+            (OnRequest::EmptyWithHead(head), Message::Pull(_)) => Message::PullBatch(PullBatch {
+                blobs: Vec::new(),
+                head,
+                more: false,
+            }),
+            (OnRequest::Serve | OnRequest::EmptyWithHead(_), _) => match request {
                 Message::Push(push) => Message::PushOk(PushOk {
                     results: push
                         .items
@@ -201,7 +209,7 @@ async fn serve(
                 Message::Ack(ack) => Message::AckOk(AckOk { cursor: ack.cursor }),
                 other => panic!("the scripted relay serves pushes and pulls only, got {other:?}"),
             },
-            OnRequest::EmptyBatches => {
+            (OnRequest::EmptyBatches, _) => {
                 let empty = Message::PullBatch(PullBatch {
                     blobs: Vec::new(),
                     head: 7,
@@ -215,8 +223,8 @@ async fn serve(
                 r += 1;
                 continue;
             }
-            OnRequest::Refuse(code, retry) => error(code, retry),
-            OnRequest::Drop => {
+            (OnRequest::Refuse(code, retry), _) => error(code, retry),
+            (OnRequest::Drop, _) => {
                 conn.close(VarInt::from_u32(CloseCode::Internal.as_u32()), b"scripted");
                 return;
             }
@@ -503,6 +511,34 @@ async fn endless_empty_batches_end_the_pull_with_a_protocol_error() {
         other => panic!("expected a protocol error, got {other:?}"),
     }
     assert_eq!(relay.requests(), 1, "not retried");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn an_empty_answer_with_a_huge_head_does_not_move_the_cursor() {
+    // The relay answers every pull with nothing and head u64::MAX. Moving
+    // the cursor to that head would skip everything below it for good (and
+    // an honest relay would refuse every later pull from it).
+    let relay = ScriptedRelay::start(
+        |_| AtHello::Welcome,
+        |_, _| OnRequest::EmptyWithHead(u64::MAX),
+    )
+    .await;
+    let (pacing, _) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut state = crate::StateStore::open(&path).unwrap();
+    state.state.cursor = 41;
+    let summary = within_deadline(client.pull(&mut state, &dir.path().join("out"), &mut |_| {}))
+        .await
+        .unwrap();
+    assert_eq!(summary.head, u64::MAX, "reported as the relay said");
+    assert_eq!(summary.cursor, 41);
+    assert_eq!(state.state.cursor, 41);
+    assert_eq!(crate::StateStore::open(&path).unwrap().state.cursor, 41);
     client.close().await;
 }
 

@@ -108,6 +108,124 @@ fn a_blob_with_a_forged_sender_is_rejected() {
     );
 }
 
+/// This device in [`apply_all`].
+const ME: DeviceId = DeviceId([2; 32]);
+
+/// A message sealed by `sender` with `view`, labelled `label` by the relay.
+fn sealed_by(
+    f: &Fixture,
+    sender: DeviceId,
+    label: DeviceId,
+    cursor: u64,
+    seq: u64,
+    view: &[(DeviceId, u64)],
+) -> PulledBlob {
+    let blob_id = BlobId(
+        *blake3::hash(&cursor.to_be_bytes())
+            .as_bytes()
+            .first_chunk()
+            .unwrap(),
+    );
+    let view = crate::crypto::GroupView::new(
+        view.iter()
+            .map(|&(device, seq)| crate::crypto::ViewEntry { device, seq })
+            .collect(),
+    )
+    .unwrap();
+    let header = BlobHeader {
+        kind: BlobKind::Message,
+        sender,
+        seq,
+        created_at_ms: 1,
+        compression: Compression::None,
+        body_len: 0,
+        view,
+    };
+    PulledBlob {
+        cursor,
+        blob_id,
+        sender: label,
+        created_at: 1,
+        payload: seal(&f.keys, &blob_id, header, b"m", 1 << 20).unwrap(),
+    }
+}
+
+#[test]
+fn a_blob_the_relay_labels_as_this_devices_own_is_opened_and_reported() {
+    // Sealed by SENDER; the relay says it is this device's own. Before, the
+    // label alone made the receiver skip it unopened and unreported.
+    let mut f = fixture();
+    let b = sealed_by(&f, SENDER, ME, 1, 1, &[]);
+    let events = apply_all(&mut f, &[b]);
+    assert!(
+        matches!(&events[..], [PullEvent::Rejected { cursor: 1, reason, .. }] if reason.contains("claims sender")),
+        "{events:?}"
+    );
+    assert_eq!(f.store.state.rejected, 1);
+    assert_eq!(f.store.state.cursor, 1);
+}
+
+#[test]
+fn this_devices_own_blob_is_known_by_its_sealed_sender() {
+    let mut f = fixture();
+    f.store.reserve_seqs(3).unwrap(); // this device used 1, 2 and 3
+    let own = sealed_by(&f, ME, ME, 1, 3, &[(SENDER, 5)]);
+    // Sealed in this device's name with a number it never used: a member
+    // forging it (with the relay's label to match).
+    let forged = sealed_by(&f, ME, ME, 2, 4, &[]);
+    let events = apply_all(&mut f, &[own, forged]);
+    assert!(
+        matches!(&events[..], [PullEvent::Rejected { cursor: 2, reason, .. }] if reason.contains("never used")),
+        "{events:?}"
+    );
+    assert!(
+        f.store.state.senders.is_empty(),
+        "own blobs (and their views) are not tracked: {:?}",
+        f.store.state.senders
+    );
+    assert_eq!(f.store.state.cursor, 2);
+}
+
+#[test]
+fn a_later_view_reveals_a_senders_newest_blobs_as_withheld() {
+    // X's blobs 1 and 2 arrive; 3 and 4 are withheld. Y received them and
+    // says so in the view of its blob.
+    let mut f = fixture();
+    let (x, y) = (DeviceId([0x11; 32]), DeviceId([0x22; 32]));
+    let blobs = [
+        sealed_by(&f, x, x, 1, 1, &[]),
+        sealed_by(&f, x, x, 2, 2, &[]),
+        sealed_by(&f, y, y, 5, 1, &[(x, 4), (ME, 9)]),
+    ];
+    let events = apply_all(&mut f, &blobs);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, PullEvent::Message { .. }))
+    );
+    assert_eq!(gap_events(&f.store.state), vec![]);
+    assert_eq!(
+        withheld_events(&f.store.state),
+        vec![PullEvent::Withheld {
+            sender: hex::encode(x.0),
+            first: 3,
+            last: 4,
+            claimed_by: hex::encode(y.0),
+        }]
+    );
+    // Delivered later: no longer withheld.
+    let late = [
+        sealed_by(&f, x, x, 6, 3, &[]),
+        sealed_by(&f, x, x, 7, 4, &[]),
+    ];
+    apply_all(&mut f, &late);
+    assert_eq!(withheld_events(&f.store.state), vec![]);
+    // The view this device seals names both, most recent first.
+    let view = crate::withheld::own_view(&f.store.state, &ME);
+    let named: Vec<(DeviceId, u64)> = view.entries().iter().map(|e| (e.device, e.seq)).collect();
+    assert_eq!(named, vec![(x, 4), (y, 1)]);
+}
+
 fn chunk(index: u32, offset: u64, end: Option<FileEnd>) -> BlobKind {
     BlobKind::FileChunk(FileChunk {
         file_id: [4; 16],
