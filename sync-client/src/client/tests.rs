@@ -29,6 +29,8 @@ const RUNAWAY: usize = 100;
 #[derive(Debug, Clone, Copy)]
 enum AtHello {
     Welcome,
+    /// A `Welcome` announcing this group head.
+    WelcomeAt(u64),
     /// An `Error` frame with this code and retry hint.
     Refuse(ErrorCode, Option<u32>),
 }
@@ -156,10 +158,13 @@ async fn serve(
         return;
     };
     let answer = match at_hello {
-        AtHello::Welcome => Message::Welcome(Welcome {
+        AtHello::Welcome | AtHello::WelcomeAt(_) => Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             relay_id,
-            head_cursor: 0,
+            head_cursor: match at_hello {
+                AtHello::WelcomeAt(head) => head,
+                _ => 0,
+            },
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_frame: max_frame_for_blob_size(DEFAULT_MAX_BLOB_SIZE),
             max_batch: DEFAULT_MAX_BATCH,
@@ -539,6 +544,41 @@ async fn an_empty_answer_with_a_huge_head_does_not_move_the_cursor() {
     assert_eq!(summary.cursor, 41);
     assert_eq!(state.state.cursor, 41);
     assert_eq!(crate::StateStore::open(&path).unwrap().state.cursor, 41);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn following_waits_when_the_newest_blobs_expired() {
+    // The group's head is 5 but its blobs expired: every pull is empty with
+    // head 5, and the cursor (of the last blob delivered) stays 0. Following
+    // must then wait for a head above 5, not pull again and again because
+    // the head is above the cursor.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::WelcomeAt(5),
+        |_, _| OnRequest::EmptyWithHead(5),
+    )
+    .await;
+    let (pacing, _) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = crate::StateStore::open(dir.path().join("state.json")).unwrap();
+    let mut synced = 0;
+    within_deadline(client.follow(
+        &mut state,
+        &dir.path().join("out"),
+        &mut |e| {
+            if matches!(e, crate::PullEvent::Synced { cursor: 0, head: 5 }) {
+                synced += 1;
+            }
+        },
+        tokio::time::sleep(Duration::from_millis(500)),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(synced, 1);
+    assert_eq!(relay.requests(), 1, "one pull, then waiting");
     client.close().await;
 }
 

@@ -978,6 +978,25 @@ mod tests {
         assert_eq!(opened.body, b"hello".to_vec());
     }
 
+    /// A header length that covers more than the header: the extra bytes
+    /// are refused, not ignored (one encoding per header).
+    #[test]
+    fn bytes_after_the_header_are_malformed() {
+        let mut h = header(BlobKind::Message);
+        h.body_len = 0;
+        let bytes = postcard::to_allocvec(&h).unwrap();
+        let mut inner = ((bytes.len() + 1) as u32).to_be_bytes().to_vec();
+        inner.extend_from_slice(&bytes);
+        inner.push(0);
+        assert_eq!(
+            decode_inner(&inner).err(),
+            Some(EnvelopeError::Malformed("bytes after the header".into()))
+        );
+        let mut exact = (bytes.len() as u32).to_be_bytes().to_vec();
+        exact.extend_from_slice(&bytes);
+        assert_eq!(decode_inner(&exact).unwrap().header, h);
+    }
+
     /// The version byte is bound into the associated data: a version-2
     /// envelope relabelled as version 1 (which the client still opens)
     /// fails authentication instead of being read the old way.
