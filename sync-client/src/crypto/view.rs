@@ -8,8 +8,9 @@
 //! A view is bounded on both sides: a sealer puts at most
 //! [`MAX_VIEW_ENTRIES`] entries in it, and a view with more entries, a
 //! number outside `1..=`[`MAX_SEQ`], or the same device twice makes the
-//! blob malformed. Decoding stops at the first entry over the limit, so a
-//! hostile length prefix allocates nothing.
+//! blob malformed. Decoding stops at the first entry over the limit, and
+//! nothing is sized from the length prefix: a hostile prefix costs at most
+//! 32 entries.
 
 use crate::integrity::MAX_SEQ;
 use serde::de::{SeqAccess, Visitor};
@@ -160,17 +161,24 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_length_prefix_allocates_nothing() {
-        // Claims u32::MAX entries, holds two bytes: refused at the first
-        // missing entry (or the 33rd), never sized from the prefix.
+    fn a_huge_length_prefix_is_refused_at_the_33rd_entry() {
+        // Claims about 2^32 entries and holds 33 whole ones: decoding stops
+        // at the 33rd with the limit's error, rather than reading on as the
+        // prefix says (until the bytes run out).
         let mut bytes = vec![0xff, 0xff, 0xff, 0xff, 0x0f];
-        bytes.extend_from_slice(&[0; 2]);
-        assert!(postcard::from_bytes::<GroupView>(&bytes).is_err());
-        let mut many = vec![0xff, 0xff, 0xff, 0xff, 0x0f];
-        for i in 0..40u8 {
-            many.extend_from_slice(&[i; 32]);
-            many.push(1);
+        for i in 0..=MAX_VIEW_ENTRIES as u8 {
+            bytes.extend_from_slice(&[i; 32]);
+            bytes.push(1);
         }
-        assert!(postcard::from_bytes::<GroupView>(&many).is_err());
+        assert_eq!(
+            postcard::from_bytes::<GroupView>(&bytes),
+            Err(postcard::Error::SerdeDeCustom)
+        );
+        // Cut short, the same view is refused for running out of bytes.
+        bytes.truncate(bytes.len() - 33 * 2);
+        assert_eq!(
+            postcard::from_bytes::<GroupView>(&bytes),
+            Err(postcard::Error::DeserializeUnexpectedEnd)
+        );
     }
 }
