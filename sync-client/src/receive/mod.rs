@@ -17,7 +17,7 @@
 use crate::crypto::GroupKeys;
 use crate::crypto::envelope::{self, BlobKind, FileChunk, FileVersion, validate_device_name};
 use crate::error::{ClientError, Result};
-use crate::integrity::Observation;
+use crate::integrity::{Observation, SenderTrack};
 use crate::journal::Journals;
 use crate::place::{
     Incoming, KnownVersion, Placed, hash_file_nofollow, nofollow, place, received_mode,
@@ -334,6 +334,11 @@ impl<'a> Receiver<'a> {
                 return Ok(());
             }
             Observation::Refused(why) => {
+                // A record made for this blob alone would be empty: drop it,
+                // so refused blobs of new senders leave nothing behind.
+                if *track == SenderTrack::default() {
+                    state.senders.remove(&sender);
+                }
                 reject(
                     state,
                     events,

@@ -226,6 +226,37 @@ fn a_later_view_reveals_a_senders_newest_blobs_as_withheld() {
     assert_eq!(named, vec![(x, 4), (y, 1)]);
 }
 
+#[test]
+fn refused_numbers_of_new_senders_leave_no_record() {
+    // Were empty records kept, they would count as devices known only from
+    // views and escape both caps.
+    let mut f = fixture();
+    let blobs: Vec<PulledBlob> = (1..=20u8)
+        .map(|i| {
+            sealed_by(
+                &f,
+                DeviceId([i; 32]),
+                DeviceId([i; 32]),
+                u64::from(i),
+                u64::MAX,
+                &[],
+            )
+        })
+        .collect();
+    let events = apply_all(&mut f, &blobs);
+    assert_eq!(events.len(), 20);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, PullEvent::Rejected { .. }))
+    );
+    assert!(
+        f.store.state.senders.is_empty(),
+        "{:?}",
+        f.store.state.senders
+    );
+}
+
 fn chunk(index: u32, offset: u64, end: Option<FileEnd>) -> BlobKind {
     BlobKind::FileChunk(FileChunk {
         file_id: [4; 16],
