@@ -7,8 +7,8 @@
 
 use proptest::prelude::*;
 use sync_client::crypto::envelope::{
-    BlobHeader, BlobKind, Compression, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, EnvelopeError,
-    FileChunk, OpenedBlob, decode_inner, open, seal, validate_name,
+    BlobHeader, BlobKind, Compression, ENVELOPE_OVERHEAD, ENVELOPE_V1, ENVELOPE_VERSION,
+    EnvelopeError, FileChunk, OpenedBlob, decode_inner, open, seal, validate_name,
 };
 use sync_client::{ClientError, GroupSecret, Invite};
 use sync_protocol::{BlobId, DeviceId};
@@ -153,7 +153,7 @@ proptest! {
         // Each refusal is the documented one for its cause.
         let expected = if bytes.len() < ENVELOPE_OVERHEAD {
             EnvelopeError::TooShort(bytes.len())
-        } else if bytes[0] != ENVELOPE_VERSION {
+        } else if bytes[0] != ENVELOPE_VERSION && bytes[0] != ENVELOPE_V1 {
             EnvelopeError::UnsupportedVersion(bytes[0])
         } else {
             EnvelopeError::Authentication
