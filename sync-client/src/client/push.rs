@@ -5,12 +5,11 @@
 //! acknowledged chunk, with the same blob ids and sequence numbers.
 
 use super::SyncClient;
-use crate::crypto::envelope::{
-    BlobHeader, BlobKind, Compression, FileChunk, FileEnd, FileVersion, validate_name,
-};
+use crate::crypto::envelope::{BlobHeader, BlobKind, Compression, FileChunk, FileEnd, FileVersion};
 use crate::crypto::{envelope, random_bytes};
 use crate::error::{ClientError, Result};
 use crate::journal::{JOURNAL_VERSION, Journals, PushJournal, SourceFingerprint, chunk_blob_id};
+use crate::relpath::validate_path;
 use crate::state::StateStore;
 use crate::util::now_ms;
 use crate::withheld::own_view;
@@ -46,7 +45,8 @@ pub struct PushOptions {
 /// What a file push stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PushedFile {
-    /// File name as receivers will see it.
+    /// Name as receivers will see it: the relative path they recreate
+    /// under their output directory (docs/client.md "Directories").
     pub name: String,
     /// Bytes.
     pub size: u64,
@@ -218,7 +218,9 @@ impl SyncClient {
         Journals::at(state.dir().join("transfers"))
     }
 
-    /// Push the file at `path` (as `name`, default its file name),
+    /// Push the file at `path` (as `name`, a relative path receivers
+    /// recreate under their output directory — see [`crate::relpath`] —
+    /// default its file name),
     /// resuming an interrupted push of the same unchanged file, and skipping
     /// a file unchanged since its last complete push (unless `opts.force`).
     /// `progress(bytes_done, total)` is called as chunks are read.
@@ -265,7 +267,7 @@ impl SyncClient {
                     ))
                 })?,
         };
-        validate_name(&name)
+        validate_path(&name)
             .map_err(|why| ClientError::InvalidInput(format!("cannot push {name:?}: {why}")))?;
         let fingerprint = SourceFingerprint::of(path)?;
         let journals = Self::journals(state);
@@ -370,7 +372,7 @@ impl SyncClient {
         opts: &PushOptions,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<PushedFile> {
-        validate_name(name)
+        validate_path(name)
             .map_err(|why| ClientError::InvalidInput(format!("cannot push {name:?}: {why}")))?;
         let journals = Self::journals(state);
         let mut journal = PushJournal {

@@ -37,10 +37,11 @@ pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
 /// Envelope bytes around the padded inner plaintext: version, nonce, tag.
 pub const ENVELOPE_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
-/// Upper bound of an encoded [`BlobHeader`] whose file name is at most
-/// [`MAX_NAME_LEN`] bytes: 512 bytes for everything but the view, and
+/// Upper bound of an encoded [`BlobHeader`] whose file name (a relative
+/// path) is at most [`crate::relpath::MAX_PATH_LEN`] bytes: 512 bytes for
+/// everything but the view and a name longer than [`MAX_NAME_LEN`], plus
 /// [`MAX_VIEW_LEN`] for a full view.
-pub const MAX_HEADER_LEN: usize = 512 + MAX_VIEW_LEN;
+pub const MAX_HEADER_LEN: usize = 512 - MAX_NAME_LEN + crate::relpath::MAX_PATH_LEN + MAX_VIEW_LEN;
 /// Most bytes of a file name in a header.
 pub const MAX_NAME_LEN: usize = 255;
 /// Most bytes a body may decompress to (bounds memory for hostile input).
@@ -118,7 +119,8 @@ pub const MAX_DEVICE_NAME_LEN: usize = 32;
 pub struct FileChunk {
     /// Random id shared by every chunk of one pushed file.
     pub file_id: [u8; 16],
-    /// The file's name (one path component, at most 255 bytes).
+    /// The file's relative path: `/`-separated components, checked by
+    /// [`crate::relpath::validate_path`] (docs/client.md "Directories").
     pub name: String,
     /// Unix permission bits (`mode & 0o777`).
     pub mode: u32,
@@ -532,7 +534,8 @@ fn parse_inner(version: u8, inner: &[u8]) -> Result<(BlobHeader, InnerBody), Env
         return Err(malformed("non-zero padding"));
     }
     if let Some((chunk, version)) = header.kind.chunk() {
-        validate_name(&chunk.name).map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
+        crate::relpath::validate_path(&chunk.name)
+            .map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
         if let Some(device) = version.and_then(|v| v.device.as_deref()) {
             validate_device_name(device).map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
         }
@@ -1025,7 +1028,14 @@ mod tests {
 
     #[test]
     fn header_of_max_name_fits_the_bound() {
-        let BlobKind::FileChunk(c) = chunk(&"n".repeat(MAX_NAME_LEN)) else {
+        let longest_path = format!(
+            "{}/m/{}",
+            vec!["n".repeat(MAX_NAME_LEN); 3].join("/"),
+            "o".repeat(crate::relpath::MAX_PATH_LEN - 3 * (MAX_NAME_LEN + 1) - 2)
+        );
+        assert_eq!(longest_path.len(), crate::relpath::MAX_PATH_LEN);
+        crate::relpath::validate_path(&longest_path).unwrap();
+        let BlobKind::FileChunk(c) = chunk(&longest_path) else {
             unreachable!()
         };
         let mut h = header(BlobKind::VersionedChunk {

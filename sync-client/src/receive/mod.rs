@@ -22,6 +22,7 @@ use crate::journal::Journals;
 use crate::place::{
     Incoming, KnownVersion, Placed, hash_file_nofollow, nofollow, place, received_mode,
 };
+use crate::relpath;
 use crate::state::{ClientState, PartialFile, StateStore};
 use crate::util::now_ms;
 use crate::withheld::absorb_view;
@@ -52,7 +53,8 @@ pub const MAX_PARTIAL_FILES: usize = 256;
 pub enum PullEvent {
     /// A file arrived complete and verified.
     File {
-        /// Its name.
+        /// Its relative path under the output directory (`/`-separated,
+        /// docs/client.md "Directories").
         name: String,
         /// Where it was written.
         path: PathBuf,
@@ -67,7 +69,7 @@ pub enum PullEvent {
     /// file was kept, and the received one saved beside it (the rules are
     /// in `docs/client.md`, "Local files are never lost").
     Conflict {
-        /// Its name.
+        /// Its relative path under the output directory.
         name: String,
         /// Where it was saved: `NAME (conflict DEVICE DATE TIME).EXT`.
         path: PathBuf,
@@ -83,7 +85,7 @@ pub enum PullEvent {
     /// A file arrived that is older, in its history, than the version this
     /// device has: not written.
     Outdated {
-        /// Its name.
+        /// Its relative path under the output directory.
         name: String,
         /// The path whose newer version was kept.
         path: PathBuf,
@@ -94,7 +96,7 @@ pub enum PullEvent {
     },
     /// Part of a file arrived (for progress display).
     Progress {
-        /// The file's name.
+        /// The file's relative path.
         name: String,
         /// Bytes of it received so far.
         received: u64,
@@ -117,7 +119,7 @@ pub enum PullEvent {
     },
     /// A sender abandoned a file; its partial copy was removed.
     Abandoned {
-        /// The file's name, if a partial copy existed.
+        /// The file's relative path, if a partial copy existed.
         name: Option<String>,
         /// Sender's node id (hex).
         sender: String,
@@ -590,8 +592,10 @@ impl<'a> Receiver<'a> {
             return Ok(Err(format!("{:?} has no end record", partial.name)));
         };
         let temp = &partial.temp_path;
-        let dir = temp.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let key = Self::dest_key(&dir, &partial.name);
+        // Temp files live at the top of the output directory; the file's
+        // relative path is resolved under it (crate::relpath).
+        let root = temp.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let key = Self::dest_key(&root, &partial.name);
         let version = KnownVersion {
             lineage: partial.lineage.clone(),
             generation: partial.generation,
@@ -608,9 +612,13 @@ impl<'a> Receiver<'a> {
             cursor,
         };
         if fs::symlink_metadata(temp).is_err() {
-            let dest = dir.join(&partial.name);
-            return match hash_file_nofollow(&dest) {
-                Ok(h) if h.to_hex().as_str() == hash.as_str() => {
+            let dest = match relpath::resolve(&root, &partial.name, false)? {
+                Ok((dir, leaf)) => Some(dir.join(leaf)),
+                Err(_) => None,
+            };
+            return match dest.as_deref().map(hash_file_nofollow) {
+                Some(Ok(h)) if h.to_hex().as_str() == hash.as_str() => {
+                    let dest = dest.expect("matched Some");
                     store.state.files.insert(key, version);
                     Ok(Ok(file(dest)))
                 }
@@ -639,6 +647,16 @@ impl<'a> Receiver<'a> {
         f.set_permissions(fs::Permissions::from_mode(received_mode(partial.mode)))
             .map_err(ClientError::io(temp))?;
         drop(f);
+        // Its directories, made one component at a time, never through a
+        // symlink or out of the output directory; a path that cannot be
+        // made there is refused (the verified copy is discarded).
+        let (dir, leaf) = match relpath::resolve(&root, &partial.name, true)? {
+            Ok(found) => found,
+            Err(why) => {
+                let _ = fs::remove_file(temp);
+                return Ok(Err(format!("{:?} not written: {why}", partial.name)));
+            }
+        };
         let device_label = partial
             .device
             .clone()
@@ -646,7 +664,7 @@ impl<'a> Receiver<'a> {
             .unwrap_or_else(|| partial.sender.chars().take(8).collect());
         let known = self.known_at(store, &key)?;
         let incoming = Incoming {
-            name: &partial.name,
+            name: &leaf,
             temp,
             version: &version,
             device_label: &device_label,

@@ -753,3 +753,5 @@ fn the_number_of_senders_and_of_partial_files_is_capped() {
     );
     assert_eq!(listing(&f).len(), MAX_PARTIAL_FILES, "no temp file for it");
 }
+
+mod paths;
