@@ -8,6 +8,8 @@
 //!   reconnects with backoff ([`backoff`]); resumable pushes ([`journal`]).
 //! - [`receive`]: applying pulled blobs, file reassembly and verification;
 //!   [`place`]: where a received file lands without destroying local data.
+//! - [`relpath`]: relative paths of pushed files and where they land;
+//!   [`tree`]: the files of a directory being pushed.
 //! - [`home`]: a device's home directory (device key, group, state).
 //! - [`invite`], [`relay_addr`], [`state`], [`integrity`], [`util`].
 
@@ -25,9 +27,12 @@ pub mod journal;
 pub mod place;
 pub mod receive;
 pub mod relay_addr;
+pub mod relpath;
 pub mod session;
 pub mod state;
+pub mod tree;
 pub mod util;
+pub mod withheld;
 
 pub use backoff::RetryPolicy;
 pub use client::{
