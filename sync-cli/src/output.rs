@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
+use sync_client::session::REFUSED_BEFORE_HANDSHAKE;
 use sync_client::{ClientError, ConnectOptions, Home, LinkState, RetryPolicy, SyncClient};
 use sync_protocol::ErrorCode;
 
@@ -126,9 +127,9 @@ async fn show_retries(mut changes: tokio::sync::watch::Receiver<LinkState>, out:
                 attempt,
                 delay,
                 unreachable,
-                ..
+                error,
             } => {
-                let text = retry_line(attempt, delay, unreachable);
+                let text = retry_line(attempt, delay, why(unreachable, &error));
                 if !terminal {
                     eprintln!("{text}");
                     continue;
@@ -153,13 +154,22 @@ async fn show_retries(mut changes: tokio::sync::watch::Receiver<LinkState>, out:
     }
 }
 
-/// "relay unreachable, retrying in 4 s (attempt 3)".
-pub fn retry_line(attempt: u32, delay: Duration, unreachable: bool) -> String {
-    let what = if unreachable {
+/// What a retry waits for, in a few words: the relay refused the
+/// connection before its handshake (too many connections, from this address
+/// or awaiting admission: [`REFUSED_BEFORE_HANDSHAKE`]), it cannot be
+/// reached, or it answered but is busy.
+pub fn why(unreachable: bool, error: &str) -> &'static str {
+    if error.contains(REFUSED_BEFORE_HANDSHAKE) {
+        "relay refused the connection (too many connections from this address, or it is busy)"
+    } else if unreachable {
         "relay unreachable"
     } else {
         "relay busy"
-    };
+    }
+}
+
+/// "relay unreachable, retrying in 4 s (attempt 3)"; `what` from [`why`].
+pub fn retry_line(attempt: u32, delay: Duration, what: &str) -> String {
     let secs = delay.as_secs_f64();
     let wait = if secs >= 1.0 {
         format!("{secs:.0} s")
@@ -283,4 +293,34 @@ pub fn qr(text: &str) -> Option<String> {
             .quiet_zone(true)
             .build(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection the relay refused before its handshake is named as
+    /// such on the status line, not as an unreachable relay.
+    #[test]
+    fn a_refused_connection_gets_its_own_status_line() {
+        let refused = ClientError::Connect {
+            addr: "ab@127.0.0.1:4433".into(),
+            reason: REFUSED_BEFORE_HANDSHAKE.into(),
+        }
+        .to_string();
+        assert_eq!(
+            retry_line(3, Duration::from_secs(4), why(true, &refused)),
+            "relay refused the connection (too many connections from this address, or it is \
+             busy), retrying in 4 s (attempt 3)"
+        );
+        assert_eq!(
+            retry_line(
+                1,
+                Duration::from_millis(250),
+                why(true, "no answer within 10.0 s")
+            ),
+            "relay unreachable, retrying in 0.2 s (attempt 1)"
+        );
+        assert_eq!(why(false, "OVERLOADED"), "relay busy");
+    }
 }

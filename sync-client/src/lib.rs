@@ -34,6 +34,7 @@ pub mod session;
 pub mod state;
 pub mod tree;
 pub mod util;
+pub mod withheld;
 
 pub use backoff::RetryPolicy;
 pub use client::{

@@ -135,7 +135,7 @@ impl RelaySession {
             .await
             .map_err(|e| ClientError::Connect {
                 addr: opts.relay.to_string(),
-                reason: e.to_string(),
+                reason: dial_failure(&e),
             })?;
         let relay_id = DeviceId(*opts.relay.node_id.as_bytes());
         let device_id = DeviceId(*endpoint.id().as_bytes());
@@ -336,6 +336,39 @@ impl RelaySession {
     /// True once the QUIC connection is closed or lost.
     pub fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()
+    }
+}
+
+/// What a relay that refused a connection before its TLS handshake means,
+/// for people (docs/client.md "Errors"; the relay's side: docs/deploy.md
+/// "What one peer can cost the relay").
+pub const REFUSED_BEFORE_HANDSHAKE: &str = "the relay refused the connection before its \
+     handshake: too many new connections from this address, or too many connections waiting \
+     to be admitted; trying again shortly usually works";
+
+/// Why a dial failed, in words. A relay refuses a connection before its
+/// handshake with QUIC's transport error CONNECTION_REFUSED, which carries
+/// no reason the relay could choose (QUIC allows only transport errors
+/// before the handshake, and an unauthenticated reason could be forged):
+/// it is recognised by its code and explained by
+/// [`REFUSED_BEFORE_HANDSHAKE`]. Anything else is iroh's own message.
+pub fn dial_failure(err: &iroh::endpoint::ConnectError) -> String {
+    use iroh::endpoint::{ConnectError, ConnectingError, ConnectionError, TransportErrorCode};
+    let closed = match err {
+        ConnectError::Connecting {
+            source: ConnectingError::ConnectionError { source, .. },
+            ..
+        }
+        | ConnectError::Connection { source, .. } => Some(source),
+        _ => None,
+    };
+    match closed {
+        Some(ConnectionError::ConnectionClosed(close))
+            if close.error_code == TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            REFUSED_BEFORE_HANDSHAKE.to_string()
+        }
+        _ => err.to_string(),
     }
 }
 

@@ -7,8 +7,8 @@
 
 use proptest::prelude::*;
 use sync_client::crypto::envelope::{
-    BlobHeader, BlobKind, Compression, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, EnvelopeError,
-    FileChunk, OpenedBlob, decode_inner, open, seal,
+    BlobHeader, BlobKind, Compression, ENVELOPE_OVERHEAD, ENVELOPE_V1, ENVELOPE_VERSION,
+    EnvelopeError, FileChunk, OpenedBlob, decode_inner, open, seal,
 };
 use sync_client::relpath::validate_path;
 use sync_client::{ClientError, GroupSecret, Invite};
@@ -30,6 +30,7 @@ fn header() -> BlobHeader {
         created_at_ms: 0,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     }
 }
 
@@ -153,7 +154,7 @@ proptest! {
         // Each refusal is the documented one for its cause.
         let expected = if bytes.len() < ENVELOPE_OVERHEAD {
             EnvelopeError::TooShort(bytes.len())
-        } else if bytes[0] != ENVELOPE_VERSION {
+        } else if bytes[0] != ENVELOPE_VERSION && bytes[0] != ENVELOPE_V1 {
             EnvelopeError::UnsupportedVersion(bytes[0])
         } else {
             EnvelopeError::Authentication

@@ -51,6 +51,7 @@ pub fn sealed(
         created_at_ms: 1,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     };
     PulledBlob {
         cursor,

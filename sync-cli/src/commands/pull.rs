@@ -127,6 +127,18 @@ impl Printer {
                     short(&sender)
                 );
             }
+            PullEvent::Withheld {
+                sender,
+                first,
+                last,
+                claimed_by,
+            } => {
+                eprintln!(
+                    "warning: blobs {first}..={last} of device {} were withheld from this device: device {} received them, the relay never delivered them here (or they expired)",
+                    short(&sender),
+                    short(&claimed_by)
+                );
+            }
             // Reconnects are shown by the connection's status line
             // (`output::RetryStatus`); `--json` carries them as events.
             _ => {}

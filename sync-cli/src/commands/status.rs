@@ -1,11 +1,11 @@
 //! `status`: this device, its group, local state, relay reachability.
 
-use crate::output::{Out, json_line, retry_display};
+use crate::output::{Out, json_line, retry_display, short};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use sync_client::journal::Journals;
-use sync_client::receive::gap_events;
+use sync_client::receive::{gap_events, withheld_events};
 use sync_client::util::human_size;
 use sync_client::{
     ClientError, ConnectOptions, Home, LinkState, PullEvent, RetryPolicy, SyncClient,
@@ -93,6 +93,9 @@ pub struct StatusOut {
     pub replayed_blobs: u64,
     /// Missing sequence ranges per sender.
     pub gaps: Vec<PullEvent>,
+    /// Sequence ranges other members received and the relay never
+    /// delivered here, per sender (`withheld` events; docs/security.md).
+    pub withheld: Vec<PullEvent>,
 }
 
 pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
@@ -140,6 +143,7 @@ pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
         replayed_blobs: state.state.replays,
         gaps: gap_events(&state.state),
         relays: Vec::new(),
+        withheld: withheld_events(&state.state),
     };
     drop(group);
     // Every relay at once, each with the whole retry budget; the retry
@@ -216,13 +220,32 @@ pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
             p.total.map(human_size).unwrap_or_else(|| "?".into())
         );
     }
-    if status.rejected_blobs + status.replayed_blobs > 0 || !status.gaps.is_empty() {
+    if status.rejected_blobs + status.replayed_blobs > 0
+        || !status.gaps.is_empty()
+        || !status.withheld.is_empty()
+    {
         println!(
-            "integrity: {} rejected, {} replayed, {} gaps — blobs were altered, replayed or withheld",
+            "integrity: {} rejected, {} replayed, {} gaps, {} withheld — blobs were altered, replayed or withheld",
             status.rejected_blobs,
             status.replayed_blobs,
-            status.gaps.len()
+            status.gaps.len(),
+            status.withheld.len()
         );
+        for w in &status.withheld {
+            if let PullEvent::Withheld {
+                sender,
+                first,
+                last,
+                claimed_by,
+            } = w
+            {
+                println!(
+                    "withheld:  blobs {first}..={last} of device {} (device {} received them)",
+                    short(sender),
+                    short(claimed_by)
+                );
+            }
+        }
     } else {
         println!("integrity: ok");
     }

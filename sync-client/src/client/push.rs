@@ -12,6 +12,7 @@ use crate::journal::{JOURNAL_VERSION, Journals, PushJournal, SourceFingerprint, 
 use crate::relpath::validate_path;
 use crate::state::StateStore;
 use crate::util::now_ms;
+use crate::withheld::own_view;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use serde::Serialize;
@@ -104,7 +105,9 @@ async fn read_chunk<R: AsyncRead + Unpin>(
 }
 
 impl SyncClient {
-    fn header(&self, kind: BlobKind, seq: u64) -> BlobHeader {
+    /// The header of this device's blob number `seq`, with its group view
+    /// from `state` (docs/security.md "Withheld blobs").
+    fn header(&self, state: &StateStore, kind: BlobKind, seq: u64) -> BlobHeader {
         BlobHeader {
             kind,
             sender: self.device_id(),
@@ -112,11 +115,13 @@ impl SyncClient {
             created_at_ms: now_ms(),
             compression: Compression::None,
             body_len: 0,
+            view: own_view(&state.state, &self.device_id()),
         }
     }
 
     fn seal(
         &self,
+        state: &StateStore,
         blob_id: BlobId,
         kind: BlobKind,
         seq: u64,
@@ -126,7 +131,7 @@ impl SyncClient {
         let payload = envelope::seal(
             self.keys(),
             &blob_id,
-            self.header(kind, seq),
+            self.header(state, kind, seq),
             body,
             self.max_blob_size(),
         )?;
@@ -183,6 +188,7 @@ impl SyncClient {
         let first_seq = state.reserve_seqs(messages.len() as u64)?;
         for (i, msg) in messages.iter().enumerate() {
             let item = self.seal(
+                state,
                 BlobId(random_bytes()),
                 BlobKind::Message,
                 first_seq + i as u64,
@@ -419,7 +425,14 @@ impl SyncClient {
                 first_seq: j.first_seq,
                 last_seq: j.last_seq,
             };
-            let item = self.seal(chunk_blob_id(&file_id, u32::MAX), kind, seq, &[], None)?;
+            let item = self.seal(
+                state,
+                chunk_blob_id(&file_id, u32::MAX),
+                kind,
+                seq,
+                &[],
+                None,
+            )?;
             self.push_items(vec![item]).await?;
         }
         tracing::info!(name = %j.name, "abandoned an unfinished push");
@@ -550,6 +563,7 @@ impl SyncClient {
                     None => BlobKind::FileChunk(chunk),
                 };
                 let item = self.seal(
+                    state,
                     chunk_blob_id(&file_id, index),
                     kind,
                     seq,

@@ -1,5 +1,8 @@
-//! Applying pulled blobs (docs/protocol.md "Blob payloads", §6): open each envelope, check its
-//! sender and sequence number, and write file chunks into a temp file next
+//! Applying pulled blobs (docs/protocol.md "Blob payloads", docs/security.md): open each
+//! envelope first, then check its sender and sequence number — "this
+//! device's own blob" is decided from the sealed sender only, never from
+//! the relay's label — record its sender's group view
+//! ([`crate::withheld`]), and write file chunks into a temp file next
 //! to the destination; when every chunk is there, verify the BLAKE3 of the
 //! whole file and rename it into place. A blob that fails any check is
 //! reported as [`PullEvent::Rejected`] with its cursor, never silently
@@ -14,7 +17,7 @@
 use crate::crypto::GroupKeys;
 use crate::crypto::envelope::{self, BlobKind, FileChunk, FileVersion, validate_device_name};
 use crate::error::{ClientError, Result};
-use crate::integrity::Observation;
+use crate::integrity::{Observation, SenderTrack};
 use crate::journal::Journals;
 use crate::place::{
     Incoming, KnownVersion, Placed, hash_file_nofollow, nofollow, place, received_mode,
@@ -22,11 +25,13 @@ use crate::place::{
 use crate::relpath;
 use crate::state::{ClientState, PartialFile, StateStore};
 use crate::util::now_ms;
+use crate::withheld::absorb_view;
 use serde::Serialize;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use sync_protocol::{DeviceId, PulledBlob};
 
 /// Largest file offset a chunk may write at (1 TiB): bounds disk use from a
@@ -147,6 +152,20 @@ pub enum PullEvent {
         /// Last missing number.
         last: u64,
     },
+    /// Another member's group view says a sender used sequence numbers
+    /// above the highest this device was delivered, although the relay has
+    /// nothing more: blobs the relay withheld from this device (or that
+    /// expired before it pulled them). See docs/security.md.
+    Withheld {
+        /// The sender whose blobs are missing (node id, hex).
+        sender: String,
+        /// First missing number.
+        first: u64,
+        /// Last missing number.
+        last: u64,
+        /// The member whose view revealed them (node id, hex).
+        claimed_by: String,
+    },
     /// Caught up with the relay (following only).
     Synced {
         /// Local cursor.
@@ -170,6 +189,9 @@ pub struct Receiver<'a> {
     keys: &'a GroupKeys,
     me: DeviceId,
     out_dir: PathBuf,
+    /// This device's next sequence number as last read from `seq.json`
+    /// (0: not read yet); re-read when one of its own blobs is above it.
+    own_next_seq: AtomicU64,
 }
 
 impl<'a> Receiver<'a> {
@@ -179,6 +201,7 @@ impl<'a> Receiver<'a> {
             keys,
             me,
             out_dir: out_dir.into(),
+            own_next_seq: AtomicU64::new(0),
         }
     }
 
@@ -218,7 +241,8 @@ impl<'a> Receiver<'a> {
     /// Apply one blob, updating `store.state` (saving it only around a
     /// file's completion) and reporting what happened through `events`.
     /// Only local I/O failures are errors; anything wrong with the blob is
-    /// an event. Moves the cursor to the blob's.
+    /// an event. Moves the cursor to the blob's (the cursor only ever
+    /// moves to that of a blob the relay delivered).
     pub fn apply(
         &self,
         blob: PulledBlob,
@@ -237,10 +261,6 @@ impl<'a> Receiver<'a> {
         store: &mut StateStore,
         events: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<()> {
-        if blob.sender == self.me {
-            // Our own blob coming back: we have its content already.
-            return Ok(());
-        }
         let state = &mut store.state;
         let reject = |state: &mut ClientState,
                       events: &mut (dyn FnMut(PullEvent) + Send),
@@ -269,8 +289,33 @@ impl<'a> Receiver<'a> {
             reject(state, events, reason);
             return Ok(());
         }
+        if header.sender == self.me {
+            // This device's own blob coming back (by its sealed sender, which
+            // the relay cannot forge): its content is here already. A number
+            // this device never used means a member sealed it in this
+            // device's name.
+            if header.seq == 0 || !self.used_own_seq(store, header.seq)? {
+                let reason = format!(
+                    "blob claims to be this device's sequence number {}, which this device never used",
+                    header.seq
+                );
+                reject(&mut store.state, events, reason);
+            }
+            return Ok(());
+        }
         let sender = hex::encode(blob.sender.0);
-        if !state.senders.contains_key(&sender) && state.senders.len() >= MAX_SENDERS {
+        let tracked = state
+            .senders
+            .get(&sender)
+            .is_some_and(|t| !t.is_claim_only());
+        if !tracked
+            && state
+                .senders
+                .values()
+                .filter(|t| !t.is_claim_only())
+                .count()
+                >= MAX_SENDERS
+        {
             reject(
                 state,
                 events,
@@ -280,7 +325,7 @@ impl<'a> Receiver<'a> {
         }
         let track = state.senders.entry(sender.clone()).or_default();
         match track.observe(header.seq) {
-            Observation::New => {}
+            Observation::New => track.last_cursor = blob.cursor,
             Observation::Replay => {
                 state.replays += 1;
                 events(PullEvent::Replay {
@@ -291,6 +336,11 @@ impl<'a> Receiver<'a> {
                 return Ok(());
             }
             Observation::Refused(why) => {
+                // A record made for this blob alone would be empty: drop it,
+                // so refused blobs of new senders leave nothing behind.
+                if *track == SenderTrack::default() {
+                    state.senders.remove(&sender);
+                }
                 reject(
                     state,
                     events,
@@ -299,6 +349,7 @@ impl<'a> Receiver<'a> {
                 return Ok(());
             }
         }
+        absorb_view(state, &header.sender, &self.me, &header.view);
         match header.kind {
             BlobKind::Message => {
                 events(PullEvent::Message {
@@ -314,6 +365,7 @@ impl<'a> Receiver<'a> {
                 first_seq,
                 last_seq,
             } => {
+                let track = state.senders.entry(sender.clone()).or_default();
                 if let Err(why) = track.void(first_seq, last_seq) {
                     reject(
                         state,
@@ -348,6 +400,18 @@ impl<'a> Receiver<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether this device has used sequence number `seq`: below its next
+    /// number in `seq.json` (read again only when `seq` is not below the
+    /// value last read, as pushes move it on).
+    fn used_own_seq(&self, store: &StateStore, seq: u64) -> Result<bool> {
+        if seq < self.own_next_seq.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let next = store.next_seq()?;
+        self.own_next_seq.store(next, Ordering::Relaxed);
+        Ok(seq < next)
     }
 
     /// `Ok(Ok(Some(File)))` when the file completed, `Ok(Err(reason))` when
@@ -632,6 +696,25 @@ impl<'a> Receiver<'a> {
 /// following a symlink.
 pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
     hash_file_nofollow(path)
+}
+
+/// Numbers of every sender that another member's view revealed and the
+/// relay never delivered, as [`PullEvent::Withheld`]s. Call once the relay
+/// has nothing more (docs/security.md "Withheld blobs").
+pub fn withheld_events(state: &ClientState) -> Vec<PullEvent> {
+    state
+        .senders
+        .iter()
+        .filter_map(|(sender, track)| {
+            let (first, last) = track.withheld()?;
+            Some(PullEvent::Withheld {
+                sender: sender.clone(),
+                first,
+                last,
+                claimed_by: track.claimed_by.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// Turn unfilled gaps of every sender into [`PullEvent::Gap`]s.
