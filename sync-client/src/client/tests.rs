@@ -549,9 +549,10 @@ async fn endless_empty_batches_end_the_pull_with_a_protocol_error() {
 async fn an_empty_answer_with_a_huge_head_does_not_move_the_cursor() {
     // The relay answers every pull with nothing and head u64::MAX. Moving
     // the cursor to that head would skip everything below it for good (and
-    // an honest relay would refuse every later pull from it).
+    // an honest relay would refuse every later pull from it). Its Welcome
+    // announces head 41, so the device's cursor is not ahead of the relay.
     let relay = ScriptedRelay::start(
-        |_| AtHello::Welcome,
+        |_| AtHello::WelcomeAt(41),
         |_, _| OnRequest::EmptyWithHead(u64::MAX),
     )
     .await;
