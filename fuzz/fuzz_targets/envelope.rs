@@ -4,7 +4,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use sync_client::crypto::envelope::{
-    ENVELOPE_OVERHEAD, ENVELOPE_VERSION, EnvelopeError, decode_inner, open,
+    ENVELOPE_OVERHEAD, ENVELOPE_V1, ENVELOPE_VERSION, EnvelopeError, decode_inner, open,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let keys = sync_client::GroupSecret::from_bytes([7; 32]).keys();
     let expected = if data.len() < ENVELOPE_OVERHEAD {
         EnvelopeError::TooShort(data.len())
-    } else if data[0] != ENVELOPE_VERSION {
+    } else if data[0] != ENVELOPE_VERSION && data[0] != ENVELOPE_V1 {
         EnvelopeError::UnsupportedVersion(data[0])
     } else {
         EnvelopeError::Authentication

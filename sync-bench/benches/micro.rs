@@ -49,6 +49,7 @@ fn envelope(c: &mut Criterion) {
         created_at_ms: 0,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     };
     let mut g = c.benchmark_group("envelope");
     for len in [1024usize, 1 << 20] {

@@ -48,6 +48,10 @@ pub struct Relay {
     pub address: String,
     /// Bound QUIC address.
     pub quic: SocketAddr,
+    /// Bound HTTP address (`/health`, `/metrics`).
+    pub http: SocketAddr,
+    config: PathBuf,
+    data: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -76,14 +80,22 @@ impl Relay {
     /// Start `sync-relay` with `bench_config(max_blob_size)`
     /// (which also bounds a push frame, so a batch of 64 × 64 KiB needs 4 MiB).
     pub fn start(max_blob_size: u32) -> Result<Relay> {
+        Self::start_with(&bench_config(max_blob_size))
+    }
+
+    /// Start `sync-relay` with the config file `config` (TOML), in a fresh
+    /// temporary data dir, on ephemeral loopback ports. Its log goes to
+    /// stderr, read here only for the address line.
+    pub fn start_with(config_text: &str) -> Result<Relay> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("relay.toml");
-        std::fs::write(&config, bench_config(max_blob_size))?;
+        let data = dir.path().join("data");
+        std::fs::write(&config, config_text)?;
         let mut child = Command::new(sibling("sync-relay")?)
             .arg("--config")
             .arg(&config)
             .args(["--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(&data)
             .args(["--quic-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -113,15 +125,54 @@ impl Relay {
             .and_then(|s| s.split(',').next())
             .context("quic addr")?
             .parse()?;
+        let http = line
+            .split("HTTP on ")
+            .nth(1)
+            .and_then(|s| s.split([',', ')']).next())
+            .context("http addr")?
+            .parse()?;
         Ok(Relay {
             child,
             address,
             quic,
+            http,
+            config,
+            data,
             _dir: dir,
         })
     }
 
-    /// Connect options for a device of `keys`' group.
+    /// The relay's SQLite database (`relay.db` in its data dir).
+    pub fn db_path(&self) -> PathBuf {
+        self.data.join("relay.db")
+    }
+
+    /// `sync-relay token create --max-groups MAX_GROUPS` on this relay's
+    /// config and data dir (while it runs, as an operator would): the
+    /// access token it prints.
+    pub fn create_token(&self, max_groups: u64) -> Result<sync_protocol::AccessToken> {
+        let out = Command::new(sibling("sync-relay")?)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["token", "create", "--label", "bench", "--max-groups"])
+            .arg(max_groups.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .context("running sync-relay token create")?;
+        if !out.status.success() {
+            bail!(
+                "sync-relay token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        sync_protocol::AccessToken::parse(&String::from_utf8_lossy(&out.stdout))
+            .context("sync-relay token create printed no token")
+    }
+
+    /// Connect options for a device of `keys`' group (a plain `Hello`, no
+    /// access token).
     pub fn device(&self, keys: &GroupKeys) -> Result<ConnectOptions> {
         let relay: RelayAddr = self.address.parse()?;
         Ok(ConnectOptions {

@@ -59,6 +59,16 @@ enum Scenario {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// The soak: honest load plus churn (sessions that vanish, groups
+    /// created and abandoned, never-reading pullers) for 10 minutes; the
+    /// relay's RSS, open fds, sessions and table sizes sampled every 10 s
+    /// must be flat after warm-up (growth < 10 %). Not part of `all`.
+    Soak {
+        /// Run this many seconds instead (warm-up and windows keep their
+        /// proportions: 1/5 and 1/10 of the run).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// (internal) one side of the bulk scenario, in its own process.
     #[command(hide = true)]
     BulkClient {
@@ -92,6 +102,32 @@ fn machine() -> String {
     format!("{cores} cores, {mem} memory, {profile} build, loopback")
 }
 
+/// `sync-bench soak`: print (and write) its tables, then fail if the relay
+/// did not stay flat or an honest client saw an error.
+async fn soak(size: Size, seconds: Option<u64>, markdown: Option<&std::path::Path>) -> Result<()> {
+    let mut soak = scenarios::soak::Soak::for_size(size);
+    if let Some(s) = seconds {
+        soak.duration = std::time::Duration::from_secs(s);
+        soak.warm_up = soak.duration / 5;
+        soak.window = soak.duration / 10;
+    }
+    let report = scenarios::soak::run(soak).await?;
+    let mut out = format!("Machine: {}.\n\n", machine());
+    for table in &report.tables {
+        let md = table.markdown();
+        println!("{md}");
+        out.push_str(&md);
+        out.push('\n');
+    }
+    if let Some(path) = markdown {
+        std::fs::write(path, out)?;
+    }
+    if !report.problems.is_empty() {
+        anyhow::bail!("soak failed: {}", report.problems.join(" | "));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -106,6 +142,9 @@ async fn main() -> Result<()> {
         return scenarios::bulk::client(mode, relay, secret, home, path).await;
     }
     let size = Size { tiny: args.tiny };
+    if let Scenario::Soak { seconds } = &args.scenario {
+        return soak(size, *seconds, args.markdown.as_deref()).await;
+    }
     let all = args.scenario == Scenario::All;
     let mut out = format!("Machine: {}.\n\n", machine());
     let mut emit = |table: stats::Table| {

@@ -33,3 +33,68 @@ fn every_scenario_runs_at_tiny_size() {
     let cells: Vec<&str> = load.split('|').map(str::trim).collect();
     assert_eq!(cells.get(10), Some(&"0"), "load errors: {load}");
 }
+
+/// The soak at smoke size (16 s): it samples the relay (RSS, fds, sessions,
+/// table sizes), judges nothing at this size, but every honest client must
+/// succeed and a never-reading puller must be cut off.
+#[test]
+fn the_soak_runs_at_tiny_size() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-bench"))
+        .args(["--tiny", "soak"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sync-bench soak failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for title in ["Soak:", "Soak workload", "Soak samples", "Verdict:"] {
+        assert!(stdout.contains(title), "missing {title}:\n{stdout}");
+    }
+    // Workload row: honest errors 0, at least one puller cut off, groups
+    // created and churn sessions both closed and vanished.
+    let row = stdout
+        .lines()
+        .skip_while(|l| !l.contains("Soak workload"))
+        .nth(4)
+        .unwrap_or_default();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells.get(12), Some(&"0"), "honest errors: {row}");
+    let number = |i: usize| {
+        cells
+            .get(i)
+            .and_then(|c| c.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(number(11) >= 1, "no puller cut off: {row}");
+    assert!(number(9) >= 1, "no group created: {row}");
+    let churn: Vec<u64> = cells
+        .get(6)
+        .unwrap_or(&"")
+        .split('/')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    assert!(
+        churn.len() == 2 && churn[0] > 0 && churn[1] > 0,
+        "churn: {row}"
+    );
+    // Every sample row has its 10 cells, and the relay's tables were read.
+    let samples: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("Soak samples"))
+        .skip(4)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert!(samples.len() >= 10, "samples:\n{stdout}");
+    assert!(
+        samples.iter().all(|s| s.len() == 10 && s[8] == "1"),
+        "each sample reads one token row:\n{stdout}"
+    );
+}

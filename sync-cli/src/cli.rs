@@ -26,10 +26,16 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a new group on a relay and print an invite for other devices
+    ///
+    /// Give --relay once per relay of the group, first preferred: the
+    /// relays must be instances of one relay cluster (sharing one
+    /// database). Devices use one at a time and fail over to the next
+    /// when it is unreachable; invites carry them all.
     Init {
-        /// The relay, as NODE_ID@HOST:PORT (printed by the relay at start)
-        #[arg(long, value_name = "NODE_ID@HOST:PORT")]
-        relay: String,
+        /// A relay, as NODE_ID@HOST:PORT (printed by the relay at start);
+        /// repeat for each instance of the relay cluster (at most 8), first preferred
+        #[arg(long, required = true, value_name = "NODE_ID@HOST:PORT")]
+        relay: Vec<String>,
         /// A name for the group, shown to devices that join
         #[arg(long)]
         name: Option<String>,
@@ -68,15 +74,20 @@ pub enum Command {
         #[arg(long, value_name = "PATH", conflicts_with = "invite")]
         file: Option<PathBuf>,
     },
-    /// Encrypt and push files (or stdin with `-`) to the group
+    /// Encrypt and push files, directory trees (or stdin with `-`) to the group
     ///
-    /// An interrupted push of a file resumes where it stopped when run
-    /// again; a file unchanged since its last push is skipped.
+    /// A directory is pushed with every regular file under it, each as
+    /// DIRNAME/relative/path, which `pull` recreates under --out; symbolic
+    /// links and special files inside it are skipped (and listed), empty
+    /// directories are not sent. An interrupted push of a file resumes
+    /// where it stopped when run again; a file unchanged since its last
+    /// push is skipped.
     Push {
-        /// Files to push; `-` reads standard input (needs --name)
-        #[arg(required = true, value_name = "FILE")]
+        /// Files or directories to push; `-` reads standard input (needs --name)
+        #[arg(required = true, value_name = "FILE|DIR")]
         files: Vec<PathBuf>,
-        /// Name under which stdin (or the one file) is pushed
+        /// Name under which stdin, the one file or the one directory is
+        /// pushed (a relative path: `/`-separated, no `..`)
         #[arg(long)]
         name: Option<String>,
         /// How long the relay keeps the data (e.g. 12h, 7d) [default: the relay's]

@@ -6,7 +6,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-use sync_client::{ClientError, ConnectOptions, LinkState, RetryPolicy, SyncClient};
+use sync_client::session::REFUSED_BEFORE_HANDSHAKE;
+use sync_client::{ClientError, ConnectOptions, Home, LinkState, RetryPolicy, SyncClient};
 use sync_protocol::ErrorCode;
 
 /// How to print.
@@ -48,30 +49,69 @@ pub fn short(id: &str) -> &str {
 /// one status line per wait, "relay unreachable, retrying in 4 s
 /// (attempt 3)" — on a terminal a single line updated in place, otherwise
 /// one line each. Library log lines stay hidden (they need `-v`).
+/// It also records in the home which relay the client uses, at connect
+/// and after every failover, so the next command tries that one first.
 pub struct RetryStatus {
     task: tokio::task::JoinHandle<()>,
+    remember: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for RetryStatus {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(task) = &self.remember {
+            task.abort();
+        }
     }
 }
 
-/// Connect with `policy`, showing each retry (see [`RetryStatus`]). Keep
-/// the returned status alive as long as the client: reconnects later on
-/// are shown the same way.
+/// Connect to the home's relays with `policy` (the one that worked last
+/// first, failing over to the others: docs/client.md "Several relays"),
+/// showing each retry (see [`RetryStatus`]). Keep the returned status alive
+/// as long as the client: reconnects later on are shown the same way.
 pub async fn connect(
+    home: &Home,
     opts: &ConnectOptions,
     policy: RetryPolicy,
     out: Out,
 ) -> Result<(SyncClient, RetryStatus), ClientError> {
+    let relays = home.relays()?;
+    // The saved pull cursor: a relay whose head is below it is not of the
+    // group's cluster (docs/client.md "Several relays").
+    let floor = home.state()?.state.cursor;
+    let (link, changes) = tokio::sync::watch::channel(LinkState::Connected { generation: 1 });
+    let mut status = RetryStatus {
+        task: tokio::spawn(show_retries(changes, out)),
+        remember: None,
+    };
+    let client = SyncClient::connect_failover(opts, relays, floor, policy, link).await?;
+    fn remember(home: &Home, relay: &sync_client::RelayAddr) {
+        if let Err(e) = home.remember_relay(relay) {
+            tracing::warn!(error = %e, "cannot record the relay in use");
+        }
+    }
+    let mut changes = client.relay_changes();
+    let first = changes.borrow_and_update().clone();
+    remember(home, &first);
+    let home = home.clone();
+    status.remember = Some(tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let relay = changes.borrow_and_update().clone();
+            remember(&home, &relay);
+        }
+    }));
+    Ok((client, status))
+}
+
+/// A link-state channel whose retries are shown as by [`connect`], for
+/// clients made otherwise; the display lasts while the status lives.
+pub fn retry_display(out: Out) -> (tokio::sync::watch::Sender<LinkState>, RetryStatus) {
     let (link, changes) = tokio::sync::watch::channel(LinkState::Connected { generation: 1 });
     let status = RetryStatus {
         task: tokio::spawn(show_retries(changes, out)),
+        remember: None,
     };
-    let client = SyncClient::connect_reporting(opts, policy, link).await?;
-    Ok((client, status))
+    (link, status)
 }
 
 async fn show_retries(mut changes: tokio::sync::watch::Receiver<LinkState>, out: Out) {
@@ -87,9 +127,9 @@ async fn show_retries(mut changes: tokio::sync::watch::Receiver<LinkState>, out:
                 attempt,
                 delay,
                 unreachable,
-                ..
+                error,
             } => {
-                let text = retry_line(attempt, delay, unreachable);
+                let text = retry_line(attempt, delay, why(unreachable, &error));
                 if !terminal {
                     eprintln!("{text}");
                     continue;
@@ -114,13 +154,22 @@ async fn show_retries(mut changes: tokio::sync::watch::Receiver<LinkState>, out:
     }
 }
 
-/// "relay unreachable, retrying in 4 s (attempt 3)".
-pub fn retry_line(attempt: u32, delay: Duration, unreachable: bool) -> String {
-    let what = if unreachable {
+/// What a retry waits for, in a few words: the relay refused the
+/// connection before its handshake (too many connections, from this address
+/// or awaiting admission: [`REFUSED_BEFORE_HANDSHAKE`]), it cannot be
+/// reached, or it answered but is busy.
+pub fn why(unreachable: bool, error: &str) -> &'static str {
+    if error.contains(REFUSED_BEFORE_HANDSHAKE) {
+        "relay refused the connection (too many connections from this address, or it is busy)"
+    } else if unreachable {
         "relay unreachable"
     } else {
         "relay busy"
-    };
+    }
+}
+
+/// "relay unreachable, retrying in 4 s (attempt 3)"; `what` from [`why`].
+pub fn retry_line(attempt: u32, delay: Duration, what: &str) -> String {
     let secs = delay.as_secs_f64();
     let wait = if secs >= 1.0 {
         format!("{secs:.0} s")
@@ -213,6 +262,9 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
         ClientError::Connect { .. } | ClientError::GaveUp { .. } => {
             "check that the relay is running and that the address in `sync-cli status` is right"
         }
+        ClientError::RelayBehind { .. } => {
+            "every relay of a group must be an instance of one relay cluster (sharing its database); list only those in `sync-cli init --relay …`, or join again with an invite naming them"
+        }
         ClientError::Io { .. } => "check the path and its permissions",
         _ => return None,
     })
@@ -241,4 +293,34 @@ pub fn qr(text: &str) -> Option<String> {
             .quiet_zone(true)
             .build(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection the relay refused before its handshake is named as
+    /// such on the status line, not as an unreachable relay.
+    #[test]
+    fn a_refused_connection_gets_its_own_status_line() {
+        let refused = ClientError::Connect {
+            addr: "ab@127.0.0.1:4433".into(),
+            reason: REFUSED_BEFORE_HANDSHAKE.into(),
+        }
+        .to_string();
+        assert_eq!(
+            retry_line(3, Duration::from_secs(4), why(true, &refused)),
+            "relay refused the connection (too many connections from this address, or it is \
+             busy), retrying in 4 s (attempt 3)"
+        );
+        assert_eq!(
+            retry_line(
+                1,
+                Duration::from_millis(250),
+                why(true, "no answer within 10.0 s")
+            ),
+            "relay unreachable, retrying in 0.2 s (attempt 1)"
+        );
+        assert_eq!(why(false, "OVERLOADED"), "relay busy");
+    }
 }

@@ -46,6 +46,22 @@ pub enum ClientError {
     /// A request saw no bytes from the relay for the stall timeout.
     #[error("no progress from the relay for {0:?}; the connection looks dead")]
     Stalled(std::time::Duration),
+    /// A relay announced a head for the group below one this device has
+    /// already seen (on another relay, or as its saved cursor): it is not
+    /// an instance of the same relay cluster, or it lost data. Nothing is
+    /// pulled from or pushed to it (docs/client.md "Several relays").
+    #[error(
+        "relay {relay} has the group's head at cursor {head}, behind cursor {known} this device already saw: \
+         it does not share the group's history (not an instance of the same relay cluster, or it lost data)"
+    )]
+    RelayBehind {
+        /// The relay.
+        relay: String,
+        /// The head it announced.
+        head: u64,
+        /// The cursor this device had already seen.
+        known: u64,
+    },
     /// Reconnecting failed `attempts` times in a row.
     #[error("gave up after {attempts} attempts to reach the relay; last error: {last}")]
     GaveUp {

@@ -3,7 +3,8 @@
 //! | file | holds |
 //! |---|---|
 //! | `device.key` | the device's iroh secret key (hex) — its node id |
-//! | `group.toml` | relay address, group secret (hex), group name |
+//! | `group.toml` | relay addresses (first preferred), group secret (hex), group name |
+//! | `current-relay` | the relay that worked last (tried first) |
 //! | `state.json`, `seq.json` | local sync state ([`crate::state`]) |
 //! | `pull.lock`, `seq.lock` | advisory locks |
 //!
@@ -14,6 +15,7 @@
 use crate::crypto::GroupSecret;
 use crate::error::{ClientError, Result};
 use crate::relay_addr::RelayAddr;
+use crate::relays::RelayList;
 use crate::session::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT};
 use crate::state::StateStore;
 use crate::util::{ensure_private_dir, write_atomic};
@@ -28,13 +30,20 @@ const DEVICE_KEY: &str = "device.key";
 const GROUP_FILE: &str = "group.toml";
 const STATE_FILE: &str = "state.json";
 const PULL_LOCK: &str = "pull.lock";
+const CURRENT_RELAY: &str = "current-relay";
 
 /// The contents of `group.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupFile {
-    /// Relay address, `NODE_ID@HOST:PORT`.
-    pub relay: String,
+    /// The group's relays, `NODE_ID@HOST:PORT`, first preferred: instances
+    /// of one relay cluster (docs/client.md "Several relays").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
+    /// The one relay address of a `group.toml` written before `relays`
+    /// (read, never written: [`Home::group`] moves it into `relays`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
     /// Group secret, 64 hex characters. Secret!
     pub secret: String,
     /// Human name of the group.
@@ -79,7 +88,7 @@ impl Home {
     /// Errors: [`ClientError::Home`] if the home already has a group.
     pub fn create(
         &self,
-        relay: &RelayAddr,
+        relays: &RelayList,
         secret: &GroupSecret,
         name: Option<String>,
     ) -> Result<()> {
@@ -92,7 +101,8 @@ impl Home {
         ensure_private_dir(&self.dir)?;
         self.device_key()?;
         let mut group = GroupFile {
-            relay: relay.to_string(),
+            relays: relays.to_strings(),
+            relay: None,
             secret: hex::encode(secret.as_bytes()),
             name,
             joined_at: crate::util::now_s(),
@@ -129,7 +139,9 @@ impl Home {
         }
     }
 
-    /// `group.toml`. Errors: [`ClientError::Home`] when missing or invalid.
+    /// `group.toml`, its relays in `relays` (a file from before `relays`
+    /// has its one `relay` moved there). Errors: [`ClientError::Home`] when
+    /// missing or invalid.
     pub fn group(&self) -> Result<GroupFile> {
         let path = self.dir.join(GROUP_FILE);
         let text = fs::read_to_string(&path).map_err(|e| {
@@ -142,8 +154,13 @@ impl Home {
                 ClientError::io(&path)(e)
             }
         })?;
-        toml::from_str(&text)
-            .map_err(|e| ClientError::Home(format!("{}: invalid group file: {e}", path.display())))
+        let mut group: GroupFile = toml::from_str(&text).map_err(|e| {
+            ClientError::Home(format!("{}: invalid group file: {e}", path.display()))
+        })?;
+        if let Some(relay) = group.relay.take() {
+            group.relays.insert(0, relay);
+        }
+        Ok(group)
     }
 
     /// The group secret from `group.toml`.
@@ -161,9 +178,34 @@ impl Home {
         })
     }
 
-    /// The relay address from `group.toml`.
+    /// The group's relays from `group.toml`, first preferred.
+    /// Errors: [`ClientError::Home`] when the list is empty, too long or
+    /// holds an invalid address.
+    pub fn relays(&self) -> Result<RelayList> {
+        RelayList::parse(&self.group()?.relays)
+            .map_err(|e| ClientError::Home(format!("{}: {e}", self.dir.join(GROUP_FILE).display())))
+    }
+
+    /// The relay to try first: the one that worked last (`current-relay`)
+    /// if it is still one of the group's relays, else the first of them.
     pub fn relay(&self) -> Result<RelayAddr> {
-        self.group()?.relay.parse()
+        let relays = self.relays()?;
+        let remembered = fs::read_to_string(self.dir.join(CURRENT_RELAY))
+            .ok()
+            .and_then(|t| t.trim().parse::<RelayAddr>().ok())
+            .filter(|r| relays.position(r).is_some());
+        Ok(remembered.unwrap_or_else(|| relays.get(0).clone()))
+    }
+
+    /// Remember `relay` as the one that worked last (written only when it
+    /// changes). Errors: [`ClientError::Io`].
+    pub fn remember_relay(&self, relay: &RelayAddr) -> Result<()> {
+        let path = self.dir.join(CURRENT_RELAY);
+        let line = format!("{relay}\n");
+        if fs::read_to_string(&path).is_ok_and(|t| t == line) {
+            return Ok(());
+        }
+        write_atomic(&path, line.as_bytes())
     }
 
     /// The sync state files.
@@ -192,7 +234,9 @@ impl Home {
         }
     }
 
-    /// Everything needed to connect this device to its relay.
+    /// Everything needed to connect this device to its relays: `relay` is
+    /// the one to try first ([`Home::relay`]); pass [`Home::relays`] to
+    /// [`crate::SyncClient::connect_failover`] for the others.
     pub fn connect_options(&self, device_name: Option<String>) -> Result<ConnectOptions> {
         Ok(ConnectOptions {
             relay: self.relay()?,
@@ -219,8 +263,9 @@ mod tests {
         assert!(!home.is_initialized());
         assert!(matches!(home.group(), Err(ClientError::Home(_))));
         let relay: RelayAddr = format!("{ID}@127.0.0.1:4433").parse().unwrap();
+        let relays = RelayList::one(relay.clone());
         let secret = GroupSecret::from_bytes([4; 32]);
-        home.create(&relay, &secret, Some("fam".into())).unwrap();
+        home.create(&relays, &secret, Some("fam".into())).unwrap();
         assert!(home.is_initialized());
         assert_eq!(home.relay().unwrap(), relay);
         assert_eq!(home.secret().unwrap(), secret);
@@ -231,9 +276,57 @@ mod tests {
         assert_eq!(mode(&home.dir().join(GROUP_FILE)), 0o600);
         assert_eq!(mode(&home.dir().join(DEVICE_KEY)), 0o600);
         assert!(
-            home.create(&relay, &secret, None).is_err(),
+            home.create(&relays, &secret, None).is_err(),
             "one group per home"
         );
+    }
+
+    #[test]
+    fn keeps_every_relay_in_order_and_tries_the_remembered_one_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("h"));
+        let a = format!("{ID}@127.0.0.1:1");
+        let b = format!("{ID}@127.0.0.1:2");
+        let relays = RelayList::parse(&[&a, &b]).unwrap();
+        home.create(&relays, &GroupSecret::from_bytes([4; 32]), None)
+            .unwrap();
+        let text = fs::read_to_string(home.dir().join(GROUP_FILE)).unwrap();
+        assert!(
+            text.contains(&format!("relays = [\"{a}\", \"{b}\"]")),
+            "{text}"
+        );
+        assert_eq!(home.relays().unwrap(), relays);
+        assert_eq!(home.relay().unwrap().to_string(), a, "first preferred");
+        home.remember_relay(relays.get(1)).unwrap();
+        assert_eq!(home.relay().unwrap().to_string(), b, "the one that worked");
+        // A remembered relay no longer in the list is ignored.
+        home.remember_relay(&format!("{ID}@127.0.0.1:3").parse().unwrap())
+            .unwrap();
+        assert_eq!(home.relay().unwrap().to_string(), a);
+    }
+
+    #[test]
+    fn a_group_file_from_before_relays_lists_its_one_relay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let old = format!(
+            "relay = \"{ID}@127.0.0.1:4433\"\nsecret = \"{}\"\nname = \"fam\"\njoined_at = 1\n",
+            "04".repeat(32)
+        );
+        fs::write(home.dir().join(GROUP_FILE), old).unwrap();
+        assert_eq!(
+            home.relays().unwrap().to_strings(),
+            [format!("{ID}@127.0.0.1:4433")]
+        );
+        assert_eq!(home.secret().unwrap(), GroupSecret::from_bytes([4; 32]));
+        // Neither key: a clear error, not a panic.
+        fs::write(
+            home.dir().join(GROUP_FILE),
+            format!("secret = \"{}\"\njoined_at = 1\n", "04".repeat(32)),
+        )
+        .unwrap();
+        let err = home.relays().unwrap_err().to_string();
+        assert!(err.contains("no relay"), "{err}");
     }
 
     #[test]

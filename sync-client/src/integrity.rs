@@ -1,8 +1,11 @@
-//! Per-sender sequence tracking (docs/deploy.md "Threat model", §4.4): every blob a device seals
-//! carries its next sequence number (1, 2, 3, …). A receiver records which
-//! numbers it has seen per sender; a number seen twice is a **replay**, and a
-//! number missing below the highest seen, once the relay says it has nothing
-//! more, is a **gap** (a withheld or lost blob).
+//! Per-sender sequence tracking (docs/security.md, docs/client.md
+//! "Integrity"): every blob a device seals carries its next sequence number
+//! (1, 2, 3, …). A receiver records which numbers it has seen per sender; a
+//! number seen twice is a **replay**, and a number missing below the highest
+//! seen, once the relay says it has nothing more, is a **gap** (a withheld
+//! or lost blob). Numbers above the highest seen that another member's
+//! group view says exist ([`SenderTrack::claim`]) are **withheld** once the
+//! relay says it has nothing more.
 //!
 //! The record is bounded whatever a group member sends: numbers above
 //! [`MAX_SEQ`] are refused (so `seq + 1` never overflows), numbers seen
@@ -38,6 +41,22 @@ pub struct SenderTrack {
         deserialize_with = "ranges_or_numbers"
     )]
     pub ahead: RangeInclusiveSet<u64>,
+    /// Cursor of the last blob of this sender applied here: orders senders
+    /// by how recently they were heard from (this device's own view names
+    /// the most recent first). 0 if none yet.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_cursor: u64,
+    /// The highest number another member's view says this sender used
+    /// (0: none). At most [`MAX_SEQ`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub claimed: u64,
+    /// The member (node id, hex) whose view claimed [`SenderTrack::claimed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The verdict on one sequence number.
@@ -109,6 +128,29 @@ impl SenderTrack {
             .gaps(&outer)
             .map(|r| (*r.start(), *r.end()))
             .collect()
+    }
+
+    /// Record that member `by` has seen this sender's numbers up to `seq`
+    /// (from its group view). Keeps the highest claim; numbers above
+    /// [`MAX_SEQ`] are ignored (views carrying them do not decode).
+    pub fn claim(&mut self, seq: u64, by: &str) {
+        if seq > self.claimed && seq <= MAX_SEQ {
+            self.claimed = seq;
+            self.claimed_by = Some(by.to_string());
+        }
+    }
+
+    /// Numbers `(first, last)` another member has seen but this device was
+    /// never delivered: above the highest seen, up to the highest claimed.
+    pub fn withheld(&self) -> Option<(u64, u64)> {
+        let highest = self.highest();
+        (self.claimed > highest).then_some((highest + 1, self.claimed))
+    }
+
+    /// True when nothing of this sender was received here: it is known
+    /// only from other members' views.
+    pub fn is_claim_only(&self) -> bool {
+        self.contiguous == 0 && self.ahead.is_empty()
     }
 
     /// Highest number seen.
@@ -238,6 +280,28 @@ mod tests {
         assert!(v.void(5, 5 + SenderTrack::MAX_VOID - 1).is_ok());
         assert_eq!(v.ahead.len(), 1);
         assert!(serde_json::to_string(&v).unwrap().len() < 100);
+    }
+
+    #[test]
+    fn claims_above_the_highest_seen_are_withheld_until_delivered() {
+        let mut t = SenderTrack::default();
+        assert!(t.is_claim_only());
+        t.claim(4, "cc");
+        assert_eq!(t.withheld(), Some((1, 4)));
+        for s in [1, 2] {
+            t.observe(s);
+        }
+        assert!(!t.is_claim_only());
+        assert_eq!(t.withheld(), Some((3, 4)));
+        t.claim(3, "dd"); // a lower claim changes nothing
+        assert_eq!((t.claimed, t.claimed_by.as_deref()), (4, Some("cc")));
+        t.claim(MAX_SEQ + 1, "ee"); // out of range: ignored
+        assert_eq!(t.claimed, 4);
+        t.observe(4);
+        assert_eq!(t.withheld(), None, "the newest arrived: 3 is a gap now");
+        assert_eq!(t.gaps(), vec![(3, 3)]);
+        t.observe(3);
+        assert_eq!((t.withheld(), t.gaps()), (None, vec![]));
     }
 
     #[test]

@@ -1,14 +1,19 @@
-//! Invites (docs/protocol.md "Blob payloads"): one copy-pasteable string holding the relay
-//! address(es), the group secret and an expiry.
+//! Invites (docs/client.md "Joining"): one copy-pasteable string holding the
+//! group's relay addresses (all of them, first preferred), the group secret
+//! and an expiry.
 //!
 //! Format: `0ksync1-` followed by unpadded base64url of
 //! `postcard(InviteBody) ‖ BLAKE3(body)[..4]`. The 4-byte checksum catches
 //! copy-paste damage; the version in the prefix lets the format evolve.
+//! `relays` has always been a list: invites of one relay (all that
+//! versions before several relays made) and of several share this format,
+//! and a client that reads only the first address still joins.
 //! An invite **is** the group secret: anyone holding it can read and write
 //! the group until it expires (the expiry only limits joining).
 
 use crate::crypto::GroupSecret;
 use crate::error::{ClientError, Result};
+use crate::relays::RelayList;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -21,7 +26,8 @@ const CHECKSUM_LEN: usize = 4;
 /// A decoded invite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invite {
-    /// Relay addresses (`NODE_ID@HOST:PORT`), first preferred.
+    /// Relay addresses (`NODE_ID@HOST:PORT`), first preferred: 1 to
+    /// [`crate::relays::MAX_RELAYS`] valid, distinct addresses once decoded.
     pub relays: Vec<String>,
     /// The group secret.
     pub secret: GroupSecret,
@@ -88,6 +94,10 @@ impl Invite {
         if body.relays.is_empty() {
             return Err(bad("it names no relay"));
         }
+        if let Err(e) = RelayList::parse(&body.relays) {
+            body.secret.zeroize();
+            return Err(bad(&e.to_string()));
+        }
         let invite = Invite {
             relays: std::mem::take(&mut body.relays),
             secret: GroupSecret::from_bytes(body.secret),
@@ -96,6 +106,13 @@ impl Invite {
         };
         body.secret.zeroize();
         Ok(invite)
+    }
+
+    /// The relays as a [`RelayList`] (checked by [`Invite::decode`]).
+    /// Errors: [`ClientError::InvalidInput`] for an invite built with an
+    /// empty, too long or invalid list.
+    pub fn relay_list(&self) -> Result<RelayList> {
+        RelayList::parse(&self.relays)
     }
 
     /// Errors with [`ClientError::InvalidInput`] if `now_s` is past the expiry.
@@ -154,6 +171,75 @@ mod tests {
                 .to_string()
                 .contains("newer")
         );
+    }
+
+    /// An invite of one relay, as every version before several relays made
+    /// it (encoded by the code at a65e833).
+    const ONE_RELAY: &str = "0ksync1-AU8xZDNjMmRjYjMzMzhlZmFmN2ZhYTQ5MmFlYjhiNGU3OWUxYjY5NzExN2VkNTc4ODIyNTVmODJiODZmNThlZjY1QDEyNy4wLjAuMTo0NDMzBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBweAqNa5BwEGZmFtaWx57hiBbA";
+    /// The same invite with a second relay.
+    const TWO_RELAYS: &str = "0ksync1-Ak8xZDNjMmRjYjMzMzhlZmFmN2ZhYTQ5MmFlYjhiNGU3OWUxYjY5NzExN2VkNTc4ODIyNTVmODJiODZmNThlZjY1QDEyNy4wLjAuMTo0NDMzWTVjMWUyZGNiMzMzOGVmYWY3ZmFhNDkyYWViOGI0ZTc5ZTFiNjk3MTE3ZWQ1Nzg4MjI1NWY4MmI4NmY1OGVmNjVAcmVsYXktYi5leGFtcGxlLm9yZzo0NDMzBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBweAqNa5BwEGZmFtaWx5bYzXOg";
+    const RELAY_B: &str =
+        "5c1e2dcb3338efaf7faa492aeb8b4e79e1b697117ed57882255f82b86f58ef65@relay-b.example.org:4433";
+
+    #[test]
+    fn an_invite_of_one_relay_from_before_still_decodes_and_encodes_the_same() {
+        assert_eq!(Invite::decode(ONE_RELAY).unwrap(), invite());
+        assert_eq!(invite().encode(), ONE_RELAY);
+    }
+
+    #[test]
+    fn an_invite_carries_every_relay_in_order() {
+        let mut two = invite();
+        two.relays.push(RELAY_B.into());
+        assert_eq!(two.encode(), TWO_RELAYS, "golden bytes");
+        let decoded = Invite::decode(TWO_RELAYS).unwrap();
+        assert_eq!(decoded, two);
+        assert_eq!(
+            decoded.relay_list().unwrap().to_strings(),
+            [invite().relays[0].clone(), RELAY_B.to_string()]
+        );
+    }
+
+    /// An invite whose body is `relays` (checksummed, so only the list is
+    /// wrong).
+    fn with_relays(relays: Vec<String>) -> String {
+        let body = InviteBody {
+            relays,
+            secret: [7; 32],
+            expires_at: 2_000_000_000,
+            group_name: None,
+        };
+        let mut bytes = postcard::to_allocvec(&body).unwrap();
+        let sum = blake3::hash(&bytes);
+        bytes.extend_from_slice(&sum.as_bytes()[..CHECKSUM_LEN]);
+        format!("{INVITE_PREFIX}{}", URL_SAFE_NO_PAD.encode(&bytes))
+    }
+
+    #[test]
+    fn bad_relay_lists_are_refused_with_the_reason() {
+        let id = "5c1e2dcb3338efaf7faa492aeb8b4e79e1b697117ed57882255f82b86f58ef65";
+        let many: Vec<String> = (0..9)
+            .map(|i| format!("{id}@127.0.0.1:{}", 1000 + i))
+            .collect();
+        let err = |relays: Vec<String>| {
+            Invite::decode(&with_relays(relays))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(many).contains("at most 8"));
+        let e = err(vec![RELAY_B.into(), "not-an-address".into()]);
+        assert!(
+            e.contains("invalid invite") && e.contains("not-an-address"),
+            "{e}"
+        );
+        let e = err(vec![RELAY_B.into(), RELAY_B.into()]);
+        assert!(e.contains("twice"), "{e}");
+        assert!(err(Vec::new()).contains("names no relay"));
+        // Eight is fine.
+        let eight: Vec<String> = (0..8)
+            .map(|i| format!("{id}@127.0.0.1:{}", 1000 + i))
+            .collect();
+        assert_eq!(Invite::decode(&with_relays(eight)).unwrap().relays.len(), 8);
     }
 
     #[test]

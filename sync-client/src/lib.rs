@@ -8,8 +8,11 @@
 //!   reconnects with backoff ([`backoff`]); resumable pushes ([`journal`]).
 //! - [`receive`]: applying pulled blobs, file reassembly and verification;
 //!   [`place`]: where a received file lands without destroying local data.
+//! - [`relpath`]: relative paths of pushed files and where they land;
+//!   [`tree`]: the files of a directory being pushed.
 //! - [`home`]: a device's home directory (device key, group, state).
-//! - [`invite`], [`relay_addr`], [`state`], [`integrity`], [`util`].
+//! - [`invite`], [`relay_addr`], [`relays`] (a group's relays, for
+//!   failover), [`state`], [`integrity`], [`util`].
 
 #![forbid(unsafe_code)]
 
@@ -25,9 +28,13 @@ pub mod journal;
 pub mod place;
 pub mod receive;
 pub mod relay_addr;
+pub mod relays;
+pub mod relpath;
 pub mod session;
 pub mod state;
+pub mod tree;
 pub mod util;
+pub mod withheld;
 
 pub use backoff::RetryPolicy;
 pub use client::{
@@ -39,5 +46,6 @@ pub use home::Home;
 pub use invite::Invite;
 pub use receive::PullEvent;
 pub use relay_addr::RelayAddr;
+pub use relays::RelayList;
 pub use session::{ConnectOptions, RelaySession};
 pub use state::StateStore;

@@ -9,6 +9,8 @@ use crate::error::{ClientError, Result};
 use crate::relay_addr::RelayAddr;
 use iroh::endpoint::{Connection, RecvStream, VarInt};
 use iroh::{Endpoint, EndpointAddr, SecretKey};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
@@ -47,6 +49,9 @@ pub struct ConnectOptions {
 pub struct RelaySession {
     /// Closed with the session when the session owns it.
     endpoint: Option<Endpoint>,
+    relay: RelayAddr,
+    /// The highest head or cursor this session has been told of.
+    seen_head: Arc<AtomicU64>,
     conn: Connection,
     welcome: Welcome,
     device_id: DeviceId,
@@ -130,7 +135,7 @@ impl RelaySession {
             .await
             .map_err(|e| ClientError::Connect {
                 addr: opts.relay.to_string(),
-                reason: e.to_string(),
+                reason: dial_failure(&e),
             })?;
         let relay_id = DeviceId(*opts.relay.node_id.as_bytes());
         let device_id = DeviceId(*endpoint.id().as_bytes());
@@ -167,12 +172,16 @@ impl RelaySession {
             return Err(ClientError::Protocol("Welcome names another relay".into()));
         }
         let (heads_tx, heads) = watch::channel(welcome.head_cursor);
+        let seen_head = Arc::new(AtomicU64::new(welcome.head_cursor));
         let notify_conn = conn.clone();
+        let notify_seen = Arc::clone(&seen_head);
         let notify = AbortOnDropHandle::new(tokio::spawn(async move {
-            read_notify(notify_conn, heads_tx).await;
+            read_notify(notify_conn, heads_tx, &notify_seen).await;
         }));
         Ok(RelaySession {
             endpoint: None,
+            relay: opts.relay.clone(),
+            seen_head,
             conn,
             welcome,
             device_id,
@@ -184,6 +193,19 @@ impl RelaySession {
     /// The relay's `Welcome` (limits, head at connect time).
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// The relay this session is with.
+    pub fn relay(&self) -> &RelayAddr {
+        &self.relay
+    }
+
+    /// The highest head of the group this session has been told of: the
+    /// `Welcome` head, `Notify`, `PushOk` and `PullBatch` heads, and the
+    /// cursors of pulled blobs. An honest relay's head never decreases, so
+    /// every cursor learnt from this session is at most this.
+    pub fn seen_head(&self) -> u64 {
+        self.seen_head.load(Ordering::SeqCst)
     }
 
     /// This device's node id.
@@ -223,6 +245,7 @@ impl RelaySession {
                         "PushOk does not match the pushed items".into(),
                     ));
                 }
+                self.seen_head.fetch_max(ok.head, Ordering::SeqCst);
                 Ok(ok)
             }
             other => Err(unexpected(other, "PushOk")),
@@ -240,6 +263,7 @@ impl RelaySession {
         .await?;
         Ok(PullResponse {
             recv,
+            seen_head: Arc::clone(&self.seen_head),
             max_frame: self.welcome.max_frame,
             done: false,
             buf: Vec::new(),
@@ -315,10 +339,44 @@ impl RelaySession {
     }
 }
 
+/// What a relay that refused a connection before its TLS handshake means,
+/// for people (docs/client.md "Errors"; the relay's side: docs/deploy.md
+/// "What one peer can cost the relay").
+pub const REFUSED_BEFORE_HANDSHAKE: &str = "the relay refused the connection before its \
+     handshake: too many new connections from this address, or too many connections waiting \
+     to be admitted; trying again shortly usually works";
+
+/// Why a dial failed, in words. A relay refuses a connection before its
+/// handshake with QUIC's transport error CONNECTION_REFUSED, which carries
+/// no reason the relay could choose (QUIC allows only transport errors
+/// before the handshake, and an unauthenticated reason could be forged):
+/// it is recognised by its code and explained by
+/// [`REFUSED_BEFORE_HANDSHAKE`]. Anything else is iroh's own message.
+pub fn dial_failure(err: &iroh::endpoint::ConnectError) -> String {
+    use iroh::endpoint::{ConnectError, ConnectingError, ConnectionError, TransportErrorCode};
+    let closed = match err {
+        ConnectError::Connecting {
+            source: ConnectingError::ConnectionError { source, .. },
+            ..
+        }
+        | ConnectError::Connection { source, .. } => Some(source),
+        _ => None,
+    };
+    match closed {
+        Some(ConnectionError::ConnectionClosed(close))
+            if close.error_code == TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            REFUSED_BEFORE_HANDSHAKE.to_string()
+        }
+        _ => err.to_string(),
+    }
+}
+
 /// The streamed answer to a `Pull`.
 #[derive(Debug)]
 pub struct PullResponse {
     recv: RecvStream,
+    seen_head: Arc<AtomicU64>,
     max_frame: u32,
     done: bool,
     /// Reused for every frame of the answer.
@@ -341,6 +399,9 @@ impl PullResponse {
         match msg {
             Some(Message::PullBatch(batch)) => {
                 self.done = !batch.more;
+                let last = batch.blobs.iter().map(|b| b.cursor).max().unwrap_or(0);
+                self.seen_head
+                    .fetch_max(batch.head.max(last), Ordering::SeqCst);
                 Ok(Some(batch))
             }
             other => {
@@ -372,12 +433,13 @@ async fn send_request(conn: &Connection, msg: &Message, max_frame: u32) -> Resul
     Ok(recv)
 }
 
-async fn read_notify(conn: Connection, heads: watch::Sender<u64>) {
+async fn read_notify(conn: Connection, heads: watch::Sender<u64>, seen: &AtomicU64) {
     let Ok(mut uni) = conn.accept_uni().await else {
         return;
     };
     while let Ok(Some(msg)) = read_message(&mut uni, HANDSHAKE_MAX_FRAME).await {
         if let Message::Notify(n) = msg {
+            seen.fetch_max(n.head, Ordering::SeqCst);
             heads.send_if_modified(|h| {
                 if n.head > *h {
                     *h = n.head;

@@ -7,9 +7,10 @@
 
 use proptest::prelude::*;
 use sync_client::crypto::envelope::{
-    BlobHeader, BlobKind, Compression, ENVELOPE_OVERHEAD, ENVELOPE_VERSION, EnvelopeError,
-    FileChunk, OpenedBlob, decode_inner, open, seal, validate_name,
+    BlobHeader, BlobKind, Compression, ENVELOPE_OVERHEAD, ENVELOPE_V1, ENVELOPE_VERSION,
+    EnvelopeError, FileChunk, OpenedBlob, decode_inner, open, seal,
 };
+use sync_client::relpath::validate_path;
 use sync_client::{ClientError, GroupSecret, Invite};
 use sync_protocol::{BlobId, DeviceId};
 
@@ -29,6 +30,7 @@ fn header() -> BlobHeader {
         created_at_ms: 0,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     }
 }
 
@@ -61,7 +63,7 @@ fn assert_malformed(result: &Result<OpenedBlob, EnvelopeError>) -> Result<(), Te
 /// What `decode_inner` accepted is what the bytes say, read independently
 /// here: the header at the declared length, the body at `body_len` after
 /// it (decompressed to exactly `raw_len` for zstd), zero padding to the
-/// end, a valid file name.
+/// end, a valid file name (a relative path, docs/client.md "Directories").
 fn assert_faithful(bytes: &[u8], opened: &OpenedBlob) -> Result<(), TestCaseError> {
     let header_len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
     let header: BlobHeader = postcard::from_bytes(&bytes[4..4 + header_len]).unwrap();
@@ -82,7 +84,7 @@ fn assert_faithful(bytes: &[u8], opened: &OpenedBlob) -> Result<(), TestCaseErro
         }
     }
     if let Some((chunk, _)) = header.kind.chunk() {
-        prop_assert!(validate_name(&chunk.name).is_ok(), "{:?}", chunk.name);
+        prop_assert!(validate_path(&chunk.name).is_ok(), "{:?}", chunk.name);
     }
     Ok(())
 }
@@ -152,7 +154,7 @@ proptest! {
         // Each refusal is the documented one for its cause.
         let expected = if bytes.len() < ENVELOPE_OVERHEAD {
             EnvelopeError::TooShort(bytes.len())
-        } else if bytes[0] != ENVELOPE_VERSION {
+        } else if bytes[0] != ENVELOPE_VERSION && bytes[0] != ENVELOPE_V1 {
             EnvelopeError::UnsupportedVersion(bytes[0])
         } else {
             EnvelopeError::Authentication
@@ -224,7 +226,7 @@ fn hostile_inner_plaintexts_are_refused_for_the_right_reason() {
     let hb = postcard::to_allocvec(&h).unwrap();
     let mut escaping = (hb.len() as u32).to_be_bytes().to_vec();
     escaping.extend_from_slice(&hb);
-    assert!(malformed(&escaping).contains("single path component"));
+    assert!(malformed(&escaping).contains(". or .. component"));
     // A zstd bomb: a tiny frame declaring more than the 32 MiB limit.
     let bomb = zstd::bulk::compress(&vec![0u8; 1 << 20], 3).unwrap();
     let mut h = header();

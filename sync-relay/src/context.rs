@@ -129,26 +129,6 @@ impl RelayContext {
     pub fn sessions(&self) -> u64 {
         self.metrics.sessions.get().max(0) as u64
     }
-
-    /// Count a session as live until the guard drops, unless the relay
-    /// already holds `max_sessions` (then `None`: answer OVERLOADED).
-    pub fn try_session_guard(self: &Arc<Self>) -> Option<SessionGuard> {
-        let before = self.metrics.sessions.inc();
-        let guard = SessionGuard(Arc::clone(self));
-        if before >= i64::from(self.limits.max_sessions) {
-            return None; // the guard's drop undoes the increment
-        }
-        Some(guard)
-    }
-}
-
-/// Decrements the live-session count on drop.
-pub struct SessionGuard(Arc<RelayContext>);
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        self.0.metrics.sessions.dec();
-    }
 }
 
 /// Now as Unix milliseconds.

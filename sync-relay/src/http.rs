@@ -158,6 +158,8 @@ async fn metrics(State(ctx): State<Arc<RelayContext>>) -> impl IntoResponse {
         ctx.metrics.storage_bytes.set(stats.bytes as i64);
         ctx.metrics.storage_blobs.set(stats.blobs as i64);
         ctx.metrics.groups.set(stats.groups as i64);
+        ctx.metrics.devices.set(stats.devices as i64);
+        ctx.metrics.owners.set(stats.owners as i64);
     }
     ([(header::CONTENT_TYPE, OPENMETRICS)], ctx.metrics.encode())
 }
@@ -550,6 +552,8 @@ mod tests {
             "sync_relay_storage_bytes",
             "sync_relay_storage_blobs",
             "sync_relay_groups",
+            "sync_relay_devices",
+            "sync_relay_owners",
             "sync_relay_errors",
             "sync_relay_request_duration_seconds",
             "sync_relay_build",
@@ -569,5 +573,30 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, _, _) = get(router(ctx, false), "/metrics").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// `/metrics` carries the cached storage figures: groups, device rows
+    /// and owners, each from its own table.
+    #[tokio::test]
+    async fn metrics_show_groups_devices_and_owners() {
+        use crate::storage::{AddressKey, NewGroup};
+        let (_d, ctx) = sqlite_ctx().await;
+        let owner = NewGroup::Address(AddressKey::of("192.0.2.1".parse().unwrap()));
+        for (group, device) in [(1, 1), (1, 2), (2, 3)] {
+            ctx.storage
+                .open_session(GroupId([group; 32]), DeviceId([device; 32]), 0, owner)
+                .await
+                .unwrap();
+        }
+        let (_, body, _) = get(router(Arc::clone(&ctx), true), "/metrics").await;
+        let value = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name}:\n{body}"))
+                .to_string()
+        };
+        assert_eq!(value("sync_relay_groups"), "2");
+        assert_eq!(value("sync_relay_devices"), "3");
+        assert_eq!(value("sync_relay_owners"), "1");
     }
 }

@@ -2,7 +2,8 @@
 //! encrypted blobs per sync group under gapless cursors and tells live
 //! sessions when their group's head moves. It never sees a key or plaintext.
 //!
-//! Layout: [`config`] (relay.toml), [`admission`] (who may create groups), [`advertise`] (announced address), [`identity`] (node key), [`endpoint`]
+//! Layout: [`config`] (relay.toml), [`admission`] (every admission decision:
+//! before TLS, at `Hello`, per request; who may create groups), [`advertise`] (announced address), [`identity`] (node key), [`endpoint`]
 //! (iroh), [`server`] (accept loop, shutdown), [`session`] (per-connection
 //! state machine), [`handlers`] (one per request), [`auth`] (membership
 //! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out),

@@ -90,6 +90,12 @@ pub struct Metrics {
     pub storage_blobs: Gauge,
     /// Groups stored (refreshed at each scrape).
     pub groups: Gauge,
+    /// Device rows stored, one per group and device seen (refreshed at
+    /// each scrape).
+    pub devices: Gauge,
+    /// Owners stored: tokens and addresses that own groups, and addresses
+    /// whose new-group window is still open (refreshed at each scrape).
+    pub owners: Gauge,
     /// Error frames sent, by code.
     pub errors: Family<CodeLabel, Counter>,
     /// Time to serve a request, by op, in seconds.
@@ -129,6 +135,8 @@ impl Metrics {
             storage_bytes: Gauge::default(),
             storage_blobs: Gauge::default(),
             groups: Gauge::default(),
+            devices: Gauge::default(),
+            owners: Gauge::default(),
             errors: Family::default(),
             request_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
@@ -191,6 +199,16 @@ impl Metrics {
         );
         registry.register("storage_blobs", "Blobs stored", m.storage_blobs.clone());
         registry.register("groups", "Groups stored", m.groups.clone());
+        registry.register(
+            "devices",
+            "Device rows stored (one per group and device seen)",
+            m.devices.clone(),
+        );
+        registry.register(
+            "owners",
+            "Owners stored (tokens and addresses that own groups or created one this hour)",
+            m.owners.clone(),
+        );
         registry.register("errors", "Error frames sent, by code", m.errors.clone());
         // No UNIT metadata on the histogram: strict OpenMetrics parsers
         // reject it there; the name carries the unit.

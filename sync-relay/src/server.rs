@@ -1,11 +1,11 @@
 //! The running relay: storage, iroh endpoint, accept loop, HTTP server, and
 //! graceful shutdown (docs/deploy.md "Docker" (stopping)).
 
+use crate::admission::connection::Verdict;
 use crate::config::{AccessMode, Config};
 use crate::context::RelayContext;
-use crate::metrics::{KindLabel, ReasonLabel};
 use crate::storage::{Storage, StorageError};
-use crate::{advertise, cleanup, endpoint, http, identity, session};
+use crate::{admission, advertise, cleanup, endpoint, http, identity, session};
 use iroh::endpoint::IncomingAddr;
 use iroh::{Endpoint, EndpointId};
 use std::net::SocketAddr;
@@ -255,27 +255,11 @@ async fn prune_limiters(ctx: Arc<RelayContext>, every: Duration) {
     }
 }
 
-/// Accept connections, refusing before the TLS handshake those that are
-/// over a limit (`connections_refused_total`):
-///
-/// 1. A connection from an IP address that has not proven it (the QUIC
-///    Initial packet's source address can be forged) is sent a QUIC Retry
-///    and counted nowhere: only a peer that receives at that address comes
-///    back, so nobody can spend another address's allowance. This costs an
-///    honest device one extra round trip per connection.
-/// 2. Over `limits.max_connections_awaiting_hello` connections whose
-///    `Hello` is not answered yet: refused.
-/// 3. Over the per-address connection rate (`rate_limits.connections_per_ip_*`,
-///    an IPv6 /64 counting as one address): refused.
-///
-/// A refused device sees the connection refused and retries with backoff.
+/// Accept connections, deciding on each before its TLS handshake
+/// ([`admission::connection::decide`]: QUIC Retry for an unproven address,
+/// refusal over the awaiting-Hello cap or the per-address rate). A refused
+/// device sees the connection refused and retries with backoff.
 async fn accept_loop(endpoint: Endpoint, ctx: Arc<RelayContext>, connections: TaskTracker) {
-    let refused = |reason: &'static str| {
-        ctx.metrics
-            .connections_refused
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
-    };
     loop {
         let incoming = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -286,33 +270,20 @@ async fn accept_loop(endpoint: Endpoint, ctx: Arc<RelayContext>, connections: Ta
             IncomingAddr::Ip(addr) => Some(addr.ip()),
             _ => None,
         };
-        if ip.is_some() && !incoming.remote_addr_validated() {
-            ctx.metrics.address_validations.inc();
-            if let Err(err) = incoming.retry() {
-                err.into_incoming().ignore();
-            }
-            continue;
-        }
-        let Some(awaiting_hello) = ctx.awaiting_hello.try_enter() else {
-            refused("awaiting_hello");
-            debug!(remote = ?ip, "refused: too many connections awaiting their Hello");
-            incoming.refuse();
-            continue;
-        };
-        if let Some(ip) = ip
-            && let Err(limited) = ctx.rate_limits.check_connection(ip)
-        {
-            refused("per_ip_rate");
-            ctx.metrics
-                .rate_limited
-                .get_or_create(&KindLabel {
-                    kind: limited.kind.name(),
-                })
-                .inc();
-            debug!(remote = %ip, "refused: too many new connections from this address");
-            incoming.refuse();
-            continue;
-        }
+        let awaiting_hello =
+            match admission::connection::decide(&ctx, ip, incoming.remote_addr_validated()) {
+                Verdict::Validate => {
+                    if let Err(err) = incoming.retry() {
+                        err.into_incoming().ignore();
+                    }
+                    continue;
+                }
+                Verdict::Refuse { .. } => {
+                    incoming.refuse();
+                    continue;
+                }
+                Verdict::Accept(pending) => pending,
+            };
         let ctx = Arc::clone(&ctx);
         connections.spawn(async move {
             match incoming.await {

@@ -8,6 +8,7 @@
 
 pub mod chaos;
 pub mod fake_relay;
+pub mod member;
 pub mod memory;
 pub mod proxy;
 
@@ -555,20 +556,30 @@ impl Device {
     }
 
     /// Point this device at another relay address (e.g. a fault proxy in
-    /// front of the relay), editing `group.toml`.
+    /// front of the relay) as its only relay, editing `group.toml`.
     pub fn set_relay(&self, address: &str) {
+        self.set_relays(&[address]);
+    }
+
+    /// Make `addresses` this device's relays (first preferred), editing
+    /// `group.toml`.
+    pub fn set_relays(&self, addresses: &[&str]) {
         let path = self.home.join("group.toml");
         let text = std::fs::read_to_string(&path).unwrap();
+        let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut found = false;
         let edited: String = text
             .lines()
             .map(|l| {
-                if l.starts_with("relay = ") {
-                    format!("relay = \"{address}\"\n")
+                if l.starts_with("relays = ") || l.starts_with("relay = ") {
+                    found = true;
+                    format!("relays = [{}]\n", list.join(", "))
                 } else {
                     format!("{l}\n")
                 }
             })
             .collect();
+        assert!(found, "no relays in {}: {text}", path.display());
         std::fs::write(&path, edited).unwrap();
     }
 

@@ -44,7 +44,11 @@ pub async fn run(size: Size) -> Result<Table> {
     let relay = Relay::start(DEFAULT_MAX_BLOB_SIZE)?;
     let dir = tempfile::tempdir()?;
     let home = Home::at(dir.path().join("home"));
-    home.create(&relay.address.parse()?, &GroupSecret::generate(), None)?;
+    home.create(
+        &sync_client::RelayList::one(relay.address.parse()?),
+        &GroupSecret::generate(),
+        None,
+    )?;
     let mut cli_push = Vec::new();
     let mut cli_version = Vec::new();
     for i in 0..runs {

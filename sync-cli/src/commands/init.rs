@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use sync_client::session::DEFAULT_CONNECT_TIMEOUT;
 use sync_client::util::{human_duration, now_s, parse_duration};
-use sync_client::{ConnectOptions, GroupSecret, Home, Invite, RelayAddr, RelaySession};
+use sync_client::{ConnectOptions, GroupSecret, Home, Invite, RelayList, RelaySession};
 use sync_protocol::AccessToken;
 use zeroize::Zeroizing;
 
@@ -21,8 +21,10 @@ pub struct InviteOut {
     pub expires_at: u64,
     /// The group id (hex).
     pub group_id: String,
-    /// The relay address.
+    /// The first (preferred) relay address.
     pub relay: String,
+    /// Every relay address the invite carries, first preferred.
+    pub relays: Vec<String>,
 }
 
 /// `--json` output of `join`.
@@ -32,8 +34,10 @@ pub struct JoinOut {
     pub group_id: String,
     /// The group's name, if the invite carried one.
     pub group_name: Option<String>,
-    /// The relay address.
+    /// The first (preferred) relay address.
     pub relay: String,
+    /// Every relay address of the group, first preferred.
+    pub relays: Vec<String>,
     /// This device's node id (hex).
     pub device_id: String,
 }
@@ -42,7 +46,7 @@ fn make_invite(home: &Home, expires: &str) -> Result<(Invite, u64)> {
     let ttl = parse_duration(expires)?;
     let group = home.group()?;
     let invite = Invite {
-        relays: vec![group.relay],
+        relays: home.relays()?.to_strings(),
         secret: home.secret()?,
         expires_at: now_s() + ttl,
         group_name: group.name,
@@ -58,6 +62,7 @@ fn print_invite(invite: &Invite, ttl: u64, force_qr: bool, out: Out) {
             expires_at: invite.expires_at,
             group_id: invite.secret.keys().group_id().to_string(),
             relay: invite.relays[0].clone(),
+            relays: invite.relays.clone(),
         });
         return;
     }
@@ -79,38 +84,52 @@ fn print_invite(invite: &Invite, ttl: u64, force_qr: bool, out: Out) {
 }
 
 /// Create the group `secret` on the relay now, with `token`: one session,
-/// opened and closed. The token is used for this and not kept anywhere.
+/// opened and closed, on the first of `relays` that can be reached (they
+/// share one database, so one creates it for all). The token is used for
+/// this and not kept anywhere. A relay that answers and refuses ends it.
 async fn create_on_relay(
     home: &Home,
-    relay: &RelayAddr,
+    relays: &RelayList,
     secret: &GroupSecret,
     token: AccessToken,
 ) -> Result<()> {
-    let opts = ConnectOptions {
-        relay: relay.clone(),
-        keys: secret.keys(),
-        device_key: home.device_key()?,
-        device_name: None,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        access_token: Some(token),
-    };
-    let session = RelaySession::connect(&opts)
-        .await
-        .context("the relay did not create the group (this home has none)")?;
-    session.close().await;
-    Ok(())
+    let mut last = None;
+    for relay in relays.as_slice() {
+        let opts = ConnectOptions {
+            relay: relay.clone(),
+            keys: secret.keys(),
+            device_key: home.device_key()?,
+            device_name: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            access_token: Some(token),
+        };
+        match RelaySession::connect(&opts).await {
+            Ok(session) => {
+                session.close().await;
+                return Ok(());
+            }
+            Err(e) if e.is_transport() => last = Some(e),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "relay {relay} did not create the group (this home has none)"
+                )));
+            }
+        }
+    }
+    let e = last.expect("at least one relay");
+    Err(anyhow::Error::new(e).context("no relay could create the group (this home has none)"))
 }
 
 pub async fn init(
     home: &Home,
-    relay: &str,
+    relays: &[String],
     name: Option<String>,
     expires: &str,
     qr: bool,
     token: Option<&str>,
     out: Out,
 ) -> Result<()> {
-    let relay: RelayAddr = relay.parse()?;
+    let relays = RelayList::parse(relays)?;
     parse_duration(expires)?;
     let token = token
         .map(|t| AccessToken::parse(t).context("invalid --token (or SYNC_TOKEN)"))
@@ -122,14 +141,14 @@ pub async fn init(
     );
     let secret = GroupSecret::generate();
     if let Some(token) = token {
-        create_on_relay(home, &relay, &secret, token).await?;
+        create_on_relay(home, &relays, &secret, token).await?;
     }
-    home.create(&relay, &secret, name)?;
+    home.create(&relays, &secret, name)?;
     if out.human() {
         eprintln!(
             "Created group {} on relay {} in {}",
             short(&secret.keys().group_id().to_string()),
-            relay,
+            relays.to_strings().join(", "),
             home.dir().display()
         );
     }
@@ -181,14 +200,16 @@ pub fn join(home: &Home, arg: Option<&str>, file: Option<&Path>, out: Out) -> Re
     let text = read_invite(arg, file)?;
     let invite = Invite::decode(&text)?;
     invite.check_not_expired(now_s())?;
-    let relay: RelayAddr = invite.relays[0].parse()?;
-    home.create(&relay, &invite.secret, invite.group_name.clone())?;
+    let relays = invite.relay_list()?;
+    let relay = relays.get(0).clone();
+    home.create(&relays, &invite.secret, invite.group_name.clone())?;
     let group_id = invite.secret.keys().group_id().to_string();
     if out.json {
         json_line(&JoinOut {
             group_id,
             group_name: invite.group_name,
             relay: relay.to_string(),
+            relays: relays.to_strings(),
             device_id: home.device_key()?.public().to_string(),
         });
     } else if out.human() {
@@ -199,7 +220,7 @@ pub fn join(home: &Home, arg: Option<&str>, file: Option<&Path>, out: Out) -> Re
                 .group_name
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default(),
-            relay
+            relays.to_strings().join(", ")
         );
     }
     Ok(())

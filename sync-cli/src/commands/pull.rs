@@ -127,6 +127,18 @@ impl Printer {
                     short(&sender)
                 );
             }
+            PullEvent::Withheld {
+                sender,
+                first,
+                last,
+                claimed_by,
+            } => {
+                eprintln!(
+                    "warning: blobs {first}..={last} of device {} were withheld from this device: device {} received them, the relay never delivered them here (or they expired)",
+                    short(&sender),
+                    short(&claimed_by)
+                );
+            }
             // Reconnects are shown by the connection's status line
             // (`output::RetryStatus`); `--json` carries them as events.
             _ => {}
@@ -160,7 +172,7 @@ pub async fn pull(
     opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
-    let (client, _retries) = connect(&opts, policy, out).await?;
+    let (client, _retries) = connect(home, &opts, policy, out).await?;
     // The endpoint is closed cleanly whether the pull worked or not.
     let result = run(&client, &mut state, out_dir, follow, out).await;
     client.close().await;

@@ -1,20 +1,85 @@
-//! `push FILE…` / `push -`: seal and push files, resuming interrupted ones.
+//! `push FILE|DIR…` / `push -`: seal and push files and directory trees,
+//! resuming interrupted ones (docs/client.md "Files", "Directories").
 
 use crate::output::{Out, connect, json_line};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use sync_client::tree::{Skipped, walk};
 use sync_client::util::{human_size, parse_duration};
 use sync_client::{Home, PushOptions, PushedFile, RetryPolicy, SyncClient};
 
 /// `--json` output of `push`.
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct PushOut {
-    /// One entry per input, in order.
+    /// One entry per file pushed, in order (a directory's files by path);
+    /// `name` is the relative path receivers recreate.
     pub files: Vec<PushedFile>,
     /// Unfinished earlier pushes given up because they cannot be resumed
     /// (stdin, or the file changed): their names.
     pub abandoned: Vec<String>,
+    /// What was found in a pushed directory but not pushed (symbolic
+    /// links, special files, names receivers would refuse), and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// One thing to push, decided before connecting.
+enum Input {
+    /// Standard input, as `name`.
+    Stdin(String),
+    /// A regular file, as `name` (default: its file name; for a file
+    /// found in a directory, its relative path).
+    File(PathBuf, Option<String>),
+}
+
+/// The name a directory is pushed under: `--name`, or its name as given
+/// (`photos` for `~/photos` or a symlink named `photos`), or for `.`,
+/// `..` and the like the name of the directory they lead to.
+fn tree_prefix(dir: &Path, name: Option<&str>) -> Result<String> {
+    if let Some(n) = name {
+        return Ok(n.to_string());
+    }
+    if let Some(std::path::Component::Normal(n)) = dir.components().next_back() {
+        return n
+            .to_str()
+            .map(str::to_string)
+            .with_context(|| format!("{} is not UTF-8; give a name with --name", dir.display()));
+    }
+    let real =
+        std::fs::canonicalize(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    real.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("{} has no usable name; give one with --name", dir.display()))
+}
+
+/// Check every input and list the files to push (walking directories),
+/// with what was skipped.
+fn plan(files: &[PathBuf], name: Option<&str>) -> Result<(Vec<Input>, Vec<Skipped>)> {
+    let mut inputs = Vec::new();
+    let mut skipped = Vec::new();
+    for f in files {
+        if f.as_os_str() == "-" {
+            inputs.push(Input::Stdin(name.unwrap_or_default().to_string()));
+            continue;
+        }
+        let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if meta.is_dir() {
+            let prefix = tree_prefix(f, name)?;
+            let tree = walk(f, &prefix)?;
+            inputs.extend(
+                tree.files
+                    .into_iter()
+                    .map(|t| Input::File(t.path, Some(t.name))),
+            );
+            skipped.extend(tree.skipped);
+        } else if meta.is_file() {
+            inputs.push(Input::File(f.clone(), name.map(str::to_string)));
+        } else {
+            bail!("{} is not a regular file or a directory", f.display());
+        }
+    }
+    Ok((inputs, skipped))
 }
 
 pub async fn push(
@@ -37,19 +102,23 @@ pub async fn push(
         Some(t) => Some(u32::try_from(parse_duration(&t)?).context("--ttl is too long")?),
         None => None,
     };
-    // Check every input before connecting.
-    for f in files.iter().filter(|f| f.as_os_str() != "-") {
-        let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
-        if !meta.is_file() {
-            bail!("{} is not a regular file", f.display());
+    // Check every input (and walk every directory) before connecting.
+    let (inputs, skipped) = plan(&files, name.as_deref())?;
+    if out.human() {
+        // Debug-quoted: a name may hold control characters.
+        for s in &skipped {
+            eprintln!("skipped {:?}: {}", s.path, s.reason);
+        }
+        if inputs.is_empty() {
+            eprintln!("nothing to push (empty directories are not sent)");
         }
     }
     let mut opts = home.connect_options(None)?;
     opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let mut state = home.state()?;
-    let (client, _retries) = connect(&opts, policy, out).await?;
+    let (client, _retries) = connect(home, &opts, policy, out).await?;
     // The endpoint is closed cleanly whether the push worked or not.
-    let result = push_all(&client, &mut state, &files, name, ttl_s, force, out).await;
+    let result = push_all(&client, &mut state, inputs, skipped, ttl_s, force, out).await;
     client.close().await;
     let report = result?;
     if out.json {
@@ -61,8 +130,8 @@ pub async fn push(
 async fn push_all(
     client: &SyncClient,
     state: &mut sync_client::StateStore,
-    files: &[PathBuf],
-    name: Option<String>,
+    inputs: Vec<Input>,
+    skipped: Vec<Skipped>,
     ttl_s: Option<u32>,
     force: bool,
     out: Out,
@@ -87,38 +156,41 @@ async fn push_all(
     let mut report = PushOut {
         files: Vec::new(),
         abandoned,
+        skipped,
     };
-    for path in files {
-        let pushed = if path.as_os_str() == "-" {
-            let name = name.clone().unwrap_or_default();
-            let mut bar = out.progress(&name);
-            let r = client
-                .push_file(
-                    state,
-                    tokio::io::stdin(),
-                    &name,
-                    0o644,
-                    &push_opts,
-                    &mut |done| bar.update(done, None),
-                )
-                .await;
-            bar.finish();
-            r?
-        } else {
-            let label = name.clone().unwrap_or_else(|| path.display().to_string());
-            let mut bar = out.progress(&label);
-            let r = client
-                .push_path(
-                    state,
-                    path,
-                    name.as_deref(),
-                    &push_opts,
-                    &mut |done, total| bar.update(done, total),
-                )
-                .await
-                .with_context(|| format!("pushing {}", path.display()));
-            bar.finish();
-            r?
+    for input in inputs {
+        let pushed = match input {
+            Input::Stdin(name) => {
+                let mut bar = out.progress(&name);
+                let r = client
+                    .push_file(
+                        state,
+                        tokio::io::stdin(),
+                        &name,
+                        0o644,
+                        &push_opts,
+                        &mut |done| bar.update(done, None),
+                    )
+                    .await;
+                bar.finish();
+                r?
+            }
+            Input::File(path, name) => {
+                let label = name.clone().unwrap_or_else(|| path.display().to_string());
+                let mut bar = out.progress(&label);
+                let r = client
+                    .push_path(
+                        state,
+                        &path,
+                        name.as_deref(),
+                        &push_opts,
+                        &mut |done, total| bar.update(done, total),
+                    )
+                    .await
+                    .with_context(|| format!("pushing {}", path.display()));
+                bar.finish();
+                r?
+            }
         };
         if out.human() {
             if pushed.unchanged {

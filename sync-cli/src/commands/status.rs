@@ -1,13 +1,15 @@
 //! `status`: this device, its group, local state, relay reachability.
 
-use crate::output::{Out, connect, json_line};
+use crate::output::{Out, json_line, retry_display, short};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 use sync_client::journal::Journals;
-use sync_client::receive::gap_events;
+use sync_client::receive::{gap_events, withheld_events};
 use sync_client::util::human_size;
-use sync_client::{Home, PullEvent, RetryPolicy};
+use sync_client::{
+    ClientError, ConnectOptions, Home, LinkState, PullEvent, RetryPolicy, SyncClient,
+};
 
 /// A push that has not finished.
 #[derive(Serialize, schemars::JsonSchema)]
@@ -33,6 +35,24 @@ pub struct PendingPull {
     pub total: Option<u64>,
 }
 
+/// One relay of the group, as `status` found it.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RelayStatus {
+    /// Its address, `NODE_ID@HOST:PORT`.
+    pub address: String,
+    /// True for the relay this device used last, which commands try first.
+    pub current: bool,
+    /// Whether a session could be opened now.
+    pub reachable: bool,
+    /// Round-trip time in milliseconds, when reachable.
+    pub rtt_ms: Option<f64>,
+    /// The group's head cursor there, when reachable.
+    pub group_head: Option<u64>,
+    /// Why it is unreachable, or why it cannot be used (its head is behind
+    /// this device's cursor: not an instance of the group's cluster).
+    pub error: Option<String>,
+}
+
 /// `--json` output of `status`.
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct StatusOut {
@@ -44,16 +64,21 @@ pub struct StatusOut {
     pub group_id: String,
     /// The group's name.
     pub group_name: Option<String>,
-    /// The relay address.
+    /// The relay a command would use now: the current one if it is
+    /// usable, else the first usable one in failover order (else the
+    /// current one).
     pub relay: String,
-    /// Whether a session could be opened now.
+    /// Whether a session could be opened with it now.
     pub relay_reachable: bool,
     /// Why not, if not.
     pub relay_error: Option<String>,
-    /// Round-trip time to the relay in milliseconds.
+    /// Round-trip time to it in milliseconds.
     pub relay_rtt_ms: Option<f64>,
-    /// The group's head cursor at the relay.
+    /// The group's head cursor there.
     pub group_head: Option<u64>,
+    /// Every relay of the group, in the order of `group.toml` (first
+    /// preferred).
+    pub relays: Vec<RelayStatus>,
     /// Everything up to this cursor has been applied here.
     pub local_cursor: u64,
     /// The next sequence number this device will use.
@@ -68,6 +93,9 @@ pub struct StatusOut {
     pub replayed_blobs: u64,
     /// Missing sequence ranges per sender.
     pub gaps: Vec<PullEvent>,
+    /// Sequence ranges other members received and the relay never
+    /// delivered here, per sender (`withheld` events; docs/security.md).
+    pub withheld: Vec<PullEvent>,
 }
 
 pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
@@ -75,6 +103,8 @@ pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
     let state = home.state()?;
     let mut opts = home.connect_options(None)?;
     opts.connect_timeout = Duration::from_secs(5);
+    let relays = home.relays()?;
+    let current = opts.relay.clone();
     let pending_pushes = Journals::at(home.dir().join("transfers"))
         .list()?
         .into_iter()
@@ -91,7 +121,7 @@ pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
         device_id: home.device_key()?.public().to_string(),
         group_id: opts.keys.group_id().to_string(),
         group_name: group.name.clone(),
-        relay: group.relay.clone(),
+        relay: current.to_string(),
         relay_reachable: false,
         relay_error: None,
         relay_rtt_ms: None,
@@ -112,24 +142,36 @@ pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
         rejected_blobs: state.state.rejected,
         replayed_blobs: state.state.replays,
         gaps: gap_events(&state.state),
+        relays: Vec::new(),
+        withheld: withheld_events(&state.state),
     };
-    let started = Instant::now();
-    match connect(&opts, policy, out).await {
-        Ok((client, _retries)) => {
-            let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let session = client.session();
-            status.relay_reachable = true;
-            status.group_head = Some(session.welcome().head_cursor);
-            status.relay_rtt_ms = Some(
-                session
-                    .rtt()
-                    .map(|d| d.as_secs_f64() * 1000.0)
-                    .unwrap_or(connect_ms),
-            );
-            client.close().await;
-        }
-        Err(e) => status.relay_error = Some(e.to_string()),
-    }
+    drop(group);
+    // Every relay at once, each with the whole retry budget; the retry
+    // lines are shown when there is one relay (several would interleave).
+    let display = (relays.len() == 1).then(|| retry_display(out));
+    let probes = relays.as_slice().iter().map(|relay| {
+        let mut opts = opts.clone();
+        opts.relay = relay.clone();
+        let link = display.as_ref().map(|(link, _)| link.clone());
+        let cursor = status.local_cursor;
+        let current = *relay == current;
+        async move { probe(&opts, policy, link, cursor, current).await }
+    });
+    status.relays = futures::future::join_all(probes).await;
+    drop(display);
+    // The relay a command would use: the current one, else the first usable
+    // one in failover order (after the current one).
+    let start = relays.position(&current).unwrap_or(0);
+    let used = std::iter::once(start)
+        .chain(relays.rotation(start + 1))
+        .map(|i| &status.relays[i])
+        .find(|r| r.reachable && r.error.is_none())
+        .unwrap_or(&status.relays[start]);
+    status.relay = used.address.clone();
+    status.relay_reachable = used.reachable;
+    status.relay_error = used.error.clone();
+    status.relay_rtt_ms = used.rtt_ms;
+    status.group_head = used.group_head;
     if out.json {
         json_line(&status);
         return Ok(());
@@ -148,14 +190,16 @@ pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
             .map(|n| format!(" ({n})"))
             .unwrap_or_default()
     );
-    println!("relay:     {}", status.relay);
-    match (&status.relay_error, status.relay_rtt_ms, status.group_head) {
-        (None, Some(rtt), Some(head)) => {
-            println!("reachable: yes, round trip {rtt:.1} ms");
-            println!("head:      {head}");
+    if status.relays.len() == 1 {
+        println!("relay:     {}", status.relay);
+        print_reachable("reachable: ", &status.relays[0]);
+    } else {
+        println!("relays:    (in failover order; * = current)");
+        for r in &status.relays {
+            let mark = if r.current { "*" } else { " " };
+            println!("  {mark} {}", r.address);
+            print_reachable("      ", r);
         }
-        (Some(err), _, _) => println!("reachable: no ({err})"),
-        _ => println!("reachable: unknown"),
     }
     println!("cursor:    {}", status.local_cursor);
     for p in &status.pending_pushes {
@@ -176,15 +220,96 @@ pub async fn status(home: &Home, policy: RetryPolicy, out: Out) -> Result<()> {
             p.total.map(human_size).unwrap_or_else(|| "?".into())
         );
     }
-    if status.rejected_blobs + status.replayed_blobs > 0 || !status.gaps.is_empty() {
+    if status.rejected_blobs + status.replayed_blobs > 0
+        || !status.gaps.is_empty()
+        || !status.withheld.is_empty()
+    {
         println!(
-            "integrity: {} rejected, {} replayed, {} gaps — blobs were altered, replayed or withheld",
+            "integrity: {} rejected, {} replayed, {} gaps, {} withheld — blobs were altered, replayed or withheld",
             status.rejected_blobs,
             status.replayed_blobs,
-            status.gaps.len()
+            status.gaps.len(),
+            status.withheld.len()
         );
+        for w in &status.withheld {
+            if let PullEvent::Withheld {
+                sender,
+                first,
+                last,
+                claimed_by,
+            } = w
+            {
+                println!(
+                    "withheld:  blobs {first}..={last} of device {} (device {} received them)",
+                    short(sender),
+                    short(claimed_by)
+                );
+            }
+        }
     } else {
         println!("integrity: ok");
     }
     Ok(())
+}
+
+fn print_reachable(prefix: &str, r: &RelayStatus) {
+    match (&r.error, r.rtt_ms, r.group_head) {
+        (Some(err), _, _) if r.reachable => println!("{prefix}yes, but not usable ({err})"),
+        (None, Some(rtt), Some(head)) => {
+            println!("{prefix}yes, round trip {rtt:.1} ms, head {head}")
+        }
+        (Some(err), _, _) => println!("{prefix}no ({err})"),
+        _ => println!("{prefix}unknown"),
+    }
+}
+
+/// Open a session with one relay (retrying per `policy`), measure it and
+/// close it. A relay whose head is below `cursor` is reachable but not
+/// usable ([`ClientError::RelayBehind`]).
+async fn probe(
+    opts: &ConnectOptions,
+    policy: RetryPolicy,
+    link: Option<tokio::sync::watch::Sender<LinkState>>,
+    cursor: u64,
+    current: bool,
+) -> RelayStatus {
+    let mut status = RelayStatus {
+        address: opts.relay.to_string(),
+        current,
+        reachable: false,
+        rtt_ms: None,
+        group_head: None,
+        error: None,
+    };
+    let started = Instant::now();
+    let link = link
+        .unwrap_or_else(|| tokio::sync::watch::channel(LinkState::Connected { generation: 1 }).0);
+    match SyncClient::connect_reporting(opts, policy, link).await {
+        Ok(client) => {
+            let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let session = client.session();
+            let head = session.welcome().head_cursor;
+            status.reachable = true;
+            status.group_head = Some(head);
+            status.rtt_ms = Some(
+                session
+                    .rtt()
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .unwrap_or(connect_ms),
+            );
+            if head < cursor {
+                status.error = Some(
+                    ClientError::RelayBehind {
+                        relay: status.address.clone(),
+                        head,
+                        known: cursor,
+                    }
+                    .to_string(),
+                );
+            }
+            client.close().await;
+        }
+        Err(e) => status.error = Some(e.to_string()),
+    }
+    status
 }

@@ -28,10 +28,13 @@ pub use push::{ChunkAck, PushOptions, PushedFile};
 use crate::backoff::{Backoff, Jitter, RetryPolicy, os_jitter};
 use crate::crypto::{GroupKeys, envelope};
 use crate::error::{ClientError, Result};
+use crate::relay_addr::RelayAddr;
+use crate::relays::RelayList;
 use crate::session::{ConnectOptions, RelaySession};
 use futures::future::BoxFuture;
 use iroh::Endpoint;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sync_protocol::{DeviceId, ErrorCode};
@@ -123,6 +126,8 @@ impl Pacing {
 #[derive(Clone)]
 struct Slot {
     generation: u64,
+    /// Index of the session's relay in the client's [`RelayList`].
+    relay: usize,
     session: Arc<RelaySession>,
 }
 
@@ -135,6 +140,11 @@ struct Slot {
 /// [`SyncClient::close`] waits for them, so nothing is dropped unclosed.
 pub struct SyncClient {
     opts: ConnectOptions,
+    relays: RelayList,
+    /// The highest group head seen on any relay (see [`Dial::floor`]).
+    head_floor: AtomicU64,
+    /// The relay of the current session.
+    current: watch::Sender<RelayAddr>,
     closer: TaskTracker,
     policy: RetryPolicy,
     pacing: Pacing,
@@ -147,7 +157,7 @@ pub struct SyncClient {
 impl std::fmt::Debug for SyncClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyncClient")
-            .field("relay", &self.opts.relay.to_string())
+            .field("relays", &self.relays.to_strings())
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
@@ -207,29 +217,64 @@ async fn connect_once(
     }
 }
 
-/// Connect, retrying per `policy`; `cause` is the failure that made a
-/// reconnect necessary (None for the first connect, which tries at once).
-/// With `policy.give_up_after`, no wait and no attempt reaches past that
-/// time from the start of this call.
+/// What a connect dials: the group's relays, where its first round
+/// starts, and the lowest head a relay of this group may announce.
+struct Dial<'a> {
+    opts: &'a ConnectOptions,
+    relays: &'a RelayList,
+    /// Index of the relay tried first in every round.
+    start: usize,
+    /// Highest head this client has seen for the group (docs/client.md
+    /// "Several relays"): a relay announcing less is not of the cluster.
+    floor: &'a AtomicU64,
+}
+
+/// Connect to one of the group's relays, retrying per `policy`.
+///
+/// Each **round** dials every relay once, in [`RelayList::rotation`] order
+/// from `dial.start`, without waiting between them: a relay that is
+/// unreachable, or refuses for now (RATE_LIMITED, OVERLOADED, INTERNAL at
+/// `Hello`), hands over to the next at once. Between rounds the client waits
+/// per the backoff (each wait counts as one attempt for `max_attempts`), and
+/// a relay that gave a retry hint is not dialed again before it has passed.
+/// `cause` is the failure that made a reconnect necessary and the relay it
+/// concerns (None for the first connect, which dials at once). With
+/// `policy.give_up_after`, no wait and no attempt reaches past that time
+/// from the start of this call. A permanent refusal (UNAUTHORIZED, …) ends
+/// the call with that relay's error; so does a relay whose `Welcome` head
+/// is below `dial.floor` ([`ClientError::RelayBehind`]).
+/// Returns the index of the relay connected to and its session.
 async fn connect_retrying(
-    opts: &ConnectOptions,
+    dial: Dial<'_>,
     policy: RetryPolicy,
     pacing: &Pacing,
     link: &watch::Sender<LinkState>,
-    cause: Option<ClientError>,
+    cause: Option<(usize, ClientError)>,
     closer: &TaskTracker,
-) -> Result<RelaySession> {
+) -> Result<(usize, RelaySession)> {
     let started = pacing.now();
     let left = || {
         policy
             .give_up_after
             .map(|limit| limit.saturating_sub(pacing.now().saturating_sub(started)))
     };
+    let relays = dial.relays;
+    // Per relay: the time (on the pacing clock) before which its retry
+    // hint asks not to be dialed again.
+    let mut not_before = vec![Duration::ZERO; relays.len()];
     let mut backoff = pacing.backoff(policy);
-    let mut last = cause;
+    let mut last = cause.map(|(i, e)| {
+        not_before[i % relays.len()] = started + retry_hint(&e);
+        e
+    });
     loop {
         if let Some(err) = &last {
-            let delay = backoff.next_delay().map(|d| d.max(retry_hint(err)));
+            let now = pacing.now();
+            let hinted = not_before
+                .iter()
+                .min()
+                .map_or(Duration::ZERO, |t| t.saturating_sub(now));
+            let delay = backoff.next_delay().map(|d| d.max(hinted));
             let Some(delay) = delay.filter(|d| left().is_none_or(|left| *d < left)) else {
                 return Err(ClientError::GaveUp {
                     attempts: backoff.attempts(),
@@ -245,14 +290,46 @@ async fn connect_retrying(
             tracing::info!(attempt = backoff.attempts(), delay_ms = delay.as_millis() as u64, error = %err, "reconnecting");
             pacing.sleep(delay).await;
         }
-        let timeout = match left() {
-            Some(left) => opts.connect_timeout.min(left.max(MIN_ATTEMPT)),
-            None => opts.connect_timeout,
-        };
-        match connect_once(opts, closer, timeout).await {
-            Ok(session) => return Ok(session),
-            Err(e) if retryable_at_connect(&e) => last = Some(e),
-            Err(e) => return Err(e),
+        for i in relays.rotation(dial.start) {
+            if not_before[i] > pacing.now() {
+                continue;
+            }
+            let timeout = match left() {
+                Some(left) if last.is_some() && left.is_zero() => break,
+                Some(left) => dial.opts.connect_timeout.min(left.max(MIN_ATTEMPT)),
+                None => dial.opts.connect_timeout,
+            };
+            let mut opts = dial.opts.clone();
+            opts.relay = relays.get(i).clone();
+            match connect_once(&opts, closer, timeout).await {
+                Ok(session) => {
+                    let head = session.welcome().head_cursor;
+                    let known = dial.floor.fetch_max(head, Ordering::SeqCst);
+                    if head < known {
+                        session.close_connection();
+                        if let Some(endpoint) = session.endpoint() {
+                            closer.spawn(close_endpoint(endpoint));
+                        }
+                        return Err(ClientError::RelayBehind {
+                            relay: opts.relay.to_string(),
+                            head,
+                            known,
+                        });
+                    }
+                    if relays.len() > 1 {
+                        tracing::info!(relay = %opts.relay, "connected");
+                    }
+                    return Ok((i, session));
+                }
+                Err(e) if retryable_at_connect(&e) => {
+                    not_before[i] = pacing.now() + retry_hint(&e);
+                    if relays.len() > 1 {
+                        tracing::info!(relay = %opts.relay, error = %e, "relay failed; trying the next");
+                    }
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -301,29 +378,76 @@ impl SyncClient {
         Self::connect_paced(opts, policy, Pacing::real(), link).await
     }
 
+    /// Connect to one of the group's `relays` (instances of one cluster,
+    /// docs/client.md "Several relays"), trying `opts.relay` first (e.g. the
+    /// one that worked last) when it is in the list, then the others in
+    /// list order; every later reconnect fails over the same way, starting
+    /// with the relay after the one that failed. Reports like
+    /// [`SyncClient::connect_reporting`]; [`SyncClient::relay`] tells which
+    /// relay is in use. `head_floor` is a cursor this device already holds
+    /// (its saved pull cursor): a relay announcing a lower head does not
+    /// hold the group's history. Errors: as
+    /// [`SyncClient::connect_reporting`], and [`ClientError::RelayBehind`]
+    /// (not retried, nor failed over from: a relay outside the cluster is
+    /// a configuration to fix, not an outage).
+    pub async fn connect_failover(
+        opts: &ConnectOptions,
+        relays: RelayList,
+        head_floor: u64,
+        policy: RetryPolicy,
+        link: watch::Sender<LinkState>,
+    ) -> Result<SyncClient> {
+        Self::connect_any(opts, relays, head_floor, policy, Pacing::real(), link).await
+    }
+
     async fn connect_paced(
         opts: &ConnectOptions,
         policy: RetryPolicy,
         pacing: Pacing,
         link: watch::Sender<LinkState>,
     ) -> Result<SyncClient> {
+        let relays = RelayList::one(opts.relay.clone());
+        Self::connect_any(opts, relays, 0, policy, pacing, link).await
+    }
+
+    async fn connect_any(
+        opts: &ConnectOptions,
+        relays: RelayList,
+        head_floor: u64,
+        policy: RetryPolicy,
+        pacing: Pacing,
+        link: watch::Sender<LinkState>,
+    ) -> Result<SyncClient> {
         let closer = TaskTracker::new();
-        let session = match connect_retrying(opts, policy, &pacing, &link, None, &closer).await {
-            Ok(session) => session,
-            Err(e) => {
-                wait_closed(&closer).await;
-                return Err(e);
-            }
+        let head_floor = AtomicU64::new(head_floor);
+        let dial = Dial {
+            opts,
+            relays: &relays,
+            start: relays.position(&opts.relay).unwrap_or(0),
+            floor: &head_floor,
         };
+        let (relay, session) =
+            match connect_retrying(dial, policy, &pacing, &link, None, &closer).await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    wait_closed(&closer).await;
+                    return Err(e);
+                }
+            };
         link.send_replace(LinkState::Connected { generation: 1 });
+        let (current, _) = watch::channel(relays.get(relay).clone());
         Ok(SyncClient {
             opts: opts.clone(),
+            relays,
+            head_floor,
+            current,
             closer,
             policy,
             pacing,
             keys: opts.keys.clone(),
             slot: Mutex::new(Slot {
                 generation: 1,
+                relay,
                 session: Arc::new(session),
             }),
             reconnect_lock: tokio::sync::Mutex::new(()),
@@ -339,6 +463,21 @@ impl SyncClient {
     /// reconnect at any time.
     pub fn session(&self) -> Arc<RelaySession> {
         self.slot().session
+    }
+
+    /// The relay of the current session.
+    pub fn relay(&self) -> RelayAddr {
+        self.current.borrow().clone()
+    }
+
+    /// The relay of the current session, updated on every failover.
+    pub fn relay_changes(&self) -> watch::Receiver<RelayAddr> {
+        self.current.subscribe()
+    }
+
+    /// The group's relays this client fails over between.
+    pub fn relays(&self) -> &RelayList {
+        &self.relays
     }
 
     /// The retry policy in use.
@@ -388,24 +527,37 @@ impl SyncClient {
             return Ok(());
         }
         tracing::info!(error = %cause, "connection to the relay lost");
+        // Whatever the lost session was told of (heads, acknowledged
+        // pushes, pulled cursors) the next relay must hold too.
+        self.head_floor
+            .fetch_max(old.session.seen_head(), Ordering::SeqCst);
         old.session.close_connection();
         if let Some(endpoint) = old.session.endpoint() {
             self.closer.spawn(close_endpoint(endpoint));
         }
-        let session = connect_retrying(
-            &self.opts,
+        // Fail over: the relay after the one that failed is tried first.
+        let dial = Dial {
+            opts: &self.opts,
+            relays: &self.relays,
+            start: old.relay + 1,
+            floor: &self.head_floor,
+        };
+        let (relay, session) = connect_retrying(
+            dial,
             self.policy,
             &self.pacing,
             &self.link,
-            Some(cause),
+            Some((old.relay, cause)),
             &self.closer,
         )
         .await?;
         let generation = old.generation + 1;
         *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Slot {
             generation,
+            relay,
             session: Arc::new(session),
         };
+        self.current.send_replace(self.relays.get(relay).clone());
         self.link.send_replace(LinkState::Connected { generation });
         Ok(())
     }

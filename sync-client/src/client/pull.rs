@@ -5,7 +5,7 @@
 
 use super::{LinkState, SyncClient};
 use crate::error::{ClientError, Result};
-use crate::receive::{PullEvent, Receiver, gap_events};
+use crate::receive::{PullEvent, Receiver, gap_events, withheld_events};
 use crate::session::RelaySession;
 use crate::state::StateStore;
 use serde::Serialize;
@@ -22,11 +22,13 @@ pub const PULL_LIMIT: u32 = 1000;
 /// What a `pull` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PullSummary {
-    /// Local cursor after the pull.
+    /// Local cursor after the pull: the cursor of the last blob the relay
+    /// delivered (never a head it merely announced).
     pub cursor: u64,
-    /// Group head reported by the relay.
+    /// Group head reported by the relay (as the relay says; not trusted).
     pub head: u64,
-    /// Blobs received (including this device's own, which are skipped).
+    /// Blobs received (including this device's own, which are not applied
+    /// again).
     pub blobs: u64,
     /// Files completed (conflict copies included).
     pub files: u64,
@@ -37,12 +39,15 @@ pub struct PullSummary {
     pub outdated: u64,
     /// Blobs rejected.
     pub rejected: u64,
+    /// Ranges of sequence numbers reported withheld (`withheld` events):
+    /// other members saw them, the relay never delivered them here.
+    pub withheld: u64,
 }
 
 impl SyncClient {
     /// Pull everything after the local cursor, applying it into `out_dir`,
     /// until the relay has nothing more; then report sequence gaps and
-    /// acknowledge the cursor. The state is saved periodically and at the end of each request, so an
+    /// withheld numbers and acknowledge the cursor. The state is saved periodically and at the end of each request, so an
     /// interruption (crash, lost connection) resumes from the last frame.
     /// Lost connections and stalls are retried per the [`RetryPolicy`].
     /// Errors: [`ClientError::Relay`], [`ClientError::GaveUp`],
@@ -67,6 +72,7 @@ impl SyncClient {
                 }
                 PullEvent::Outdated { .. } => summary.outdated += 1,
                 PullEvent::Rejected { .. } => summary.rejected += 1,
+                PullEvent::Withheld { .. } => summary.withheld += 1,
                 _ => {}
             }
             events(e);
@@ -95,8 +101,11 @@ impl SyncClient {
                 break;
             }
         }
-        for gap in gap_events(&state.state) {
-            count(gap, &mut summary);
+        for event in gap_events(&state.state)
+            .into_iter()
+            .chain(withheld_events(&state.state))
+        {
+            count(event, &mut summary);
         }
         let cursor = state.state.cursor;
         if cursor > 0 {
@@ -129,11 +138,14 @@ impl SyncClient {
                 cursor: summary.cursor,
                 head: summary.head,
             });
-            // Wait until the head moves past our cursor (or the session dies).
+            // Wait until the head moves past what the last pull saw (or the
+            // session dies). The cursor alone is no measure: it stays at the
+            // last blob delivered, below a head whose newest blobs expired.
+            let seen = summary.head.max(state.state.cursor);
             loop {
                 let slot = self.slot();
                 let mut heads = slot.session.heads();
-                if *heads.borrow_and_update() > state.state.cursor {
+                if *heads.borrow_and_update() > seen {
                     break;
                 }
                 let stall = self.policy.stall_timeout;
@@ -262,8 +274,15 @@ const SAVE_INTERVAL: Duration = Duration::from_millis(500);
 pub const MAX_EMPTY_BATCHES: u32 = 4;
 
 /// One `Pull` request: apply every frame of the answer, saving the state
-/// periodically and at the end; an empty answer moves the cursor to the
-/// head.
+/// periodically and at the end.
+///
+/// The cursor moves only to the cursor of a blob the relay delivered
+/// (docs/security.md "The saved cursor"): an empty answer, whatever head it
+/// announces, leaves it where it is. A relay that announced a head it cannot
+/// back (`u64::MAX`) would otherwise make the device skip everything below
+/// it for good, and have every later `Pull` from it refused by an honest
+/// relay. The price is that a device whose newest blobs expired asks again
+/// from before them (the relay answers with nothing, cheaply).
 ///
 /// The answer is checked as it arrives, so a relay cannot keep the client
 /// busy with it: at most [`PULL_LIMIT`] blobs (what was asked for), cursors
@@ -277,6 +296,16 @@ async fn pull_round(
     events: &mut (dyn FnMut(PullEvent) + Send),
 ) -> Result<Round> {
     let after = state.state.cursor;
+    // A relay's head never decreases (docs/protocol.md "Push → PushOk"):
+    // one below our cursor does not hold this group's history.
+    let head = session.seen_head();
+    if after > head {
+        return Err(ClientError::RelayBehind {
+            relay: session.relay().to_string(),
+            head,
+            known: after,
+        });
+    }
     let mut response = session.pull(after, PULL_LIMIT).await?;
     let mut round = Round {
         received: 0,
@@ -330,10 +359,6 @@ async fn pull_round(
         Ok::<(), ClientError>(())
     }
     .await;
-    if round.received == 0 && result.is_ok() {
-        // Everything up to `head` that still exists was visible.
-        state.state.cursor = state.state.cursor.max(round.head);
-    }
     // Whatever was applied is saved, even when the round failed midway.
     state.save()?;
     result.map(|()| round)

@@ -5,14 +5,14 @@
 //! acknowledged chunk, with the same blob ids and sequence numbers.
 
 use super::SyncClient;
-use crate::crypto::envelope::{
-    BlobHeader, BlobKind, Compression, FileChunk, FileEnd, FileVersion, validate_name,
-};
+use crate::crypto::envelope::{BlobHeader, BlobKind, Compression, FileChunk, FileEnd, FileVersion};
 use crate::crypto::{envelope, random_bytes};
 use crate::error::{ClientError, Result};
 use crate::journal::{JOURNAL_VERSION, Journals, PushJournal, SourceFingerprint, chunk_blob_id};
+use crate::relpath::validate_path;
 use crate::state::StateStore;
 use crate::util::now_ms;
+use crate::withheld::own_view;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use serde::Serialize;
@@ -45,7 +45,8 @@ pub struct PushOptions {
 /// What a file push stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PushedFile {
-    /// File name as receivers will see it.
+    /// Name as receivers will see it: the relative path they recreate
+    /// under their output directory (docs/client.md "Directories").
     pub name: String,
     /// Bytes.
     pub size: u64,
@@ -104,7 +105,9 @@ async fn read_chunk<R: AsyncRead + Unpin>(
 }
 
 impl SyncClient {
-    fn header(&self, kind: BlobKind, seq: u64) -> BlobHeader {
+    /// The header of this device's blob number `seq`, with its group view
+    /// from `state` (docs/security.md "Withheld blobs").
+    fn header(&self, state: &StateStore, kind: BlobKind, seq: u64) -> BlobHeader {
         BlobHeader {
             kind,
             sender: self.device_id(),
@@ -112,11 +115,13 @@ impl SyncClient {
             created_at_ms: now_ms(),
             compression: Compression::None,
             body_len: 0,
+            view: own_view(&state.state, &self.device_id()),
         }
     }
 
     fn seal(
         &self,
+        state: &StateStore,
         blob_id: BlobId,
         kind: BlobKind,
         seq: u64,
@@ -126,7 +131,7 @@ impl SyncClient {
         let payload = envelope::seal(
             self.keys(),
             &blob_id,
-            self.header(kind, seq),
+            self.header(state, kind, seq),
             body,
             self.max_blob_size(),
         )?;
@@ -183,6 +188,7 @@ impl SyncClient {
         let first_seq = state.reserve_seqs(messages.len() as u64)?;
         for (i, msg) in messages.iter().enumerate() {
             let item = self.seal(
+                state,
                 BlobId(random_bytes()),
                 BlobKind::Message,
                 first_seq + i as u64,
@@ -212,7 +218,9 @@ impl SyncClient {
         Journals::at(state.dir().join("transfers"))
     }
 
-    /// Push the file at `path` (as `name`, default its file name),
+    /// Push the file at `path` (as `name`, a relative path receivers
+    /// recreate under their output directory — see [`crate::relpath`] —
+    /// default its file name),
     /// resuming an interrupted push of the same unchanged file, and skipping
     /// a file unchanged since its last complete push (unless `opts.force`).
     /// `progress(bytes_done, total)` is called as chunks are read.
@@ -259,7 +267,7 @@ impl SyncClient {
                     ))
                 })?,
         };
-        validate_name(&name)
+        validate_path(&name)
             .map_err(|why| ClientError::InvalidInput(format!("cannot push {name:?}: {why}")))?;
         let fingerprint = SourceFingerprint::of(path)?;
         let journals = Self::journals(state);
@@ -364,7 +372,7 @@ impl SyncClient {
         opts: &PushOptions,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<PushedFile> {
-        validate_name(name)
+        validate_path(name)
             .map_err(|why| ClientError::InvalidInput(format!("cannot push {name:?}: {why}")))?;
         let journals = Self::journals(state);
         let mut journal = PushJournal {
@@ -417,7 +425,14 @@ impl SyncClient {
                 first_seq: j.first_seq,
                 last_seq: j.last_seq,
             };
-            let item = self.seal(chunk_blob_id(&file_id, u32::MAX), kind, seq, &[], None)?;
+            let item = self.seal(
+                state,
+                chunk_blob_id(&file_id, u32::MAX),
+                kind,
+                seq,
+                &[],
+                None,
+            )?;
             self.push_items(vec![item]).await?;
         }
         tracing::info!(name = %j.name, "abandoned an unfinished push");
@@ -548,6 +563,7 @@ impl SyncClient {
                     None => BlobKind::FileChunk(chunk),
                 };
                 let item = self.seal(
+                    state,
                     chunk_blob_id(&file_id, index),
                     kind,
                     seq,

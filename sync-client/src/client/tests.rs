@@ -14,8 +14,8 @@ use sync_protocol::limits::{
     DEFAULT_MAX_BATCH, DEFAULT_MAX_BLOB_SIZE, HANDSHAKE_MAX_FRAME, max_frame_for_blob_size,
 };
 use sync_protocol::{
-    AckOk, BlobId, CloseCode, ErrorMsg, Message, PROTOCOL_VERSION, PullBatch, PushItem, PushOk,
-    PushResult, Welcome, read_message, write_message,
+    AckOk, BlobId, CloseCode, ErrorMsg, Message, PROTOCOL_VERSION, PullBatch, PulledBlob, PushItem,
+    PushOk, PushResult, Welcome, read_message, write_message,
 };
 use tokio_util::task::AbortOnDropHandle;
 
@@ -29,6 +29,8 @@ const RUNAWAY: usize = 100;
 #[derive(Debug, Clone, Copy)]
 enum AtHello {
     Welcome,
+    /// A `Welcome` announcing this group head.
+    WelcomeAt(u64),
     /// An `Error` frame with this code and retry hint.
     Refuse(ErrorCode, Option<u32>),
 }
@@ -45,6 +47,13 @@ enum OnRequest {
     /// Answer with empty `PullBatch { more: true }` frames until the client
     /// stops reading (at most [`RUNAWAY_FRAMES`]).
     EmptyBatches,
+    /// Answer a `Pull` after 0 with blobs at cursors 1 and 2 under a head
+    /// of 0 (read before they were committed, as the protocol allows), any
+    /// later `Pull` with nothing under head 2.
+    BlobsPastTheHead,
+    /// Answer a `Pull` with one empty, final `PullBatch` announcing this
+    /// head (anything else as [`OnRequest::Serve`]).
+    EmptyWithHead(u64),
 }
 
 /// Frames [`OnRequest::EmptyBatches`] sends at most: a client still reading
@@ -153,10 +162,13 @@ async fn serve(
         return;
     };
     let answer = match at_hello {
-        AtHello::Welcome => Message::Welcome(Welcome {
+        AtHello::Welcome | AtHello::WelcomeAt(_) => Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             relay_id,
-            head_cursor: 0,
+            head_cursor: match at_hello {
+                AtHello::WelcomeAt(head) => head,
+                _ => 0,
+            },
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             max_frame: max_frame_for_blob_size(DEFAULT_MAX_BLOB_SIZE),
             max_batch: DEFAULT_MAX_BATCH,
@@ -178,8 +190,13 @@ async fn serve(
             return;
         };
         requests.fetch_add(1, Ordering::SeqCst);
-        let answer = match on_request(r) {
-            OnRequest::Serve => match request {
+        let answer = match (on_request(r), &request) {
+            (OnRequest::EmptyWithHead(head), Message::Pull(_)) => Message::PullBatch(PullBatch {
+                blobs: Vec::new(),
+                head,
+                more: false,
+            }),
+            (OnRequest::Serve | OnRequest::EmptyWithHead(_), _) => match request {
                 Message::Push(push) => Message::PushOk(PushOk {
                     results: push
                         .items
@@ -201,7 +218,7 @@ async fn serve(
                 Message::Ack(ack) => Message::AckOk(AckOk { cursor: ack.cursor }),
                 other => panic!("the scripted relay serves pushes and pulls only, got {other:?}"),
             },
-            OnRequest::EmptyBatches => {
+            (OnRequest::EmptyBatches, _) => {
                 let empty = Message::PullBatch(PullBatch {
                     blobs: Vec::new(),
                     head: 7,
@@ -215,8 +232,30 @@ async fn serve(
                 r += 1;
                 continue;
             }
-            OnRequest::Refuse(code, retry) => error(code, retry),
-            OnRequest::Drop => {
+            (OnRequest::BlobsPastTheHead, _) => match request {
+                Message::Pull(pull) if pull.after == 0 => Message::PullBatch(PullBatch {
+                    blobs: (1..=2)
+                        .map(|cursor| PulledBlob {
+                            cursor,
+                            blob_id: BlobId([cursor as u8; 16]),
+                            sender: DeviceId([3; 32]),
+                            created_at: 0,
+                            payload: vec![0; 64],
+                        })
+                        .collect(),
+                    head: 0,
+                    more: false,
+                }),
+                Message::Pull(_) => Message::PullBatch(PullBatch {
+                    blobs: Vec::new(),
+                    head: 2,
+                    more: false,
+                }),
+                Message::Ack(ack) => Message::AckOk(AckOk { cursor: ack.cursor }),
+                other => panic!("BlobsPastTheHead serves pulls only, got {other:?}"),
+            },
+            (OnRequest::Refuse(code, retry), _) => error(code, retry),
+            (OnRequest::Drop, _) => {
                 conn.close(VarInt::from_u32(CloseCode::Internal.as_u32()), b"scripted");
                 return;
             }
@@ -507,6 +546,70 @@ async fn endless_empty_batches_end_the_pull_with_a_protocol_error() {
 }
 
 #[tokio::test]
+async fn an_empty_answer_with_a_huge_head_does_not_move_the_cursor() {
+    // The relay answers every pull with nothing and head u64::MAX. Moving
+    // the cursor to that head would skip everything below it for good (and
+    // an honest relay would refuse every later pull from it). Its Welcome
+    // announces head 41, so the device's cursor is not ahead of the relay.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::WelcomeAt(41),
+        |_, _| OnRequest::EmptyWithHead(u64::MAX),
+    )
+    .await;
+    let (pacing, _) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut state = crate::StateStore::open(&path).unwrap();
+    state.state.cursor = 41;
+    let summary = within_deadline(client.pull(&mut state, &dir.path().join("out"), &mut |_| {}))
+        .await
+        .unwrap();
+    assert_eq!(summary.head, u64::MAX, "reported as the relay said");
+    assert_eq!(summary.cursor, 41);
+    assert_eq!(state.state.cursor, 41);
+    assert_eq!(crate::StateStore::open(&path).unwrap().state.cursor, 41);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn following_waits_when_the_newest_blobs_expired() {
+    // The group's head is 5 but its blobs expired: every pull is empty with
+    // head 5, and the cursor (of the last blob delivered) stays 0. Following
+    // must then wait for a head above 5, not pull again and again because
+    // the head is above the cursor.
+    let relay = ScriptedRelay::start(
+        |_| AtHello::WelcomeAt(5),
+        |_, _| OnRequest::EmptyWithHead(5),
+    )
+    .await;
+    let (pacing, _) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = crate::StateStore::open(dir.path().join("state.json")).unwrap();
+    let mut synced = 0;
+    within_deadline(client.follow(
+        &mut state,
+        &dir.path().join("out"),
+        &mut |e| {
+            if matches!(e, crate::PullEvent::Synced { cursor: 0, head: 5 }) {
+                synced += 1;
+            }
+        },
+        tokio::time::sleep(Duration::from_millis(500)),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(synced, 1);
+    assert_eq!(relay.requests(), 1, "one pull, then waiting");
+    client.close().await;
+}
+
+#[tokio::test]
 async fn reconnecting_gives_up_when_the_time_budget_is_spent() {
     // Unlimited attempts but one second in all: the waits 100, 200, 400 ms
     // fit, the next 400 ms would end past the second, so the client gives
@@ -597,3 +700,5 @@ async fn rate_limit_waits_end_with_the_time_budget_too() {
     assert_eq!(*waits.lock().unwrap(), vec![Duration::from_secs(2)]);
     client.close().await;
 }
+
+mod failover;

@@ -1,36 +1,47 @@
-//! The blob envelope (docs/protocol.md "Blob payloads"):
+//! The blob envelope (docs/protocol.md "Blob payloads"), version 2:
 //!
 //! ```text
-//! payload = 0x01 ‖ nonce (24) ‖ XChaCha20-Poly1305(blob key, nonce, padded(inner), ad)
-//! ad      = "0k-sync/1 blob" ‖ group id (32) ‖ blob id (16)
+//! payload = 0x02 ‖ nonce (24) ‖ XChaCha20-Poly1305(blob key, nonce, padded(inner), ad)
+//! ad      = "0k-sync/1 blob" ‖ 0x02 ‖ group id (32) ‖ blob id (16)
 //! inner   = u32-BE header length ‖ header (postcard BlobHeader) ‖ body ‖ zero padding
 //! ```
 //!
 //! `inner` is zero-padded to its Padmé length so the relay sees only a
-//! bucketed size. The associated data binds the blob to its group and blob
-//! id, so the relay cannot move a blob between groups or swap ids. The body
-//! is compressed with zstd when that makes it smaller. The header carries the
-//! sender's device id and per-sender sequence number, which let receivers
-//! detect withheld (gaps) and replayed (repeats) blobs.
+//! bucketed size. The associated data binds the blob to its envelope
+//! version, its group and its blob id, so the relay cannot move a blob
+//! between groups, swap ids, or present a version-2 blob as version 1. The
+//! body is compressed with zstd when that makes it smaller. The header
+//! carries the sender's device id and per-sender sequence number, which let
+//! receivers detect withheld (gaps) and replayed (repeats) blobs, and the
+//! sender's [`GroupView`], which reveals blobs the relay withheld from this
+//! receiver but delivered to others (docs/security.md).
+//!
+//! Version 1 (`0x01`, no version byte in `ad`, a header without a view) is
+//! still opened, never sealed.
 
 use super::group::GroupKeys;
 use super::padding::padme;
+use super::view::{GroupView, MAX_VIEW_LEN};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use sync_protocol::{BlobId, DeviceId, GroupId};
 
-/// First byte of every envelope.
-pub const ENVELOPE_VERSION: u8 = 0x01;
+/// First byte of every envelope this client seals.
+pub const ENVELOPE_VERSION: u8 = 0x02;
+/// First byte of envelopes of clients before group views: still opened.
+pub const ENVELOPE_V1: u8 = 0x01;
 /// Bytes of the nonce.
 pub const NONCE_LEN: usize = 24;
 /// Bytes of the Poly1305 tag.
 pub const TAG_LEN: usize = 16;
 /// Envelope bytes around the padded inner plaintext: version, nonce, tag.
 pub const ENVELOPE_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
-/// Upper bound of an encoded [`BlobHeader`] whose file name is at most
-/// [`MAX_NAME_LEN`] bytes.
-pub const MAX_HEADER_LEN: usize = 512;
+/// Upper bound of an encoded [`BlobHeader`] whose file name (a relative
+/// path) is at most [`crate::relpath::MAX_PATH_LEN`] bytes: 512 bytes for
+/// everything but the view and a name longer than [`MAX_NAME_LEN`], plus
+/// [`MAX_VIEW_LEN`] for a full view.
+pub const MAX_HEADER_LEN: usize = 512 - MAX_NAME_LEN + crate::relpath::MAX_PATH_LEN + MAX_VIEW_LEN;
 /// Most bytes of a file name in a header.
 pub const MAX_NAME_LEN: usize = 255;
 /// Most bytes a body may decompress to (bounds memory for hostile input).
@@ -108,7 +119,8 @@ pub const MAX_DEVICE_NAME_LEN: usize = 32;
 pub struct FileChunk {
     /// Random id shared by every chunk of one pushed file.
     pub file_id: [u8; 16],
-    /// The file's name (one path component, at most 255 bytes).
+    /// The file's relative path: `/`-separated components, checked by
+    /// [`crate::relpath::validate_path`] (docs/client.md "Directories").
     pub name: String,
     /// Unix permission bits (`mode & 0o777`).
     pub mode: u32,
@@ -161,6 +173,34 @@ pub struct BlobHeader {
     pub compression: Compression,
     /// Stored body length in bytes (after compression).
     pub body_len: u32,
+    /// The sender's view of the group when it sealed the blob (empty in
+    /// version-1 envelopes).
+    pub view: GroupView,
+}
+
+/// The header of a version-1 envelope (no view).
+#[derive(Deserialize)]
+struct BlobHeaderV1 {
+    kind: BlobKind,
+    sender: DeviceId,
+    seq: u64,
+    created_at_ms: u64,
+    compression: Compression,
+    body_len: u32,
+}
+
+impl From<BlobHeaderV1> for BlobHeader {
+    fn from(h: BlobHeaderV1) -> BlobHeader {
+        BlobHeader {
+            kind: h.kind,
+            sender: h.sender,
+            seq: h.seq,
+            created_at_ms: h.created_at_ms,
+            compression: h.compression,
+            body_len: h.body_len,
+            view: GroupView::default(),
+        }
+    }
 }
 
 /// A decrypted, verified blob.
@@ -251,9 +291,14 @@ pub enum EnvelopeError {
     },
 }
 
-fn associated_data(group: &GroupId, blob_id: &BlobId) -> Vec<u8> {
-    let mut ad = Vec::with_capacity(AD_CONTEXT.len() + 48);
+/// `"0k-sync/1 blob" ‖ version ‖ group id ‖ blob id`; version 1 had no
+/// version byte.
+fn associated_data(version: u8, group: &GroupId, blob_id: &BlobId) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(AD_CONTEXT.len() + 49);
     ad.extend_from_slice(AD_CONTEXT);
+    if version != ENVELOPE_V1 {
+        ad.push(version);
+    }
     ad.extend_from_slice(&group.0);
     ad.extend_from_slice(&blob_id.0);
     ad
@@ -312,9 +357,30 @@ fn worth_compressing(body: &[u8]) -> bool {
 pub fn seal(
     keys: &GroupKeys,
     blob_id: &BlobId,
+    header: BlobHeader,
+    body: &[u8],
+    max_blob_size: usize,
+) -> Result<Vec<u8>, EnvelopeError> {
+    seal_with_nonce(
+        keys,
+        blob_id,
+        header,
+        body,
+        max_blob_size,
+        super::random_bytes(),
+    )
+}
+
+/// [`seal`] with a given nonce: for golden vectors only (a nonce must
+/// never be used twice with one key; [`seal`] draws a random one).
+#[doc(hidden)]
+pub fn seal_with_nonce(
+    keys: &GroupKeys,
+    blob_id: &BlobId,
     mut header: BlobHeader,
     body: &[u8],
     max_blob_size: usize,
+    nonce_bytes: [u8; NONCE_LEN],
 ) -> Result<Vec<u8>, EnvelopeError> {
     let compressed = worth_compressing(body)
         .then(|| zstd::bulk::compress(body, 3))
@@ -344,7 +410,6 @@ pub fn seal(
             limit: max_blob_size,
         });
     }
-    let nonce_bytes: [u8; NONCE_LEN] = super::random_bytes();
     let mut out = Vec::with_capacity(size);
     out.push(ENVELOPE_VERSION);
     out.extend_from_slice(&nonce_bytes);
@@ -358,7 +423,7 @@ pub fn seal(
     cipher
         .encrypt_in_place(
             &nonce,
-            &associated_data(&keys.group_id(), blob_id),
+            &associated_data(ENVELOPE_VERSION, &keys.group_id(), blob_id),
             &mut inner,
         )
         .map_err(|_| EnvelopeError::Malformed("encryption failed".into()))?;
@@ -366,7 +431,8 @@ pub fn seal(
     Ok(out)
 }
 
-/// Decrypt and verify `payload` stored under `blob_id`. Errors:
+/// Decrypt and verify `payload` stored under `blob_id` (envelope version
+/// 2, or 1 with an empty view). Errors:
 /// [`EnvelopeError::TooShort`], [`EnvelopeError::UnsupportedVersion`],
 /// [`EnvelopeError::Authentication`], [`EnvelopeError::Malformed`].
 pub fn open(
@@ -387,8 +453,9 @@ pub fn open_owned(
     if payload.len() < ENVELOPE_OVERHEAD {
         return Err(EnvelopeError::TooShort(payload.len()));
     }
-    if payload[0] != ENVELOPE_VERSION {
-        return Err(EnvelopeError::UnsupportedVersion(payload[0]));
+    let version = payload[0];
+    if version != ENVELOPE_VERSION && version != ENVELOPE_V1 {
+        return Err(EnvelopeError::UnsupportedVersion(version));
     }
     let nonce_bytes: [u8; NONCE_LEN] = payload[1..1 + NONCE_LEN]
         .try_into()
@@ -402,12 +469,12 @@ pub fn open_owned(
     cipher
         .decrypt_inout_detached(
             &XNonce::from(nonce_bytes),
-            &associated_data(&keys.group_id(), blob_id),
+            &associated_data(version, &keys.group_id(), blob_id),
             inner.into(),
             &tag.into(),
         )
         .map_err(|_| EnvelopeError::Authentication)?;
-    let (header, body) = parse_inner(&payload[1 + NONCE_LEN..tag_at])?;
+    let (header, body) = parse_inner(version, &payload[1 + NONCE_LEN..tag_at])?;
     let body = match body {
         InnerBody::Stored(range) => Body {
             buf: payload,
@@ -425,12 +492,14 @@ enum InnerBody {
     Decompressed(Vec<u8>),
 }
 
-/// Decode a decrypted inner plaintext (`u32 header length ‖ header ‖ body ‖
-/// zero padding`), checking every length against the buffer and bounding
-/// decompression to [`MAX_BODY_LEN`]. [`open`] calls it after the AEAD
-/// check; exposed for fuzzing. Errors: [`EnvelopeError::Malformed`].
+/// Decode a decrypted inner plaintext of the current envelope version
+/// (`u32 header length ‖ header ‖ body ‖ zero padding`), checking every
+/// length against the buffer, bounding the view (see
+/// [`crate::crypto::view`]) and decompression to [`MAX_BODY_LEN`]. [`open`]
+/// does the same after the AEAD check; exposed for fuzzing. Errors:
+/// [`EnvelopeError::Malformed`].
 pub fn decode_inner(inner: &[u8]) -> Result<OpenedBlob, EnvelopeError> {
-    let (header, body) = parse_inner(inner)?;
+    let (header, body) = parse_inner(ENVELOPE_VERSION, inner)?;
     let body = match body {
         InnerBody::Stored(range) => Body::whole(inner[range].to_vec()),
         InnerBody::Decompressed(buf) => Body::whole(buf),
@@ -438,7 +507,7 @@ pub fn decode_inner(inner: &[u8]) -> Result<OpenedBlob, EnvelopeError> {
     Ok(OpenedBlob { header, body })
 }
 
-fn parse_inner(inner: &[u8]) -> Result<(BlobHeader, InnerBody), EnvelopeError> {
+fn parse_inner(version: u8, inner: &[u8]) -> Result<(BlobHeader, InnerBody), EnvelopeError> {
     let malformed = |m: &str| EnvelopeError::Malformed(m.to_string());
     let header_len = inner
         .get(..4)
@@ -447,8 +516,16 @@ fn parse_inner(inner: &[u8]) -> Result<(BlobHeader, InnerBody), EnvelopeError> {
     let header_bytes = inner
         .get(4..4usize.saturating_add(header_len))
         .ok_or_else(|| malformed("header length beyond the blob"))?;
-    let header: BlobHeader =
-        postcard::from_bytes(header_bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let (header, rest) = match version {
+        ENVELOPE_VERSION => postcard::take_from_bytes::<BlobHeader>(header_bytes),
+        ENVELOPE_V1 => postcard::take_from_bytes::<BlobHeaderV1>(header_bytes)
+            .map(|(h, rest)| (BlobHeader::from(h), rest)),
+        _ => return Err(malformed("unknown envelope version")),
+    }
+    .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed("bytes after the header"));
+    }
     let start = 4 + header_len;
     let stored = inner
         .get(start..start.saturating_add(header.body_len as usize))
@@ -457,7 +534,8 @@ fn parse_inner(inner: &[u8]) -> Result<(BlobHeader, InnerBody), EnvelopeError> {
         return Err(malformed("non-zero padding"));
     }
     if let Some((chunk, version)) = header.kind.chunk() {
-        validate_name(&chunk.name).map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
+        crate::relpath::validate_path(&chunk.name)
+            .map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
         if let Some(device) = version.and_then(|v| v.device.as_deref()) {
             validate_device_name(device).map_err(|m| EnvelopeError::Malformed(m.to_string()))?;
         }
@@ -536,6 +614,7 @@ fn is_unsafe_char(c: char) -> bool {
 mod tests {
     use super::*;
     use crate::crypto::GroupSecret;
+    use crate::crypto::view::{MAX_VIEW_ENTRIES, ViewEntry};
 
     fn header(kind: BlobKind) -> BlobHeader {
         BlobHeader {
@@ -545,6 +624,7 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             compression: Compression::None,
             body_len: 0,
+            view: Default::default(),
         }
     }
 
@@ -791,9 +871,10 @@ mod tests {
         ));
     }
 
-    /// Golden bytes of headers (postcard): what clients before file
-    /// versions sealed still decodes the same, and a versioned chunk's
-    /// layout is pinned (docs/protocol.md, "Blob payloads").
+    /// Golden bytes of headers (postcard): version-1 headers (what clients
+    /// before group views sealed) still decode the same, and the layout of
+    /// a version-2 header with a view is pinned (docs/protocol.md, "Blob
+    /// payloads").
     #[test]
     fn header_bytes_are_stable() {
         let chunk = FileChunk {
@@ -814,19 +895,147 @@ mod tests {
                 device: Some("pc".into()),
             },
         });
-        for (h, golden) in [(legacy, LEGACY_HEADER), (versioned, VERSIONED_HEADER)] {
-            let bytes = postcard::to_allocvec(&h).unwrap();
-            assert_eq!(hex::encode(&bytes), golden);
-            assert_eq!(postcard::from_bytes::<BlobHeader>(&bytes).unwrap(), h);
+        for (h, golden) in [(&legacy, LEGACY_HEADER), (&versioned, VERSIONED_HEADER)] {
+            let bytes = hex::decode(golden).unwrap();
+            let (v1, rest) = postcard::take_from_bytes::<BlobHeaderV1>(&bytes).unwrap();
+            assert!(rest.is_empty());
+            assert_eq!(&BlobHeader::from(v1), h);
+        }
+        let mut with_view = versioned;
+        with_view.view = GroupView::new(vec![
+            ViewEntry {
+                device: DeviceId([0xaa; 32]),
+                seq: 300,
+            },
+            ViewEntry {
+                device: DeviceId([0xbb; 32]),
+                seq: 1,
+            },
+        ])
+        .unwrap();
+        let bytes = postcard::to_allocvec(&with_view).unwrap();
+        assert_eq!(hex::encode(&bytes), V2_HEADER);
+        assert_eq!(
+            postcard::from_bytes::<BlobHeader>(&bytes).unwrap(),
+            with_view
+        );
+    }
+
+    /// Version-1 headers (no view).
+    const LEGACY_HEADER: &str = "000101010101010101010101010101010105612e747874a40302ac0201050005050505050505050505050505050505050505050505050505050505050505050780d095ffbc310000";
+    const VERSIONED_HEADER: &str = "030101010101010101010101010101010105612e747874a40302ac0201050003030303030303030303030303030303020102706305050505050505050505050505050505050505050505050505050505050505050780d095ffbc310000";
+    /// A version-2 header: `VERSIONED_HEADER` followed by a view of two
+    /// entries (0xaa… at 300, 0xbb… at 1).
+    const V2_HEADER: &str = "030101010101010101010101010101010105612e747874a40302ac0201050003030303030303030303030303030303020102706305050505050505050505050505050505050505050505050505050505050505050780d095ffbc31000002aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaac02bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb01";
+
+    /// The chunk of the golden envelopes: `a.txt`, "hello", sealed with
+    /// group secret `[7; 32]`, blob id `[4; 16]` and nonce `[9; 24]`.
+    fn golden_header() -> BlobHeader {
+        let mut h = header(BlobKind::VersionedChunk {
+            chunk: FileChunk {
+                file_id: [1; 16],
+                name: "a.txt".into(),
+                mode: 0o644,
+                index: 0,
+                offset: 0,
+                size_hint: Some(5),
+                end: Some(FileEnd {
+                    chunks: 1,
+                    size: 5,
+                    blake3: *blake3::hash(b"hello").as_bytes(),
+                }),
+            },
+            version: FileVersion {
+                lineage: [3; 16],
+                generation: 2,
+                device: Some("pc".into()),
+            },
+        });
+        h.body_len = 5; // as `seal` fills it in
+        h
+    }
+
+    /// Whole envelopes, byte for byte: one sealed by the client before
+    /// group views (version 1, generated with that code) still opens, and
+    /// a version-2 envelope is pinned (docs/protocol.md "Blob payloads").
+    #[test]
+    fn golden_envelopes_open_and_seal_byte_for_byte() {
+        let keys = GroupSecret::from_bytes([7; 32]).keys();
+        let id = BlobId([4; 16]);
+        let v1 = hex::decode(V1_ENVELOPE).unwrap();
+        let opened = open(&keys, &id, &v1).unwrap();
+        assert_eq!(opened.header, golden_header());
+        assert!(opened.header.view.is_empty());
+        assert_eq!(opened.body, b"hello".to_vec());
+
+        let mut h = golden_header();
+        h.view = GroupView::new(vec![ViewEntry {
+            device: DeviceId([0xaa; 32]),
+            seq: 300,
+        }])
+        .unwrap();
+        let v2 = seal_with_nonce(&keys, &id, h.clone(), b"hello", 1 << 20, [9; NONCE_LEN]).unwrap();
+        assert_eq!(hex::encode(&v2), V2_ENVELOPE);
+        let opened = open(&keys, &id, &v2).unwrap();
+        assert_eq!(opened.header, h);
+        assert_eq!(opened.body, b"hello".to_vec());
+    }
+
+    /// A header length that covers more than the header: the extra bytes
+    /// are refused, not ignored (one encoding per header).
+    #[test]
+    fn bytes_after_the_header_are_malformed() {
+        let mut h = header(BlobKind::Message);
+        h.body_len = 0;
+        let bytes = postcard::to_allocvec(&h).unwrap();
+        let mut inner = ((bytes.len() + 1) as u32).to_be_bytes().to_vec();
+        inner.extend_from_slice(&bytes);
+        inner.push(0);
+        assert_eq!(
+            decode_inner(&inner).err(),
+            Some(EnvelopeError::Malformed("bytes after the header".into()))
+        );
+        let mut exact = (bytes.len() as u32).to_be_bytes().to_vec();
+        exact.extend_from_slice(&bytes);
+        assert_eq!(decode_inner(&exact).unwrap().header, h);
+    }
+
+    /// The version byte is bound into the associated data: a version-2
+    /// envelope relabelled as version 1 (which the client still opens)
+    /// fails authentication instead of being read the old way.
+    #[test]
+    fn a_relabelled_version_fails_authentication() {
+        let keys = GroupSecret::from_bytes([7; 32]).keys();
+        let id = BlobId([4; 16]);
+        let mut v2 = hex::decode(V2_ENVELOPE).unwrap();
+        v2[0] = ENVELOPE_V1;
+        assert_eq!(open(&keys, &id, &v2), Err(EnvelopeError::Authentication));
+        let mut v1 = hex::decode(V1_ENVELOPE).unwrap();
+        v1[0] = ENVELOPE_VERSION;
+        assert_eq!(open(&keys, &id, &v1), Err(EnvelopeError::Authentication));
+        for unknown in [0x00, 0x03, 0xff] {
+            v1[0] = unknown;
+            assert_eq!(
+                open(&keys, &id, &v1),
+                Err(EnvelopeError::UnsupportedVersion(unknown))
+            );
         }
     }
 
-    const LEGACY_HEADER: &str = "000101010101010101010101010101010105612e747874a40302ac0201050005050505050505050505050505050505050505050505050505050505050505050780d095ffbc310000";
-    const VERSIONED_HEADER: &str = "030101010101010101010101010101010105612e747874a40302ac0201050003030303030303030303030303030303020102706305050505050505050505050505050505050505050505050505050505050505050780d095ffbc310000";
+    /// Sealed by the version-1 code (commit 74662b6) with a fixed nonce.
+    const V1_ENVELOPE: &str = "01090909090909090909090909090909090909090909090909da90c4482c8e5526ec10312dda753d91477abfb238b903f72b375599f106f6c3b15a420398aea7e9aa27790284c779ceed0d0712c3c7627dddf40df93c8d675389dcb96567beae722ec2d17f19c64145a83eccbbb47d88c07b17c8bcb51448f7756f1bba17405eb17fff99fbef010d86615f3d2246c565a9e259c3e27d0d36a82b40935f0221da03aedb339ea57bb501925468c23f6d067af553314c1645af8d";
+    const V2_ENVELOPE: &str = "02090909090909090909090909090909090909090909090909da90c4972c8e5526ec10312dda753d91477abfb238b903f72b375599f106f6c3b15a420398aea7e9aa27790284c779ceed0d0712c3c7627dddf40df93c8d675389dcb96567beae722ec2d17f19c64145a83eccbbb47d88c07b17c8bcb51448f7756f1bba17405eb17fff99fbef010d86615f3d2246c565a9e259c3e27d0d36a82b40fa90c4e71fa9047199340fd11fabf03ba47b0f2851cf5f7166aa2885288a58b908d3c5c8000506fd2701ef8255db6a03e5a4f1d4624889eaa0b3942b3565";
 
     #[test]
     fn header_of_max_name_fits_the_bound() {
-        let BlobKind::FileChunk(c) = chunk(&"n".repeat(MAX_NAME_LEN)) else {
+        let longest_path = format!(
+            "{}/m/{}",
+            vec!["n".repeat(MAX_NAME_LEN); 3].join("/"),
+            "o".repeat(crate::relpath::MAX_PATH_LEN - 3 * (MAX_NAME_LEN + 1) - 2)
+        );
+        assert_eq!(longest_path.len(), crate::relpath::MAX_PATH_LEN);
+        crate::relpath::validate_path(&longest_path).unwrap();
+        let BlobKind::FileChunk(c) = chunk(&longest_path) else {
             unreachable!()
         };
         let mut h = header(BlobKind::VersionedChunk {
@@ -852,6 +1061,15 @@ mod tests {
                 blake3: [0xff; 32],
             });
         }
+        h.view = GroupView::new(
+            (0..MAX_VIEW_ENTRIES as u8)
+                .map(|i| ViewEntry {
+                    device: DeviceId([i; 32]),
+                    seq: crate::integrity::MAX_SEQ,
+                })
+                .collect(),
+        )
+        .unwrap();
         assert!(postcard::to_allocvec(&h).unwrap().len() <= MAX_HEADER_LEN);
     }
 }

@@ -6,11 +6,13 @@
 pub mod envelope;
 pub mod group;
 pub mod padding;
+pub mod view;
 
 pub use envelope::{
     BlobHeader, BlobKind, Compression, EnvelopeError, FileChunk, FileEnd, FileVersion, OpenedBlob,
 };
 pub use group::{GroupKeys, GroupSecret};
+pub use view::{GroupView, ViewEntry};
 
 /// Fill `buf` from the operating system's CSPRNG.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {

@@ -1,5 +1,8 @@
-//! Applying pulled blobs (docs/protocol.md "Blob payloads", §6): open each envelope, check its
-//! sender and sequence number, and write file chunks into a temp file next
+//! Applying pulled blobs (docs/protocol.md "Blob payloads", docs/security.md): open each
+//! envelope first, then check its sender and sequence number — "this
+//! device's own blob" is decided from the sealed sender only, never from
+//! the relay's label — record its sender's group view
+//! ([`crate::withheld`]), and write file chunks into a temp file next
 //! to the destination; when every chunk is there, verify the BLAKE3 of the
 //! whole file and rename it into place. A blob that fails any check is
 //! reported as [`PullEvent::Rejected`] with its cursor, never silently
@@ -14,18 +17,21 @@
 use crate::crypto::GroupKeys;
 use crate::crypto::envelope::{self, BlobKind, FileChunk, FileVersion, validate_device_name};
 use crate::error::{ClientError, Result};
-use crate::integrity::Observation;
+use crate::integrity::{Observation, SenderTrack};
 use crate::journal::Journals;
 use crate::place::{
     Incoming, KnownVersion, Placed, hash_file_nofollow, nofollow, place, received_mode,
 };
+use crate::relpath;
 use crate::state::{ClientState, PartialFile, StateStore};
 use crate::util::now_ms;
+use crate::withheld::absorb_view;
 use serde::Serialize;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use sync_protocol::{DeviceId, PulledBlob};
 
 /// Largest file offset a chunk may write at (1 TiB): bounds disk use from a
@@ -47,7 +53,8 @@ pub const MAX_PARTIAL_FILES: usize = 256;
 pub enum PullEvent {
     /// A file arrived complete and verified.
     File {
-        /// Its name.
+        /// Its relative path under the output directory (`/`-separated,
+        /// docs/client.md "Directories").
         name: String,
         /// Where it was written.
         path: PathBuf,
@@ -62,7 +69,7 @@ pub enum PullEvent {
     /// file was kept, and the received one saved beside it (the rules are
     /// in `docs/client.md`, "Local files are never lost").
     Conflict {
-        /// Its name.
+        /// Its relative path under the output directory.
         name: String,
         /// Where it was saved: `NAME (conflict DEVICE DATE TIME).EXT`.
         path: PathBuf,
@@ -78,7 +85,7 @@ pub enum PullEvent {
     /// A file arrived that is older, in its history, than the version this
     /// device has: not written.
     Outdated {
-        /// Its name.
+        /// Its relative path under the output directory.
         name: String,
         /// The path whose newer version was kept.
         path: PathBuf,
@@ -89,7 +96,7 @@ pub enum PullEvent {
     },
     /// Part of a file arrived (for progress display).
     Progress {
-        /// The file's name.
+        /// The file's relative path.
         name: String,
         /// Bytes of it received so far.
         received: u64,
@@ -112,7 +119,7 @@ pub enum PullEvent {
     },
     /// A sender abandoned a file; its partial copy was removed.
     Abandoned {
-        /// The file's name, if a partial copy existed.
+        /// The file's relative path, if a partial copy existed.
         name: Option<String>,
         /// Sender's node id (hex).
         sender: String,
@@ -145,6 +152,20 @@ pub enum PullEvent {
         /// Last missing number.
         last: u64,
     },
+    /// Another member's group view says a sender used sequence numbers
+    /// above the highest this device was delivered, although the relay has
+    /// nothing more: blobs the relay withheld from this device (or that
+    /// expired before it pulled them). See docs/security.md.
+    Withheld {
+        /// The sender whose blobs are missing (node id, hex).
+        sender: String,
+        /// First missing number.
+        first: u64,
+        /// Last missing number.
+        last: u64,
+        /// The member whose view revealed them (node id, hex).
+        claimed_by: String,
+    },
     /// Caught up with the relay (following only).
     Synced {
         /// Local cursor.
@@ -168,6 +189,9 @@ pub struct Receiver<'a> {
     keys: &'a GroupKeys,
     me: DeviceId,
     out_dir: PathBuf,
+    /// This device's next sequence number as last read from `seq.json`
+    /// (0: not read yet); re-read when one of its own blobs is above it.
+    own_next_seq: AtomicU64,
 }
 
 impl<'a> Receiver<'a> {
@@ -177,6 +201,7 @@ impl<'a> Receiver<'a> {
             keys,
             me,
             out_dir: out_dir.into(),
+            own_next_seq: AtomicU64::new(0),
         }
     }
 
@@ -216,7 +241,8 @@ impl<'a> Receiver<'a> {
     /// Apply one blob, updating `store.state` (saving it only around a
     /// file's completion) and reporting what happened through `events`.
     /// Only local I/O failures are errors; anything wrong with the blob is
-    /// an event. Moves the cursor to the blob's.
+    /// an event. Moves the cursor to the blob's (the cursor only ever
+    /// moves to that of a blob the relay delivered).
     pub fn apply(
         &self,
         blob: PulledBlob,
@@ -235,10 +261,6 @@ impl<'a> Receiver<'a> {
         store: &mut StateStore,
         events: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<()> {
-        if blob.sender == self.me {
-            // Our own blob coming back: we have its content already.
-            return Ok(());
-        }
         let state = &mut store.state;
         let reject = |state: &mut ClientState,
                       events: &mut (dyn FnMut(PullEvent) + Send),
@@ -267,8 +289,33 @@ impl<'a> Receiver<'a> {
             reject(state, events, reason);
             return Ok(());
         }
+        if header.sender == self.me {
+            // This device's own blob coming back (by its sealed sender, which
+            // the relay cannot forge): its content is here already. A number
+            // this device never used means a member sealed it in this
+            // device's name.
+            if header.seq == 0 || !self.used_own_seq(store, header.seq)? {
+                let reason = format!(
+                    "blob claims to be this device's sequence number {}, which this device never used",
+                    header.seq
+                );
+                reject(&mut store.state, events, reason);
+            }
+            return Ok(());
+        }
         let sender = hex::encode(blob.sender.0);
-        if !state.senders.contains_key(&sender) && state.senders.len() >= MAX_SENDERS {
+        let tracked = state
+            .senders
+            .get(&sender)
+            .is_some_and(|t| !t.is_claim_only());
+        if !tracked
+            && state
+                .senders
+                .values()
+                .filter(|t| !t.is_claim_only())
+                .count()
+                >= MAX_SENDERS
+        {
             reject(
                 state,
                 events,
@@ -278,7 +325,7 @@ impl<'a> Receiver<'a> {
         }
         let track = state.senders.entry(sender.clone()).or_default();
         match track.observe(header.seq) {
-            Observation::New => {}
+            Observation::New => track.last_cursor = blob.cursor,
             Observation::Replay => {
                 state.replays += 1;
                 events(PullEvent::Replay {
@@ -289,6 +336,11 @@ impl<'a> Receiver<'a> {
                 return Ok(());
             }
             Observation::Refused(why) => {
+                // A record made for this blob alone would be empty: drop it,
+                // so refused blobs of new senders leave nothing behind.
+                if *track == SenderTrack::default() {
+                    state.senders.remove(&sender);
+                }
                 reject(
                     state,
                     events,
@@ -297,6 +349,7 @@ impl<'a> Receiver<'a> {
                 return Ok(());
             }
         }
+        absorb_view(state, &header.sender, &self.me, &header.view);
         match header.kind {
             BlobKind::Message => {
                 events(PullEvent::Message {
@@ -312,6 +365,7 @@ impl<'a> Receiver<'a> {
                 first_seq,
                 last_seq,
             } => {
+                let track = state.senders.entry(sender.clone()).or_default();
                 if let Err(why) = track.void(first_seq, last_seq) {
                     reject(
                         state,
@@ -346,6 +400,18 @@ impl<'a> Receiver<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether this device has used sequence number `seq`: below its next
+    /// number in `seq.json` (read again only when `seq` is not below the
+    /// value last read, as pushes move it on).
+    fn used_own_seq(&self, store: &StateStore, seq: u64) -> Result<bool> {
+        if seq < self.own_next_seq.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let next = store.next_seq()?;
+        self.own_next_seq.store(next, Ordering::Relaxed);
+        Ok(seq < next)
     }
 
     /// `Ok(Ok(Some(File)))` when the file completed, `Ok(Err(reason))` when
@@ -526,8 +592,10 @@ impl<'a> Receiver<'a> {
             return Ok(Err(format!("{:?} has no end record", partial.name)));
         };
         let temp = &partial.temp_path;
-        let dir = temp.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let key = Self::dest_key(&dir, &partial.name);
+        // Temp files live at the top of the output directory; the file's
+        // relative path is resolved under it (crate::relpath).
+        let root = temp.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let key = Self::dest_key(&root, &partial.name);
         let version = KnownVersion {
             lineage: partial.lineage.clone(),
             generation: partial.generation,
@@ -544,9 +612,13 @@ impl<'a> Receiver<'a> {
             cursor,
         };
         if fs::symlink_metadata(temp).is_err() {
-            let dest = dir.join(&partial.name);
-            return match hash_file_nofollow(&dest) {
-                Ok(h) if h.to_hex().as_str() == hash.as_str() => {
+            let dest = match relpath::resolve(&root, &partial.name, false)? {
+                Ok((dir, leaf)) => Some(dir.join(leaf)),
+                Err(_) => None,
+            };
+            return match dest.as_deref().map(hash_file_nofollow) {
+                Some(Ok(h)) if h.to_hex().as_str() == hash.as_str() => {
+                    let dest = dest.expect("matched Some");
                     store.state.files.insert(key, version);
                     Ok(Ok(file(dest)))
                 }
@@ -575,6 +647,16 @@ impl<'a> Receiver<'a> {
         f.set_permissions(fs::Permissions::from_mode(received_mode(partial.mode)))
             .map_err(ClientError::io(temp))?;
         drop(f);
+        // Its directories, made one component at a time, never through a
+        // symlink or out of the output directory; a path that cannot be
+        // made there is refused (the verified copy is discarded).
+        let (dir, leaf) = match relpath::resolve(&root, &partial.name, true)? {
+            Ok(found) => found,
+            Err(why) => {
+                let _ = fs::remove_file(temp);
+                return Ok(Err(format!("{:?} not written: {why}", partial.name)));
+            }
+        };
         let device_label = partial
             .device
             .clone()
@@ -582,7 +664,7 @@ impl<'a> Receiver<'a> {
             .unwrap_or_else(|| partial.sender.chars().take(8).collect());
         let known = self.known_at(store, &key)?;
         let incoming = Incoming {
-            name: &partial.name,
+            name: &leaf,
             temp,
             version: &version,
             device_label: &device_label,
@@ -614,6 +696,25 @@ impl<'a> Receiver<'a> {
 /// following a symlink.
 pub fn hash_file(path: &Path) -> Result<blake3::Hash> {
     hash_file_nofollow(path)
+}
+
+/// Numbers of every sender that another member's view revealed and the
+/// relay never delivered, as [`PullEvent::Withheld`]s. Call once the relay
+/// has nothing more (docs/security.md "Withheld blobs").
+pub fn withheld_events(state: &ClientState) -> Vec<PullEvent> {
+    state
+        .senders
+        .iter()
+        .filter_map(|(sender, track)| {
+            let (first, last) = track.withheld()?;
+            Some(PullEvent::Withheld {
+                sender: sender.clone(),
+                first,
+                last,
+                claimed_by: track.claimed_by.clone().unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// Turn unfilled gaps of every sender into [`PullEvent::Gap`]s.

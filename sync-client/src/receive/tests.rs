@@ -31,6 +31,7 @@ fn blob(f: &Fixture, cursor: u64, id: u8, seq: u64, kind: BlobKind, body: &[u8])
         created_at_ms: 1,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     };
     PulledBlob {
         cursor,
@@ -104,6 +105,155 @@ fn a_blob_with_a_forged_sender_is_rejected() {
     let events = apply_all(&mut f, &[b]);
     assert!(
         matches!(&events[0], PullEvent::Rejected { cursor: 1, reason, .. } if reason.contains("claims sender"))
+    );
+}
+
+/// This device in [`apply_all`].
+const ME: DeviceId = DeviceId([2; 32]);
+
+/// A message sealed by `sender` with `view`, labelled `label` by the relay.
+fn sealed_by(
+    f: &Fixture,
+    sender: DeviceId,
+    label: DeviceId,
+    cursor: u64,
+    seq: u64,
+    view: &[(DeviceId, u64)],
+) -> PulledBlob {
+    let blob_id = BlobId(
+        *blake3::hash(&cursor.to_be_bytes())
+            .as_bytes()
+            .first_chunk()
+            .unwrap(),
+    );
+    let view = crate::crypto::GroupView::new(
+        view.iter()
+            .map(|&(device, seq)| crate::crypto::ViewEntry { device, seq })
+            .collect(),
+    )
+    .unwrap();
+    let header = BlobHeader {
+        kind: BlobKind::Message,
+        sender,
+        seq,
+        created_at_ms: 1,
+        compression: Compression::None,
+        body_len: 0,
+        view,
+    };
+    PulledBlob {
+        cursor,
+        blob_id,
+        sender: label,
+        created_at: 1,
+        payload: seal(&f.keys, &blob_id, header, b"m", 1 << 20).unwrap(),
+    }
+}
+
+#[test]
+fn a_blob_the_relay_labels_as_this_devices_own_is_opened_and_reported() {
+    // Sealed by SENDER; the relay says it is this device's own. Before, the
+    // label alone made the receiver skip it unopened and unreported.
+    let mut f = fixture();
+    let b = sealed_by(&f, SENDER, ME, 1, 1, &[]);
+    let events = apply_all(&mut f, &[b]);
+    assert!(
+        matches!(&events[..], [PullEvent::Rejected { cursor: 1, reason, .. }] if reason.contains("claims sender")),
+        "{events:?}"
+    );
+    assert_eq!(f.store.state.rejected, 1);
+    assert_eq!(f.store.state.cursor, 1);
+}
+
+#[test]
+fn this_devices_own_blob_is_known_by_its_sealed_sender() {
+    let mut f = fixture();
+    f.store.reserve_seqs(3).unwrap(); // this device used 1, 2 and 3
+    let own = sealed_by(&f, ME, ME, 1, 3, &[(SENDER, 5)]);
+    // Sealed in this device's name with a number it never used: a member
+    // forging it (with the relay's label to match).
+    let forged = sealed_by(&f, ME, ME, 2, 4, &[]);
+    let events = apply_all(&mut f, &[own, forged]);
+    assert!(
+        matches!(&events[..], [PullEvent::Rejected { cursor: 2, reason, .. }] if reason.contains("never used")),
+        "{events:?}"
+    );
+    assert!(
+        f.store.state.senders.is_empty(),
+        "own blobs (and their views) are not tracked: {:?}",
+        f.store.state.senders
+    );
+    assert_eq!(f.store.state.cursor, 2);
+}
+
+#[test]
+fn a_later_view_reveals_a_senders_newest_blobs_as_withheld() {
+    // X's blobs 1 and 2 arrive; 3 and 4 are withheld. Y received them and
+    // says so in the view of its blob.
+    let mut f = fixture();
+    let (x, y) = (DeviceId([0x11; 32]), DeviceId([0x22; 32]));
+    let blobs = [
+        sealed_by(&f, x, x, 1, 1, &[]),
+        sealed_by(&f, x, x, 2, 2, &[]),
+        sealed_by(&f, y, y, 5, 1, &[(x, 4), (ME, 9)]),
+    ];
+    let events = apply_all(&mut f, &blobs);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, PullEvent::Message { .. }))
+    );
+    assert_eq!(gap_events(&f.store.state), vec![]);
+    assert_eq!(
+        withheld_events(&f.store.state),
+        vec![PullEvent::Withheld {
+            sender: hex::encode(x.0),
+            first: 3,
+            last: 4,
+            claimed_by: hex::encode(y.0),
+        }]
+    );
+    // Delivered later: no longer withheld.
+    let late = [
+        sealed_by(&f, x, x, 6, 3, &[]),
+        sealed_by(&f, x, x, 7, 4, &[]),
+    ];
+    apply_all(&mut f, &late);
+    assert_eq!(withheld_events(&f.store.state), vec![]);
+    // The view this device seals names both, most recent first.
+    let view = crate::withheld::own_view(&f.store.state, &ME);
+    let named: Vec<(DeviceId, u64)> = view.entries().iter().map(|e| (e.device, e.seq)).collect();
+    assert_eq!(named, vec![(x, 4), (y, 1)]);
+}
+
+#[test]
+fn refused_numbers_of_new_senders_leave_no_record() {
+    // Were empty records kept, they would count as devices known only from
+    // views and escape both caps.
+    let mut f = fixture();
+    let blobs: Vec<PulledBlob> = (1..=20u8)
+        .map(|i| {
+            sealed_by(
+                &f,
+                DeviceId([i; 32]),
+                DeviceId([i; 32]),
+                u64::from(i),
+                u64::MAX,
+                &[],
+            )
+        })
+        .collect();
+    let events = apply_all(&mut f, &blobs);
+    assert_eq!(events.len(), 20);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, PullEvent::Rejected { .. }))
+    );
+    assert!(
+        f.store.state.senders.is_empty(),
+        "{:?}",
+        f.store.state.senders
     );
 }
 
@@ -257,6 +407,7 @@ fn file_blob(
         created_at_ms: 1,
         compression: Compression::None,
         body_len: 0,
+        view: Default::default(),
     };
     PulledBlob {
         cursor,
@@ -556,6 +707,7 @@ fn the_number_of_senders_and_of_partial_files_is_capped() {
                 created_at_ms: 1,
                 compression: Compression::None,
                 body_len: 0,
+                view: Default::default(),
             };
             PulledBlob {
                 cursor: u64::from(i) + 1,
@@ -601,3 +753,5 @@ fn the_number_of_senders_and_of_partial_files_is_capped() {
     );
     assert_eq!(listing(&f).len(), MAX_PARTIAL_FILES, "no temp file for it");
 }
+
+mod paths;

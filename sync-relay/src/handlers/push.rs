@@ -100,21 +100,7 @@ async fn store(
         });
     }
     let bytes: u64 = items.iter().map(|i| i.payload.len() as u64).sum();
-    if let Err(limited) = ctx.rate_limits.check_push_bytes(&sender, bytes) {
-        ctx.metrics
-            .rate_limited
-            .get_or_create(&KindLabel {
-                kind: limited.kind.name(),
-            })
-            .inc();
-        return Err(ErrorMsg::new(
-            ErrorCode::RateLimited,
-            format!(
-                "this device is pushing faster than the relay allows ({bytes} bytes in this push)"
-            ),
-        )
-        .with_retry_after(limited.retry_after_ms()));
-    }
+    crate::admission::request::push_bytes(ctx, &sender, bytes)?;
     let sizes: Vec<u64> = items.iter().map(|i| i.payload.len() as u64).collect();
     let outcome = ctx
         .storage

@@ -23,17 +23,12 @@ pub mod state;
 
 pub use forward::QUIET_RESEND;
 
-use crate::admission::OwnerSessionGuard;
+use crate::admission;
+use crate::admission::session::{Granted, Refusal};
 use crate::auth::check_hello;
-use crate::budget::{
-    Exhausted, PendingHello, RELAY_BUSY_RETRY_MS, Reservation, SESSION_BUSY_RETRY_MS,
-    SessionBudget, WriteError, write_frame,
-};
-use crate::context::{RelayContext, SessionGuard, now_ms};
+use crate::budget::{PendingHello, Reservation, SessionBudget, WriteError, write_frame};
+use crate::context::RelayContext;
 use crate::handlers::{self, pull::PullError};
-use crate::metrics::KindLabel;
-use crate::notify::Subscription;
-use crate::ratelimit::{LimitKind, Limited};
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use state::{Action, Event, HelloVerdict, SessionState};
 use std::net::IpAddr;
@@ -51,10 +46,6 @@ use tracing::{debug, info, warn};
 /// How long the relay waits for the peer to take an error frame before it
 /// closes the connection after a rejection.
 const REJECT_FLUSH: Duration = Duration::from_secs(2);
-/// Retry hint (ms) when a group is at its session cap.
-const GROUP_FULL_RETRY_MS: u32 = 5_000;
-/// Retry hint (ms) when the relay is at its session capacity.
-const OVERLOADED_RETRY_MS: u32 = 10_000;
 
 struct Session {
     ctx: Arc<RelayContext>,
@@ -184,16 +175,15 @@ pub async fn serve_connection(
     });
     let admitted = handshake(&session).await;
     drop(awaiting_hello);
-    let Some(Admitted {
-        mut send,
-        head,
-        mut subscription,
-        guard: _live,
-        owner_guard: _owner_live,
-    }) = admitted
-    else {
+    let Some(Admitted { mut send, granted }) = admitted else {
         return;
     };
+    let Granted {
+        head,
+        mut subscription,
+        live: _live,
+        owner: _owner_live,
+    } = granted;
     info!(device = %device, "session active");
     crate::endpoint::open_session(&session.conn, &ctx.limits);
     let welcome = Message::Welcome(ctx.welcome(head));
@@ -267,16 +257,12 @@ pub async fn serve_connection(
 /// What a session that passed its `Hello` holds.
 struct Admitted {
     send: SendStream,
-    head: u64,
-    subscription: Subscription,
-    guard: SessionGuard,
-    owner_guard: Option<OwnerSessionGuard>,
+    granted: Granted,
 }
 
-/// Read and check the `Hello` (proof, then session caps, then the group's
-/// admission in storage and its owner's session cap). Returns the first
-/// stream's send half, the group's head, the group's NOTIFY subscription and
-/// the live-session guards when the session became active.
+/// Read and check the `Hello` (its proof, [`crate::auth`], then its
+/// admission, [`crate::admission::session`]). Returns the first stream's
+/// send half and what admission granted when the session became active.
 async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
     let ctx = &session.ctx;
     let hello_timeout = RelayContext::secs(ctx.limits.hello_timeout_s);
@@ -333,136 +319,81 @@ async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
         }
     };
     let group = hello.group_id;
-    let mut verdict = check_hello(&hello, &ctx.relay_id, &session.device);
-    let mut retry_after_ms = None;
-    let mut msg = match verdict {
-        HelloVerdict::UnsupportedVersion => format!(
-            "protocol version {} is not supported; this relay speaks {}",
-            hello.version,
-            sync_protocol::PROTOCOL_VERSION
-        ),
-        _ => "membership proof does not verify for this group, relay and device".into(),
-    };
-    let mut guard = None;
-    let mut subscription = None;
-    if verdict == HelloVerdict::Accepted {
-        if let Some(g) = ctx.try_session_guard() {
-            guard = Some(g);
-            match ctx
-                .notify
-                .try_subscribe(group, ctx.limits.max_group_sessions as usize)
-            {
-                Some(sub) => subscription = Some(sub),
-                None => {
-                    verdict = HelloVerdict::RateLimited;
-                    retry_after_ms = Some(GROUP_FULL_RETRY_MS);
-                    ctx.metrics
-                        .rate_limited
-                        .get_or_create(&KindLabel {
-                            kind: LimitKind::GroupSessions.name(),
-                        })
-                        .inc();
-                    msg = format!(
-                        "the group already has {} live sessions, the most this relay allows",
-                        ctx.limits.max_group_sessions
-                    );
-                }
-            }
-        } else {
-            verdict = HelloVerdict::Overloaded;
-            retry_after_ms = Some(OVERLOADED_RETRY_MS);
-            msg = "the relay is at its session capacity".into();
-        }
+    let verdict = check_hello(&hello, &ctx.relay_id, &session.device);
+    if verdict != HelloVerdict::Accepted {
+        let msg = match verdict {
+            HelloVerdict::UnsupportedVersion => format!(
+                "protocol version {} is not supported; this relay speaks {}",
+                hello.version,
+                sync_protocol::PROTOCOL_VERSION
+            ),
+            _ => "membership proof does not verify for this group, relay and device".into(),
+        };
+        return reject(session, verdict, &mut send, msg, None).await;
     }
-    let mut opened = None;
-    let mut owner_guard = None;
-    if verdict == HelloVerdict::Accepted {
-        let new_group = ctx.admission.new_group(token.as_ref(), session.remote);
-        match ctx
-            .storage
-            .open_session(group, session.device, now_ms(), new_group)
+    let granted =
+        match admission::session::admit(ctx, group, session.device, session.remote, token.as_ref())
             .await
         {
-            Ok(o) => match ctx.admission.owner_session(o.owner) {
-                Ok(g) => {
-                    owner_guard = g;
-                    opened = Some(o);
-                }
-                Err(limit) => {
-                    verdict = HelloVerdict::RateLimited;
-                    retry_after_ms = Some(GROUP_FULL_RETRY_MS);
-                    ctx.metrics
-                        .rate_limited
-                        .get_or_create(&KindLabel {
-                            kind: "owner_sessions",
-                        })
-                        .inc();
-                    msg = format!(
-                        "the groups created from this group's address already have {limit} live \
-                         sessions, the most this relay allows"
-                    );
-                }
-            },
-            Err(err) if err.is_refusal() => {
-                let reply = crate::handlers::error_msg(err);
-                verdict = HelloVerdict::Refused(reply.error_code());
-                retry_after_ms = reply.retry_after_ms;
-                msg = reply.message;
-            }
-            Err(err) => {
-                let reply = crate::handlers::error_msg(err);
-                let close = if reply.error_code() == ErrorCode::ShuttingDown {
-                    CloseCode::ShuttingDown
-                } else {
-                    CloseCode::Internal
+            Ok(granted) => granted,
+            // A refused Hello holds no session slot while its error is flushed
+            // (up to REJECT_FLUSH): refused Hellos must not fill max_sessions.
+            Err(Refusal::Refused(err)) => {
+                let verdict = match err.error_code() {
+                    ErrorCode::Overloaded => HelloVerdict::Overloaded,
+                    ErrorCode::RateLimited => HelloVerdict::RateLimited,
+                    code => HelloVerdict::Refused(code),
                 };
-                drop((guard, subscription));
+                return reject(session, verdict, &mut send, err.message, err.retry_after_ms).await;
+            }
+            Err(Refusal::Failed(err, close)) => {
                 session
                     .perform(
-                        Action::RejectAndClose(reply.error_code(), close),
+                        Action::RejectAndClose(err.error_code(), close),
                         &mut send,
-                        reply.message,
+                        err.message,
                     )
                     .await;
                 return None;
             }
-        }
-    }
-    let action = session.step(Event::Hello(verdict));
+        };
+    let action = session.step(Event::Hello(HelloVerdict::Accepted));
     if action != Action::SendWelcome {
-        info!(device = %session.device, ?verdict, "Hello rejected");
-        // A refused Hello holds no session slot while its error is flushed
-        // (up to REJECT_FLUSH): refused Hellos must not fill max_sessions.
-        drop((guard, subscription, owner_guard));
+        drop(granted);
         session
-            .perform_with_retry(action, &mut send, msg, retry_after_ms)
+            .perform(action, &mut send, "unexpected Hello".into())
             .await;
         return None;
     }
-    let (Some(guard), Some(subscription), Some(opened)) = (guard, subscription, opened) else {
-        return None;
-    };
-    let head = opened.head;
     let _ = session.group.set(group);
     // Publish the stored head after subscribing, so no commit is missed.
-    ctx.notify.publish(group, head);
-    Some(Admitted {
-        send,
-        head,
-        subscription,
-        guard,
-        owner_guard,
-    })
+    ctx.notify.publish(group, granted.head);
+    Some(Admitted { send, granted })
+}
+
+/// Answer a `Hello` that was not admitted with `verdict`'s error and close.
+async fn reject(
+    session: &Session,
+    verdict: HelloVerdict,
+    send: &mut SendStream,
+    msg: String,
+    retry_after_ms: Option<u32>,
+) -> Option<Admitted> {
+    let action = session.step(Event::Hello(verdict));
+    info!(device = %session.device, ?verdict, "Hello rejected");
+    session
+        .perform_with_retry(action, send, msg, retry_after_ms)
+        .await;
+    None
 }
 
 /// Why a request frame was not read.
 enum ReadFailed {
     /// The frame did not arrive within its deadline.
     Deadline(Duration),
-    /// The device is over its request rate.
-    RateLimited(Limited),
-    /// The byte budget could not hold it.
-    Budget(Exhausted),
+    /// Admission refused it ([`crate::admission::request`]): over the
+    /// device's request rate, or the byte budget could not hold it.
+    Refused(ErrorMsg),
 }
 
 /// Read one request frame: the length prefix within `request_timeout_s`;
@@ -484,13 +415,8 @@ async fn read_request(
         Ok(Ok(Some(len))) => len,
         Ok(other) => return Ok((other.map(|_| None), None)),
     };
-    ctx.rate_limits
-        .check_request(&session.device)
-        .map_err(ReadFailed::RateLimited)?;
-    let reserved = session
-        .budget
-        .try_request(len as usize)
-        .map_err(ReadFailed::Budget)?;
+    let reserved = admission::request::admit(ctx, &session.budget, &session.device, len as usize)
+        .map_err(ReadFailed::Refused)?;
     let allowed = ctx.transfer_deadline(len as usize);
     let mut body = Vec::new();
     match tokio::time::timeout_at(started + allowed, read_frame_body(recv, len, &mut body)).await {
@@ -531,44 +457,9 @@ async fn serve_request(session: &Arc<Session>, send: &mut SendStream, mut recv: 
                 .await;
             return;
         }
-        Err(ReadFailed::RateLimited(limited)) => {
-            let _ = recv.stop(VarInt::from_u32(0));
-            ctx.metrics
-                .rate_limited
-                .get_or_create(&KindLabel {
-                    kind: limited.kind.name(),
-                })
-                .inc();
-            let err = ErrorMsg::new(ErrorCode::RateLimited, "too many requests from this device")
-                .with_retry_after(limited.retry_after_ms());
-            session.reply_error(send, err).await;
-            return;
-        }
-        Err(ReadFailed::Budget(exhausted)) => {
+        Err(ReadFailed::Refused(err)) => {
             // Not read: QUIC drops what already arrived of it.
             let _ = recv.stop(VarInt::from_u32(0));
-            ctx.metrics
-                .budget_refusals
-                .get_or_create(&KindLabel {
-                    kind: exhausted.name(),
-                })
-                .inc();
-            let err = match exhausted {
-                Exhausted::Session => ErrorMsg::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "this session already has {} frames' worth of requests being read; \
-                         send fewer at once",
-                        ctx.limits.session_request_frames
-                    ),
-                )
-                .with_retry_after(SESSION_BUSY_RETRY_MS),
-                Exhausted::Relay => ErrorMsg::new(
-                    ErrorCode::Overloaded,
-                    "the relay has too many requests in flight; try again shortly",
-                )
-                .with_retry_after(RELAY_BUSY_RETRY_MS),
-            };
             session.reply_error(send, err).await;
             return;
         }

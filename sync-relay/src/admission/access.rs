@@ -1,5 +1,5 @@
-//! Who may create a group and hold sessions (issue 10, docs/deploy.md
-//! §Access): the decisions of the access mode in one place.
+//! Who may create a group and hold sessions on its groups (docs/deploy.md
+//! §Access): the decisions of the access mode.
 //!
 //! - A `Hello` for a group that does not exist asks to create it. What it
 //!   may do ([`Admission::new_group`]) depends on `[access] mode` and on the
