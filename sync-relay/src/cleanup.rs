@@ -1,7 +1,8 @@
 //! The cleanup task (docs/protocol.md and docs/deploy.md): on every `cleanup.interval_s` it deletes
 //! expired blobs — and, with `cleanup.delete_acked`, blobs every recently
 //! seen device of their group has acknowledged — then prunes devices not
-//! seen for `cleanup.idle_group_days` and the groups they leave empty
+//! seen for `cleanup.idle_group_days` (never one with a live session, but
+//! also from groups that stay) and the groups they leave empty
 //! ([`crate::storage::Storage::prune_idle`]: no blob, no device, not active
 //! since; never a group with a live session), all in batches of
 //! `cleanup.batch_size`, each its own short write transaction, so pushes are
@@ -90,7 +91,7 @@ pub async fn run_once(
     // until it ends, so its group is never pruned under it.
     let idle_before = now.saturating_sub(idle_window_ms(cfg));
     let notify = Arc::clone(&ctx.notify);
-    let live: LiveGroups = Arc::new(move || notify.live_group_ids());
+    let live: LiveGroups = Arc::new(move || notify.live_sessions());
     loop {
         let p = ctx
             .storage

@@ -146,9 +146,9 @@ async fn release_relay(conn: &mut PgConnection, bytes: i64) -> Result<(), Storag
     Ok(())
 }
 
-/// [`sync_storage::Storage::prune_idle`]: idle devices, then idle empty
-/// groups left without devices (so deleting a group never cascades), the
-/// live groups excluded; the pruned groups' owners released and the head
+/// [`sync_storage::Storage::prune_idle`]: idle devices without a live
+/// session (in any group), then idle empty groups left without devices (so
+/// deleting a group never cascades), the live groups excluded; the pruned groups' owners released and the head
 /// floor raised to the highest head pruned; then owner rows left with
 /// nothing (`window_ms`: the length of an address's new-group window).
 ///
@@ -165,16 +165,22 @@ pub(crate) async fn prune_idle(
     window_ms: i64,
 ) -> Result<Pruned, StorageError> {
     lock_cleanup(conn).await?;
-    let live: Vec<Vec<u8>> = live().iter().map(|g| g.0.to_vec()).collect();
+    let sessions = live();
+    // Live devices as `group || device`, live groups as ids.
+    let live_devices: Vec<Vec<u8>> = sessions
+        .iter()
+        .map(|(g, d)| [&g.0[..], &d.0[..]].concat())
+        .collect();
+    let live: Vec<Vec<u8>> = sessions.iter().map(|(g, _)| g.0.to_vec()).collect();
     let devices = sqlx::query(
         "DELETE FROM devices WHERE (group_id, device_id) IN \
          (SELECT group_id, device_id FROM devices WHERE last_seen_at < $1 \
-           AND NOT (group_id = ANY($2::BYTEA[])) \
+           AND NOT ((group_id || device_id) = ANY($2::BYTEA[])) \
            ORDER BY last_seen_at, group_id, device_id LIMIT $3 FOR UPDATE) \
          AND last_seen_at < $1",
     )
     .bind(idle_before_ms)
-    .bind(&live)
+    .bind(&live_devices)
     .bind(i64::from(limit))
     .execute(&mut *conn)
     .await

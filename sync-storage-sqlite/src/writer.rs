@@ -505,9 +505,10 @@ async fn apply(
     }
 }
 
-/// [`sync_storage::Storage::prune_idle`]: idle devices, then idle empty
-/// groups left without devices (so deleting a group never cascades), the
-/// live groups excluded in SQL (a JSON array of hex ids), the head floor
+/// [`sync_storage::Storage::prune_idle`]: idle devices without a live
+/// session (in any group), then idle empty groups left without devices (so
+/// deleting a group never cascades), the live devices and groups excluded in
+/// SQL (JSON arrays of hex ids), the head floor
 /// raised to the highest head pruned and the pruned groups' owners
 /// released; then owner rows left with nothing (`window_ms`: the length of
 /// an address's new-group window).
@@ -518,16 +519,24 @@ async fn prune_idle(
     live: &LiveGroups,
     window_ms: i64,
 ) -> Result<Pruned, StorageError> {
-    let live: Vec<String> = live().iter().map(|g| hex::encode(g.0)).collect();
+    let sessions = live();
+    // Live devices as upper-case hex `group || device` (what SQLite's
+    // `hex(group_id) || hex(device_id)` gives), live groups as hex ids.
+    let live_devices: Vec<String> = sessions
+        .iter()
+        .map(|(g, d)| hex::encode_upper([&g.0[..], &d.0[..]].concat()))
+        .collect();
+    let live_devices = serde_json::Value::from(live_devices).to_string();
+    let live: Vec<String> = sessions.iter().map(|(g, _)| hex::encode(g.0)).collect();
     let live = serde_json::Value::from(live).to_string();
     let devices = sqlx::query(
         "DELETE FROM devices WHERE (group_id, device_id) IN \
          (SELECT group_id, device_id FROM devices WHERE last_seen_at < ?1 \
-           AND group_id NOT IN (SELECT unhex(value) FROM json_each(?2)) \
+           AND hex(group_id) || hex(device_id) NOT IN (SELECT value FROM json_each(?2)) \
            ORDER BY last_seen_at, group_id, device_id LIMIT ?3)",
     )
     .bind(idle_before_ms)
-    .bind(&live)
+    .bind(&live_devices)
     .bind(i64::from(limit))
     .execute(&mut *conn)
     .await

@@ -439,12 +439,14 @@ pub struct Pruned {
     pub owners: u64,
 }
 
-/// The groups that have a live session, asked for by the backend *inside*
-/// its write transaction of a prune, so that a session registered after the
-/// answer opens (`open_session`) after the prune committed. The relay
+/// The live sessions, as `(group, device)` pairs (one per session; a pair
+/// may repeat), asked for by the backend *inside* its write transaction of a
+/// prune, so that a session registered after the answer opens
+/// (`open_session`) after the prune committed. A group named by any pair is
+/// live (never pruned); the device of a pair is never pruned. The relay
 /// answers from its NOTIFY hub, where a session subscribes before it calls
 /// `open_session` and stays subscribed until it ends.
-pub type LiveGroups = Arc<dyn Fn() -> Vec<GroupId> + Send + Sync>;
+pub type LiveGroups = Arc<dyn Fn() -> Vec<(GroupId, DeviceId)> + Send + Sync>;
 
 /// Stored counters compared with the blobs table (a consistency audit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -568,15 +570,18 @@ pub trait Storage: Send + Sync + 'static {
     /// since `seen_since_ms` has acknowledged, in one short transaction.
     async fn delete_acked(&self, seen_since_ms: i64, limit: u32) -> Result<Deleted, StorageError>;
 
-    /// Prune what idle empty groups leave behind, in one short write
-    /// transaction, never touching a group `live` names (asked once, inside
-    /// the transaction):
+    /// Prune idle devices and what idle empty groups leave behind, in one
+    /// short write transaction, never touching a group or device `live`
+    /// names (asked once, inside the transaction; docs/deploy.md "Idle
+    /// groups and devices"):
     /// 1. at most `limit` devices not seen since `idle_before_ms` (Unix ms,
-    ///    `last_seen_at < idle_before_ms`), oldest first (ties by group id,
-    ///    then device id);
-    /// 2. then at most `limit` groups that hold no blob, have no device left
-    ///    and were last active before `idle_before_ms` (opened or pushed to),
-    ///    oldest first (ties by group id). The highest head among them raises
+    ///    `last_seen_at < idle_before_ms`) and without a live session,
+    ///    oldest first (ties by group id, then device id) — also in groups
+    ///    that stay (holding blobs or live), so a member reconnecting with
+    ///    fresh device ids cannot grow the devices table without bound;
+    /// 2. then at most `limit` groups that hold no blob, have no device left,
+    ///    are not live, and were last active before `idle_before_ms` (opened
+    ///    or pushed to), oldest first (ties by group id). The highest head among them raises
     ///    the head floor, where a group created later starts; each pruned
     ///    group's owner counts one group fewer (a token may create another);
     /// 3. then at most `limit` owner rows that own no group and whose

@@ -572,16 +572,18 @@ impl Storage for MemoryStorage {
     ) -> Result<Pruned, StorageError> {
         let window_ms = self.quotas.address.window_ms;
         self.with(|m| {
-            let live: HashSet<GroupId> = live().into_iter().collect();
+            let live_devices: HashSet<(GroupId, DeviceId)> = live().into_iter().collect();
+            let live: HashSet<GroupId> = live_devices.iter().map(|(g, _)| *g).collect();
             let mut pruned = Pruned::default();
             let mut idle: Vec<(i64, GroupId, DeviceId)> = m
                 .groups
                 .iter()
-                .filter(|(gid, _)| !live.contains(gid))
                 .flat_map(|(gid, g)| {
                     g.devices
                         .iter()
-                        .filter(|(_, d)| d.last_seen < idle_before_ms)
+                        .filter(|(did, d)| {
+                            d.last_seen < idle_before_ms && !live_devices.contains(&(*gid, **did))
+                        })
                         .map(|(did, d)| (d.last_seen, *gid, *did))
                 })
                 .collect();

@@ -73,9 +73,9 @@ pub async fn admit(
             .with_retry_after(OVERLOADED_RETRY_MS),
         ));
     };
-    let Some(subscription) = ctx
-        .notify
-        .try_subscribe(group, ctx.limits.max_group_sessions as usize)
+    let Some(subscription) =
+        ctx.notify
+            .try_subscribe(group, device, ctx.limits.max_group_sessions as usize)
     else {
         count(ctx, LimitKind::GroupSessions.name());
         return Err(Refusal::Refused(

@@ -397,9 +397,10 @@ pub async fn idle_empty_groups_are_pruned_and_heads_never_go_backwards(b: &mut d
     assert_eq!(s.delete_expired(1000, 100).await.unwrap().blobs, 3);
     assert_eq!(s.stats().await.unwrap().groups, 5);
 
-    let live: LiveGroups = Arc::new(move || vec![g(4)]);
+    let live: LiveGroups = Arc::new(move || vec![(g(4), D)]);
     let pruned = s.prune_idle(2000, 100, Arc::clone(&live)).await.unwrap();
-    // Devices of 1, 2, 3 (not 4: live; not 5: recent), then groups 2 and 3.
+    // Devices of 1, 2, 3 (not 4's: live session; not 5's: recent), then
+    // groups 2 and 3.
     assert_eq!(
         pruned,
         Pruned {
@@ -448,6 +449,51 @@ pub async fn idle_empty_groups_are_pruned_and_heads_never_go_backwards(b: &mut d
     );
     let audit = s.audit().await.unwrap();
     assert_eq!(audit.mismatched_groups, 0, "{audit:?}");
+}
+
+/// Idle devices go even from a group that stays (live, or holding a blob):
+/// a member who keeps one session open and reconnects with fresh device ids
+/// must not grow the devices table without bound (docs/deploy.md "Idle
+/// groups and devices"). The device with the live session, and the group,
+/// stay. See the test name.
+pub async fn idle_devices_of_a_live_group_are_pruned_but_not_its_live_device(b: &mut dyn Backend) {
+    let s = store(b, u64::MAX / 4).await;
+    let idle = |n: u8| DeviceId([n + 10; 32]);
+    for n in 0..50u8 {
+        s.open_session(G, idle(n), 100 + i64::from(n), NewGroup::Unowned)
+            .await
+            .unwrap();
+    }
+    // The live session opened first, long ago: as idle as the others.
+    s.open_session(G, D, 50, NewGroup::Unowned).await.unwrap();
+    let mut kept = req(vec![expiring(1, 10, i64::MAX)]);
+    kept.now_ms = 200;
+    s.push(kept).await.unwrap();
+    assert_eq!(s.ack(G, D, 1, 60).await.unwrap(), 1);
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.groups, stats.devices), (1, 51));
+
+    let live: LiveGroups = Arc::new(|| vec![(G, D)]);
+    let mut pruned = Pruned::default();
+    loop {
+        let p = s.prune_idle(2000, 20, Arc::clone(&live)).await.unwrap();
+        pruned.devices += p.devices;
+        pruned.groups += p.groups;
+        if p.devices < 20 && p.groups < 20 {
+            break;
+        }
+    }
+    assert_eq!((pruned.devices, pruned.groups), (50, 0));
+    let stats = s.stats().await.unwrap();
+    assert_eq!((stats.groups, stats.devices, stats.blobs), (1, 1, 1));
+    // The live device kept its row and its acknowledged cursor (a lower
+    // ack returns the stored 1, a re-created row would answer 0).
+    assert_eq!(s.ack(G, D, 0, 70).await.unwrap(), 1);
+    assert_eq!(s.stats().await.unwrap().devices, 1);
+    // Once its session ended, it goes too; the group keeps its blob.
+    let p = s.prune_idle(2000, 20, no_live()).await.unwrap();
+    assert_eq!((p.devices, p.groups), (1, 0));
+    assert_eq!(s.head(G).await.unwrap(), 1);
 }
 
 /// See the test name.

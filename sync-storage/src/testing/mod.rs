@@ -76,6 +76,7 @@ macro_rules! storage_contract_tests {
             expired_blobs_are_deleted_in_bounded_batches_with_exact_counters,
             acked_blobs_are_deleted_only_when_every_recent_device_has_them,
             idle_empty_groups_are_pruned_and_heads_never_go_backwards,
+            idle_devices_of_a_live_group_are_pruned_but_not_its_live_device,
             pruning_goes_in_bounded_batches_and_the_floor_survives_reopening,
         );
         $crate::storage_contract_tests!(@each $factory; access:

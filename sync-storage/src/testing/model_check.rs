@@ -363,8 +363,10 @@ async fn drain(s: &dyn Storage, expired: bool, arg: i64) -> Result<Deleted, Stor
     }
 }
 
+/// A live session of `dev(0)` on each of `groups`: the groups are spared,
+/// and of their devices only `dev(0)` (the others are pruned when idle).
 fn live(groups: Vec<GroupId>) -> LiveGroups {
-    Arc::new(move || groups.clone())
+    Arc::new(move || groups.iter().map(|g| (*g, dev(0))).collect())
 }
 
 /// The groups whose bit is set in `mask`.
