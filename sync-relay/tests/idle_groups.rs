@@ -108,6 +108,16 @@ async fn try_hello(
     token: Option<AccessToken>,
 ) -> (iroh::endpoint::Connection, GroupId, Message) {
     let key = SigningKey::from_bytes(&rand::random());
+    hello_with_key(ep, relay, &key, token).await
+}
+
+/// A `Hello` of `ep`'s device on the group of `key`; the relay's answer.
+async fn hello_with_key(
+    ep: &iroh::Endpoint,
+    relay: &Relay,
+    key: &SigningKey,
+    token: Option<AccessToken>,
+) -> (iroh::endpoint::Connection, GroupId, Message) {
     let group = GroupId(key.verifying_key().to_bytes());
     let relay_id = DeviceId(*relay.node_id().as_bytes());
     let device = DeviceId(*ep.id().as_bytes());
@@ -280,6 +290,67 @@ async fn a_thousand_fresh_groups_are_pruned_back_to_the_groups_in_use() {
     }
     live_conn.close(0u32.into(), b"bye");
     ep.close().await;
+    relay.shutdown().await;
+}
+
+/// A member keeps one session open and reconnects from fresh device ids
+/// (node ids) on the same group: every `Hello` leaves a `devices` row, and
+/// the group never goes idle (a live session, a blob). One cleanup with an
+/// idle window of 0 forgets the devices that left, in that live group too,
+/// and keeps the device whose session is still open (docs/deploy.md "Idle
+/// groups and devices").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_that_left_a_live_group_are_pruned_but_not_the_live_one() {
+    const LEFT: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(dir.path(), AccessMode::Open).await;
+    let ctx = Arc::clone(relay.context());
+    let key = SigningKey::from_bytes(&rand::random());
+    let live_ep = client().await;
+    let (live_conn, group, answer) = hello_with_key(&live_ep, &relay, &key, None).await;
+    assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
+    let push = Message::Push(Push {
+        items: vec![PushItem {
+            blob_id: BlobId([1; 16]),
+            payload: vec![7; 100],
+            ttl_s: None,
+        }],
+    });
+    assert!(matches!(
+        exchange(&live_conn, &push).await,
+        Message::PushOk(_)
+    ));
+    for _ in 0..LEFT {
+        let ep = client().await;
+        let (conn, _, answer) = hello_with_key(&ep, &relay, &key, None).await;
+        assert!(matches!(answer, Message::Welcome(_)), "{answer:?}");
+        conn.close(0u32.into(), b"bye");
+        ep.close().await;
+    }
+    wait_sessions(&ctx, 1).await;
+    let db = dir.path().join("data").join("relay.db");
+    assert_eq!(rows_of(&db, &[group]).await, (1, LEFT as i64 + 1));
+
+    // Every row above was written before this instant.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = cleanup::run_once(&ctx, &idle_now()).await.unwrap();
+    assert_eq!(
+        (report.pruned.devices, report.pruned.groups),
+        (LEFT as u64, 0)
+    );
+    assert_eq!(rows_of(&db, &[group]).await, (1, 1));
+    let live_device = DeviceId(*live_ep.id().as_bytes());
+    assert_eq!(ctx.notify.live_sessions(), vec![(group, live_device)]);
+    let stats = ctx.storage.stats().await.unwrap();
+    assert_eq!((stats.groups, stats.devices, stats.blobs), (1, 1, 1));
+    // Once it leaves, its row goes at the next cleanup; the blob keeps the
+    // group.
+    live_conn.close(0u32.into(), b"bye");
+    wait_sessions(&ctx, 0).await;
+    let report = cleanup::run_once(&ctx, &idle_now()).await.unwrap();
+    assert_eq!((report.pruned.devices, report.pruned.groups), (1, 0));
+    assert_eq!(rows_of(&db, &[group]).await, (1, 0));
+    live_ep.close().await;
     relay.shutdown().await;
 }
 
