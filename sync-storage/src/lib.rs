@@ -32,10 +32,12 @@
 
 #![forbid(unsafe_code)]
 
+mod feed;
 mod memory;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use feed::{FEED_CAPACITY, FeedClosed, FeedSender, HeadEvent, HeadFeed};
 pub use memory::MemoryStorage;
 
 use async_trait::async_trait;
@@ -533,6 +535,32 @@ pub trait Storage: Send + Sync + 'static {
     /// The group's head cursor (the head floor for an unknown group: where
     /// it would start).
     async fn head(&self, group: GroupId) -> Result<u64, StorageError>;
+
+    /// The head of each of `groups`, in the order given, as
+    /// [`Storage::head`] answers (the head floor for a group that does not
+    /// exist). A backend answers them in one query where it can
+    /// (PostgreSQL); the default asks [`Storage::head`] for each. The relay
+    /// re-reads heads with it after a [`HeadEvent`] and on its fallback
+    /// poll (docs/deploy.md "Several relays on one PostgreSQL").
+    async fn heads(&self, groups: &[GroupId]) -> Result<Vec<(GroupId, u64)>, StorageError> {
+        let mut out = Vec::with_capacity(groups.len());
+        for &group in groups {
+            out.push((group, self.head(group).await?));
+        }
+        Ok(out)
+    }
+
+    /// A feed of wake-ups for pushes committed by any relay instance that
+    /// shares this storage ([`HeadFeed`]: hints to re-read, never heads to
+    /// trust), or `None` for a backend only one relay uses (the default:
+    /// SQLite, the memory model), where the relay's own push handler
+    /// publishes every head. Each call starts a feed of its own
+    /// (PostgreSQL: one dedicated `LISTEN` connection that reconnects on
+    /// its own); the relay calls it once at start. Call it inside a tokio
+    /// runtime.
+    fn head_changes(&self) -> Option<HeadFeed> {
+        None
+    }
 
     /// Blobs of `group` with cursor > `after` that have not expired at
     /// `now_ms`, oldest first: at most `max_blobs` of them, and no more than
