@@ -78,6 +78,9 @@ pub struct Metrics {
     pub blobs_delivered: Counter,
     /// `Notify` frames written.
     pub notifications_sent: Counter,
+    /// Wake-ups from other relay instances (PostgreSQL `LISTEN`) and the
+    /// fallback poll ([`crate::head_feed`]).
+    pub head_feed: crate::head_feed::FeedMetrics,
     /// Requests or connections refused by a rate limit, by kind.
     pub rate_limited: Family<KindLabel, Counter>,
     /// Pushes refused by a quota, by kind.
@@ -129,6 +132,7 @@ impl Metrics {
             pulls: Counter::default(),
             blobs_delivered: Counter::default(),
             notifications_sent: Counter::default(),
+            head_feed: Default::default(),
             rate_limited: Family::default(),
             quota_rejections: Family::default(),
             cleanup_deleted: Counter::default(),
@@ -176,6 +180,7 @@ impl Metrics {
             "Notify frames written to sessions",
             m.notifications_sent.clone(),
         );
+        m.head_feed.register(&mut registry);
         registry.register(
             "rate_limited",
             "Requests or connections refused by a rate limit, by kind",
