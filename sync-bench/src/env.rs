@@ -58,7 +58,7 @@ pub struct Relay {
 /// Relay config for a benchmark: `max_blob_size` bytes, quotas, rate
 /// limits and access control (open mode, no per-address limits) out of the
 /// way, quiet logs.
-fn bench_config(max_blob_size: u32) -> String {
+pub fn bench_config(max_blob_size: u32) -> String {
     format!(
         "[limits]\nmax_blob_size = {max_blob_size}\nmax_group_storage = 68719476736\n\
          max_storage = 68719476736\nmax_sessions = 20000\nmax_group_sessions = 4096\n\

@@ -16,6 +16,7 @@ fn every_scenario_runs_at_tiny_size() {
     for title in [
         "Push throughput",
         "Notify latency",
+        "Cross-instance notify",
         "Fan-out",
         "Idle sessions",
         "Bulk transfer",
@@ -23,6 +24,13 @@ fn every_scenario_runs_at_tiny_size() {
         "Load:",
     ] {
         assert!(stdout.contains(title), "missing {title}:\n{stdout}");
+    }
+    // With PostgreSQL at hand the cross-instance scenario really ran.
+    if std::env::var("SYNC_TEST_POSTGRES_URL").is_ok() {
+        assert!(
+            stdout.contains("cross instance: push → Notify at B2"),
+            "cross-instance scenario skipped:\n{stdout}"
+        );
     }
     // The load generator ran without errors.
     let load = stdout
