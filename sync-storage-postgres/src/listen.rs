@@ -13,7 +13,8 @@
 //! relay re-reads the head from the table before it publishes one.
 //!
 //! After a dropped connection the listener reconnects with a doubling
-//! backoff ([`RECONNECT_BACKOFF_MIN`] to [`RECONNECT_BACKOFF_MAX`]) and
+//! backoff ([`RECONNECT_BACKOFF_MIN`] to [`RECONNECT_BACKOFF_MAX`]; back to
+//! the minimum only after a connection that held that long) and
 //! sends [`HeadEvent::Resync`] once it listens again: wake-ups of the
 //! outage are lost, so the relay re-reads its live groups' heads.
 
@@ -93,12 +94,27 @@ pub(crate) async fn run(connect: PgConnectOptions, channel: String, mut tx: Feed
     let closed = tx.closed();
     tokio::pin!(closed);
     let mut backoff = RECONNECT_BACKOFF_MIN;
-    let mut was_connected = false;
+    let mut listening_since = None;
     loop {
         let ended = tokio::select! {
             _ = &mut closed => return,
-            ended = listen(&connect, &channel, &mut tx, &mut was_connected) => ended,
+            ended = listen(&connect, &channel, &mut tx, &mut listening_since) => ended,
         };
+        if matches!(ended, Ended::FeedClosed) {
+            return;
+        }
+        if let Some(since) = listening_since.take() {
+            // A fresh outage after a steady connection: the first retry
+            // comes soon. A connection that keeps dropping right after it
+            // was made keeps backing off (each reconnect costs the relay a
+            // re-read of every live group).
+            if since.elapsed() >= RECONNECT_BACKOFF_MAX {
+                backoff = RECONNECT_BACKOFF_MIN;
+            }
+            if tx.send(HeadEvent::Disconnected).is_err() {
+                return;
+            }
+        }
         match ended {
             Ended::FeedClosed => return,
             Ended::Lost(e) => {
@@ -109,14 +125,6 @@ pub(crate) async fn run(connect: PgConnectOptions, channel: String, mut tx: Feed
                     retry_in_ms = backoff.as_millis() as u64,
                     "head listener: connection dropped"
                 );
-            }
-        }
-        if was_connected {
-            was_connected = false;
-            // A fresh outage: the first retry comes soon.
-            backoff = RECONNECT_BACKOFF_MIN;
-            if tx.send(HeadEvent::Disconnected).is_err() {
-                return;
             }
         }
         tokio::select! {
@@ -132,7 +140,7 @@ async fn listen(
     connect: &PgConnectOptions,
     channel: &str,
     tx: &mut FeedSender,
-    was_connected: &mut bool,
+    listening_since: &mut Option<tokio::time::Instant>,
 ) -> Ended {
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -148,7 +156,7 @@ async fn listen(
         listener.listen(channel).await.map_err(Ended::Lost)?;
         // Listening from here on: whatever the consumer re-reads now
         // includes every push a lost wake-up was about.
-        *was_connected = true;
+        *listening_since = Some(tokio::time::Instant::now());
         tracing::info!(channel, "head listener: listening");
         tx.send(HeadEvent::Resync).map_err(|_| Ended::FeedClosed)?;
         loop {
