@@ -7,6 +7,13 @@ use std::path::PathBuf;
 use sync_relay::config::{Config, LogFormat};
 use sync_relay::{Relay, identity};
 
+/// The relay's allocator: jemalloc with background threads, which purge
+/// freed pages back to the system (glibc's malloc keeps them in its arenas;
+/// BENCHMARKS.md "Soak"). Feature `jemalloc`, on by default.
+#[cfg(all(feature = "jemalloc", unix, not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The 0k-sync zero-knowledge sync relay.
 #[derive(Debug, Parser)]
 #[command(version, about)]
