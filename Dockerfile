@@ -5,6 +5,11 @@
 # See docs/deploy.md.
 
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc (the relay's allocator) is built from C source: the slim image has
+# gcc but not make.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make=4.3-4.1 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole workspace is needed to resolve it; .dockerignore keeps target/ and .git out.
 COPY . .
