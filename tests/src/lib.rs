@@ -437,6 +437,17 @@ impl RelayProcess {
         }
     }
 
+    /// The names of the relay process's threads (`/proc/PID/task/*/comm`).
+    /// Panics when they cannot be read.
+    pub fn thread_names(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let tasks = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read {dir}: {e}"));
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect()
+    }
+
     /// The relay's peak resident memory (VmHWM) in KiB since it started or
     /// since the last [`RelayProcess::reset_peak_rss`]. Unlike VmRSS it
     /// also sees memory that was touched and already freed again.
