@@ -34,7 +34,8 @@ USER 10001:10001
 # interfaces inside the container (publish it only where it should be reachable).
 # Storage: SQLite in /data by default; several relays on one PostgreSQL with
 # SYNC_RELAY__STORAGE__URL=postgres://… (docs/deploy.md "Storage backends").
-# Two glibc malloc arenas: peak memory of large transfers ~20 % lower (BENCHMARKS.md).
+# The relay allocates with jemalloc (docs/deploy.md "Allocator"); two glibc
+# arenas for what SQLite's C code allocates with malloc.
 ENV SYNC_RELAY_DATA_DIR=/data \
     SYNC_RELAY_QUIC_BIND=0.0.0.0:4433 \
     SYNC_RELAY_HTTP_BIND=0.0.0.0:8080 \
