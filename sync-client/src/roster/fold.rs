@@ -304,6 +304,8 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
     for (device, name) in renames.into_values() {
         if let Some(m) = state.members.get_mut(&device) {
             m.name = name;
+        } else if let Some(r) = state.removed.get_mut(&device) {
+            r.name = name;
         }
     }
     state.ignored.sort_by_key(|i| i.id);

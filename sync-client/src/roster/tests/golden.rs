@@ -1,0 +1,1 @@
+//! Golden vectors: fixed keys → exact bytes, for every entry and derivation.

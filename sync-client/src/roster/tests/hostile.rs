@@ -1,0 +1,1 @@
+//! Hostile encodings: truncated, bit-flipped, oversized, trailing bytes.
