@@ -7,7 +7,8 @@
 //! - [`wrap`]: an epoch secret sealed to one device with HPKE;
 //! - [`fold`]: entries → [`RosterState`] (membership, names, epochs), with
 //!   the rule that makes concurrent rotations converge;
-//! - [`build`]: making genesis, add, rename and rotate entries.
+//! - [`build`]: making genesis, add, rename and rotate entries;
+//! - [`store`]: the entries a device holds, in `<home>/roster.bin`.
 //!
 //! Key schedule: an epoch's 32-byte secret is a [`crate::GroupSecret`] and
 //! derives that epoch's group id, Hello proofs and blob key exactly as a
@@ -20,6 +21,7 @@ pub mod device;
 pub mod entry;
 pub mod fold;
 pub mod signed;
+pub mod store;
 pub mod wrap;
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 mod fold;
 mod golden;
 mod hostile;
+mod store;
 
 use super::*;
 use sync_protocol::DeviceId;
