@@ -87,17 +87,33 @@ impl SignedEntry {
                 max: MAX_SIGNED_LEN,
             });
         }
+        let (entry, rest) = SignedEntry::decode_prefix(bytes)?;
+        if !rest.is_empty() {
+            return Err(RosterError::TrailingBytes(rest.len()));
+        }
+        Ok(entry)
+    }
+
+    /// Decode and verify the entry at the start of `bytes` (entries are
+    /// self-delimiting); returns it and the bytes after it. Errors: those of
+    /// [`SignedEntry::decode`] but trailing bytes.
+    pub fn decode_prefix(bytes: &[u8]) -> Result<(SignedEntry, &[u8]), RosterError> {
         let (len, rest) = bytes
             .split_first_chunk::<2>()
             .ok_or(RosterError::Truncated("entry length"))?;
         let len = u16::from_be_bytes(*len) as usize;
+        if len > MAX_BODY_LEN {
+            return Err(RosterError::TooLong {
+                what: "entry body",
+                len,
+                max: MAX_BODY_LEN,
+            });
+        }
         if rest.len() < len + 64 {
             return Err(RosterError::Truncated("entry body and signature"));
         }
-        if rest.len() > len + 64 {
-            return Err(RosterError::TrailingBytes(rest.len() - len - 64));
-        }
-        let (body, sig) = rest.split_at(len);
+        let (body, rest) = rest.split_at(len);
+        let (sig, rest) = rest.split_at(64);
         let entry = Entry::decode(body)?;
         let signature: [u8; 64] = sig
             .try_into()
@@ -106,11 +122,12 @@ impl SignedEntry {
             VerifyingKey::from_bytes(&entry.author.0).map_err(|_| RosterError::BadSignature)?;
         key.verify_strict(&signed_message(body), &Signature::from_bytes(&signature))
             .map_err(|_| RosterError::BadSignature)?;
-        Ok(SignedEntry {
+        let signed = SignedEntry {
             id: entry_id(body),
             body: body.to_vec(),
             entry,
             signature,
-        })
+        };
+        Ok((signed, rest))
     }
 }
