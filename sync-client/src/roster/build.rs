@@ -77,6 +77,11 @@ pub fn add(
             short(&device)
         )));
     }
+    if !super::wrap::usable_key(&hpke_key) {
+        return Err(RosterError::Refused(
+            "its HPKE key is not a usable X25519 public key (small order)".into(),
+        ));
+    }
     let kind = EntryKind::Add {
         device,
         hpke_key,

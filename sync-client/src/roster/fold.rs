@@ -312,8 +312,21 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
     Ok(state)
 }
 
-/// Step 2 of the module docs: adds to a fixpoint.
-fn apply_adds(state: &mut RosterState, mut adds: Vec<&SignedEntry>) {
+/// Step 2 of the module docs: adds to a fixpoint. An add whose HPKE key is
+/// of small order is refused first (checked once per entry): no secret can
+/// be wrapped to it, so such a member would block every rotation.
+fn apply_adds(state: &mut RosterState, adds: Vec<&SignedEntry>) {
+    let (mut adds, unusable): (Vec<&SignedEntry>, Vec<&SignedEntry>) =
+        adds.into_iter().partition(|a| match &a.entry().kind {
+            EntryKind::Add { hpke_key, .. } => super::wrap::usable_key(hpke_key),
+            _ => false,
+        });
+    for a in unusable {
+        let reason = RosterError::Refused(
+            "its HPKE key is not a usable X25519 public key (small order)".into(),
+        );
+        state.ignored.push(ignore(a, reason));
+    }
     loop {
         // Smallest entry id first (the batch is in id order).
         let mut chosen: BTreeMap<DeviceId, &SignedEntry> = BTreeMap::new();

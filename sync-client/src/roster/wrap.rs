@@ -75,6 +75,17 @@ pub fn wrap(
     to_wrapped(device, sealed)
 }
 
+/// True when secrets can be wrapped to `key`: HPKE refuses public keys of
+/// small order (their Diffie-Hellman output is all zero, RFC 9180 §7.1.4),
+/// so a member with such a key would block every rotation. Costs one
+/// throwaway encapsulation.
+pub fn usable_key(key: &HpkePublicKey) -> bool {
+    let Ok(pk) = public_key(key) else {
+        return false;
+    };
+    hpke::single_shot_seal::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, b"", b"", b"").is_ok()
+}
+
 /// [`wrap`] with a caller's random generator (golden vectors use a seeded one).
 pub fn wrap_with_rng(
     secret: &GroupSecret,

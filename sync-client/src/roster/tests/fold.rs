@@ -65,6 +65,10 @@ fn an_entry_signed_by_a_non_member_is_rejected() {
     let mut en = add(&s, 1, 9, "mallory").entry().clone();
     en.author = id(8);
     let forged = forge(en, 8);
+    assert!(matches!(
+        build::add(&s, &keys(1), id(9), [0; 32], "x", 1),
+        Err(RosterError::Refused(_))
+    ));
     entries.push(forged.clone());
     let s2 = fold_all(&g, &entries);
     assert_eq!(s2.members, s.members, "nothing changes");
@@ -433,4 +437,28 @@ fn the_full_scenario_folds_as_designed() {
     );
     assert!(kinds.iter().any(|r| matches!(r, RosterError::Orphaned(1))));
     assert!(kinds.iter().any(|r| matches!(r, RosterError::Removed(_))));
+}
+
+#[test]
+fn an_add_with_a_small_order_hpke_key_is_refused() {
+    // Such a key would make every later rotation fail to wrap to it.
+    let (g, mut entries, s) = four_devices();
+    let mut low = [0u8; 32];
+    low[0] = 1;
+    let mut en = add(&s, 1, 9, "lowkey").entry().clone();
+    en.kind = EntryKind::Add {
+        device: id(9),
+        hpke_key: low,
+        name: "lowkey".into(),
+    };
+    entries.push(forge(en, 1));
+    let s1 = fold_all(&g, &entries);
+    assert!(!s1.members.contains_key(&id(9)));
+    assert!(
+        reasons(&s1)[0].contains("small order"),
+        "{:?}",
+        reasons(&s1)
+    );
+    // So a rotation still wraps to every member.
+    assert!(build::rotate(&s1, &keys(1), &[], 1).is_ok());
 }
