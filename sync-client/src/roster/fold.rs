@@ -427,11 +427,16 @@ fn check_rotation(state: &RosterState, e: &SignedEntry) -> Result<(), RosterErro
 /// Step 4 of the module docs: close the epoch with its valid rotations
 /// (in entry id order, at least one).
 fn close_epoch(state: &mut RosterState, rotations: &[&SignedEntry]) {
-    let removals = |e: &SignedEntry| match &e.entry().kind {
-        EntryKind::Rotate { removed, .. } => removed.clone(),
-        _ => Vec::new(),
-    };
-    let union: BTreeSet<DeviceId> = rotations.iter().flat_map(|e| removals(e)).collect();
+    fn removals(e: &SignedEntry) -> &[DeviceId] {
+        match &e.entry().kind {
+            EntryKind::Rotate { removed, .. } => removed,
+            _ => &[],
+        }
+    }
+    let union: BTreeSet<DeviceId> = rotations
+        .iter()
+        .flat_map(|e| removals(e).iter().copied())
+        .collect();
     let winner = rotations
         .iter()
         .find(|e| !union.contains(&e.entry().author))
