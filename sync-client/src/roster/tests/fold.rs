@@ -462,3 +462,89 @@ fn an_add_with_a_small_order_hpke_key_is_refused() {
     // So a rotation still wraps to every member.
     assert!(build::rotate(&s1, &keys(1), &[], 1).is_ok());
 }
+
+/// A small deterministic generator for random scenarios (xorshift).
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+}
+
+/// Random concurrent rotations over two epochs: `n` devices added by the
+/// founder, then in each epoch 1–3 rotations by random members, each
+/// removing a random subset of the others.
+fn random_rotations(seed: u64) -> (SignedEntry, Vec<SignedEntry>, Vec<Vec<DeviceId>>) {
+    let mut r = Gen(seed | 1);
+    let n = 3 + r.next(5) as u8;
+    let (g, s0) = founded();
+    let mut entries: Vec<SignedEntry> = (2..=n).map(|i| add(&s0, 1, i, "dev")).collect();
+    let mut removals = Vec::new();
+    for epoch in 0..2u8 {
+        let s = fold_all(&g, &entries);
+        let members: Vec<u8> = (1..=n)
+            .filter(|i| s.members.contains_key(&id(*i)))
+            .collect();
+        if members.is_empty() {
+            break;
+        }
+        let mut batch = Vec::new();
+        for k in 0..1 + r.next(3) {
+            let author = members[r.next(members.len())];
+            let removed: Vec<u8> = members
+                .iter()
+                .copied()
+                .filter(|m| *m != author && r.next(3) == 0)
+                .collect();
+            removals.push(removed.iter().map(|&i| id(i)).collect());
+            batch.push(rotate(&s, author, &removed, 50 + epoch * 8 + k as u8));
+        }
+        entries.extend(batch);
+    }
+    (g, entries, removals)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Whatever concurrent rotations happen, every order folds alike, and
+    /// the result keeps the promises of docs/security.md: every removal of
+    /// the first epoch counts, members and removed devices are disjoint,
+    /// every member opens the current secret, and a removed device opens it
+    /// only while `must_rotate` names it.
+    #[test]
+    fn concurrent_rotations_converge_and_keep_their_promises(
+        seed in any::<u64>(),
+        order in Just((0..16usize).collect::<Vec<_>>()).prop_shuffle(),
+    ) {
+        let (g, entries, removals) = random_rotations(seed);
+        let want = fold_all(&g, &entries);
+        let mut shuffled: Vec<SignedEntry> = order.iter().filter_map(|&i| entries.get(i).cloned()).collect();
+        shuffled.extend(entries.iter().skip(16).cloned());
+        prop_assert_eq!(&fold_all(&g, &shuffled), &want);
+
+        // Rotations of epoch 0 are all valid: each of their removals counts.
+        let first_epoch = entries.iter().filter(|e| e.entry().epoch == 0 && matches!(e.entry().kind, EntryKind::Rotate { .. })).count();
+        for d in removals.iter().take(first_epoch).flatten() {
+            prop_assert!(want.removed.contains_key(d));
+        }
+        for d in want.members.keys() {
+            prop_assert!(!want.removed.contains_key(d));
+            prop_assert!(want.epoch_secret(want.epoch, &keys(d_index(d))).is_ok());
+        }
+        for d in want.removed.keys() {
+            let opens = want.epoch_secret(want.epoch, &keys(d_index(d))).is_ok();
+            prop_assert_eq!(opens, want.must_rotate.contains(d));
+        }
+        prop_assert!(want.must_rotate.iter().all(|d| want.removed.contains_key(d)));
+    }
+}
+
+/// The test index of device id `d` (devices 1..=8).
+fn d_index(d: &DeviceId) -> u8 {
+    (1..=8).find(|i| id(*i) == *d).unwrap()
+}
