@@ -70,7 +70,8 @@ pub struct Entry {
     pub anchor: EntryId,
     /// The signing device (its iroh node id, an Ed25519 public key).
     pub author: DeviceId,
-    /// When the author made it, Unix ms (shown, never trusted for order).
+    /// When the author made it, Unix ms, as the author claims: shown, and
+    /// orders renames within an epoch; nothing else is ordered by it.
     pub created_at_ms: u64,
     /// What it does.
     pub kind: EntryKind,
