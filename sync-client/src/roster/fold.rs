@@ -295,7 +295,12 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
         if rotations.is_empty() {
             break;
         }
-        close_epoch(&mut state, &rotations);
+        let confirmed: Vec<&SignedEntry> = rotations
+            .iter()
+            .filter(|r| is_confirmed(r, state.epoch, &batches))
+            .copied()
+            .collect();
+        close_epoch(&mut state, &rotations, &confirmed);
     }
     for e in batches.into_values().flatten() {
         let reason = RosterError::Orphaned(e.entry().epoch);
@@ -424,9 +429,33 @@ fn check_rotation(state: &RosterState, e: &SignedEntry) -> Result<(), RosterErro
     Ok(())
 }
 
+/// Whether rotation `r` of epoch `epoch` is *confirmed*: the entries hold
+/// one of epoch `epoch + 1` anchored on `r` whose author is one of `r`'s
+/// recipients other than its author (a member that moved on with `r`).
+/// `batches` holds the entries of epochs not folded yet, by (epoch, anchor).
+fn is_confirmed(
+    r: &SignedEntry,
+    epoch: u64,
+    batches: &BTreeMap<(u64, EntryId), Vec<&SignedEntry>>,
+) -> bool {
+    let EntryKind::Rotate { wraps, .. } = &r.entry().kind else {
+        return false;
+    };
+    let Some(next) = batches.get(&(epoch.saturating_add(1), r.id())) else {
+        return false;
+    };
+    next.iter().any(|e| {
+        let author = e.entry().author;
+        author != r.entry().author && wraps.iter().any(|w| w.device == author)
+    })
+}
+
 /// Step 4 of the module docs: close the epoch with its valid rotations
-/// (in entry id order, at least one).
-fn close_epoch(state: &mut RosterState, rotations: &[&SignedEntry]) {
+/// (in entry id order, at least one), of which `confirmed` are confirmed
+/// ([`is_confirmed`]). When any is, the winner is chosen among those only:
+/// a rotation that arrives after members moved on can never re-anchor the
+/// next epoch (change its secret, orphan its entries).
+fn close_epoch(state: &mut RosterState, rotations: &[&SignedEntry], confirmed: &[&SignedEntry]) {
     fn removals(e: &SignedEntry) -> &[DeviceId] {
         match &e.entry().kind {
             EntryKind::Rotate { removed, .. } => removed,
@@ -437,10 +466,15 @@ fn close_epoch(state: &mut RosterState, rotations: &[&SignedEntry]) {
         .iter()
         .flat_map(|e| removals(e).iter().copied())
         .collect();
-    let winner = rotations
+    let candidates = if confirmed.is_empty() {
+        rotations
+    } else {
+        confirmed
+    };
+    let winner = candidates
         .iter()
         .find(|e| !union.contains(&e.entry().author))
-        .unwrap_or(&rotations[0]);
+        .unwrap_or(&candidates[0]);
     let EntryKind::Rotate {
         new_group_id,
         wraps,

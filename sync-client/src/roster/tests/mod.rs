@@ -4,6 +4,7 @@ mod fold;
 mod golden;
 mod hostile;
 mod store;
+mod attacks;
 
 use super::*;
 use sync_protocol::DeviceId;
