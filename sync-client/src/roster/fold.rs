@@ -475,6 +475,22 @@ fn close_epoch(state: &mut RosterState, rotations: &[&SignedEntry], confirmed: &
         .iter()
         .find(|e| !union.contains(&e.entry().author))
         .unwrap_or(&candidates[0]);
+    // Once the epoch is settled, a rotation whose author the winner removes
+    // keeps at most its removal of the winner's author (a mutual removal,
+    // which a race and a late entry cannot be told apart by); the rest of
+    // what it names is dropped.
+    let settled_winner = (!confirmed.is_empty()).then_some(*winner);
+    let effective = |e: &SignedEntry| -> Vec<DeviceId> {
+        match settled_winner {
+            Some(w) if removals(w).contains(&e.entry().author) => removals(e)
+                .iter()
+                .filter(|d| **d == w.entry().author)
+                .copied()
+                .collect(),
+            _ => removals(e).to_vec(),
+        }
+    };
+    let union: BTreeSet<DeviceId> = rotations.iter().flat_map(|e| effective(e)).collect();
     let EntryKind::Rotate {
         new_group_id,
         wraps,
@@ -487,7 +503,7 @@ fn close_epoch(state: &mut RosterState, rotations: &[&SignedEntry], confirmed: &
         // The first rotation (smallest id) that removes `d`.
         let by = rotations
             .iter()
-            .find(|e| removals(e).contains(d))
+            .find(|e| effective(e).contains(d))
             .map(|e| e.entry().author)
             .unwrap_or(winner.entry().author);
         let name = state

@@ -527,10 +527,26 @@ proptest! {
         shuffled.extend(entries.iter().skip(16).cloned());
         prop_assert_eq!(&fold_all(&g, &shuffled), &want);
 
-        // Rotations of epoch 0 are all valid: each of their removals counts.
-        let first_epoch = entries.iter().filter(|e| e.entry().epoch == 0 && matches!(e.entry().kind, EntryKind::Rotate { .. })).count();
-        for d in removals.iter().take(first_epoch).flatten() {
-            prop_assert!(want.removed.contains_key(d));
+        // Rotations of epoch 0 are all valid: each of their removals counts,
+        // but once epoch 0 is settled (a recipient of the winner other than
+        // its author acted in epoch 1), a rotation whose author the winner
+        // removes keeps only its removal of the winner's author.
+        let rotations: Vec<&SignedEntry> = entries.iter().filter(|e| matches!(e.entry().kind, EntryKind::Rotate { .. })).collect();
+        let winner = rotations.iter().find(|r| Some(r.id()) == want.epochs.get(1).map(|e| e.anchor));
+        let removed_by = |r: &SignedEntry| match &r.entry().kind {
+            EntryKind::Rotate { removed, .. } => removed.clone(),
+            _ => Vec::new(),
+        };
+        let settled = winner.filter(|w| entries.iter().any(|e| {
+            let a = e.entry().author;
+            e.entry().epoch == 1 && e.entry().anchor == w.id() && a != w.entry().author
+                && want.epochs[1].wraps.iter().any(|x| x.device == a)
+        }));
+        for (r, names) in rotations.iter().zip(&removals).filter(|(r, _)| r.entry().epoch == 0) {
+            for d in names {
+                let dropped = settled.is_some_and(|w| removed_by(w).contains(&r.entry().author) && *d != w.entry().author);
+                prop_assert_eq!(want.removed.contains_key(d) || dropped, true);
+            }
         }
         for d in want.members.keys() {
             prop_assert!(!want.removed.contains_key(d));
