@@ -25,6 +25,13 @@
 //!    new secret (a concurrent rotation removed it, the winner did not) is
 //!    listed in [`RosterState::must_rotate`]: devices must rotate again before
 //!    pushing anything.
+//! 5. **Settled epochs**: once a rotation of the epoch is confirmed (a
+//!    recipient other than its author made an entry of the next epoch
+//!    anchored on it), the winner is chosen among confirmed rotations only,
+//!    and a rotation whose author the winner removes keeps at most its
+//!    removal of the winner's author. A late rotation (pushed after members
+//!    moved on, or injected by a cheating relay) then cannot re-anchor the
+//!    next epoch.
 
 use super::entry::{EntryId, EntryKind, HpkePublicKey, WrappedSecret};
 use super::signed::SignedEntry;
