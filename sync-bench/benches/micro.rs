@@ -156,6 +156,25 @@ fn roster(c: &mut Criterion) {
     g.bench_function("fold 64 members, 4096 entries", |b| {
         b.iter(|| fold(genesis.id(), black_box(&entries)).unwrap())
     });
+    // A hostile member's worst case: every entry but the adds is a
+    // concurrent rotation of epoch 0 wrapping to 63 devices (the largest
+    // entries), by 63 authors.
+    let mut rotations = entries[..64].to_vec();
+    let mut t = 0u64;
+    while rotations.len() < sync_client::roster::MAX_ENTRIES {
+        t += 1;
+        let k = &keys[if t % 64 == 1 { 0 } else { (t % 64) as usize }];
+        let mut en = rotation.entry().clone();
+        en.author = k.device_id();
+        en.created_at_ms = t;
+        rotations.push(sync_client::roster::SignedEntry::sign(en, k.signing_key()).unwrap());
+    }
+    g.bench_function("fold 4032 concurrent rotations (63 wraps)", |b| {
+        b.iter(|| {
+            let s = fold(genesis.id(), black_box(&rotations)).unwrap();
+            assert_eq!(s.epoch, 1);
+        })
+    });
     g.finish();
 }
 

@@ -77,6 +77,11 @@ pub fn add(
             short(&device)
         )));
     }
+    if super::fold::is_group_or_roster_id(state, &device) {
+        return Err(RosterError::Refused(
+            "its device id is the group's or the roster's id, not a device key".into(),
+        ));
+    }
     if !super::wrap::usable_key(&hpke_key) {
         return Err(RosterError::Refused(
             "its HPKE key is not a usable X25519 public key (small order)".into(),

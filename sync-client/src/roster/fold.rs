@@ -257,8 +257,9 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
         }
     }
 
-    // (epoch, created_at_ms, id) → (device, name)
-    let mut renames: BTreeMap<(u64, u64, EntryId), (DeviceId, String)> = BTreeMap::new();
+    // (epoch, created_at_ms, id) → (author, device, name)
+    let mut renames: BTreeMap<(u64, u64, EntryId), (DeviceId, DeviceId, String)> =
+        BTreeMap::new();
     loop {
         let batch = batches
             .remove(&(state.epoch, state.anchor))
@@ -281,7 +282,7 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
                     if state.members.contains_key(device) {
                         renames.insert(
                             (state.epoch, en.created_at_ms, e.id()),
-                            (*device, name.clone()),
+                            (en.author, *device, name.clone()),
                         );
                     } else {
                         let reason = RosterError::Refused(format!(
@@ -313,7 +314,13 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
         let reason = RosterError::Orphaned(e.entry().epoch);
         state.ignored.push(ignore(e, reason));
     }
-    for (device, name) in renames.into_values() {
+    for (author, device, name) in renames.into_values() {
+        // A removed device's names for others are dropped: it may have made
+        // them late (dated in an epoch it was a member of, with any clock)
+        // to mislead the owner into revoking the wrong device.
+        if author != device && state.removed.contains_key(&author) {
+            continue;
+        }
         if let Some(m) = state.members.get_mut(&device) {
             m.name = name;
         } else if let Some(r) = state.removed.get_mut(&device) {
@@ -328,7 +335,7 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
 /// of small order is refused first (checked once per entry): no secret can
 /// be wrapped to it, so such a member would block every rotation.
 fn apply_adds(state: &mut RosterState, adds: Vec<&SignedEntry>) {
-    let (mut adds, unusable): (Vec<&SignedEntry>, Vec<&SignedEntry>) =
+    let (adds, unusable): (Vec<&SignedEntry>, Vec<&SignedEntry>) =
         adds.into_iter().partition(|a| match &a.entry().kind {
             EntryKind::Add { hpke_key, .. } => super::wrap::usable_key(hpke_key),
             _ => false,
@@ -336,6 +343,17 @@ fn apply_adds(state: &mut RosterState, adds: Vec<&SignedEntry>) {
     for a in unusable {
         let reason = RosterError::Refused(
             "its HPKE key is not a usable X25519 public key (small order)".into(),
+        );
+        state.ignored.push(ignore(a, reason));
+    }
+    let (mut adds, group_ids): (Vec<&SignedEntry>, Vec<&SignedEntry>) =
+        adds.into_iter().partition(|a| match &a.entry().kind {
+            EntryKind::Add { device, .. } => !is_group_or_roster_id(state, device),
+            _ => false,
+        });
+    for a in group_ids {
+        let reason = RosterError::Refused(
+            "its device id is the group's or the roster's id, not a device key".into(),
         );
         state.ignored.push(ignore(a, reason));
     }
@@ -398,6 +416,13 @@ fn apply_adds(state: &mut RosterState, adds: Vec<&SignedEntry>) {
         };
         state.ignored.push(ignore(a, reason));
     }
+}
+
+/// Whether `device` is the roster id or the group id of an epoch so far:
+/// such a "device" key is the group signing key, which every holder of
+/// that epoch's secret (devices removed later included) can derive.
+pub(crate) fn is_group_or_roster_id(state: &RosterState, device: &DeviceId) -> bool {
+    device.0 == state.roster.0 || state.epochs.iter().any(|r| r.group_id.0 == device.0)
 }
 
 /// The rules a rotation of the current epoch must follow (its author was

@@ -139,3 +139,85 @@ fn confirmation_counts_only_from_a_recipient_other_than_the_author() {
     entries.extend([thief, forge(self_confirm, 3)]);
     assert_eq!(fold_all(&g, &entries).anchor, honest.id());
 }
+
+#[test]
+fn entries_for_far_future_epochs_or_anchored_to_a_non_rotation_are_orphaned() {
+    let (g, mut entries, s) = four();
+    let base = build::rename(&s, &keys(2), id(2), "bravo2", 3000).unwrap();
+    let mut far = base.entry().clone();
+    far.epoch = u64::MAX;
+    let mut wrong_anchor = base.entry().clone();
+    wrong_anchor.epoch = 1;
+    wrong_anchor.anchor = entries[0].id(); // an add, not a rotation
+    let mut far_rotation = rotate(&s, 2, &[3], 40).entry().clone();
+    far_rotation.epoch = u64::MAX - 1;
+    entries.extend([forge(far, 2), forge(wrong_anchor, 2), forge(far_rotation, 2)]);
+    let s1 = fold_all(&g, &entries);
+    assert_eq!((s1.epoch, s1.anchor), (0, g.id()));
+    assert_eq!(s1.members[&id(2)].name, "bravo");
+    let orphaned = s1
+        .ignored
+        .iter()
+        .filter(|i| matches!(i.reason, RosterError::Orphaned(_)))
+        .count();
+    assert_eq!(orphaned, 3, "{:?}", s1.ignored);
+    assert!(s1.ignored.iter().any(|i| i.reason.to_string().contains("epoch 18446744073709551615")));
+}
+
+#[test]
+fn a_removed_device_cannot_rename_the_devices_that_remain() {
+    // Before it is revoked (or late, dated in that epoch, with a clock far
+    // ahead), the stolen 3 renames the owner's devices to mislead the owner
+    // into revoking the wrong ones.
+    let (g, mut entries, s) = four();
+    entries.push(build::rename(&s, &keys(3), id(2), "stolen-revoke-me", u64::MAX).unwrap());
+    entries.push(build::rename(&s, &keys(3), id(3), "owners-phone", u64::MAX).unwrap());
+    entries.push(build::rename(&s, &keys(4), id(4), "dora", 1).unwrap());
+    assert_eq!(fold_all(&g, &entries).members[&id(2)].name, "stolen-revoke-me");
+    entries.push(rotate(&s, 1, &[3], 40));
+    let s1 = fold_all(&g, &entries);
+    assert_eq!(s1.members[&id(2)].name, "bravo", "the removed device's rename stays");
+    assert_eq!(s1.members[&id(4)].name, "dora", "other renames apply");
+    assert_eq!(s1.removed[&id(3)].name, "owners-phone", "its own name is kept");
+}
+
+#[test]
+fn a_device_id_equal_to_a_group_or_roster_id_is_refused() {
+    // Its signing key would be the epoch's group signing key, which every
+    // holder of the epoch secret (removed devices included) can derive.
+    let (g, mut entries, s) = four();
+    let k = keys(9);
+    for device in [DeviceId(s.group_id.0), DeviceId(g.id().0)] {
+        assert!(build::add(&s, &keys(1), device, k.hpke_public(), "x", 1).is_err());
+        let mut en = add(&s, 1, 9, "x").entry().clone();
+        en.kind = EntryKind::Add { device, hpke_key: k.hpke_public(), name: "x".into() };
+        entries.push(forge(en, 1));
+    }
+    let s1 = fold_all(&g, &entries);
+    assert_eq!(s1.members.len(), 4);
+    assert_eq!(s1.ignored.len(), 2, "{:?}", s1.ignored);
+    assert!(s1.ignored.iter().all(|i| i.reason.to_string().contains("group")));
+}
+
+#[test]
+fn a_founder_with_an_unusable_hpke_key_can_still_be_removed() {
+    // A hostile founder publishes a small-order HPKE key: no secret can be
+    // wrapped to it, so a re-key fails with a clear error, but removing it
+    // (the remedy) works.
+    let mut low = [0u8; 32];
+    low[0] = 1;
+    let gid = group_secret().keys().group_id();
+    let honest = build::genesis(&keys(1), gid, "alpha", 1000).unwrap();
+    let mut en = honest.entry().clone();
+    en.kind = EntryKind::Genesis { group_id: gid, hpke_key: low, name: "alpha".into() };
+    let g = forge(en, 1);
+    let s0 = fold(g.id(), std::slice::from_ref(&g)).unwrap();
+    let entries = vec![add(&s0, 1, 2, "bravo"), add(&s0, 1, 3, "charlie")];
+    let s = fold_all(&g, &entries);
+    let err = build::rotate(&s, &keys(2), &[], 1).unwrap_err();
+    assert!(matches!(err, RosterError::Wrap(_)), "{err}");
+    let mut all = entries.clone();
+    all.push(rotate(&s, 2, &[1], 40));
+    let s1 = fold_all(&g, &all);
+    assert_eq!(member_set(&s1), [id(2), id(3)].into());
+}
