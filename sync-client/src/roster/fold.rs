@@ -258,8 +258,7 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
     }
 
     // (epoch, created_at_ms, id) → (author, device, name)
-    let mut renames: BTreeMap<(u64, u64, EntryId), (DeviceId, DeviceId, String)> =
-        BTreeMap::new();
+    let mut renames: BTreeMap<(u64, u64, EntryId), (DeviceId, DeviceId, String)> = BTreeMap::new();
     loop {
         let batch = batches
             .remove(&(state.epoch, state.anchor))

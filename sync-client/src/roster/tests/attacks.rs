@@ -30,7 +30,11 @@ fn member_set(s: &RosterState) -> BTreeSet<DeviceId> {
 /// Founder 1 adds 2, 3 and 4 in epoch 0.
 fn four() -> (SignedEntry, Vec<SignedEntry>, RosterState) {
     let (g, s0) = founded();
-    let entries = vec![add(&s0, 1, 2, "bravo"), add(&s0, 1, 3, "charlie"), add(&s0, 1, 4, "delta")];
+    let entries = vec![
+        add(&s0, 1, 2, "bravo"),
+        add(&s0, 1, 3, "charlie"),
+        add(&s0, 1, 4, "delta"),
+    ];
     let s = fold_all(&g, &entries);
     (g, entries, s)
 }
@@ -41,7 +45,9 @@ fn four() -> (SignedEntry, Vec<SignedEntry>, RosterState) {
 /// epoch 1 and publishes an entry there. Then 3's rotation reaches the
 /// members (pushed before the old group closed, or injected later by a
 /// cheating relay).
-fn late_rotation(thief_removes: &[u8]) -> (SignedEntry, Vec<SignedEntry>, SignedEntry, SignedEntry) {
+fn late_rotation(
+    thief_removes: &[u8],
+) -> (SignedEntry, Vec<SignedEntry>, SignedEntry, SignedEntry) {
     let (g, mut entries, s) = four();
     let honest = rotate(&s, 1, &[3], 40);
     let thief = (41..=255u8)
@@ -64,7 +70,11 @@ fn a_late_rotation_by_a_removed_device_cannot_reanchor_the_next_epoch() {
     with_thief.push(thief.clone());
     let after = fold_all(&g, &with_thief);
     // The chain, the epoch secret and the entries of epoch 1 stay.
-    assert_eq!(after.anchor, honest.id(), "the late rotation took over epoch 1");
+    assert_eq!(
+        after.anchor,
+        honest.id(),
+        "the late rotation took over epoch 1"
+    );
     assert_eq!(after.group_id, before.group_id);
     assert_eq!(after.current().wraps, before.current().wraps);
     for d in [2, 4] {
@@ -72,8 +82,15 @@ fn a_late_rotation_by_a_removed_device_cannot_reanchor_the_next_epoch() {
         let got = after.epoch_secret(1, &keys(d)).unwrap();
         assert_eq!(got.keys().group_id(), want.keys().group_id());
     }
-    assert_eq!(after.members[&id(4)].name, "dora", "epoch 1's rename was orphaned");
-    assert!(after.epoch_secret(1, &keys(3)).is_err(), "the thief got the epoch 1 secret");
+    assert_eq!(
+        after.members[&id(4)].name,
+        "dora",
+        "epoch 1's rename was orphaned"
+    );
+    assert!(
+        after.epoch_secret(1, &keys(3)).is_err(),
+        "the thief got the epoch 1 secret"
+    );
     assert!(after.current().losers.contains(&thief.id()));
 }
 
@@ -85,7 +102,12 @@ fn a_late_rotation_by_a_removed_device_keeps_at_most_the_removal_of_its_remover(
     with_thief.push(thief);
     let s = fold_all(&g, &with_thief);
     assert_eq!(s.anchor, honest.id());
-    assert_eq!(member_set(&s), [id(2), id(4)].into(), "{:?}", s.removed.keys());
+    assert_eq!(
+        member_set(&s),
+        [id(2), id(4)].into(),
+        "{:?}",
+        s.removed.keys()
+    );
     // Mutual removal (indistinguishable from a race): 1 is out and holds
     // the secret, so a rotation is due.
     assert!(s.removed.contains_key(&id(1)) && s.removed.contains_key(&id(3)));
@@ -109,9 +131,14 @@ fn members_that_saw_the_late_rotation_and_members_that_did_not_keep_one_epoch_se
     let seen_by_4 = fold_all(&g, &for_4);
     assert_eq!(seen_by_2.anchor, seen_by_4.anchor);
     assert_eq!(seen_by_2.group_id, seen_by_4.group_id);
-    assert!(seen_by_2.epoch_secret(1, &keys(4)).is_ok() && seen_by_4.epoch_secret(1, &keys(4)).is_ok());
+    assert!(
+        seen_by_2.epoch_secret(1, &keys(4)).is_ok() && seen_by_4.epoch_secret(1, &keys(4)).is_ok()
+    );
     // Their member lists differ only in the remover, until 2 gets the entry.
-    let diff: BTreeSet<_> = member_set(&seen_by_2).symmetric_difference(&member_set(&seen_by_4)).copied().collect();
+    let diff: BTreeSet<_> = member_set(&seen_by_2)
+        .symmetric_difference(&member_set(&seen_by_4))
+        .copied()
+        .collect();
     assert_eq!(diff, [id(1)].into());
 }
 
@@ -133,9 +160,20 @@ fn confirmation_counts_only_from_a_recipient_other_than_the_author() {
     thief_view.push(thief.clone());
     let t1 = fold_all(&g, &thief_view);
     assert_eq!(t1.anchor, thief.id());
-    let mut self_confirm = forge(build::rename(&t1, &keys(2), id(4), "x", 7000).unwrap().entry().clone(), 2).entry().clone();
+    let mut self_confirm = forge(
+        build::rename(&t1, &keys(2), id(4), "x", 7000)
+            .unwrap()
+            .entry()
+            .clone(),
+        2,
+    )
+    .entry()
+    .clone();
     self_confirm.author = id(3);
-    self_confirm.kind = EntryKind::Rename { device: id(3), name: "mine".into() };
+    self_confirm.kind = EntryKind::Rename {
+        device: id(3),
+        name: "mine".into(),
+    };
     entries.extend([thief, forge(self_confirm, 3)]);
     assert_eq!(fold_all(&g, &entries).anchor, honest.id());
 }
@@ -151,7 +189,11 @@ fn entries_for_far_future_epochs_or_anchored_to_a_non_rotation_are_orphaned() {
     wrong_anchor.anchor = entries[0].id(); // an add, not a rotation
     let mut far_rotation = rotate(&s, 2, &[3], 40).entry().clone();
     far_rotation.epoch = u64::MAX - 1;
-    entries.extend([forge(far, 2), forge(wrong_anchor, 2), forge(far_rotation, 2)]);
+    entries.extend([
+        forge(far, 2),
+        forge(wrong_anchor, 2),
+        forge(far_rotation, 2),
+    ]);
     let s1 = fold_all(&g, &entries);
     assert_eq!((s1.epoch, s1.anchor), (0, g.id()));
     assert_eq!(s1.members[&id(2)].name, "bravo");
@@ -161,7 +203,11 @@ fn entries_for_far_future_epochs_or_anchored_to_a_non_rotation_are_orphaned() {
         .filter(|i| matches!(i.reason, RosterError::Orphaned(_)))
         .count();
     assert_eq!(orphaned, 3, "{:?}", s1.ignored);
-    assert!(s1.ignored.iter().any(|i| i.reason.to_string().contains("epoch 18446744073709551615")));
+    assert!(
+        s1.ignored
+            .iter()
+            .any(|i| i.reason.to_string().contains("epoch 18446744073709551615"))
+    );
 }
 
 #[test]
@@ -173,12 +219,23 @@ fn a_removed_device_cannot_rename_the_devices_that_remain() {
     entries.push(build::rename(&s, &keys(3), id(2), "stolen-revoke-me", u64::MAX).unwrap());
     entries.push(build::rename(&s, &keys(3), id(3), "owners-phone", u64::MAX).unwrap());
     entries.push(build::rename(&s, &keys(4), id(4), "dora", 1).unwrap());
-    assert_eq!(fold_all(&g, &entries).members[&id(2)].name, "stolen-revoke-me");
+    assert_eq!(
+        fold_all(&g, &entries).members[&id(2)].name,
+        "stolen-revoke-me"
+    );
     entries.push(rotate(&s, 1, &[3], 40));
     let s1 = fold_all(&g, &entries);
-    assert_eq!(s1.members[&id(2)].name, "bravo", "the removed device's rename stays");
+    assert_eq!(
+        s1.members[&id(2)].name,
+        "bravo",
+        "the removed device's rename stays"
+    );
     assert_eq!(s1.members[&id(4)].name, "dora", "other renames apply");
-    assert_eq!(s1.removed[&id(3)].name, "owners-phone", "its own name is kept");
+    assert_eq!(
+        s1.removed[&id(3)].name,
+        "owners-phone",
+        "its own name is kept"
+    );
 }
 
 #[test]
@@ -190,13 +247,21 @@ fn a_device_id_equal_to_a_group_or_roster_id_is_refused() {
     for device in [DeviceId(s.group_id.0), DeviceId(g.id().0)] {
         assert!(build::add(&s, &keys(1), device, k.hpke_public(), "x", 1).is_err());
         let mut en = add(&s, 1, 9, "x").entry().clone();
-        en.kind = EntryKind::Add { device, hpke_key: k.hpke_public(), name: "x".into() };
+        en.kind = EntryKind::Add {
+            device,
+            hpke_key: k.hpke_public(),
+            name: "x".into(),
+        };
         entries.push(forge(en, 1));
     }
     let s1 = fold_all(&g, &entries);
     assert_eq!(s1.members.len(), 4);
     assert_eq!(s1.ignored.len(), 2, "{:?}", s1.ignored);
-    assert!(s1.ignored.iter().all(|i| i.reason.to_string().contains("group")));
+    assert!(
+        s1.ignored
+            .iter()
+            .all(|i| i.reason.to_string().contains("group"))
+    );
 }
 
 #[test]
@@ -209,7 +274,11 @@ fn a_founder_with_an_unusable_hpke_key_can_still_be_removed() {
     let gid = group_secret().keys().group_id();
     let honest = build::genesis(&keys(1), gid, "alpha", 1000).unwrap();
     let mut en = honest.entry().clone();
-    en.kind = EntryKind::Genesis { group_id: gid, hpke_key: low, name: "alpha".into() };
+    en.kind = EntryKind::Genesis {
+        group_id: gid,
+        hpke_key: low,
+        name: "alpha".into(),
+    };
     let g = forge(en, 1);
     let s0 = fold(g.id(), std::slice::from_ref(&g)).unwrap();
     let entries = vec![add(&s0, 1, 2, "bravo"), add(&s0, 1, 3, "charlie")];
@@ -220,4 +289,38 @@ fn a_founder_with_an_unusable_hpke_key_can_still_be_removed() {
     all.push(rotate(&s, 2, &[1], 40));
     let s1 = fold_all(&g, &all);
     assert_eq!(member_set(&s1), [id(2), id(3)].into());
+}
+
+#[test]
+fn a_rotation_handing_one_member_another_secret_is_caught_by_that_member() {
+    // Member 1 rotates but wraps to 2 a secret that does not derive the
+    // announced group id (to split 2 off onto a group of its own).
+    let (g, mut entries, s) = four();
+    let good = rotate(&s, 1, &[3], 40);
+    let ctx = crate::roster::WrapContext {
+        roster: g.id(),
+        epoch: 1,
+        group_id: crate::GroupSecret::from_bytes([40; 32]).keys().group_id(),
+    };
+    let other = crate::GroupSecret::from_bytes([41; 32]);
+    let bad_wrap = crate::roster::wrap::wrap_with_rng(
+        &other,
+        id(2),
+        &keys(2).hpke_public(),
+        &ctx,
+        &mut rng(9),
+    )
+    .unwrap();
+    let mut en = good.entry().clone();
+    if let EntryKind::Rotate { wraps, .. } = &mut en.kind {
+        for w in wraps.iter_mut().filter(|w| w.device == id(2)) {
+            *w = bad_wrap.clone();
+        }
+    }
+    entries.push(forge(en, 1));
+    let s1 = fold_all(&g, &entries);
+    assert_eq!(s1.epoch, 1);
+    let err = s1.epoch_secret(1, &keys(2)).unwrap_err();
+    assert!(err.to_string().contains("announced group id"), "{err}");
+    assert!(s1.epoch_secret(1, &keys(4)).is_ok());
 }

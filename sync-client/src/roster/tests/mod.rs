@@ -1,10 +1,10 @@
 //! Tests of the roster: golden vectors, hostile encodings, the fold.
 
+mod attacks;
 mod fold;
 mod golden;
 mod hostile;
 mod store;
-mod attacks;
 
 use super::*;
 use sync_protocol::DeviceId;
