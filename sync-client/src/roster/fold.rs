@@ -26,8 +26,8 @@
 //!    listed in [`RosterState::must_rotate`]: devices must rotate again before
 //!    pushing anything.
 //! 5. **Settled epochs**: once a rotation of the epoch is confirmed (a
-//!    recipient other than its author made an entry of the next epoch
-//!    anchored on it), the winner is chosen among confirmed rotations only,
+//!    recipient other than its author, removed by no rotation of the epoch
+//!    except by devices this rotation removes, made an entry of the next epoch anchored on it), the winner is chosen among confirmed rotations only,
 //!    and a rotation whose author the winner removes keeps at most its
 //!    removal of the winner's author. A late rotation (pushed after members
 //!    moved on, or injected by a cheating relay) then cannot re-anchor the
@@ -302,9 +302,18 @@ pub fn fold(roster: EntryId, entries: &[SignedEntry]) -> Result<RosterState, Ros
         if rotations.is_empty() {
             break;
         }
+        // device → authors of the rotations of this epoch that remove it
+        let mut named: BTreeMap<DeviceId, BTreeSet<DeviceId>> = BTreeMap::new();
+        for r in &rotations {
+            if let EntryKind::Rotate { removed, .. } = &r.entry().kind {
+                for d in removed {
+                    named.entry(*d).or_default().insert(r.entry().author);
+                }
+            }
+        }
         let confirmed: Vec<&SignedEntry> = rotations
             .iter()
-            .filter(|r| is_confirmed(r, state.epoch, &batches))
+            .filter(|r| is_confirmed(r, state.epoch, &named, &batches))
             .copied()
             .collect();
         close_epoch(&mut state, &rotations, &confirmed);
@@ -462,22 +471,35 @@ fn check_rotation(state: &RosterState, e: &SignedEntry) -> Result<(), RosterErro
 
 /// Whether rotation `r` of epoch `epoch` is *confirmed*: the entries hold
 /// one of epoch `epoch + 1` anchored on `r` whose author is one of `r`'s
-/// recipients other than its author (a member that moved on with `r`).
-/// `batches` holds the entries of epochs not folded yet, by (epoch, anchor).
+/// recipients other than its author (a member that moved on with `r`),
+/// in good standing as `r` sees it: every rotation of the epoch that
+/// removes it is by a device `r` removes (so a device removed by a
+/// concurrent rotation cannot confirm a losing rotation that wrapped to
+/// it). `named` maps each device to the authors of the epoch's rotations
+/// that remove it; `batches` holds the entries of epochs not folded yet,
+/// by (epoch, anchor).
 fn is_confirmed(
     r: &SignedEntry,
     epoch: u64,
+    named: &BTreeMap<DeviceId, BTreeSet<DeviceId>>,
     batches: &BTreeMap<(u64, EntryId), Vec<&SignedEntry>>,
 ) -> bool {
-    let EntryKind::Rotate { wraps, .. } = &r.entry().kind else {
+    let EntryKind::Rotate { wraps, removed, .. } = &r.entry().kind else {
         return false;
+    };
+    let in_good_standing = |c: &DeviceId| {
+        named
+            .get(c)
+            .is_none_or(|authors| authors.iter().all(|a| removed.contains(a)))
     };
     let Some(next) = batches.get(&(epoch.saturating_add(1), r.id())) else {
         return false;
     };
     next.iter().any(|e| {
         let author = e.entry().author;
-        author != r.entry().author && wraps.iter().any(|w| w.device == author)
+        author != r.entry().author
+            && in_good_standing(&author)
+            && wraps.iter().any(|w| w.device == author)
     })
 }
 

@@ -324,3 +324,31 @@ fn a_rotation_handing_one_member_another_secret_is_caught_by_that_member() {
     assert!(err.to_string().contains("announced group id"), "{err}");
     assert!(s1.epoch_secret(1, &keys(4)).is_ok());
 }
+
+#[test]
+fn a_removed_device_cannot_confirm_a_rotation_that_lost() {
+    // 1 revokes 3 and 4 moves on with it. 2 had re-keyed concurrently (its
+    // rotation, with a smaller id, wraps to 3 too). 3, removed, pushes an
+    // entry of epoch 1 anchored on 2's rotation to make it win: 3 would hold
+    // the epoch 1 secret again.
+    let (g, mut entries, s) = four();
+    let honest = rotate(&s, 1, &[3], 40);
+    let rekey = (41..=255u8)
+        .map(|seed| rotate(&s, 2, &[], seed))
+        .find(|t| t.id() < honest.id())
+        .unwrap();
+    entries.push(honest.clone());
+    let s1 = fold_all(&g, &entries);
+    entries.push(build::rename(&s1, &keys(4), id(4), "dora", 6000).unwrap());
+    let mut on_rekey = entries.clone();
+    on_rekey.retain(|e| e.id() != honest.id());
+    on_rekey.push(rekey.clone());
+    let r1 = fold_all(&g, &on_rekey);
+    assert_eq!(r1.anchor, rekey.id());
+    let by_thief = build::rename(&r1, &keys(3), id(3), "charlie", 7000).unwrap();
+    entries.extend([rekey, by_thief]);
+    let s = fold_all(&g, &entries);
+    assert_eq!(s.anchor, honest.id());
+    assert!(s.epoch_secret(1, &keys(3)).is_err());
+    assert!(s.must_rotate.is_empty());
+}
