@@ -352,3 +352,23 @@ fn a_removed_device_cannot_confirm_a_rotation_that_lost() {
     assert!(s.epoch_secret(1, &keys(3)).is_err());
     assert!(s.must_rotate.is_empty());
 }
+
+#[test]
+fn the_rotation_due_after_a_race_settles_the_epoch() {
+    // 1 revokes 3 while 3 removes 4: 4 holds the new secret (must_rotate).
+    // 2 rotates again; that settles epoch 0, 3's removal of 4 is dropped,
+    // and 4, given no wrap by 2's rotation, is listed as dropped (for its
+    // adder to add again), not as removed.
+    let (g, mut entries, s) = four();
+    entries.extend([rotate(&s, 1, &[3], 40), rotate(&s, 3, &[4], 41)]);
+    let s1 = fold_all(&g, &entries);
+    assert_eq!(s1.must_rotate, [id(4)].into());
+    entries.push(rotate(&s1, 2, &[], 42));
+    let s2 = fold_all(&g, &entries);
+    assert_eq!(s2.epoch, 2);
+    assert_eq!(member_set(&s2), [id(1), id(2)].into());
+    assert!(!s2.removed.contains_key(&id(4)) && s2.removed.contains_key(&id(3)));
+    assert_eq!(s2.dropped, [id(4)].into());
+    assert!(s2.must_rotate.is_empty());
+    assert!(s2.epoch_secret(2, &keys(4)).is_err());
+}
