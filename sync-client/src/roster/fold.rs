@@ -27,8 +27,9 @@
 //!    pushing anything.
 //! 5. **Settled epochs**: once a rotation of the epoch is confirmed (a
 //!    recipient other than its author, removed by no rotation of the epoch
-//!    except by devices this rotation removes, made an entry of the next epoch anchored on it), the winner is chosen among confirmed rotations only,
-//!    and a rotation whose author the winner removes keeps at most its
+//!    but those of devices this rotation removes, made an entry of the next
+//!    epoch anchored on it), the winner is chosen among confirmed rotations
+//!    only, and a rotation whose author the winner removes keeps at most its
 //!    removal of the winner's author. A late rotation (pushed after members
 //!    moved on, or injected by a cheating relay) then cannot re-anchor the
 //!    next epoch.
