@@ -20,6 +20,7 @@ pub mod budget;
 pub mod cleanup;
 pub mod config;
 pub mod context;
+pub mod db_metrics;
 pub mod endpoint;
 pub mod handlers;
 pub mod http;
