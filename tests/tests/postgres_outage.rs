@@ -115,12 +115,18 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
     let started = Instant::now();
     let during = a.output(&["push", &write("during.bin", b"pushed during the outage")]);
     let took = started.elapsed();
+    eprintln!(
+        "push during the outage failed after {took:?}: {}",
+        String::from_utf8_lossy(&during.stderr).trim()
+    );
     assert!(
         !during.status.success(),
         "a push succeeded without a database: {}",
         String::from_utf8_lossy(&during.stdout)
     );
     assert!(took < Duration::from_secs(90), "the push took {took:?}");
+    let stderr = String::from_utf8_lossy(&during.stderr);
+    assert!(stderr.contains("INTERNAL"), "{stderr}");
     let mut relay = relay;
     assert!(relay.exit_status().is_none(), "the relay exited:\n{}", relay.log());
 
