@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod advertise;
 pub mod auth;
+pub mod backup;
 pub mod budget;
 pub mod cleanup;
 pub mod config;
