@@ -97,8 +97,7 @@ mod tests {
 
     #[test]
     fn a_url_without_password_sets_none() {
-        let cmd =
-            pg_dump_command("postgresql://postgres@127.0.0.1/db", Path::new("d")).unwrap();
+        let cmd = pg_dump_command("postgresql://postgres@127.0.0.1/db", Path::new("d")).unwrap();
         assert_eq!(env(&cmd, "PGPASSWORD"), None);
         assert_eq!(args(&cmd)[6], "postgresql://postgres@127.0.0.1/db");
     }

@@ -77,9 +77,7 @@ impl DbMetrics {
                 .get_or_create(&PoolLabel { backend, state })
                 .set(i64::from(n));
         }
-        self.pool_max
-            .get_or_create(&label)
-            .set(i64::from(pool.max));
+        self.pool_max.get_or_create(&label).set(i64::from(pool.max));
         let counter = self.acquire_timeouts.get_or_create(&label);
         counter.inc_by(pool.acquire_timeouts.saturating_sub(counter.get()));
     }

@@ -645,7 +645,10 @@ mod tests {
         let (_, body, _) = get(router(Arc::clone(&ctx), true), "/metrics").await;
         assert_eq!(line(&body, "sync_relay_db_up{backend=\"sqlite\"}"), "1");
         assert_eq!(
-            line(&body, "sync_relay_db_pool_max_connections{backend=\"sqlite\"}"),
+            line(
+                &body,
+                "sync_relay_db_pool_max_connections{backend=\"sqlite\"}"
+            ),
             "2"
         );
         let open: i64 = ["idle", "busy"]
@@ -661,7 +664,10 @@ mod tests {
                 .unwrap()
             })
             .sum();
-        assert!((1..=2).contains(&open), "{open} reader connections:\n{body}");
+        assert!(
+            (1..=2).contains(&open),
+            "{open} reader connections:\n{body}"
+        );
 
         let ctx = RelayContext::new(
             &Config::default(),

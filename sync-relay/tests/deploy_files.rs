@@ -11,8 +11,19 @@ const PROMETHEUS_SERIES: &[&str] = &["up", "scrape_duration_seconds"];
 
 /// PromQL words that are not metric names.
 const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring", "group_left",
-    "group_right", "inf", "nan",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
 ];
 
 fn deploy(file: &str) -> PathBuf {
@@ -27,9 +38,7 @@ fn deploy(file: &str) -> PathBuf {
 fn exported_series() -> BTreeSet<String> {
     let metrics = sync_relay::metrics::Metrics::new();
     // Give the labelled families a series each, as a running relay does.
-    metrics
-        .db
-        .update("postgres", Default::default(), true);
+    metrics.db.update("postgres", Default::default(), true);
     let text = metrics.encode();
     let mut names = BTreeSet::new();
     for line in text.lines() {
@@ -114,7 +123,9 @@ fn metric_names(expr: &str) -> Vec<String> {
             }
         } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
             let start = i;
-            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':') {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+            {
                 i += 1;
             }
             let word: String = chars[start..i].iter().collect();
@@ -265,7 +276,10 @@ fn prometheus_scrapes_the_relays_of_the_compose_file() {
         );
     }
     assert!(
-        compose.matches("SYNC_RELAY__STORAGE__URL: postgres://").count() >= 2,
+        compose
+            .matches("SYNC_RELAY__STORAGE__URL: postgres://")
+            .count()
+            >= 2,
         "both relays on PostgreSQL"
     );
 }

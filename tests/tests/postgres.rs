@@ -167,7 +167,10 @@ async fn backup_with_pg_dump_restores_into_a_fresh_database() {
     a.set_relay(&restored.address);
     a.run(&["push", late.to_str().unwrap()]);
     b.run(&["pull", "--out", out.to_str().unwrap()]);
-    assert_eq!(std::fs::read(out.join("late.bin")).unwrap(), b"pushed again");
+    assert_eq!(
+        std::fs::read(out.join("late.bin")).unwrap(),
+        b"pushed again"
+    );
     drop(restored);
     drop(fresh);
     drop(db);

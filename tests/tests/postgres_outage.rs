@@ -98,14 +98,8 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "degraded", "{body}");
     assert_eq!(health["backend"], "postgres", "{body}");
-    let fixed = [
-        "database unavailable",
-        "database did not answer within 2 s",
-    ];
-    assert!(
-        fixed.contains(&health["db"].as_str().unwrap()),
-        "{body}"
-    );
+    let fixed = ["database unavailable", "database did not answer within 2 s"];
+    assert!(fixed.contains(&health["db"].as_str().unwrap()), "{body}");
     for secret in [name.clone(), proxy.addr.to_string(), "postgres://".into()] {
         assert!(!body.contains(&secret), "{secret} in {body}");
     }
@@ -128,7 +122,11 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
     let stderr = String::from_utf8_lossy(&during.stderr);
     assert!(stderr.contains("INTERNAL"), "{stderr}");
     let mut relay = relay;
-    assert!(relay.exit_status().is_none(), "the relay exited:\n{}", relay.log());
+    assert!(
+        relay.exit_status().is_none(),
+        "the relay exited:\n{}",
+        relay.log()
+    );
 
     // PostgreSQL is back: the same relay process recovers by itself.
     proxy.restore();
@@ -151,13 +149,13 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
 
     // The cleanup task lived through the outage: a blob pushed now with a
     // 1 s TTL is deleted by it.
-    let deleted = relay
-        .metrics()
-        .value("sync_relay_cleanup_deleted", &[]);
+    let deleted = relay.metrics().value("sync_relay_cleanup_deleted", &[]);
     a.run(&["push", "--ttl", "1s", &write("short.bin", b"gone soon")]);
-    wait_until(Duration::from_secs(30), "cleanup deleting the expired blob", || {
-        relay.metrics().value("sync_relay_cleanup_deleted", &[]) > deleted
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "cleanup deleting the expired blob",
+        || relay.metrics().value("sync_relay_cleanup_deleted", &[]) > deleted,
+    );
     assert!(relay.exit_status().is_none(), "the relay exited");
     assert!(relay.log().contains("cleanup failed"), "{}", relay.log());
     drop(relay);
