@@ -1,12 +1,14 @@
 //! A TCP forwarder the test can cut: the relay reaches PostgreSQL through
-//! it, so a test can take the database away from one relay (every open
-//! connection dropped, new ones refused) and give it back, without touching
-//! the server other tests share (docs/testing.md "PostgreSQL outage").
+//! it, so a test can take the database away from one relay and give it
+//! back, as a server restart does, without touching the server other tests
+//! share (docs/testing.md "PostgreSQL outage").
 //!
 //! Each accepted connection gets its own upstream connection and one task
-//! copying both ways; [`TcpProxy::cut`] aborts those tasks (both sockets
-//! close) and, until [`TcpProxy::restore`], closes every new connection
-//! right after accepting it. Dropping the proxy stops everything.
+//! copying both ways. [`TcpProxy::cut`] closes the listening socket (new
+//! connections are refused, `ECONNREFUSED`, as by a server that is down)
+//! and aborts the forwarding tasks (every open connection closes);
+//! [`TcpProxy::restore`] listens on the same port again. Dropping the proxy
+//! stops everything.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,6 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 #[derive(Default)]
 struct State {
-    cut: bool,
     /// Forwarding tasks of the open connections (finished ones are pruned
     /// at each accept).
     live: Vec<AbortHandle>,
@@ -25,27 +26,35 @@ struct State {
 
 /// A TCP forwarder from a loopback port to `upstream`.
 pub struct TcpProxy {
-    /// Where clients connect (127.0.0.1, a free port).
+    /// Where clients connect (127.0.0.1, a free port, the same across
+    /// cuts).
     pub addr: SocketAddr,
+    upstream: SocketAddr,
     state: Arc<Mutex<State>>,
-    accept: JoinHandle<()>,
+    /// The accept loop (owning the listening socket); `None` while cut.
+    accept: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl TcpProxy {
     /// Listen on a free loopback port and forward to `upstream`.
     pub async fn start(upstream: SocketAddr) -> std::io::Result<TcpProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(State::default()));
-        let st = Arc::clone(&state);
-        let accept = tokio::spawn(async move {
+        let proxy = TcpProxy {
+            addr: listener.local_addr()?,
+            upstream,
+            state: Arc::new(Mutex::new(State::default())),
+            accept: Mutex::new(None),
+        };
+        proxy.serve(listener);
+        Ok(proxy)
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let state = Arc::clone(&self.state);
+        let upstream = self.upstream;
+        let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let mut s = st.lock().unwrap();
-                if s.cut {
-                    // Refused: closed before a byte is read.
-                    drop(client);
-                    continue;
-                }
+                let mut s = state.lock().unwrap();
                 s.live.retain(|h| !h.is_finished());
                 s.forwarded += 1;
                 let task = tokio::spawn(async move {
@@ -56,29 +65,38 @@ impl TcpProxy {
                 s.live.push(task.abort_handle());
             }
         });
-        Ok(TcpProxy {
-            addr,
-            state,
-            accept,
-        })
+        *self.accept.lock().unwrap() = Some(task);
     }
 
-    /// Drop every open connection and refuse new ones until
-    /// [`TcpProxy::restore`].
+    /// Stop listening (new connections are refused) and close every open
+    /// connection, until [`TcpProxy::restore`].
     pub fn cut(&self) {
-        let mut s = self.state.lock().unwrap();
-        s.cut = true;
-        for task in s.live.drain(..) {
+        if let Some(task) = self.accept.lock().unwrap().take() {
+            task.abort();
+        }
+        for task in self.state.lock().unwrap().live.drain(..) {
             task.abort();
         }
     }
 
-    /// Forward new connections again.
-    pub fn restore(&self) {
-        self.state.lock().unwrap().cut = false;
+    /// Listen on the same port again and forward new connections. Panics if
+    /// the port cannot be bound again within 10 s.
+    pub async fn restore(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let listener = loop {
+            // The aborted accept loop drops its socket at its next poll.
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
     }
 
-    /// Connections forwarded since the start (refused ones not counted).
+    /// Connections forwarded since the start.
     pub fn forwarded(&self) -> u64 {
         self.state.lock().unwrap().forwarded
     }
@@ -86,9 +104,6 @@ impl TcpProxy {
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.accept.abort();
-        for task in self.state.lock().unwrap().live.drain(..) {
-            task.abort();
-        }
+        self.cut();
     }
 }

@@ -1,7 +1,7 @@
 //! PostgreSQL restarted mid-run: a relay recovers without a restart of its
 //! own (issue 12; docs/testing.md "PostgreSQL outage"). The relay reaches
 //! its test database through a [`TcpProxy`] the test cuts (every
-//! connection dropped, new ones refused) while it also terminates the
+//! connection closed, new ones refused: the port is closed) while it also terminates the
 //! database's server sessions (`pg_terminate_backend`), as a server restart
 //! does — without restarting the server other tests share.
 //!
@@ -121,6 +121,12 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
     assert!(took < Duration::from_secs(90), "the push took {took:?}");
     let stderr = String::from_utf8_lossy(&during.stderr);
     assert!(stderr.contains("INTERNAL"), "{stderr}");
+    // It waited for a connection (the server refuses them) and gave up:
+    // counted as an acquire timeout.
+    let timeouts = relay
+        .metrics()
+        .value("sync_relay_db_pool_acquire_timeouts", &["postgres"]);
+    assert!(timeouts >= 1.0, "acquire timeouts: {timeouts}");
     let mut relay = relay;
     assert!(
         relay.exit_status().is_none(),
@@ -129,7 +135,7 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
     );
 
     // PostgreSQL is back: the same relay process recovers by itself.
-    proxy.restore();
+    proxy.restore().await;
     wait_until(Duration::from_secs(30), "/health 200", || {
         relay.http_get("/health").0 == 200
     });
