@@ -43,6 +43,7 @@ use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
 use sync_storage::{
@@ -86,6 +87,8 @@ impl PostgresStorageOptions {
 pub struct PostgresStorage {
     pool: PgPool,
     quotas: Quotas,
+    /// Calls that found no connection within the acquire timeout.
+    acquire_timeouts: AtomicU64,
 }
 
 impl PostgresStorage {
@@ -107,7 +110,17 @@ impl PostgresStorage {
         Ok(PostgresStorage {
             pool,
             quotas: opts.quotas,
+            acquire_timeouts: AtomicU64::new(0),
         })
+    }
+
+    /// [`dberr`] for an error of a call on the pool, counting the calls
+    /// that got no connection in time ([`sync_storage::PoolStats::acquire_timeouts`]).
+    fn pool_err(&self, err: sqlx::Error) -> StorageError {
+        if matches!(err, sqlx::Error::PoolTimedOut) {
+            self.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        dberr(err)
     }
 
     /// Run `op` in a transaction of its own and commit it; a refusal rolls
@@ -121,7 +134,8 @@ impl PostgresStorage {
         loop {
             attempt += 1;
             let result = async {
-                let mut tx: Transaction<'_, Postgres> = self.pool.begin().await.map_err(dberr)?;
+                let mut tx: Transaction<'_, Postgres> =
+                    self.pool.begin().await.map_err(|e| self.pool_err(e))?;
                 let out = op(&mut tx).await?;
                 tx.commit().await.map_err(dberr)?;
                 Ok(out)
@@ -215,7 +229,7 @@ impl Storage for PostgresStorage {
         .bind(&group.0[..])
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         unsigned(head)
     }
 
@@ -243,7 +257,7 @@ impl Storage for PostgresStorage {
             complete: true,
         };
         let mut bytes = 0usize;
-        while let Some(row) = rows.try_next().await.map_err(dberr)? {
+        while let Some(row) = rows.try_next().await.map_err(|e| self.pool_err(e))? {
             if page.blobs.len() == max_blobs {
                 page.complete = false;
                 break;
@@ -313,7 +327,7 @@ impl Storage for PostgresStorage {
         )
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         let get = |i: usize| -> Result<u64, StorageError> {
             unsigned(row.try_get::<i64, _>(i).map_err(dberr)?)
         };
@@ -380,7 +394,7 @@ impl Storage for PostgresStorage {
         )
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         let get = |i: usize| -> Result<u64, StorageError> {
             unsigned(row.try_get::<i64, _>(i).map_err(dberr)?)
         };
@@ -414,11 +428,24 @@ impl Storage for PostgresStorage {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
-        let mut conn = self.pool.acquire().await.map_err(dberr)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.pool_err(e))?;
         access::list_tokens(&mut conn).await
     }
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn pool_stats(&self) -> sync_storage::PoolStats {
+        sync_storage::PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+            acquire_timeouts: self.acquire_timeouts.load(Ordering::Relaxed),
+        }
     }
 }

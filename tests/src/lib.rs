@@ -11,6 +11,7 @@ pub mod fake_relay;
 pub mod member;
 pub mod memory;
 pub mod proxy;
+pub mod tcp_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
