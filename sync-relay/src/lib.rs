@@ -17,10 +17,12 @@
 pub mod admission;
 pub mod advertise;
 pub mod auth;
+pub mod backup;
 pub mod budget;
 pub mod cleanup;
 pub mod config;
 pub mod context;
+pub mod db_metrics;
 pub mod endpoint;
 pub mod handlers;
 pub mod head_feed;

@@ -118,6 +118,9 @@ pub struct Metrics {
     /// Sessions closed because the device did not take an answer within
     /// its write deadline (close code 8, TOO_SLOW).
     pub slow_readers: Counter,
+    /// The storage backend: database reachable, connection pool
+    /// ([`crate::db_metrics`]).
+    pub db: crate::db_metrics::DbMetrics,
 }
 
 impl Metrics {
@@ -150,6 +153,7 @@ impl Metrics {
             bytes_in_flight: Gauge::default(),
             budget_refusals: Family::default(),
             slow_readers: Counter::default(),
+            db: Default::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "Live sessions", m.sessions.clone());
@@ -248,6 +252,7 @@ impl Metrics {
             "Sessions closed for not taking an answer within its write deadline",
             m.slow_readers.clone(),
         );
+        m.db.register(&mut registry);
         registry.register(
             "build",
             "Relay build information",

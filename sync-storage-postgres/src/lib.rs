@@ -50,6 +50,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
 use sync_storage::{
@@ -99,6 +100,8 @@ impl PostgresStorageOptions {
 pub struct PostgresStorage {
     pool: PgPool,
     quotas: Quotas,
+    /// Calls that found no connection within the acquire timeout.
+    acquire_timeouts: AtomicU64,
     /// Where listeners connect (the pool's options).
     connect: PgConnectOptions,
     /// The wake-up channel; `None` when the debug-only fail point
@@ -146,11 +149,21 @@ impl PostgresStorage {
         Ok(PostgresStorage {
             pool,
             quotas: opts.quotas,
+            acquire_timeouts: AtomicU64::new(0),
             connect: opts.connect,
             notify: (!skip_notify_armed()).then(|| opts.notify_channel.as_str().into()),
             listen_channel: opts.notify_channel,
             listeners: Mutex::new(Vec::new()),
         })
+    }
+
+    /// [`dberr`] for an error of a call on the pool, counting the calls
+    /// that got no connection in time ([`sync_storage::PoolStats::acquire_timeouts`]).
+    fn pool_err(&self, err: sqlx::Error) -> StorageError {
+        if matches!(err, sqlx::Error::PoolTimedOut) {
+            self.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        dberr(err)
     }
 
     /// Run `op` in a transaction of its own and commit it; a refusal rolls
@@ -164,7 +177,8 @@ impl PostgresStorage {
         loop {
             attempt += 1;
             let result = async {
-                let mut tx: Transaction<'_, Postgres> = self.pool.begin().await.map_err(dberr)?;
+                let mut tx: Transaction<'_, Postgres> =
+                    self.pool.begin().await.map_err(|e| self.pool_err(e))?;
                 let out = op(&mut tx).await?;
                 tx.commit().await.map_err(dberr)?;
                 Ok(out)
@@ -306,7 +320,7 @@ impl Storage for PostgresStorage {
         .bind(&group.0[..])
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         unsigned(head)
     }
 
@@ -334,7 +348,7 @@ impl Storage for PostgresStorage {
             complete: true,
         };
         let mut bytes = 0usize;
-        while let Some(row) = rows.try_next().await.map_err(dberr)? {
+        while let Some(row) = rows.try_next().await.map_err(|e| self.pool_err(e))? {
             if page.blobs.len() == max_blobs {
                 page.complete = false;
                 break;
@@ -404,7 +418,7 @@ impl Storage for PostgresStorage {
         )
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         let get = |i: usize| -> Result<u64, StorageError> {
             unsigned(row.try_get::<i64, _>(i).map_err(dberr)?)
         };
@@ -471,7 +485,7 @@ impl Storage for PostgresStorage {
         )
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         let get = |i: usize| -> Result<u64, StorageError> {
             unsigned(row.try_get::<i64, _>(i).map_err(dberr)?)
         };
@@ -505,7 +519,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
-        let mut conn = self.pool.acquire().await.map_err(dberr)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.pool_err(e))?;
         access::list_tokens(&mut conn).await
     }
 
@@ -514,5 +528,18 @@ impl Storage for PostgresStorage {
             listeners.drain(..).for_each(|l| l.abort());
         }
         self.pool.close().await;
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn pool_stats(&self) -> sync_storage::PoolStats {
+        sync_storage::PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+            acquire_timeouts: self.acquire_timeouts.load(Ordering::Relaxed),
+        }
     }
 }

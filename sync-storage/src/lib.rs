@@ -262,6 +262,22 @@ pub struct StorageStats {
     pub bytes: u64,
 }
 
+/// A snapshot of a backend's connection pool, for the relay's metrics
+/// (docs/deploy.md "Prometheus"). Backend-neutral: no driver's types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open now (idle or in use).
+    pub size: u32,
+    /// Of those, connections idle now.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
+    /// Calls that gave up waiting for a connection since the store opened
+    /// (the database unreachable, or every connection busy for the whole
+    /// acquire timeout); cumulative.
+    pub acquire_timeouts: u64,
+}
+
 /// Storage failures. Quota and cursor errors are the client's; the rest map
 /// to INTERNAL on the wire.
 ///
@@ -648,4 +664,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Finish pending writes and close the database.
     async fn close(&self);
+
+    /// The backend's name for `/health` and metrics: `sqlite`, `postgres`
+    /// or `memory`. Never a URL (it may carry a password).
+    fn backend(&self) -> &'static str;
+
+    /// The connection pool right now (no query: the pool's own counters).
+    /// SQLite reports its reader pool; a backend without a pool reports
+    /// zeros.
+    fn pool_stats(&self) -> PoolStats;
 }
