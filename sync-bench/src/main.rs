@@ -72,6 +72,20 @@ enum Scenario {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Churn retention: the relay's live heap (jemalloc `stats.allocated`)
+    /// after 500, 2,000 and 8,000 sessions from fresh node ids came and
+    /// went (half closed, half vanished). Not part of `all`.
+    Churn {
+        /// Sessions at once.
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Cumulative checkpoints instead (comma-separated session counts).
+        #[arg(long, value_delimiter = ',')]
+        checkpoints: Option<Vec<usize>>,
+        /// Seconds to wait after live sessions are back to 0 (default 65).
+        #[arg(long)]
+        linger_s: Option<u64>,
+    },
     /// (internal) one side of the bulk scenario, in its own process.
     #[command(hide = true)]
     BulkClient {
@@ -176,6 +190,22 @@ async fn main() -> Result<()> {
     }
     if all || args.scenario == Scenario::Cold {
         emit(scenarios::cold::run(size).await?);
+    }
+    if let Scenario::Churn {
+        concurrency,
+        checkpoints,
+        linger_s,
+    } = &args.scenario
+    {
+        let mut churn = scenarios::churn::Churn::for_size(size);
+        churn.concurrency = concurrency.unwrap_or(churn.concurrency).max(1);
+        if let Some(l) = linger_s {
+            churn.linger = std::time::Duration::from_secs(*l);
+        }
+        if let Some(c) = checkpoints {
+            churn.checkpoints = c.clone();
+        }
+        emit(scenarios::churn::run(churn).await?.0);
     }
     if let Scenario::Load {
         devices,

@@ -169,6 +169,7 @@ async fn metrics(State(ctx): State<Arc<RelayContext>>) -> impl IntoResponse {
         ctx.metrics.devices.set(stats.devices as i64);
         ctx.metrics.owners.set(stats.owners as i64);
     }
+    ctx.metrics.heap.update();
     ([(header::CONTENT_TYPE, OPENMETRICS)], ctx.metrics.encode())
 }
 
@@ -591,6 +592,24 @@ mod tests {
                 .get(name)
                 .unwrap_or_else(|| panic!("no family {name}:\n{body}"));
             assert!(!family.help.is_empty(), "{name} has no help text");
+        }
+        // The heap figures, where the relay can read them (feature jemalloc).
+        if crate::heap_metrics::read().is_some() {
+            for name in [
+                "sync_relay_heap_allocated_bytes",
+                "sync_relay_heap_resident_bytes",
+            ] {
+                let family = parsed
+                    .families
+                    .get(name)
+                    .unwrap_or_else(|| panic!("no family {name}:\n{body}"));
+                assert!(!family.help.is_empty(), "{name} has no help text");
+            }
+            assert!(
+                body.lines().any(|l| l.starts_with("sync_relay_heap_resident_bytes ")
+                    && l.split(' ').nth(1).is_some_and(|v| v != "0")),
+                "resident heap not refreshed at the scrape:\n{body}"
+            );
         }
         // No label value is 64 hex characters (a group or device id).
         for line in body.lines().filter(|l| !l.starts_with('#')) {

@@ -26,6 +26,7 @@ pub mod db_metrics;
 pub mod endpoint;
 pub mod handlers;
 pub mod head_feed;
+pub mod heap_metrics;
 pub mod http;
 pub mod identity;
 pub mod metrics;

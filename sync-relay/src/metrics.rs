@@ -121,6 +121,8 @@ pub struct Metrics {
     /// The storage backend: database reachable, connection pool
     /// ([`crate::db_metrics`]).
     pub db: crate::db_metrics::DbMetrics,
+    /// The process heap, read from jemalloc ([`crate::heap_metrics`]).
+    pub heap: crate::heap_metrics::HeapMetrics,
 }
 
 impl Metrics {
@@ -154,6 +156,7 @@ impl Metrics {
             budget_refusals: Family::default(),
             slow_readers: Counter::default(),
             db: Default::default(),
+            heap: Default::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "Live sessions", m.sessions.clone());
@@ -253,6 +256,7 @@ impl Metrics {
             m.slow_readers.clone(),
         );
         m.db.register(&mut registry);
+        m.heap.register(&mut registry);
         registry.register(
             "build",
             "Relay build information",

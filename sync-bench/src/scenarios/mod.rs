@@ -1,6 +1,7 @@
 //! The benchmark scenarios; each returns Markdown tables.
 
 pub mod bulk;
+pub mod churn;
 pub mod cold;
 pub mod cross;
 pub mod fanout;

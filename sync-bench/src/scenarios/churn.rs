@@ -1,0 +1,245 @@
+//! Churn retention: what the relay's heap keeps per session that came and
+//! went (issue 10, BENCHMARKS.md "Soak"). Sessions from **fresh node ids**
+//! connect, say `Hello`, push one 1 KiB blob to an existing group and leave
+//! — even ones with a close, odd ones by vanishing (the endpoint dropped, so
+//! the relay learns only from its idle timeout) — `concurrency` at a time.
+//! After each checkpoint of N sessions in all, once the relay's live
+//! sessions are back to zero, its live heap (`sync_relay_heap_allocated_bytes`,
+//! jemalloc `stats.allocated`) is read: the growth over the baseline
+//! (taken after a warm-up churn) divided by the sessions churned since is
+//! the heap the relay retains per churned session.
+
+use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size, blob_id, random};
+use crate::stats::Table;
+use anyhow::{Context, Result, bail};
+use futures::future::join_all;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use sync_client::{GroupSecret, RelaySession};
+use sync_protocol::PushItem;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What to run.
+pub struct Churn {
+    /// Sessions churned before the baseline is read (lazy caches, pools).
+    pub warm_up: usize,
+    /// Cumulative session counts after which the heap is read.
+    pub checkpoints: Vec<usize>,
+    /// Sessions at once.
+    pub concurrency: usize,
+    /// How long to wait, once live sessions are back to 0, before the
+    /// reading: iroh 1.4 keeps a remote's state actor 60 s after its last
+    /// connection (`ACTOR_MAX_IDLE_TIMEOUT`), so 65 s separates what expires
+    /// from what stays.
+    pub linger: Duration,
+}
+
+impl Churn {
+    /// 500, 2,000 and 8,000 sessions after 200 of warm-up (`--tiny`: 20
+    /// and 60 after 20).
+    pub fn for_size(size: Size) -> Churn {
+        Churn {
+            warm_up: size.pick(200, 20),
+            checkpoints: size.pick(vec![500, 2_000, 8_000], vec![20, 60]),
+            concurrency: 8,
+            linger: Duration::from_secs(65),
+        }
+    }
+}
+
+/// One heap reading after a checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Point {
+    /// Sessions churned since the baseline.
+    pub sessions: usize,
+    /// Live heap bytes (`stats.allocated`) as soon as live sessions were 0.
+    pub allocated_at_zero: u64,
+    /// Live heap bytes (`stats.allocated`) after the linger.
+    pub allocated: u64,
+    /// Resident allocator bytes (`stats.resident`).
+    pub resident: u64,
+    /// Process RSS, KiB.
+    pub rss_kib: u64,
+}
+
+/// Run the scenario: the baseline and one [`Point`] per checkpoint, and
+/// the table.
+pub async fn run(churn: Churn) -> Result<(Table, Vec<Point>)> {
+    let relay = Relay::start(DEFAULT_MAX_BLOB_SIZE)?;
+    let keys = GroupSecret::generate().keys();
+    // The group exists before the churn: one device creates it.
+    let first = RelaySession::connect(&relay.device(&keys)?).await?;
+    first.push(vec![item(0)]).await?;
+    first.close().await;
+    let mut done = 0usize;
+    churn_sessions(&relay, &keys, &mut done, churn.warm_up, churn.concurrency).await?;
+    let base = settle(&relay, 0, churn.linger).await?;
+    let mut points = Vec::new();
+    let started = done;
+    for &n in &churn.checkpoints {
+        churn_sessions(&relay, &keys, &mut done, started + n, churn.concurrency).await?;
+        points.push(settle(&relay, n, churn.linger).await?);
+    }
+    let mut table = Table::new(
+        "Churn retention (fresh node ids, sessions back to 0)",
+        &[
+            "sessions churned",
+            "heap at 0 sessions MiB",
+            "heap after linger MiB",
+            "Δ allocated KiB",
+            "bytes / session",
+            "allocator resident MiB",
+            "relay RSS MiB",
+        ],
+    );
+    for p in std::iter::once(&base).chain(&points) {
+        let delta = p.allocated as i64 - base.allocated as i64;
+        table.row(vec![
+            p.sessions.to_string(),
+            format!("{:.2}", p.allocated_at_zero as f64 / 1048576.0),
+            format!("{:.2}", p.allocated as f64 / 1048576.0),
+            format!("{:.1}", delta as f64 / 1024.0),
+            if p.sessions == 0 {
+                "-".into()
+            } else {
+                format!("{:.0}", delta as f64 / p.sessions as f64)
+            },
+            format!("{:.1}", p.resident as f64 / 1048576.0),
+            format!("{:.1}", p.rss_kib as f64 / 1024.0),
+        ]);
+    }
+    table.note(format!(
+        "Each session: a fresh node id, Hello, one 1 KiB push to an existing group; even ones close, odd ones vanish. \
+         {} at a time, after {} sessions of warm-up. Heap = jemalloc stats.allocated (lowest of 5 readings, 200 ms apart), \
+         read once the relay's live sessions were back to 0 and again {} s later (iroh drops a remote's state actor 60 s \
+         after its last connection); Δ and bytes/session use the later reading.",
+        churn.concurrency, churn.warm_up, churn.linger.as_secs()
+    ));
+    Ok((table, points.into_iter().chain([base]).collect()))
+}
+
+fn item(i: u64) -> PushItem {
+    PushItem {
+        blob_id: blob_id(7, i),
+        payload: random(1024),
+        ttl_s: Some(3600),
+    }
+}
+
+/// Churn sessions until `done` reaches `until`, `concurrency` at a time.
+async fn churn_sessions(
+    relay: &Relay,
+    keys: &sync_client::GroupKeys,
+    done: &mut usize,
+    until: usize,
+    concurrency: usize,
+) -> Result<()> {
+    while *done < until {
+        let batch = (until - *done).min(concurrency);
+        let results = join_all((0..batch).map(|j| one(relay, keys, (*done + j) as u64))).await;
+        for r in results {
+            r?;
+        }
+        *done += batch;
+    }
+    Ok(())
+}
+
+/// One session from a fresh node id on an endpoint of its own.
+async fn one(relay: &Relay, keys: &sync_client::GroupKeys, i: u64) -> Result<()> {
+    let opts = relay.device(keys)?; // a fresh device key: a fresh node id
+    let ep = sync_client::endpoint::bind(opts.device_key.clone(), relay.quic).await?;
+    let s = RelaySession::connect_on(&ep, &opts)
+        .await
+        .with_context(|| format!("session {i}"))?;
+    s.push(vec![item(i + 1)]).await?;
+    if i % 2 == 0 {
+        s.close_connection();
+        let _ = tokio::time::timeout(Duration::from_secs(1), ep.close()).await;
+    } else {
+        drop(ep); // vanish: no CONNECTION_CLOSE leaves
+        drop(s);
+    }
+    Ok(())
+}
+
+/// Wait (up to 120 s) until the relay has no live session, read its heap,
+/// wait `linger` and read it again.
+async fn settle(relay: &Relay, sessions: usize, linger: Duration) -> Result<Point> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = scrape(relay.http).await?;
+        if metric(&m, "sync_relay_sessions") == Some(0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("live sessions not back to 0 within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let at_zero = read_heap(relay, sessions, 0).await?;
+    tokio::time::sleep(linger).await;
+    read_heap(relay, sessions, at_zero.allocated).await
+}
+
+/// The lowest of 5 heap readings, 200 ms apart.
+async fn read_heap(relay: &Relay, sessions: usize, allocated_at_zero: u64) -> Result<Point> {
+    let mut best: Option<Point> = None;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let m = scrape(relay.http).await?;
+        let p = Point {
+            sessions,
+            allocated_at_zero,
+            allocated: metric(&m, "sync_relay_heap_allocated_bytes")
+                .context("no sync_relay_heap_allocated_bytes (relay built without jemalloc?)")?,
+            resident: metric(&m, "sync_relay_heap_resident_bytes").unwrap_or(0),
+            rss_kib: relay.memory_kib().0,
+        };
+        if best.is_none_or(|b| p.allocated < b.allocated) {
+            best = Some(p);
+        }
+    }
+    best.context("no reading")
+}
+
+/// The value of an unlabelled metric in an OpenMetrics text.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// `GET /metrics` (HTTP/1.0, one request per connection).
+async fn scrape(http: SocketAddr) -> Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(http).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
+        .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.take(4 << 20).read_to_end(&mut response),
+    )
+    .await
+    .context("/metrics did not answer within 10 s")??;
+    let text = String::from_utf8_lossy(&response);
+    Ok(text
+        .split("\r\n\r\n")
+        .nth(1)
+        .context("/metrics: no body")?
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_reads_an_unlabelled_value_not_a_longer_name() {
+        let text = "# HELP x\nsync_relay_sessions_total 9\nsync_relay_sessions 3\n";
+        assert_eq!(metric(text, "sync_relay_sessions"), Some(3));
+        assert_eq!(metric(text, "sync_relay_nope"), None);
+    }
+}
