@@ -78,7 +78,15 @@ pub async fn run(churn: Churn) -> Result<(Table, Vec<Point>)> {
     let started = done;
     for &n in &churn.checkpoints {
         churn_sessions(&relay, &keys, &mut done, started + n, churn.concurrency).await?;
-        points.push(settle(&relay, n, churn.linger).await?);
+        let p = settle(&relay, n, churn.linger).await?;
+        eprintln!(
+            "churn: {n} sessions: heap {} -> {} bytes ({:+} over the baseline {})",
+            p.allocated_at_zero,
+            p.allocated,
+            p.allocated as i64 - base.allocated as i64,
+            base.allocated
+        );
+        points.push(p);
     }
     let mut table = Table::new(
         "Churn retention (fresh node ids, sessions back to 0)",
