@@ -73,8 +73,10 @@ impl HeapMetrics {
     /// Refresh the gauges from the allocator (called at each scrape).
     pub fn update(&self) {
         if let Some(s) = read() {
-            self.allocated.set(i64::try_from(s.allocated).unwrap_or(i64::MAX));
-            self.resident.set(i64::try_from(s.resident).unwrap_or(i64::MAX));
+            self.allocated
+                .set(i64::try_from(s.allocated).unwrap_or(i64::MAX));
+            self.resident
+                .set(i64::try_from(s.resident).unwrap_or(i64::MAX));
         }
     }
 }

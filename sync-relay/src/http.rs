@@ -606,8 +606,9 @@ mod tests {
                 assert!(!family.help.is_empty(), "{name} has no help text");
             }
             assert!(
-                body.lines().any(|l| l.starts_with("sync_relay_heap_resident_bytes ")
-                    && l.split(' ').nth(1).is_some_and(|v| v != "0")),
+                body.lines()
+                    .any(|l| l.starts_with("sync_relay_heap_resident_bytes ")
+                        && l.split(' ').nth(1).is_some_and(|v| v != "0")),
                 "resident heap not refreshed at the scrape:\n{body}"
             );
         }

@@ -76,12 +76,28 @@ pub async fn run(churn: Churn) -> Result<(Table, Vec<Point>)> {
     first.close().await;
     let mut done = 0usize;
     let mut failed = 0usize;
-    churn_sessions(&relay, &keys, &mut done, churn.warm_up, churn.concurrency, &mut failed).await?;
+    churn_sessions(
+        &relay,
+        &keys,
+        &mut done,
+        churn.warm_up,
+        churn.concurrency,
+        &mut failed,
+    )
+    .await?;
     let base = settle(&relay, 0, churn.linger).await?;
     let mut points = Vec::new();
     let started = done;
     for &n in &churn.checkpoints {
-        churn_sessions(&relay, &keys, &mut done, started + n, churn.concurrency, &mut failed).await?;
+        churn_sessions(
+            &relay,
+            &keys,
+            &mut done,
+            started + n,
+            churn.concurrency,
+            &mut failed,
+        )
+        .await?;
         let p = settle(&relay, n, churn.linger).await?;
         eprintln!(
             "churn: {n} sessions: heap {} -> {} bytes ({:+} over the baseline {})",
@@ -129,7 +145,9 @@ pub async fn run(churn: Churn) -> Result<(Table, Vec<Point>)> {
          after its last connection); Δ and bytes/session use the later reading.",
         churn.concurrency, churn.warm_up, churn.linger.as_secs()
     ));
-    table.note(format!("Sessions that failed to connect (counted, not retried): {failed}."));
+    table.note(format!(
+        "Sessions that failed to connect (counted, not retried): {failed}."
+    ));
     Ok((table, points.into_iter().chain([base]).collect()))
 }
 
