@@ -72,7 +72,7 @@ async fn churn(relay: &RelayProcess, keys: &GroupKeys, from: u64, n: u64) {
                 }])
                 .await
                 .expect("churn push");
-                if k % 2 == 0 {
+                if k.is_multiple_of(2) {
                     s.close_connection();
                     let _ = tokio::time::timeout(Duration::from_secs(1), ep.close()).await;
                 } else {

@@ -194,7 +194,7 @@ async fn one(relay: &Relay, keys: &sync_client::GroupKeys, i: u64) -> Result<()>
         .await
         .with_context(|| format!("session {i}"))?;
     s.push(vec![item(i + 1)]).await?;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         s.close_connection();
         let _ = tokio::time::timeout(Duration::from_secs(1), ep.close()).await;
     } else {
