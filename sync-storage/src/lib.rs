@@ -209,7 +209,8 @@ pub struct NewBlob {
     pub blob_id: BlobId,
     /// Opaque bytes, already checked against `max_blob_size`.
     pub payload: Vec<u8>,
-    /// When the blob may be deleted, Unix ms.
+    /// When the blob expires, Unix ms: from this time on (`now_ms >=
+    /// expires_at_ms`) it is no longer pulled and may be deleted.
     pub expires_at_ms: i64,
 }
 
@@ -535,7 +536,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn head(&self, group: GroupId) -> Result<u64, StorageError>;
 
     /// Blobs of `group` with cursor > `after` that have not expired at
-    /// `now_ms`, oldest first: at most `max_blobs` of them, and no more than
+    /// `now_ms` (`expires_at_ms > now_ms`), oldest first: at most `max_blobs` of them, and no more than
     /// fit in `max_bytes` of payload (but always at least one if any exists).
     async fn pull_page(
         &self,
