@@ -83,6 +83,16 @@ impl Relay {
         Self::start_with(&bench_config(max_blob_size))
     }
 
+    /// Start `sync-relay` as [`Relay::start`] does, on the PostgreSQL
+    /// database `storage_url` (`[storage] url`) with the default pool of 16
+    /// connections.
+    pub fn start_on_postgres(max_blob_size: u32, storage_url: &str) -> Result<Relay> {
+        Self::start_with(&format!(
+            "{}[storage]\nurl = {storage_url:?}\n",
+            bench_config(max_blob_size)
+        ))
+    }
+
     /// Start `sync-relay` with the config file `config` (TOML), in a fresh
     /// temporary data dir, on ephemeral loopback ports. Its log goes to
     /// stderr, read here only for the address line.

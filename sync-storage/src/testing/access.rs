@@ -392,24 +392,24 @@ pub async fn deleted_blobs_give_their_bytes_back_to_group_owner_and_relay(b: &mu
     let owner_bytes = || async { s.tokens().await.unwrap()[0].bytes_used };
     s.push(push(group(1), 1, 60, 2000)).await.unwrap();
     s.push(push(group(2), 2, 40, i64::MAX)).await.unwrap();
-    relay_full(
-        s.push(push(group(2), 3, 1, i64::MAX)).await.unwrap_err(),
-        1,
-    );
+    relay_full(s.push(push(group(2), 3, 1, i64::MAX)).await.unwrap_err(), 1);
 
     // Expiry: group 1's 60 bytes go back to group 1, the token, the relay.
     let d = s.delete_expired(2000, 10).await.unwrap();
-    assert_eq!(d, Deleted { blobs: 1, bytes: 60 });
+    assert_eq!(
+        d,
+        Deleted {
+            blobs: 1,
+            bytes: 60
+        }
+    );
     assert_balanced(&*s).await;
     assert_eq!(owner_bytes().await, 40);
     assert_eq!(s.stats().await.unwrap().bytes, 40);
     // 60 more fit group 1 (quota 100) and the relay (limit 100) only if
     // both were given the 60 back; then the relay is full again.
     s.push(push(group(1), 4, 60, i64::MAX)).await.unwrap();
-    relay_full(
-        s.push(push(group(1), 5, 1, i64::MAX)).await.unwrap_err(),
-        1,
-    );
+    relay_full(s.push(push(group(1), 5, 1, i64::MAX)).await.unwrap_err(), 1);
     assert_eq!(owner_bytes().await, 100);
 
     // Acknowledged deletion: D has both groups' blobs; all 100 bytes go
@@ -417,15 +417,18 @@ pub async fn deleted_blobs_give_their_bytes_back_to_group_owner_and_relay(b: &mu
     assert_eq!(s.ack(group(1), D, 2, 3000).await.unwrap(), 2);
     assert_eq!(s.ack(group(2), D, 1, 3000).await.unwrap(), 1);
     let d = s.delete_acked(0, 10).await.unwrap();
-    assert_eq!(d, Deleted { blobs: 2, bytes: 100 });
+    assert_eq!(
+        d,
+        Deleted {
+            blobs: 2,
+            bytes: 100
+        }
+    );
     assert_balanced(&*s).await;
     assert_eq!(owner_bytes().await, 0);
     assert_eq!(s.stats().await.unwrap().bytes, 0);
     s.push(push(group(2), 6, 100, i64::MAX)).await.unwrap();
-    relay_full(
-        s.push(push(group(1), 7, 1, i64::MAX)).await.unwrap_err(),
-        1,
-    );
+    relay_full(s.push(push(group(1), 7, 1, i64::MAX)).await.unwrap_err(), 1);
     assert_eq!(owner_bytes().await, 100);
     assert_balanced(&*s).await;
 }
