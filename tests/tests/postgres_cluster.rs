@@ -183,6 +183,7 @@ async fn eight_devices_on_two_relays_push_concurrently_without_gaps_loss_or_dupl
         .zip(acked.values().skip(1))
         .filter(|(a, b)| a.1 != b.1)
         .count();
+    println!("{total} blobs acknowledged; the committing relay switched {switches} times");
     assert!(
         switches >= 2,
         "the two relays' commits did not interleave ({switches} switches)"
@@ -321,6 +322,11 @@ fn killing_relay_1_mid_push_fails_over_to_relay_2_and_every_acked_blob_is_pulled
     assert!(
         pushed["duplicates"].as_u64().unwrap() <= PUSH_PIPELINE as u64,
         "{pushed}"
+    );
+    println!(
+        "{chunks} chunks; relay 1 answered {answered_by_r1} pushes before the kill; \
+         {} came back as duplicates from relay 2",
+        pushed["duplicates"]
     );
     // A failed over: it now prefers relay 2, which stored the rest.
     let current = std::fs::read_to_string(a.home.join("current-relay")).unwrap();
