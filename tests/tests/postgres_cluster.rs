@@ -315,7 +315,10 @@ fn killing_relay_1_mid_push_fails_over_to_relay_2_and_every_acked_blob_is_pulled
     // to the group); chunks in flight at the kill that had committed came
     // back as duplicates from relay 2.
     assert_eq!(
-        (pushed["first_cursor"].as_u64(), pushed["last_cursor"].as_u64()),
+        (
+            pushed["first_cursor"].as_u64(),
+            pushed["last_cursor"].as_u64()
+        ),
         (Some(1), Some(chunks)),
         "{pushed}"
     );
