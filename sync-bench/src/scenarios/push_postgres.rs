@@ -54,9 +54,12 @@ pub async fn run(size: Size, server: &str) -> Result<Table> {
         for devices in size.pick(vec![1usize, 16, 64], vec![1, 4]) {
             for batch in [1usize, 64] {
                 let cap = (volume_cap / payload as u64).max(batch as u64 * devices as u64);
+                let what = format!("{payload} B × {devices} devices × batch {batch}");
                 let db = fresh(server).await?;
                 let relay = Relay::start_on_postgres(4 << 20, &db.url())?;
-                let run = relay_run_on(&relay, payload, devices, batch, time, cap).await?;
+                let run = relay_run_on(&relay, payload, devices, batch, time, cap)
+                    .await
+                    .with_context(|| format!("relay on PostgreSQL, {what}"))?;
                 drop(relay);
                 drop(db);
                 let w = Workload {
@@ -69,7 +72,9 @@ pub async fn run(size: Size, server: &str) -> Result<Table> {
                     pool: POOL,
                     relay_counter: false,
                 };
-                let raw = baseline(server, w).await?;
+                let raw = baseline(server, w)
+                    .await
+                    .with_context(|| format!("raw sqlx-pg, {what}"))?;
                 let counted = baseline(
                     server,
                     Workload {
