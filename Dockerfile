@@ -5,6 +5,11 @@
 # See docs/deploy.md.
 
 FROM rust:1.95-slim-bookworm AS build
+# jemalloc (the relay's allocator) is built from C source: the slim image has
+# gcc but not make.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make=4.3-4.1 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The whole workspace is needed to resolve it; .dockerignore keeps target/ and .git out.
 COPY . .
@@ -29,7 +34,8 @@ USER 10001:10001
 # interfaces inside the container (publish it only where it should be reachable).
 # Storage: SQLite in /data by default; several relays on one PostgreSQL with
 # SYNC_RELAY__STORAGE__URL=postgres://… (docs/deploy.md "Storage backends").
-# Two glibc malloc arenas: peak memory of large transfers ~20 % lower (BENCHMARKS.md).
+# The relay allocates with jemalloc (docs/deploy.md "Allocator"); two glibc
+# arenas for what SQLite's C code allocates with malloc.
 ENV SYNC_RELAY_DATA_DIR=/data \
     SYNC_RELAY_QUIC_BIND=0.0.0.0:4433 \
     SYNC_RELAY_HTTP_BIND=0.0.0.0:8080 \

@@ -1,5 +1,5 @@
-//! Micro-benchmarks (criterion): the frame codec, the blob envelope, and the
-//! storage push path. `cargo bench -p sync-bench --bench micro`.
+//! Micro-benchmarks (criterion): the frame codec, the blob envelope, the
+//! storage push path, and the roster (verify, rotate, fold). `cargo bench -p sync-bench --bench micro`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -119,5 +119,64 @@ fn storage(c: &mut Criterion) {
     rt.block_on(s.close());
 }
 
-criterion_group!(micro, codec, envelope, storage);
+/// The roster at its limits: 64 members, 4,096 entries (docs/security.md
+/// "Devices, roster and key epochs").
+fn roster(c: &mut Criterion) {
+    use sync_client::roster::{DeviceKeys, build, fold};
+    let keys: Vec<DeviceKeys> = (0..64u8)
+        .map(|i| DeviceKeys::from_parts(&[i + 1; 32], &[i + 101; 32]))
+        .collect();
+    let group_id = GroupSecret::from_bytes([7; 32]).keys().group_id();
+    let genesis = build::genesis(&keys[0], group_id, "d0", 0).unwrap();
+    let mut entries = vec![genesis.clone()];
+    let mut state = fold(genesis.id(), &entries).unwrap();
+    for (i, k) in keys.iter().enumerate().skip(1) {
+        let name = format!("d{i}");
+        entries
+            .push(build::add(&state, &keys[0], k.device_id(), k.hpke_public(), &name, 0).unwrap());
+        state = fold(genesis.id(), &entries).unwrap();
+    }
+    let mut t = 0;
+    while entries.len() < sync_client::roster::MAX_ENTRIES - 1 {
+        t += 1;
+        let k = &keys[t % 64];
+        entries.push(build::rename(&state, k, k.device_id(), "renamed", t as u64).unwrap());
+    }
+    let (rotation, _) = build::rotate(&state, &keys[0], &[keys[1].device_id()], 1).unwrap();
+    entries.push(rotation.clone());
+    let bytes = rotation.encode();
+    let mut g = c.benchmark_group("roster");
+    g.sample_size(10);
+    g.bench_function("decode+verify rotate (63 wraps)", |b| {
+        b.iter(|| sync_client::roster::SignedEntry::decode(black_box(&bytes)).unwrap())
+    });
+    g.bench_function("rotate 64 members", |b| {
+        b.iter(|| build::rotate(black_box(&state), &keys[0], &[], 1).unwrap())
+    });
+    g.bench_function("fold 64 members, 4096 entries", |b| {
+        b.iter(|| fold(genesis.id(), black_box(&entries)).unwrap())
+    });
+    // A hostile member's worst case: every entry but the adds is a
+    // concurrent rotation of epoch 0 wrapping to 63 devices (the largest
+    // entries), by 63 authors.
+    let mut rotations = entries[..64].to_vec();
+    let mut t = 0u64;
+    while rotations.len() < sync_client::roster::MAX_ENTRIES {
+        t += 1;
+        let k = &keys[if t % 64 == 1 { 0 } else { (t % 64) as usize }];
+        let mut en = rotation.entry().clone();
+        en.author = k.device_id();
+        en.created_at_ms = t;
+        rotations.push(sync_client::roster::SignedEntry::sign(en, k.signing_key()).unwrap());
+    }
+    g.bench_function("fold 4032 concurrent rotations (63 wraps)", |b| {
+        b.iter(|| {
+            let s = fold(genesis.id(), black_box(&rotations)).unwrap();
+            assert_eq!(s.epoch, 1);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(micro, codec, envelope, storage, roster);
 criterion_main!(micro);

@@ -58,7 +58,7 @@ pub struct Relay {
 /// Relay config for a benchmark: `max_blob_size` bytes, quotas, rate
 /// limits and access control (open mode, no per-address limits) out of the
 /// way, quiet logs.
-fn bench_config(max_blob_size: u32) -> String {
+pub fn bench_config(max_blob_size: u32) -> String {
     bench_config_with(max_blob_size, "")
 }
 

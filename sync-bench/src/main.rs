@@ -54,6 +54,9 @@ enum Scenario {
     PushPostgres,
     /// 2. NOTIFY latency vs raw round trip.
     Notify,
+    /// 2b. Cross-instance NOTIFY on PostgreSQL vs same-instance
+    /// (needs SYNC_TEST_POSTGRES_URL; skipped without it).
+    Cross,
     /// 3. Fan-out to 1, 100 and 1,000 sessions.
     Fanout,
     /// 4. Idle sessions: memory per session, accept time.
@@ -184,6 +187,9 @@ async fn main() -> Result<()> {
     }
     if all || args.scenario == Scenario::Notify {
         emit(scenarios::notify::run(size).await?);
+    }
+    if all || args.scenario == Scenario::Cross {
+        emit(scenarios::cross::run(size).await?);
     }
     if all || args.scenario == Scenario::Fanout {
         emit(scenarios::fanout::run(size).await?);

@@ -2,7 +2,9 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `device.key` | the device's iroh secret key (hex) — its node id |
+//! | `device.key` | the device's iroh secret key (hex) — its node id, and the key that signs its roster entries |
+//! | `device-hpke.key` | seed of the device's HPKE key pair (hex), for receiving epoch secrets ([`crate::roster::device`]) |
+//! | `roster.bin` | the roster entries the device holds ([`crate::roster::store`]) |
 //! | `group.toml` | relay addresses (first preferred), group secret (hex), group name |
 //! | `current-relay` | the relay that worked last (tried first) |
 //! | `state.json`, `seq.json` | local sync state ([`crate::state`]) |
@@ -137,6 +139,14 @@ impl Home {
             }
             Err(e) => Err(ClientError::io(&path)(e)),
         }
+    }
+
+    /// The device's roster keys: its node key ([`Home::device_key`]) and
+    /// its HPKE key pair (`device-hpke.key`, created on first use).
+    /// Errors: [`ClientError::Home`] for an unreadable or invalid key file.
+    pub fn device_keys(&self) -> Result<crate::roster::DeviceKeys> {
+        crate::roster::DeviceKeys::load_or_create(&self.dir, &self.device_key()?)
+            .map_err(|e| ClientError::Home(e.to_string()))
     }
 
     /// `group.toml`, its relays in `relays` (a file from before `relays`

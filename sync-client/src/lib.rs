@@ -11,6 +11,7 @@
 //! - [`relpath`]: relative paths of pushed files and where they land;
 //!   [`tree`]: the files of a directory being pushed.
 //! - [`home`]: a device's home directory (device key, group, state).
+//! - [`roster`]: device identities, the signed roster and key epochs.
 //! - [`invite`], [`relay_addr`], [`relays`] (a group's relays, for
 //!   failover), [`state`], [`integrity`], [`util`].
 
@@ -30,6 +31,7 @@ pub mod receive;
 pub mod relay_addr;
 pub mod relays;
 pub mod relpath;
+pub mod roster;
 pub mod session;
 pub mod state;
 pub mod tree;

@@ -45,6 +45,11 @@ pub struct StorageConfig {
     /// Connections each relay keeps open to PostgreSQL (ignored for
     /// SQLite). Default 16; 1..=1000.
     pub max_connections: u32,
+    /// Seconds between fallback polls of the heads of this relay's live
+    /// groups (PostgreSQL only): the longest a lost wake-up from another
+    /// relay delays a live session (docs/deploy.md "Several relays on one
+    /// PostgreSQL"). Default 5; 1..=3600.
+    pub head_poll_interval_s: u32,
 }
 
 impl Default for StorageConfig {
@@ -52,6 +57,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: None,
             max_connections: 16,
+            head_poll_interval_s: 5,
         }
     }
 }
@@ -505,6 +511,13 @@ impl Config {
                 format!("must be 1..=1000, got {}", self.storage.max_connections),
             );
         }
+        let poll = self.storage.head_poll_interval_s;
+        if poll == 0 || poll > 3600 {
+            return invalid(
+                "storage.head_poll_interval_s",
+                format!("must be 1..=3600 seconds, got {poll}"),
+            );
+        }
         let blob_ceiling = MAX_FRAME_CEILING / 2;
         if l.max_blob_size == 0 || l.max_blob_size > blob_ceiling {
             return invalid(
@@ -804,6 +817,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("storage.max_connections"), "{err}");
+        for bad in [0, 3601] {
+            let err = parse(&format!("[storage]\nhead_poll_interval_s = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("storage.head_poll_interval_s"), "{err}");
+        }
     }
 
     #[test]

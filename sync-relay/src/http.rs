@@ -126,6 +126,8 @@ pub struct Health {
     /// [`DB_OK`], [`DB_UNAVAILABLE`] or [`DB_TIMED_OUT`]; never the raw
     /// database error (that goes to the log).
     pub db: &'static str,
+    /// The storage backend: `sqlite` or `postgres` (never its URL).
+    pub backend: &'static str,
     /// Configuration problems to fix (empty when none), e.g. an announced
     /// address that only works on this host ([`crate::advertise`]). They do
     /// not make the relay unhealthy.
@@ -154,7 +156,13 @@ pub fn metrics_router(ctx: Arc<RelayContext>) -> Router {
 }
 
 async fn metrics(State(ctx): State<Arc<RelayContext>>) -> impl IntoResponse {
-    if let DbStatus::Ok(stats) = ctx.storage_figures.get(&*ctx.storage).await {
+    let db = ctx.storage_figures.get(&*ctx.storage).await;
+    ctx.metrics.db.update(
+        ctx.storage.backend(),
+        ctx.storage.pool_stats(),
+        matches!(db, DbStatus::Ok(_)),
+    );
+    if let DbStatus::Ok(stats) = db {
         ctx.metrics.storage_bytes.set(stats.bytes as i64);
         ctx.metrics.storage_blobs.set(stats.blobs as i64);
         ctx.metrics.groups.set(stats.groups as i64);
@@ -194,6 +202,7 @@ async fn health(State(ctx): State<Arc<RelayContext>>) -> (StatusCode, Json<Healt
             devices: stats.devices,
             storage_bytes: stats.bytes,
             db: db.message(),
+            backend: ctx.storage.backend(),
             warnings: ctx.warnings.clone(),
         }),
     )
@@ -276,6 +285,17 @@ mod tests {
             Err(broken())
         }
         async fn close(&self) {}
+        fn backend(&self) -> &'static str {
+            "postgres"
+        }
+        fn pool_stats(&self) -> PoolStats {
+            PoolStats {
+                size: 0,
+                idle: 0,
+                max: 16,
+                acquire_timeouts: 3,
+            }
+        }
     }
 
     async fn get(app: Router, path: &str) -> (StatusCode, String, Option<String>) {
@@ -314,6 +334,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["status"], "ok");
         assert_eq!(v["db"], "ok");
+        assert_eq!(v["backend"], "sqlite");
         assert_eq!(v["node_id"], "05".repeat(32));
         for key in ["version", "uptime_s", "sessions", "groups", "storage_bytes"] {
             assert!(v.get(key).is_some(), "missing {key}: {body}");
@@ -332,6 +353,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["status"], "degraded");
         assert_eq!(v["db"], DB_UNAVAILABLE);
+        assert_eq!(v["backend"], "postgres");
         // Neither the error's text nor any part of it reaches the body.
         let raw = broken().to_string();
         assert!(!body.contains(&raw), "raw error shown: {body}");
@@ -434,6 +456,12 @@ mod tests {
         }
         async fn close(&self) {
             self.inner.close().await
+        }
+        fn backend(&self) -> &'static str {
+            self.inner.backend()
+        }
+        fn pool_stats(&self) -> PoolStats {
+            self.inner.pool_stats()
         }
     }
 
@@ -598,5 +626,67 @@ mod tests {
         assert_eq!(value("sync_relay_groups"), "2");
         assert_eq!(value("sync_relay_devices"), "3");
         assert_eq!(value("sync_relay_owners"), "1");
+    }
+
+    /// The pool metrics follow the backend: a working SQLite shows `db_up`
+    /// 1 and its reader pool; a failing database shows `db_up` 0 and the
+    /// backend's acquire timeouts, which stay the backend's count however
+    /// often they are scraped.
+    #[tokio::test]
+    async fn metrics_show_the_database_and_its_pool() {
+        let line = |body: &str, prefix: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no {prefix}:\n{body}"))
+                .trim()
+                .to_string()
+        };
+        let (_d, ctx) = sqlite_ctx().await;
+        let (_, body, _) = get(router(Arc::clone(&ctx), true), "/metrics").await;
+        assert_eq!(line(&body, "sync_relay_db_up{backend=\"sqlite\"}"), "1");
+        assert_eq!(
+            line(
+                &body,
+                "sync_relay_db_pool_max_connections{backend=\"sqlite\"}"
+            ),
+            "2"
+        );
+        let open: i64 = ["idle", "busy"]
+            .iter()
+            .map(|state| {
+                line(
+                    &body,
+                    &format!(
+                        "sync_relay_db_pool_connections{{backend=\"sqlite\",state=\"{state}\"}}"
+                    ),
+                )
+                .parse::<i64>()
+                .unwrap()
+            })
+            .sum();
+        assert!(
+            (1..=2).contains(&open),
+            "{open} reader connections:\n{body}"
+        );
+
+        let ctx = RelayContext::new(
+            &Config::default(),
+            DeviceId([5; 32]),
+            Arc::new(BrokenStorage),
+        );
+        for _ in 0..2 {
+            let (_, body, _) = get(router(Arc::clone(&ctx), true), "/metrics").await;
+            openmetrics_parser::openmetrics::parse_openmetrics(&body)
+                .unwrap_or_else(|e| panic!("invalid OpenMetrics ({e:?}):\n{body}"));
+            assert_eq!(line(&body, "sync_relay_db_up{backend=\"postgres\"}"), "0");
+            assert_eq!(
+                line(
+                    &body,
+                    "sync_relay_db_pool_acquire_timeouts_total{backend=\"postgres\"}"
+                ),
+                "3"
+            );
+            assert!(!body.contains("pool closed"), "{body}");
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! before TLS, at `Hello`, per request; who may create groups), [`advertise`] (announced address), [`identity`] (node key), [`endpoint`]
 //! (iroh), [`server`] (accept loop, shutdown), [`session`] (per-connection
 //! state machine), [`handlers`] (one per request), [`auth`] (membership
-//! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out),
+//! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out), [`head_feed`] (heads moved on other
+//! instances),
 //! [`ratelimit`] (governor limits), [`budget`] (memory budgets per peer),
 //! [`cleanup`] (expiry task), [`metrics`]
 //! (OpenMetrics), [`http`] (`/health`, `/metrics`).
@@ -16,12 +17,15 @@
 pub mod admission;
 pub mod advertise;
 pub mod auth;
+pub mod backup;
 pub mod budget;
 pub mod cleanup;
 pub mod config;
 pub mod context;
+pub mod db_metrics;
 pub mod endpoint;
 pub mod handlers;
+pub mod head_feed;
 pub mod http;
 pub mod identity;
 pub mod metrics;

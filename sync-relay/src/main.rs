@@ -7,6 +7,13 @@ use std::path::PathBuf;
 use sync_relay::config::{Config, LogFormat};
 use sync_relay::{Relay, identity};
 
+/// The relay's allocator: jemalloc with background threads, which purge
+/// freed pages back to the system (glibc's malloc keeps them in its arenas;
+/// BENCHMARKS.md "Soak"). Feature `jemalloc`, on by default.
+#[cfg(all(feature = "jemalloc", unix, not(target_env = "msvc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The 0k-sync zero-knowledge sync relay.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -46,8 +53,9 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
-    /// Copy the relay's state (database via `VACUUM INTO`, and node key) into
-    /// a new directory; safe while the relay runs.
+    /// Copy the relay's state into a new directory: the database (SQLite via
+    /// `VACUUM INTO`; PostgreSQL via `pg_dump --format=custom`, restored with
+    /// `pg_restore`) and this relay's node key; safe while the relay runs.
     Backup {
         /// Directory to create (must not exist).
         dest: PathBuf,
@@ -136,30 +144,55 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// `DEST/relay.db` (a consistent copy) and `DEST/relay.key`, mode 0600 in a
-/// 0700 directory.
+/// `DEST/relay.db` (SQLite: a consistent copy) or `DEST/relay.pgdump`
+/// (PostgreSQL: `pg_dump`'s custom format), and `DEST/relay.key`, mode 0600
+/// in a 0700 directory.
 async fn backup(config: &Config, dest: &std::path::Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let db = match config.storage_url()? {
-        sync_relay::config::StorageUrl::Sqlite(path) => path,
-        sync_relay::config::StorageUrl::Postgres(_) => anyhow::bail!(
-            "storage.url is a PostgreSQL database: back it up with pg_dump (docs/deploy.md \
-             \"Storage backends\"); copy relay.key from the data dir yourself"
-        ),
-    };
-    anyhow::ensure!(db.exists(), "no database at {}", db.display());
+    let url = config.storage_url()?;
+    if let sync_relay::config::StorageUrl::Sqlite(db) = &url {
+        anyhow::ensure!(db.exists(), "no database at {}", db.display());
+    }
+    let key = config.data_dir.join(identity::KEY_FILE);
+    anyhow::ensure!(key.exists(), "no node key at {}", key.display());
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dest)
         .with_context(|| format!("cannot create {} (it must not exist yet)", dest.display()))?;
-    let dest_db = dest.join("relay.db");
-    sync_relay::storage::backup_database(&db, &dest_db).await?;
+    let dest_db = match url {
+        sync_relay::config::StorageUrl::Sqlite(db) => {
+            let dest_db = dest.join("relay.db");
+            sync_relay::storage::backup_database(&db, &dest_db).await?;
+            dest_db
+        }
+        sync_relay::config::StorageUrl::Postgres(url) => {
+            let dest_db = dest.join(sync_relay::backup::PG_DUMP_FILE);
+            let mut cmd = sync_relay::backup::pg_dump_command(&url, &dest_db)?;
+            let status = cmd.status().map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot run pg_dump ({e}): install the PostgreSQL client tools, of the \
+                     server's major version or newer (docs/deploy.md \"Backup\")"
+                )
+            })?;
+            anyhow::ensure!(
+                status.success(),
+                "pg_dump failed ({status}); its error is above"
+            );
+            dest_db
+        }
+    };
     std::fs::set_permissions(&dest_db, std::fs::Permissions::from_mode(0o600))?;
-    let key = config.data_dir.join(identity::KEY_FILE);
     let dest_key = dest.join(identity::KEY_FILE);
     std::fs::copy(&key, &dest_key).with_context(|| format!("copying {}", key.display()))?;
     std::fs::set_permissions(&dest_key, std::fs::Permissions::from_mode(0o600))?;
-    println!("backup written to {} (relay.db, relay.key)", dest.display());
+    println!(
+        "backup written to {} ({}, relay.key)",
+        dest.display(),
+        dest_db
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
     Ok(())
 }
 

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub blobs_delivered: Counter,
     /// `Notify` frames written.
     pub notifications_sent: Counter,
+    /// Wake-ups from other relay instances (PostgreSQL `LISTEN`) and the
+    /// fallback poll ([`crate::head_feed`]).
+    pub head_feed: crate::head_feed::FeedMetrics,
     /// Requests or connections refused by a rate limit, by kind.
     pub rate_limited: Family<KindLabel, Counter>,
     /// Pushes refused by a quota, by kind.
@@ -115,6 +118,9 @@ pub struct Metrics {
     /// Sessions closed because the device did not take an answer within
     /// its write deadline (close code 8, TOO_SLOW).
     pub slow_readers: Counter,
+    /// The storage backend: database reachable, connection pool
+    /// ([`crate::db_metrics`]).
+    pub db: crate::db_metrics::DbMetrics,
 }
 
 impl Metrics {
@@ -129,6 +135,7 @@ impl Metrics {
             pulls: Counter::default(),
             blobs_delivered: Counter::default(),
             notifications_sent: Counter::default(),
+            head_feed: Default::default(),
             rate_limited: Family::default(),
             quota_rejections: Family::default(),
             cleanup_deleted: Counter::default(),
@@ -146,6 +153,7 @@ impl Metrics {
             bytes_in_flight: Gauge::default(),
             budget_refusals: Family::default(),
             slow_readers: Counter::default(),
+            db: Default::default(),
             registry: Registry::default(),
         };
         registry.register("sessions", "Live sessions", m.sessions.clone());
@@ -176,6 +184,7 @@ impl Metrics {
             "Notify frames written to sessions",
             m.notifications_sent.clone(),
         );
+        m.head_feed.register(&mut registry);
         registry.register(
             "rate_limited",
             "Requests or connections refused by a rate limit, by kind",
@@ -243,6 +252,7 @@ impl Metrics {
             "Sessions closed for not taking an answer within its write deadline",
             m.slow_readers.clone(),
         );
+        m.db.register(&mut registry);
         registry.register(
             "build",
             "Relay build information",

@@ -86,6 +86,17 @@ impl NotifyHub {
         }
     }
 
+    /// The head last published for `group`, or `None` when it has no live
+    /// session here.
+    pub fn head(&self, group: GroupId) -> Option<u64> {
+        self.groups.get(&group).map(|tx| *tx.borrow())
+    }
+
+    /// Every group with a live session here.
+    pub fn live_group_ids(&self) -> Vec<GroupId> {
+        self.groups.iter().map(|e| *e.key()).collect()
+    }
+
     /// Groups with at least one live subscription.
     pub fn live_groups(&self) -> usize {
         self.groups.len()

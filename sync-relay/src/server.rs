@@ -130,6 +130,13 @@ impl Relay {
         }
         let background = TaskTracker::new();
         background.spawn(cleanup::run(Arc::clone(&ctx), config.cleanup.clone()));
+        if let Some(feed) = ctx.storage.head_changes() {
+            background.spawn(crate::head_feed::run(
+                Arc::clone(&ctx),
+                feed,
+                RelayContext::secs(config.storage.head_poll_interval_s),
+            ));
+        }
         background.spawn(prune_limiters(
             Arc::clone(&ctx),
             RelayContext::secs(config.rate_limits.prune_interval_s),

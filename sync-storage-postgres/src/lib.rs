@@ -26,16 +26,22 @@
 //!
 //! A deadlock or serialization failure the server reports (40P01, 40001)
 //! is retried, at most [`RETRIES`] times.
+//!
+//! A push that moves a head also sends a wake-up (`pg_notify`, delivered on
+//! COMMIT only) that every instance's [`Storage::head_changes`] feed hears
+//! on one dedicated `LISTEN` connection ([`listen`]).
 
 #![forbid(unsafe_code)]
 
 mod access;
 mod cleanup;
+pub mod listen;
 mod push;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use cleanup::CLEANUP_LOCK;
+pub use listen::{LISTENER_APPLICATION_NAME, NOTIFY_CHANNEL};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -43,12 +49,15 @@ use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
 use sync_storage::{
-    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned, PullPage,
-    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
+    CounterAudit, Deleted, HeadFeed, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned,
+    PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
 };
+use tokio::task::AbortHandle;
 
 /// How often a transaction the server aborted as a deadlock or a
 /// serialization failure is tried again before the error is returned.
@@ -66,6 +75,10 @@ pub struct PostgresStorageOptions {
     pub max_connections: u32,
     /// How long a call waits for a free connection.
     pub acquire_timeout: Duration,
+    /// The channel pushes send their wake-ups on and
+    /// [`Storage::head_changes`] listens on ([`NOTIFY_CHANNEL`]). Relays
+    /// of one cluster must agree on it.
+    pub notify_channel: String,
 }
 
 impl PostgresStorageOptions {
@@ -78,6 +91,7 @@ impl PostgresStorageOptions {
             quotas,
             max_connections: 16,
             acquire_timeout: Duration::from_secs(5),
+            notify_channel: NOTIFY_CHANNEL.to_string(),
         })
     }
 }
@@ -86,6 +100,34 @@ impl PostgresStorageOptions {
 pub struct PostgresStorage {
     pool: PgPool,
     quotas: Quotas,
+    /// Calls that found no connection within the acquire timeout.
+    acquire_timeouts: AtomicU64,
+    /// Where listeners connect (the pool's options).
+    connect: PgConnectOptions,
+    /// The wake-up channel; `None` when the debug-only fail point
+    /// `skip-notify` is armed ([`FAILPOINT_ENV`]).
+    notify: Option<std::sync::Arc<str>>,
+    /// The channel listeners listen on.
+    listen_channel: String,
+    /// The listener tasks of [`Storage::head_changes`], stopped by `close`.
+    listeners: Mutex<Vec<AbortHandle>>,
+}
+
+/// Test-only fail point, read at [`PostgresStorage::open`] and **only in
+/// debug builds** (release builds compile it out): with
+/// `SYNC_RELAY_FAILPOINT=skip-notify` pushes send no wake-up, so the
+/// end-to-end tests can prove that a lost notification is delivered by the
+/// relay's fallback poll.
+pub const FAILPOINT_ENV: &str = "SYNC_RELAY_FAILPOINT";
+
+/// True when the `skip-notify` fail point is armed (debug builds only).
+fn skip_notify_armed() -> bool {
+    #[cfg(debug_assertions)]
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == "skip-notify") {
+        tracing::warn!("test fail point armed: pushes send no wake-up (skip-notify)");
+        return true;
+    }
+    false
 }
 
 impl PostgresStorage {
@@ -97,7 +139,7 @@ impl PostgresStorage {
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(opts.acquire_timeout)
-            .connect_with(opts.connect)
+            .connect_with(opts.connect.clone())
             .await
             .map_err(dberr)?;
         sqlx::migrate!("../migrations/postgres")
@@ -107,7 +149,21 @@ impl PostgresStorage {
         Ok(PostgresStorage {
             pool,
             quotas: opts.quotas,
+            acquire_timeouts: AtomicU64::new(0),
+            connect: opts.connect,
+            notify: (!skip_notify_armed()).then(|| opts.notify_channel.as_str().into()),
+            listen_channel: opts.notify_channel,
+            listeners: Mutex::new(Vec::new()),
         })
+    }
+
+    /// [`dberr`] for an error of a call on the pool, counting the calls
+    /// that got no connection in time ([`sync_storage::PoolStats::acquire_timeouts`]).
+    fn pool_err(&self, err: sqlx::Error) -> StorageError {
+        if matches!(err, sqlx::Error::PoolTimedOut) {
+            self.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        dberr(err)
     }
 
     /// Run `op` in a transaction of its own and commit it; a refusal rolls
@@ -121,7 +177,8 @@ impl PostgresStorage {
         loop {
             attempt += 1;
             let result = async {
-                let mut tx: Transaction<'_, Postgres> = self.pool.begin().await.map_err(dberr)?;
+                let mut tx: Transaction<'_, Postgres> =
+                    self.pool.begin().await.map_err(|e| self.pool_err(e))?;
                 let out = op(&mut tx).await?;
                 tx.commit().await.map_err(dberr)?;
                 Ok(out)
@@ -197,13 +254,61 @@ impl Storage for PostgresStorage {
 
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
         let quotas = self.quotas;
+        let notify = self.notify.clone();
         // Shared, not cloned, by the attempts of a retried transaction.
         let req = std::sync::Arc::new(req);
         self.in_transaction(move |conn| {
             let req = std::sync::Arc::clone(&req);
-            Box::pin(async move { push::apply(conn, &req, quotas).await })
+            let notify = notify.clone();
+            Box::pin(async move { push::apply(conn, &req, quotas, notify.as_deref()).await })
         })
         .await
+    }
+
+    /// One query for all of `groups` (an unknown group answers the head
+    /// floor, as [`Storage::head`]).
+    async fn heads(&self, groups: &[GroupId]) -> Result<Vec<(GroupId, u64)>, StorageError> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&[u8]> = groups.iter().map(|g| &g.0[..]).collect();
+        let heads: Vec<i64> = sqlx::query_scalar(
+            "SELECT COALESCE(g.head_cursor, r.head_floor) \
+             FROM UNNEST($1::BYTEA[]) WITH ORDINALITY AS u(id, i) \
+             CROSS JOIN relay_state r LEFT JOIN groups g ON g.group_id = u.id ORDER BY u.i",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(dberr)?;
+        if heads.len() != groups.len() {
+            return Err(StorageError::database(format!(
+                "asked for {} heads, got {}",
+                groups.len(),
+                heads.len()
+            )));
+        }
+        groups
+            .iter()
+            .zip(heads)
+            .map(|(g, h)| Ok((*g, unsigned(h)?)))
+            .collect()
+    }
+
+    /// A listener on a connection of its own ([`listen`]), stopped when
+    /// the feed is dropped or the storage closed.
+    fn head_changes(&self) -> Option<HeadFeed> {
+        let (tx, feed) = HeadFeed::channel();
+        let task = tokio::spawn(listen::run(
+            self.connect.clone(),
+            self.listen_channel.clone(),
+            tx,
+        ));
+        if let Ok(mut listeners) = self.listeners.lock() {
+            listeners.retain(|l| !l.is_finished());
+            listeners.push(task.abort_handle());
+        }
+        Some(feed)
     }
 
     async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
@@ -215,7 +320,7 @@ impl Storage for PostgresStorage {
         .bind(&group.0[..])
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         unsigned(head)
     }
 
@@ -243,7 +348,7 @@ impl Storage for PostgresStorage {
             complete: true,
         };
         let mut bytes = 0usize;
-        while let Some(row) = rows.try_next().await.map_err(dberr)? {
+        while let Some(row) = rows.try_next().await.map_err(|e| self.pool_err(e))? {
             if page.blobs.len() == max_blobs {
                 page.complete = false;
                 break;
@@ -313,7 +418,7 @@ impl Storage for PostgresStorage {
         )
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         let get = |i: usize| -> Result<u64, StorageError> {
             unsigned(row.try_get::<i64, _>(i).map_err(dberr)?)
         };
@@ -380,7 +485,7 @@ impl Storage for PostgresStorage {
         )
         .fetch_one(&self.pool)
         .await
-        .map_err(dberr)?;
+        .map_err(|e| self.pool_err(e))?;
         let get = |i: usize| -> Result<u64, StorageError> {
             unsigned(row.try_get::<i64, _>(i).map_err(dberr)?)
         };
@@ -414,11 +519,27 @@ impl Storage for PostgresStorage {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>, StorageError> {
-        let mut conn = self.pool.acquire().await.map_err(dberr)?;
+        let mut conn = self.pool.acquire().await.map_err(|e| self.pool_err(e))?;
         access::list_tokens(&mut conn).await
     }
 
     async fn close(&self) {
+        if let Ok(mut listeners) = self.listeners.lock() {
+            listeners.drain(..).for_each(|l| l.abort());
+        }
         self.pool.close().await;
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn pool_stats(&self) -> sync_storage::PoolStats {
+        sync_storage::PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+            acquire_timeouts: self.acquire_timeouts.load(Ordering::Relaxed),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! One push batch in one transaction (docs/protocol.md "Push", docs/deploy.md "Storage
 //! backends"): the group's row lock → duplicate check by blob id → owner's
 //! counter → quota checks → group counters and head → one multi-row insert
+//! → the wake-up for other instances (`pg_notify`, sent on COMMIT only)
 //! → the relay-wide counter, last, so its lock is held only for that
 //! statement and the commit.
 
@@ -16,10 +17,16 @@ use sync_storage::{NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageErro
 /// [`StorageError::UnknownGroup`], [`StorageError::TokenRevoked`],
 /// [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
 /// [`StorageError::OwnerQuotaExceeded`], [`StorageError::RelayStorageFull`].
+///
+/// A push that stores something sends a wake-up on the `notify` channel
+/// (when given) inside the transaction, before the last check: PostgreSQL
+/// delivers it on COMMIT only, so a refused or failed push wakes nobody
+/// ([`crate::listen`]).
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     req: &PushRequest,
     quotas: Quotas,
+    notify: Option<&str>,
 ) -> Result<PushOutcome, StorageError> {
     // Shared with other pushes, exclusive with a cleanup batch: a batch
     // never runs between this push's duplicate check and its insert (READ
@@ -110,6 +117,14 @@ pub(crate) async fn apply(
         .map_err(dberr)?;
         insert_blobs(conn, req, &new_items, head + 1).await?;
         head += n;
+        if let Some(channel) = notify {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(crate::listen::payload(&req.group, head))
+                .execute(&mut *conn)
+                .await
+                .map_err(dberr)?;
+        }
         charge_relay(conn, adding, quotas.max_storage).await?;
     }
 

@@ -83,6 +83,7 @@ impl TestDatabase {
             quotas,
             max_connections: 8,
             acquire_timeout: std::time::Duration::from_secs(30),
+            notify_channel: crate::NOTIFY_CHANNEL.to_string(),
         }
     }
 }

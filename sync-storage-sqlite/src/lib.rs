@@ -305,6 +305,20 @@ impl Storage for SqliteStorage {
         }
         self.readers.close().await;
     }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    /// The reader pool (the writer's one connection is not counted).
+    fn pool_stats(&self) -> sync_storage::PoolStats {
+        sync_storage::PoolStats {
+            size: self.readers.size(),
+            idle: u32::try_from(self.readers.num_idle()).unwrap_or(u32::MAX),
+            max: self.readers.options().get_max_connections(),
+            acquire_timeouts: 0,
+        }
+    }
 }
 
 /// Write a consistent copy of the database at `db` to `dest` with

@@ -32,10 +32,12 @@
 
 #![forbid(unsafe_code)]
 
+mod feed;
 mod memory;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use feed::{FEED_CAPACITY, FeedClosed, FeedSender, HeadEvent, HeadFeed};
 pub use memory::MemoryStorage;
 
 use async_trait::async_trait;
@@ -259,6 +261,22 @@ pub struct StorageStats {
     pub blobs: u64,
     /// Payload bytes stored.
     pub bytes: u64,
+}
+
+/// A snapshot of a backend's connection pool, for the relay's metrics
+/// (docs/deploy.md "Prometheus"). Backend-neutral: no driver's types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections open now (idle or in use).
+    pub size: u32,
+    /// Of those, connections idle now.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
+    /// Calls that gave up waiting for a connection since the store opened
+    /// (the database unreachable, or every connection busy for the whole
+    /// acquire timeout); cumulative.
+    pub acquire_timeouts: u64,
 }
 
 /// Storage failures. Quota and cursor errors are the client's; the rest map
@@ -535,6 +553,32 @@ pub trait Storage: Send + Sync + 'static {
     /// it would start).
     async fn head(&self, group: GroupId) -> Result<u64, StorageError>;
 
+    /// The head of each of `groups`, in the order given, as
+    /// [`Storage::head`] answers (the head floor for a group that does not
+    /// exist). A backend answers them in one query where it can
+    /// (PostgreSQL); the default asks [`Storage::head`] for each. The relay
+    /// re-reads heads with it after a [`HeadEvent`] and on its fallback
+    /// poll (docs/deploy.md "Several relays on one PostgreSQL").
+    async fn heads(&self, groups: &[GroupId]) -> Result<Vec<(GroupId, u64)>, StorageError> {
+        let mut out = Vec::with_capacity(groups.len());
+        for &group in groups {
+            out.push((group, self.head(group).await?));
+        }
+        Ok(out)
+    }
+
+    /// A feed of wake-ups for pushes committed by any relay instance that
+    /// shares this storage ([`HeadFeed`]: hints to re-read, never heads to
+    /// trust), or `None` for a backend only one relay uses (the default:
+    /// SQLite, the memory model), where the relay's own push handler
+    /// publishes every head. Each call starts a feed of its own
+    /// (PostgreSQL: one dedicated `LISTEN` connection that reconnects on
+    /// its own); the relay calls it once at start. Call it inside a tokio
+    /// runtime.
+    fn head_changes(&self) -> Option<HeadFeed> {
+        None
+    }
+
     /// Blobs of `group` with cursor > `after` that have not expired at
     /// `now_ms` (`expires_at_ms > now_ms`), oldest first: at most `max_blobs` of them, and no more than
     /// fit in `max_bytes` of payload (but always at least one if any exists).
@@ -621,4 +665,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Finish pending writes and close the database.
     async fn close(&self);
+
+    /// The backend's name for `/health` and metrics: `sqlite`, `postgres`
+    /// or `memory`. Never a URL (it may carry a password).
+    fn backend(&self) -> &'static str;
+
+    /// The connection pool right now (no query: the pool's own counters).
+    /// SQLite reports its reader pool; a backend without a pool reports
+    /// zeros.
+    fn pool_stats(&self) -> PoolStats;
 }

@@ -659,4 +659,13 @@ impl Storage for MemoryStorage {
     async fn close(&self) {
         self.model.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
     }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    /// No pool: zeros.
+    fn pool_stats(&self) -> crate::PoolStats {
+        crate::PoolStats::default()
+    }
 }

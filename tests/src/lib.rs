@@ -11,6 +11,7 @@ pub mod fake_relay;
 pub mod member;
 pub mod memory;
 pub mod proxy;
+pub mod tcp_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -435,6 +436,17 @@ impl RelayProcess {
                 .unwrap_or_else(|e| panic!("{path}: bad {field} value {value:?}: {e}")),
             _ => panic!("{path}: unexpected {field} value {value:?}"),
         }
+    }
+
+    /// The names of the relay process's threads (`/proc/PID/task/*/comm`).
+    /// Panics when they cannot be read.
+    pub fn thread_names(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.child.id());
+        let tasks = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read {dir}: {e}"));
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect()
     }
 
     /// The relay's peak resident memory (VmHWM) in KiB since it started or

@@ -647,3 +647,26 @@ fn an_unspecified_bind_without_public_addr_is_warned_about() {
     assert_eq!(relay.health()["warnings"], serde_json::json!([]));
     assert!(!relay.log().contains("public_addr is not set"));
 }
+
+/// The relay binary runs on jemalloc with its background threads (feature
+/// `jemalloc` of sync-relay, on by default), which hand freed pages back to
+/// the system: on glibc's malloc the soak's RSS kept growing in arenas
+/// (BENCHMARKS.md "Soak"). jemalloc names its background threads
+/// `jemalloc_bg_thd`; they start with the allocator, so this waits for one.
+#[test]
+fn the_relay_runs_on_jemalloc_with_background_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(tmp.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let names = relay.thread_names();
+        if names.iter().any(|n| n == "jemalloc_bg_thd") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no jemalloc background thread in the relay; its threads: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

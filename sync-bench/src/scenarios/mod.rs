@@ -2,6 +2,7 @@
 
 pub mod bulk;
 pub mod cold;
+pub mod cross;
 pub mod fanout;
 pub mod idle;
 pub mod load;

@@ -161,29 +161,37 @@ async fn health_sessions(http: SocketAddr) -> Result<u64> {
 pub struct Growth {
     /// The series' name (from [`SERIES`]).
     pub name: &'static str,
-    /// Mean over the first window after warm-up.
+    /// Lowest sample of the first window after warm-up (its floor).
     pub after_warm_up: f64,
-    /// Mean over the last window of the run.
+    /// Lowest sample of the last window of the run.
     pub end: f64,
+    /// Mean over the first window after warm-up (shown, not judged).
+    pub mean_after_warm_up: f64,
+    /// Mean over the last window (shown, not judged).
+    pub mean_end: f64,
     /// Highest sample after warm-up.
     pub peak: f64,
-    /// `(end - after_warm_up) / after_warm_up` (0 when both are 0).
+    /// `(end - after_warm_up) / after_warm_up`: growth of the floor (0 when
+    /// both are 0).
     pub growth: f64,
 }
 
 impl Growth {
-    /// True when the series grew less than [`MAX_GROWTH`].
+    /// True when the series' floor grew less than [`MAX_GROWTH`].
     pub fn flat(&self) -> bool {
         self.growth < MAX_GROWTH
     }
 }
 
-/// Growth of every series: the mean of the samples taken in
-/// `[warm_up, warm_up + window)` against the mean of those in the last
-/// `window` of the run. Means over a window, not single samples, because
-/// the tables breathe with the cleanup interval (blobs expire in batches).
-/// `None` when the run is too short for two windows after warm-up, or a
-/// window holds no sample.
+/// Growth of every series: the **floor** (lowest sample) of the samples
+/// taken in `[warm_up, warm_up + window)` against the floor of those in the
+/// last `window` of the run. Floors, not means or single samples, because
+/// the tables are a saw-tooth: rows pile up between two runs of the cleanup
+/// and drop when it runs (`devices` swings between ~70 and ~137 in the
+/// 10-minute soak), so a minute's mean depends on how many of its six
+/// samples land on a tooth; what a leak or a cleanup falling behind leaves
+/// is a rising floor. `None` when the run is too short for two windows
+/// after warm-up, or a window holds no sample.
 pub fn growth(samples: &[Sample], warm_up: Duration, window: Duration) -> Option<Vec<Growth>> {
     let last = samples.last()?.t;
     if last < warm_up + 2 * window {
@@ -203,12 +211,17 @@ pub fn growth(samples: &[Sample], warm_up: Duration, window: Duration) -> Option
     let mean = |set: &[&Sample], i: usize| {
         set.iter().map(|s| s.values()[i]).sum::<f64>() / set.len() as f64
     };
+    let floor = |set: &[&Sample], i: usize| {
+        set.iter()
+            .map(|s| s.values()[i])
+            .fold(f64::INFINITY, f64::min)
+    };
     Some(
         SERIES
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let (a, b) = (mean(&first, i), mean(&end, i));
+                let (a, b) = (floor(&first, i), floor(&end, i));
                 let peak = samples
                     .iter()
                     .filter(|s| s.t >= warm_up)
@@ -223,6 +236,8 @@ pub fn growth(samples: &[Sample], warm_up: Duration, window: Duration) -> Option
                     name,
                     after_warm_up: a,
                     end: b,
+                    mean_after_warm_up: mean(&first, i),
+                    mean_end: mean(&end, i),
                     peak,
                     growth,
                 }
@@ -255,6 +270,7 @@ mod tests {
         let rss = &g[0];
         assert_eq!(rss.after_warm_up, 40.0);
         assert_eq!(rss.end, 44.0);
+        assert_eq!(rss.mean_end, 44.0);
         assert_eq!(rss.peak, 44.0);
         assert!((rss.growth - 0.10).abs() < 1e-9);
         assert!(!rss.flat(), "10 % is not below 10 %");
@@ -273,5 +289,26 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    /// A saw-tooth whose teeth land in the last window but whose floor
+    /// stays put is flat (its mean grew 50 %); the same saw-tooth on a
+    /// rising floor is not.
+    #[test]
+    fn growth_judges_the_floor_of_a_saw_tooth_not_its_mean() {
+        // Warm-up to 20 s, windows of 20 s: [20, 40) against (40, 60].
+        let blobs = [0, 70, 70, 70, 70, 140, 70];
+        let samples: Vec<Sample> = (0..=6).map(|i| at(i * 10, 40, blobs[i as usize])).collect();
+        let g = growth(&samples, Duration::from_secs(20), Duration::from_secs(20)).unwrap();
+        let b = &g[5];
+        assert_eq!((b.after_warm_up, b.end), (70.0, 70.0));
+        assert_eq!((b.mean_after_warm_up, b.mean_end), (70.0, 105.0));
+        assert_eq!(b.peak, 140.0);
+        assert!(b.flat(), "the floor did not move");
+        let blobs = [0, 70, 70, 70, 77, 140, 77];
+        let samples: Vec<Sample> = (0..=6).map(|i| at(i * 10, 40, blobs[i as usize])).collect();
+        let g = growth(&samples, Duration::from_secs(20), Duration::from_secs(20)).unwrap();
+        assert_eq!(g[5].end, 77.0);
+        assert!(!g[5].flat(), "a floor 10 % higher is growth");
     }
 }

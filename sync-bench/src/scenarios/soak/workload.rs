@@ -65,7 +65,7 @@ pub struct Report {
     pub connect: Vec<Duration>,
     /// Errors of honest clients (steady, session churn, group churn).
     pub errors: u64,
-    /// The first few of them.
+    /// The first 20 of them.
     pub first_errors: Vec<String>,
     /// Churn sessions closed cleanly.
     pub closed: u64,
@@ -85,7 +85,7 @@ impl World {
     fn error(&self, what: &str, err: impl std::fmt::Display) {
         let mut r = self.report.lock().unwrap_or_else(|p| p.into_inner());
         r.errors += 1;
-        if r.first_errors.len() < 5 {
+        if r.first_errors.len() < 20 {
             r.first_errors.push(format!("{what}: {err}"));
         }
     }
@@ -293,7 +293,7 @@ pub async fn session_churn(world: Arc<World>, groups: Arc<Vec<GroupKeys>>, w: us
                     world.record(|r| r.vanished += 1);
                 }
             }
-            Err(e) => world.error("churn connect", e),
+            Err(e) => world.error("churn connect", format!("{e:#} (after {:?})", t.elapsed())),
         }
         i += 1;
         if !world.pause(Duration::from_millis(250)).await {
@@ -320,6 +320,7 @@ pub async fn group_churn(world: Arc<World>, w: usize) {
     while world.running() {
         let keys = sync_client::GroupSecret::generate().keys();
         let host = (i % 250 + 1) as u8;
+        let t = Instant::now();
         match session(
             &world,
             Ipv4Addr::new(127, 3, w as u8, host),
@@ -342,7 +343,10 @@ pub async fn group_churn(world: Arc<World>, w: usize) {
                 }
                 creator.close().await;
             }
-            Err(e) => world.error("group churn create", e),
+            Err(e) => world.error(
+                "group churn create",
+                format!("{e:#} (after {:?})", t.elapsed()),
+            ),
         }
         i += 1;
         if !world.pause(Duration::from_secs(1)).await {
