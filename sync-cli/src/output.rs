@@ -157,10 +157,13 @@ async fn show_retries(mut changes: tokio::sync::watch::Receiver<LinkState>, out:
 /// What a retry waits for, in a few words: the relay refused the
 /// connection before its handshake (too many connections, from this address
 /// or awaiting admission: [`REFUSED_BEFORE_HANDSHAKE`]), it cannot be
-/// reached, or it answered but is busy.
+/// reached, it answered that its database is away (STORAGE_UNAVAILABLE), or
+/// it answered but is busy.
 pub fn why(unreachable: bool, error: &str) -> &'static str {
     if error.contains(REFUSED_BEFORE_HANDSHAKE) {
         "relay refused the connection (too many connections from this address, or it is busy)"
+    } else if !unreachable && error.contains(ErrorCode::StorageUnavailable.name()) {
+        "relay's storage unavailable"
     } else if unreachable {
         "relay unreachable"
     } else {
@@ -322,5 +325,22 @@ mod tests {
             "relay unreachable, retrying in 0.2 s (attempt 1)"
         );
         assert_eq!(why(false, "OVERLOADED"), "relay busy");
+    }
+
+    /// A relay whose database is away is named as such, not as busy.
+    #[test]
+    fn a_relay_without_its_database_gets_its_own_status_line() {
+        let err = ClientError::Relay(
+            sync_protocol::ErrorMsg::new(ErrorCode::StorageUnavailable, "db away")
+                .with_retry_after(5000),
+        )
+        .to_string();
+        assert_eq!(
+            retry_line(2, Duration::from_secs(5), why(false, &err)),
+            "relay's storage unavailable, retrying in 5 s (attempt 2)"
+        );
+        let internal =
+            ClientError::Relay(sync_protocol::ErrorMsg::new(ErrorCode::Internal, "bug")).to_string();
+        assert_eq!(why(false, &internal), "relay busy");
     }
 }
