@@ -225,6 +225,10 @@ impl Progress {
     }
 }
 
+/// The hint for STORAGE_UNAVAILABLE, alone or as the last error of a retry
+/// that gave up.
+const STORAGE_UNAVAILABLE_HINT: &str = "the relay is running but cannot reach its database: nothing was stored; run the command again later (or with a longer --retry-for), and tell the relay's operator if it lasts";
+
 /// What the user can do about an error, if there is something to say.
 pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
     let client = err.chain().find_map(|e| e.downcast_ref::<ClientError>())?;
@@ -260,8 +264,14 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 "the relay asks this device to slow down: try again in a moment"
             }
             ErrorCode::ShuttingDown => "the relay is restarting: run the command again in a moment",
+            ErrorCode::StorageUnavailable => STORAGE_UNAVAILABLE_HINT,
             _ => return None,
         },
+        ClientError::GaveUp { last, .. }
+            if last.relay_code() == Some(ErrorCode::StorageUnavailable) =>
+        {
+            STORAGE_UNAVAILABLE_HINT
+        }
         ClientError::Connect { .. } | ClientError::GaveUp { .. } => {
             "check that the relay is running and that the address in `sync-cli status` is right"
         }
@@ -342,5 +352,14 @@ mod tests {
         let internal =
             ClientError::Relay(sync_protocol::ErrorMsg::new(ErrorCode::Internal, "bug")).to_string();
         assert_eq!(why(false, &internal), "relay busy");
+        // Given up: the hint names the database, not a relay that is down.
+        let gave_up = anyhow::Error::new(ClientError::GaveUp {
+            attempts: 3,
+            last: Box::new(ClientError::Relay(sync_protocol::ErrorMsg::new(
+                ErrorCode::StorageUnavailable,
+                "db away",
+            ))),
+        });
+        assert_eq!(hint(&gave_up), Some(STORAGE_UNAVAILABLE_HINT));
     }
 }
