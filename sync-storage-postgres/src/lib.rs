@@ -34,6 +34,8 @@
 #![forbid(unsafe_code)]
 
 mod access;
+#[cfg(test)]
+mod classify_tests;
 mod cleanup;
 pub mod listen;
 mod push;
