@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 mod access;
+#[cfg(test)]
+mod classify_tests;
 mod writer;
 
 pub use writer::{FAILPOINT_ENV, FAILPOINT_EXIT_CODE, MAX_OPS_PER_TXN};
