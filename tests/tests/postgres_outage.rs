@@ -128,6 +128,13 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
         stderr.contains("relay's storage unavailable, retrying in"),
         "no storage status line: {stderr}"
     );
+    // Every wait honours the relay's 5 s hint (the policy's last may be
+    // cut to what `--retry-for` leaves, so only the first is checked).
+    let first = stderr
+        .lines()
+        .find(|l| l.starts_with("relay's storage unavailable"))
+        .unwrap_or_default();
+    assert!(first.contains("retrying in 5 s"), "{stderr}");
     assert!(!stderr.contains("relay busy"), "{stderr}");
     assert!(
         count("STORAGE_UNAVAILABLE") > unavailable_before,
