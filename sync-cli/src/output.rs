@@ -349,8 +349,8 @@ mod tests {
             retry_line(2, Duration::from_secs(5), why(false, &err)),
             "relay's storage unavailable, retrying in 5 s (attempt 2)"
         );
-        let internal =
-            ClientError::Relay(sync_protocol::ErrorMsg::new(ErrorCode::Internal, "bug")).to_string();
+        let internal = ClientError::Relay(sync_protocol::ErrorMsg::new(ErrorCode::Internal, "bug"))
+            .to_string();
         assert_eq!(why(false, &internal), "relay busy");
         // Given up: the hint names the database, not a relay that is down.
         let gave_up = anyhow::Error::new(ClientError::GaveUp {

@@ -36,7 +36,10 @@ fn pool_timeouts_are_unavailable_and_a_closed_pool_is_closed() {
         dberr(sqlx::Error::PoolTimedOut),
         StorageError::Unavailable(_)
     ));
-    assert!(matches!(dberr(sqlx::Error::PoolClosed), StorageError::Closed));
+    assert!(matches!(
+        dberr(sqlx::Error::PoolClosed),
+        StorageError::Closed
+    ));
     assert!(matches!(
         dberr(sqlx::Error::RowNotFound),
         StorageError::Database(_)

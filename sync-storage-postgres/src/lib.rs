@@ -229,9 +229,7 @@ pub(crate) fn dberr(err: sqlx::Error) -> StorageError {
 /// A TLS or protocol error is not: it does not heal by waiting.
 pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::Io(_)
-        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db
             .code()
             .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),

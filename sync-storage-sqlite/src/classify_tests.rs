@@ -20,7 +20,10 @@ fn options(path: &std::path::Path, busy: Duration) -> SqliteConnectOptions {
 async fn a_file_locked_beyond_the_busy_timeout_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.sqlite");
-    let mut holder = options(&path, Duration::from_secs(5)).connect().await.unwrap();
+    let mut holder = options(&path, Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap();
     sqlx::query("CREATE TABLE t (k INTEGER PRIMARY KEY)")
         .execute(&mut holder)
         .await

@@ -117,7 +117,10 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
     let during = a.output(&["push", &write("during.bin", b"pushed during the outage")]);
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&during.stderr);
-    eprintln!("push during the outage failed after {took:?}: {}", stderr.trim());
+    eprintln!(
+        "push during the outage failed after {took:?}: {}",
+        stderr.trim()
+    );
     assert!(
         !during.status.success(),
         "a push succeeded without a database: {}",
