@@ -59,8 +59,14 @@ pub struct Relay {
 /// limits and access control (open mode, no per-address limits) out of the
 /// way, quiet logs.
 pub fn bench_config(max_blob_size: u32) -> String {
+    bench_config_with(max_blob_size, "")
+}
+
+/// [`bench_config`] with more `[limits]` lines (`extra_limits`, each ending
+/// in a newline).
+fn bench_config_with(max_blob_size: u32, extra_limits: &str) -> String {
     format!(
-        "[limits]\nmax_blob_size = {max_blob_size}\nmax_group_storage = 68719476736\n\
+        "[limits]\n{extra_limits}max_blob_size = {max_blob_size}\nmax_group_storage = 68719476736\n\
          max_storage = 68719476736\nmax_sessions = 20000\nmax_group_sessions = 4096\n\
          max_group_blobs = 100000000\n\
          [rate_limits]\nrequests_per_s = 4000000000\nrequests_burst = 4000000000\n\
@@ -81,6 +87,19 @@ impl Relay {
     /// (which also bounds a push frame, so a batch of 64 × 64 KiB needs 4 MiB).
     pub fn start(max_blob_size: u32) -> Result<Relay> {
         Self::start_with(&bench_config(max_blob_size))
+    }
+
+    /// Start `sync-relay` as [`Relay::start`] does, on the PostgreSQL
+    /// database `storage_url` (`[storage] url`) with the default pool of 16
+    /// connections, and 1 GiB of requests in flight relay-wide
+    /// (`limits.max_bytes_in_flight`): pushes wait longer for their commit
+    /// than on SQLite, so 64 devices with a 4 MiB batch each in flight pass
+    /// the default 128 MiB and would be refused as OVERLOADED.
+    pub fn start_on_postgres(max_blob_size: u32, storage_url: &str) -> Result<Relay> {
+        Self::start_with(&format!(
+            "{}[storage]\nurl = {storage_url:?}\n",
+            bench_config_with(max_blob_size, "max_bytes_in_flight = 1073741824\n")
+        ))
     }
 
     /// Start `sync-relay` with the config file `config` (TOML), in a fresh
@@ -108,6 +127,9 @@ impl Relay {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("relay address: ").nth(1) {
                     let _ = tx.send(rest.to_string());
+                } else if line.contains("WARN") || line.contains("ERROR") {
+                    // The bench config logs at `warn`: show what went wrong.
+                    eprintln!("relay: {line}");
                 }
             }
         });

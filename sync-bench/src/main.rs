@@ -8,6 +8,7 @@
 //! `--tiny` runs every scenario at a smoke-test size (CI).
 
 mod env;
+mod postgres_baseline;
 mod raw;
 mod scenarios;
 mod sqlite_baseline;
@@ -27,6 +28,17 @@ struct Args {
     /// Also write the tables (with machine facts) to this Markdown file.
     #[arg(long, global = true, value_name = "FILE")]
     markdown: Option<PathBuf>,
+    /// PostgreSQL server for `push-postgres` (each measurement creates a
+    /// database of its own there and drops it), e.g.
+    /// postgres://postgres@127.0.0.1:5432/test. Without it, `push-postgres`
+    /// fails and `all` skips it, saying so.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "SYNC_TEST_POSTGRES_URL"
+    )]
+    postgres_url: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -37,6 +49,9 @@ enum Scenario {
     All,
     /// 1. Push throughput vs raw iroh and raw sqlx.
     Push,
+    /// 1b. Push throughput of the relay on PostgreSQL vs raw sqlx-postgres
+    /// (needs --postgres-url or SYNC_TEST_POSTGRES_URL).
+    PushPostgres,
     /// 2. NOTIFY latency vs raw round trip.
     Notify,
     /// 2b. Cross-instance NOTIFY on PostgreSQL vs same-instance
@@ -172,6 +187,17 @@ async fn main() -> Result<()> {
     };
     if all || args.scenario == Scenario::Push {
         emit(scenarios::push::run(size).await?);
+    }
+    if all || args.scenario == Scenario::PushPostgres {
+        match &args.postgres_url {
+            Some(url) => emit(scenarios::push_postgres::run(size, url).await?),
+            None if all => eprintln!(
+                "SKIPPED: push-postgres (no --postgres-url and SYNC_TEST_POSTGRES_URL not set)"
+            ),
+            None => anyhow::bail!(
+                "push-postgres needs a PostgreSQL server: --postgres-url URL or SYNC_TEST_POSTGRES_URL"
+            ),
+        }
     }
     if all || args.scenario == Scenario::Notify {
         emit(scenarios::notify::run(size).await?);

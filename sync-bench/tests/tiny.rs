@@ -3,8 +3,10 @@
 
 #[test]
 fn every_scenario_runs_at_tiny_size() {
+    // The PostgreSQL scenarios have tests of their own below.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-bench"))
         .args(["--tiny", "all"])
+        .env_remove("SYNC_TEST_POSTGRES_URL")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -24,13 +26,6 @@ fn every_scenario_runs_at_tiny_size() {
         "Load:",
     ] {
         assert!(stdout.contains(title), "missing {title}:\n{stdout}");
-    }
-    // With PostgreSQL at hand the cross-instance scenario really ran.
-    if std::env::var("SYNC_TEST_POSTGRES_URL").is_ok() {
-        assert!(
-            stdout.contains("cross instance: push → Notify at B2"),
-            "cross-instance scenario skipped:\n{stdout}"
-        );
     }
     // The load generator ran without errors.
     let load = stdout
@@ -104,5 +99,82 @@ fn the_soak_runs_at_tiny_size() {
     assert!(
         samples.iter().all(|s| s.len() == 10 && s[8] == "1"),
         "each sample reads one token row:\n{stdout}"
+    );
+}
+
+/// The push benchmark on PostgreSQL at smoke size, on the server
+/// `SYNC_TEST_POSTGRES_URL` names (a database per measurement, dropped
+/// after it): every row has the relay's rate and both raw sqlx-postgres
+/// baselines, all above zero. Without the
+/// variable it says loudly that it was skipped.
+#[test]
+fn the_postgres_push_scenario_runs_at_tiny_size() {
+    let Ok(url) = std::env::var("SYNC_TEST_POSTGRES_URL") else {
+        eprintln!(
+            "SKIPPED: SYNC_TEST_POSTGRES_URL not set; the PostgreSQL push benchmark did not run"
+        );
+        return;
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-bench"))
+        .args(["--tiny", "push-postgres", "--postgres-url", &url])
+        .env_remove("SYNC_TEST_POSTGRES_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sync-bench push-postgres failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("Push throughput on PostgreSQL"))
+        .skip(4)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows.len(),
+        8,
+        "2 sizes x 2 device counts x 2 batches:\n{stdout}"
+    );
+    for row in &rows {
+        assert_eq!(row.len(), 8, "{row:?}");
+        for cell in [3, 5, 6] {
+            let rate: f64 = row[cell].parse().unwrap_or(0.0);
+            assert!(rate > 0.0, "column {cell} is not a rate above 0: {row:?}");
+        }
+    }
+}
+
+/// The cross-instance notify benchmark at smoke size on the server
+/// `SYNC_TEST_POSTGRES_URL` names: it really ran (both rows). Without the
+/// variable it says loudly that it was skipped.
+#[test]
+fn the_cross_instance_scenario_runs_at_tiny_size() {
+    if std::env::var("SYNC_TEST_POSTGRES_URL").is_err() {
+        eprintln!(
+            "SKIPPED: SYNC_TEST_POSTGRES_URL not set; the cross-instance notify benchmark did not run"
+        );
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-bench"))
+        .args(["--tiny", "cross"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sync-bench cross failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("cross instance: push → Notify at B2"),
+        "cross-instance scenario skipped:\n{stdout}"
     );
 }

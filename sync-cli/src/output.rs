@@ -157,10 +157,13 @@ async fn show_retries(mut changes: tokio::sync::watch::Receiver<LinkState>, out:
 /// What a retry waits for, in a few words: the relay refused the
 /// connection before its handshake (too many connections, from this address
 /// or awaiting admission: [`REFUSED_BEFORE_HANDSHAKE`]), it cannot be
-/// reached, or it answered but is busy.
+/// reached, it answered that its database is away (STORAGE_UNAVAILABLE), or
+/// it answered but is busy.
 pub fn why(unreachable: bool, error: &str) -> &'static str {
     if error.contains(REFUSED_BEFORE_HANDSHAKE) {
         "relay refused the connection (too many connections from this address, or it is busy)"
+    } else if !unreachable && error.contains(ErrorCode::StorageUnavailable.name()) {
+        "relay's storage unavailable"
     } else if unreachable {
         "relay unreachable"
     } else {
@@ -222,6 +225,10 @@ impl Progress {
     }
 }
 
+/// The hint for STORAGE_UNAVAILABLE, alone or as the last error of a retry
+/// that gave up.
+const STORAGE_UNAVAILABLE_HINT: &str = "the relay is running but cannot reach its database: nothing was stored; run the command again later (or with a longer --retry-for), and tell the relay's operator if it lasts";
+
 /// What the user can do about an error, if there is something to say.
 pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
     let client = err.chain().find_map(|e| e.downcast_ref::<ClientError>())?;
@@ -257,8 +264,14 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
                 "the relay asks this device to slow down: try again in a moment"
             }
             ErrorCode::ShuttingDown => "the relay is restarting: run the command again in a moment",
+            ErrorCode::StorageUnavailable => STORAGE_UNAVAILABLE_HINT,
             _ => return None,
         },
+        ClientError::GaveUp { last, .. }
+            if last.relay_code() == Some(ErrorCode::StorageUnavailable) =>
+        {
+            STORAGE_UNAVAILABLE_HINT
+        }
         ClientError::Connect { .. } | ClientError::GaveUp { .. } => {
             "check that the relay is running and that the address in `sync-cli status` is right"
         }
@@ -322,5 +335,31 @@ mod tests {
             "relay unreachable, retrying in 0.2 s (attempt 1)"
         );
         assert_eq!(why(false, "OVERLOADED"), "relay busy");
+    }
+
+    /// A relay whose database is away is named as such, not as busy.
+    #[test]
+    fn a_relay_without_its_database_gets_its_own_status_line() {
+        let err = ClientError::Relay(
+            sync_protocol::ErrorMsg::new(ErrorCode::StorageUnavailable, "db away")
+                .with_retry_after(5000),
+        )
+        .to_string();
+        assert_eq!(
+            retry_line(2, Duration::from_secs(5), why(false, &err)),
+            "relay's storage unavailable, retrying in 5 s (attempt 2)"
+        );
+        let internal = ClientError::Relay(sync_protocol::ErrorMsg::new(ErrorCode::Internal, "bug"))
+            .to_string();
+        assert_eq!(why(false, &internal), "relay busy");
+        // Given up: the hint names the database, not a relay that is down.
+        let gave_up = anyhow::Error::new(ClientError::GaveUp {
+            attempts: 3,
+            last: Box::new(ClientError::Relay(sync_protocol::ErrorMsg::new(
+                ErrorCode::StorageUnavailable,
+                "db away",
+            ))),
+        });
+        assert_eq!(hint(&gave_up), Some(STORAGE_UNAVAILABLE_HINT));
     }
 }

@@ -48,6 +48,11 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 3002: an internal relay failure (database, bug).
     Internal,
+    /// 3003: the relay's database cannot be reached for now (connections
+    /// refused or lost, none within the pool's timeout); nothing was
+    /// stored. `retry_after_ms` says when to try again; relays of one
+    /// cluster share the database, so another of them will not help.
+    StorageUnavailable,
     /// A code this version does not know; kept so a newer relay's answer
     /// is still shown to the user.
     Unknown(u16),
@@ -72,6 +77,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => 3000,
             ErrorCode::ShuttingDown => 3001,
             ErrorCode::Internal => 3002,
+            ErrorCode::StorageUnavailable => 3003,
             ErrorCode::Unknown(n) => n,
         }
     }
@@ -94,6 +100,7 @@ impl ErrorCode {
             3000 => ErrorCode::Overloaded,
             3001 => ErrorCode::ShuttingDown,
             3002 => ErrorCode::Internal,
+            3003 => ErrorCode::StorageUnavailable,
             other => ErrorCode::Unknown(other),
         }
     }
@@ -116,6 +123,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "OVERLOADED",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
             ErrorCode::Unknown(_) => "UNKNOWN",
         }
     }
@@ -127,7 +135,8 @@ impl ErrorCode {
     }
 
     /// True where the same request may succeed later unchanged
-    /// (RATE_LIMITED, OVERLOADED, SHUTTING_DOWN, INTERNAL).
+    /// (RATE_LIMITED, OVERLOADED, SHUTTING_DOWN, INTERNAL,
+    /// STORAGE_UNAVAILABLE).
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
@@ -135,6 +144,7 @@ impl ErrorCode {
                 | ErrorCode::Overloaded
                 | ErrorCode::ShuttingDown
                 | ErrorCode::Internal
+                | ErrorCode::StorageUnavailable
         )
     }
 }
@@ -220,7 +230,7 @@ mod tests {
     fn error_codes_round_trip_and_classify() {
         for n in [
             1000, 1001, 1002, 1003, 1004, 1005, 2000, 2001, 2002, 2003, 2004, 2005, 3000, 3001,
-            3002,
+            3002, 3003,
         ] {
             let code = ErrorCode::from_u16(n);
             assert!(!matches!(code, ErrorCode::Unknown(_)), "{n} is known");

@@ -114,6 +114,12 @@ fn samples() -> Vec<(&'static str, Message)> {
                 ErrorMsg::new(ErrorCode::RateLimited, "slow down").with_retry_after(250),
             ),
         ),
+        (
+            "error_storage_unavailable",
+            Message::Error(
+                ErrorMsg::new(ErrorCode::StorageUnavailable, "db away").with_retry_after(5000),
+            ),
+        ),
     ]
 }
 
@@ -166,6 +172,7 @@ const GOLDEN: &[(&str, &str)] = &[
     ("ack_ok", "07ac02"),
     ("notify", "0801"),
     ("error", "09d00f09736c6f7720646f776e01fa01"),
+    ("error_storage_unavailable", "09bb170764622061776179018827"),
 ];
 
 fn golden(name: &str) -> Vec<u8> {

@@ -295,6 +295,7 @@ impl Metrics {
             ErrorCode::Overloaded,
             ErrorCode::ShuttingDown,
             ErrorCode::Internal,
+            ErrorCode::StorageUnavailable,
         ] {
             let _ = m.errors.get_or_create(&CodeLabel { code: code.name() });
         }

@@ -34,6 +34,8 @@
 #![forbid(unsafe_code)]
 
 mod access;
+#[cfg(test)]
+mod classify_tests;
 mod cleanup;
 pub mod listen;
 mod push;
@@ -204,13 +206,34 @@ fn is_retryable(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// A database error as a [`StorageError`]: a closed pool is
-/// [`StorageError::Closed`] (the relay is stopping), anything else
-/// [`StorageError::Database`]. (`sqlx::Error` is not this crate's type, so
-/// there is no `From`.)
+/// [`StorageError::Closed`] (only the relay closes it, when stopping); the
+/// server out of reach is [`StorageError::Unavailable`] (see
+/// [`is_unavailable`]); anything else (a constraint violation, bad SQL, a
+/// decode error) [`StorageError::Database`]. (`sqlx::Error` is not this
+/// crate's type, so there is no `From`.)
 pub(crate) fn dberr(err: sqlx::Error) -> StorageError {
     match err {
         sqlx::Error::PoolClosed => StorageError::Closed,
+        err if is_unavailable(&err) => StorageError::unavailable(err),
         err => StorageError::database(err),
+    }
+}
+
+/// True when `err` says the server cannot be reached for now, not that the
+/// request was wrong: no connection within the acquire timeout
+/// (`PoolTimedOut`: the server refuses connections, or every connection
+/// stayed busy for the whole timeout), a socket refused, reset or closed
+/// (`Io`), a connection worker that died (`WorkerCrashed`), and the
+/// server's own "connection exception" class 08 and 57P01–57P03
+/// (administrator or crash shutdown, "cannot connect now" while starting).
+/// A TLS or protocol error is not: it does not heal by waiting.
+pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 

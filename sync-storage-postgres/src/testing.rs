@@ -39,17 +39,29 @@ impl TestDatabase {
             );
             return None;
         };
-        let admin = PgConnectOptions::from_str(&url).expect("SYNC_TEST_POSTGRES_URL parses");
+        match Self::create_on(&url).await {
+            Ok(db) => Some(db),
+            Err(e) => panic!("{URL_ENV}={url}: {e}"),
+        }
+    }
+
+    /// Create a database with a random name on the server `url` names (its
+    /// database is only where `CREATE DATABASE` runs), e.g. for a
+    /// benchmark given a URL by flag. Errors: the URL does not parse, the
+    /// server cannot be reached or refuses `CREATE DATABASE`.
+    pub async fn create_on(url: &str) -> Result<TestDatabase, sqlx::Error> {
+        let admin = PgConnectOptions::from_str(url)?;
         let name = format!("zk_test_{}", hex::encode(rand::random::<[u8; 8]>()));
-        let mut conn = PgConnection::connect_with(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("{URL_ENV}={url}: {e}"));
+        let mut conn = PgConnection::connect_with(&admin).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
-            .await
-            .expect("CREATE DATABASE");
+            .await?;
         let _ = conn.close().await;
-        Some(TestDatabase { admin, url, name })
+        Ok(TestDatabase {
+            admin,
+            url: url.to_string(),
+            name,
+        })
     }
 
     /// The URL of this test's database (the server's URL with its

@@ -82,7 +82,7 @@ async fn pool_stats_show_busy_connections_and_count_acquire_timeouts() {
     let busy = once(&store, "the push taking the connection", |s| s.idle == 0).await;
     assert_eq!((busy.size, busy.idle), (1, 0), "{busy:?}");
     let err = store.head(group).await.unwrap_err();
-    assert!(matches!(err, StorageError::Database(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
     assert_eq!(store.pool_stats().acquire_timeouts, 1);
     assert!(store.stats().await.is_err());
     assert_eq!(store.pool_stats().acquire_timeouts, 2);

@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 mod access;
+#[cfg(test)]
+mod classify_tests;
 mod writer;
 
 pub use writer::{FAILPOINT_ENV, FAILPOINT_EXIT_CODE, MAX_OPS_PER_TXN};
@@ -431,7 +433,31 @@ pub(crate) fn fixed<const N: usize>(bytes: Vec<u8>) -> Result<[u8; N], StorageEr
 /// A database error as a [`StorageError`] (`map_err(dberr)`: `sqlx::Error`
 /// is not this crate's type, so there is no `From`).
 pub(crate) fn dberr(err: sqlx::Error) -> StorageError {
-    StorageError::database(err)
+    if is_unavailable(&err) {
+        StorageError::unavailable(err)
+    } else {
+        StorageError::database(err)
+    }
+}
+
+/// True when `err` says the database file cannot be used for now, not that
+/// the request was wrong: no reader connection within the pool's acquire
+/// timeout (`PoolTimedOut`), `SQLITE_BUSY` (primary code 5, with its
+/// extended codes) left after the whole `busy_timeout` — the relay's own
+/// writes go through one writer, so only another process holding the file
+/// (a backup, an operator's `sqlite3` shell) causes it, and it heals when
+/// that process lets go — and `SQLITE_CANTOPEN` (14: the file or its
+/// directory gone, a volume unmounted). Disk full, I/O and corruption
+/// errors are not: they need the operator, not a wait.
+pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 14)),
+        _ => false,
+    }
 }
 
 pub(crate) async fn head_of<'e>(

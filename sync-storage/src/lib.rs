@@ -211,7 +211,8 @@ pub struct NewBlob {
     pub blob_id: BlobId,
     /// Opaque bytes, already checked against `max_blob_size`.
     pub payload: Vec<u8>,
-    /// When the blob may be deleted, Unix ms.
+    /// When the blob expires, Unix ms: from this time on (`now_ms >=
+    /// expires_at_ms`) it is no longer pulled and may be deleted.
     pub expires_at_ms: i64,
 }
 
@@ -278,8 +279,9 @@ pub struct PoolStats {
     pub acquire_timeouts: u64,
 }
 
-/// Storage failures. Quota and cursor errors are the client's; the rest map
-/// to INTERNAL on the wire.
+/// Storage failures. Quota and cursor errors are the client's;
+/// [`StorageError::Unavailable`] maps to STORAGE_UNAVAILABLE on the wire, the
+/// other failures to INTERNAL.
 ///
 /// Not `#[non_exhaustive]`: the relay maps every variant to a wire error in
 /// one exhaustive `match`, so a new variant must be given its wire meaning.
@@ -384,6 +386,13 @@ pub enum StorageError {
     /// I/O error), boxed so that this crate names no backend's types.
     #[error("database error: {0}")]
     Database(#[source] BoxError),
+    /// The database cannot be reached for now: no connection within the
+    /// pool's acquire timeout, a connection refused or lost, the server
+    /// shutting down, or (SQLite) the file locked by another process beyond
+    /// the busy timeout. Never a logic error: the same request may succeed
+    /// unchanged once the database is back. The backend's error, boxed.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] BoxError),
     /// Running the schema migrations failed (the backend's error, boxed).
     #[error("database migration failed: {0}")]
     Migration(#[source] BoxError),
@@ -493,6 +502,11 @@ impl StorageError {
         StorageError::Database(err.into())
     }
 
+    /// [`StorageError::Unavailable`] from a backend's error (or a message).
+    pub fn unavailable(err: impl Into<BoxError>) -> StorageError {
+        StorageError::Unavailable(err.into())
+    }
+
     /// [`StorageError::Migration`] from a backend's error.
     pub fn migration(err: impl Into<BoxError>) -> StorageError {
         StorageError::Migration(err.into())
@@ -579,7 +593,7 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// Blobs of `group` with cursor > `after` that have not expired at
-    /// `now_ms`, oldest first: at most `max_blobs` of them, and no more than
+    /// `now_ms` (`expires_at_ms > now_ms`), oldest first: at most `max_blobs` of them, and no more than
     /// fit in `max_bytes` of payload (but always at least one if any exists).
     async fn pull_page(
         &self,

@@ -7,7 +7,9 @@
 //!
 //! During the outage `/health` is 503 with a fixed message and the
 //! backend's name, `sync_relay_db_up` is 0, a push fails within its
-//! deadline and the relay keeps running; after the restore `/health` is 200
+//! deadline with STORAGE_UNAVAILABLE (counted under its own label in
+//! `sync_relay_errors_total`, the CLI's status line naming the relay's
+//! storage) and the relay keeps running; after the restore `/health` is 200
 //! again, push and pull work on the same relay process, nothing pushed
 //! before is lost, and the cleanup task still runs.
 
@@ -105,17 +107,19 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
     }
     wait_until(Duration::from_secs(10), "db_up 0", || db_up(&relay) == 0.0);
 
-    // A push fails, within its deadline, and the relay keeps running. (The
-    // relay answers INTERNAL; the device retries until `--retry-for` ends,
-    // so its last error may be that attempt's cut-short wait instead.)
-    let internal = || relay.metrics().value("sync_relay_errors", &["INTERNAL"]);
-    let internal_before = internal();
+    // A push fails, within its deadline, and the relay keeps running. The
+    // relay answers STORAGE_UNAVAILABLE (not INTERNAL) with its retry hint;
+    // the device's status line says so while it retries until `--retry-for`
+    // ends (its last error may be that attempt's cut-short wait instead).
+    let count = |code: &str| relay.metrics().value("sync_relay_errors", &[code]);
+    let (unavailable_before, internal_before) = (count("STORAGE_UNAVAILABLE"), count("INTERNAL"));
     let started = Instant::now();
     let during = a.output(&["push", &write("during.bin", b"pushed during the outage")]);
     let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&during.stderr);
     eprintln!(
         "push during the outage failed after {took:?}: {}",
-        String::from_utf8_lossy(&during.stderr).trim()
+        stderr.trim()
     );
     assert!(
         !during.status.success(),
@@ -123,7 +127,27 @@ async fn postgres_restarted_mid_run_relay_recovers_without_a_restart() {
         String::from_utf8_lossy(&during.stdout)
     );
     assert!(took < Duration::from_secs(90), "the push took {took:?}");
-    assert!(internal() > internal_before, "no INTERNAL error frame sent");
+    assert!(
+        stderr.contains("relay's storage unavailable, retrying in"),
+        "no storage status line: {stderr}"
+    );
+    // Every wait honours the relay's 5 s hint (the policy's last may be
+    // cut to what `--retry-for` leaves, so only the first is checked).
+    let first = stderr
+        .lines()
+        .find(|l| l.starts_with("relay's storage unavailable"))
+        .unwrap_or_default();
+    assert!(first.contains("retrying in 5 s"), "{stderr}");
+    assert!(!stderr.contains("relay busy"), "{stderr}");
+    assert!(
+        count("STORAGE_UNAVAILABLE") > unavailable_before,
+        "no STORAGE_UNAVAILABLE error frame counted"
+    );
+    assert_eq!(
+        count("INTERNAL"),
+        internal_before,
+        "an outage counted as INTERNAL"
+    );
     // It waited for a connection (the server refuses them) and gave up:
     // counted as an acquire timeout.
     let timeouts = relay

@@ -9,6 +9,7 @@ pub mod idle;
 pub mod load;
 pub mod notify;
 pub mod push;
+pub mod push_postgres;
 pub mod soak;
 
 use crate::raw::EchoServer;

@@ -13,15 +13,19 @@ use sync_client::{GroupSecret, RelaySession};
 use sync_protocol::PushItem;
 
 /// Devices per group.
-const GROUP_SIZE: usize = 8;
+pub(crate) const GROUP_SIZE: usize = 8;
 
-struct Run {
-    blobs: u64,
-    elapsed: Duration,
+/// What a push run acknowledged, and in how long.
+pub(crate) struct Run {
+    /// Blobs acknowledged.
+    pub blobs: u64,
+    /// Time from the first push to the last answer.
+    pub elapsed: Duration,
 }
 
 impl Run {
-    fn rate(&self) -> f64 {
+    /// Acknowledged blobs per second.
+    pub fn rate(&self) -> f64 {
         self.blobs as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
@@ -34,6 +38,20 @@ async fn relay_run(
     cap: u64,
 ) -> Result<Run> {
     let relay = Relay::start(4 << 20)?;
+    relay_run_on(&relay, size, devices, batch, time, cap).await
+}
+
+/// `devices` devices (in groups of [`GROUP_SIZE`], each on its own QUIC
+/// connection) push batches of `batch` blobs of `size` bytes to `relay`
+/// back to back, for `time` or until `cap` blobs in all.
+pub(crate) async fn relay_run_on(
+    relay: &Relay,
+    size: usize,
+    devices: usize,
+    batch: usize,
+    time: Duration,
+    cap: u64,
+) -> Result<Run> {
     let groups: Vec<_> = (0..devices.div_ceil(GROUP_SIZE))
         .map(|_| GroupSecret::generate().keys())
         .collect();

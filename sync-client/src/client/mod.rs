@@ -164,14 +164,28 @@ impl std::fmt::Debug for SyncClient {
 }
 
 /// Errors the relay sends at `Hello` that a later attempt may not get.
+/// STORAGE_UNAVAILABLE is one: the relay's database may be back by then.
 fn retryable_at_connect(err: &ClientError) -> bool {
     err.is_transport()
         || err.relay_code().is_some_and(|c| {
             matches!(
                 c,
-                ErrorCode::RateLimited | ErrorCode::Overloaded | ErrorCode::Internal
+                ErrorCode::RateLimited
+                    | ErrorCode::Overloaded
+                    | ErrorCode::Internal
+                    | ErrorCode::StorageUnavailable
             )
         })
+}
+
+/// Relay errors a request is retried on (with backoff, at least the
+/// relay's hint) within the policy's bounds: the relay is busy, failed, or
+/// its database is away for now.
+fn busy_code(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Overloaded | ErrorCode::Internal | ErrorCode::StorageUnavailable
+    )
 }
 
 /// The relay's `retry_after_ms` hint of an error (zero without one),
@@ -233,8 +247,11 @@ struct Dial<'a> {
 ///
 /// Each **round** dials every relay once, in [`RelayList::rotation`] order
 /// from `dial.start`, without waiting between them: a relay that is
-/// unreachable, or refuses for now (RATE_LIMITED, OVERLOADED, INTERNAL at
-/// `Hello`), hands over to the next at once. Between rounds the client waits
+/// unreachable, or refuses for now (RATE_LIMITED, OVERLOADED, INTERNAL,
+/// STORAGE_UNAVAILABLE at `Hello`), hands over to the next at once (for
+/// STORAGE_UNAVAILABLE that costs one handshake: relays of one cluster share
+/// the database and answer the same, and a relay of another cluster is
+/// refused by the head floor anyway; docs/client.md "Several relays"). Between rounds the client waits
 /// per the backoff (each wait counts as one attempt for `max_attempts`), and
 /// a relay that gave a retry hint is not dialed again before it has passed.
 /// `cause` is the failure that made a reconnect necessary and the relay it
@@ -571,9 +588,9 @@ impl SyncClient {
     /// Every wait is bounded here, whatever the relay says: one
     /// RATE_LIMITED wait and their sum per call at most
     /// [`MAX_RATE_LIMIT_WAIT`] and the policy's `give_up_after` (the error
-    /// is returned once that is spent), an OVERLOADED / INTERNAL hint at
-    /// most [`MAX_RATE_LIMIT_WAIT`] too, and OVERLOADED / INTERNAL retries
-    /// end with `max_attempts` or `give_up_after`.
+    /// is returned once that is spent), an OVERLOADED / INTERNAL /
+    /// STORAGE_UNAVAILABLE hint at most [`MAX_RATE_LIMIT_WAIT`] too, and
+    /// their retries end with `max_attempts` or `give_up_after`.
     pub async fn call<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut(Arc<RelaySession>) -> Fut,
@@ -606,9 +623,7 @@ impl SyncClient {
                     self.pacing.sleep(wait).await;
                     rate_waited += wait;
                 }
-                Err(ClientError::Relay(e))
-                    if matches!(e.error_code(), ErrorCode::Overloaded | ErrorCode::Internal) =>
-                {
+                Err(ClientError::Relay(e)) if busy_code(e.error_code()) => {
                     let hint = hint_of(&e);
                     let spent = self.pacing.now().saturating_sub(started);
                     let delay = busy

@@ -427,6 +427,34 @@ async fn overloaded_answers_are_retried_with_backoff_until_max_attempts() {
 }
 
 #[tokio::test]
+async fn storage_unavailable_is_retried_with_the_relays_hint_at_hello_and_mid_session() {
+    // A Hello refused as STORAGE_UNAVAILABLE with the relay's 5 s hint is
+    // retried after it; then a request refused so, twice, is retried after
+    // the hint each time and repeated once the database is back.
+    let relay = ScriptedRelay::start(
+        |n| match n {
+            0 => AtHello::Refuse(ErrorCode::StorageUnavailable, Some(5000)),
+            _ => AtHello::Welcome,
+        },
+        |_, r| match r {
+            0 | 1 => OnRequest::Refuse(ErrorCode::StorageUnavailable, Some(5000)),
+            _ => OnRequest::Serve,
+        },
+    )
+    .await;
+    let (pacing, waits) = recording();
+    let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
+        .await
+        .unwrap();
+    let ok = within_deadline(push_one(&client)).await.unwrap();
+    assert_eq!(ok.results[0].cursor, 1);
+    assert_eq!(*waits.lock().unwrap(), ms(&[5000, 5000, 5000]));
+    assert_eq!(relay.connections(), 2);
+    assert_eq!(relay.requests(), 3, "refused twice, then served");
+    client.close().await;
+}
+
+#[tokio::test]
 async fn rate_limited_answers_are_waited_out_up_to_the_cap() {
     // Every request is refused as RATE_LIMITED for 100 s: the client waits
     // each hint until it has waited MAX_RATE_LIMIT_WAIT (300 s) in all.

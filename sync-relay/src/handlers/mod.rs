@@ -9,10 +9,16 @@ pub mod push;
 use crate::storage::StorageError;
 use sync_protocol::{ErrorCode, ErrorMsg};
 
+/// `retry_after_ms` of STORAGE_UNAVAILABLE: about the time a restarted
+/// PostgreSQL takes to accept connections again (docs/deploy.md "When the
+/// database is away").
+pub const UNAVAILABLE_RETRY_MS: u32 = 5_000;
+
 /// Storage failures as wire errors, the one place they are mapped: the
 /// client's own (quota, admission, cursor) keep their meaning, each with a
-/// message that says what to do; database failures become INTERNAL (details
-/// only in the log).
+/// message that says what to do; a database out of reach becomes
+/// STORAGE_UNAVAILABLE with [`UNAVAILABLE_RETRY_MS`]; other database
+/// failures become INTERNAL (details only in the log).
 /// (A function, not `From`: neither type is this crate's.)
 pub fn error_msg(err: StorageError) -> ErrorMsg {
     {
@@ -104,6 +110,18 @@ pub fn error_msg(err: StorageError) -> ErrorMsg {
                 ErrorMsg::new(ErrorCode::ShuttingDown, "the relay is shutting down")
                     .with_retry_after(1000)
             }
+            StorageError::Unavailable(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                ErrorMsg::new(
+                    ErrorCode::StorageUnavailable,
+                    format!(
+                        "the relay's database is unavailable; nothing was stored. \
+                         Try again in {} s",
+                        UNAVAILABLE_RETRY_MS / 1000
+                    ),
+                )
+                .with_retry_after(UNAVAILABLE_RETRY_MS)
+            }
             StorageError::Database(_) | StorageError::Migration(_) => {
                 tracing::error!(error = %err, "storage failure");
                 ErrorMsg::new(ErrorCode::Internal, "internal storage error").with_retry_after(1000)
@@ -176,5 +194,23 @@ mod tests {
         assert_eq!(e.error_code(), ErrorCode::GroupLimitReached);
         assert_eq!(e.retry_after_ms, Some(90_000));
         assert!(e.message.contains("2 minutes"), "{e}");
+    }
+
+    /// A database out of reach gets its own retry-able code, a message
+    /// naming it and the retry hint, without the backend's error text
+    /// (addresses, names); any other database failure stays INTERNAL.
+    #[test]
+    fn an_unreachable_database_is_storage_unavailable_not_internal() {
+        let e = error_msg(StorageError::unavailable(
+            "pool timed out connecting to 10.0.0.7:5432/secretdb",
+        ));
+        assert_eq!(e.error_code(), ErrorCode::StorageUnavailable, "{e}");
+        assert_eq!(e.retry_after_ms, Some(UNAVAILABLE_RETRY_MS));
+        assert!(e.message.contains("database is unavailable"), "{e}");
+        assert!(e.message.contains("5 s"), "{e}");
+        assert!(!e.message.contains("secretdb"), "{e}");
+        assert!(e.error_code().is_retryable());
+        let e = error_msg(StorageError::database("duplicate key value"));
+        assert_eq!(e.error_code(), ErrorCode::Internal, "{e}");
     }
 }

@@ -347,11 +347,13 @@ async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
                 return reject(session, verdict, &mut send, err.message, err.retry_after_ms).await;
             }
             Err(Refusal::Failed(err, close)) => {
+                // The hint goes along (STORAGE_UNAVAILABLE's wait, INTERNAL's).
                 session
-                    .perform(
+                    .perform_with_retry(
                         Action::RejectAndClose(err.error_code(), close),
                         &mut send,
                         err.message,
+                        err.retry_after_ms,
                     )
                     .await;
                 return None;

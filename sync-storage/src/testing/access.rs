@@ -358,3 +358,77 @@ pub async fn pruned_groups_go_back_to_their_owners_and_empty_owner_rows_go(b: &m
     assert_eq!(s.stats().await.unwrap().owners, 2);
     assert_balanced(&*s).await;
 }
+
+/// Both kinds of deletion — expiry cleanup and acknowledged deletion —
+/// give the bytes back to every counter that charged them: the group's
+/// (its quota admits as much again), the owner's (`tokens()` and the
+/// audit), and the relay-wide one (limits.max_storage admits exactly as
+/// much again; the refusal names the exact use). See the test name.
+pub async fn deleted_blobs_give_their_bytes_back_to_group_owner_and_relay(b: &mut dyn Backend) {
+    let s = open(
+        b,
+        Quotas {
+            max_storage: 100,
+            max_group_storage: 100,
+            ..Quotas::UNLIMITED
+        },
+    )
+    .await;
+    s.create_token(new_token(1, 5, 1000)).await.unwrap();
+    for g in [1, 2] {
+        s.open_session(group(g), D, 1, NewGroup::Token(token(1)))
+            .await
+            .unwrap();
+    }
+    let relay_full = |err: StorageError, adding: u64| {
+        assert!(
+            matches!(
+                err,
+                StorageError::RelayStorageFull { used: 100, adding: a, limit: 100 } if a == adding
+            ),
+            "{err:?}"
+        );
+    };
+    let owner_bytes = || async { s.tokens().await.unwrap()[0].bytes_used };
+    s.push(push(group(1), 1, 60, 2000)).await.unwrap();
+    s.push(push(group(2), 2, 40, i64::MAX)).await.unwrap();
+    relay_full(s.push(push(group(2), 3, 1, i64::MAX)).await.unwrap_err(), 1);
+
+    // Expiry: group 1's 60 bytes go back to group 1, the token, the relay.
+    let d = s.delete_expired(2000, 10).await.unwrap();
+    assert_eq!(
+        d,
+        Deleted {
+            blobs: 1,
+            bytes: 60
+        }
+    );
+    assert_balanced(&*s).await;
+    assert_eq!(owner_bytes().await, 40);
+    assert_eq!(s.stats().await.unwrap().bytes, 40);
+    // 60 more fit group 1 (quota 100) and the relay (limit 100) only if
+    // both were given the 60 back; then the relay is full again.
+    s.push(push(group(1), 4, 60, i64::MAX)).await.unwrap();
+    relay_full(s.push(push(group(1), 5, 1, i64::MAX)).await.unwrap_err(), 1);
+    assert_eq!(owner_bytes().await, 100);
+
+    // Acknowledged deletion: D has both groups' blobs; all 100 bytes go
+    // back, so one group may take its whole quota and the relay its limit.
+    assert_eq!(s.ack(group(1), D, 2, 3000).await.unwrap(), 2);
+    assert_eq!(s.ack(group(2), D, 1, 3000).await.unwrap(), 1);
+    let d = s.delete_acked(0, 10).await.unwrap();
+    assert_eq!(
+        d,
+        Deleted {
+            blobs: 2,
+            bytes: 100
+        }
+    );
+    assert_balanced(&*s).await;
+    assert_eq!(owner_bytes().await, 0);
+    assert_eq!(s.stats().await.unwrap().bytes, 0);
+    s.push(push(group(2), 6, 100, i64::MAX)).await.unwrap();
+    relay_full(s.push(push(group(1), 7, 1, i64::MAX)).await.unwrap_err(), 1);
+    assert_eq!(owner_bytes().await, 100);
+    assert_balanced(&*s).await;
+}

@@ -524,3 +524,44 @@ pub async fn pruning_goes_in_bounded_batches_and_the_floor_survives_reopening(b:
     assert_eq!(open(&*s, GroupId([1; 32]), 3000).await, 2);
     s.close().await;
 }
+
+/// A blob expires *at* its expiry time (docs/protocol.md "Pull"): at
+/// `now_ms == expires_at_ms` it is no longer pulled and cleanup deletes it;
+/// one millisecond earlier it is pulled and kept. See the test name.
+pub async fn a_blob_is_expired_from_its_expiry_time_on(b: &mut dyn Backend) {
+    let s = store(b, 1 << 20).await;
+    s.push(req(vec![
+        expiring(1, 10, 2000),
+        expiring(2, 10, 2001),
+        expiring(3, 10, i64::MAX),
+    ]))
+    .await
+    .unwrap();
+    let pulled = |now: i64| {
+        let s = Arc::clone(&s);
+        async move {
+            let page = s.pull_page(G, 0, 10, 1 << 20, now).await.unwrap();
+            assert!(page.complete);
+            page.blobs.iter().map(|b| b.cursor).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(pulled(1999).await, vec![1, 2, 3], "before its expiry");
+    assert_eq!(pulled(2000).await, vec![2, 3], "at its expiry time");
+    assert_eq!(pulled(2001).await, vec![3]);
+    assert_eq!(
+        s.delete_expired(1999, 10).await.unwrap(),
+        Deleted { blobs: 0, bytes: 0 },
+        "nothing has expired a millisecond before"
+    );
+    assert_eq!(
+        s.delete_expired(2000, 10).await.unwrap(),
+        Deleted {
+            blobs: 1,
+            bytes: 10
+        },
+        "the blob is deleted at its expiry time"
+    );
+    assert_eq!(pulled(1999).await, vec![2, 3]);
+    assert_eq!(s.delete_expired(2001, 10).await.unwrap().blobs, 1);
+    assert_eq!(s.audit().await.unwrap().actual_blobs, 1);
+}

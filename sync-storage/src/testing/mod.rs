@@ -78,6 +78,7 @@ macro_rules! storage_contract_tests {
             idle_empty_groups_are_pruned_and_heads_never_go_backwards,
             idle_devices_of_a_live_group_are_pruned_but_not_its_live_device,
             pruning_goes_in_bounded_batches_and_the_floor_survives_reopening,
+            a_blob_is_expired_from_its_expiry_time_on,
         );
         $crate::storage_contract_tests!(@each $factory; access:
             without_a_token_no_group_is_created_but_existing_ones_open,
@@ -86,6 +87,7 @@ macro_rules! storage_contract_tests {
             a_revocation_from_another_connection_freezes_pushes_at_once,
             addresses_get_their_window_budget_and_a_promised_place,
             pruned_groups_go_back_to_their_owners_and_empty_owner_rows_go,
+            deleted_blobs_give_their_bytes_back_to_group_owner_and_relay,
         );
         $crate::storage_contract_tests!(@each $factory; instances:
             eight_tasks_on_two_instances_push_to_one_group_without_gaps,
