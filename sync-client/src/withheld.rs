@@ -29,22 +29,26 @@ pub const MAX_CLAIMED_SENDERS: usize = 256;
 /// heard from first (by the cursor of their last blob), each with the
 /// highest sequence number received. Never names `me`.
 pub fn own_view(state: &ClientState, me: &DeviceId) -> GroupView {
-    let me = hex::encode(me.0);
     let mut heard: Vec<(u64, ViewEntry)> = state
         .senders
         .iter()
-        .filter(|(id, t)| **id != me && !t.is_claim_only())
+        .filter(|(_, t)| !t.is_claim_only())
         .filter_map(|(id, t)| {
             let device = DeviceId(hex::decode(id).ok()?.try_into().ok()?);
             let seq = t.highest();
-            (seq > 0 && seq <= crate::integrity::MAX_SEQ)
+            (device != *me && seq > 0 && seq <= crate::integrity::MAX_SEQ)
                 .then_some((t.last_cursor, ViewEntry { device, seq }))
         })
         .collect();
     heard.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.device.0.cmp(&b.1.device.0)));
+    // A damaged or hand-edited state file can name one device twice (the
+    // same key in upper and lower case hex): keep its most recent entry.
+    let mut seen = std::collections::HashSet::new();
+    heard.retain(|(_, e)| seen.insert(e.device.0));
     heard.truncate(MAX_VIEW_ENTRIES);
-    GroupView::new(heard.into_iter().map(|(_, e)| e).collect())
-        .expect("distinct senders, numbers in range, at most the limit")
+    // Distinct devices, numbers in range, at most the limit: `new` accepts
+    // it; an empty view is the safe answer if that ever stops being true.
+    GroupView::new(heard.into_iter().map(|(_, e)| e).collect()).unwrap_or_default()
 }
 
 /// Record what `author`'s view says of other senders. Entries about
@@ -122,6 +126,31 @@ mod tests {
         let expected: Vec<u8> = (6..39u8).rev().collect::<Vec<_>>()[..MAX_VIEW_ENTRIES].to_vec();
         assert_eq!(devices, expected, "most recent first, not me");
         assert_eq!(v.entries()[0].seq, 38 + 3);
+    }
+
+    #[test]
+    fn a_damaged_state_naming_a_device_twice_gives_one_entry_not_a_panic() {
+        // Keys are written lowercase; a hand-edited state.json may hold the
+        // same device in upper case too, and this device under upper case.
+        let mut state = ClientState::default();
+        let lower = hex::encode([0xab; 32]);
+        let t = state.senders.entry(lower.clone()).or_default();
+        t.observe(4);
+        t.last_cursor = 10;
+        let t = state.senders.entry(lower.to_uppercase()).or_default();
+        t.observe(7);
+        t.last_cursor = 20;
+        let me = id(0xcd);
+        let t = state
+            .senders
+            .entry(hex::encode(me.0).to_uppercase())
+            .or_default();
+        t.observe(3);
+        t.last_cursor = 30;
+        let v = own_view(&state, &me);
+        assert_eq!(v.entries().len(), 1, "{v:?}");
+        assert_eq!(v.entries()[0].device, id(0xab));
+        assert_eq!(v.entries()[0].seq, 7, "the most recently heard entry wins");
     }
 
     #[test]
