@@ -255,37 +255,67 @@ impl LocalRoster {
             return Ok(None);
         };
         let state = fold(roster, &self.entries).map_err(roster_err)?;
-        for key in &mut self.chain.epochs {
-            if let Some(rec) = state
+        // Place every held secret: on the roster's chain (labelled with its
+        // epoch, in epoch order, last = current) or off it (a rotation that
+        // lost, or an invite's secret not placed yet; kept first, still
+        // pulled, so nothing pushed there is lost).
+        let mut on_chain: Vec<EpochKey> = Vec::new();
+        let mut off_chain: Vec<EpochKey> = Vec::new();
+        for mut key in std::mem::take(&mut self.chain.epochs) {
+            match state
                 .epochs
                 .iter()
                 .find(|r| r.group_id.to_string() == key.group_id)
             {
-                key.epoch = Some(rec.epoch);
+                Some(rec) => {
+                    key.epoch = Some(rec.epoch);
+                    on_chain.push(key);
+                }
+                None => {
+                    key.epoch = None;
+                    off_chain.push(key);
+                }
             }
         }
+        // Catch up: unwrap each epoch's secret this device lacks and holds
+        // a wrap for.
         let mut moved = Vec::new();
-        let mut stuck = None;
-        while let Some(e) = self.chain.current().epoch
-            && e < state.epoch
-        {
-            match state.epoch_secret(e + 1, &self.keys) {
-                Ok(secret) => {
-                    self.chain.epochs.push(EpochKey::new(Some(e + 1), &secret));
-                    moved.push(e + 1);
-                }
-                Err(err) => {
-                    stuck = Some(match state.removed.get(&self.me()) {
-                        Some(r) => format!(
-                            "this device was removed from the group by {} (closing epoch {})",
-                            short(&r.by),
-                            r.epoch
-                        ),
-                        None => err.to_string(),
-                    });
-                    break;
-                }
+        let mut last_error = None;
+        for e in 1..=state.epoch {
+            if on_chain.iter().any(|k| k.epoch == Some(e)) {
+                continue;
             }
+            match state.epoch_secret(e, &self.keys) {
+                Ok(secret) => {
+                    on_chain.push(EpochKey::new(Some(e), &secret));
+                    moved.push(e);
+                }
+                Err(err) => last_error = Some(err.to_string()),
+            }
+        }
+        on_chain.sort_by_key(|k| k.epoch);
+        let reached = on_chain.last().and_then(|k| k.epoch);
+        let stuck = if reached == Some(state.epoch) {
+            None
+        } else {
+            Some(match state.removed.get(&self.me()) {
+                Some(r) => format!(
+                    "this device was removed from the group by {} (closing epoch {})",
+                    short(&r.by),
+                    r.epoch
+                ),
+                None => last_error.unwrap_or_else(|| {
+                    format!(
+                        "this device holds no key of the group's epoch {}",
+                        state.epoch
+                    )
+                }),
+            })
+        };
+        self.chain.epochs = off_chain;
+        self.chain.epochs.extend(on_chain);
+        if self.chain.epochs.is_empty() {
+            return Err(ClientError::Home("no epoch key left".into()));
         }
         let me = self.me();
         if !moved.is_empty()
