@@ -122,6 +122,7 @@ async fn create_on_relay(
     Err(anyhow::Error::new(e).context("no relay could create the group (this home has none)"))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn init(
     home: &Home,
     relays: &[String],

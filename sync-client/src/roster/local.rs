@@ -555,6 +555,6 @@ fn bodies(entries: &[&SignedEntry]) -> Vec<Vec<u8>> {
     if !body.is_empty() {
         out.push(body);
     }
-    debug_assert!(MAX_SIGNED_LEN < ENTRIES_PER_BLOB_BYTES);
+    const { assert!(MAX_SIGNED_LEN < ENTRIES_PER_BLOB_BYTES) };
     out
 }
