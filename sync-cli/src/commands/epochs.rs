@@ -257,12 +257,12 @@ pub async fn publish(
     let mut settled = roster.settle(now_ms())?;
     if let Some(s) = &settled {
         let (added, refused) = roster.answer_enrolments(&s.state, now_ms())?;
-        for name in added {
-            reporter.note(
-                "device_added",
-                format!("added device {name} to the roster (it asked to enrol)"),
-                serde_json::json!({"name": name}),
-            );
+        // On stderr only, also with --json: enrolments are routine, and
+        // `pull --json` lines stay what scripts of earlier versions parse.
+        if !out.quiet {
+            for name in added {
+                eprintln!("added device {name} to the roster (it asked to enrol)");
+            }
         }
         for why in refused {
             reporter.warn(

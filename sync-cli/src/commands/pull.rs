@@ -170,6 +170,8 @@ pub async fn pull(
     policy: RetryPolicy,
     out: Out,
 ) -> Result<()> {
+    // A home without a group says so before anything is created in it.
+    home.connect_options(None)?;
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
     run(home, &mut state, out_dir, follow, policy, out).await

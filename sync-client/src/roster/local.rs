@@ -460,7 +460,8 @@ impl LocalRoster {
 
     /// What is waiting to be published: per group (hex), the blob bodies of
     /// entries to push there (whole entries, at most
-    /// [`ENTRIES_PER_BLOB_BYTES`] per blob), in chain order. After pushing
+    /// [`ENTRIES_PER_BLOB_BYTES`] per blob), in chain order. A group whose
+    /// queue holds only a genesis is left out until something else joins it. After pushing
     /// a group's blobs, call [`LocalRoster::published`].
     pub fn outgoing(&self) -> Vec<(String, Vec<Vec<u8>>)> {
         fn add<'a>(
@@ -490,8 +491,17 @@ impl LocalRoster {
                 add(&mut groups, group, e);
             }
         }
+        // A lone genesis waits for the first entry another device needs
+        // (the `Add` answering its enrolment request): a group used by one
+        // device costs no roster blob.
         groups
             .into_iter()
+            .filter(|(g, entries)| {
+                self.chain.chain_to.contains(g)
+                    || entries
+                        .iter()
+                        .any(|e| !matches!(e.entry().kind, EntryKind::Genesis { .. }))
+            })
             .map(|(g, entries)| (g, bodies(&entries)))
             .collect()
     }
