@@ -311,3 +311,34 @@ fn two_concurrent_revocations_converge_to_one_roster() {
     assert_eq!(removed, ["charlie", "delta"]);
     assert_eq!(current_secret(&a), current_secret(&b));
 }
+
+#[test]
+fn pull_follow_follows_a_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let (a, b, _c) = three_devices(&relay, tmp.path());
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let out_b = tmp.path().join("out-b");
+    let mut follow = b
+        .cmd()
+        .args(["pull", "--follow", "--out", out_b.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    a.run(&["revoke", "charlie"]);
+    push(&a, &src, "after.txt", b"pushed into epoch 1\n");
+    e2e_tests::wait_until(
+        std::time::Duration::from_secs(90),
+        "the follower to receive a file of the new epoch",
+        || out_b.join("after.txt").exists(),
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert_eq!(
+        std::fs::read(out_b.join("after.txt")).unwrap(),
+        b"pushed into epoch 1\n"
+    );
+    assert_eq!(devices(&b)["my_epoch"], 1);
+}
