@@ -40,9 +40,6 @@ pub struct Reporter {
     out: Out,
     /// Entries received in this run (reported when the fold ignores them).
     pub fresh: BTreeSet<EntryId>,
-    /// Something arrived that may change what this device owes the group
-    /// (`pull --follow` then goes round again).
-    pub changed: bool,
 }
 
 impl Reporter {
@@ -50,7 +47,6 @@ impl Reporter {
         Reporter {
             out,
             fresh: BTreeSet::new(),
-            changed: false,
         }
     }
 
@@ -84,7 +80,6 @@ impl Reporter {
         enrolment: bool,
         data: &[u8],
     ) {
-        self.changed = true;
         if enrolment {
             if let Err(why) = roster.absorb_enrolment(sender, group, data) {
                 self.warn(
