@@ -135,7 +135,20 @@ fn revoked_device_loses_the_new_epoch_and_an_offline_device_catches_up() {
     let unknown = a.output(&["revoke", "nobody"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("charlie"));
 
-    // C comes back: one pull reaches epoch 1 and gets both files.
+    // C comes back and, before pulling, pushes into the epoch it knows
+    // (the old one): A, already in epoch 1, still gets it (pull visits
+    // every epoch's group it holds).
+    let src_c = tmp.path().join("src-c");
+    std::fs::create_dir_all(&src_c).unwrap();
+    push(&c, &src_c, "stale.txt", b"pushed into the old epoch\n");
+    let out_a = tmp.path().join("out-a");
+    pull(&a, &out_a);
+    assert_eq!(
+        std::fs::read(out_a.join("stale.txt")).unwrap(),
+        b"pushed into the old epoch\n"
+    );
+
+    // One pull of C reaches epoch 1 and gets both files.
     let out_c = tmp.path().join("out-c");
     let events = pull(&c, &out_c);
     assert!(
