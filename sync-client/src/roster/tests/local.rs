@@ -139,3 +139,50 @@ fn revoke_refuses_itself_and_a_device_behind_the_roster() {
     stale.epoch = 5;
     assert!(a.revoke(&stale, a.me(), 3).is_err());
 }
+
+/// A home from before rosters (no `epochs.json`): its secret is epoch 0,
+/// in place; two devices founding a roster for it at the same moment
+/// converge on the genesis with the smaller id, and the other founder is
+/// then not a member and asks to enrol.
+#[test]
+fn two_legacy_devices_founding_at_once_converge_on_one_genesis() {
+    let s0 = GroupSecret::from_bytes([5; 32]);
+    let legacy = |_: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path().join("h"));
+        home.create(&RelayList::parse(&[RELAY]).unwrap(), &s0, None)
+            .unwrap();
+        (dir, home)
+    };
+    let (_dx, hx) = legacy("x");
+    let (_dy, hy) = legacy("y");
+    let mut x = LocalRoster::open(&hx).unwrap();
+    let mut y = LocalRoster::open(&hy).unwrap();
+    assert_eq!(x.chain.current().epoch, Some(0));
+    assert_eq!(x.chain.current().secret().unwrap(), s0);
+    assert!(x.ensure_genesis("x", 1).unwrap());
+    assert!(y.ensure_genesis("y", 1).unwrap());
+    let (gx, gy) = (x.roster_id().unwrap(), y.roster_id().unwrap());
+    assert_ne!(gx, gy);
+    let both: Vec<_> = x.entries().iter().chain(y.entries()).cloned().collect();
+    for e in &both {
+        x.absorb(&e.encode());
+        y.absorb(&e.encode());
+    }
+    let sx = x.settle(2).unwrap().unwrap();
+    let sy = y.settle(2).unwrap().unwrap();
+    assert_eq!(x.roster_id(), Some(gx.min(gy)));
+    assert_eq!(y.roster_id(), x.roster_id());
+    assert_eq!(sx.state, sy.state);
+    let (founder, other, other_settled) = if gx < gy {
+        (&x, &y, &sy)
+    } else {
+        (&y, &x, &sx)
+    };
+    assert!(sx.state.members.contains_key(&founder.me()));
+    assert!(other.enrolment_due(Some(other_settled)).unwrap().is_some());
+    // Saved, and read back the same (the upgrade is in place).
+    x.save().unwrap();
+    let again = LocalRoster::open(&hx).unwrap();
+    assert_eq!(again.roster_id(), x.roster_id());
+}
