@@ -51,6 +51,9 @@ pub enum Command {
         /// that join need none
         #[arg(long, env = "SYNC_TOKEN", hide_env_values = true, value_name = "TOKEN")]
         token: Option<String>,
+        /// This device's name in the group's roster (1-32 bytes) [default: the host name]
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
     },
     /// Print a new invite for this device's group
     Invite {
@@ -73,6 +76,9 @@ pub enum Command {
         /// Read the invite from this file
         #[arg(long, value_name = "PATH", conflicts_with = "invite")]
         file: Option<PathBuf>,
+        /// This device's name in the group's roster (1-32 bytes) [default: the host name]
+        #[arg(long, value_name = "NAME")]
+        device_name: Option<String>,
     },
     /// Encrypt and push files, directory trees (or stdin with `-`) to the group
     ///
@@ -122,6 +128,28 @@ pub enum Command {
     /// Show this device, its group, the sync state and the relay's reachability
     Status {
         /// Report the relay unreachable after trying this long (e.g. 5s)
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        retry_for: String,
+    },
+    /// List the group's devices: name, id, who added it and when, last seen, epoch
+    ///
+    /// From the roster this device holds (signed entries that travel
+    /// encrypted in the group); run `pull` first for the newest. Marks this
+    /// device, devices removed, devices that must be rotated out, devices
+    /// dropped by a concurrent rotation, and roster entries ignored (forged,
+    /// by removed devices…) with the reason.
+    Devices,
+    /// Remove a device from the group: rotate the group's key without it
+    ///
+    /// DEVICE is a name or a unique prefix of its id (see `devices`). A
+    /// fresh key (the next epoch) is wrapped to every remaining device and
+    /// published; remaining devices move to it at their next pull, and
+    /// nothing pushed from now on is readable by the removed device. What
+    /// it already pulled stays with it. Run `pull` first.
+    Revoke {
+        /// The device: its name or a unique prefix of its id
+        device: String,
+        /// Give up when the relay stays unreachable this long (e.g. 30s, 5m)
         #[arg(long, default_value = "30s", value_name = "DURATION")]
         retry_for: String,
     },

@@ -78,7 +78,11 @@ pub async fn connect(
     let relays = home.relays()?;
     // The saved pull cursor: a relay whose head is below it is not of the
     // group's cluster (docs/client.md "Several relays").
-    let floor = home.state()?.state.cursor;
+    // Each key epoch is its own group with its own cursor.
+    let floor = home.state()?.state.cursor_in(
+        &opts.keys.group_id().to_string(),
+        &home.secret()?.keys().group_id().to_string(),
+    );
     let (link, changes) = tokio::sync::watch::channel(LinkState::Connected { generation: 1 });
     let mut status = RetryStatus {
         task: tokio::spawn(show_retries(changes, out)),

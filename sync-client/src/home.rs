@@ -5,6 +5,7 @@
 //! | `device.key` | the device's iroh secret key (hex) — its node id, and the key that signs its roster entries |
 //! | `device-hpke.key` | seed of the device's HPKE key pair (hex), for receiving epoch secrets ([`crate::roster::device`]) |
 //! | `roster.bin` | the roster entries the device holds ([`crate::roster::store`]) |
+//! | `epochs.json` | the secret of every key epoch the device holds, its outbox of roster entries ([`crate::roster::chain`]) |
 //! | `group.toml` | relay addresses (first preferred), group secret (hex), group name |
 //! | `current-relay` | the relay that worked last (tried first) |
 //! | `state.json`, `seq.json` | local sync state ([`crate::state`]) |
@@ -188,6 +189,13 @@ impl Home {
         })
     }
 
+    /// The secret of the group pushes go to: the current key epoch's
+    /// (`epochs.json`, [`crate::roster::chain`]), or `group.toml`'s in a
+    /// home without a chain. Errors: [`ClientError::Home`].
+    pub fn current_secret(&self) -> Result<GroupSecret> {
+        crate::roster::chain::current_secret(&self.dir, || self.secret())
+    }
+
     /// The group's relays from `group.toml`, first preferred.
     /// Errors: [`ClientError::Home`] when the list is empty, too long or
     /// holds an invalid address.
@@ -250,7 +258,7 @@ impl Home {
     pub fn connect_options(&self, device_name: Option<String>) -> Result<ConnectOptions> {
         Ok(ConnectOptions {
             relay: self.relay()?,
-            keys: self.secret()?.keys(),
+            keys: self.current_secret()?.keys(),
             device_key: self.device_key()?,
             device_name,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,

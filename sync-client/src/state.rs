@@ -19,8 +19,14 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Version of the state file's layout.
+/// Version of the state file's layout written by a device that has not
+/// moved to another key epoch (older clients read it).
 pub const STATE_VERSION: u32 = 1;
+/// Version written once the cursor belongs to another epoch's group than
+/// `group.toml`'s (docs/security.md "Devices, roster and key epochs"): a
+/// client from before rosters refuses it instead of pulling the wrong group
+/// from the wrong cursor.
+pub const STATE_VERSION_EPOCHS: u32 = 2;
 
 /// A file whose chunks are arriving.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +93,40 @@ pub struct ClientState {
     /// what a later version may replace (see [`crate::place`]).
     #[serde(default)]
     pub files: BTreeMap<String, KnownVersion>,
+    /// The group (id, hex) `cursor` belongs to; `None`: the group of
+    /// `group.toml`. Each key epoch is a group of its own at the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Cursors in the other groups of the roster's epochs, by group id (hex).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cursors: BTreeMap<String, u64>,
+}
+
+impl ClientState {
+    /// Make `cursor` the cursor in group `group` (hex), keeping the one of
+    /// the group it belonged to; `home_group` is the group of `group.toml`
+    /// (what `group: None` means).
+    pub fn switch_group(&mut self, group: &str, home_group: &str) {
+        let current = self.group.as_deref().unwrap_or(home_group);
+        if current == group {
+            return;
+        }
+        self.cursors.insert(current.to_string(), self.cursor);
+        self.cursor = self.cursors.remove(group).unwrap_or(0);
+        self.group = (group != home_group).then(|| group.to_string());
+        if self.group.is_some() {
+            self.version = STATE_VERSION_EPOCHS;
+        }
+    }
+
+    /// The saved cursor in group `group` (hex); see [`ClientState::switch_group`].
+    pub fn cursor_in(&self, group: &str, home_group: &str) -> u64 {
+        if self.group.as_deref().unwrap_or(home_group) == group {
+            self.cursor
+        } else {
+            self.cursors.get(group).copied().unwrap_or(0)
+        }
+    }
 }
 
 impl Default for ClientState {
@@ -99,6 +139,8 @@ impl Default for ClientState {
             replays: 0,
             rejected: 0,
             files: BTreeMap::new(),
+            group: None,
+            cursors: BTreeMap::new(),
         }
     }
 }
@@ -129,7 +171,7 @@ impl StateStore {
                 let state: ClientState = serde_json::from_slice(&bytes).map_err(|e| {
                     ClientError::Home(format!("{}: corrupt state file: {e}", path.display()))
                 })?;
-                if state.version != STATE_VERSION {
+                if state.version != STATE_VERSION && state.version != STATE_VERSION_EPOCHS {
                     return Err(ClientError::Home(format!(
                         "{}: state version {} is not supported (expected {STATE_VERSION})",
                         path.display(),
@@ -237,6 +279,23 @@ mod tests {
         let again = StateStore::open(&p).unwrap();
         assert_eq!(again.state.cursor, 42);
         assert_eq!(again.next_seq().unwrap(), 5);
+    }
+
+    #[test]
+    fn each_epoch_group_keeps_its_own_cursor() {
+        let mut s = ClientState {
+            cursor: 7,
+            ..ClientState::default()
+        };
+        s.switch_group("g1", "g0");
+        assert_eq!((s.cursor, s.version), (0, STATE_VERSION_EPOCHS));
+        s.cursor = 3;
+        assert_eq!(s.cursor_in("g0", "g0"), 7);
+        s.switch_group("g0", "g0");
+        assert_eq!((s.cursor, s.group.as_deref()), (7, None));
+        assert_eq!(s.cursor_in("g1", "g0"), 3);
+        s.switch_group("g1", "g0");
+        assert_eq!(s.cursor, 3);
     }
 
     #[test]

@@ -79,6 +79,16 @@ pub fn host_name() -> Option<String> {
         .map(|()| name.to_string())
 }
 
+/// A Unix time in ms as `2026-11-27 09:30 UTC` (the number itself when
+/// out of range).
+pub fn human_time_ms(ms: u64) -> String {
+    i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
 /// `1536` → `"1.5 KiB"`.
 pub fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -140,9 +140,11 @@ fn relay_killed_mid_push_and_mid_pull_both_complete_byte_identical_without_dupli
         "byte-identical"
     );
     assert_eq!(partial_bytes(&out), 0, "no partial file left");
+    // Each chunk once, and B's enrolment request, which its first
+    // complete pull posts (docs/security.md "Enrolment with today's invites").
     assert_eq!(
         relay.metrics().value("sync_relay_storage_blobs", &[]),
-        chunks as f64
+        chunks as f64 + 1.0
     );
 }
 
@@ -353,9 +355,10 @@ fn cli_killed_mid_transfer_resumes_and_ends_with_the_same_files_and_no_duplicate
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     // No blob stored twice: the big file's chunks plus the small file's one
-    // (plus any Void blobs of abandoned stdin pushes: none here).
+    // (plus any Void blobs of abandoned stdin pushes: none here), and B's
+    // enrolment request, posted by its first complete pull.
     let stored = relay.metrics().value("sync_relay_storage_blobs", &[]);
-    assert_eq!(stored, (chunks + 1) as f64);
+    assert_eq!(stored, (chunks + 2) as f64);
 }
 
 #[test]

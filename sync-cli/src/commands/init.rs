@@ -6,8 +6,10 @@ use serde::Serialize;
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use sync_client::roster::LocalRoster;
+use sync_client::roster::chain::{ChainFile, EpochKey};
 use sync_client::session::DEFAULT_CONNECT_TIMEOUT;
-use sync_client::util::{human_duration, now_s, parse_duration};
+use sync_client::util::{human_duration, now_ms, now_s, parse_duration};
 use sync_client::{ConnectOptions, GroupSecret, Home, Invite, RelayList, RelaySession};
 use sync_protocol::AccessToken;
 use zeroize::Zeroizing;
@@ -47,7 +49,7 @@ fn make_invite(home: &Home, expires: &str) -> Result<(Invite, u64)> {
     let group = home.group()?;
     let invite = Invite {
         relays: home.relays()?.to_strings(),
-        secret: home.secret()?,
+        secret: home.current_secret()?,
         expires_at: now_s() + ttl,
         group_name: group.name,
     };
@@ -120,6 +122,7 @@ async fn create_on_relay(
     Err(anyhow::Error::new(e).context("no relay could create the group (this home has none)"))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn init(
     home: &Home,
     relays: &[String],
@@ -127,6 +130,7 @@ pub async fn init(
     expires: &str,
     qr: bool,
     token: Option<&str>,
+    device_name: Option<String>,
     out: Out,
 ) -> Result<()> {
     let relays = RelayList::parse(relays)?;
@@ -144,6 +148,7 @@ pub async fn init(
         create_on_relay(home, &relays, &secret, token).await?;
     }
     home.create(&relays, &secret, name)?;
+    found_roster(home, &secret, device_name)?;
     if out.human() {
         eprintln!(
             "Created group {} on relay {} in {}",
@@ -154,6 +159,37 @@ pub async fn init(
     }
     let (invite, ttl) = make_invite(home, expires)?;
     print_invite(&invite, ttl, qr, out);
+    Ok(())
+}
+
+/// Write this device's chain (`epochs.json`): `secret` in epoch `epoch`
+/// (`None`: an invite's secret, placed on the chain once the roster
+/// arrives), and its name in the roster.
+fn write_chain(
+    home: &Home,
+    secret: &GroupSecret,
+    epoch: Option<u64>,
+    device_name: Option<String>,
+) -> Result<ChainFile> {
+    if let Some(n) = &device_name {
+        sync_client::crypto::envelope::validate_device_name(n)
+            .map_err(|why| anyhow::anyhow!("invalid --device-name {n:?}: {why}"))?;
+    }
+    let mut chain = ChainFile::new(EpochKey::new(epoch, secret));
+    chain.device_name = device_name;
+    chain.save(home.dir())?;
+    Ok(chain)
+}
+
+/// `init` founds the group's roster: its genesis, with this device as the
+/// first member, queued for the group (the first `pull` publishes it;
+/// docs/security.md "Devices, roster and key epochs").
+fn found_roster(home: &Home, secret: &GroupSecret, device_name: Option<String>) -> Result<()> {
+    write_chain(home, secret, Some(0), device_name)?;
+    let mut roster = LocalRoster::open(home)?;
+    let name = roster.device_name();
+    roster.ensure_genesis(&name, now_ms())?;
+    roster.save()?;
     Ok(())
 }
 
@@ -196,13 +232,23 @@ fn read_invite(arg: Option<&str>, file: Option<&Path>) -> Result<Zeroizing<Strin
     Ok(line)
 }
 
-pub fn join(home: &Home, arg: Option<&str>, file: Option<&Path>, out: Out) -> Result<()> {
+pub fn join(
+    home: &Home,
+    arg: Option<&str>,
+    file: Option<&Path>,
+    device_name: Option<String>,
+    out: Out,
+) -> Result<()> {
     let text = read_invite(arg, file)?;
     let invite = Invite::decode(&text)?;
     invite.check_not_expired(now_s())?;
     let relays = invite.relay_list()?;
     let relay = relays.get(0).clone();
     home.create(&relays, &invite.secret, invite.group_name.clone())?;
+    // The invite's secret is some epoch of the group's roster: which one is
+    // learnt when the roster arrives. The first pull posts this device's
+    // enrolment request; a member that pulls it adds the device.
+    write_chain(home, &invite.secret, None, device_name)?;
     let group_id = invite.secret.keys().group_id().to_string();
     if out.json {
         json_line(&JoinOut {

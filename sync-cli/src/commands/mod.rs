@@ -1,8 +1,11 @@
 //! One module per command.
 
+mod devices;
+mod epochs;
 mod init;
 mod pull;
 mod push;
+mod revoke;
 mod status;
 
 use crate::cli::{Args, Command};
@@ -47,10 +50,30 @@ pub async fn run(args: Args) -> Result<()> {
             expires,
             qr,
             token,
-        } => init::init(&home, &relay, name, &expires, qr, token.as_deref(), out).await,
+            device_name,
+        } => {
+            init::init(
+                &home,
+                &relay,
+                name,
+                &expires,
+                qr,
+                token.as_deref(),
+                device_name,
+                out,
+            )
+            .await
+        }
         Command::Invite { expires, qr } => init::invite(&home, &expires, qr, out),
-        Command::Join { invite, file } => {
-            init::join(&home, invite.as_deref(), file.as_deref(), out)
+        Command::Join {
+            invite,
+            file,
+            device_name,
+        } => init::join(&home, invite.as_deref(), file.as_deref(), device_name, out),
+        Command::Devices => devices::devices(&home, out),
+        Command::Revoke { device, retry_for } => {
+            let policy = policy(Some(&retry_for), "15s")?;
+            revoke::revoke(&home, &device, policy, out).await
         }
         Command::Push {
             files,

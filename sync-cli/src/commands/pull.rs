@@ -1,12 +1,14 @@
 //! `pull [--out DIR] [--follow]`: fetch, decrypt, verify and write files.
 
-use crate::output::{Out, Progress, connect, json_line, short};
+use super::epochs::{Reporter, connect_to, pull_all};
+use crate::output::{Out, Progress, json_line, short};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
+use sync_client::roster::LocalRoster;
 use sync_client::util::human_size;
-use sync_client::{Home, PullEvent, PullSummary, RetryPolicy, SyncClient};
+use sync_client::{Home, PullEvent, PullSummary, RetryPolicy};
 
 /// The last line of `pull --json` (without --follow).
 #[derive(Serialize, schemars::JsonSchema)]
@@ -168,22 +170,19 @@ pub async fn pull(
     policy: RetryPolicy,
     out: Out,
 ) -> Result<()> {
-    let mut opts = home.connect_options(None)?;
-    opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
+    // A home without a group says so before anything is created in it.
+    home.connect_options(None)?;
     let _lock = home.lock_pull()?;
     let mut state = home.state()?;
-    let (client, _retries) = connect(home, &opts, policy, out).await?;
-    // The endpoint is closed cleanly whether the pull worked or not.
-    let result = run(&client, &mut state, out_dir, follow, out).await;
-    client.close().await;
-    result
+    run(home, &mut state, out_dir, follow, policy, out).await
 }
 
 async fn run(
-    client: &SyncClient,
+    home: &Home,
     state: &mut sync_client::StateStore,
     out_dir: &Path,
     follow: bool,
+    policy: RetryPolicy,
     out: Out,
 ) -> Result<()> {
     let mut printer = Printer {
@@ -191,9 +190,8 @@ async fn run(
         bars: HashMap::new(),
     };
     if !follow {
-        let summary = client
-            .pull(state, out_dir, &mut |e| printer.event(e))
-            .await?;
+        let summary =
+            pull_all(home, state, out_dir, policy, out, &mut |e| printer.event(e)).await?;
         if out.json {
             json_line(&Done { summary });
         } else if out.human() {
@@ -213,26 +211,63 @@ async fn run(
         }
         return Ok(());
     }
+    // Follow the current epoch's group; a roster blob (a rotation, an
+    // enrolment request…) ends the round, and the next one catches up
+    // through every epoch and publishes before following again.
     let mut announced = false;
-    client
-        .follow(
-            state,
-            out_dir,
-            &mut |e| {
-                if let PullEvent::Synced { cursor, .. } = &e
-                    && !announced
-                {
-                    announced = true;
-                    if out.json {
-                        json_line(&serde_json::json!({"event": "following", "cursor": cursor}));
-                    } else if out.human() {
-                        eprintln!("following at cursor {cursor}; press Ctrl-C to stop");
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        pull_all(home, state, out_dir, policy, out, &mut |e| printer.event(e)).await?;
+        let mut roster = LocalRoster::open(home)?;
+        let secret = roster.chain.current().secret()?;
+        let group = secret.keys().group_id();
+        let (client, _retries) = connect_to(home, &secret, policy, out).await?;
+        let roster_news = tokio::sync::Notify::new();
+        let mut reporter = Reporter::new(out);
+        let stopped = std::sync::atomic::AtomicBool::new(false);
+        let result = client
+            .follow(
+                state,
+                out_dir,
+                &mut |e| match e {
+                    PullEvent::Roster {
+                        sender,
+                        enrolment,
+                        data,
+                        ..
+                    } => {
+                        reporter.absorb(&mut roster, &group, &sender, enrolment, &data);
+                        roster_news.notify_one();
                     }
-                }
-                printer.event(e)
-            },
-            shutdown_signal(),
-        )
-        .await?;
-    Ok(())
+                    e => {
+                        if let PullEvent::Synced { cursor, .. } = &e
+                            && !announced
+                        {
+                            announced = true;
+                            if out.json {
+                                json_line(
+                                    &serde_json::json!({"event": "following", "cursor": cursor}),
+                                );
+                            } else if out.human() {
+                                eprintln!("following at cursor {cursor}; press Ctrl-C to stop");
+                            }
+                        }
+                        printer.event(e)
+                    }
+                },
+                async {
+                    tokio::select! {
+                        _ = &mut shutdown => stopped.store(true, std::sync::atomic::Ordering::Relaxed),
+                        _ = roster_news.notified() => {}
+                    }
+                },
+            )
+            .await;
+        client.close().await;
+        result?;
+        if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
 }

@@ -5,6 +5,7 @@ use crate::output::{Out, connect, json_line};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use sync_client::roster::LocalRoster;
 use sync_client::tree::{Skipped, walk};
 use sync_client::util::{human_size, parse_duration};
 use sync_client::{Home, PushOptions, PushedFile, RetryPolicy, SyncClient};
@@ -113,6 +114,7 @@ pub async fn push(
             eprintln!("nothing to push (empty directories are not sent)");
         }
     }
+    check_roster(home)?;
     let mut opts = home.connect_options(None)?;
     opts.connect_timeout = opts.connect_timeout.min(policy.stall_timeout);
     let mut state = home.state()?;
@@ -123,6 +125,35 @@ pub async fn push(
     let report = result?;
     if out.json {
         json_line(&report);
+    }
+    Ok(())
+}
+
+/// Pushes go to the current key epoch only, and never while this device
+/// was removed or the roster lists devices that still hold the current
+/// epoch's key (`must_rotate`: a re-key is due; docs/security.md "Order and
+/// convergence"). Catching up with epochs known locally happens here too.
+fn check_roster(home: &Home) -> Result<()> {
+    let mut roster = LocalRoster::open(home)?;
+    let Some(settled) = roster.settle(sync_client::util::now_ms())? else {
+        return Ok(());
+    };
+    roster.save()?;
+    if let Some(why) = settled.stuck {
+        bail!("{why}: nothing is pushed (a member must enrol this device again)");
+    }
+    if !settled.state.must_rotate.is_empty() {
+        let ids: Vec<String> = settled
+            .state
+            .must_rotate
+            .iter()
+            .map(|d| d.to_string()[..16].to_string())
+            .collect();
+        bail!(
+            "the group's key must be rotated before anything is pushed: removed device(s) {} still hold it; \
+             run `sync-cli pull` (a member re-keys the group)",
+            ids.join(", ")
+        );
     }
     Ok(())
 }

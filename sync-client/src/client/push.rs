@@ -171,6 +171,36 @@ impl SyncClient {
         messages: &[Vec<u8>],
         opts: &PushOptions,
     ) -> Result<Vec<PushOk>> {
+        self.push_bodies(state, BlobKind::Message, messages, opts)
+            .await
+    }
+
+    /// Seal and push roster blobs (`BlobKind::Roster` or
+    /// `BlobKind::Enrolment`, docs/security.md "Devices, roster and key
+    /// epochs"), each body at most [`SyncClient::chunk_size`] bytes.
+    /// Errors: those of [`SyncClient::push_messages`].
+    pub async fn push_roster(
+        &self,
+        state: &mut StateStore,
+        kind: BlobKind,
+        bodies: &[Vec<u8>],
+    ) -> Result<Vec<PushOk>> {
+        if !matches!(kind, BlobKind::Roster | BlobKind::Enrolment) {
+            return Err(ClientError::InvalidInput(
+                "push_roster pushes roster blobs only".into(),
+            ));
+        }
+        self.push_bodies(state, kind, bodies, &PushOptions::default())
+            .await
+    }
+
+    async fn push_bodies(
+        &self,
+        state: &mut StateStore,
+        kind: BlobKind,
+        messages: &[Vec<u8>],
+        opts: &PushOptions,
+    ) -> Result<Vec<PushOk>> {
         let max = self.chunk_size();
         if let Some(big) = messages.iter().find(|m| m.len() > max) {
             return Err(ClientError::InvalidInput(format!(
@@ -190,7 +220,7 @@ impl SyncClient {
             let item = self.seal(
                 state,
                 BlobId(random_bytes()),
-                BlobKind::Message,
+                kind.clone(),
                 first_seq + i as u64,
                 msg,
                 opts.ttl_s,

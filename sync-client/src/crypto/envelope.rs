@@ -80,6 +80,15 @@ pub enum BlobKind {
         /// The version of the file.
         version: FileVersion,
     },
+    /// Roster entries of the group (docs/security.md "Devices, roster and
+    /// key epochs", "Where entries live"): the body is one or more signed
+    /// entries ([`crate::roster::SignedEntry`]), concatenated (each is
+    /// self-delimiting). Tag 4. Clients before rosters report such a blob as
+    /// `rejected` (unknown variant) and apply nothing: no file is lost.
+    Roster,
+    /// An enrolment request: the sending device asks members to add it to
+    /// the roster; the body is a [`crate::roster::enrol::Enrolment`]. Tag 5.
+    Enrolment,
 }
 
 impl BlobKind {
@@ -980,6 +989,26 @@ mod tests {
         assert_eq!(opened.header, h);
         assert_eq!(opened.body, b"hello".to_vec());
     }
+
+    /// The roster kinds are tags 4 and 5, after every older kind, so older
+    /// headers decode unchanged (docs/protocol.md "Blob payloads").
+    #[test]
+    fn roster_kind_header_bytes_are_stable() {
+        for (kind, golden) in [
+            (BlobKind::Roster, ROSTER_HEADER),
+            (BlobKind::Enrolment, ENROLMENT_HEADER),
+        ] {
+            let h = header(kind);
+            let bytes = postcard::to_allocvec(&h).unwrap();
+            assert_eq!(hex::encode(&bytes), golden);
+            assert_eq!(postcard::from_bytes::<BlobHeader>(&bytes).unwrap(), h);
+        }
+    }
+
+    const ROSTER_HEADER: &str =
+        "0405050505050505050505050505050505050505050505050505050505050505050780d095ffbc31000000";
+    const ENROLMENT_HEADER: &str =
+        "0505050505050505050505050505050505050505050505050505050505050505050780d095ffbc31000000";
 
     /// A header length that covers more than the header: the extra bytes
     /// are refused, not ignored (one encoding per header).

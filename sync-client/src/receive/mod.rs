@@ -117,6 +117,21 @@ pub enum PullEvent {
         #[serde(skip)]
         data: Vec<u8>,
     },
+    /// Roster entries or an enrolment request arrived (docs/security.md
+    /// "Devices, roster and key epochs"): handed to the roster
+    /// ([`crate::roster::local`]), which verifies and folds them. Not
+    /// printed by `pull --json` (the roster's report is).
+    Roster {
+        /// Its cursor.
+        cursor: u64,
+        /// Sender's node id (hex).
+        sender: String,
+        /// True for an enrolment request, false for roster entries.
+        enrolment: bool,
+        /// The blob's body (not serialized).
+        #[serde(skip)]
+        data: Vec<u8>,
+    },
     /// A sender abandoned a file; its partial copy was removed.
     Abandoned {
         /// The file's relative path, if a partial copy existed.
@@ -357,6 +372,14 @@ impl<'a> Receiver<'a> {
                     sender,
                     seq: header.seq,
                     len: opened.body.len(),
+                    data: opened.body.into_vec(),
+                });
+            }
+            BlobKind::Roster | BlobKind::Enrolment => {
+                events(PullEvent::Roster {
+                    cursor: blob.cursor,
+                    sender,
+                    enrolment: matches!(header.kind, BlobKind::Enrolment),
                     data: opened.body.into_vec(),
                 });
             }

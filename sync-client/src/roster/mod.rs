@@ -8,7 +8,12 @@
 //! - [`fold`]: entries → [`RosterState`] (membership, names, epochs), with
 //!   the rule that makes concurrent rotations converge;
 //! - [`build`]: making genesis, add, rename and rotate entries;
-//! - [`store`]: the entries a device holds, in `<home>/roster.bin`.
+//! - [`store`]: the entries a device holds, in `<home>/roster.bin`;
+//! - [`chain`]: the epoch secrets a device holds and its outbox, in
+//!   `<home>/epochs.json`;
+//! - [`enrol`]: enrolment requests of devices that joined with an invite;
+//! - [`local`]: all of it in a device home: absorbing what pulls receive,
+//!   catching up through rotations, revoking.
 //!
 //! Key schedule: an epoch's 32-byte secret is a [`crate::GroupSecret`] and
 //! derives that epoch's group id, Hello proofs and blob key exactly as a
@@ -16,10 +21,13 @@
 //! invite, so an existing group is epoch 0 of its roster.
 
 pub mod build;
+pub mod chain;
 mod codec;
 pub mod device;
+pub mod enrol;
 pub mod entry;
 pub mod fold;
+pub mod local;
 pub mod signed;
 pub mod store;
 pub mod wrap;
@@ -30,6 +38,7 @@ mod tests;
 pub use device::DeviceKeys;
 pub use entry::{Entry, EntryId, EntryKind, WrappedSecret};
 pub use fold::{Ignored, Member, Removal, RosterState, fold};
+pub use local::{LocalRoster, Settled};
 pub use signed::SignedEntry;
 pub use wrap::{WrapContext, unwrap, wrap};
 

@@ -4,6 +4,7 @@ mod attacks;
 mod fold;
 mod golden;
 mod hostile;
+mod local;
 mod store;
 
 use super::*;

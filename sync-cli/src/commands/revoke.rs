@@ -1,0 +1,170 @@
+//! `revoke DEVICE`: remove a device by rotating the group's key without it
+//! (docs/security.md "Devices, roster and key epochs": Remove = Rotate).
+//!
+//! The flow: resolve DEVICE (a name, or a unique prefix of its id; never
+//! this device; an ambiguous one is refused with the candidates), build the
+//! `Rotate` (a fresh secret from the OS random generator wrapped to every
+//! remaining member), push it into the old epoch's group, push the whole
+//! chain with this device's first entry of the new epoch into the new
+//! epoch's group, move this device to the new epoch, and ask the relay to
+//! close the old group ([`close_old_group`]).
+
+use super::epochs::publish;
+use crate::output::{Out, json_line, short};
+use anyhow::{Result, bail};
+use serde::Serialize;
+use sync_client::roster::{LocalRoster, RosterState};
+use sync_client::util::now_ms;
+use sync_client::{GroupSecret, Home, RetryPolicy};
+use sync_protocol::DeviceId;
+
+/// `revoke --json`.
+#[derive(Serialize)]
+pub struct RevokeOut {
+    /// The removed device (hex).
+    pub revoked: String,
+    /// Its name.
+    pub name: String,
+    /// The new key epoch.
+    pub epoch: u64,
+    /// The new epoch's group id (hex).
+    pub group_id: String,
+    /// Whether the relay closed the old group for the removed device.
+    pub old_group_closed: bool,
+}
+
+/// Find the member DEVICE names: an exact name, else a unique id prefix.
+/// Errors list the candidates (ambiguous) or the members (no match).
+pub fn resolve(state: &RosterState, me: &DeviceId, query: &str) -> Result<DeviceId> {
+    let by_name: Vec<&DeviceId> = state
+        .members
+        .iter()
+        .filter(|(_, m)| m.name == query)
+        .map(|(d, _)| d)
+        .collect();
+    let q = query.to_ascii_lowercase();
+    let candidates: Vec<&DeviceId> = if by_name.is_empty() {
+        state
+            .members
+            .keys()
+            .filter(|d| q.len() >= 4 && d.to_string().starts_with(&q))
+            .collect()
+    } else {
+        by_name
+    };
+    let describe = |d: &DeviceId| {
+        let name = state.members.get(d).map(|m| m.name.as_str()).unwrap_or("");
+        format!("{name} ({})", short(&d.to_string()))
+    };
+    match candidates.as_slice() {
+        [] => {
+            if state
+                .removed
+                .iter()
+                .any(|(d, r)| r.name == query || (q.len() >= 4 && d.to_string().starts_with(&q)))
+            {
+                bail!("{query} was already removed from the group");
+            }
+            let all: Vec<String> = state.members.keys().map(describe).collect();
+            bail!(
+                "no member is named {query:?} or has an id starting with it (ids need at least 4 hex characters); members: {}",
+                all.join(", ")
+            )
+        }
+        [one] => {
+            if *one == me {
+                bail!("this device cannot revoke itself; ask another member to revoke it");
+            }
+            Ok(**one)
+        }
+        many => {
+            let list: Vec<String> = many.iter().map(|d| describe(d)).collect();
+            bail!(
+                "{query:?} is ambiguous; give a longer id prefix of one of: {}",
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// What closing the old group achieved.
+pub enum CloseOutcome {
+    /// The relay closed it (made once [`close_old_group`] is wired to the
+    /// relay's close request).
+    #[allow(dead_code)]
+    Closed,
+    /// This client has no way to ask yet: the old group stays open at the
+    /// relay, and the removed device can still pull its old blobs (and push
+    /// there, which remaining devices still pull and read) until it is
+    /// closed. Revocation of the new epoch does not depend on it.
+    NotAvailable,
+}
+
+/// The relay-side step of revocation (docs/security.md "What the relay
+/// must do"): a close of the old epoch's group, signed with its group key,
+/// listing the remaining members, after which the relay answers the
+/// removed device with GROUP_CLOSED. The request and the relay's handling
+/// are built separately (issue 14, relay side); this is the one place the
+/// revoke flow calls it, to be wired to that client API.
+pub async fn close_old_group(_old: &GroupSecret, _remaining: &[DeviceId]) -> Result<CloseOutcome> {
+    Ok(CloseOutcome::NotAvailable)
+}
+
+pub async fn revoke(home: &Home, query: &str, policy: RetryPolicy, out: Out) -> Result<()> {
+    let mut roster = LocalRoster::open(home)?;
+    if roster.settle(now_ms())?.is_none() {
+        let name = roster.device_name();
+        roster.ensure_genesis(&name, now_ms())?;
+    }
+    let Some(settled) = roster.settle(now_ms())? else {
+        bail!("no roster is known yet: run `sync-cli pull` first");
+    };
+    if let Some(why) = &settled.stuck {
+        bail!("{why}");
+    }
+    let me = roster.me();
+    let target = resolve(&settled.state, &me, query)?;
+    let name = settled
+        .state
+        .members
+        .get(&target)
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let old = roster.chain.current().secret()?;
+    let epoch = roster.revoke(&settled.state, target, now_ms())?;
+    roster.save()?;
+    let mut state = home.state()?;
+    publish(home, &mut roster, &mut state, policy, out).await?;
+    let remaining: Vec<DeviceId> = settled
+        .state
+        .members
+        .keys()
+        .filter(|d| **d != target)
+        .copied()
+        .collect();
+    let closed = matches!(
+        close_old_group(&old, &remaining).await?,
+        CloseOutcome::Closed
+    );
+    let group_id = roster.chain.current().group_id.clone();
+    if out.json {
+        json_line(&RevokeOut {
+            revoked: target.to_string(),
+            name,
+            epoch,
+            group_id,
+            old_group_closed: closed,
+        });
+    } else if out.human() {
+        println!(
+            "revoked {name} ({}): the group moved to key epoch {epoch}; remaining devices follow at their next pull",
+            short(&target.to_string())
+        );
+        if !closed {
+            eprintln!(
+                "note: the old group stays open at the relay: the removed device can still pull what was pushed before now"
+            );
+        }
+    }
+    Ok(())
+}
