@@ -244,8 +244,8 @@ mod tests {
     #[test]
     fn error_codes_round_trip_and_classify() {
         for n in [
-            1000, 1001, 1002, 1003, 1004, 1005, 1006, 2000, 2001, 2002, 2003, 2004, 2005, 3000, 3001,
-            3002, 3003,
+            1000, 1001, 1002, 1003, 1004, 1005, 1006, 2000, 2001, 2002, 2003, 2004, 2005, 3000,
+            3001, 3002, 3003,
         ] {
             let code = ErrorCode::from_u16(n);
             assert!(!matches!(code, ErrorCode::Unknown(_)), "{n} is known");

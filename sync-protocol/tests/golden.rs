@@ -165,7 +165,10 @@ fn print_golden_vectors_on_request() {
             .chunks(64)
             .map(|c| std::str::from_utf8(c).unwrap_or_default())
             .collect();
-        println!("    (\n        \"{name}\",\n        \"{}\",\n    ),", chunks.join("\\\n         "));
+        println!(
+            "    (\n        \"{name}\",\n        \"{}\",\n    ),",
+            chunks.join("\\\n         ")
+        );
     }
 }
 
