@@ -80,7 +80,7 @@ impl GroupClosure {
     /// The keep list stored as `bytes` ([`GroupClosure::keep_bytes`]), or
     /// `None` when they are not a whole number of sorted, unique ids.
     pub fn keep_from_bytes(bytes: &[u8]) -> Option<KeepList> {
-        if bytes.len() % 32 != 0 {
+        if !bytes.len().is_multiple_of(32) {
             return None;
         }
         let ids: Vec<DeviceId> = bytes
