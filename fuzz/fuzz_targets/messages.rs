@@ -28,4 +28,6 @@ fuzz_target!(|data: &[u8]| {
     each::<AckOk>(data);
     each::<Notify>(data);
     each::<ErrorMsg>(data);
+    each::<CloseGroup>(data);
+    each::<CloseGroupOk>(data);
 });

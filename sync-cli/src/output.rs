@@ -276,6 +276,9 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
         {
             STORAGE_UNAVAILABLE_HINT
         }
+        ClientError::GroupClosed(_) => {
+            "this device can no longer use this group: if it was removed, ask a member for a new invite; if the group moved to a new key epoch, the device moves with it on its next contact (no new invite needed)"
+        }
         ClientError::Connect { .. } | ClientError::GaveUp { .. } => {
             "check that the relay is running and that the address in `sync-cli status` is right"
         }

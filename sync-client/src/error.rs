@@ -23,6 +23,15 @@ pub enum ClientError {
     /// The relay answered with an error frame.
     #[error("relay refused the request: {0}")]
     Relay(ErrorMsg),
+    /// The group was closed by a member (GROUP_CLOSED, at `Hello` or a
+    /// request, or the relay ended the session with close code 9): this
+    /// device was removed, or the group moved to a new key epoch
+    /// (docs/security.md "What the relay must do"). Not retryable. Holds
+    /// the relay's own words.
+    #[error(
+        "this group was closed by a member: this device was removed, or the group moved to a new key epoch (relay: {0})"
+    )]
+    GroupClosed(String),
     /// The relay broke the protocol (unexpected message, bad frame).
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -77,6 +86,7 @@ impl ClientError {
     pub fn relay_code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Relay(e) => Some(e.error_code()),
+            ClientError::GroupClosed(_) => Some(ErrorCode::GroupClosed),
             _ => None,
         }
     }
@@ -90,6 +100,17 @@ impl ClientError {
             | ClientError::Connect { .. } => true,
             ClientError::Relay(e) => e.error_code() == ErrorCode::ShuttingDown,
             _ => false,
+        }
+    }
+
+    /// The error for an `Error` frame from the relay: GROUP_CLOSED as
+    /// [`ClientError::GroupClosed`], every other code as
+    /// [`ClientError::Relay`].
+    pub fn from_relay(e: ErrorMsg) -> ClientError {
+        if e.error_code() == ErrorCode::GroupClosed {
+            ClientError::GroupClosed(e.message)
+        } else {
+            ClientError::Relay(e)
         }
     }
 

@@ -19,6 +19,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod close_group;
 pub mod crypto;
 pub mod endpoint;
 pub mod error;

@@ -7,16 +7,16 @@ use crate::crypto::GroupKeys;
 use crate::endpoint;
 use crate::error::{ClientError, Result};
 use crate::relay_addr::RelayAddr;
-use iroh::endpoint::{Connection, RecvStream, VarInt};
+use iroh::endpoint::{Connection, ConnectionError, RecvStream, VarInt};
 use iroh::{Endpoint, EndpointAddr, SecretKey};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
-    AccessToken, Ack, CloseCode, DeviceId, Hello, HelloWithToken, Message, PROTOCOL_VERSION, Pull,
-    PullBatch, Push, PushItem, PushOk, Welcome, decode_body, read_frame_into, read_message,
-    write_message,
+    AccessToken, Ack, CloseCode, CloseGroup, CloseGroupOk, DeviceId, Hello, HelloWithToken,
+    KeepList, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem, PushOk, Welcome,
+    decode_body, read_frame_into, read_message, write_message,
 };
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
@@ -155,7 +155,7 @@ impl RelaySession {
         let mut recv = send_request(&conn, &hello, HANDSHAKE_MAX_FRAME).await?;
         let welcome = match read_message(&mut recv, HANDSHAKE_MAX_FRAME).await? {
             Some(Message::Welcome(w)) => w,
-            Some(Message::Error(e)) => return Err(ClientError::Relay(e)),
+            Some(Message::Error(e)) => return Err(ClientError::from_relay(e)),
             Some(other) => {
                 return Err(ClientError::Protocol(format!(
                     "expected Welcome, got {}",
@@ -229,6 +229,12 @@ impl RelaySession {
     /// GROUP_QUOTA_EXCEEDED; nothing stored), [`ClientError::ConnectionLost`]
     /// (retry with the same blob ids), [`ClientError::Protocol`].
     pub async fn push(&self, items: Vec<PushItem>) -> Result<PushOk> {
+        self.push_inner(items)
+            .await
+            .map_err(|e| group_closed_or(&self.conn, e))
+    }
+
+    async fn push_inner(&self, items: Vec<PushItem>) -> Result<PushOk> {
         let ids: Vec<_> = items.iter().map(|i| i.blob_id).collect();
         let mut recv = send_request(
             &self.conn,
@@ -260,8 +266,10 @@ impl RelaySession {
             &Message::Pull(Pull { after, limit }),
             self.welcome.max_frame,
         )
-        .await?;
+        .await
+        .map_err(|e| group_closed_or(&self.conn, e))?;
         Ok(PullResponse {
+            conn: self.conn.clone(),
             recv,
             seen_head: Arc::clone(&self.seen_head),
             max_frame: self.welcome.max_frame,
@@ -272,16 +280,45 @@ impl RelaySession {
 
     /// Tell the relay this device holds everything up to `cursor`.
     pub async fn ack(&self, cursor: u64) -> Result<u64> {
-        let mut recv = send_request(
-            &self.conn,
-            &Message::Ack(Ack { cursor }),
-            self.welcome.max_frame,
-        )
-        .await?;
-        match read_message(&mut recv, self.welcome.max_frame).await? {
-            Some(Message::AckOk(ok)) => Ok(ok.cursor),
-            other => Err(unexpected(other, "AckOk")),
-        }
+        let answer = async {
+            let mut recv = send_request(
+                &self.conn,
+                &Message::Ack(Ack { cursor }),
+                self.welcome.max_frame,
+            )
+            .await?;
+            match read_message(&mut recv, self.welcome.max_frame).await? {
+                Some(Message::AckOk(ok)) => Ok(ok.cursor),
+                other => Err(unexpected(other, "AckOk")),
+            }
+        };
+        answer.await.map_err(|e| group_closed_or(&self.conn, e))
+    }
+
+    /// Close this session's group keeping `keep` (docs/protocol.md
+    /// §CloseGroup): the relay refuses every push from now on, and every
+    /// device not in `keep` (GROUP_CLOSED); the devices kept may pull until
+    /// the grace ends. Answers the close recorded: this one
+    /// (`applied = true`), or an earlier one that stands (`applied =
+    /// false`, its own keep list). If `keep` does not name this device, the
+    /// relay ends this session once it has answered. Errors:
+    /// [`ClientError::GroupClosed`] (closed already and this device not
+    /// kept, or the grace ended), [`ClientError::Relay`],
+    /// [`ClientError::ConnectionLost`], [`ClientError::Protocol`].
+    pub async fn close_group(&self, keep: KeepList) -> Result<CloseGroupOk> {
+        let answer = async {
+            let mut recv = send_request(
+                &self.conn,
+                &Message::CloseGroup(CloseGroup { keep }),
+                self.welcome.max_frame,
+            )
+            .await?;
+            match read_message(&mut recv, self.welcome.max_frame).await? {
+                Some(Message::CloseGroupOk(ok)) => Ok(ok),
+                other => Err(unexpected(other, "CloseGroupOk")),
+            }
+        };
+        answer.await.map_err(|e| group_closed_or(&self.conn, e))
     }
 
     /// Close the session cleanly (close code 0) and release the endpoint
@@ -375,6 +412,8 @@ pub fn dial_failure(err: &iroh::endpoint::ConnectError) -> String {
 /// The streamed answer to a `Pull`.
 #[derive(Debug)]
 pub struct PullResponse {
+    /// To tell a session ended by a close of its group (close code 9).
+    conn: Connection,
     recv: RecvStream,
     seen_head: Arc<AtomicU64>,
     max_frame: u32,
@@ -388,6 +427,13 @@ impl PullResponse {
     /// Errors: [`ClientError::Relay`], [`ClientError::ConnectionLost`],
     /// [`ClientError::Protocol`].
     pub async fn next_batch(&mut self) -> Result<Option<PullBatch>> {
+        let conn = self.conn.clone();
+        self.next_batch_inner()
+            .await
+            .map_err(|e| group_closed_or(&conn, e))
+    }
+
+    async fn next_batch_inner(&mut self) -> Result<Option<PullBatch>> {
         if self.done {
             return Ok(None);
         }
@@ -414,11 +460,24 @@ impl PullResponse {
 
 fn unexpected(got: Option<Message>, expected: &str) -> ClientError {
     match got {
-        Some(Message::Error(e)) => ClientError::Relay(e),
+        Some(Message::Error(e)) => ClientError::from_relay(e),
         Some(other) => ClientError::Protocol(format!("expected {expected}, got {}", other.kind())),
         None => {
             ClientError::ConnectionLost(format!("the relay ended the stream before {expected}"))
         }
+    }
+}
+
+/// `err`, or [`ClientError::GroupClosed`] when the relay closed the
+/// connection with close code 9 (the group was closed without this device).
+fn group_closed_or(conn: &Connection, err: ClientError) -> ClientError {
+    match conn.close_reason() {
+        Some(ConnectionError::ApplicationClosed(close))
+            if close.error_code.into_inner() == u64::from(CloseCode::GroupClosed.as_u32()) =>
+        {
+            ClientError::GroupClosed(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        _ => err,
     }
 }
 

@@ -57,6 +57,8 @@ const KINDS: [MessageKind; MessageKind::COUNT as usize] = [
     MessageKind::Notify,
     MessageKind::Error,
     MessageKind::HelloWithToken,
+    MessageKind::CloseGroup,
+    MessageKind::CloseGroupOk,
 ];
 
 /// The encoded body of `msg` (no length prefix).
@@ -162,7 +164,7 @@ mod tests {
 
     #[test]
     fn unknown_tag_is_rejected() {
-        assert_eq!(decode_body(&[11]), Err(DecodeError::UnknownTag(11)));
+        assert_eq!(decode_body(&[13]), Err(DecodeError::UnknownTag(13)));
         assert_eq!(
             decode_body(&[0x80, 0x01]),
             Err(DecodeError::UnknownTag(128))

@@ -25,6 +25,12 @@ pub enum ErrorCode {
     /// 1005: the access token is unknown or revoked (at `Hello`), or the
     /// token that created the group was revoked (at `Push`).
     AccessTokenInvalid,
+    /// 1006: the group was closed by a member (`CloseGroup`): this device
+    /// is not on its keep list, or the grace period ended, or (at `Push`)
+    /// the group takes no more blobs. Not retryable: the device was
+    /// removed, or the group moved to a new key epoch
+    /// (`docs/security.md` "What the relay must do").
+    GroupClosed,
     /// 2000: over a rate limit; `retry_after_ms` says when to retry.
     RateLimited,
     /// 2001: a payload is larger than the relay's `max_blob_size`.
@@ -68,6 +74,7 @@ impl ErrorCode {
             ErrorCode::NotInSession => 1003,
             ErrorCode::AccessTokenRequired => 1004,
             ErrorCode::AccessTokenInvalid => 1005,
+            ErrorCode::GroupClosed => 1006,
             ErrorCode::RateLimited => 2000,
             ErrorCode::BlobTooLarge => 2001,
             ErrorCode::GroupQuotaExceeded => 2002,
@@ -91,6 +98,7 @@ impl ErrorCode {
             1003 => ErrorCode::NotInSession,
             1004 => ErrorCode::AccessTokenRequired,
             1005 => ErrorCode::AccessTokenInvalid,
+            1006 => ErrorCode::GroupClosed,
             2000 => ErrorCode::RateLimited,
             2001 => ErrorCode::BlobTooLarge,
             2002 => ErrorCode::GroupQuotaExceeded,
@@ -114,6 +122,7 @@ impl ErrorCode {
             ErrorCode::NotInSession => "NOT_IN_SESSION",
             ErrorCode::AccessTokenRequired => "ACCESS_TOKEN_REQUIRED",
             ErrorCode::AccessTokenInvalid => "ACCESS_TOKEN_INVALID",
+            ErrorCode::GroupClosed => "GROUP_CLOSED",
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::BlobTooLarge => "BLOB_TOO_LARGE",
             ErrorCode::GroupQuotaExceeded => "GROUP_QUOTA_EXCEEDED",
@@ -184,6 +193,10 @@ pub enum CloseCode {
     /// (`request_timeout_s` plus one second per `min_transfer_rate` bytes):
     /// a reader that stops reading is cut off. Reconnect and read.
     TooSlow,
+    /// 9: the session's group was closed (`CloseGroup`) and this device is
+    /// not on its keep list, or its grace period ended: the same meaning
+    /// as the GROUP_CLOSED error, for a session ended without a request.
+    GroupClosed,
     /// A code this version does not know.
     Unknown(u32),
 }
@@ -201,6 +214,7 @@ impl CloseCode {
             CloseCode::Overloaded => 6,
             CloseCode::Internal => 7,
             CloseCode::TooSlow => 8,
+            CloseCode::GroupClosed => 9,
             CloseCode::Unknown(n) => n,
         }
     }
@@ -217,6 +231,7 @@ impl CloseCode {
             6 => CloseCode::Overloaded,
             7 => CloseCode::Internal,
             8 => CloseCode::TooSlow,
+            9 => CloseCode::GroupClosed,
             other => CloseCode::Unknown(other),
         }
     }
@@ -229,8 +244,8 @@ mod tests {
     #[test]
     fn error_codes_round_trip_and_classify() {
         for n in [
-            1000, 1001, 1002, 1003, 1004, 1005, 2000, 2001, 2002, 2003, 2004, 2005, 3000, 3001,
-            3002, 3003,
+            1000, 1001, 1002, 1003, 1004, 1005, 1006, 2000, 2001, 2002, 2003, 2004, 2005, 3000,
+            3001, 3002, 3003,
         ] {
             let code = ErrorCode::from_u16(n);
             assert!(!matches!(code, ErrorCode::Unknown(_)), "{n} is known");
@@ -243,7 +258,7 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for n in 0..9 {
+        for n in 0..10 {
             assert_eq!(CloseCode::from_u32(n).as_u32(), n);
             assert!(!matches!(CloseCode::from_u32(n), CloseCode::Unknown(_)));
         }

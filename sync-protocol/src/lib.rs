@@ -11,12 +11,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod close;
 pub mod codec;
 pub mod codes;
 pub mod frame;
 pub mod limits;
 pub mod message;
 
+pub use close::{KeepList, KeepListError, MAX_KEEP_LIST};
 pub use codec::{DecodeError, decode_body, encode_body, encode_frame};
 pub use codes::{CloseCode, ErrorCode};
 pub use frame::{
@@ -24,10 +26,10 @@ pub use frame::{
     write_message,
 };
 pub use message::{
-    ACCESS_TOKEN_PREFIX, AccessToken, Ack, AckOk, BlobId, DeviceId, ErrorMsg, GroupId,
-    HELLO_PROOF_CONTEXT, Hello, HelloWithToken, Message, MessageKind, Notify, ParseTokenError,
-    Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk, PushResult, Welcome,
-    hello_proof_message,
+    ACCESS_TOKEN_PREFIX, AccessToken, Ack, AckOk, BlobId, CloseGroup, CloseGroupOk, DeviceId,
+    ErrorMsg, GroupId, HELLO_PROOF_CONTEXT, Hello, HelloWithToken, Message, MessageKind, Notify,
+    ParseTokenError, Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk, PushResult,
+    Welcome, hello_proof_message,
 };
 
 /// QUIC ALPN of protocol version 1: `/0k-sync/1`.

@@ -332,9 +332,41 @@ pub fn hello_proof_message(relay: &DeviceId, device: &DeviceId) -> Vec<u8> {
     m
 }
 
+/// Close the session's group (`docs/protocol.md` §CloseGroup →
+/// CloseGroupOk, `docs/security.md` "What the relay must do"): from now on
+/// the relay refuses every push to it and every session of a device not in
+/// `keep` (GROUP_CLOSED); the devices in `keep` may still pull and ack
+/// until the grace period ends (`closed_at` + the relay's longest TTL),
+/// then the group's blobs are deleted and everyone gets GROUP_CLOSED.
+/// Authorised by the session's `Hello` proof (possession of the group
+/// signing key). The first close of a group wins; a later one changes
+/// nothing and is answered with the recorded close.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseGroup {
+    /// Node ids that may still pull until the grace ends (≤ 64, strictly
+    /// increasing; may be empty).
+    pub keep: crate::KeepList,
+}
+
+/// Answer to [`CloseGroup`]: the group's close as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseGroupOk {
+    /// When the group was closed, Unix time in milliseconds.
+    pub closed_at: u64,
+    /// When the grace period ends, Unix ms: from then on the listed devices
+    /// get GROUP_CLOSED too, and the blobs are deleted.
+    pub grace_until: u64,
+    /// The keep list recorded (the first close's).
+    pub keep: crate::KeepList,
+    /// True when this request closed the group; false when an earlier close
+    /// stands (its state is the one answered).
+    pub applied: bool,
+}
+
 /// Every frame body. The variant order is the wire tag (postcard varint):
 /// 0 Hello, 1 Welcome, 2 Push, 3 PushOk, 4 Pull, 5 PullBatch, 6 Ack,
-/// 7 AckOk, 8 Notify, 9 Error, 10 HelloWithToken.
+/// 7 AckOk, 8 Notify, 9 Error, 10 HelloWithToken, 11 CloseGroup,
+/// 12 CloseGroupOk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Tag 0, client → relay.
@@ -359,6 +391,10 @@ pub enum Message {
     Error(ErrorMsg),
     /// Tag 10, client → relay: a `Hello` with an access token.
     HelloWithToken(HelloWithToken),
+    /// Tag 11, client → relay: close the session's group.
+    CloseGroup(CloseGroup),
+    /// Tag 12, relay → client.
+    CloseGroupOk(CloseGroupOk),
 }
 
 /// The kind of a [`Message`], for logs and errors ("expected X, got Y").
@@ -375,11 +411,13 @@ pub enum MessageKind {
     Notify,
     Error,
     HelloWithToken,
+    CloseGroup,
+    CloseGroupOk,
 }
 
 impl MessageKind {
     /// Number of message kinds: tags are `0..COUNT`.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
 
     /// The message's name as in `docs/protocol.md`.
     pub fn name(self) -> &'static str {
@@ -395,6 +433,8 @@ impl MessageKind {
             MessageKind::Notify => "Notify",
             MessageKind::Error => "Error",
             MessageKind::HelloWithToken => "HelloWithToken",
+            MessageKind::CloseGroup => "CloseGroup",
+            MessageKind::CloseGroupOk => "CloseGroupOk",
         }
     }
 }
@@ -420,6 +460,8 @@ impl Message {
             Message::Notify(_) => MessageKind::Notify,
             Message::Error(_) => MessageKind::Error,
             Message::HelloWithToken(_) => MessageKind::HelloWithToken,
+            Message::CloseGroup(_) => MessageKind::CloseGroup,
+            Message::CloseGroupOk(_) => MessageKind::CloseGroupOk,
         }
     }
 }

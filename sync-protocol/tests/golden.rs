@@ -120,7 +120,56 @@ fn samples() -> Vec<(&'static str, Message)> {
                 ErrorMsg::new(ErrorCode::StorageUnavailable, "db away").with_retry_after(5000),
             ),
         ),
+        (
+            "close_group",
+            Message::CloseGroup(CloseGroup {
+                keep: KeepList::new(vec![DeviceId([0x99; 32]), DeviceId([0x66; 32])])
+                    .expect("two ids"),
+            }),
+        ),
+        (
+            "close_group_keep_none",
+            Message::CloseGroup(CloseGroup {
+                keep: KeepList::default(),
+            }),
+        ),
+        (
+            "close_group_ok",
+            Message::CloseGroupOk(CloseGroupOk {
+                closed_at: 1_700_000_000_000,
+                grace_until: 1_702_592_000_000,
+                keep: KeepList::new(vec![DeviceId([0x66; 32])]).expect("one id"),
+                applied: true,
+            }),
+        ),
+        (
+            "error_group_closed",
+            Message::Error(ErrorMsg::new(ErrorCode::GroupClosed, "closed")),
+        ),
     ]
+}
+
+/// Prints every sample's bytes in the form of [`GOLDEN`] (and of the table
+/// in docs/protocol.md). Re-run it after a change of the message list (the
+/// lead renumbers appended variants at merge):
+/// `SYNC_GOLDEN_PRINT=1 cargo test -p sync-protocol --test golden print_golden -- --nocapture`
+#[test]
+fn print_golden_vectors_on_request() {
+    if std::env::var_os("SYNC_GOLDEN_PRINT").is_none() {
+        return;
+    }
+    for (name, msg) in samples() {
+        let hex = hex::encode(encode_body(&msg));
+        let chunks: Vec<&str> = hex
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        println!(
+            "    (\n        \"{name}\",\n        \"{}\",\n    ),",
+            chunks.join("\\\n         ")
+        );
+    }
 }
 
 const GOLDEN: &[(&str, &str)] = &[
@@ -173,6 +222,19 @@ const GOLDEN: &[(&str, &str)] = &[
     ("notify", "0801"),
     ("error", "09d00f09736c6f7720646f776e01fa01"),
     ("error_storage_unavailable", "09bb170764622061776179018827"),
+    (
+        "close_group",
+        "0b02666666666666666666666666666666666666666666666666666666666666\
+         6666999999999999999999999999999999999999999999999999999999999999\
+         9999",
+    ),
+    ("close_group_keep_none", "0b00"),
+    (
+        "close_group_ok",
+        "0c80d095ffbc3180e090d3c63101666666666666666666666666666666666666\
+         666666666666666666666666666601",
+    ),
+    ("error_group_closed", "09ee0706636c6f73656400"),
 ];
 
 fn golden(name: &str) -> Vec<u8> {
@@ -210,6 +272,34 @@ fn messages_encode_to_their_golden_bytes() {
 fn golden_bytes_decode_to_their_messages() {
     for (name, msg) in samples() {
         assert_eq!(decode_body(&golden(name)).unwrap(), msg, "{name}");
+    }
+}
+
+/// A keep list out of order, with a duplicate, or of 65 ids is malformed:
+/// one list has one encoding, and the count is refused before allocation.
+#[test]
+fn close_group_keep_lists_are_canonical_and_capped() {
+    let mut unsorted = golden("close_group");
+    // Swap the two ids (0x66… ↔ 0x99…).
+    let (a, b) = unsorted[2..].split_at_mut(32);
+    a.swap_with_slice(b);
+    assert!(matches!(
+        decode_body(&unsorted),
+        Err(DecodeError::Malformed {
+            kind: MessageKind::CloseGroup,
+            ..
+        })
+    ));
+    let mut dup = golden("close_group");
+    let first: Vec<u8> = dup[2..34].to_vec();
+    dup[34..66].copy_from_slice(&first);
+    assert!(decode_body(&dup).is_err());
+    for n in [64u8, 65] {
+        let mut body = vec![11u8, n];
+        for i in 0..n {
+            body.extend_from_slice(&[i; 32]);
+        }
+        assert_eq!(decode_body(&body).is_ok(), n == 64, "{n} ids");
     }
 }
 

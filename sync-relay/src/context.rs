@@ -2,6 +2,7 @@
 
 use crate::admission::Admission;
 use crate::budget::{PendingHellos, RelayBudget, SessionBudget};
+use crate::close_feed::CloseFeed;
 use crate::config::{Config, LimitsConfig};
 use crate::http::{STATS_MAX_AGE, StatsCache};
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct RelayContext {
     pub storage: Arc<dyn Storage>,
     /// Per-group NOTIFY channels.
     pub notify: Arc<NotifyHub>,
+    /// Closes committed here, announced to live sessions.
+    pub closes: CloseFeed,
     /// Cancelled when the relay begins shutting down.
     pub shutdown: CancellationToken,
     /// When the relay started.
@@ -68,6 +71,7 @@ impl RelayContext {
             relay_id,
             storage,
             notify: NotifyHub::new(),
+            closes: CloseFeed::default(),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             metrics,

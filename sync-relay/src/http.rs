@@ -267,6 +267,21 @@ mod tests {
         async fn ack(&self, _: GroupId, _: DeviceId, _: u64, _: i64) -> Result<u64, StorageError> {
             Err(broken())
         }
+        async fn close_group(
+            &self,
+            _: GroupId,
+            _: sync_protocol::KeepList,
+            _: i64,
+            _: i64,
+        ) -> Result<sync_storage::CloseOutcome, StorageError> {
+            Err(broken())
+        }
+        async fn closure(
+            &self,
+            _: GroupId,
+        ) -> Result<Option<sync_storage::GroupClosure>, StorageError> {
+            Err(broken())
+        }
         async fn stats(&self) -> Result<StorageStats, StorageError> {
             Err(broken())
         }
@@ -411,6 +426,21 @@ mod tests {
         }
         async fn head(&self, g: GroupId) -> Result<u64, StorageError> {
             self.inner.head(g).await
+        }
+        async fn close_group(
+            &self,
+            g: GroupId,
+            keep: sync_protocol::KeepList,
+            now: i64,
+            grace: i64,
+        ) -> Result<sync_storage::CloseOutcome, StorageError> {
+            self.inner.close_group(g, keep, now, grace).await
+        }
+        async fn closure(
+            &self,
+            g: GroupId,
+        ) -> Result<Option<sync_storage::GroupClosure>, StorageError> {
+            self.inner.closure(g).await
         }
         async fn pull_page(
             &self,

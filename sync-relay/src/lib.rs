@@ -20,6 +20,7 @@ pub mod auth;
 pub mod backup;
 pub mod budget;
 pub mod cleanup;
+pub mod close_feed;
 pub mod config;
 pub mod context;
 pub mod db_metrics;

@@ -87,6 +87,12 @@ pub struct Metrics {
     pub quota_rejections: Family<KindLabel, Counter>,
     /// Blobs deleted by the cleanup task (expired or acknowledged).
     pub cleanup_deleted: Counter,
+    /// Groups closed by a `CloseGroup` served here (the first close of
+    /// each group).
+    pub groups_closed: Counter,
+    /// `CloseGroup` requests that closed nothing: the group was closed
+    /// already (answered with that close), or the request failed.
+    pub group_closes_refused: Counter,
     /// Payload bytes stored (refreshed at each scrape).
     pub storage_bytes: Gauge,
     /// Blobs stored (refreshed at each scrape).
@@ -141,6 +147,8 @@ impl Metrics {
             rate_limited: Family::default(),
             quota_rejections: Family::default(),
             cleanup_deleted: Counter::default(),
+            groups_closed: Counter::default(),
+            group_closes_refused: Counter::default(),
             storage_bytes: Gauge::default(),
             storage_blobs: Gauge::default(),
             groups: Gauge::default(),
@@ -202,6 +210,16 @@ impl Metrics {
             "cleanup_deleted",
             "Blobs deleted by the cleanup task",
             m.cleanup_deleted.clone(),
+        );
+        registry.register(
+            "groups_closed",
+            "Groups closed by a CloseGroup request served here",
+            m.groups_closed.clone(),
+        );
+        registry.register(
+            "group_closes_refused",
+            "CloseGroup requests that closed nothing (closed already, or failed)",
+            m.group_closes_refused.clone(),
         );
         registry.register_with_unit(
             "storage",

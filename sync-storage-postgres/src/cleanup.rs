@@ -192,11 +192,12 @@ pub(crate) async fn prune_idle(
     let rows = sqlx::query(
         "DELETE FROM groups WHERE group_id IN \
          (SELECT g.group_id FROM groups g WHERE g.blob_count = 0 AND g.last_active_at < $1 \
+           AND g.closed_at IS NULL \
            AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = g.group_id) \
            AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.group_id = g.group_id) \
            AND NOT (g.group_id = ANY($2::BYTEA[])) \
            ORDER BY g.last_active_at, g.group_id LIMIT $3 FOR UPDATE) \
-         AND blob_count = 0 AND last_active_at < $1 \
+         AND blob_count = 0 AND last_active_at < $1 AND closed_at IS NULL \
          RETURNING head_cursor, owner, bytes_used",
     )
     .bind(idle_before_ms)

@@ -37,6 +37,7 @@ mod access;
 #[cfg(test)]
 mod classify_tests;
 mod cleanup;
+mod close;
 pub mod listen;
 mod push;
 #[cfg(feature = "testing")]
@@ -54,10 +55,11 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
+use sync_protocol::{BlobId, DeviceId, GroupId, KeepList, PulledBlob};
 use sync_storage::{
-    CounterAudit, Deleted, HeadFeed, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned,
-    PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
+    CloseOutcome, CounterAudit, Deleted, GroupClosure, HeadFeed, LiveGroups, NewGroup, NewToken,
+    OpenedSession, Pruned, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
+    StorageStats, TokenInfo,
 };
 use tokio::task::AbortHandle;
 
@@ -268,6 +270,13 @@ impl Storage for PostgresStorage {
         self.in_transaction(|conn| {
             Box::pin(async move {
                 let opened = access::open_group(conn, group, now_ms, new_group, address).await?;
+                // A refusal rolls back the touch of the group above.
+                if close::closure_of(&mut *conn, group)
+                    .await?
+                    .is_some_and(|c| !c.admits(&device, now_ms))
+                {
+                    return Err(StorageError::GroupClosed);
+                }
                 access::touch_device(conn, group, device, now_ms).await?;
                 Ok(opened)
             })
@@ -431,6 +440,24 @@ impl Storage for PostgresStorage {
             })
         })
         .await
+    }
+
+    async fn close_group(
+        &self,
+        group: GroupId,
+        keep: KeepList,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<CloseOutcome, StorageError> {
+        self.in_transaction(move |conn| {
+            let keep = keep.clone();
+            Box::pin(async move { close::close_group(conn, group, &keep, now_ms, grace_ms).await })
+        })
+        .await
+    }
+
+    async fn closure(&self, group: GroupId) -> Result<Option<GroupClosure>, StorageError> {
+        close::closure_of(&self.pool, group).await
     }
 
     async fn stats(&self) -> Result<StorageStats, StorageError> {

@@ -14,7 +14,7 @@ use sync_storage::{NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageErro
 
 /// Apply `req` inside the caller's transaction. Errors (the caller rolls
 /// back, nothing is stored), checked in this order:
-/// [`StorageError::UnknownGroup`], [`StorageError::TokenRevoked`],
+/// [`StorageError::UnknownGroup`], [`StorageError::GroupClosed`], [`StorageError::TokenRevoked`],
 /// [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
 /// [`StorageError::OwnerQuotaExceeded`], [`StorageError::RelayStorageFull`].
 ///
@@ -42,7 +42,7 @@ pub(crate) async fn apply(
     // this transaction one at a time from here to the commit. Only
     // `open_session` creates groups (through admission).
     let row = sqlx::query(
-        "SELECT head_cursor, bytes_used, blob_count, owner FROM groups \
+        "SELECT head_cursor, bytes_used, blob_count, owner, closed_at IS NOT NULL FROM groups \
          WHERE group_id = $1 FOR NO KEY UPDATE",
     )
     .bind(&req.group.0[..])
@@ -54,6 +54,8 @@ pub(crate) async fn apply(
     let used = unsigned(row.try_get(1).map_err(dberr)?)?;
     let count = unsigned(row.try_get(2).map_err(dberr)?)?;
     let owner: Option<Vec<u8>> = row.try_get(3).map_err(dberr)?;
+    // Closed (`crate::close`, under this same row lock): no new blob.
+    let closed: bool = row.try_get(4).map_err(dberr)?;
 
     let existing = existing_cursors(conn, req).await?;
     // Which items are new: the first occurrence of an id not yet stored.
@@ -68,6 +70,9 @@ pub(crate) async fn apply(
     let adding: u64 = new_items.iter().map(|b| b.payload.len() as u64).sum();
     let n = new_items.len() as u64;
     if n > 0 {
+        if closed {
+            return Err(StorageError::GroupClosed);
+        }
         let owner_use = match &owner {
             Some(o) => Some(charge_owner(conn, o, adding, quotas.address.max_storage).await?),
             None => None,

@@ -23,10 +23,11 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, SqliteExecutor};
 use std::path::PathBuf;
 use std::time::Duration;
-use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob};
+use sync_protocol::{BlobId, DeviceId, GroupId, KeepList, PulledBlob};
 use sync_storage::{
-    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Pruned, PullPage,
-    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenInfo,
+    CloseOutcome, CounterAudit, Deleted, GroupClosure, LiveGroups, NewGroup, NewToken,
+    OpenedSession, Pruned, PullPage, PushOutcome, PushRequest, Quotas, Storage, StorageError,
+    StorageStats, TokenInfo,
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -218,6 +219,27 @@ impl Storage for SqliteStorage {
             slot,
         })
         .await
+    }
+
+    async fn close_group(
+        &self,
+        group: GroupId,
+        keep: KeepList,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<CloseOutcome, StorageError> {
+        self.write(|slot| Write::CloseGroup {
+            group,
+            keep,
+            now_ms,
+            grace_ms,
+            slot,
+        })
+        .await
+    }
+
+    async fn closure(&self, group: GroupId) -> Result<Option<GroupClosure>, StorageError> {
+        closure_of(&self.readers, group).await
     }
 
     async fn stats(&self) -> Result<StorageStats, StorageError> {
@@ -458,6 +480,33 @@ pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
             .is_some_and(|c| matches!(c & 0xff, 5 | 14)),
         _ => false,
     }
+}
+
+/// The close of `group` ([`sync_storage::Storage::closure`]): `None` when
+/// it is open or not stored; a stored keep list that does not decode is a
+/// database error.
+pub(crate) async fn closure_of<'e>(
+    db: impl SqliteExecutor<'e>,
+    group: GroupId,
+) -> Result<Option<GroupClosure>, StorageError> {
+    let row = sqlx::query(
+        "SELECT closed_at, grace_until, keep_list FROM groups \
+         WHERE group_id = ?1 AND closed_at IS NOT NULL",
+    )
+    .bind(&group.0[..])
+    .fetch_optional(db)
+    .await
+    .map_err(dberr)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let keep: Vec<u8> = row.try_get(2).map_err(dberr)?;
+    Ok(Some(GroupClosure {
+        closed_at_ms: row.try_get(0).map_err(dberr)?,
+        grace_until_ms: row.try_get(1).map_err(dberr)?,
+        keep: GroupClosure::keep_from_bytes(&keep)
+            .ok_or_else(|| StorageError::database("stored keep list is malformed"))?,
+    }))
 }
 
 pub(crate) async fn head_of<'e>(

@@ -13,10 +13,10 @@ use crate::{dberr, fixed};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use std::collections::{HashMap, HashSet};
-use sync_protocol::{BlobId, DeviceId, GroupId, PushResult};
+use sync_protocol::{BlobId, DeviceId, GroupId, KeepList, PushResult};
 use sync_storage::{
-    Deleted, LiveGroups, NewBlob, NewGroup, NewToken, OpenedSession, Owner, Pruned, PushOutcome,
-    PushRequest, Quotas, StorageError, TokenInfo,
+    CloseOutcome, Deleted, GroupClosure, LiveGroups, NewBlob, NewGroup, NewToken, OpenedSession,
+    Owner, Pruned, PushOutcome, PushRequest, Quotas, StorageError, TokenInfo,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -69,6 +69,13 @@ pub(crate) enum Write {
         live: LiveGroups,
         slot: Slot<Pruned>,
     },
+    CloseGroup {
+        group: GroupId,
+        keep: KeepList,
+        now_ms: i64,
+        grace_ms: i64,
+        slot: Slot<CloseOutcome>,
+    },
 }
 
 /// A caller waiting for a value of type `T`, and that value once its op is
@@ -104,6 +111,7 @@ impl Write {
             Write::Ack { slot, .. } => slot.out = None,
             Write::DeleteExpired { slot, .. } | Write::DeleteAcked { slot, .. } => slot.out = None,
             Write::PruneIdle { slot, .. } => slot.out = None,
+            Write::CloseGroup { slot, .. } => slot.out = None,
         }
     }
 
@@ -120,6 +128,7 @@ impl Write {
                 slot.answer(result)
             }
             Write::PruneIdle { slot, .. } => slot.answer(result),
+            Write::CloseGroup { slot, .. } => slot.answer(result),
         }
     }
 }
@@ -395,6 +404,13 @@ async fn apply(
         } => {
             let opened =
                 access::open_group(conn, *group, *now_ms, *new_group, quotas.address).await?;
+            // A refusal rolls back the touch of the group above.
+            if crate::closure_of(&mut *conn, *group)
+                .await?
+                .is_some_and(|c| !c.admits(device, *now_ms))
+            {
+                return Err(StorageError::GroupClosed);
+            }
             touch_device(conn, *group, *device, *now_ms).await?;
             slot.out = Some(opened);
             Ok(0)
@@ -485,6 +501,16 @@ async fn apply(
             slot.out = Some(deleted);
             Ok(-(deleted.bytes as i64))
         }
+        Write::CloseGroup {
+            group,
+            keep,
+            now_ms,
+            grace_ms,
+            slot,
+        } => {
+            slot.out = Some(close_group(conn, *group, keep, *now_ms, *grace_ms).await?);
+            Ok(0)
+        }
         Write::PruneIdle {
             idle_before_ms,
             limit,
@@ -503,6 +529,54 @@ async fn apply(
             Ok(0)
         }
     }
+}
+
+/// [`sync_storage::Storage::close_group`]: the first close of a group is
+/// recorded and its blobs' expiry lowered to the grace's end; a group
+/// closed already is answered as it is. (The writer is the only writer, so
+/// no push runs between the read and the update.)
+async fn close_group(
+    conn: &mut SqliteConnection,
+    group: GroupId,
+    keep: &KeepList,
+    now_ms: i64,
+    grace_ms: i64,
+) -> Result<CloseOutcome, StorageError> {
+    if let Some(closure) = crate::closure_of(&mut *conn, group).await? {
+        return Ok(CloseOutcome {
+            closure,
+            applied: false,
+        });
+    }
+    let grace_until = now_ms.saturating_add(grace_ms);
+    let updated = sqlx::query(
+        "UPDATE groups SET closed_at = ?2, grace_until = ?3, keep_list = ?4 WHERE group_id = ?1",
+    )
+    .bind(&group.0[..])
+    .bind(now_ms)
+    .bind(grace_until)
+    .bind(GroupClosure::keep_bytes(keep))
+    .execute(&mut *conn)
+    .await
+    .map_err(dberr)?
+    .rows_affected();
+    if updated == 0 {
+        return Err(StorageError::UnknownGroup);
+    }
+    sqlx::query("UPDATE blobs SET expires_at = ?2 WHERE group_id = ?1 AND expires_at > ?2")
+        .bind(&group.0[..])
+        .bind(grace_until)
+        .execute(&mut *conn)
+        .await
+        .map_err(dberr)?;
+    Ok(CloseOutcome {
+        closure: GroupClosure {
+            closed_at_ms: now_ms,
+            grace_until_ms: grace_until,
+            keep: keep.clone(),
+        },
+        applied: true,
+    })
 }
 
 /// [`sync_storage::Storage::prune_idle`]: idle devices without a live
@@ -548,6 +622,7 @@ async fn prune_idle(
     let rows = sqlx::query(
         "DELETE FROM groups WHERE group_id IN \
          (SELECT g.group_id FROM groups g WHERE g.blob_count = 0 AND g.last_active_at < ?1 \
+           AND g.closed_at IS NULL \
            AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = g.group_id) \
            AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.group_id = g.group_id) \
            AND g.group_id NOT IN (SELECT unhex(value) FROM json_each(?2)) \
@@ -708,7 +783,7 @@ async fn apply_push(
         let row = sqlx::query(
             "UPDATE groups SET head_cursor = head_cursor + ?2, bytes_used = bytes_used + ?3, \
              blob_count = blob_count + ?2, last_active_at = ?4 WHERE group_id = ?1 \
-             RETURNING head_cursor, bytes_used, blob_count, owner",
+             RETURNING head_cursor, bytes_used, blob_count, owner, closed_at",
         )
         .bind(&req.group.0[..])
         .bind(n as i64)
@@ -722,6 +797,11 @@ async fn apply_push(
         let used = row.try_get::<i64, _>(1).map_err(dberr)? as u64 - adding;
         let count = row.try_get::<i64, _>(2).map_err(dberr)? as u64 - n;
         let owner: Option<Vec<u8>> = row.try_get(3).map_err(dberr)?;
+        // A closed group takes no new blob (the close holds the write lock
+        // too, so the two are ordered); the refusal rolls the update back.
+        if row.try_get::<Option<i64>, _>(4).map_err(dberr)?.is_some() {
+            return Err(StorageError::GroupClosed);
+        }
         let owner_use = match &owner {
             Some(o) => {
                 Some(access::charge_owner(conn, o, adding, quotas.address.max_storage).await?)

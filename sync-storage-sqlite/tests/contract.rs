@@ -68,3 +68,60 @@ sync_storage::storage_contract_tests!(sqlite, 128);
 fn model_check_in_some_order_of_each_burst() {
     sync_storage::testing::model_check::run(16, sqlite_any_order);
 }
+
+/// The in-memory reference model as a [`Backend`]: one instance only (it
+/// shares no data between two opens), for the single-instance tests.
+struct Memory {
+    opened: bool,
+}
+
+#[async_trait(?Send)]
+impl Backend for Memory {
+    async fn open(&mut self, quotas: Quotas) -> Box<dyn Storage> {
+        assert!(!self.opened, "the memory model has one instance only");
+        self.opened = true;
+        Box::new(sync_storage::MemoryStorage::new(quotas))
+    }
+
+    fn commits_in_submission_order(&self) -> bool {
+        true
+    }
+}
+
+fn memory() -> LocalBoxFuture<'static, Option<Box<dyn Backend>>> {
+    Box::pin(async { Some(Box::new(Memory { opened: false }) as Box<dyn Backend>) })
+}
+
+/// The close tests that need one instance, on the reference model: the
+/// model and the backends agree on closing too.
+mod memory_model {
+    use sync_storage::testing::{close, run_one};
+
+    #[test]
+    fn list_is_complete() {
+        assert_eq!(close::SINGLE_INSTANCE.len(), 3);
+    }
+
+    #[test]
+    fn a_closed_group_refuses_pushes_and_unlisted_devices() {
+        run_one(super::memory, |b| {
+            Box::pin(close::a_closed_group_refuses_pushes_and_unlisted_devices(b))
+        });
+    }
+
+    #[test]
+    fn a_close_racing_pushes_keeps_exactly_the_pushes_committed_before_it() {
+        run_one(super::memory, |b| {
+            Box::pin(close::a_close_racing_pushes_keeps_exactly_the_pushes_committed_before_it(b))
+        });
+    }
+
+    #[test]
+    fn listed_devices_pull_until_the_grace_then_the_blobs_go_and_the_mark_stays() {
+        run_one(super::memory, |b| {
+            Box::pin(
+                close::listed_devices_pull_until_the_grace_then_the_blobs_go_and_the_mark_stays(b),
+            )
+        });
+    }
+}

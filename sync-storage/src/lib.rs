@@ -27,6 +27,12 @@
 //! - each owner's counters stay exact through pushes, deletions and prunes
 //!   (a pruned group gives its place back to its owner), and an owner's row
 //!   goes once it owns nothing and its new-group window has ended;
+//! - a closed group ([`Storage::close_group`]) takes no new blob (decided in
+//!   the push transaction, on the group row the push locks), opens sessions
+//!   only for the devices its close keeps and only until its grace ends,
+//!   and is never pruned: its row, and so its closed mark, stays, so its id
+//!   can never be created again; its blobs expire by the end of the grace
+//!   and go like any expired blob;
 //! - a call returns `Ok` only after its writes are durable against a crash of
 //!   the relay process.
 
@@ -43,7 +49,58 @@ pub use memory::MemoryStorage;
 use async_trait::async_trait;
 use std::net::IpAddr;
 use std::sync::Arc;
-use sync_protocol::{AccessToken, BlobId, DeviceId, GroupId, PulledBlob, PushResult};
+use sync_protocol::{AccessToken, BlobId, DeviceId, GroupId, KeepList, PulledBlob, PushResult};
+
+/// A group's close as recorded ([`Storage::close_group`];
+/// docs/security.md "What the relay must do").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupClosure {
+    /// When the close committed, Unix ms.
+    pub closed_at_ms: i64,
+    /// End of the grace period, Unix ms: `closed_at_ms` + the relay's
+    /// longest TTL. From then on ([`GroupClosure::admits`]) no device is
+    /// served, and every blob of the group has expired.
+    pub grace_until_ms: i64,
+    /// The devices that may still open sessions, pull and ack until then.
+    pub keep: KeepList,
+}
+
+impl GroupClosure {
+    /// Whether `device` may still be served at `now_ms`: it is on the keep
+    /// list and the grace has not ended (`now_ms < grace_until_ms`).
+    pub fn admits(&self, device: &DeviceId, now_ms: i64) -> bool {
+        now_ms < self.grace_until_ms && self.keep.contains(device)
+    }
+
+    /// The keep list as stored: the ids' 32 bytes one after another.
+    pub fn keep_bytes(keep: &KeepList) -> Vec<u8> {
+        keep.ids().iter().flat_map(|d| d.0).collect()
+    }
+
+    /// The keep list stored as `bytes` ([`GroupClosure::keep_bytes`]), or
+    /// `None` when they are not a whole number of sorted, unique ids.
+    pub fn keep_from_bytes(bytes: &[u8]) -> Option<KeepList> {
+        if !bytes.len().is_multiple_of(32) {
+            return None;
+        }
+        let ids: Vec<DeviceId> = bytes
+            .chunks_exact(32)
+            .filter_map(|c| <[u8; 32]>::try_from(c).ok().map(DeviceId))
+            .collect();
+        let n = ids.len();
+        KeepList::new(ids).ok().filter(|k| k.len() == n)
+    }
+}
+
+/// The answer to [`Storage::close_group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseOutcome {
+    /// The close recorded (this call's, or the earlier one that stands).
+    pub closure: GroupClosure,
+    /// True when this call closed the group; false when it was closed
+    /// already (nothing changed).
+    pub applied: bool,
+}
 
 /// BLAKE3 hash of an access token's 32 bytes: all the relay stores of a
 /// token, and what it looks tokens up by. (Tokens are 32 random bytes, so a
@@ -374,6 +431,10 @@ pub enum StorageError {
     /// answers only a request that outlived its session.
     #[error("the group is not stored on this relay")]
     UnknownGroup,
+    /// The group was closed ([`Storage::close_group`]): a push to it, or a
+    /// session of a device its close does not keep (or after its grace).
+    #[error("the group was closed by a member")]
+    GroupClosed,
     /// An acknowledged cursor is beyond the group's head.
     #[error("cursor {cursor} is beyond the group's head {head}")]
     CursorBeyondHead {
@@ -522,6 +583,7 @@ impl StorageError {
                 | StorageError::RelayStorageFull { .. }
                 | StorageError::CursorBeyondHead { .. }
                 | StorageError::UnknownGroup
+                | StorageError::GroupClosed
                 | StorageError::AccessTokenRequired
                 | StorageError::AccessTokenInvalid
                 | StorageError::TokenRevoked
@@ -543,7 +605,9 @@ pub trait Storage: Send + Sync + 'static {
     /// as `new_group` allows, in the same transaction as the admission
     /// decision. Errors (nothing stored): [`StorageError::AccessTokenRequired`],
     /// [`StorageError::AccessTokenInvalid`], [`StorageError::TokenGroupLimit`],
-    /// [`StorageError::AddressGroupRate`], [`StorageError::AddressesFull`];
+    /// [`StorageError::AddressGroupRate`], [`StorageError::AddressesFull`],
+    /// [`StorageError::GroupClosed`] (the group is closed and its close
+    /// does not keep `device`, or the grace ended: [`GroupClosure::admits`]);
     /// [`StorageError::Database`], [`StorageError::Closed`].
     async fn open_session(
         &self,
@@ -555,7 +619,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Store a batch atomically. Errors (nothing stored):
     /// [`StorageError::UnknownGroup`] (the group does not exist: pushes
-    /// never create groups), [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
+    /// never create groups), [`StorageError::GroupClosed`] (the group was
+    /// closed and the batch holds a blob not stored yet; a batch of blobs
+    /// all stored before the close is answered with their cursors),
+    /// [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
     /// [`StorageError::TokenRevoked`] (the group's token was revoked),
     /// [`StorageError::OwnerQuotaExceeded`] (its owner's budget),
     /// [`StorageError::RelayStorageFull`]; [`StorageError::Database`],
@@ -617,6 +684,30 @@ pub trait Storage: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<u64, StorageError>;
 
+    /// Close `group` at `now_ms` keeping `keep`, with a grace of `grace_ms`
+    /// (the relay's longest TTL): in one transaction that takes the group
+    /// row's write lock (so it orders with pushes: a push commits wholly
+    /// before the close, or is refused), record `closed_at_ms = now_ms`,
+    /// `grace_until_ms = now_ms + grace_ms` and the keep list, and lower
+    /// every blob's expiry of the group to at most `grace_until_ms` (so the
+    /// expiry deletes them by then, giving their bytes back to every
+    /// counter). The first close wins: a group closed already is left as it
+    /// is and its close is answered (`applied = false`). Errors:
+    /// [`StorageError::UnknownGroup`]; [`StorageError::Database`],
+    /// [`StorageError::Closed`]. docs/security.md "What the relay must do".
+    async fn close_group(
+        &self,
+        group: GroupId,
+        keep: KeepList,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<CloseOutcome, StorageError>;
+
+    /// The close of `group`, or `None` when it is open or not stored. The
+    /// relay asks before serving a pull or an ack of a session whose group
+    /// it has not seen closed yet.
+    async fn closure(&self, group: GroupId) -> Result<Option<GroupClosure>, StorageError>;
+
     /// Relay-wide counts; runs a real query, so it doubles as a health check.
     async fn stats(&self) -> Result<StorageStats, StorageError>;
 
@@ -638,7 +729,7 @@ pub trait Storage: Send + Sync + 'static {
     ///    that stay (holding blobs or live), so a member reconnecting with
     ///    fresh device ids cannot grow the devices table without bound;
     /// 2. then at most `limit` groups that hold no blob, have no device left,
-    ///    are not live, and were last active before `idle_before_ms` (opened
+    ///    are not live, are not closed, and were last active before `idle_before_ms` (opened
     ///    or pushed to), oldest first (ties by group id). The highest head among them raises
     ///    the head floor, where a group created later starts; each pruned
     ///    group's owner counts one group fewer (a token may create another);

@@ -4,13 +4,14 @@
 //! embedding where durability does not matter. Nothing survives a restart.
 
 use crate::{
-    CounterAudit, Deleted, LiveGroups, NewGroup, NewToken, OpenedSession, Owner, Pruned, PullPage,
-    PushOutcome, PushRequest, Quotas, Storage, StorageError, StorageStats, TokenHash, TokenInfo,
+    CloseOutcome, CounterAudit, Deleted, GroupClosure, LiveGroups, NewGroup, NewToken,
+    OpenedSession, Owner, Pruned, PullPage, PushOutcome, PushRequest, Quotas, Storage,
+    StorageError, StorageStats, TokenHash, TokenInfo,
 };
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-use sync_protocol::{BlobId, DeviceId, GroupId, PulledBlob, PushResult};
+use sync_protocol::{BlobId, DeviceId, GroupId, KeepList, PulledBlob, PushResult};
 
 #[derive(Clone, PartialEq)]
 struct Stored {
@@ -35,6 +36,8 @@ struct Group {
     owner: Option<Owner>,
     /// Last open session or push that stored something, Unix ms.
     last_active: i64,
+    /// Its close, once closed (never removed).
+    closure: Option<GroupClosure>,
 }
 
 #[derive(Clone, PartialEq)]
@@ -291,6 +294,12 @@ impl Storage for MemoryStorage {
                 m.groups.insert(group, Group::new(floor, now_ms, owner));
             }
             let g = m.groups.get_mut(&group).expect("present or created above");
+            if g.closure
+                .as_ref()
+                .is_some_and(|c| !c.admits(&device, now_ms))
+            {
+                return Err(StorageError::GroupClosed);
+            }
             g.last_active = now_ms;
             g.touch(device, now_ms);
             Ok(OpenedSession {
@@ -367,6 +376,9 @@ impl Storage for MemoryStorage {
                 .sum();
             let n = new_ids.len() as u64;
             if n > 0 {
+                if g.closure.is_some() {
+                    return Err(StorageError::GroupClosed);
+                }
                 let owner_use = g.owner.map(|o| {
                     let (_, used) = m.owned(o);
                     match o {
@@ -528,6 +540,41 @@ impl Storage for MemoryStorage {
         })
     }
 
+    async fn close_group(
+        &self,
+        group: GroupId,
+        keep: KeepList,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<CloseOutcome, StorageError> {
+        self.with(|m| {
+            let g = m.groups.get_mut(&group).ok_or(StorageError::UnknownGroup)?;
+            if let Some(closure) = &g.closure {
+                return Ok(CloseOutcome {
+                    closure: closure.clone(),
+                    applied: false,
+                });
+            }
+            let closure = GroupClosure {
+                closed_at_ms: now_ms,
+                grace_until_ms: now_ms.saturating_add(grace_ms),
+                keep,
+            };
+            for b in g.blobs.values_mut() {
+                b.expires_at = b.expires_at.min(closure.grace_until_ms);
+            }
+            g.closure = Some(closure.clone());
+            Ok(CloseOutcome {
+                closure,
+                applied: true,
+            })
+        })
+    }
+
+    async fn closure(&self, group: GroupId) -> Result<Option<GroupClosure>, StorageError> {
+        self.with(|m| Ok(m.groups.get(&group).and_then(|g| g.closure.clone())))
+    }
+
     async fn stats(&self) -> Result<StorageStats, StorageError> {
         self.with(|m| {
             Ok(StorageStats {
@@ -600,6 +647,7 @@ impl Storage for MemoryStorage {
                 .iter()
                 .filter(|(gid, g)| {
                     !live.contains(gid)
+                        && g.closure.is_none()
                         && g.blobs.is_empty()
                         && g.devices.is_empty()
                         && g.last_active < idle_before_ms

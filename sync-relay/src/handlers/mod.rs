@@ -1,8 +1,10 @@
-//! Request handlers, one file per request (`Push`, `Pull`, `Ack`). Each takes
+//! Request handlers, one file per request (`Push`, `Pull`, `Ack`,
+//! `CloseGroup`). Each takes
 //! the session's group and device and answers with a message or an
 //! [`ErrorMsg`] carrying its wire code.
 
 pub mod ack;
+pub mod close;
 pub mod pull;
 pub mod push;
 
@@ -13,6 +15,11 @@ use sync_protocol::{ErrorCode, ErrorMsg};
 /// PostgreSQL takes to accept connections again (docs/deploy.md "When the
 /// database is away").
 pub const UNAVAILABLE_RETRY_MS: u32 = 5_000;
+
+/// The message of GROUP_CLOSED (docs/protocol.md §Errors).
+pub const GROUP_CLOSED_MESSAGE: &str = "this group was closed by a member: this device was removed, \
+     or the group moved to a new key epoch (the relay takes no more blobs for it; devices the \
+     close kept may pull until its grace period ends)";
 
 /// Storage failures as wire errors, the one place they are mapped: the
 /// client's own (quota, admission, cursor) keep their meaning, each with a
@@ -103,6 +110,9 @@ pub fn error_msg(err: StorageError) -> ErrorMsg {
                 "this session's group is no longer stored on the relay: reconnect (a new Hello) \
                  to open it again",
             ),
+            StorageError::GroupClosed => {
+                ErrorMsg::new(ErrorCode::GroupClosed, GROUP_CLOSED_MESSAGE)
+            }
             StorageError::CursorBeyondHead { .. } => {
                 ErrorMsg::new(ErrorCode::InvalidMessage, err.to_string())
             }
@@ -163,6 +173,11 @@ mod tests {
                 StorageError::UnknownGroup,
                 ErrorCode::NotInSession,
                 "reconnect",
+            ),
+            (
+                StorageError::GroupClosed,
+                ErrorCode::GroupClosed,
+                "new key epoch",
             ),
             (
                 StorageError::AddressesFull { limit: 4 },

@@ -14,6 +14,11 @@
 //!   when the budget is spent ([`crate::budget`]); every answer frame must
 //!   be taken by the device within its write deadline, or the connection is
 //!   closed (`CloseCode::TooSlow`).
+//! - A session of a device that a close of its group does not keep (or
+//!   once the close's grace ends) is ended with `CloseCode::GroupClosed`
+//!   when the close commits on this instance ([`crate::close_feed`]); its
+//!   pulls, acks and closes are refused with GROUP_CLOSED when the close
+//!   came through another instance ([`handlers::close::check_served`]).
 //! - On shutdown, requests already being served get `shutdown_grace_s` to
 //!   finish; new ones are answered SHUTTING_DOWN; then the connection is
 //!   closed with `CloseCode::ShuttingDown`.
@@ -29,6 +34,7 @@ use crate::auth::check_hello;
 use crate::budget::{PendingHello, Reservation, SessionBudget, WriteError, write_frame};
 use crate::context::RelayContext;
 use crate::handlers::{self, pull::PullError};
+use crate::storage::GroupClosure;
 use iroh::endpoint::{Connection, RecvStream, SendStream, VarInt};
 use state::{Action, Event, HelloVerdict, SessionState};
 use std::net::IpAddr;
@@ -39,6 +45,7 @@ use sync_protocol::{
     CloseCode, DeviceId, ErrorCode, ErrorMsg, FrameError, GroupId, Message, decode_body,
     encode_frame, read_frame_body, read_frame_header, read_message,
 };
+use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{debug, info, warn};
@@ -54,6 +61,8 @@ struct Session {
     /// The peer's IP address (`None` through an iroh relay server).
     remote: Option<IpAddr>,
     group: OnceLock<GroupId>,
+    /// The group's close, once this session has seen it.
+    closure: OnceLock<Arc<GroupClosure>>,
     state: Mutex<SessionState>,
     activity: Arc<forward::Activity>,
     budget: SessionBudget,
@@ -169,10 +178,14 @@ pub async fn serve_connection(
         device,
         remote,
         group: OnceLock::new(),
+        closure: OnceLock::new(),
         state: Mutex::new(SessionState::AwaitingHello),
         activity: Arc::new(forward::Activity::default()),
         budget: ctx.session_budget(),
     });
+    // Before the group is opened in storage: a close committed after that
+    // is announced to this receiver.
+    let mut closes = ctx.closes.subscribe();
     let admitted = handshake(&session).await;
     drop(awaiting_hello);
     let Some(Admitted { mut send, granted }) = admitted else {
@@ -221,6 +234,8 @@ pub async fn serve_connection(
 
     let requests = TaskTracker::new();
     let mut drain_deadline: Option<Instant> = None;
+    let mut ended_by_close = false;
+    let mut feed_open = true;
     loop {
         tokio::select! {
             biased;
@@ -234,6 +249,15 @@ pub async fn serve_connection(
                 warn!(device = %device, "shutdown grace period over with requests in flight");
                 break;
             }
+            closed = closes.recv(), if feed_open => {
+                feed_open = !matches!(closed, Err(broadcast::error::RecvError::Closed));
+                if ended_by_a_close(&session, closed).await {
+                    info!(device = %device, "group closed without this device; ending the session");
+                    session.close(CloseCode::GroupClosed, handlers::GROUP_CLOSED_MESSAGE);
+                    ended_by_close = true;
+                    break;
+                }
+            }
             accepted = session.conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     requests.spawn(serve_stream(Arc::clone(&session), send, recv));
@@ -246,12 +270,42 @@ pub async fn serve_connection(
             },
         }
     }
-    if drain_deadline.is_some() {
+    if ended_by_close {
+        // Closed above with its own code.
+    } else if drain_deadline.is_some() {
         session.close(CloseCode::ShuttingDown, "relay shutting down");
     } else {
         session.close(CloseCode::Normal, "");
     }
     info!(device = %device, "session closed");
+}
+
+/// Whether an announced close (or, after falling behind the feed, the
+/// group's close read from storage) ends this session: its group is closed
+/// and the close does not keep this device, or its grace ended.
+async fn ended_by_a_close(
+    session: &Session,
+    closed: Result<crate::close_feed::Closed, broadcast::error::RecvError>,
+) -> bool {
+    let Some(&group) = session.group.get() else {
+        return false;
+    };
+    let closure = match closed {
+        Ok((g, closure)) if g == group => closure,
+        Ok(_) => return false,
+        Err(broadcast::error::RecvError::Lagged(_)) => {
+            match session.ctx.storage.closure(group).await {
+                Ok(Some(c)) => Arc::new(c),
+                // Open, or storage unreachable: the next request checks.
+                _ => return false,
+            }
+        }
+        // Not reached: the context holds the sender as long as a session
+        // lives (the loop stops listening then).
+        Err(broadcast::error::RecvError::Closed) => return false,
+    };
+    let closure = Arc::clone(session.closure.get_or_init(|| closure));
+    !closure.admits(&session.device, crate::context::now_ms())
 }
 
 /// What a session that passed its `Hello` holds.
@@ -503,6 +557,15 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
     };
     let device = session.device;
     let started = std::time::Instant::now();
+    if matches!(
+        msg,
+        Message::Pull(_) | Message::Ack(_) | Message::CloseGroup(_)
+    ) && let Err(err) =
+        handlers::close::check_served(ctx, group, &device, &session.closure).await
+    {
+        session.reply_error(send, err).await;
+        return;
+    }
     let (op, answer) = match msg {
         Message::Push(push) => (
             "push",
@@ -516,6 +579,27 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
                 .await
                 .map(Message::AckOk),
         ),
+        Message::CloseGroup(close) => {
+            let closed = handlers::close::handle(ctx, group, close).await;
+            ctx.metrics.observe("close", started);
+            match closed {
+                Ok((answer, closure)) => {
+                    if session
+                        .answer(send, &Message::CloseGroupOk(answer), ctx.max_frame())
+                        .await
+                    {
+                        let _ = send.finish();
+                        // Let the answer reach the closer before sessions
+                        // it did not keep (its own among them) are ended.
+                        let _ = timeout(REJECT_FLUSH, send.stopped()).await;
+                    }
+                    info!(device = %device, keep = closure.keep.len(), "close of the group answered");
+                    ctx.closes.announce(group, closure);
+                }
+                Err(err) => session.reply_error(send, err).await,
+            }
+            return;
+        }
         Message::Pull(pull) => {
             let served =
                 handlers::pull::handle(ctx, group, device, pull, &session.budget, send).await;

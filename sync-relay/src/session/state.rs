@@ -75,7 +75,7 @@ pub enum Action {
 fn is_client_request(kind: MessageKind) -> bool {
     matches!(
         kind,
-        MessageKind::Push | MessageKind::Pull | MessageKind::Ack
+        MessageKind::Push | MessageKind::Pull | MessageKind::Ack | MessageKind::CloseGroup
     )
 }
 
@@ -233,7 +233,12 @@ mod tests {
 
     #[test]
     fn request_before_hello_is_not_in_session() {
-        for kind in [MessageKind::Push, MessageKind::Pull, MessageKind::Ack] {
+        for kind in [
+            MessageKind::Push,
+            MessageKind::Pull,
+            MessageKind::Ack,
+            MessageKind::CloseGroup,
+        ] {
             check(
                 AwaitingHello,
                 Event::Request(kind),
@@ -280,7 +285,12 @@ mod tests {
 
     #[test]
     fn active_serves_client_requests() {
-        for kind in [MessageKind::Push, MessageKind::Pull, MessageKind::Ack] {
+        for kind in [
+            MessageKind::Push,
+            MessageKind::Pull,
+            MessageKind::Ack,
+            MessageKind::CloseGroup,
+        ] {
             check(Active, Event::Request(kind), Active, Serve(kind));
         }
     }
@@ -312,6 +322,7 @@ mod tests {
             MessageKind::AckOk,
             MessageKind::Notify,
             MessageKind::Error,
+            MessageKind::CloseGroupOk,
         ] {
             check(
                 Active,

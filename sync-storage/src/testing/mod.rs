@@ -1,6 +1,6 @@
 //! The storage contract as tests any backend runs (feature `testing`): the
 //! contract tests ([`contract`]), admission and owners' budgets
-//! ([`access`]), two instances on one database ([`instances`]), and the
+//! ([`access`]), closing groups ([`close`]), two instances on one database ([`instances`]), and the
 //! model check against [`crate::MemoryStorage`] ([`model_check`]).
 //!
 //! A backend's test suite implements [`Backend`] (opens the store under
@@ -11,6 +11,7 @@
 //! (PostgreSQL without a URL): each test then says so loudly and passes.
 
 pub mod access;
+pub mod close;
 pub mod contract;
 pub mod instances;
 pub mod model_check;
@@ -88,6 +89,13 @@ macro_rules! storage_contract_tests {
             addresses_get_their_window_budget_and_a_promised_place,
             pruned_groups_go_back_to_their_owners_and_empty_owner_rows_go,
             deleted_blobs_give_their_bytes_back_to_group_owner_and_relay,
+        );
+        $crate::storage_contract_tests!(@each $factory; close:
+            a_closed_group_refuses_pushes_and_unlisted_devices,
+            a_close_racing_pushes_keeps_exactly_the_pushes_committed_before_it,
+            listed_devices_pull_until_the_grace_then_the_blobs_go_and_the_mark_stays,
+            a_close_racing_pushes_on_two_instances_keeps_exactly_those_committed,
+            two_instances_closing_at_once_record_one_close,
         );
         $crate::storage_contract_tests!(@each $factory; instances:
             eight_tasks_on_two_instances_push_to_one_group_without_gaps,
