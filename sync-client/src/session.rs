@@ -104,14 +104,24 @@ impl RelaySession {
     /// (docs/client.md "Dialing"; why: docs/deploy.md "Unanswered
     /// dials"). [`RelaySession::dials`] tells how many it took.
     pub async fn connect(opts: &ConnectOptions) -> Result<RelaySession> {
-        let addrs = opts.relay.resolve().await?;
-        let started = tokio::time::Instant::now();
-        let deadline = started + opts.connect_timeout;
-        // A failed attempt's endpoint is closed without waiting long for the
+        // A failed dial's endpoint is closed without waiting long for the
         // half-open connection to drain.
-        let discard = |endpoint: Endpoint| async move {
-            let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.close()).await;
-        };
+        Self::connect_discarding(opts, |endpoint| {
+            Box::pin(async move {
+                let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.close()).await;
+            })
+        })
+        .await
+    }
+
+    /// [`RelaySession::connect`], handing the endpoint of each failed
+    /// dial to `discard` (awaited) to be closed.
+    pub(crate) async fn connect_discarding(
+        opts: &ConnectOptions,
+        discard: impl Fn(Endpoint) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) -> Result<RelaySession> {
+        let addrs = opts.relay.resolve().await?;
+        let deadline = tokio::time::Instant::now() + opts.connect_timeout;
         let mut dials = 0;
         loop {
             dials += 1;

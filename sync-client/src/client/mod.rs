@@ -213,12 +213,20 @@ const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
 /// One connect attempt within `timeout`, on endpoints of its own: an
 /// unanswered dial is made again from a fresh endpoint
-/// ([`RelaySession::connect`]), and the endpoints of failed dials are
-/// closed there.
-async fn connect_once(opts: &ConnectOptions, timeout: Duration) -> Result<RelaySession> {
+/// ([`RelaySession::connect`]). The endpoint of each failed dial is closed
+/// by a task of `closer`.
+async fn connect_once(
+    opts: &ConnectOptions,
+    closer: &TaskTracker,
+    timeout: Duration,
+) -> Result<RelaySession> {
     let mut opts = opts.clone();
     opts.connect_timeout = timeout;
-    RelaySession::connect(&opts).await
+    RelaySession::connect_discarding(&opts, |endpoint| {
+        closer.spawn(close_endpoint(endpoint));
+        Box::pin(async {})
+    })
+    .await
 }
 
 /// What a connect dials: the group's relays, where its first round
@@ -308,7 +316,7 @@ async fn connect_retrying(
             };
             let mut opts = dial.opts.clone();
             opts.relay = relays.get(i).clone();
-            match connect_once(&opts, timeout).await {
+            match connect_once(&opts, closer, timeout).await {
                 Ok(session) => {
                     let head = session.welcome().head_cursor;
                     let known = dial.floor.fetch_max(head, Ordering::SeqCst);
