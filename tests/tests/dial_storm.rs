@@ -3,6 +3,10 @@
 //! real relay; counts the dials that take longer than a second. Not in CI
 //! (`#[ignore]`): a harness to reproduce the stall,
 //! `DIALS=5000 CONCURRENCY=32 cargo test -p e2e-tests --test dial_storm -- --ignored --nocapture`.
+//! `VANISH=1`: every other dial drops its endpoint without a close;
+//! `RELAY_LOG` is the relay's `RUST_LOG` (e.g. `info,noq_proto=debug`) and
+//! `RELAY_LOG_FILE` where its log is written at the end. Figures:
+//! BENCHMARKS.md "Unanswered dials".
 
 use e2e_tests::RelayProcess;
 use futures::stream::{self, StreamExt};
