@@ -50,5 +50,5 @@ pub use invite::Invite;
 pub use receive::PullEvent;
 pub use relay_addr::RelayAddr;
 pub use relays::RelayList;
-pub use session::{ConnectOptions, RelaySession};
+pub use session::{ConnectOptions, MAX_DIALS, RelaySession, dial_attempt_timeout};
 pub use state::StateStore;

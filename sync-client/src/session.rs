@@ -24,6 +24,33 @@ use tokio_util::task::AbortOnDropHandle;
 /// Default time allowed to dial the relay and complete `Hello`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most dials one [`RelaySession::connect`] makes (docs/client.md
+/// "Dialing").
+pub const MAX_DIALS: u32 = 4;
+
+/// Time the QUIC handshake of dial number `dial` (1-based) may take before
+/// [`RelaySession::connect`] abandons it and dials again from a fresh
+/// endpoint: 5 s, then 10 s, 20 s (a later dial waits for what is left
+/// of `connect_timeout`). 5 s is above the slowest honest handshake
+/// measured on a 2-core machine at load 18 (3.8 s in 9,000 dials;
+/// BENCHMARKS.md "Unanswered dials"), and each dial waits twice as long
+/// as the one before, so a slow but live path still gets through.
+pub fn dial_attempt_timeout(dial: u32) -> Duration {
+    Duration::from_secs(5).saturating_mul(1u32 << dial.saturating_sub(1).min(8))
+}
+
+/// The error of a connect that got no answer in time.
+fn no_answer(opts: &ConnectOptions, dials: u32) -> ClientError {
+    ClientError::Connect {
+        addr: opts.relay.to_string(),
+        reason: format!(
+            "no answer within {:.1} s ({dials} dial{})",
+            opts.connect_timeout.as_secs_f64(),
+            if dials == 1 { "" } else { "s" }
+        ),
+    }
+}
+
 /// What a session needs.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -49,6 +76,8 @@ pub struct ConnectOptions {
 pub struct RelaySession {
     /// Closed with the session when the session owns it.
     endpoint: Option<Endpoint>,
+    /// Dials it took ([`RelaySession::dials`]).
+    dials: u32,
     relay: RelayAddr,
     /// The highest head or cursor this session has been told of.
     seen_head: Arc<AtomicU64>,
@@ -60,83 +89,130 @@ pub struct RelaySession {
 }
 
 impl RelaySession {
-    /// Dial the relay and complete the handshake. Errors:
+    /// Dial the relay and complete the handshake, on an endpoint of its
+    /// own. Errors:
     /// [`ClientError::Connect`] (unreachable, timeout),
     /// [`ClientError::Relay`] (UNAUTHORIZED, UNSUPPORTED_VERSION, and for a
     /// group that does not exist yet ACCESS_TOKEN_REQUIRED,
     /// ACCESS_TOKEN_INVALID, GROUP_LIMIT_REACHED),
     /// [`ClientError::Protocol`].
+    ///
+    /// A dial whose QUIC handshake gets no answer within
+    /// [`dial_attempt_timeout`] is abandoned and made again from a fresh
+    /// endpoint (a new UDP socket, so a new source port and connection
+    /// id), at most [`MAX_DIALS`] dials within `opts.connect_timeout`
+    /// (docs/client.md "Dialing"; why: docs/deploy.md "Unanswered
+    /// dials"). [`RelaySession::dials`] tells how many it took.
     pub async fn connect(opts: &ConnectOptions) -> Result<RelaySession> {
-        let addrs = opts.relay.resolve().await?;
-        let endpoint = endpoint::bind(opts.device_key.clone(), addrs[0]).await?;
-        // A failed attempt's endpoint is closed without waiting long for the
+        // A failed dial's endpoint is closed without waiting long for the
         // half-open connection to drain.
-        let discard = |endpoint: Endpoint| async move {
-            let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.close()).await;
-        };
-        match tokio::time::timeout(
-            opts.connect_timeout,
-            Self::handshake(&endpoint, opts, &addrs),
-        )
+        Self::connect_discarding(opts, |endpoint| {
+            Box::pin(async move {
+                let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.close()).await;
+            })
+        })
         .await
-        {
-            Ok(Ok(mut session)) => {
-                session.endpoint = Some(endpoint);
-                Ok(session)
-            }
-            Ok(Err(e)) => {
-                discard(endpoint).await;
-                Err(e)
-            }
-            Err(_) => {
-                discard(endpoint).await;
-                Err(ClientError::Connect {
-                    addr: opts.relay.to_string(),
-                    reason: format!(
-                        "no answer within {:.1} s",
-                        opts.connect_timeout.as_secs_f64()
-                    ),
-                })
-            }
+    }
+
+    /// [`RelaySession::connect`], handing the endpoint of each failed
+    /// dial to `discard` (awaited) to be closed.
+    pub(crate) async fn connect_discarding(
+        opts: &ConnectOptions,
+        discard: impl Fn(Endpoint) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) -> Result<RelaySession> {
+        let addrs = opts.relay.resolve().await?;
+        let deadline = tokio::time::Instant::now() + opts.connect_timeout;
+        let mut dials = 0;
+        loop {
+            dials += 1;
+            let endpoint = endpoint::bind(opts.device_key.clone(), addrs[0]).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = if dials < MAX_DIALS {
+                dial_attempt_timeout(dials).min(left)
+            } else {
+                left
+            };
+            let conn =
+                match tokio::time::timeout(attempt, Self::dial(&endpoint, opts, &addrs)).await {
+                    Ok(Ok(conn)) => conn,
+                    // An answer (a refusal, a TLS failure) is not a lost dial.
+                    Ok(Err(e)) => {
+                        discard(endpoint).await;
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        discard(endpoint).await;
+                        if tokio::time::Instant::now() < deadline {
+                            tracing::info!(
+                                relay = %opts.relay,
+                                dial = dials,
+                                waited_ms = attempt.as_millis() as u64,
+                                "no answer to the dial; dialing again from a fresh endpoint"
+                            );
+                            continue;
+                        }
+                        return Err(no_answer(opts, dials));
+                    }
+                };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            return match tokio::time::timeout(left, Self::hello(&endpoint, conn, opts)).await {
+                Ok(Ok(mut session)) => {
+                    session.endpoint = Some(endpoint);
+                    session.dials = dials;
+                    Ok(session)
+                }
+                Ok(Err(e)) => {
+                    discard(endpoint).await;
+                    Err(e)
+                }
+                Err(_) => {
+                    discard(endpoint).await;
+                    Err(no_answer(opts, dials))
+                }
+            };
         }
     }
 
     /// Open a session over an existing endpoint (which stays open when the
     /// session closes): many sessions of one device identity share one UDP
     /// socket, e.g. for load generators. `opts.device_key` is ignored: the
-    /// endpoint's key is the device identity.
+    /// endpoint's key is the device identity. One dial only: it cannot be
+    /// made again from a fresh endpoint, as [`RelaySession::connect`]'s are.
     pub async fn connect_on(endpoint: &Endpoint, opts: &ConnectOptions) -> Result<RelaySession> {
         let addrs = opts.relay.resolve().await?;
-        tokio::time::timeout(
-            opts.connect_timeout,
-            Self::handshake(endpoint, opts, &addrs),
-        )
+        tokio::time::timeout(opts.connect_timeout, async {
+            let conn = Self::dial(endpoint, opts, &addrs).await?;
+            Self::hello(endpoint, conn, opts).await
+        })
         .await
-        .map_err(|_| ClientError::Connect {
-            addr: opts.relay.to_string(),
-            reason: format!(
-                "no answer within {:.1} s",
-                opts.connect_timeout.as_secs_f64()
-            ),
-        })?
+        .map_err(|_| no_answer(opts, 1))?
     }
 
-    async fn handshake(
+    /// The QUIC (and TLS) handshake with the relay.
+    async fn dial(
         endpoint: &Endpoint,
         opts: &ConnectOptions,
         addrs: &[std::net::SocketAddr],
-    ) -> Result<RelaySession> {
+    ) -> Result<Connection> {
         let mut addr = EndpointAddr::new(opts.relay.node_id);
         for a in addrs {
             addr = addr.with_ip_addr(*a);
         }
-        let conn = endpoint
+        endpoint
             .connect(addr, sync_protocol::ALPN)
             .await
             .map_err(|e| ClientError::Connect {
                 addr: opts.relay.to_string(),
                 reason: dial_failure(&e),
-            })?;
+            })
+    }
+
+    /// `Hello` / `Welcome` on a dialed connection.
+    async fn hello(
+        endpoint: &Endpoint,
+        conn: Connection,
+        opts: &ConnectOptions,
+    ) -> Result<RelaySession> {
         let relay_id = DeviceId(*opts.relay.node_id.as_bytes());
         let device_id = DeviceId(*endpoint.id().as_bytes());
         let hello = Hello {
@@ -180,6 +256,7 @@ impl RelaySession {
         }));
         Ok(RelaySession {
             endpoint: None,
+            dials: 1,
             relay: opts.relay.clone(),
             seen_head,
             conn,
@@ -188,6 +265,12 @@ impl RelaySession {
             heads,
             _notify: notify,
         })
+    }
+
+    /// How many dials opening this session took: 1, or more when
+    /// [`RelaySession::connect`] abandoned unanswered dials.
+    pub fn dials(&self) -> u32 {
+        self.dials
     }
 
     /// The relay's `Welcome` (limits, head at connect time).

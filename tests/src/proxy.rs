@@ -87,8 +87,12 @@ pub struct ProxyStats {
     pub received: u64,
     /// Packets sent on (duplicates included).
     pub forwarded: u64,
-    /// Packets dropped by loss, blackhole or a full queue.
+    /// Packets dropped by loss, blackhole, a full queue or an unanswered
+    /// client address.
     pub dropped: u64,
+    /// Distinct client addresses (UDP sockets, so dials from fresh
+    /// endpoints) seen.
+    pub clients: u64,
 }
 
 struct Direction {
@@ -103,6 +107,8 @@ struct Shared {
     up: Direction,
     down: Direction,
     stats: ProxyStats,
+    /// How many of the next new client addresses get no answer at all.
+    unanswered: u64,
 }
 
 /// A running proxy; stops when dropped.
@@ -245,6 +251,7 @@ impl UdpProxy {
                 busy_until: now,
             },
             stats: ProxyStats::default(),
+            unanswered: 0,
         }));
         let task = tokio::spawn(run(front, upstream, Arc::clone(&shared)));
         UdpProxy { addr, shared, task }
@@ -271,6 +278,13 @@ impl UdpProxy {
         })
     }
 
+    /// The next `n` new client addresses (dials from fresh endpoints) are
+    /// never answered: nothing they send is forwarded, whatever the faults,
+    /// like a dial whose packets the relay never sees. Later addresses pass.
+    pub fn leave_unanswered(&self, n: u64) {
+        self.shared.lock().unwrap().unanswered = n;
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> ProxyStats {
         self.shared.lock().unwrap().stats
@@ -285,11 +299,26 @@ impl Drop for UdpProxy {
 
 async fn run(front: Arc<UdpSocket>, upstream: SocketAddr, shared: Arc<Mutex<Shared>>) {
     let mut clients: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut unanswered = std::collections::HashSet::new();
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, from)) = front.recv_from(&mut buf).await else {
             return;
         };
+        if !clients.contains_key(&from) && !unanswered.contains(&from) {
+            let mut s = shared.lock().unwrap();
+            s.stats.clients += 1;
+            if s.unanswered > 0 {
+                s.unanswered -= 1;
+                unanswered.insert(from);
+            }
+        }
+        if unanswered.contains(&from) {
+            let mut s = shared.lock().unwrap();
+            s.stats.received += 1;
+            s.stats.dropped += 1;
+            continue;
+        }
         let up = match clients.get(&from) {
             Some((sock, _)) => Arc::clone(sock),
             None => {

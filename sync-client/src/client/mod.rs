@@ -211,24 +211,22 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// policy's `give_up_after`.
 const MIN_ATTEMPT: Duration = Duration::from_secs(1);
 
-/// One connect attempt on a fresh endpoint, within `timeout`. The
-/// endpoint of a failed attempt is closed by a task of `closer`.
+/// One connect attempt within `timeout`, on endpoints of its own: an
+/// unanswered dial is made again from a fresh endpoint
+/// ([`RelaySession::connect`]). The endpoint of each failed dial is closed
+/// by a task of `closer`.
 async fn connect_once(
     opts: &ConnectOptions,
     closer: &TaskTracker,
     timeout: Duration,
 ) -> Result<RelaySession> {
-    let addrs = opts.relay.resolve().await?;
-    let endpoint = crate::endpoint::bind(opts.device_key.clone(), addrs[0]).await?;
     let mut opts = opts.clone();
     opts.connect_timeout = timeout;
-    match RelaySession::connect_on(&endpoint, &opts).await {
-        Ok(session) => Ok(session.owning(endpoint)),
-        Err(e) => {
-            closer.spawn(close_endpoint(endpoint));
-            Err(e)
-        }
-    }
+    RelaySession::connect_discarding(&opts, |endpoint| {
+        closer.spawn(close_endpoint(endpoint));
+        Box::pin(async {})
+    })
+    .await
 }
 
 /// What a connect dials: the group's relays, where its first round
