@@ -8,6 +8,7 @@ use crate::{dberr, signed, unsigned};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use sync_protocol::{DeviceId, GroupId};
+use sync_storage::quota::OwnerUse;
 use sync_storage::{
     AddressKey, AddressQuotas, NewGroup, NewToken, OpenedSession, Owner, StorageError, TokenHash,
     TokenInfo,
@@ -223,25 +224,15 @@ async fn admit_address(
     Ok(())
 }
 
-/// What a push's owner check found.
-pub(crate) struct OwnerUse {
-    /// Bytes all the owner's groups stored before this push.
-    pub used: u64,
-    /// The owner's budget.
-    pub limit: u64,
-    /// The owner is a revoked (or vanished) token.
-    pub revoked: bool,
-}
-
-/// Add `adding` bytes to `owner`'s counter (its row lock orders the pushes
-/// of one owner's groups; the caller rolls back on a refusal) and return
-/// what the budget check needs.
+/// Add `adding` bytes to `owner`'s counter (the caller rolls back on a
+/// refusal) and return what [`sync_storage::quota::check_push`] needs of
+/// the owner, read in the same statement. `None`: bytes that name no owner.
 pub(crate) async fn charge_owner(
     conn: &mut PgConnection,
     owner: &[u8],
     adding: u64,
     address_budget: u64,
-) -> Result<OwnerUse, StorageError> {
+) -> Result<Option<OwnerUse>, StorageError> {
     let row = sqlx::query(
         "UPDATE owners SET bytes_used = bytes_used + $2 WHERE owner = $1 RETURNING bytes_used, \
          (SELECT max_storage FROM tokens WHERE token_hash = $1), \
@@ -254,30 +245,17 @@ pub(crate) async fn charge_owner(
     .map_err(dberr)?;
     let Some(row) = row else {
         // A group's owner row exists while the group does (foreign key);
-        // treat a missing one as revoked.
-        return Ok(OwnerUse {
-            used: 0,
-            limit: 0,
-            revoked: true,
-        });
+        // treat a missing one as a vanished token: revoked.
+        return Ok(OwnerUse::of(owner, 0, None, 0).map(|o| OwnerUse { revoked: true, ..o }));
     };
     let used = unsigned(row.try_get(0).map_err(dberr)?)?.saturating_sub(adding);
-    Ok(match Owner::from_bytes(owner) {
-        Some(Owner::Token(_)) => {
-            let limit: Option<i64> = row.try_get(1).map_err(dberr)?;
-            let revoked: Option<i64> = row.try_get(2).map_err(dberr)?;
-            OwnerUse {
-                used,
-                limit: limit.map(unsigned).transpose()?.unwrap_or(0),
-                revoked: limit.is_none() || revoked.is_some(),
-            }
-        }
-        _ => OwnerUse {
-            used,
-            limit: address_budget,
-            revoked: false,
-        },
-    })
+    let limit: Option<i64> = row.try_get(1).map_err(dberr)?;
+    let revoked: Option<i64> = row.try_get(2).map_err(dberr)?;
+    let token = match limit {
+        Some(limit) => Some((unsigned(limit)?, revoked.is_some())),
+        None => None,
+    };
+    Ok(OwnerUse::of(owner, used, token, address_budget))
 }
 
 const TOKEN_INFO: &str = "SELECT t.id, t.label, t.created_at, t.max_groups, t.max_storage, \

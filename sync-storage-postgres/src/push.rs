@@ -10,7 +10,8 @@ use crate::{dberr, fixed, signed, unsigned};
 use sqlx::{PgConnection, Row};
 use std::collections::{HashMap, HashSet};
 use sync_protocol::{BlobId, PushResult};
-use sync_storage::{NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageError};
+use sync_storage::quota::{Adding, Budget, GroupUse, check_push};
+use sync_storage::{NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
 
 /// Apply `req` inside the caller's transaction. Errors (the caller rolls
 /// back, nothing is stored), checked in this order:
@@ -69,41 +70,24 @@ pub(crate) async fn apply(
     let n = new_items.len() as u64;
     if n > 0 {
         let owner_use = match &owner {
-            Some(o) => Some(charge_owner(conn, o, adding, quotas.address.max_storage).await?),
+            Some(o) => charge_owner(conn, o, adding, quotas.address.max_storage).await?,
             None => None,
         };
-        if owner_use.as_ref().is_some_and(|o| o.revoked) {
-            return Err(StorageError::TokenRevoked);
-        }
-        if used.saturating_add(adding) > quotas.max_group_storage {
-            return Err(StorageError::GroupQuotaExceeded {
-                used,
-                adding,
-                limit: quotas.max_group_storage,
-            });
-        }
-        if count.saturating_add(n) > quotas.max_group_blobs {
-            return Err(StorageError::GroupBlobsExceeded {
-                count,
-                adding: n,
-                limit: quotas.max_group_blobs,
-            });
-        }
-        if let (Some(o), Some(kind)) = (
-            &owner_use,
-            owner
-                .as_deref()
-                .and_then(Owner::from_bytes)
-                .map(|o| o.kind()),
-        ) && o.used.saturating_add(adding) > o.limit
-        {
-            return Err(StorageError::OwnerQuotaExceeded {
-                kind,
-                used: o.used,
-                adding,
-                limit: o.limit,
-            });
-        }
+        let group_use = GroupUse {
+            bytes: used,
+            blobs: count,
+        };
+        let add = Adding {
+            bytes: adding,
+            blobs: n,
+        };
+        // The relay's budget is checked last, once its counter is charged:
+        // everything before it, with the relay left unlimited here.
+        let unchecked = Budget {
+            used: 0,
+            limit: u64::MAX,
+        };
+        check_push(&quotas, group_use, owner_use, unchecked, add)?;
         sqlx::query(
             "UPDATE groups SET head_cursor = head_cursor + $2, bytes_used = bytes_used + $3, \
              blob_count = blob_count + $2, last_active_at = $4 WHERE group_id = $1",
@@ -125,7 +109,8 @@ pub(crate) async fn apply(
                 .await
                 .map_err(dberr)?;
         }
-        charge_relay(conn, adding, quotas.max_storage).await?;
+        let relay = charge_relay(conn, adding, quotas.max_storage).await?;
+        check_push(&quotas, group_use, owner_use, relay, add)?;
     }
 
     let first_new = head + 1 - n;
@@ -150,15 +135,16 @@ pub(crate) async fn apply(
     Ok(PushOutcome { results, head })
 }
 
-/// Add `adding` bytes to the relay-wide counter and refuse the push
-/// ([`StorageError::RelayStorageFull`]) if that passes `max_storage`. The
+/// Add `adding` bytes to the relay-wide counter and return the relay's
+/// budget as it was before (for [`check_push`], which refuses the push with
+/// [`StorageError::RelayStorageFull`] and so rolls the charge back). The
 /// row lock orders the pushes of all instances here, for this statement and
 /// the commit; a push of empty payloads only reads the counter.
 async fn charge_relay(
     conn: &mut PgConnection,
     adding: u64,
     max_storage: u64,
-) -> Result<(), StorageError> {
+) -> Result<Budget, StorageError> {
     let total: i64 = if adding == 0 {
         sqlx::query_scalar("SELECT bytes_used FROM relay_state")
             .fetch_one(&mut *conn)
@@ -172,15 +158,10 @@ async fn charge_relay(
         .await
     }
     .map_err(dberr)?;
-    let used = unsigned(total)?.saturating_sub(adding);
-    if used.saturating_add(adding) > max_storage {
-        return Err(StorageError::RelayStorageFull {
-            used,
-            adding,
-            limit: max_storage,
-        });
-    }
-    Ok(())
+    Ok(Budget {
+        used: unsigned(total)?.saturating_sub(adding),
+        limit: max_storage,
+    })
 }
 
 /// Insert `items` under consecutive cursors from `first`: one statement
