@@ -8,7 +8,6 @@ use crate::{dberr, signed, unsigned};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use sync_protocol::{DeviceId, GroupId};
-use sync_storage::quota::OwnerUse;
 use sync_storage::{
     AddressKey, AddressQuotas, NewGroup, NewToken, OpenedSession, Owner, StorageError, TokenHash,
     TokenInfo,
@@ -224,42 +223,11 @@ async fn admit_address(
     Ok(())
 }
 
-/// Add `adding` bytes to `owner`'s counter (the caller rolls back on a
-/// refusal) and return what [`sync_storage::quota::check_push`] needs of
-/// the owner, read in the same statement. `None`: bytes that name no owner.
-pub(crate) async fn charge_owner(
-    conn: &mut PgConnection,
-    owner: &[u8],
-    adding: u64,
-    address_budget: u64,
-) -> Result<Option<OwnerUse>, StorageError> {
-    let row = sqlx::query(
-        "UPDATE owners SET bytes_used = bytes_used + $2 WHERE owner = $1 RETURNING bytes_used, \
-         (SELECT max_storage FROM tokens WHERE token_hash = $1), \
-         (SELECT revoked_at FROM tokens WHERE token_hash = $1)",
-    )
-    .bind(owner)
-    .bind(signed(adding))
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(dberr)?;
-    let Some(row) = row else {
-        // A group's owner row exists while the group does (foreign key);
-        // treat a missing one as a vanished token: revoked.
-        return Ok(OwnerUse::of(owner, 0, None, 0).map(|o| OwnerUse { revoked: true, ..o }));
-    };
-    let used = unsigned(row.try_get(0).map_err(dberr)?)?.saturating_sub(adding);
-    let limit: Option<i64> = row.try_get(1).map_err(dberr)?;
-    let revoked: Option<i64> = row.try_get(2).map_err(dberr)?;
-    let token = match limit {
-        Some(limit) => Some((unsigned(limit)?, revoked.is_some())),
-        None => None,
-    };
-    Ok(OwnerUse::of(owner, used, token, address_budget))
-}
-
+/// A token and its use; its bytes are its owner row's settled bytes plus
+/// its quota shares' (migrations/postgres/0003).
 const TOKEN_INFO: &str = "SELECT t.id, t.label, t.created_at, t.max_groups, t.max_storage, \
      t.revoked_at, COALESCE(o.group_count, 0), COALESCE(o.bytes_used, 0) \
+     + (SELECT COALESCE(SUM(s.used), 0)::BIGINT FROM quota_shares s WHERE s.scope = t.token_hash) \
      FROM tokens t LEFT JOIN owners o ON o.owner = t.token_hash";
 
 fn token_info(row: &PgRow) -> Result<TokenInfo, StorageError> {

@@ -499,11 +499,13 @@ impl Storage for PostgresStorage {
                        g.bytes_used != (SELECT COALESCE(SUM(octet_length(payload)), 0) FROM blobs b WHERE b.group_id = g.group_id) \
                     OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id)), \
                     (SELECT COUNT(*) FROM owners o WHERE \
-                       o.bytes_used != (SELECT COALESCE(SUM(bytes_used), 0) FROM groups g WHERE g.owner = o.owner) \
+                       o.bytes_used + (SELECT COALESCE(SUM(s.used), 0) FROM quota_shares s WHERE s.scope = o.owner) \
+                         != (SELECT COALESCE(SUM(bytes_used), 0) FROM groups g WHERE g.owner = o.owner) \
                     OR o.group_count != (SELECT COUNT(*) FROM groups g WHERE g.owner = o.owner)) \
                   + (SELECT COUNT(DISTINCT g.owner) FROM groups g WHERE g.owner IS NOT NULL \
                        AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.owner = g.owner)) \
-                  + (SELECT COUNT(*) FROM relay_state r WHERE r.bytes_used != \
+                  + (SELECT COUNT(*) FROM relay_state r WHERE r.bytes_used \
+                       + (SELECT COALESCE(SUM(s.used), 0) FROM quota_shares s WHERE s.scope = '\\x'::BYTEA) != \
                        (SELECT COALESCE(SUM(bytes_used), 0) FROM groups))",
         )
         .fetch_one(&self.pool)
