@@ -5,16 +5,18 @@
 //! COMMITTED), committed before it returns `Ok` (`synchronous_commit` as the
 //! server sets it: on by default, so an acknowledged push is durable). What
 //! makes it safe across instances is row locks, taken in one order by every
-//! transaction (group → owner → relay row), so they cannot deadlock:
-//! - a push locks its group's row (`SELECT … FOR NO KEY UPDATE`): the group's
-//!   pushes, from any instance, assign cursors one after the other from the
-//!   head they read under the lock, so cursors are gapless and a retried
-//!   blob id is found by the duplicate check under the same lock;
-//! - the owner's counter is raised by an `UPDATE … RETURNING` (its row lock
-//!   orders pushes of one owner's groups), and the relay-wide byte counter
-//!   in `relay_state` likewise, as the last statement before the commit
-//!   (the relay-wide quota is exact; its lock is held for that statement
-//!   and the commit only);
+//! transaction (group → owner's quota shares → relay's quota shares), so
+//! they cannot deadlock:
+//! - a push locks its group's row (`SELECT … FOR NO KEY UPDATE`, in the
+//!   `push_prepare` function): the group's pushes, from any instance, assign
+//!   cursors one after the other from the head they read under the lock, so
+//!   cursors are gapless and a retried blob id is found by the duplicate
+//!   check under the same lock;
+//! - the owner's and the relay-wide byte budgets are split into quota shares
+//!   (migrations/postgres/0003, docs/deploy.md "Quota shares"): a push
+//!   charges a slot no other transaction holds, or decides on the exact sum
+//!   under the locks of all slots, so budgets are never exceeded and no row
+//!   every push takes is held until a commit;
 //! - new groups of a token lock the token's row; new groups of addresses
 //!   take one transaction-scoped advisory lock (the count of addresses that
 //!   own groups is relay-wide);
