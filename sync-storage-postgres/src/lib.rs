@@ -282,12 +282,30 @@ impl Storage for PostgresStorage {
         let notify = self.notify.clone();
         // Shared, not cloned, by the attempts of a retried transaction.
         let req = std::sync::Arc::new(req);
-        self.in_transaction(move |conn| {
-            let req = std::sync::Arc::clone(&req);
-            let notify = notify.clone();
-            Box::pin(async move { push::apply(conn, &req, quotas, notify.as_deref()).await })
-        })
-        .await
+        let group = req.group;
+        let outcome = self
+            .in_transaction(move |conn| {
+                let req = std::sync::Arc::clone(&req);
+                Box::pin(async move { push::apply(conn, &req, quotas).await })
+            })
+            .await?;
+        // The wake-up is sent after the COMMIT, in a statement of its own:
+        // a NOTIFY inside the push would make its commit take PostgreSQL's
+        // notify-queue lock, which is held until the commit's WAL flush and
+        // so serializes every committing push (docs/deploy.md "Quota
+        // shares"). A wake-up lost here (the instance dying between the two)
+        // only adds latency: the relay's fallback poll finds the head.
+        let stored = outcome.results.iter().any(|r| !r.duplicate);
+        if let (Some(channel), true) = (notify.as_deref(), stored)
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(listen::payload(&group, outcome.head))
+                .execute(&self.pool)
+                .await
+        {
+            tracing::warn!(error = %e, "push stored, its wake-up not sent (the fallback poll will find it)");
+        }
+        Ok(outcome)
     }
 
     /// One query for all of `groups` (an unknown group answers the head

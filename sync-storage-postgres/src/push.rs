@@ -4,9 +4,10 @@
 //! the group's row lock, the duplicate check by blob id, the owner's and the
 //! relay's budgets charged through their quota shares) → the quota decision
 //! in Rust ([`check_push`], shared with every backend; a refusal rolls the
-//! charges back) → one statement that moves the group's counters and head,
-//! inserts the new blobs and sends the wake-up for other instances
-//! (`pg_notify`, delivered on COMMIT only) → COMMIT.
+//! charges back) → one statement that moves the group's counters and head
+//! and inserts the new blobs → COMMIT. The wake-up for other instances
+//! (`pg_notify`) follows the commit in a statement of its own (the caller,
+//! `PostgresStorage::push`).
 //!
 //! No row every push takes is held to the commit any more: the group's row
 //! is this group's (its pushes are ordered by it: gapless cursors), and the
@@ -23,15 +24,10 @@ use sync_storage::{NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
 /// Apply `req` inside the caller's transaction. Errors (the caller rolls
 /// back, nothing is stored): [`StorageError::UnknownGroup`], then the
 /// refusals of [`check_push`] in its order.
-///
-/// A push that stores something sends a wake-up on the `notify` channel
-/// (when given) inside the transaction: PostgreSQL delivers it on COMMIT
-/// only, so a refused or failed push wakes nobody ([`crate::listen`]).
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     req: &PushRequest,
     quotas: Quotas,
-    notify: Option<&str>,
 ) -> Result<PushOutcome, StorageError> {
     let ids: Vec<&[u8]> = req.items.iter().map(|b| &b.blob_id.0[..]).collect();
     let sizes: Vec<i64> = req
@@ -83,7 +79,7 @@ pub(crate) async fn apply(
             prepared.relay,
             adding,
         )?;
-        store(conn, req, &new_items, head, adding, notify).await?;
+        store(conn, req, &new_items, head, adding).await?;
         head += n;
     }
 
@@ -194,7 +190,6 @@ async fn store(
     items: &[&NewBlob],
     head: u64,
     adding: Adding,
-    notify: Option<&str>,
 ) -> Result<(), StorageError> {
     let first = head + 1;
     let cursors: Vec<i64> = (0..items.len() as u64).map(|i| signed(first + i)).collect();
@@ -208,7 +203,7 @@ async fn store(
          i AS (INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) \
            SELECT $1, c, b, $5, p, $4, e \
            FROM UNNEST($6::BIGINT[], $7::BYTEA[], $8::BYTEA[], $9::BIGINT[]) AS t(c, b, p, e)) \
-         SELECT CASE WHEN $10::TEXT IS NULL THEN NULL ELSE pg_notify($10, $11) END",
+         SELECT 1",
     )
     .bind(&req.group.0[..])
     .bind(signed(adding.blobs))
@@ -219,8 +214,6 @@ async fn store(
     .bind(ids)
     .bind(payloads)
     .bind(expiries)
-    .bind(notify)
-    .bind(crate::listen::payload(&req.group, head + adding.blobs))
     .execute(&mut *conn)
     .await
     .map_err(dberr)?;
