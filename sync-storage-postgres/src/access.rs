@@ -223,65 +223,11 @@ async fn admit_address(
     Ok(())
 }
 
-/// What a push's owner check found.
-pub(crate) struct OwnerUse {
-    /// Bytes all the owner's groups stored before this push.
-    pub used: u64,
-    /// The owner's budget.
-    pub limit: u64,
-    /// The owner is a revoked (or vanished) token.
-    pub revoked: bool,
-}
-
-/// Add `adding` bytes to `owner`'s counter (its row lock orders the pushes
-/// of one owner's groups; the caller rolls back on a refusal) and return
-/// what the budget check needs.
-pub(crate) async fn charge_owner(
-    conn: &mut PgConnection,
-    owner: &[u8],
-    adding: u64,
-    address_budget: u64,
-) -> Result<OwnerUse, StorageError> {
-    let row = sqlx::query(
-        "UPDATE owners SET bytes_used = bytes_used + $2 WHERE owner = $1 RETURNING bytes_used, \
-         (SELECT max_storage FROM tokens WHERE token_hash = $1), \
-         (SELECT revoked_at FROM tokens WHERE token_hash = $1)",
-    )
-    .bind(owner)
-    .bind(signed(adding))
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(dberr)?;
-    let Some(row) = row else {
-        // A group's owner row exists while the group does (foreign key);
-        // treat a missing one as revoked.
-        return Ok(OwnerUse {
-            used: 0,
-            limit: 0,
-            revoked: true,
-        });
-    };
-    let used = unsigned(row.try_get(0).map_err(dberr)?)?.saturating_sub(adding);
-    Ok(match Owner::from_bytes(owner) {
-        Some(Owner::Token(_)) => {
-            let limit: Option<i64> = row.try_get(1).map_err(dberr)?;
-            let revoked: Option<i64> = row.try_get(2).map_err(dberr)?;
-            OwnerUse {
-                used,
-                limit: limit.map(unsigned).transpose()?.unwrap_or(0),
-                revoked: limit.is_none() || revoked.is_some(),
-            }
-        }
-        _ => OwnerUse {
-            used,
-            limit: address_budget,
-            revoked: false,
-        },
-    })
-}
-
+/// A token and its use; its bytes are its owner row's settled bytes plus
+/// its quota shares' (migrations/postgres/0003).
 const TOKEN_INFO: &str = "SELECT t.id, t.label, t.created_at, t.max_groups, t.max_storage, \
      t.revoked_at, COALESCE(o.group_count, 0), COALESCE(o.bytes_used, 0) \
+     + (SELECT COALESCE(SUM(s.used), 0)::BIGINT FROM quota_shares s WHERE s.scope = t.token_hash) \
      FROM tokens t LEFT JOIN owners o ON o.owner = t.token_hash";
 
 fn token_info(row: &PgRow) -> Result<TokenInfo, StorageError> {

@@ -236,21 +236,25 @@ pub(crate) async fn prune_idle(
     }
     // `group_count = 0` selects the partial index `owners_empty`; the groups
     // check keeps the foreign key whole even if a counter were wrong.
-    let owners = sqlx::query(
-        "DELETE FROM owners WHERE owner IN \
+    // Their quota shares go with them (they hold what the settled column
+    // does not: together nothing, as the owner owns no group).
+    let owners: i64 = sqlx::query_scalar(
+        "WITH gone AS (DELETE FROM owners WHERE owner IN \
          (SELECT o.owner FROM owners o WHERE o.group_count = 0 \
            AND (o.kind = 'token' OR o.window_start + $2 <= $1) \
            AND NOT EXISTS (SELECT 1 FROM groups g WHERE g.owner = o.owner) \
            ORDER BY o.window_start, o.owner LIMIT $3 FOR UPDATE) \
-         AND group_count = 0",
+         AND group_count = 0 RETURNING owner), \
+         shares AS (DELETE FROM quota_shares WHERE scope IN (SELECT owner FROM gone)) \
+         SELECT COUNT(*) FROM gone",
     )
     .bind(idle_before_ms)
     .bind(window_ms)
     .bind(i64::from(limit))
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await
-    .map_err(dberr)?
-    .rows_affected();
+    .map_err(dberr)?;
+    let owners = unsigned(owners)?;
     Ok(Pruned {
         groups: rows.len() as u64,
         devices,

@@ -5,16 +5,18 @@
 //! COMMITTED), committed before it returns `Ok` (`synchronous_commit` as the
 //! server sets it: on by default, so an acknowledged push is durable). What
 //! makes it safe across instances is row locks, taken in one order by every
-//! transaction (group → owner → relay row), so they cannot deadlock:
-//! - a push locks its group's row (`SELECT … FOR NO KEY UPDATE`): the group's
-//!   pushes, from any instance, assign cursors one after the other from the
-//!   head they read under the lock, so cursors are gapless and a retried
-//!   blob id is found by the duplicate check under the same lock;
-//! - the owner's counter is raised by an `UPDATE … RETURNING` (its row lock
-//!   orders pushes of one owner's groups), and the relay-wide byte counter
-//!   in `relay_state` likewise, as the last statement before the commit
-//!   (the relay-wide quota is exact; its lock is held for that statement
-//!   and the commit only);
+//! transaction (group → owner's quota shares → relay's quota shares), so
+//! they cannot deadlock:
+//! - a push locks its group's row (`SELECT … FOR NO KEY UPDATE`, in the
+//!   `push_prepare` function): the group's pushes, from any instance, assign
+//!   cursors one after the other from the head they read under the lock, so
+//!   cursors are gapless and a retried blob id is found by the duplicate
+//!   check under the same lock;
+//! - the owner's and the relay-wide byte budgets are split into quota shares
+//!   (migrations/postgres/0003, docs/deploy.md "Quota shares"): a push
+//!   charges a slot no other transaction holds, or decides on the exact sum
+//!   under the locks of all slots, so budgets are never exceeded and no row
+//!   every push takes is held until a commit;
 //! - new groups of a token lock the token's row; new groups of addresses
 //!   take one transaction-scoped advisory lock (the count of addresses that
 //!   own groups is relay-wide);
@@ -289,12 +291,30 @@ impl Storage for PostgresStorage {
         let notify = self.notify.clone();
         // Shared, not cloned, by the attempts of a retried transaction.
         let req = std::sync::Arc::new(req);
-        self.in_transaction(move |conn| {
-            let req = std::sync::Arc::clone(&req);
-            let notify = notify.clone();
-            Box::pin(async move { push::apply(conn, &req, quotas, notify.as_deref()).await })
-        })
-        .await
+        let group = req.group;
+        let outcome = self
+            .in_transaction(move |conn| {
+                let req = std::sync::Arc::clone(&req);
+                Box::pin(async move { push::apply(conn, &req, quotas).await })
+            })
+            .await?;
+        // The wake-up is sent after the COMMIT, in a statement of its own:
+        // a NOTIFY inside the push would make its commit take PostgreSQL's
+        // notify-queue lock, which is held until the commit's WAL flush and
+        // so serializes every committing push (docs/deploy.md "Quota
+        // shares"). A wake-up lost here (the instance dying between the two)
+        // only adds latency: the relay's fallback poll finds the head.
+        let stored = outcome.results.iter().any(|r| !r.duplicate);
+        if let (Some(channel), true) = (notify.as_deref(), stored)
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(listen::payload(&group, outcome.head))
+                .execute(&self.pool)
+                .await
+        {
+            tracing::warn!(error = %e, "push stored, its wake-up not sent (the fallback poll will find it)");
+        }
+        Ok(outcome)
     }
 
     /// One query for all of `groups` (an unknown group answers the head
@@ -526,11 +546,13 @@ impl Storage for PostgresStorage {
                        g.bytes_used != (SELECT COALESCE(SUM(octet_length(payload)), 0) FROM blobs b WHERE b.group_id = g.group_id) \
                     OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id)), \
                     (SELECT COUNT(*) FROM owners o WHERE \
-                       o.bytes_used != (SELECT COALESCE(SUM(bytes_used), 0) FROM groups g WHERE g.owner = o.owner) \
+                       o.bytes_used + (SELECT COALESCE(SUM(s.used), 0) FROM quota_shares s WHERE s.scope = o.owner) \
+                         != (SELECT COALESCE(SUM(bytes_used), 0) FROM groups g WHERE g.owner = o.owner) \
                     OR o.group_count != (SELECT COUNT(*) FROM groups g WHERE g.owner = o.owner)) \
                   + (SELECT COUNT(DISTINCT g.owner) FROM groups g WHERE g.owner IS NOT NULL \
                        AND NOT EXISTS (SELECT 1 FROM owners o WHERE o.owner = g.owner)) \
-                  + (SELECT COUNT(*) FROM relay_state r WHERE r.bytes_used != \
+                  + (SELECT COUNT(*) FROM relay_state r WHERE r.bytes_used \
+                       + (SELECT COALESCE(SUM(s.used), 0) FROM quota_shares s WHERE s.scope = '\\x'::BYTEA) != \
                        (SELECT COALESCE(SUM(bytes_used), 0) FROM groups))",
         )
         .fetch_one(&self.pool)

@@ -1,64 +1,56 @@
-//! One push batch in one transaction (docs/protocol.md "Push", docs/deploy.md "Storage
-//! backends"): the group's row lock → duplicate check by blob id → owner's
-//! counter → quota checks → group counters and head → one multi-row insert
-//! → the wake-up for other instances (`pg_notify`, sent on COMMIT only)
-//! → the relay-wide counter, last, so its lock is held only for that
-//! statement and the commit.
+//! One push batch in one transaction of four round trips (docs/protocol.md
+//! "Push", docs/deploy.md "Quota shares"): BEGIN → `push_prepare` (a
+//! server-side function, migrations/postgres/0003: the cleanup lock shared,
+//! the group's row lock, the duplicate check by blob id, the owner's and the
+//! relay's budgets charged through their quota shares) → the quota decision
+//! in Rust ([`check_push`], shared with every backend; a refusal rolls the
+//! charges back) → one statement that moves the group's counters and head
+//! and inserts the new blobs → COMMIT. The wake-up for other instances
+//! (`pg_notify`) follows the commit in a statement of its own (the caller,
+//! `PostgresStorage::push`).
+//!
+//! No row every push takes is held to the commit any more: the group's row
+//! is this group's (its pushes are ordered by it: gapless cursors), and the
+//! budgets are charged on whichever of their slots is free.
 
-use crate::access::charge_owner;
 use crate::{dberr, fixed, signed, unsigned};
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use std::collections::{HashMap, HashSet};
 use sync_protocol::{BlobId, PushResult};
-use sync_storage::{NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageError};
+use sync_storage::quota::{Adding, Budget, GroupUse, OwnerUse, check_push};
+use sync_storage::{NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
 
 /// Apply `req` inside the caller's transaction. Errors (the caller rolls
-/// back, nothing is stored), checked in this order:
-/// [`StorageError::UnknownGroup`], [`StorageError::GroupClosed`], [`StorageError::TokenRevoked`],
-/// [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
-/// [`StorageError::OwnerQuotaExceeded`], [`StorageError::RelayStorageFull`].
-///
-/// A push that stores something sends a wake-up on the `notify` channel
-/// (when given) inside the transaction, before the last check: PostgreSQL
-/// delivers it on COMMIT only, so a refused or failed push wakes nobody
-/// ([`crate::listen`]).
+/// back, nothing is stored): [`StorageError::UnknownGroup`],
+/// [`StorageError::GroupClosed`] (decided on the group's row lock, which a
+/// close takes too), then the refusals of [`check_push`] in its order.
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     req: &PushRequest,
     quotas: Quotas,
-    notify: Option<&str>,
 ) -> Result<PushOutcome, StorageError> {
-    // Shared with other pushes, exclusive with a cleanup batch: a batch
-    // never runs between this push's duplicate check and its insert (READ
-    // COMMITTED would let the push see a blob as stored that the batch then
-    // deletes, while the batch missed the push's own expired blobs: no
-    // order of the two answers both).
-    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+    let ids: Vec<&[u8]> = req.items.iter().map(|b| &b.blob_id.0[..]).collect();
+    let sizes: Vec<i64> = req
+        .items
+        .iter()
+        .map(|b| signed(b.payload.len() as u64))
+        .collect();
+    let row = sqlx::query("SELECT * FROM push_prepare($1, $2, $3, $4, $5, $6)")
+        .bind(&req.group.0[..])
+        .bind(&ids)
+        .bind(&sizes)
         .bind(crate::CLEANUP_LOCK)
-        .execute(&mut *conn)
+        .bind(signed(quotas.address.max_storage))
+        .bind(signed(quotas.max_storage))
+        .fetch_one(&mut *conn)
         .await
         .map_err(dberr)?;
-    // The group's row lock: this group's pushes, from every instance, run
-    // this transaction one at a time from here to the commit. Only
-    // `open_session` creates groups (through admission).
-    let row = sqlx::query(
-        "SELECT head_cursor, bytes_used, blob_count, owner, closed_at IS NOT NULL FROM groups \
-         WHERE group_id = $1 FOR NO KEY UPDATE",
-    )
-    .bind(&req.group.0[..])
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(dberr)?
-    .ok_or(StorageError::UnknownGroup)?;
-    let mut head = unsigned(row.try_get(0).map_err(dberr)?)?;
-    let used = unsigned(row.try_get(1).map_err(dberr)?)?;
-    let count = unsigned(row.try_get(2).map_err(dberr)?)?;
-    let owner: Option<Vec<u8>> = row.try_get(3).map_err(dberr)?;
-    // Closed (`crate::close`, under this same row lock): no new blob.
-    let closed: bool = row.try_get(4).map_err(dberr)?;
+    let prepared = Prepared::from_row(&row)?.ok_or(StorageError::UnknownGroup)?;
+    let mut head = prepared.head;
 
-    let existing = existing_cursors(conn, req).await?;
     // Which items are new: the first occurrence of an id not yet stored.
+    let existing = &prepared.existing;
     let mut first_index: HashMap<BlobId, usize> = HashMap::new();
     let mut new_items: Vec<&NewBlob> = Vec::new();
     for item in &req.items {
@@ -67,70 +59,33 @@ pub(crate) async fn apply(
             new_items.push(item);
         }
     }
-    let adding: u64 = new_items.iter().map(|b| b.payload.len() as u64).sum();
-    let n = new_items.len() as u64;
+    let adding = Adding {
+        bytes: new_items.iter().map(|b| b.payload.len() as u64).sum(),
+        blobs: new_items.len() as u64,
+    };
+    // The budgets were charged with what `push_prepare` counted: it must be
+    // what is stored, or the counters would drift.
+    if adding != prepared.adding {
+        return Err(StorageError::database(format!(
+            "push_prepare counted {:?}, the batch adds {adding:?}",
+            prepared.adding
+        )));
+    }
+    let n = adding.blobs;
     if n > 0 {
-        if closed {
+        // Closed (`crate::close`, under the same row lock): no new blob.
+        if prepared.closed {
             return Err(StorageError::GroupClosed);
         }
-        let owner_use = match &owner {
-            Some(o) => Some(charge_owner(conn, o, adding, quotas.address.max_storage).await?),
-            None => None,
-        };
-        if owner_use.as_ref().is_some_and(|o| o.revoked) {
-            return Err(StorageError::TokenRevoked);
-        }
-        if used.saturating_add(adding) > quotas.max_group_storage {
-            return Err(StorageError::GroupQuotaExceeded {
-                used,
-                adding,
-                limit: quotas.max_group_storage,
-            });
-        }
-        if count.saturating_add(n) > quotas.max_group_blobs {
-            return Err(StorageError::GroupBlobsExceeded {
-                count,
-                adding: n,
-                limit: quotas.max_group_blobs,
-            });
-        }
-        if let (Some(o), Some(kind)) = (
-            &owner_use,
-            owner
-                .as_deref()
-                .and_then(Owner::from_bytes)
-                .map(|o| o.kind()),
-        ) && o.used.saturating_add(adding) > o.limit
-        {
-            return Err(StorageError::OwnerQuotaExceeded {
-                kind,
-                used: o.used,
-                adding,
-                limit: o.limit,
-            });
-        }
-        sqlx::query(
-            "UPDATE groups SET head_cursor = head_cursor + $2, bytes_used = bytes_used + $3, \
-             blob_count = blob_count + $2, last_active_at = $4 WHERE group_id = $1",
-        )
-        .bind(&req.group.0[..])
-        .bind(signed(n))
-        .bind(signed(adding))
-        .bind(req.now_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(dberr)?;
-        insert_blobs(conn, req, &new_items, head + 1).await?;
+        check_push(
+            &quotas,
+            prepared.group,
+            prepared.owner,
+            prepared.relay,
+            adding,
+        )?;
+        store(conn, req, &new_items, head, adding).await?;
         head += n;
-        if let Some(channel) = notify {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(channel)
-                .bind(crate::listen::payload(&req.group, head))
-                .execute(&mut *conn)
-                .await
-                .map_err(dberr)?;
-        }
-        charge_relay(conn, adding, quotas.max_storage).await?;
     }
 
     let first_new = head + 1 - n;
@@ -155,59 +110,114 @@ pub(crate) async fn apply(
     Ok(PushOutcome { results, head })
 }
 
-/// Add `adding` bytes to the relay-wide counter and refuse the push
-/// ([`StorageError::RelayStorageFull`]) if that passes `max_storage`. The
-/// row lock orders the pushes of all instances here, for this statement and
-/// the commit; a push of empty payloads only reads the counter.
-async fn charge_relay(
-    conn: &mut PgConnection,
-    adding: u64,
-    max_storage: u64,
-) -> Result<(), StorageError> {
-    let total: i64 = if adding == 0 {
-        sqlx::query_scalar("SELECT bytes_used FROM relay_state")
-            .fetch_one(&mut *conn)
-            .await
-    } else {
-        sqlx::query_scalar(
-            "UPDATE relay_state SET bytes_used = bytes_used + $1 RETURNING bytes_used",
-        )
-        .bind(signed(adding))
-        .fetch_one(&mut *conn)
-        .await
-    }
-    .map_err(dberr)?;
-    let used = unsigned(total)?.saturating_sub(adding);
-    if used.saturating_add(adding) > max_storage {
-        return Err(StorageError::RelayStorageFull {
-            used,
-            adding,
-            limit: max_storage,
-        });
-    }
-    Ok(())
+/// What `push_prepare` found and charged (read by column name).
+struct Prepared {
+    head: u64,
+    group: GroupUse,
+    /// The group was closed (docs/protocol.md §CloseGroup).
+    closed: bool,
+    /// Blob ids of the batch already stored, with their cursors.
+    existing: HashMap<BlobId, u64>,
+    /// What the function counted as new (and charged).
+    adding: Adding,
+    owner: Option<OwnerUse>,
+    relay: Budget,
 }
 
-/// Insert `items` under consecutive cursors from `first`: one statement
-/// over arrays (`UNNEST`), whatever the batch size.
-async fn insert_blobs(
+impl Prepared {
+    /// `None` when the group does not exist.
+    fn from_row(row: &PgRow) -> Result<Option<Prepared>, StorageError> {
+        let get_u64 = |i: &str| -> Result<u64, StorageError> {
+            unsigned(
+                row.try_get::<Option<i64>, _>(i)
+                    .map_err(dberr)?
+                    .unwrap_or(0),
+            )
+        };
+        let get_bool = |i: &str| -> Result<bool, StorageError> {
+            Ok(row
+                .try_get::<Option<bool>, _>(i)
+                .map_err(dberr)?
+                .unwrap_or(false))
+        };
+        if !get_bool("group_found")? {
+            return Ok(None);
+        }
+        let owner_bytes: Option<Vec<u8>> = row.try_get("group_owner").map_err(dberr)?;
+        let ids: Vec<Vec<u8>> = row.try_get("existing_ids").map_err(dberr)?;
+        let cursors: Vec<i64> = row.try_get("existing_cursors").map_err(dberr)?;
+        let mut existing = HashMap::with_capacity(ids.len());
+        for (id, cursor) in ids.into_iter().zip(cursors) {
+            existing.insert(BlobId(fixed(id)?), unsigned(cursor)?);
+        }
+        let adding = Adding {
+            bytes: get_u64("adding")?,
+            blobs: get_u64("adding_blobs")?,
+        };
+        let owner = match owner_bytes {
+            // Figures are read only for a push that adds blobs.
+            Some(bytes) if adding.blobs > 0 => {
+                // The limit is what the budget's charge compared against:
+                // the share's or, on the exact path, the owner's budget.
+                let limit = get_u64("owner_limit")?;
+                let token = get_bool("token_found")?.then_some((limit, get_bool("token_revoked")?));
+                let owner_found = get_bool("owner_found")?;
+                OwnerUse::of(&bytes, get_u64("owner_used")?, token, limit).map(|o| OwnerUse {
+                    // No owner row (it exists while its groups do): refused
+                    // as a vanished token.
+                    revoked: o.revoked || !owner_found,
+                    ..o
+                })
+            }
+            _ => None,
+        };
+        Ok(Some(Prepared {
+            head: get_u64("group_head")?,
+            group: GroupUse {
+                bytes: get_u64("group_bytes")?,
+                blobs: get_u64("group_blobs")?,
+            },
+            closed: get_bool("group_closed")?,
+            existing,
+            adding,
+            owner,
+            relay: Budget {
+                used: get_u64("relay_used")?,
+                limit: get_u64("relay_limit")?,
+            },
+        }))
+    }
+}
+
+/// The second half of a push, one statement: the group's counters and head
+/// (the group row is locked since `push_prepare`), the new blobs under
+/// consecutive cursors after `head`, and the wake-up.
+async fn store(
     conn: &mut PgConnection,
     req: &PushRequest,
     items: &[&NewBlob],
-    first: u64,
+    head: u64,
+    adding: Adding,
 ) -> Result<(), StorageError> {
+    let first = head + 1;
     let cursors: Vec<i64> = (0..items.len() as u64).map(|i| signed(first + i)).collect();
     let ids: Vec<&[u8]> = items.iter().map(|b| &b.blob_id.0[..]).collect();
     let payloads: Vec<&[u8]> = items.iter().map(|b| &b.payload[..]).collect();
     let expiries: Vec<i64> = items.iter().map(|b| b.expires_at_ms).collect();
     sqlx::query(
-        "INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) \
-         SELECT $1, c, b, $2, p, $3, e \
-         FROM UNNEST($4::BIGINT[], $5::BYTEA[], $6::BYTEA[], $7::BIGINT[]) AS t(c, b, p, e)",
+        "WITH g AS (UPDATE groups SET head_cursor = head_cursor + $2, \
+           bytes_used = bytes_used + $3, blob_count = blob_count + $2, last_active_at = $4 \
+           WHERE group_id = $1), \
+         i AS (INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) \
+           SELECT $1, c, b, $5, p, $4, e \
+           FROM UNNEST($6::BIGINT[], $7::BYTEA[], $8::BYTEA[], $9::BIGINT[]) AS t(c, b, p, e)) \
+         SELECT 1",
     )
     .bind(&req.group.0[..])
-    .bind(&req.sender.0[..])
+    .bind(signed(adding.blobs))
+    .bind(signed(adding.bytes))
     .bind(req.now_ms)
+    .bind(&req.sender.0[..])
     .bind(cursors)
     .bind(ids)
     .bind(payloads)
@@ -216,26 +226,4 @@ async fn insert_blobs(
     .await
     .map_err(dberr)?;
     Ok(())
-}
-
-/// The cursors of the batch's blob ids already stored in the group.
-async fn existing_cursors(
-    conn: &mut PgConnection,
-    req: &PushRequest,
-) -> Result<HashMap<BlobId, u64>, StorageError> {
-    let ids: Vec<&[u8]> = req.items.iter().map(|b| &b.blob_id.0[..]).collect();
-    let rows = sqlx::query(
-        "SELECT blob_id, cursor FROM blobs WHERE group_id = $1 AND blob_id = ANY($2::BYTEA[])",
-    )
-    .bind(&req.group.0[..])
-    .bind(ids)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(dberr)?;
-    let mut found = HashMap::new();
-    for row in rows {
-        let id = BlobId(fixed(row.try_get(0).map_err(dberr)?)?);
-        found.insert(id, unsigned(row.try_get(1).map_err(dberr)?)?);
-    }
-    Ok(found)
 }

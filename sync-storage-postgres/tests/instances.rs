@@ -164,3 +164,116 @@ async fn cleanup_runs_on_one_instance_at_a_time() {
         s.close().await;
     }
 }
+
+/// The owner's budget is split into quota shares like the relay's
+/// (docs/deploy.md "Quota shares"): 16 tasks on two instances push 7-byte
+/// blobs to 16 groups of one address owner until its 3,000-byte budget
+/// refuses them. The owner then stores exactly 2,996 bytes (the most 7-byte
+/// blobs that fit: a push is refused only on the exact sum, never early and
+/// never over), and the counters balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_budget_holds_exactly_across_two_instances() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut quotas = Quotas::UNLIMITED;
+    quotas.address.max_storage = 3000;
+    let stores = two(&db, quotas).await;
+    let owner = sync_storage::AddressKey::of("192.0.2.7".parse().unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..16u8 {
+        let s = Arc::clone(&stores[usize::from(t % 2)]);
+        tasks.push(tokio::spawn(async move {
+            let group = GroupId([t; 32]);
+            s.open_session(group, DeviceId([t; 32]), 1, NewGroup::Address(owner))
+                .await
+                .unwrap();
+            for i in 0..1000 {
+                let req = PushRequest {
+                    group,
+                    sender: DeviceId([t; 32]),
+                    items: vec![blob(t, i, 7, i64::MAX)],
+                    now_ms: 10,
+                };
+                match s.push(req).await {
+                    Ok(_) => {}
+                    Err(StorageError::OwnerQuotaExceeded {
+                        kind: "address",
+                        limit: 3000,
+                        used,
+                        adding: 7,
+                    }) => {
+                        assert!(used + 7 > 3000, "refused early at {used}");
+                        return;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            panic!("1000 pushes of 7 bytes and never OwnerQuotaExceeded");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for s in &stores {
+        assert_eq!(s.stats().await.unwrap().bytes, 2996);
+        let audit = s.audit().await.unwrap();
+        assert_eq!((audit.mismatched_groups, audit.mismatched_owners), (0, 0));
+    }
+    for s in stores {
+        s.close().await;
+    }
+}
+
+/// Shares dealt out under one limit are not spent under another: after an
+/// instance with `max_storage` = 10,000 stored 100 bytes (its shares then
+/// have room for thousands more), an instance configured with 150 is
+/// decided on the exact sum and refuses the next 100 bytes (an operator
+/// lowering the limit, or two instances with different configs, never
+/// overshoot the lower one). Raising it back admits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_relay_limit_is_decided_on_the_exact_sum() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let generous = PostgresStorage::open(db.options(Quotas {
+        max_storage: 10_000,
+        ..Quotas::UNLIMITED
+    }))
+    .await
+    .unwrap();
+    let tight = PostgresStorage::open(db.options(Quotas {
+        max_storage: 150,
+        ..Quotas::UNLIMITED
+    }))
+    .await
+    .unwrap();
+    let group = GroupId([1; 32]);
+    let push = |i: u16| PushRequest {
+        group,
+        sender: DeviceId([1; 32]),
+        items: vec![blob(1, i, 100, i64::MAX)],
+        now_ms: 10,
+    };
+    generous
+        .open_session(group, DeviceId([1; 32]), 1, NewGroup::Unowned)
+        .await
+        .unwrap();
+    generous.push(push(0)).await.unwrap();
+    let err = tight.push(push(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::RelayStorageFull {
+                used: 100,
+                adding: 100,
+                limit: 150
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(generous.push(push(1)).await.unwrap().head, 2);
+    assert_eq!(tight.stats().await.unwrap().bytes, 200);
+    generous.close().await;
+    tight.close().await;
+}

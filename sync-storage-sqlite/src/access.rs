@@ -7,6 +7,7 @@ use crate::dberr;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sync_protocol::GroupId;
+use sync_storage::quota::OwnerUse;
 use sync_storage::{
     AddressKey, AddressQuotas, NewGroup, NewToken, OpenedSession, Owner, StorageError, TokenHash,
     TokenInfo,
@@ -160,24 +161,15 @@ async fn admit_address(
     Ok(())
 }
 
-/// What a push's owner check found.
-pub(super) struct OwnerUse {
-    /// Bytes all the owner's groups stored before this push.
-    pub used: u64,
-    /// The owner's budget.
-    pub limit: u64,
-    /// The owner is a revoked (or vanished) token.
-    pub revoked: bool,
-}
-
 /// Add `adding` bytes to `owner`'s counter (the caller rolls back on a
-/// refusal) and return what the budget check needs: one statement.
+/// refusal) and return what [`sync_storage::quota::check_push`] needs of
+/// the owner, read in the same statement. `None`: bytes that name no owner.
 pub(super) async fn charge_owner(
     conn: &mut SqliteConnection,
     owner: &[u8],
     adding: u64,
     address_budget: u64,
-) -> Result<OwnerUse, StorageError> {
+) -> Result<Option<OwnerUse>, StorageError> {
     let row = sqlx::query(
         "UPDATE owners SET bytes_used = bytes_used + ?2 WHERE owner = ?1 RETURNING bytes_used, \
          (SELECT max_storage FROM tokens WHERE token_hash = ?1), \
@@ -189,31 +181,15 @@ pub(super) async fn charge_owner(
     .await
     .map_err(dberr)?;
     let Some(row) = row else {
-        // A group's owner row is created with the group and never deleted
-        // while the group exists (foreign key); treat a missing one as revoked.
-        return Ok(OwnerUse {
-            used: 0,
-            limit: 0,
-            revoked: true,
-        });
+        // A group's owner row exists while the group does (foreign key);
+        // treat a missing one as a vanished token: revoked.
+        return Ok(OwnerUse::of(owner, 0, None, 0).map(|o| OwnerUse { revoked: true, ..o }));
     };
     let used = (row.try_get::<i64, _>(0).map_err(dberr)? as u64).saturating_sub(adding);
-    Ok(match Owner::from_bytes(owner) {
-        Some(Owner::Token(_)) => {
-            let limit: Option<i64> = row.try_get(1).map_err(dberr)?;
-            let revoked: Option<i64> = row.try_get(2).map_err(dberr)?;
-            OwnerUse {
-                used,
-                limit: limit.unwrap_or(0) as u64,
-                revoked: limit.is_none() || revoked.is_some(),
-            }
-        }
-        _ => OwnerUse {
-            used,
-            limit: address_budget,
-            revoked: false,
-        },
-    })
+    let limit: Option<i64> = row.try_get(1).map_err(dberr)?;
+    let revoked: Option<i64> = row.try_get(2).map_err(dberr)?;
+    let token = limit.map(|limit| (limit as u64, revoked.is_some()));
+    Ok(OwnerUse::of(owner, used, token, address_budget))
 }
 
 /// Subtract freed bytes from the owners of the groups that lost blobs.

@@ -14,9 +14,10 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use std::collections::{HashMap, HashSet};
 use sync_protocol::{BlobId, DeviceId, GroupId, KeepList, PushResult};
+use sync_storage::quota::{Adding, Budget, GroupUse, check_push};
 use sync_storage::{
     CloseOutcome, Deleted, GroupClosure, LiveGroups, NewBlob, NewGroup, NewToken, OpenedSession,
-    Owner, Pruned, PushOutcome, PushRequest, Quotas, StorageError, TokenInfo,
+    Pruned, PushOutcome, PushRequest, Quotas, StorageError, TokenInfo,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -803,50 +804,22 @@ async fn apply_push(
             return Err(StorageError::GroupClosed);
         }
         let owner_use = match &owner {
-            Some(o) => {
-                Some(access::charge_owner(conn, o, adding, quotas.address.max_storage).await?)
-            }
+            Some(o) => access::charge_owner(conn, o, adding, quotas.address.max_storage).await?,
             None => None,
         };
-        if owner_use.as_ref().is_some_and(|o| o.revoked) {
-            return Err(StorageError::TokenRevoked);
-        }
-        if used.saturating_add(adding) > quotas.max_group_storage {
-            return Err(StorageError::GroupQuotaExceeded {
-                used,
-                adding,
-                limit: quotas.max_group_storage,
-            });
-        }
-        if count.saturating_add(n) > quotas.max_group_blobs {
-            return Err(StorageError::GroupBlobsExceeded {
-                count,
-                adding: n,
-                limit: quotas.max_group_blobs,
-            });
-        }
-        if let (Some(o), Some(kind)) = (
-            &owner_use,
-            owner
-                .as_deref()
-                .and_then(Owner::from_bytes)
-                .map(|o| o.kind()),
-        ) && o.used.saturating_add(adding) > o.limit
-        {
-            return Err(StorageError::OwnerQuotaExceeded {
-                kind,
-                used: o.used,
-                adding,
-                limit: o.limit,
-            });
-        }
-        if total_bytes.saturating_add(adding) > quotas.max_storage {
-            return Err(StorageError::RelayStorageFull {
-                used: total_bytes,
-                adding,
-                limit: quotas.max_storage,
-            });
-        }
+        let relay = Budget {
+            used: total_bytes,
+            limit: quotas.max_storage,
+        };
+        let group_use = GroupUse {
+            bytes: used,
+            blobs: count,
+        };
+        let add = Adding {
+            bytes: adding,
+            blobs: n,
+        };
+        check_push(&quotas, group_use, owner_use, relay, add)?;
         insert_blobs(conn, req, &new_items, head - n + 1).await?;
         head
     };

@@ -40,6 +40,7 @@
 
 mod feed;
 mod memory;
+pub mod quota;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -3,6 +3,7 @@
 //! same operations and compare every answer), and a backend for tests and
 //! embedding where durability does not matter. Nothing survives a restart.
 
+use crate::quota::{Adding, Budget, GroupUse, OwnerUse, check_push};
 use crate::{
     CloseOutcome, CounterAudit, Deleted, GroupClosure, LiveGroups, NewGroup, NewToken,
     OpenedSession, Owner, Pruned, PullPage, PushOutcome, PushRequest, Quotas, Storage,
@@ -375,57 +376,39 @@ impl Storage for MemoryStorage {
                 .map(|i| i.payload.len() as u64)
                 .sum();
             let n = new_ids.len() as u64;
-            if n > 0 {
-                if g.closure.is_some() {
-                    return Err(StorageError::GroupClosed);
-                }
-                let owner_use = g.owner.map(|o| {
-                    let (_, used) = m.owned(o);
-                    match o {
-                        Owner::Token(h) => match m.tokens.get(&h) {
-                            Some(t) => (o, used, t.max_storage, t.revoked_at.is_some()),
-                            None => (o, used, 0, true),
-                        },
-                        Owner::Address(_) => (o, used, quotas.address.max_storage, false),
-                    }
-                });
-                if owner_use.is_some_and(|(_, _, _, revoked)| revoked) {
-                    return Err(StorageError::TokenRevoked);
-                }
-                let used = g.bytes();
-                if used + adding > quotas.max_group_storage {
-                    return Err(StorageError::GroupQuotaExceeded {
-                        used,
-                        adding,
-                        limit: quotas.max_group_storage,
-                    });
-                }
-                let count = g.blobs.len() as u64;
-                if count + n > quotas.max_group_blobs {
-                    return Err(StorageError::GroupBlobsExceeded {
-                        count,
-                        adding: n,
-                        limit: quotas.max_group_blobs,
-                    });
-                }
-                if let Some((o, used, limit, _)) = owner_use
-                    && used + adding > limit
-                {
-                    return Err(StorageError::OwnerQuotaExceeded {
-                        kind: o.kind(),
-                        used,
-                        adding,
-                        limit,
-                    });
-                }
-                if total + adding > quotas.max_storage {
-                    return Err(StorageError::RelayStorageFull {
-                        used: total,
-                        adding,
-                        limit: quotas.max_storage,
-                    });
-                }
+            // A closed group takes no new blob (a retry of stored ones is
+            // still answered with their cursors).
+            if n > 0 && g.closure.is_some() {
+                return Err(StorageError::GroupClosed);
             }
+            let owner_use = g.owner.map(|o| {
+                let (_, used) = m.owned(o);
+                let (limit, revoked) = match o {
+                    Owner::Token(h) => match m.tokens.get(&h) {
+                        Some(t) => (t.max_storage, t.revoked_at.is_some()),
+                        None => (0, true),
+                    },
+                    Owner::Address(_) => (quotas.address.max_storage, false),
+                };
+                OwnerUse {
+                    kind: o.kind(),
+                    budget: Budget { used, limit },
+                    revoked,
+                }
+            });
+            let group_use = GroupUse {
+                bytes: g.bytes(),
+                blobs: g.blobs.len() as u64,
+            };
+            let relay = Budget {
+                used: total,
+                limit: quotas.max_storage,
+            };
+            let add = Adding {
+                bytes: adding,
+                blobs: n,
+            };
+            check_push(&quotas, group_use, owner_use, relay, add)?;
             let mut assigned: HashMap<BlobId, u64> = HashMap::new();
             let mut results = Vec::new();
             for item in &req.items {

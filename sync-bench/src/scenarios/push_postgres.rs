@@ -97,7 +97,7 @@ pub async fn run(size: Size, server: &str) -> Result<Table> {
         }
     }
     table.note(format!(
-        "Each row: a fresh database and relay process (storage.url = postgres://…, pool of {POOL}); devices in groups of {GROUP_SIZE}, each its own QUIC connection, pushing batches back to back for the measured time (or a volume cap). Raw sqlx-pg: the same devices, groups, batches and pool as concurrent transactions into the relay's schema on a fresh database (group row UPDATE … RETURNING, one UNNEST insert, commit), no network; \"+ relay-wide counter\" also updates the one relay_state row per transaction, as the relay does for limits.max_storage. Target: relay ≥ 0.5 × raw sqlx-pg."
+        "Each row: a fresh database and relay process (storage.url = postgres://…, pool of {POOL}); devices in groups of {GROUP_SIZE}, each its own QUIC connection, pushing batches back to back for the measured time (or a volume cap). Raw sqlx-pg: the same devices, groups, batches and pool as concurrent transactions into the relay's schema on a fresh database (group row UPDATE … RETURNING, one UNNEST insert, commit), no network; \"+ relay-wide counter\" also updates the one relay_state row per transaction, as the relay did for limits.max_storage before quota shares (docs/deploy.md \"Quota shares\"). Target: relay ≥ 0.5 × raw sqlx-pg."
     ));
     Ok(table)
 }
