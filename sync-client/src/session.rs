@@ -15,8 +15,8 @@ use std::time::Duration;
 use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
 use sync_protocol::{
     AccessToken, Ack, CloseCode, CloseGroup, CloseGroupOk, DeviceId, Hello, HelloWithToken,
-    KeepList, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem, PushOk, Welcome,
-    decode_body, read_frame_into, read_message, write_message,
+    KeepList, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem,
+    PushOk, Welcome, decode_body, read_frame_into, read_message, write_message,
 };
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
@@ -247,6 +247,12 @@ impl RelaySession {
         if welcome.relay_id != relay_id {
             return Err(ClientError::Protocol("Welcome names another relay".into()));
         }
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&welcome.version) {
+            return Err(ClientError::Protocol(format!(
+                "the relay's Welcome speaks protocol version {}, not {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
+                welcome.version
+            )));
+        }
         let (heads_tx, heads) = watch::channel(welcome.head_cursor);
         let seen_head = Arc::new(AtomicU64::new(welcome.head_cursor));
         let notify_conn = conn.clone();
@@ -276,6 +282,14 @@ impl RelaySession {
     /// The relay's `Welcome` (limits, head at connect time).
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// Whether the session speaks protocol version 2 or later: the relay
+    /// does not send this device's own blobs back, only an empty-payload
+    /// marker where an answer's page ends with one (docs/protocol.md
+    /// "Version 2: no echo").
+    pub fn no_echo(&self) -> bool {
+        self.welcome.version >= 2
     }
 
     /// The relay this session is with.

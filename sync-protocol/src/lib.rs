@@ -35,6 +35,17 @@ pub use message::{
 /// QUIC ALPN of protocol version 1: `/0k-sync/1`.
 pub const ALPN: &[u8] = b"/0k-sync/1";
 
-/// Protocol version carried in `Hello` and `Welcome`. A relay answers any
-/// other value with [`ErrorCode::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version this code speaks, carried in `Hello` and `Welcome`
+/// (docs/protocol.md "Hello → Welcome", "Version 2: no echo"). Version 2
+/// adds one behaviour and no message: the relay does not send a device its
+/// own blobs back on `Pull` (only an empty-payload marker when an answer's
+/// page ends with one), nor a `Notify` for a head that only its own push
+/// moved.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Oldest protocol version a relay still serves. A relay answers a `Hello`
+/// with a version in `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` with a
+/// `Welcome` of the same version, and any other with
+/// [`ErrorCode::UnsupportedVersion`]. Version 1 sessions get every blob
+/// of the group, their own included, as before.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;

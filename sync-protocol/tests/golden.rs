@@ -105,6 +105,45 @@ fn samples() -> Vec<(&'static str, Message)> {
                 more: false,
             }),
         ),
+        // Version 2 (docs/protocol.md "Version 2: no echo"): the same
+        // messages; a `Hello`/`Welcome` saying 2, and the no-echo marker (a
+        // `PulledBlob` of the pulling device with an empty payload).
+        (
+            "hello_v2",
+            Message::Hello(Hello {
+                version: 2,
+                group_id: GroupId([0x11; 32]),
+                proof: Proof([0x22; 64]),
+                device_name: None,
+            }),
+        ),
+        (
+            "welcome_v2",
+            Message::Welcome(Welcome {
+                version: 2,
+                relay_id: DeviceId([0x33; 32]),
+                head_cursor: 300,
+                max_blob_size: 1 << 20,
+                max_frame: (1 << 20) + (64 << 10),
+                max_batch: 256,
+                default_ttl_s: 604_800,
+                max_ttl_s: 2_592_000,
+            }),
+        ),
+        (
+            "pull_batch_no_echo_marker",
+            Message::PullBatch(PullBatch {
+                blobs: vec![PulledBlob {
+                    cursor: 128,
+                    blob_id: BlobId([0x55; 16]),
+                    sender: DeviceId([0x66; 32]),
+                    created_at: 1_700_000_000_000,
+                    payload: vec![],
+                }],
+                head: 128,
+                more: false,
+            }),
+        ),
         ("ack", Message::Ack(Ack { cursor: 300 })),
         ("ack_ok", Message::AckOk(AckOk { cursor: 300 })),
         ("notify", Message::Notify(Notify { head: 1 })),
@@ -215,6 +254,24 @@ const GOLDEN: &[(&str, &str)] = &[
         "pull_batch",
         "0501800155555555555555555555555555555555666666666666666666666666\
          666666666666666666666666666666666666666680d095ffbc31030102038001\
+         00",
+    ),
+    (
+        "hello_v2",
+        "0002111111111111111111111111111111111111111111111111111111111111\
+         1111222222222222222222222222222222222222222222222222222222222222\
+         2222222222222222222222222222222222222222222222222222222222222222\
+         222200",
+    ),
+    (
+        "welcome_v2",
+        "0102333333333333333333333333333333333333333333333333333333333333\
+         3333ac02808040808044800280f524809a9e01",
+    ),
+    (
+        "pull_batch_no_echo_marker",
+        "0501800155555555555555555555555555555555666666666666666666666666\
+         666666666666666666666666666666666666666680d095ffbc31008001\
          00",
     ),
     ("ack", "06ac02"),

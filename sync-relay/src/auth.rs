@@ -5,11 +5,13 @@
 
 use crate::session::state::HelloVerdict;
 use ed25519_dalek::{Signature, VerifyingKey};
-use sync_protocol::{DeviceId, Hello, PROTOCOL_VERSION, hello_proof_message};
+use sync_protocol::{DeviceId, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, hello_proof_message};
 
-/// Check a `Hello` from `device` to the relay `relay`.
+/// Check a `Hello` from `device` to the relay `relay`: a version in
+/// `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` (the session then speaks
+/// that version) and a valid membership proof.
 pub fn check_hello(hello: &Hello, relay: &DeviceId, device: &DeviceId) -> HelloVerdict {
-    if hello.version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
         return HelloVerdict::UnsupportedVersion;
     }
     let Ok(key) = VerifyingKey::from_bytes(&hello.group_id.0) else {
@@ -70,14 +72,22 @@ mod tests {
     }
 
     #[test]
-    fn other_versions_are_unsupported() {
+    fn versions_one_and_two_are_served_others_unsupported() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let (relay, device) = (DeviceId([1; 32]), DeviceId([2; 32]));
-        let mut h = hello(&key, &relay, &device);
-        h.version = 2;
-        assert_eq!(
-            check_hello(&h, &relay, &device),
-            HelloVerdict::UnsupportedVersion
-        );
+        for (version, verdict) in [
+            (0, HelloVerdict::UnsupportedVersion),
+            (1, HelloVerdict::Accepted),
+            (2, HelloVerdict::Accepted),
+            (3, HelloVerdict::UnsupportedVersion),
+        ] {
+            let mut h = hello(&key, &relay, &device);
+            h.version = version;
+            assert_eq!(
+                check_hello(&h, &relay, &device),
+                verdict,
+                "version {version}"
+            );
+        }
     }
 }

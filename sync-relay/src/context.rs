@@ -12,7 +12,7 @@ use crate::storage::Storage;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sync_protocol::limits::max_frame_for_blob_size;
-use sync_protocol::{DeviceId, PROTOCOL_VERSION, Welcome};
+use sync_protocol::{DeviceId, Welcome};
 use tokio_util::sync::CancellationToken;
 
 /// What every session and handler needs.
@@ -110,10 +110,11 @@ impl RelayContext {
             + Duration::from_secs_f64(len as f64 / f64::from(self.limits.min_transfer_rate.max(1)))
     }
 
-    /// The `Welcome` for a session on a group whose head is `head`.
-    pub fn welcome(&self, head: u64) -> Welcome {
+    /// The `Welcome` for a session speaking protocol `version` (that of
+    /// its accepted `Hello`) on a group whose head is `head`.
+    pub fn welcome(&self, head: u64, version: u16) -> Welcome {
         Welcome {
-            version: PROTOCOL_VERSION,
+            version,
             relay_id: self.relay_id,
             head_cursor: head,
             max_blob_size: self.limits.max_blob_size,

@@ -6,6 +6,12 @@
 //! counts each group's live sessions per device: the cleanup never prunes a
 //! device with a live session, nor its group (docs/deploy.md "Idle groups
 //! and devices").
+//!
+//! For protocol version 2 (docs/protocol.md "Version 2: no echo") the hub
+//! also keeps, per live `(group, device)`, the newest run of consecutive
+//! cursors that device pushed through this relay ([`NotifyHub::pushed`]),
+//! so a session's forwarder can tell a head that only its own device's
+//! pushes moved ([`NotifyHub::only_own`]) and not wake the device for it.
 
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -17,7 +23,16 @@ use tokio::sync::watch;
 pub struct NotifyHub {
     groups: DashMap<GroupId, watch::Sender<u64>>,
     /// Live sessions per `(group, device)`; an entry goes with its last one.
-    devices: DashMap<(GroupId, DeviceId), usize>,
+    devices: DashMap<(GroupId, DeviceId), LiveDevice>,
+}
+
+/// A `(group, device)` with live sessions here.
+#[derive(Debug, Default)]
+struct LiveDevice {
+    /// Its live sessions.
+    sessions: usize,
+    /// The newest run `first..=last` of consecutive cursors it pushed here.
+    own: Option<(u64, u64)>,
 }
 
 /// A session's view of its group's head; unsubscribes on drop.
@@ -62,7 +77,7 @@ impl NotifyHub {
         }
         let rx = entry.subscribe();
         drop(entry);
-        *self.devices.entry((group, device)).or_insert(0) += 1;
+        self.devices.entry((group, device)).or_default().sessions += 1;
         Some(Subscription {
             rx: Some(rx),
             hub: Arc::clone(self),
@@ -84,6 +99,38 @@ impl NotifyHub {
                 }
             });
         }
+    }
+
+    /// Record that `device` pushed the new cursors `first..=last` of `group`
+    /// (call before [`NotifyHub::publish`] of the head they moved). Kept
+    /// only while the device has a live session here; a run that continues
+    /// the previous one (`first == previous last + 1`) extends it, any other
+    /// replaces it. Costs two `u64` per live `(group, device)`.
+    pub fn pushed(&self, group: GroupId, device: DeviceId, first: u64, last: u64) {
+        if first == 0 || last < first {
+            return;
+        }
+        if let Some(mut live) = self.devices.get_mut(&(group, device)) {
+            live.own = match live.own {
+                Some((start, end)) if end.checked_add(1) == Some(first) => Some((start, last)),
+                _ => Some((first, last)),
+            };
+        }
+    }
+
+    /// Whether every cursor in `after + 1 ..= head` of `group` is one that
+    /// `device` pushed here ([`NotifyHub::pushed`]), so a `Notify` of `head`
+    /// would tell the device only of its own blobs. Cursors are gapless, so
+    /// a run of its own that covers the range leaves no room for anyone
+    /// else's blob; when in doubt (another relay instance's push, a run
+    /// replaced since) this says `false` and the `Notify` goes out.
+    pub fn only_own(&self, group: GroupId, device: DeviceId, after: u64, head: u64) -> bool {
+        head > after
+            && self
+                .devices
+                .get(&(group, device))
+                .and_then(|live| live.own)
+                .is_some_and(|(first, last)| first <= after + 1 && head <= last)
     }
 
     /// The head last published for `group`, or `None` when it has no live
@@ -122,10 +169,12 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         drop(self.rx.take());
         let key = (self.group, self.device);
-        if let Some(mut n) = self.hub.devices.get_mut(&key) {
-            *n -= 1;
+        if let Some(mut live) = self.hub.devices.get_mut(&key) {
+            live.sessions -= 1;
         }
-        self.hub.devices.remove_if(&key, |_, n| *n == 0);
+        self.hub
+            .devices
+            .remove_if(&key, |_, live| live.sessions == 0);
         self.hub
             .groups
             .remove_if(&self.group, |_, tx| tx.receiver_count() == 0);
@@ -162,6 +211,42 @@ mod tests {
         assert_eq!(hub.live_sessions(), vec![]);
         hub.publish(g, 9); // nobody listens: no entry is created
         assert_eq!(hub.live_groups(), 0);
+    }
+
+    #[test]
+    fn only_runs_of_the_devices_own_cursors_are_own() {
+        let hub = NotifyHub::new();
+        let g = GroupId([1; 32]);
+        let (me, other) = (d(1), d(2));
+        assert!(!hub.only_own(g, me, 0, 1), "no session: nothing recorded");
+        let sub = hub.subscribe(g, me);
+        hub.pushed(g, me, 1, 3);
+        assert!(hub.only_own(g, me, 0, 3));
+        assert!(hub.only_own(g, me, 2, 3));
+        assert!(
+            !hub.only_own(g, me, 3, 3),
+            "nothing new is not a head to skip"
+        );
+        assert!(!hub.only_own(g, other, 0, 3), "another device's run");
+        hub.pushed(g, me, 4, 5); // continues the run
+        assert!(hub.only_own(g, me, 0, 5));
+        assert!(!hub.only_own(g, me, 0, 6), "cursor 6 is someone else's");
+        hub.pushed(g, me, 7, 7); // 6 was someone else's: a new run
+        assert!(!hub.only_own(g, me, 5, 7), "6 is not ours");
+        assert!(hub.only_own(g, me, 6, 7));
+        hub.pushed(g, me, 0, 0); // ignored
+        hub.pushed(g, me, 9, 8); // ignored
+        assert!(hub.only_own(g, me, 6, 7));
+        hub.pushed(g, me, u64::MAX, u64::MAX);
+        hub.pushed(g, me, 1, 1); // no overflow past u64::MAX
+        assert!(hub.only_own(g, me, 0, 1));
+        drop(sub);
+        assert!(!hub.only_own(g, me, 0, 1), "gone with the last session");
+        let _sub = hub.subscribe(g, me);
+        assert!(
+            !hub.only_own(g, me, 0, 1),
+            "a new session starts with no run"
+        );
     }
 
     #[test]

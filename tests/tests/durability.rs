@@ -364,7 +364,13 @@ async fn acknowledged_blobs_survive_repeated_kill_9() {
         } else {
             checked_head
         };
-        let stored = pull_all(&session, after).await;
+        // Read by a device that pushed nothing: `session` retried the
+        // in-flight batches above and gets no echo of them (docs/protocol.md
+        // "Version 2: no echo").
+        let checker = LibDevice::new(&relay.address, &secret);
+        let checker = RelaySession::connect(&checker.opts).await.unwrap();
+        let stored = pull_all(&checker, after).await;
+        checker.close().await;
         session.close().await;
         check_group(&ctx, after, &stored, &ledger.lock().unwrap());
         checked_head = stored.keys().last().copied().unwrap_or(after);
@@ -443,9 +449,13 @@ async fn a_push_committed_but_unanswered_is_a_duplicate_on_retry() {
 
     let relay = tokio::task::block_in_place(|| RelayProcess::start_with(&data, &quic, &[]));
     let session = RelaySession::connect(&dev.opts).await.unwrap();
+    // What is stored is read by another device of the group: the pusher
+    // gets no echo of its own blobs (docs/protocol.md "Version 2: no echo").
+    let reader = LibDevice::new(&relay.address, &secret);
+    let reader = RelaySession::connect(&reader.opts).await.unwrap();
     // The batch committed before the crash: it is stored, under cursors
     // after the first batch's.
-    let stored = pull_all(&session, 0).await;
+    let stored = pull_all(&reader, 0).await;
     let original: Vec<u64> = unanswered
         .iter()
         .map(|item| {
@@ -479,9 +489,10 @@ async fn a_push_committed_but_unanswered_is_a_duplicate_on_retry() {
     record(&ledger, &next, "push after the retry");
     assert_eq!(next.results[0].cursor, 2 * u64::from(BATCH) + 1);
 
-    let stored = pull_all(&session, 0).await;
+    let stored = pull_all(&reader, 0).await;
     check_group("after the retry", 0, &stored, &ledger.lock().unwrap());
     assert_eq!(stored.len(), 3 * usize::from(BATCH));
+    reader.close().await;
     session.close().await;
     drop(relay);
 }

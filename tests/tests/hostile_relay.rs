@@ -695,3 +695,112 @@ async fn hostile_views_keep_the_state_small() {
     );
     fake.close().await;
 }
+
+/// A relay that hides A's blob at `hidden` from `b` behind a no-echo
+/// marker: an empty payload labelled as `b`'s own (docs/protocol.md
+/// "Version 2: no echo"); `version` is the `Welcome` version b is given.
+fn marker_in_place_of(hidden: u64, b: DeviceId, version: Option<u16>) -> Script {
+    let script = Script::new().on_response(move |_, frame| match frame {
+        Message::PullBatch(mut batch) => {
+            for blob in &mut batch.blobs {
+                if blob.cursor == hidden {
+                    blob.sender = b;
+                    blob.payload = Vec::new();
+                }
+            }
+            vec![Message::PullBatch(batch)]
+        }
+        other => vec![other],
+    });
+    match version {
+        Some(v) => script.on_welcome(move |w| w.version = v),
+        None => script,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_hidden_behind_a_no_echo_marker_is_reported_as_a_gap() {
+    // No echo lets the relay send "this cursor was yours" with no payload.
+    // Used on another device's blob, that is withholding it: the device
+    // skips it, and the sender's next blob shows the gap.
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let (a, b) = init_pair(&relay);
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    push_one(&a, &src, "one.txt", b"first");
+    let hidden = push_one(&a, &src, "two.txt", b"second, hidden");
+    push_one(&a, &src, "three.txt", b"third");
+    // b's own blob (cursor 4) reaches b whole through the fake (whose
+    // upstream session has another node id) and is not applied again.
+    push_one(&b, &src, "mine.txt", b"b's own");
+    let keys = sync_client::Home::at(&b.home).secret().unwrap().keys();
+    let fake = FakeRelay::forwarding(
+        &relay.address,
+        keys,
+        marker_in_place_of(hidden, device_id(&b), None),
+    )
+    .await;
+    b.set_relay(&fake.address);
+    let dir = tmp.path().join("b");
+    let out = run_cli(&b, &["pull", "--json", "--out", dir.to_str().unwrap()]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let events = ndjson(&stdout);
+    let x = hex::encode(device_id(&a).0);
+    let gaps: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "gap").collect();
+    assert_eq!(
+        gaps,
+        [&serde_json::json!({"event": "gap", "sender": x, "first": 2, "last": 2})],
+        "{events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "rejected"),
+        "{events:#?}"
+    );
+    assert_eq!(std::fs::read(dir.join("one.txt")).unwrap(), b"first");
+    assert_eq!(std::fs::read(dir.join("three.txt")).unwrap(), b"third");
+    assert!(!dir.join("two.txt").exists());
+    assert!(
+        !dir.join("mine.txt").exists(),
+        "b's own file is not written back"
+    );
+    let done = events.last().unwrap();
+    assert_eq!(
+        done["cursor"], 4,
+        "the cursor moves past b's own blob: {done}"
+    );
+    let status = e2e_tests::json(&b.run(&["status", "--json", "--retry-for", "2s"]));
+    assert_eq!(status["rejected_blobs"], 0, "{status}");
+    fake.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_echo_marker_on_a_version_1_session_is_rejected() {
+    // Markers exist only on version-2 sessions: on a version-1 session an
+    // empty payload is a blob that does not open.
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let (a, b) = init_pair(&relay);
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let hidden = push_one(&a, &src, "one.txt", b"first");
+    let keys = sync_client::Home::at(&b.home).secret().unwrap().keys();
+    let fake = FakeRelay::forwarding(
+        &relay.address,
+        keys,
+        marker_in_place_of(hidden, device_id(&b), Some(1)),
+    )
+    .await;
+    b.set_relay(&fake.address);
+    let dir = tmp.path().join("b");
+    let out = run_cli(&b, &["pull", "--json", "--out", dir.to_str().unwrap()]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let events = ndjson(&stdout);
+    let rejected: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["event"] == "rejected").collect();
+    assert_eq!(rejected.len(), 1, "{events:#?}");
+    assert_eq!(rejected[0]["cursor"], hidden);
+    fake.close().await;
+}

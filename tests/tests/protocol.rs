@@ -187,13 +187,22 @@ async fn retried_push_is_stored_once_with_the_same_cursor() {
     assert_eq!(got, vec![(2, false), (1, true), (2, true)]);
     assert_eq!(mixed.head, 2);
 
-    let mut resp = client.session().pull(0, 100).await.unwrap();
-    let mut cursors = Vec::new();
-    while let Some(batch) = resp.next_batch().await.unwrap() {
-        cursors.extend(batch.blobs.iter().map(|b| b.cursor));
+    // Another device sees each blob once; the pusher itself gets no echo,
+    // only the marker of its last one (docs/protocol.md "Version 2: no echo").
+    let reader = LibDevice::new(&relay.address, &secret).connect().await;
+    for (session, expected) in [
+        (reader.session(), vec![(1, 100), (2, 100)]),
+        (client.session(), vec![(2, 0)]),
+    ] {
+        let mut resp = session.pull(0, 100).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(batch) = resp.next_batch().await.unwrap() {
+            got.extend(batch.blobs.iter().map(|b| (b.cursor, b.payload.len())));
+        }
+        assert_eq!(got, expected);
     }
-    assert_eq!(cursors, vec![1, 2]);
     assert_eq!(relay.health()["storage_bytes"], 200);
+    reader.close().await;
     client.close().await;
 }
 

@@ -28,7 +28,7 @@ pub struct PullSummary {
     /// Group head reported by the relay (as the relay says; not trusted).
     pub head: u64,
     /// Blobs received (including this device's own, which are not applied
-    /// again).
+    /// again, and on a version-2 session the markers standing for them).
     pub blobs: u64,
     /// Files completed (conflict copies included).
     pub files: u64,
@@ -306,6 +306,7 @@ async fn pull_round(
             known: after,
         });
     }
+    let no_echo = session.no_echo();
     let mut response = session.pull(after, PULL_LIMIT).await?;
     let mut round = Round {
         received: 0,
@@ -347,6 +348,15 @@ async fn pull_round(
                 }
                 last_cursor = blob.cursor;
                 round.received += 1;
+                if no_echo && blob.payload.is_empty() && blob.sender == receiver.me() {
+                    // Where this device's own blobs end (docs/protocol.md
+                    // "Version 2: no echo"): nothing to open; the cursor
+                    // moves past them. A relay that marks another device's
+                    // blob so withholds it, which gaps and views report as
+                    // for any withheld blob (docs/security.md).
+                    state.state.cursor = state.state.cursor.max(blob.cursor);
+                    continue;
+                }
                 receiver.apply(blob, state, events)?;
             }
             unsaved += 1;

@@ -220,6 +220,11 @@ impl<'a> Receiver<'a> {
         }
     }
 
+    /// This device's node id (the one its own blobs are sealed with).
+    pub fn me(&self) -> DeviceId {
+        self.me
+    }
+
     /// Finish files a crash left `completing`: verify and move them into
     /// place (or confirm they already are). Call before pulling.
     pub fn recover(

@@ -12,12 +12,20 @@
 //! while storage reads it and until the check right after (no wait in
 //! between): at most one per read connection of the database (2) and per
 //! worker thread at a time.
+//!
+//! **No echo** (protocol version 2, docs/protocol.md "Version 2: no echo"):
+//! a session's own blobs (stored with its device as sender) are left out of
+//! its answers; when a page ends with one, that last one goes as a marker
+//! with an empty payload, so the device's cursor can move past its own
+//! blobs without downloading them. Storage still reads the page as for
+//! everyone (the storage trait is shared by every backend); the saving is
+//! the transfer, the client's decryption and its work.
 
 use crate::budget::{RELAY_BUSY_RETRY_MS, SessionBudget, WriteError, write_frame};
 use crate::context::{RelayContext, now_ms};
 use sync_protocol::limits::{BATCH_OVERHEAD, PULLED_BLOB_OVERHEAD};
 use sync_protocol::{
-    DeviceId, ErrorCode, ErrorMsg, GroupId, Message, Pull, PullBatch, encode_frame,
+    DeviceId, ErrorCode, ErrorMsg, GroupId, Message, Pull, PullBatch, PulledBlob, encode_frame,
 };
 use tokio::io::AsyncWrite;
 
@@ -56,7 +64,9 @@ impl From<crate::storage::StorageError> for PullError {
 
 /// Stream blobs with cursor > `pull.after` (at most `pull.limit`, capped by
 /// `max_pull_limit`) to `out`, and acknowledge `pull.after` for `device`.
-/// Each frame is reserved from `budget` before its page is read.
+/// With `no_echo` (a version-2 session) `device`'s own blobs are left out
+/// ([`without_echo`]). Each frame is reserved from `budget` before its page
+/// is read.
 /// Errors: INVALID_MESSAGE (limit 0, cursor beyond head), OVERLOADED (the
 /// relay-wide budget stayed spent for `request_timeout_s`), INTERNAL;
 /// [`PullError::Stream`] when a frame was not taken within its deadline.
@@ -64,6 +74,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
     ctx: &RelayContext,
     group: GroupId,
     device: DeviceId,
+    no_echo: bool,
     pull: Pull,
     budget: &SessionBudget,
     out: &mut W,
@@ -128,11 +139,13 @@ pub async fn handle<W: AsyncWrite + Unpin>(
         let count = page.blobs.len() as u32;
         let last = page.blobs.last().map(|b| b.cursor);
         let more = !page.complete && remaining > count && count > 0;
-        let frame = encode_frame(&Message::PullBatch(PullBatch {
-            blobs: page.blobs,
-            head,
-            more,
-        }));
+        let blobs = if no_echo {
+            without_echo(page.blobs, device)
+        } else {
+            page.blobs
+        };
+        let sent = blobs.iter().filter(|b| !b.payload.is_empty()).count() as u64;
+        let frame = encode_frame(&Message::PullBatch(PullBatch { blobs, head, more }));
         if frame.len() > reserved.bytes() && !budget.try_grow(&mut reserved, frame.len()) {
             // Not enough budget for it right now: drop it, wait for a whole
             // frame, and read the page again.
@@ -144,7 +157,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
             want = max_frame as usize;
         }
         remaining -= count;
-        ctx.metrics.blobs_delivered.inc_by(u64::from(count));
+        ctx.metrics.blobs_delivered.inc_by(sent);
         if let Some(last) = last {
             after = last;
         }
@@ -157,5 +170,72 @@ pub async fn handle<W: AsyncWrite + Unpin>(
             ctx.metrics.pulls.inc();
             return Ok(());
         }
+    }
+}
+
+/// `page` without the blobs `device` pushed (docs/protocol.md "Version 2: no
+/// echo"), except that when the page ends with one of them, that last one
+/// stays as a marker with an empty payload: the device's cursor moves only
+/// to a cursor it was sent, and the page's last cursor is where the next
+/// page (or the device's next `Pull`) starts. An honest relay never stores an
+/// empty payload (a sealed envelope is never empty), so the marker cannot be
+/// mistaken for a blob.
+pub fn without_echo(page: Vec<PulledBlob>, device: DeviceId) -> Vec<PulledBlob> {
+    let ends_with_own = page.last().is_some_and(|b| b.sender == device);
+    let last = page.len();
+    page.into_iter()
+        .enumerate()
+        .filter_map(|(i, mut blob)| {
+            if blob.sender != device {
+                Some(blob)
+            } else if ends_with_own && i + 1 == last {
+                blob.payload = Vec::new();
+                Some(blob)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_protocol::BlobId;
+
+    fn blob(cursor: u64, sender: u8) -> PulledBlob {
+        PulledBlob {
+            cursor,
+            blob_id: BlobId([cursor as u8; 16]),
+            sender: DeviceId([sender; 32]),
+            created_at: 0,
+            payload: vec![1; 40],
+        }
+    }
+
+    fn shape(page: &[PulledBlob]) -> Vec<(u64, u8, usize)> {
+        page.iter()
+            .map(|b| (b.cursor, b.sender.0[0], b.payload.len()))
+            .collect()
+    }
+
+    #[test]
+    fn own_blobs_are_left_out_and_a_trailing_one_becomes_a_marker() {
+        let me = DeviceId([1; 32]);
+        let page = vec![blob(1, 1), blob(2, 2), blob(3, 1), blob(4, 1)];
+        assert_eq!(
+            shape(&without_echo(page, me)),
+            vec![(2, 2, 40), (4, 1, 0)],
+            "others' blobs whole, own ones gone but the last, which has no payload"
+        );
+        let page = vec![blob(1, 1), blob(2, 2)];
+        assert_eq!(shape(&without_echo(page, me)), vec![(2, 2, 40)]);
+        assert_eq!(shape(&without_echo(vec![blob(7, 1)], me)), vec![(7, 1, 0)]);
+        assert!(without_echo(Vec::new(), me).is_empty());
+        let others = vec![blob(1, 2), blob(2, 3)];
+        assert_eq!(
+            shape(&without_echo(others, me)),
+            vec![(1, 2, 40), (2, 3, 40)]
+        );
     }
 }

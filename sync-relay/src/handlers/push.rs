@@ -127,6 +127,20 @@ async fn store(
         .map(|(_, size)| size)
         .sum();
     ctx.metrics.push_bytes.inc_by(stored);
+    // The new cursors are consecutive (one transaction): tell the hub they
+    // are this device's, before the head is published (docs/protocol.md
+    // "Version 2: no echo").
+    let new: Vec<u64> = outcome
+        .results
+        .iter()
+        .filter(|r| !r.duplicate)
+        .map(|r| r.cursor)
+        .collect();
+    if let (Some(&first), Some(&last)) = (new.iter().min(), new.iter().max())
+        && last - first + 1 == new.len() as u64
+    {
+        ctx.notify.pushed(group, sender, first, last);
+    }
     ctx.notify.publish(group, outcome.head);
     Ok(PushOk {
         results: outcome.results,

@@ -9,6 +9,11 @@
 //! latest. A device that follows sees every head change without delay; one
 //! that reads slowly or not at all gets at most one notification per
 //! [`QUIET_RESEND`], always the newest head — never a backlog.
+//!
+//! A head that only the device's own pushes moved is not sent at all on a
+//! version-2 session (docs/protocol.md "Version 2: no echo"): the device
+//! learnt it from its `PushOk`, and pulling would bring nothing but the
+//! marker of its own blobs.
 
 use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,12 +49,16 @@ impl Activity {
 
 /// Forward heads from `rx` to `out` until either side goes away.
 /// `last_sent` is the head the device already knows (from `Welcome`).
+/// `only_own(after, head)` says whether every cursor in `after + 1 ..= head`
+/// is the device's own ([`crate::notify::NotifyHub::only_own`]; always
+/// `false` for a version-1 session): such a head is taken as known, not sent.
 pub async fn forward_notify<W: AsyncWrite + Unpin>(
     mut out: W,
     rx: &mut watch::Receiver<u64>,
     mut last_sent: u64,
     activity: &Activity,
     metrics: &Metrics,
+    only_own: &(dyn Fn(u64, u64) -> bool + Send + Sync),
 ) {
     // When the last Notify was sent, and how many requests had been seen.
     let mut sent: Option<(Instant, u64)> = None;
@@ -60,6 +69,9 @@ pub async fn forward_notify<W: AsyncWrite + Unpin>(
         tokio::pin!(wake);
         wake.as_mut().enable();
         let head = *rx.borrow_and_update();
+        if head > last_sent && only_own(last_sent, head) {
+            last_sent = head;
+        }
         if head > last_sent {
             let ready = match sent {
                 None => true,
@@ -113,8 +125,9 @@ mod tests {
         let activity = std::sync::Arc::new(Activity::default());
         let metrics = Metrics::new();
         let a = std::sync::Arc::clone(&activity);
-        let task =
-            tokio::spawn(async move { forward_notify(writer, &mut rx, 0, &a, &metrics).await });
+        let task = tokio::spawn(async move {
+            forward_notify(writer, &mut rx, 0, &a, &metrics, &|_, _| false).await
+        });
         for head in 1..=5 {
             tx.send(head).unwrap();
             tokio::task::yield_now().await;
@@ -131,7 +144,8 @@ mod tests {
         let (writer, mut reader) = tokio::io::duplex(1 << 16);
         let activity = Activity::default();
         let metrics = Metrics::new();
-        let task = async { forward_notify(writer, &mut rx, 0, &activity, &metrics).await };
+        let task =
+            async { forward_notify(writer, &mut rx, 0, &activity, &metrics, &|_, _| false).await };
         let pushes = async {
             for head in 1..=2000u64 {
                 tx.send(head).unwrap();
@@ -146,5 +160,30 @@ mod tests {
         assert_eq!(seen.first(), Some(&1));
         assert_eq!(seen.last(), Some(&2000), "ends on the newest head");
         assert!(seen.len() <= 4, "one per second, not 2000: {seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heads_moved_only_by_the_devices_own_pushes_are_not_sent() {
+        let (tx, mut rx) = watch::channel(0u64);
+        let (writer, mut reader) = tokio::io::duplex(1 << 16);
+        let activity = std::sync::Arc::new(Activity::default());
+        let metrics = Metrics::new();
+        let a = std::sync::Arc::clone(&activity);
+        // Cursors 1..=2 and 4 are the device's own; 3 and 5 someone else's.
+        let own = |after: u64, head: u64| (after + 1..=head).all(|c| [1, 2, 4].contains(&c));
+        let task =
+            tokio::spawn(
+                async move { forward_notify(writer, &mut rx, 0, &a, &metrics, &own).await },
+            );
+        let mut seen = Vec::new();
+        for head in 1..=5 {
+            tx.send(head).unwrap();
+            tokio::task::yield_now().await;
+            seen.extend(notifies(&mut reader).await);
+            activity.request();
+        }
+        assert_eq!(seen, vec![3, 5], "only heads that moved past others' blobs");
+        drop(tx);
+        task.await.unwrap();
     }
 }

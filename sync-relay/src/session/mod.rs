@@ -63,6 +63,9 @@ struct Session {
     group: OnceLock<GroupId>,
     /// The group's close, once this session has seen it.
     closure: OnceLock<Arc<GroupClosure>>,
+    /// The protocol version of the accepted `Hello` (docs/protocol.md
+    /// "Version 2: no echo"); set with `group`.
+    version: OnceLock<u16>,
     state: Mutex<SessionState>,
     activity: Arc<forward::Activity>,
     budget: SessionBudget,
@@ -77,6 +80,12 @@ impl Session {
         }
         *state = next;
         action
+    }
+
+    /// Whether the session spoke version 2 or later: its own blobs are not
+    /// sent back (docs/protocol.md "Version 2: no echo").
+    fn no_echo(&self) -> bool {
+        self.version.get().is_some_and(|v| *v >= 2)
     }
 
     fn close(&self, code: CloseCode, reason: &str) {
@@ -179,6 +188,7 @@ pub async fn serve_connection(
         remote,
         group: OnceLock::new(),
         closure: OnceLock::new(),
+        version: OnceLock::new(),
         state: Mutex::new(SessionState::AwaitingHello),
         activity: Arc::new(forward::Activity::default()),
         budget: ctx.session_budget(),
@@ -199,7 +209,12 @@ pub async fn serve_connection(
     } = granted;
     info!(device = %device, "session active");
     crate::endpoint::open_session(&session.conn, &ctx.limits);
-    let welcome = Message::Welcome(ctx.welcome(head));
+    let version = session
+        .version
+        .get()
+        .copied()
+        .unwrap_or(sync_protocol::MIN_PROTOCOL_VERSION);
+    let welcome = Message::Welcome(ctx.welcome(head, version));
     if !session
         .answer(&mut send, &welcome, HANDSHAKE_MAX_FRAME)
         .await
@@ -212,7 +227,13 @@ pub async fn serve_connection(
     let conn = session.conn.clone();
     let notify_ctx = Arc::clone(&ctx);
     let activity = Arc::clone(&session.activity);
+    let no_echo = session.no_echo();
+    let group = session.group.get().copied();
     let _notify = AbortOnDropHandle::new(tokio::spawn(async move {
+        let hub = Arc::clone(&notify_ctx.notify);
+        let only_own = move |after: u64, head: u64| {
+            no_echo && group.is_some_and(|g| hub.only_own(g, device, after, head))
+        };
         // Streams are lazy: opening costs nothing until the first Notify.
         if let Ok(uni) = conn.open_uni().await {
             forward::forward_notify(
@@ -221,6 +242,7 @@ pub async fn serve_connection(
                 head,
                 &activity,
                 &notify_ctx.metrics,
+                &only_own,
             )
             .await;
         }
@@ -377,8 +399,9 @@ async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
     if verdict != HelloVerdict::Accepted {
         let msg = match verdict {
             HelloVerdict::UnsupportedVersion => format!(
-                "protocol version {} is not supported; this relay speaks {}",
+                "protocol version {} is not supported; this relay speaks {} to {}",
                 hello.version,
+                sync_protocol::MIN_PROTOCOL_VERSION,
                 sync_protocol::PROTOCOL_VERSION
             ),
             _ => "membership proof does not verify for this group, relay and device".into(),
@@ -422,6 +445,7 @@ async fn handshake(session: &Arc<Session>) -> Option<Admitted> {
         return None;
     }
     let _ = session.group.set(group);
+    let _ = session.version.set(hello.version);
     // Publish the stored head after subscribing, so no commit is missed.
     ctx.notify.publish(group, granted.head);
     Some(Admitted { send, granted })
@@ -601,8 +625,10 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
             return;
         }
         Message::Pull(pull) => {
+            let no_echo = session.no_echo();
             let served =
-                handlers::pull::handle(ctx, group, device, pull, &session.budget, send).await;
+                handlers::pull::handle(ctx, group, device, no_echo, pull, &session.budget, send)
+                    .await;
             ctx.metrics.observe("pull", started);
             match served {
                 Ok(()) => {
