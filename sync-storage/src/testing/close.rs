@@ -47,9 +47,19 @@ fn push(sender: DeviceId, id: u16, now_ms: i64) -> PushRequest {
 }
 
 async fn all_cursors(s: &dyn Storage, now_ms: i64) -> Vec<u64> {
-    let page = s.pull_page(G, 0, 10_000, usize::MAX, now_ms).await.unwrap();
-    assert!(page.complete);
-    page.blobs.iter().map(|b| b.cursor).collect()
+    let mut cursors = Vec::new();
+    loop {
+        let after = cursors.last().copied().unwrap_or(0);
+        let page = s
+            .pull_page(G, after, 1_000, usize::MAX, now_ms)
+            .await
+            .unwrap();
+        cursors.extend(page.blobs.iter().map(|b| b.cursor));
+        if page.complete {
+            return cursors;
+        }
+        assert!(!page.blobs.is_empty(), "an empty page that is not complete");
+    }
 }
 
 /// See the test name. Also: a retried push whose blobs were all stored
@@ -114,9 +124,10 @@ pub async fn a_closed_group_refuses_pushes_and_unlisted_devices(b: &mut dyn Back
 /// blobs are in, refuses them: every push answered `Ok` is stored and every
 /// refused one (GroupClosed) is not, the stored cursors stay gapless, and no
 /// blob committed after the close (all were committed before it or
-/// refused). Each task pushes until its first refusal, so the close always
-/// races live pushes however fast the backend is (at most [`RACE_CAP`]
-/// pushes a task: a close that never lands fails the test, never hangs it).
+/// refused). Each task pushes until its first refusal (at most
+/// [`RACE_CAP`] times, so a close that never lands ends the test), so the
+/// close races live pushes however fast the backend is; afterwards every
+/// store refuses a push.
 pub async fn a_close_racing_pushes_keeps_exactly_the_pushes_committed_before_it(
     b: &mut dyn Backend,
 ) {
@@ -125,9 +136,9 @@ pub async fn a_close_racing_pushes_keeps_exactly_the_pushes_committed_before_it(
     race(&[Arc::clone(&s)], &s).await;
 }
 
-/// Pushes one racing task makes at most before the test gives up on the
-/// close landing.
-const RACE_CAP: u16 = 1_000;
+/// Pushes one racing task makes at most before it stops waiting for the
+/// close.
+const RACE_CAP: u16 = 4_000;
 
 /// The race of [`a_close_racing_pushes_keeps_exactly_the_pushes_committed_before_it`]
 /// with pushes spread over `stores` and the close sent through `closer`.
@@ -138,19 +149,18 @@ async fn race(stores: &[Arc<dyn Storage>], closer: &Arc<dyn Storage>) {
         tasks.push(tokio::spawn(async move {
             let mut stored = Vec::new();
             for i in 0..RACE_CAP {
-                // Distinct blob ids: t * RACE_CAP + i < 8 * 1_000; all of them
-                // fit one `all_cursors` page (10,000).
+                // Distinct blob ids: t * RACE_CAP + i < 8 * 4_000 < 65_536.
                 match s
                     .push(push(DeviceId([t as u8; 32]), t * RACE_CAP + i, 10))
                     .await
                 {
                     Ok(out) => stored.push(out.results[0].cursor),
-                    Err(StorageError::GroupClosed) => return (stored, i + 1),
+                    Err(StorageError::GroupClosed) => return (stored, true),
                     Err(e) => panic!("push failed: {e:?}"),
                 }
                 tokio::task::yield_now().await;
             }
-            panic!("{RACE_CAP} pushes and the close never refused one");
+            (stored, false)
         }));
     }
     // Let some pushes commit first.
@@ -161,15 +171,23 @@ async fn race(stores: &[Arc<dyn Storage>], closer: &Arc<dyn Storage>) {
     assert!(closed.applied);
     let head_at_close = closer.head(G).await.unwrap();
     let mut stored = BTreeSet::new();
-    let mut attempts = 0usize;
+    let mut answered_ok = 0;
+    let mut refused = 0;
     for t in tasks {
-        let (s, made) = t.await.unwrap();
-        // Every push but the last (the refused one) was stored.
-        assert_eq!(s.len() + 1, usize::from(made));
-        attempts += usize::from(made);
+        let (s, was_refused) = t.await.unwrap();
+        answered_ok += s.len();
+        refused += usize::from(was_refused);
         stored.extend(s);
     }
-    assert_eq!(stored.len() + 8, attempts, "a cursor was handed out twice");
+    assert_eq!(stored.len(), answered_ok, "a cursor was handed out twice");
+    assert!(refused > 0, "the close raced no push");
+    for (i, s) in stores.iter().enumerate() {
+        let err = s.push(push(B, 65_000 + i as u16, 60)).await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::GroupClosed),
+            "store {i}: {err:?}"
+        );
+    }
     assert_eq!(
         closer.head(G).await.unwrap(),
         head_at_close,
