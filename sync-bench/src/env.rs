@@ -259,3 +259,14 @@ pub fn blob_id(a: u32, b: u64) -> sync_protocol::BlobId {
 pub fn migrations_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite"))
 }
+
+/// The machine's 1-minute load average (`/proc/loadavg`), for the record
+/// next to a figure; `None` where it cannot be read.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}

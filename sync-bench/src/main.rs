@@ -89,7 +89,8 @@ enum Scenario {
     },
     /// Churn retention: the relay's live heap (jemalloc `stats.allocated`)
     /// after 500, 2,000 and 8,000 sessions from fresh node ids came and
-    /// went (half closed, half vanished). Not part of `all`.
+    /// went (half closed, half vanished), and the push round trips of an
+    /// honest device of the group throughout. Not part of `all`.
     Churn {
         /// Sessions at once.
         #[arg(long)]
@@ -231,7 +232,9 @@ async fn main() -> Result<()> {
         if let Some(c) = checkpoints {
             churn.checkpoints = c.clone();
         }
-        emit(scenarios::churn::run(churn).await?.0);
+        for table in scenarios::churn::run(churn).await? {
+            emit(table);
+        }
     }
     if let Scenario::Load {
         devices,

@@ -102,6 +102,59 @@ fn the_soak_runs_at_tiny_size() {
     );
 }
 
+/// The churn scenario at smoke size (20 sessions of warm-up, checkpoints
+/// at 20 and 60, 1 s linger): both tables, a heap reading per checkpoint,
+/// and the honest device answered in every phase without an error.
+#[test]
+fn the_churn_runs_at_tiny_size() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-bench"))
+        .args(["--tiny", "churn", "--linger-s", "1"])
+        .env("_RJEM_MALLOC_CONF", "tcache:false")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sync-bench churn failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = |title: &str| -> Vec<Vec<String>> {
+        stdout
+            .lines()
+            .skip_while(|l| !l.contains(title))
+            .skip(4)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.split('|')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect()
+    };
+    let heap = rows("Churn retention");
+    assert_eq!(heap.len(), 3, "baseline + 2 checkpoints:\n{stdout}");
+    let honest = rows("Churn: the honest device");
+    assert_eq!(honest.len(), 3, "warm-up + 2 checkpoints:\n{stdout}");
+    // "p50 / p99 / max ms (n)": the sample count in brackets.
+    let samples = |cell: &str| -> u64 {
+        cell.rsplit('(')
+            .next()
+            .and_then(|n| n.trim_end_matches(')').parse().ok())
+            .unwrap_or(0)
+    };
+    for row in &honest {
+        assert_eq!(row.len(), 8, "{row:?}");
+        assert_eq!(row[7], "0", "honest errors: {row:?}");
+        assert!(samples(&row[5]) >= 1, "no quiet round trip: {row:?}");
+    }
+    // Pushes begun during the churn were timed and tagged as such.
+    assert!(
+        honest.iter().map(|r| samples(&r[4])).sum::<u64>() >= 1,
+        "no round trip under churn:\n{stdout}"
+    );
+}
+
 /// The push benchmark on PostgreSQL at smoke size, on the server
 /// `SYNC_TEST_POSTGRES_URL` names (a database per measurement, dropped
 /// after it): every row has the relay's rate and both raw sqlx-postgres
