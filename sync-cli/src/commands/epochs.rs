@@ -233,6 +233,8 @@ pub async fn pull_all(
     state.save()?;
     total.cursor = state.state.cursor;
     publish(home, &mut roster, state, policy, out).await?;
+    // One-time invites: answer requests waiting in their mailboxes.
+    super::invites::answer_all(home, &mut roster, state, policy, out).await?;
     Ok(total)
 }
 
