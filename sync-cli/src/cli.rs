@@ -64,7 +64,12 @@ pub enum Command {
     /// invites made here, `--cancel ID` cancels one.
     Invite {
         /// How long the invite can be used to join (e.g. 30m, 24h, 7d)
-        #[arg(long, visible_alias = "ttl", default_value = "24h", value_name = "DURATION")]
+        #[arg(
+            long,
+            visible_alias = "ttl",
+            default_value = "24h",
+            value_name = "DURATION"
+        )]
         expires: String,
         /// Also print the invite as a QR code (default: when on a terminal)
         #[arg(long)]

@@ -25,6 +25,7 @@
 //! non-member (whoever else holds the invite) is ignored by the fold, and a
 //! wrap that does not open to the announced epoch's group id is refused.
 
+use crate::GroupKeys;
 use crate::crypto::GroupSecret;
 use crate::crypto::envelope::{self, BlobHeader, BlobKind, Compression};
 use crate::crypto::view::GroupView;
@@ -36,7 +37,6 @@ use crate::roster::{
     unwrap, wrap,
 };
 use crate::session::RelaySession;
-use crate::GroupKeys;
 use sync_protocol::{BlobId, DeviceId, GroupId, PushItem};
 use zeroize::Zeroize;
 
@@ -262,7 +262,12 @@ pub struct MailboxRead {
 /// mailbox of `session` (a session opened with the mailbox's keys).
 /// Errors: [`ClientError::Envelope`] (too large), the push's errors
 /// ([`ClientError::GroupClosed`] once the mailbox is closed).
-pub async fn post(session: &RelaySession, mailbox: &MailboxKeys, kind: BlobKind, body: &[u8]) -> Result<()> {
+pub async fn post(
+    session: &RelaySession,
+    mailbox: &MailboxKeys,
+    kind: BlobKind,
+    body: &[u8],
+) -> Result<()> {
     let blob_id = BlobId(crate::crypto::random_bytes());
     let header = BlobHeader {
         kind,
@@ -290,7 +295,11 @@ pub async fn post(session: &RelaySession, mailbox: &MailboxKeys, kind: BlobKind,
 /// Read the mailbox of `session` after `after`: every blob is opened with
 /// the mailbox key; at most [`MAX_MAILBOX_BLOBS`] are kept.
 /// Errors: the pull's ([`ClientError::GroupClosed`] once closed).
-pub async fn read(session: &RelaySession, mailbox: &MailboxKeys, after: u64) -> Result<MailboxRead> {
+pub async fn read(
+    session: &RelaySession,
+    mailbox: &MailboxKeys,
+    after: u64,
+) -> Result<MailboxRead> {
     let keys = mailbox.keys();
     let mut out = MailboxRead {
         cursor: after,
@@ -318,9 +327,10 @@ pub async fn read(session: &RelaySession, mailbox: &MailboxKeys, after: u64) -> 
                             body: opened.body.as_slice().to_vec(),
                         })
                     }
-                    _ => out
-                        .refused
-                        .push(format!("blob at cursor {} is not a mailbox message", b.cursor)),
+                    _ => out.refused.push(format!(
+                        "blob at cursor {} is not a mailbox message",
+                        b.cursor
+                    )),
                 },
                 Err(e) => out
                     .refused

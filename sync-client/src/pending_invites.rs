@@ -256,7 +256,10 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join(INVITES_FILE), b"{oops").unwrap();
-        assert!(matches!(Invites::load(dir.path()), Err(ClientError::Home(_))));
+        assert!(matches!(
+            Invites::load(dir.path()),
+            Err(ClientError::Home(_))
+        ));
     }
 
     #[test]
@@ -270,7 +273,12 @@ mod tests {
         let id = all.invites[3].id.clone();
         assert_eq!(all.find_mut(&id[..8]).unwrap().id, id);
         assert!(all.find_mut("abc").is_err());
-        assert!(all.find_mut("zzzzzz").unwrap_err().to_string().contains("no invite"));
+        assert!(
+            all.find_mut("zzzzzz")
+                .unwrap_err()
+                .to_string()
+                .contains("no invite")
+        );
         assert!(!invite(1).is_expired(200));
         assert!(invite(1).is_expired(201));
     }

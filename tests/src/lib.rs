@@ -613,7 +613,7 @@ impl Device {
         args: &[&str],
         answer: &[&str],
     ) -> Output {
-        let mut child = self
+        let child = self
             .cmd()
             .arg("join")
             .arg(invite)
@@ -622,16 +622,22 @@ impl Device {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sync-cli join");
-        // Bounded by join's own --timeout (default 10 min).
+        inviter.answer_until_done(child, answer)
+    }
+
+    /// Run `sync-cli ANSWER` on this device (the inviter) again and again
+    /// until `join` (a running `sync-cli join`) ends; returns its output.
+    /// Bounded by join's own --timeout (default 10 min).
+    pub fn answer_until_done(&self, mut join: Child, answer: &[&str]) -> Output {
         loop {
-            if child.try_wait().expect("join's status").is_some() {
+            if join.try_wait().expect("join's status").is_some() {
                 break;
             }
-            let out = inviter.output(answer);
+            let out = self.output(answer);
             assert_success(&out, answer);
             std::thread::sleep(Duration::from_millis(100));
         }
-        child.wait_with_output().expect("join's output")
+        join.wait_with_output().expect("join's output")
     }
 
     /// Join with `invite` (one-time: `inviter` answers with `invite

@@ -127,14 +127,14 @@ async fn a_token_from_the_operator_creates_the_group_at_init() {
     let invite = String::from_utf8(invite.stdout).unwrap();
     let listed = json(&String::from_utf8(relay.token(&["list", "--json"]).stdout).unwrap());
     assert_eq!(
-        listed[0]["groups"], 1,
-        "the group exists on the relay at init: {listed}"
+        listed[0]["groups"], 2,
+        "the group and its first invite's mailbox exist on the relay at init: {listed}"
     );
     assert_eq!(listed[0]["label"], "alice");
 
     // B joins without a token; A pushes, B pulls.
     let b = Device::new();
-    b.run(&["join", invite.trim()]);
+    b.join(&a, invite.trim(), &[]);
     a.run(&["push", file.to_str().unwrap()]);
     let out_dir = tmp.path().join("b");
     b.run(&["pull", "--out", out_dir.to_str().unwrap()]);

@@ -476,7 +476,7 @@ fn join(a: &Device, relay: &str) -> Device {
         .as_str()
         .unwrap()
         .to_string();
-    c.run(&["join", &invite]);
+    c.join(a, &invite, &[]);
     c.set_relay(relay);
     c
 }

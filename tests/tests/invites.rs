@@ -102,12 +102,23 @@ fn a_fresh_invite_admits_one_device_which_reads_the_group_files() {
     let out = c.output(&["join", &invite, "--timeout", "30s"]);
     assert!(!out.status.success());
     let e = stderr(&out);
-    assert!(e.contains("already used") && e.contains("GROUP_CLOSED"), "{e}");
+    assert!(
+        e.contains("already used") && e.contains("GROUP_CLOSED"),
+        "{e}"
+    );
     assert!(!c.home.join("group.toml").exists(), "no home written");
     // Cancelling a used invite says who used it.
-    let out = a.output(&["invite", "--cancel", &listed[0]["id"].as_str().unwrap()[..8]]);
+    let out = a.output(&[
+        "invite",
+        "--cancel",
+        &listed[0]["id"].as_str().unwrap()[..8],
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("already used by bravo"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already used by bravo"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -118,7 +129,11 @@ fn an_old_format_invite_is_refused_naming_its_version() {
         "0ksync1-AU8xZDNjMmRjYjMzMzhlZmFmN2ZhYTQ5MmFlYjhiNGU3OWUxYjY5NzExN2VkNTc4ODIyNTVmODJiODZmNThlZjY1QDEyNy4wLjAuMTo0NDMzBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBweAqNa5BwEGZmFtaWx57hiBbA",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("version-1 invite"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("version-1 invite"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -135,7 +150,10 @@ fn an_expired_invite_fails_on_both_sides() {
     let out = b.output(&["join", &invite, "--timeout", "1s"]);
     assert!(!out.status.success());
     let e = stderr(&out);
-    assert!(e.contains("no member answered") || e.contains("expired"), "{e}");
+    assert!(
+        e.contains("no member answered") || e.contains("expired"),
+        "{e}"
+    );
     // Once past the expiry, both sides say so.
     while sync_client::util::now_s() <= expires_at {
         std::thread::sleep(std::time::Duration::from_millis(200));
@@ -153,7 +171,11 @@ fn an_expired_invite_fails_on_both_sides() {
     assert_eq!(member_names(&a), ["alpha"], "nobody added");
     let out = b.output(&["join", &invite]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("this invite expired"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("this invite expired"),
+        "{}",
+        stderr(&out)
+    );
     // A device with a slow clock meets the closed mailbox instead.
     let out = Device::new().output(&["join", &invite]);
     assert!(!out.status.success());
@@ -184,7 +206,12 @@ fn a_cancelled_invite_fails() {
 }
 
 /// Seal `body` as a blob of `kind` from `sender` under `keys`.
-fn sealed(keys: &sync_client::GroupKeys, sender: &DeviceKeys, kind: BlobKind, body: &[u8]) -> PushItem {
+fn sealed(
+    keys: &sync_client::GroupKeys,
+    sender: &DeviceKeys,
+    kind: BlobKind,
+    body: &[u8],
+) -> PushItem {
     let blob_id = BlobId(rand_id());
     let header = BlobHeader {
         kind,
@@ -207,7 +234,9 @@ fn rand_id() -> [u8; 16] {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    blake3::hash(&n.to_le_bytes()).as_bytes()[..16].try_into().unwrap()
+    blake3::hash(&n.to_le_bytes()).as_bytes()[..16]
+        .try_into()
+        .unwrap()
 }
 
 #[test]
@@ -310,5 +339,39 @@ fn a_forged_answer_in_the_mailbox_is_rejected() {
         ignored.iter().any(|i| i["id"] == forged_add.to_string()
             && i["reason"].as_str().unwrap().contains("not a member")),
         "{d}"
+    );
+}
+
+/// Moved from sync-cli's cli_surface tests: `init` now reaches the relay
+/// (the first invite's mailbox is created there).
+#[test]
+fn invite_prints_a_qr_code_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let a = Device::new();
+    let out = a.output(&["init", "--relay", &relay.address, "--qr", "--expires", "2h"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.trim().starts_with("0ksync2-") && stdout.lines().count() == 1,
+        "stdout is the invite alone"
+    );
+    let e = stderr(&out);
+    assert!(
+        e.contains('█') || e.contains('▀') || e.contains('▄'),
+        "a QR code on stderr"
+    );
+    assert!(e.contains("2h") && e.contains("admits one device"), "{e}");
+    // JSON mode: one object, no QR; --ttl is the same as --expires.
+    let v = json(&a.run(&["--json", "invite", "--ttl", "30m"]));
+    assert!(v["invite"].as_str().unwrap().starts_with("0ksync2-"));
+    assert!(v["expires_at"].as_u64().is_some());
+    assert_eq!(v["id"].as_str().unwrap().len(), 16);
+    // The human list shows both.
+    let list = a.run(&["invite", "--list"]);
+    assert_eq!(
+        list.lines().filter(|l| l.contains("pending")).count(),
+        2,
+        "{list}"
     );
 }

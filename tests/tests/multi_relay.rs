@@ -40,7 +40,7 @@ fn a_device_of_two_relays_fails_over_to_the_live_one_and_its_invite_names_both()
 
     let x = Device::new();
     let invite = x.run(&["init", "--relay", &a, "--relay", &b, "--name", "two"]);
-    assert!(invite.trim().starts_with("0ksync1-"), "{invite}");
+    assert!(invite.trim().starts_with("0ksync2-"), "{invite}");
     let group = std::fs::read_to_string(x.home.join("group.toml")).unwrap();
     assert!(
         group.contains(&format!("relays = [\"{a}\", \"{b}\"]")),
@@ -86,7 +86,7 @@ fn a_device_of_two_relays_fails_over_to_the_live_one_and_its_invite_names_both()
     let inv = json(&x.run(&["invite", "--json"]));
     assert_eq!(inv["relays"], serde_json::json!([a, b]));
     let y = Device::new();
-    let joined = json(&y.run(&["join", "--json", inv["invite"].as_str().unwrap()]));
+    let joined = json(&y.join(&x, inv["invite"].as_str().unwrap(), &["--json"]));
     assert_eq!(joined["relays"], serde_json::json!([a, b]));
     let out = tmp.path().join("out-y");
     let events = ndjson(&run(
@@ -115,7 +115,7 @@ fn a_relay_that_does_not_hold_the_groups_history_is_reported_not_used() {
     let x = Device::new();
     let invite = x.run(&["init", "--relay", &p]);
     let y = Device::new();
-    y.run(&["join", invite.trim()]);
+    y.join(&x, invite.trim(), &[]);
     for name in ["one.txt", "two.txt"] {
         let f = tmp.path().join(name);
         std::fs::write(&f, name).unwrap();

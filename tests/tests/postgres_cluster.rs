@@ -261,7 +261,7 @@ fn killing_relay_1_mid_push_fails_over_to_relay_2_and_every_acked_blob_is_pulled
         "failover",
     ]);
     let b = Device::new();
-    b.run(&["join", invite.trim()]);
+    b.join(&a, invite.trim(), &[]);
 
     let file = tmp.path().join("big.bin");
     let content = random_bytes(16 << 20);

@@ -60,6 +60,16 @@ pub struct InviteList {
     pub invites: Vec<ListedInvite>,
 }
 
+/// The home's relays with the one that worked last first (the invite itself
+/// keeps the group's order).
+fn relays_current_first(home: &Home) -> Result<sync_client::RelayList> {
+    let relays = home.relays()?;
+    let current = home.relay()?.to_string();
+    let mut list = vec![current.clone()];
+    list.extend(relays.to_strings().into_iter().filter(|r| *r != current));
+    Ok(sync_client::RelayList::parse(&list)?)
+}
+
 /// Make an invite valid for `expires` (a duration), create its mailbox at
 /// the relay (with `token` on a relay in token mode), remember it in
 /// `invites.json` and print it.
@@ -74,9 +84,9 @@ pub async fn create(
     let mut roster = LocalRoster::open(home)?;
     let name = roster.device_name();
     roster.ensure_genesis(&name, now_ms())?;
-    let settled = roster
-        .settle(now_ms())?
-        .ok_or_else(|| anyhow!("no roster has reached this device yet: run `sync-cli pull` first"))?;
+    let settled = roster.settle(now_ms())?.ok_or_else(|| {
+        anyhow!("no roster has reached this device yet: run `sync-cli pull` first")
+    })?;
     anyhow::ensure!(
         settled.is_member(&roster.me()),
         "this device is not a member of the group's roster, so it cannot invite: \
@@ -95,7 +105,7 @@ pub async fn create(
     let pending = PendingInvite::new(&mailbox, now_s(), invite.expires_at);
     // Check the cap before creating anything at the relay.
     invites.add(pending.clone())?;
-    let session = mailbox::connect(&relays, &mailbox, &home.device_key()?, token)
+    let session = mailbox::connect(&relays_current_first(home)?, &mailbox, &home.device_key()?, token)
         .await
         .map_err(|e| {
             let token_hint = matches!(&e, ClientError::Relay(m)
@@ -176,7 +186,10 @@ pub fn list(home: &Home, out: Out) -> Result<()> {
         }
         return Ok(());
     }
-    println!("{:<16}  {:<9}  {:<12}  {:<12}  device", "id", "state", "created", "expires");
+    println!(
+        "{:<16}  {:<9}  {:<12}  {:<12}  device",
+        "id", "state", "created", "expires"
+    );
     for i in listed {
         let device = match (&i.device_name, &i.device) {
             (Some(n), Some(d)) => format!("{n} ({})", short(d)),
@@ -249,7 +262,14 @@ pub async fn cancel(home: &Home, id: &str, out: Out) -> Result<()> {
 /// closed already. Marks it closed on success.
 async fn close_mailbox(home: &Home, invite: &mut PendingInvite, keep: &[DeviceId]) -> Result<()> {
     let mailbox = invite.mailbox()?;
-    let session = match mailbox::connect(&home.relays()?, &mailbox, &home.device_key()?, None).await {
+    let session = match mailbox::connect(
+        &relays_current_first(home)?,
+        &mailbox,
+        &home.device_key()?,
+        None,
+    )
+    .await
+    {
         Ok(s) => s,
         Err(ClientError::GroupClosed(_)) => {
             invite.closed = true;
@@ -434,7 +454,7 @@ async fn answer_one(
     out: Out,
 ) -> Result<Outcome> {
     let mailbox: MailboxKeys = invite.mailbox()?;
-    let relays = home.relays()?;
+    let relays = relays_current_first(home)?;
     let session = match mailbox::connect(&relays, &mailbox, &home.device_key()?, None).await {
         Ok(s) => s,
         Err(ClientError::GroupClosed(_)) => return Ok(Outcome::ClosedElsewhere),
@@ -498,7 +518,13 @@ async fn answer_one(
         session.close().await;
         bail!("this device has not reached the roster's current epoch");
     }
-    if let Err(e) = roster.add_device(&settled.state, req.device, req.hpke_key, &req.name, now_ms()) {
+    if let Err(e) = roster.add_device(
+        &settled.state,
+        req.device,
+        req.hpke_key,
+        &req.name,
+        now_ms(),
+    ) {
         session.close().await;
         return Err(anyhow::Error::new(e).context(format!(
             "device {} ({}) cannot be added",

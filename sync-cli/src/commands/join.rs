@@ -123,7 +123,11 @@ impl Gathered {
     }
 
     /// The first answer that checks out.
-    fn accepted(&mut self, invite: &Invite, keys: &sync_client::roster::DeviceKeys) -> Option<Accepted> {
+    fn accepted(
+        &mut self,
+        invite: &Invite,
+        keys: &sync_client::roster::DeviceKeys,
+    ) -> Option<Accepted> {
         for a in &self.answers {
             match accept_answer(invite.roster, keys, &self.entries, a) {
                 Ok(ok) => return Some(ok),
@@ -257,7 +261,11 @@ fn write_home(
     entries: &[SignedEntry],
     device_name: Option<String>,
 ) -> Result<()> {
-    home.create(&invite.relay_list()?, &accepted.secret, invite.group_name.clone())?;
+    home.create(
+        &invite.relay_list()?,
+        &accepted.secret,
+        invite.group_name.clone(),
+    )?;
     let mut chain = ChainFile::new(EpochKey::new(Some(accepted.state.epoch), &accepted.secret));
     chain.roster = Some(invite.roster.to_string());
     chain.device_name = device_name;

@@ -2,8 +2,8 @@
 //! accepts.
 
 use super::*;
-use crate::roster::entry::{Entry, EntryKind};
 use crate::roster::build;
+use crate::roster::entry::{Entry, EntryKind};
 
 fn keys(i: u8) -> DeviceKeys {
     DeviceKeys::from_parts(&[i; 32], &[i.wrapping_add(100); 32])
