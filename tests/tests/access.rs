@@ -85,9 +85,17 @@ async fn a_token_from_the_operator_creates_the_group_at_init() {
     let file = tmp.path().join("notes.txt");
     std::fs::write(&file, b"hello from a").unwrap();
 
-    // No token: init works offline, the first push is refused with 1004.
+    // No token: init works but makes no invite (its mailbox would be a
+    // new group), and the first push is refused with 1004.
     let stranger = Device::new();
-    stranger.run(&["init", "--relay", &relay.address]);
+    let out = stranger.output(&["init", "--relay", &relay.address]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "no invite");
+    let err = stderr(&out);
+    assert!(
+        err.contains("no invite printed") && err.contains("ACCESS_TOKEN_REQUIRED"),
+        "{err}"
+    );
     let out = stranger.output(&["push", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);

@@ -351,7 +351,7 @@ fn invite_prints_a_qr_code_on_request() {
     let a = Device::new();
     let out = a.output(&["init", "--relay", &relay.address, "--qr", "--expires", "2h"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
     assert!(
         stdout.trim().starts_with("0ksync2-") && stdout.lines().count() == 1,
         "stdout is the invite alone"
