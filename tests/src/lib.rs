@@ -655,7 +655,15 @@ impl Default for Device {
     }
 }
 
-/// A creates a group on `relay`, B joins it; both through the real CLI.
+/// Blobs [`init_pair`] leaves at the relay: A's roster blob in the group
+/// (its genesis and B's `Add`) and, in the invite's mailbox, B's request,
+/// the roster and A's answer (docs/security.md "Invites as one-time
+/// enrolment credentials").
+pub const INIT_PAIR_BLOBS: u64 = 4;
+
+/// A creates a group on `relay`, B joins it with A's one-time invite (A
+/// answers with `invite --answer`); both through the real CLI. The group's
+/// cursor 1 is A's roster blob that added B.
 pub fn init_pair(relay: &RelayProcess) -> (Device, Device) {
     let a = Device::new();
     let b = Device::new();

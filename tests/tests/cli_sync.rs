@@ -306,7 +306,8 @@ fn status_reports_reachability_and_cursor() {
     a.run(&["push", f.to_str().unwrap()]);
     let s = json(&a.run(&["status", "--json"]));
     assert_eq!(s["relay_reachable"], true);
-    assert_eq!(s["group_head"], 1);
+    // Cursor 1 is A's roster blob that added B (its answer to B's join).
+    assert_eq!(s["group_head"], 2);
     assert_eq!(s["local_cursor"], 0);
     assert_eq!(s["group_name"], "test group");
     relay.terminate();

@@ -86,13 +86,13 @@ pub async fn init(
     // token on a relay in token mode. The group exists now whatever
     // happens to the invite: without one (relay unreachable, or in token
     // mode without a token), init still succeeds and says how to make one.
-    if let Err(e) = super::invites::create(home, expires, qr, token, out).await {
-        if !out.quiet {
-            eprintln!(
-                "warning: no invite printed: {e:#}\n  make one when the relay can be reached: \
+    if let Err(e) = super::invites::create(home, expires, qr, token, out).await
+        && !out.quiet
+    {
+        eprintln!(
+            "warning: no invite printed: {e:#}\n  make one when the relay can be reached: \
                  sync-cli invite (with --token on a relay that creates groups only with a token)"
-            );
-        }
+        );
     }
     Ok(())
 }

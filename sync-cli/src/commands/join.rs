@@ -138,7 +138,7 @@ impl Gathered {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `join`: see the module's doc.
 pub async fn join(
     home: &Home,
     arg: Option<&str>,
