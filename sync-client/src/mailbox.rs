@@ -305,10 +305,16 @@ pub async fn read(
         cursor: after,
         ..MailboxRead::default()
     };
+    let me = session.device_id();
     let mut resp = session.pull(after, 256).await?;
     while let Some(batch) = resp.next_batch().await? {
         for b in batch.blobs {
             out.cursor = out.cursor.max(b.cursor);
+            if b.sender == me && b.payload.is_empty() {
+                // A no-echo marker where this device's own blobs are
+                // (docs/protocol.md "Version 2: no echo"): nothing to read.
+                continue;
+            }
             if out.blobs.len() >= MAX_MAILBOX_BLOBS {
                 continue;
             }

@@ -154,6 +154,8 @@ fn an_expired_invite_fails_on_both_sides() {
         e.contains("no member answered") || e.contains("expired"),
         "{e}"
     );
+    // Its own request comes back as a no-echo marker, which is no refusal.
+    assert!(!e.contains("refus"), "{e}");
     // Once past the expiry, both sides say so.
     while sync_client::util::now_s() <= expires_at {
         std::thread::sleep(std::time::Duration::from_millis(200));
