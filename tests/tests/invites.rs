@@ -306,9 +306,21 @@ fn a_forged_answer_in_the_mailbox_is_rejected() {
         let mut body = genesis.encode();
         body.extend_from_slice(&add.encode());
         let state = sync_client::roster::fold(roster, &[genesis.clone(), add.clone()]).unwrap();
+        // The wrap names the real epoch-0 group id in its context, as a
+        // real answer does; only the secret inside is the thief's.
         let fake = GroupSecret::from_bytes([11; 32]);
-        let mut answer = Answer::make(&state, 0, &fake, request.device, &request.hpke_key).unwrap();
-        answer.group_id = state.group_id;
+        let ctx = sync_client::roster::WrapContext {
+            roster,
+            epoch: 0,
+            group_id: state.group_id,
+        };
+        let w = sync_client::roster::wrap(&fake, request.device, &request.hpke_key, &ctx).unwrap();
+        let answer = Answer {
+            epoch: 0,
+            group_id: state.group_id,
+            enc: w.enc,
+            ciphertext: w.ciphertext,
+        };
         let mk = mailbox_keys.keys();
         let items = vec![
             wrong_key,
