@@ -234,7 +234,7 @@ pub async fn pull_all(
     total.cursor = state.state.cursor;
     publish(home, &mut roster, state, policy, out).await?;
     // One-time invites: answer requests waiting in their mailboxes.
-    super::invites::answer_all(home, &mut roster, state, policy, out).await?;
+    super::invite_answer::answer_all(home, &mut roster, state, policy, out).await?;
     Ok(total)
 }
 

@@ -3,6 +3,7 @@
 mod devices;
 mod epochs;
 mod init;
+mod invite_answer;
 mod invites;
 mod join;
 mod pull;
@@ -77,7 +78,7 @@ pub async fn run(args: Args) -> Result<()> {
             if list {
                 invites::list(&home, out)
             } else if answer {
-                invites::answer(&home, policy(Some("30s"), "15s")?, out).await
+                invite_answer::answer(&home, policy(Some("30s"), "15s")?, out).await
             } else if let Some(id) = cancel {
                 invites::cancel(&home, &id, out).await
             } else {
