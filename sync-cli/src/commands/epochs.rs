@@ -255,7 +255,7 @@ pub async fn pull_all(
             }
             Err(e) if is_group_closed(&e) => {
                 return Err(e.context(format!(
-                    "the relay refuses this device in the group of {}, this device's current one",
+                    "pulling the group of {}, this device's current one",
                     epoch_name(&key)
                 )));
             }
