@@ -28,6 +28,16 @@ fn pull(d: &Device, out: &Path) -> Vec<serde_json::Value> {
     ndjson(&d.run(&["pull", "--json", "--out", out.to_str().unwrap()]))
 }
 
+/// `revoke NAME --json` on `d`: its result line, after checking that every
+/// roster entry was delivered (no `roster_undelivered` warning).
+fn revoke(d: &Device, name: &str) -> serde_json::Value {
+    let lines = ndjson(&d.run(&["revoke", name, "--json"]));
+    for l in &lines {
+        assert_ne!(l["event"], "roster_undelivered", "{lines:?}");
+    }
+    lines.last().unwrap().clone()
+}
+
 fn devices(d: &Device) -> serde_json::Value {
     json(&d.run(&["devices", "--json"]))
 }
@@ -117,7 +127,7 @@ fn revoked_device_loses_the_new_epoch_and_an_offline_device_catches_up() {
     // pulled, then revokes B, then pushes again (into the new epoch).
     push(&a, &src, "before.txt", b"pushed before the rotation\n");
     let old_secret = current_secret(&a);
-    let revoked = json(&a.run(&["revoke", "bravo", "--json"]));
+    let revoked = revoke(&a, "bravo");
     assert_eq!(revoked["name"], "bravo");
     assert_eq!(revoked["epoch"], 1);
     assert_eq!(revoked["old_group_close"], "applied", "{revoked}");
@@ -317,8 +327,8 @@ fn two_concurrent_revocations_converge_to_one_roster() {
     // close of the old group keeps A, B and D; B is on it, so B's `Rotate`
     // still reaches the old group (docs/security.md "Closing and
     // concurrent rotations"), and B's own close finds A's, which keeps D.
-    let ra = json(&a.run(&["revoke", "charlie", "--json"]));
-    let rb = json(&b.run(&["revoke", "delta", "--json"]));
+    let ra = revoke(&a, "charlie");
+    let rb = revoke(&b, "delta");
     assert_eq!(ra["old_group_close"], "applied", "{ra}");
     assert_eq!(ra["old_group_closed"], true, "{ra}");
     assert_eq!(rb["old_group_close"], "closed_earlier_other_keep", "{rb}");
@@ -368,8 +378,8 @@ fn two_members_revoking_the_same_device_at_once_converge_and_close_it_once() {
     push(&a, &src, "before.txt", b"pushed before the rotations\n");
 
     // A and B both revoke C, neither having seen the other's `Rotate`.
-    let ra = json(&a.run(&["revoke", "charlie", "--json"]));
-    let rb = json(&b.run(&["revoke", "charlie", "--json"]));
+    let ra = revoke(&a, "charlie");
+    let rb = revoke(&b, "charlie");
     assert_eq!(ra["old_group_close"], "applied", "{ra}");
     assert_eq!(rb["old_group_close"], "closed_earlier", "{rb}");
     assert_eq!(
@@ -503,7 +513,7 @@ fn a_device_removed_first_cannot_publish_its_own_concurrent_revocation() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(&tmp.path().join("relay"));
     let (a, b, c) = three_devices(&relay, tmp.path());
-    let ra = json(&a.run(&["revoke", "bravo", "--json"]));
+    let ra = revoke(&a, "bravo");
     assert_eq!(ra["old_group_close"], "applied", "{ra}");
 
     let lines = ndjson(&b.run(&["revoke", "alpha", "--json"]));
