@@ -40,6 +40,7 @@ mod access;
 mod classify_tests;
 mod cleanup;
 mod close;
+mod kept_push;
 pub mod listen;
 mod push;
 #[cfg(feature = "testing")]

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod close_old;
 mod devices;
 mod epochs;
 mod init;
