@@ -42,6 +42,8 @@ mod cleanup;
 mod close;
 pub mod listen;
 mod push;
+#[cfg(test)]
+mod push_refusal_tests;
 mod push_single;
 #[cfg(feature = "testing")]
 pub mod testing;

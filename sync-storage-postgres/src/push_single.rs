@@ -54,23 +54,21 @@ pub(crate) async fn apply(
     let ids: Vec<&[u8]> = firsts.iter().map(|b| &b.blob_id.0[..]).collect();
     let payloads: Vec<&[u8]> = firsts.iter().map(|b| &b.payload[..]).collect();
     let expiries: Vec<i64> = firsts.iter().map(|b| b.expires_at_ms).collect();
-    let row = sqlx::query(
-        "SELECT * FROM push_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(&req.group.0[..])
-    .bind(&req.sender.0[..])
-    .bind(req.now_ms)
-    .bind(&ids)
-    .bind(&payloads)
-    .bind(&expiries)
-    .bind(crate::CLEANUP_LOCK)
-    .bind(signed(quotas.max_group_storage))
-    .bind(signed(quotas.max_group_blobs))
-    .bind(signed(quotas.address.max_storage))
-    .bind(signed(quotas.max_storage))
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(dberr)?;
+    let row = sqlx::query("SELECT * FROM push_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+        .bind(&req.group.0[..])
+        .bind(&req.sender.0[..])
+        .bind(req.now_ms)
+        .bind(&ids)
+        .bind(&payloads)
+        .bind(&expiries)
+        .bind(crate::CLEANUP_LOCK)
+        .bind(signed(quotas.max_group_storage))
+        .bind(signed(quotas.max_group_blobs))
+        .bind(signed(quotas.address.max_storage))
+        .bind(signed(quotas.max_storage))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(dberr)?;
     let applied = Applied::from_row(&row)?.ok_or(StorageError::UnknownGroup)?;
 
     // The new items: first occurrences not stored yet, in batch order.
@@ -92,18 +90,16 @@ pub(crate) async fn apply(
     if adding.blobs > 0 && applied.closed {
         return Ok(Single::Closed);
     }
-    let decision = check_push(
-        &quotas,
-        applied.group,
-        applied.owner,
-        applied.relay,
-        adding,
-    );
+    let decision = check_push(&quotas, applied.group, applied.owner, applied.relay, adding);
     match (&applied.refusal, decision, applied.stored) {
         (Some(rule), Err(e), false) if refusal_rule(&e) == Some(rule.as_str()) => Err(e),
-        (None, Ok(()), stored) if stored == (adding.blobs > 0) => {
-            Ok(Single::Done(outcome(req, &applied.existing, &new_items, applied.head, adding.blobs)))
-        }
+        (None, Ok(()), stored) if stored == (adding.blobs > 0) => Ok(Single::Done(outcome(
+            req,
+            &applied.existing,
+            &new_items,
+            applied.head,
+            adding.blobs,
+        ))),
         (rule, decision, stored) => Err(StorageError::database(format!(
             "push_apply and check_push disagree: the function refused {rule:?} \
              (stored: {stored}), check_push decided {decision:?}"
