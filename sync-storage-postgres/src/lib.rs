@@ -7,8 +7,11 @@
 //! makes it safe across instances is row locks, taken in one order by every
 //! transaction (group → owner's quota shares → relay's quota shares), so
 //! they cannot deadlock:
-//! - a push locks its group's row (`SELECT … FOR NO KEY UPDATE`, in the
-//!   `push_prepare` function): the group's pushes, from any instance, assign
+//! - a push is one statement (`push_apply`, migrations/postgres/0004,
+//!   [`push_single`]; a closed group's push takes the transaction path,
+//!   [`push`], with `push_prepare`). It locks its group's row (`SELECT …
+//!   FOR NO KEY UPDATE`) for the statement's implicit transaction only (no
+//!   round trip to the relay under it): the group's pushes, from any instance, assign
 //!   cursors one after the other from the head they read under the lock, so
 //!   cursors are gapless and a retried blob id is found by the duplicate
 //!   check under the same lock;
