@@ -1,3 +1,5 @@
+//! The transaction path of a push, taken for a push with new blobs to a
+//! closed group (every other push is one statement: [`crate::push_single`]).
 //! One push batch in one transaction of four round trips (docs/protocol.md
 //! "Push", docs/deploy.md "Quota shares"): BEGIN → `push_prepare` (a
 //! server-side function, migrations/postgres/0003: the cleanup lock shared,
