@@ -15,12 +15,15 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
 head -c $((size_mib * 1024 * 1024)) /dev/urandom > big.bin
 /usr/bin/time -v -o relay.time "$bin/sync-relay" --data-dir rd --quic-bind 127.0.0.1:0 --http-bind 127.0.0.1:0 \
-  --config <(printf '[limits]\nmax_group_storage = %d\nmax_storage = %d\n[rate_limits]\npush_bytes_per_s = 4294967295\npush_bytes_burst = 4294967295\n' $((4 << 30)) $((8 << 30))) 2> relay.log &
+  --config <(printf '[access]\nmode = "open"\n[limits]\nmax_group_storage = %d\nmax_storage = %d\n[rate_limits]\npush_bytes_per_s = 4294967295\npush_bytes_burst = 4294967295\n' $((4 << 30)) $((8 << 30))) 2> relay.log &
 relay_pid=$!
 for _ in $(seq 100); do grep -q 'relay address' relay.log && break; sleep 0.1; done
 addr=$(grep -o 'relay address: [^ ]*' relay.log | cut -d' ' -f3)
 invite=$("$bin/sync-cli" --home a init --relay "$addr" 2>/dev/null)
-"$bin/sync-cli" --home b join "$invite" 2>/dev/null
+# A one-time invite: B waits while A answers.
+"$bin/sync-cli" --home b join "$invite" 2>/dev/null & join_pid=$!
+while kill -0 "$join_pid" 2>/dev/null; do "$bin/sync-cli" --home a invite --answer --quiet; sleep 0.5; done
+wait "$join_pid"
 sync
 /usr/bin/time -v -o cp.time cp big.bin copy.bin; rm copy.bin
 /usr/bin/time -v -o read.time cat big.bin > /dev/null

@@ -55,22 +55,49 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         device_name: Option<String>,
     },
-    /// Print a new invite for this device's group
+    /// Print a new one-time invite for this device's group, or manage them
+    ///
+    /// An invite admits one device: it holds no key of the group, only a
+    /// one-time enrolment secret. The new device runs `join` and waits;
+    /// this device adds it at its next `pull` (or `pull --follow` round, or
+    /// `invite --answer`), then the invite is used up. `--list` shows the
+    /// invites made here, `--cancel ID` cancels one.
     Invite {
         /// How long the invite can be used to join (e.g. 30m, 24h, 7d)
-        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        #[arg(
+            long,
+            visible_alias = "ttl",
+            default_value = "24h",
+            value_name = "DURATION"
+        )]
         expires: String,
         /// Also print the invite as a QR code (default: when on a terminal)
         #[arg(long)]
         qr: bool,
+        /// Access token from the relay's operator: each invite's mailbox is
+        /// a group at the relay, which a relay in token mode creates only
+        /// with a token. Not stored.
+        #[arg(long, env = "SYNC_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        token: Option<String>,
+        /// List the invites made on this device (id, created, expires, state)
+        #[arg(long, conflicts_with_all = ["cancel", "qr", "token"])]
+        list: bool,
+        /// Cancel the pending invite ID (or a prefix of at least 4 characters)
+        #[arg(long, value_name = "ID", conflicts_with_all = ["qr", "token"])]
+        cancel: Option<String>,
+        /// Answer the devices waiting to join with invites made here (what
+        /// every `pull` also does), without pulling files
+        #[arg(long, conflicts_with_all = ["list", "cancel", "qr", "token"])]
+        answer: bool,
     },
-    /// Join a group with an invite from one of its devices
+    /// Join a group with a one-time invite from one of its devices
     ///
-    /// The invite is a permanent secret of the group: prefer `-` (read it
-    /// from standard input) or --file over pasting it on the command line,
-    /// where other users can see it (`ps`) and the shell keeps it (history).
+    /// The device asks to be added and waits (up to --timeout) until the
+    /// device that made the invite runs `sync-cli pull`. Prefer `-` (read the
+    /// invite from standard input) or --file over pasting it on the command
+    /// line, where other users can see it (`ps`) and the shell keeps it.
     Join {
-        /// The invite (starts with 0ksync1-), or `-` to read it from standard input
+        /// The invite (starts with 0ksync2-), or `-` to read it from standard input
         #[arg(required_unless_present = "file", value_name = "INVITE")]
         invite: Option<String>,
         /// Read the invite from this file
@@ -79,6 +106,9 @@ pub enum Command {
         /// This device's name in the group's roster (1-32 bytes) [default: the host name]
         #[arg(long, value_name = "NAME")]
         device_name: Option<String>,
+        /// How long to wait for a member's answer (e.g. 90s, 10m)
+        #[arg(long, default_value = "10m", value_name = "DURATION")]
+        timeout: String,
     },
     /// Encrypt and push files, directory trees (or stdin with `-`) to the group
     ///

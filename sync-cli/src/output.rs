@@ -233,6 +233,9 @@ impl Progress {
 /// that gave up.
 const STORAGE_UNAVAILABLE_HINT: &str = "the relay is running but cannot reach its database: nothing was stored; run the command again later (or with a longer --retry-for), and tell the relay's operator if it lasts";
 
+/// The hint for GROUP_CLOSED (docs/security.md "What the relay must do").
+const GROUP_CLOSED_HINT: &str = "this device can no longer use this group: if it was removed, ask a member for a new invite; if the group moved to a new key epoch, the device moves with it on its next contact (no new invite needed)";
+
 /// What the user can do about an error, if there is something to say.
 pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
     let client = err.chain().find_map(|e| e.downcast_ref::<ClientError>())?;
@@ -276,9 +279,8 @@ pub fn hint(err: &anyhow::Error) -> Option<&'static str> {
         {
             STORAGE_UNAVAILABLE_HINT
         }
-        ClientError::GroupClosed(_) => {
-            "this device can no longer use this group: if it was removed, ask a member for a new invite; if the group moved to a new key epoch, the device moves with it on its next contact (no new invite needed)"
-        }
+        ClientError::GroupClosed(_) => GROUP_CLOSED_HINT,
+        ClientError::GaveUp { last, .. } if last.is_group_closed() => GROUP_CLOSED_HINT,
         ClientError::Connect { .. } | ClientError::GaveUp { .. } => {
             "check that the relay is running and that the address in `sync-cli status` is right"
         }

@@ -91,6 +91,20 @@ impl ClientError {
         }
     }
 
+    /// True when the relay said the group is closed to this device
+    /// (GROUP_CLOSED, docs/protocol.md §CloseGroup): a
+    /// [`ClientError::GroupClosed`], or a retry loop that gave up
+    /// ([`ClientError::GaveUp`]) with one as its last error. Retrying
+    /// cannot help: the device was removed, or the group moved to a new key
+    /// epoch and its grace ended.
+    pub fn is_group_closed(&self) -> bool {
+        match self {
+            ClientError::GroupClosed(_) => true,
+            ClientError::GaveUp { last, .. } => last.is_group_closed(),
+            _ => false,
+        }
+    }
+
     /// True for failures of the connection (not of the request): the
     /// request may be repeated on a new connection.
     pub fn is_transport(&self) -> bool {
@@ -132,3 +146,27 @@ impl From<FrameError> for ClientError {
 
 /// Result alias.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gave_up(last: ClientError) -> ClientError {
+        ClientError::GaveUp {
+            attempts: 3,
+            last: Box::new(last),
+        }
+    }
+
+    #[test]
+    fn group_closed_is_recognised_directly_and_behind_a_retry_loop() {
+        let closed = || ClientError::from_relay(ErrorMsg::new(ErrorCode::GroupClosed, "closed"));
+        assert!(closed().is_group_closed());
+        assert!(gave_up(closed()).is_group_closed());
+        assert!(gave_up(gave_up(closed())).is_group_closed());
+        let other = || ClientError::from_relay(ErrorMsg::new(ErrorCode::Unauthorized, "no"));
+        assert!(!other().is_group_closed());
+        assert!(!gave_up(other()).is_group_closed());
+        assert!(!gave_up(ClientError::ConnectionLost("reset".into())).is_group_closed());
+    }
+}

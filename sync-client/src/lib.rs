@@ -27,6 +27,8 @@ pub mod home;
 pub mod integrity;
 pub mod invite;
 pub mod journal;
+pub mod mailbox;
+pub mod pending_invites;
 pub mod place;
 pub mod receive;
 pub mod relay_addr;

@@ -393,9 +393,9 @@ impl RelaySession {
     }
 
     /// Close this session's group keeping `keep` (docs/protocol.md
-    /// §CloseGroup): the relay refuses every push from now on, and every
-    /// device not in `keep` (GROUP_CLOSED); the devices kept may pull until
-    /// the grace ends. Answers the close recorded: this one
+    /// §CloseGroup): the relay refuses every device not in `keep`
+    /// (GROUP_CLOSED); the devices kept may pull and push until the grace
+    /// ends. Answers the close recorded: this one
     /// (`applied = true`), or an earlier one that stands (`applied =
     /// false`, its own keep list). If `keep` does not name this device, the
     /// relay ends this session once it has answered. Errors:

@@ -168,13 +168,15 @@ proptest! {
         // anything that decodes must at least be self-consistent.
         assert_invite_refused_or_consistent(&s)?;
         assert_invite_refused_or_consistent(&format!("0ksync1-{s}"))?;
+        assert_invite_refused_or_consistent(&format!("0ksync2-{s}"))?;
     }
 
     #[test]
     fn mutated_invites_are_refused_or_intact(idx in any::<usize>(), c in "[A-Za-z0-9_-]") {
         let invite = Invite {
             relays: vec!["1d3c2dcb3338efaf7faa492aeb8b4e79e1b697117ed57882255f82b86f58ef65@127.0.0.1:4433".into()],
-            secret: GroupSecret::from_bytes([5; 32]),
+            roster: sync_client::roster::EntryId([4; 32]),
+            enrolment_secret: [5; 32],
             expires_at: 2_000_000_000,
             group_name: Some("g".into()),
         };

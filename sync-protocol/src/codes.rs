@@ -26,8 +26,8 @@ pub enum ErrorCode {
     /// token that created the group was revoked (at `Push`).
     AccessTokenInvalid,
     /// 1006: the group was closed by a member (`CloseGroup`): this device
-    /// is not on its keep list, or the grace period ended, or (at `Push`)
-    /// the group takes no more blobs. Not retryable: the device was
+    /// is not on its keep list, or the grace period ended (a kept device
+    /// may `Push` until then). Not retryable: the device was
     /// removed, or the group moved to a new key epoch
     /// (`docs/security.md` "What the relay must do").
     GroupClosed,

@@ -334,9 +334,9 @@ pub fn hello_proof_message(relay: &DeviceId, device: &DeviceId) -> Vec<u8> {
 
 /// Close the session's group (`docs/protocol.md` §CloseGroup →
 /// CloseGroupOk, `docs/security.md` "What the relay must do"): from now on
-/// the relay refuses every push to it and every session of a device not in
-/// `keep` (GROUP_CLOSED); the devices in `keep` may still pull and ack
-/// until the grace period ends (`closed_at` + the relay's longest TTL),
+/// the relay refuses every push and every session of a device not in
+/// `keep` (GROUP_CLOSED); the devices in `keep` may still pull, ack and
+/// push until the grace period ends (`closed_at` + the relay's longest TTL),
 /// then the group's blobs are deleted and everyone gets GROUP_CLOSED.
 /// Authorised by the session's `Hello` proof (possession of the group
 /// signing key). The first close of a group wins; a later one changes

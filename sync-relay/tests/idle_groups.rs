@@ -460,7 +460,10 @@ async fn a_session_that_stopped_its_notify_stream_keeps_its_group() {
         Message::PushOk(_)
     ));
     // The relay opens the notify stream with its first Notify; stop it.
-    let mut notify = conn.accept_uni().await.expect("notify stream");
+    let mut notify = tokio::time::timeout(std::time::Duration::from_secs(10), conn.accept_uni())
+        .await
+        .expect("notify stream within 10 s")
+        .expect("notify stream");
     assert!(matches!(
         read_message(&mut notify, 1 << 20).await,
         Ok(Some(Message::Notify(_)))

@@ -185,8 +185,14 @@ async fn a_version_2_session_gets_no_echo_of_its_own_blobs() {
 
     // Notifications: A's own push moves the head without a Notify to A; B's
     // push does notify A. B is notified of A's push.
-    let mut a_notify = a.accept_uni().await.expect("A's notify stream");
-    let mut b_notify = b.accept_uni().await.expect("B's notify stream");
+    let mut a_notify = tokio::time::timeout(Duration::from_secs(10), a.accept_uni())
+        .await
+        .expect("A's notify stream within 10 s")
+        .expect("A's notify stream");
+    let mut b_notify = tokio::time::timeout(Duration::from_secs(10), b.accept_uni())
+        .await
+        .expect("B's notify stream within 10 s")
+        .expect("B's notify stream");
     // Drain what the pushes above announced (a first Notify each at most).
     notifies(&mut a_notify, Duration::from_millis(300)).await;
     notifies(&mut b_notify, Duration::from_millis(300)).await;

@@ -9,9 +9,9 @@
 //! row the first one committed, so the second changes nothing and reads
 //! the first's close.
 
-use crate::{dberr, fixed};
+use crate::dberr;
 use sqlx::{PgConnection, Row};
-use sync_protocol::{DeviceId, GroupId, KeepList};
+use sync_protocol::{GroupId, KeepList};
 use sync_storage::{CloseOutcome, GroupClosure, StorageError};
 
 /// Close `group` inside the caller's transaction (see the module docs).
@@ -61,7 +61,10 @@ pub(crate) async fn close_group(
     })
 }
 
-/// The close of `group`, `None` when it is open or not stored.
+/// The close of `group`, `None` when it is open or not stored; a stored
+/// keep list that does not decode ([`GroupClosure::keep_from_bytes`]) is a
+/// database error. Inside a push's transaction it reads the row the push
+/// has locked.
 pub(crate) async fn closure_of<'e>(
     db: impl sqlx::PgExecutor<'e>,
     group: GroupId,
@@ -78,19 +81,10 @@ pub(crate) async fn closure_of<'e>(
         return Ok(None);
     };
     let keep: Vec<u8> = row.try_get(2).map_err(dberr)?;
-    // Checked id by id (`fixed`), then as a list.
-    let ids = keep
-        .chunks(32)
-        .map(|c| fixed::<32>(c.to_vec()).map(DeviceId))
-        .collect::<Result<Vec<_>, _>>()?;
-    let n = ids.len();
-    let keep = KeepList::new(ids)
-        .ok()
-        .filter(|k| k.len() == n)
-        .ok_or_else(|| StorageError::database("stored keep list is malformed"))?;
     Ok(Some(GroupClosure {
         closed_at_ms: row.try_get(0).map_err(dberr)?,
         grace_until_ms: row.try_get(1).map_err(dberr)?,
-        keep,
+        keep: GroupClosure::keep_from_bytes(&keep)
+            .ok_or_else(|| StorageError::database("stored keep list is malformed"))?,
     }))
 }

@@ -7,8 +7,11 @@
 //! makes it safe across instances is row locks, taken in one order by every
 //! transaction (group → owner's quota shares → relay's quota shares), so
 //! they cannot deadlock:
-//! - a push locks its group's row (`SELECT … FOR NO KEY UPDATE`, in the
-//!   `push_prepare` function): the group's pushes, from any instance, assign
+//! - a push is one statement (`push_apply`, migrations/postgres/0004,
+//!   [`push_single`]; a closed group's push takes the transaction path,
+//!   [`push`], with `push_prepare`). It locks its group's row (`SELECT …
+//!   FOR NO KEY UPDATE`) for the statement's implicit transaction only (no
+//!   round trip to the relay under it): the group's pushes, from any instance, assign
 //!   cursors one after the other from the head they read under the lock, so
 //!   cursors are gapless and a retried blob id is found by the duplicate
 //!   check under the same lock;
@@ -40,8 +43,12 @@ mod access;
 mod classify_tests;
 mod cleanup;
 mod close;
+mod kept_push;
 pub mod listen;
 mod push;
+#[cfg(test)]
+mod push_refusal_tests;
+mod push_single;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -200,6 +207,25 @@ impl PostgresStorage {
     }
 }
 
+impl PostgresStorage {
+    /// [`push_single::apply`] on the pool, run again on deadlock or
+    /// serialization failure (at most [`RETRIES`] times; its statement is
+    /// its whole transaction, so the server rolled all of it back).
+    async fn push_single(&self, req: &PushRequest) -> Result<push_single::Single, StorageError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.pool.acquire().await.map_err(|e| self.pool_err(e))?;
+            match push_single::apply(&mut conn, req, self.quotas).await {
+                Err(StorageError::Database(e)) if attempt <= RETRIES && is_retryable(&*e) => {
+                    tracing::debug!(error = %e, attempt, "push aborted by the server; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 /// True for a deadlock (40P01) or serialization failure (40001): the
 /// server rolled the transaction back, and running it again is safe.
 fn is_retryable(err: &(dyn std::error::Error + 'static)) -> bool {
@@ -292,12 +318,18 @@ impl Storage for PostgresStorage {
         // Shared, not cloned, by the attempts of a retried transaction.
         let req = std::sync::Arc::new(req);
         let group = req.group;
-        let outcome = self
-            .in_transaction(move |conn| {
-                let req = std::sync::Arc::clone(&req);
-                Box::pin(async move { push::apply(conn, &req, quotas).await })
-            })
-            .await?;
+        // One statement (push_single); a closed group's push takes the
+        // transaction path, whose closed-group branch is in Rust (push).
+        let outcome = match self.push_single(&req).await? {
+            push_single::Single::Done(outcome) => outcome,
+            push_single::Single::Closed => {
+                self.in_transaction(move |conn| {
+                    let req = std::sync::Arc::clone(&req);
+                    Box::pin(async move { push::apply(conn, &req, quotas).await })
+                })
+                .await?
+            }
+        };
         // The wake-up is sent after the COMMIT, in a statement of its own:
         // a NOTIFY inside the push would make its commit take PostgreSQL's
         // notify-queue lock, which is held until the commit's WAL flush and

@@ -1,3 +1,5 @@
+//! The transaction path of a push, taken for a push with new blobs to a
+//! closed group (every other push is one statement: [`crate::push_single`]).
 //! One push batch in one transaction of four round trips (docs/protocol.md
 //! "Push", docs/deploy.md "Quota shares"): BEGIN → `push_prepare` (a
 //! server-side function, migrations/postgres/0003: the cleanup lock shared,
@@ -23,8 +25,10 @@ use sync_storage::{NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
 
 /// Apply `req` inside the caller's transaction. Errors (the caller rolls
 /// back, nothing is stored): [`StorageError::UnknownGroup`],
-/// [`StorageError::GroupClosed`] (decided on the group's row lock, which a
-/// close takes too), then the refusals of [`check_push`] in its order.
+/// [`StorageError::GroupClosed`] (the group is closed and its close does
+/// not admit the sender now, [`sync_storage::GroupClosure::admits`];
+/// decided on the group's row lock, which a close takes too), then the
+/// refusals of [`check_push`] in its order.
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     req: &PushRequest,
@@ -73,18 +77,27 @@ pub(crate) async fn apply(
     }
     let n = adding.blobs;
     if n > 0 {
-        // Closed (`crate::close`, under the same row lock): no new blob.
-        if prepared.closed {
-            return Err(StorageError::GroupClosed);
-        }
-        check_push(
-            &quotas,
-            prepared.group,
-            prepared.owner,
-            prepared.relay,
-            adding,
-        )?;
-        store(conn, req, &new_items, head, adding).await?;
+        // Closed (`crate::close`, under the row lock `push_prepare` took):
+        // new blobs only from a device the close keeps, until its grace
+        // ends, and they expire with the rest by then.
+        let (mut owner, mut relay) = (prepared.owner, prepared.relay);
+        let expiry_cap = if prepared.closed {
+            let cap = match crate::close::closure_of(&mut *conn, req.group).await? {
+                Some(c) if c.admits(&req.sender, req.now_ms) => c.grace_until_ms,
+                _ => return Err(StorageError::GroupClosed),
+            };
+            // `push_prepare` charges no budget for a closed group.
+            if !prepared.charged {
+                (owner, relay) =
+                    crate::kept_push::charge(conn, prepared.owner_key.as_deref(), adding, quotas)
+                        .await?;
+            }
+            cap
+        } else {
+            i64::MAX
+        };
+        check_push(&quotas, prepared.group, owner, relay, adding)?;
+        store(conn, req, &new_items, head, adding, expiry_cap).await?;
         head += n;
     }
 
@@ -116,6 +129,11 @@ struct Prepared {
     group: GroupUse,
     /// The group was closed (docs/protocol.md §CloseGroup).
     closed: bool,
+    /// The group's `owner` column (an [`sync_storage::Owner`]'s bytes).
+    owner_key: Option<Vec<u8>>,
+    /// Whether the budgets were charged (`relay_limit` is set): not for a
+    /// closed group ([`crate::kept_push`]).
+    charged: bool,
     /// Blob ids of the batch already stored, with their cursors.
     existing: HashMap<BlobId, u64>,
     /// What the function counted as new (and charged).
@@ -154,7 +172,11 @@ impl Prepared {
             bytes: get_u64("adding")?,
             blobs: get_u64("adding_blobs")?,
         };
-        let owner = match owner_bytes {
+        let charged = row
+            .try_get::<Option<i64>, _>("relay_limit")
+            .map_err(dberr)?
+            .is_some();
+        let owner = match &owner_bytes {
             // Figures are read only for a push that adds blobs.
             Some(bytes) if adding.blobs > 0 => {
                 // The limit is what the budget's charge compared against:
@@ -162,7 +184,7 @@ impl Prepared {
                 let limit = get_u64("owner_limit")?;
                 let token = get_bool("token_found")?.then_some((limit, get_bool("token_revoked")?));
                 let owner_found = get_bool("owner_found")?;
-                OwnerUse::of(&bytes, get_u64("owner_used")?, token, limit).map(|o| OwnerUse {
+                OwnerUse::of(bytes, get_u64("owner_used")?, token, limit).map(|o| OwnerUse {
                     // No owner row (it exists while its groups do): refused
                     // as a vanished token.
                     revoked: o.revoked || !owner_found,
@@ -178,6 +200,8 @@ impl Prepared {
                 blobs: get_u64("group_blobs")?,
             },
             closed: get_bool("group_closed")?,
+            owner_key: owner_bytes,
+            charged,
             existing,
             adding,
             owner,
@@ -190,20 +214,25 @@ impl Prepared {
 }
 
 /// The second half of a push, one statement: the group's counters and head
-/// (the group row is locked since `push_prepare`), the new blobs under
-/// consecutive cursors after `head`, and the wake-up.
+/// (the group row is locked since `push_prepare`) and the new blobs under
+/// consecutive cursors after `head`, their expiry lowered to `expiry_cap`
+/// at most (a closed group's grace end).
 async fn store(
     conn: &mut PgConnection,
     req: &PushRequest,
     items: &[&NewBlob],
     head: u64,
     adding: Adding,
+    expiry_cap: i64,
 ) -> Result<(), StorageError> {
     let first = head + 1;
     let cursors: Vec<i64> = (0..items.len() as u64).map(|i| signed(first + i)).collect();
     let ids: Vec<&[u8]> = items.iter().map(|b| &b.blob_id.0[..]).collect();
     let payloads: Vec<&[u8]> = items.iter().map(|b| &b.payload[..]).collect();
-    let expiries: Vec<i64> = items.iter().map(|b| b.expires_at_ms).collect();
+    let expiries: Vec<i64> = items
+        .iter()
+        .map(|b| b.expires_at_ms.min(expiry_cap))
+        .collect();
     sqlx::query(
         "WITH g AS (UPDATE groups SET head_cursor = head_cursor + $2, \
            bytes_used = bytes_used + $3, blob_count = blob_count + $2, last_active_at = $4 \

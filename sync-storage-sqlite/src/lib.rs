@@ -497,13 +497,27 @@ pub(crate) async fn closure_of<'e>(
     .fetch_optional(db)
     .await
     .map_err(dberr)?;
-    let Some(row) = row else {
+    match row {
+        Some(row) => closure_in_row(&row, 0),
+        None => Ok(None),
+    }
+}
+
+/// The close held by `row`'s columns `at` (`closed_at`), `at + 1`
+/// (`grace_until`) and `at + 2` (`keep_list`): `None` when `closed_at` is
+/// NULL (open); a stored keep list that does not decode
+/// ([`GroupClosure::keep_from_bytes`]) is a database error.
+pub(crate) fn closure_in_row(
+    row: &sqlx::sqlite::SqliteRow,
+    at: usize,
+) -> Result<Option<GroupClosure>, StorageError> {
+    let Some(closed_at_ms) = row.try_get::<Option<i64>, _>(at).map_err(dberr)? else {
         return Ok(None);
     };
-    let keep: Vec<u8> = row.try_get(2).map_err(dberr)?;
+    let keep: Vec<u8> = row.try_get(at + 2).map_err(dberr)?;
     Ok(Some(GroupClosure {
-        closed_at_ms: row.try_get(0).map_err(dberr)?,
-        grace_until_ms: row.try_get(1).map_err(dberr)?,
+        closed_at_ms,
+        grace_until_ms: row.try_get(at + 1).map_err(dberr)?,
         keep: GroupClosure::keep_from_bytes(&keep)
             .ok_or_else(|| StorageError::database("stored keep list is malformed"))?,
     }))

@@ -784,7 +784,7 @@ async fn apply_push(
         let row = sqlx::query(
             "UPDATE groups SET head_cursor = head_cursor + ?2, bytes_used = bytes_used + ?3, \
              blob_count = blob_count + ?2, last_active_at = ?4 WHERE group_id = ?1 \
-             RETURNING head_cursor, bytes_used, blob_count, owner, closed_at",
+             RETURNING head_cursor, bytes_used, blob_count, owner, closed_at, grace_until, keep_list",
         )
         .bind(&req.group.0[..])
         .bind(n as i64)
@@ -798,11 +798,16 @@ async fn apply_push(
         let used = row.try_get::<i64, _>(1).map_err(dberr)? as u64 - adding;
         let count = row.try_get::<i64, _>(2).map_err(dberr)? as u64 - n;
         let owner: Option<Vec<u8>> = row.try_get(3).map_err(dberr)?;
-        // A closed group takes no new blob (the close holds the write lock
-        // too, so the two are ordered); the refusal rolls the update back.
-        if row.try_get::<Option<i64>, _>(4).map_err(dberr)?.is_some() {
-            return Err(StorageError::GroupClosed);
-        }
+        // A closed group takes new blobs only from the devices its close
+        // keeps, until its grace ends (the close holds the write lock too,
+        // so the two are ordered); the refusal rolls the update back.
+        let expiry_cap = match crate::closure_in_row(&row, 4)? {
+            Some(c) if !c.admits(&req.sender, req.now_ms) => {
+                return Err(StorageError::GroupClosed);
+            }
+            Some(c) => c.grace_until_ms,
+            None => i64::MAX,
+        };
         let owner_use = match &owner {
             Some(o) => access::charge_owner(conn, o, adding, quotas.address.max_storage).await?,
             None => None,
@@ -820,7 +825,7 @@ async fn apply_push(
             blobs: n,
         };
         check_push(&quotas, group_use, owner_use, relay, add)?;
-        insert_blobs(conn, req, &new_items, head - n + 1).await?;
+        insert_blobs(conn, req, &new_items, head - n + 1, expiry_cap).await?;
         head
     };
 
@@ -846,13 +851,15 @@ async fn apply_push(
     Ok((PushOutcome { results, head }, adding))
 }
 
-/// Insert `items` under consecutive cursors from `first`, as few
+/// Insert `items` under consecutive cursors from `first`, their expiry
+/// lowered to `expiry_cap` at most (a closed group's grace end), as few
 /// multi-row statements as SQLite's parameter limit allows.
 async fn insert_blobs(
     conn: &mut SqliteConnection,
     req: &PushRequest,
     items: &[&NewBlob],
     first: u64,
+    expiry_cap: i64,
 ) -> Result<(), StorageError> {
     // 7 parameters a row; SQLite allows 32766 per statement.
     for (c, chunk) in items.chunks(1024).enumerate() {
@@ -869,7 +876,7 @@ async fn insert_blobs(
                 .bind(&req.sender.0[..])
                 .bind(&item.payload[..])
                 .bind(req.now_ms)
-                .bind(item.expires_at_ms);
+                .bind(item.expires_at_ms.min(expiry_cap));
         }
         q.execute(&mut *conn).await.map_err(dberr)?;
     }

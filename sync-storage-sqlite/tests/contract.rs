@@ -99,13 +99,20 @@ mod memory_model {
 
     #[test]
     fn list_is_complete() {
-        assert_eq!(close::SINGLE_INSTANCE.len(), 3);
+        assert_eq!(close::SINGLE_INSTANCE.len(), 4);
     }
 
     #[test]
     fn a_closed_group_refuses_pushes_and_unlisted_devices() {
         run_one(super::memory, |b| {
             Box::pin(close::a_closed_group_refuses_pushes_and_unlisted_devices(b))
+        });
+    }
+
+    #[test]
+    fn a_kept_device_pushes_until_the_grace_and_its_blobs_expire_by_then() {
+        run_one(super::memory, |b| {
+            Box::pin(close::a_kept_device_pushes_until_the_grace_and_its_blobs_expire_by_then(b))
         });
     }
 

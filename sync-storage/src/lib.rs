@@ -27,9 +27,11 @@
 //! - each owner's counters stay exact through pushes, deletions and prunes
 //!   (a pruned group gives its place back to its owner), and an owner's row
 //!   goes once it owns nothing and its new-group window has ended;
-//! - a closed group ([`Storage::close_group`]) takes no new blob (decided in
-//!   the push transaction, on the group row the push locks), opens sessions
-//!   only for the devices its close keeps and only until its grace ends,
+//! - a closed group ([`Storage::close_group`]) takes new blobs and opens
+//!   sessions only for the devices its close keeps and only until its grace
+//!   ends ([`GroupClosure::admits`], decided in the push transaction, on the
+//!   group row the push locks); their blobs' expiry is lowered to the
+//!   grace's end,
 //!   and is never pruned: its row, and so its closed mark, stays, so its id
 //!   can never be created again; its blobs expire by the end of the grace
 //!   and go like any expired blob;
@@ -432,8 +434,8 @@ pub enum StorageError {
     /// answers only a request that outlived its session.
     #[error("the group is not stored on this relay")]
     UnknownGroup,
-    /// The group was closed ([`Storage::close_group`]): a push to it, or a
-    /// session of a device its close does not keep (or after its grace).
+    /// The group was closed ([`Storage::close_group`]): a push or a
+    /// session of a device its close does not keep, or any after its grace.
     #[error("the group was closed by a member")]
     GroupClosed,
     /// An acknowledged cursor is beyond the group's head.
@@ -621,8 +623,11 @@ pub trait Storage: Send + Sync + 'static {
     /// Store a batch atomically. Errors (nothing stored):
     /// [`StorageError::UnknownGroup`] (the group does not exist: pushes
     /// never create groups), [`StorageError::GroupClosed`] (the group was
-    /// closed and the batch holds a blob not stored yet; a batch of blobs
-    /// all stored before the close is answered with their cursors),
+    /// closed, its close does not admit the sender at `now_ms`
+    /// ([`GroupClosure::admits`]: not kept, or the grace ended) and the
+    /// batch holds a blob not stored yet; a batch of blobs all stored
+    /// before the close is answered with their cursors; a kept sender's new
+    /// blobs are stored with their expiry lowered to the grace's end),
     /// [`StorageError::GroupQuotaExceeded`], [`StorageError::GroupBlobsExceeded`],
     /// [`StorageError::TokenRevoked`] (the group's token was revoked),
     /// [`StorageError::OwnerQuotaExceeded`] (its owner's budget),

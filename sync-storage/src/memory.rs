@@ -376,11 +376,16 @@ impl Storage for MemoryStorage {
                 .map(|i| i.payload.len() as u64)
                 .sum();
             let n = new_ids.len() as u64;
-            // A closed group takes no new blob (a retry of stored ones is
-            // still answered with their cursors).
-            if n > 0 && g.closure.is_some() {
-                return Err(StorageError::GroupClosed);
-            }
+            // A closed group takes new blobs only from the devices its close
+            // keeps, until its grace ends (a retry of stored ones is still
+            // answered with their cursors); theirs expire with the rest.
+            let expiry_cap = match &g.closure {
+                Some(c) if n > 0 && !c.admits(&req.sender, req.now_ms) => {
+                    return Err(StorageError::GroupClosed);
+                }
+                Some(c) => c.grace_until_ms,
+                None => i64::MAX,
+            };
             let owner_use = g.owner.map(|o| {
                 let (_, used) = m.owned(o);
                 let (limit, revoked) = match o {
@@ -441,7 +446,7 @@ impl Storage for MemoryStorage {
                         sender: req.sender,
                         payload: item.payload.clone(),
                         created_at: req.now_ms,
-                        expires_at: item.expires_at_ms,
+                        expires_at: item.expires_at_ms.min(expiry_cap),
                     });
                 }
             }

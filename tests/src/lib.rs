@@ -599,6 +599,54 @@ impl Device {
     pub fn output(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().expect("run sync-cli")
     }
+
+    /// Run `sync-cli join INVITE ARGS` on this device while `inviter`
+    /// answers: `join` runs in the background and the inviter runs
+    /// `answer` (e.g. `["invite", "--answer"]`, or a `pull`) again and
+    /// again until `join` ends. Nothing depends on who is first: a request
+    /// posted after an answering round is answered by the next one.
+    /// Returns join's whole output, success or not.
+    pub fn join_answered(
+        &self,
+        inviter: &Device,
+        invite: &str,
+        args: &[&str],
+        answer: &[&str],
+    ) -> Output {
+        let child = self
+            .cmd()
+            .arg("join")
+            .arg(invite)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sync-cli join");
+        inviter.answer_until_done(child, answer)
+    }
+
+    /// Run `sync-cli ANSWER` on this device (the inviter) again and again
+    /// until `join` (a running `sync-cli join`) ends; returns its output.
+    /// Bounded by join's own --timeout (default 10 min).
+    pub fn answer_until_done(&self, mut join: Child, answer: &[&str]) -> Output {
+        loop {
+            if join.try_wait().expect("join's status").is_some() {
+                break;
+            }
+            let out = self.output(answer);
+            assert_success(&out, answer);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        join.wait_with_output().expect("join's output")
+    }
+
+    /// Join with `invite` (one-time: `inviter` answers with `invite
+    /// --answer`), asserting success; returns join's stdout.
+    pub fn join(&self, inviter: &Device, invite: &str, args: &[&str]) -> String {
+        let out = self.join_answered(inviter, invite, args, &["invite", "--answer"]);
+        assert_success(&out, &["join"]);
+        String::from_utf8(out.stdout).unwrap()
+    }
 }
 
 impl Default for Device {
@@ -607,13 +655,21 @@ impl Default for Device {
     }
 }
 
-/// A creates a group on `relay`, B joins it; both through the real CLI.
+/// Blobs [`init_pair`] leaves at the relay: A's roster blob in the group
+/// (its genesis and B's `Add`) and, in the invite's mailbox, B's request,
+/// the roster and A's answer (docs/security.md "Invites as one-time
+/// enrolment credentials").
+pub const INIT_PAIR_BLOBS: u64 = 4;
+
+/// A creates a group on `relay`, B joins it with A's one-time invite (A
+/// answers with `invite --answer`); both through the real CLI. The group's
+/// cursor 1 is A's roster blob that added B.
 pub fn init_pair(relay: &RelayProcess) -> (Device, Device) {
     let a = Device::new();
     let b = Device::new();
     let invite = a.run(&["init", "--relay", &relay.address, "--name", "test group"]);
-    assert!(invite.trim().starts_with("0ksync1-"), "{invite}");
-    b.run(&["join", invite.trim()]);
+    assert!(invite.trim().starts_with("0ksync2-"), "{invite}");
+    b.join(&a, invite.trim(), &[]);
     (a, b)
 }
 

@@ -85,9 +85,17 @@ async fn a_token_from_the_operator_creates_the_group_at_init() {
     let file = tmp.path().join("notes.txt");
     std::fs::write(&file, b"hello from a").unwrap();
 
-    // No token: init works offline, the first push is refused with 1004.
+    // No token: init works but makes no invite (its mailbox would be a
+    // new group), and the first push is refused with 1004.
     let stranger = Device::new();
-    stranger.run(&["init", "--relay", &relay.address]);
+    let out = stranger.output(&["init", "--relay", &relay.address]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty(), "no invite");
+    let err = stderr(&out);
+    assert!(
+        err.contains("no invite printed") && err.contains("ACCESS_TOKEN_REQUIRED"),
+        "{err}"
+    );
     let out = stranger.output(&["push", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -127,14 +135,14 @@ async fn a_token_from_the_operator_creates_the_group_at_init() {
     let invite = String::from_utf8(invite.stdout).unwrap();
     let listed = json(&String::from_utf8(relay.token(&["list", "--json"]).stdout).unwrap());
     assert_eq!(
-        listed[0]["groups"], 1,
-        "the group exists on the relay at init: {listed}"
+        listed[0]["groups"], 2,
+        "the group and its first invite's mailbox exist on the relay at init: {listed}"
     );
     assert_eq!(listed[0]["label"], "alice");
 
     // B joins without a token; A pushes, B pulls.
     let b = Device::new();
-    b.run(&["join", invite.trim()]);
+    b.join(&a, invite.trim(), &[]);
     a.run(&["push", file.to_str().unwrap()]);
     let out_dir = tmp.path().join("b");
     b.run(&["pull", "--out", out_dir.to_str().unwrap()]);

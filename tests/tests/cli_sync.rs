@@ -306,7 +306,8 @@ fn status_reports_reachability_and_cursor() {
     a.run(&["push", f.to_str().unwrap()]);
     let s = json(&a.run(&["status", "--json"]));
     assert_eq!(s["relay_reachable"], true);
-    assert_eq!(s["group_head"], 1);
+    // Cursor 1 is A's roster blob that added B (its answer to B's join).
+    assert_eq!(s["group_head"], 2);
     assert_eq!(s["local_cursor"], 0);
     assert_eq!(s["group_name"], "test group");
     relay.terminate();
@@ -403,12 +404,21 @@ fn the_invite_can_come_from_stdin_or_a_file() {
         .unwrap()
         .write_all(invite.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = a.answer_until_done(child, &["invite", "--answer"]);
     assert!(out.status.success(), "{out:?}");
+    // An invite admits one device: C gets one of its own.
     let c = e2e_tests::Device::new();
     let file = tmp.path().join("invite.txt");
-    std::fs::write(&file, &invite).unwrap();
-    c.run(&["join", "--file", file.to_str().unwrap()]);
+    std::fs::write(&file, a.run(&["invite"])).unwrap();
+    let child = c
+        .cmd()
+        .args(["join", "--file", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = a.answer_until_done(child, &["invite", "--answer"]);
+    assert!(out.status.success(), "{out:?}");
     let group = |d: &e2e_tests::Device| {
         json(&d.run(&["status", "--json", "--retry-for", "5s"]))["group_id"].clone()
     };

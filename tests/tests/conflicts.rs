@@ -47,7 +47,7 @@ fn three_devices_never_lose_an_edit() {
     let (a, b) = init_pair(&relay);
     let c = Device::new();
     let invite = a.run(&["invite"]);
-    c.run(&["join", invite.trim()]);
+    c.join(&a, invite.trim(), &[]);
     let dir = |n: &str| {
         let d = tmp.path().join(n);
         std::fs::create_dir_all(&d).unwrap();

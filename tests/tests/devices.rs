@@ -1,6 +1,6 @@
 //! Devices, roster and key epochs (issue 14; docs/security.md "Devices,
 //! roster and key epochs") through the real CLI and the real relay:
-//! enrolment with today's invites, `devices`, `revoke`, catch-up of a
+//! enrolment with one-time invites, `devices`, `revoke`, catch-up of a
 //! device offline during a rotation, forged roster entries, concurrent
 //! revocations.
 
@@ -9,7 +9,7 @@ use std::path::Path;
 use sync_client::crypto::envelope::{self, BlobKind};
 use sync_client::roster::entry::{Entry, EntryId, EntryKind};
 use sync_client::roster::{DeviceKeys, SignedEntry};
-use sync_client::{GroupSecret, RelaySession};
+use sync_client::{ClientError, GroupSecret, Home, RelaySession};
 use sync_protocol::PulledBlob;
 
 fn init(relay: &RelayProcess, name: &str) -> (Device, String) {
@@ -18,14 +18,25 @@ fn init(relay: &RelayProcess, name: &str) -> (Device, String) {
     (d, invite.trim().to_string())
 }
 
-fn join(invite: &str, name: &str) -> Device {
+/// A new device joins with a one-time invite of `inviter`, which answers.
+fn join(inviter: &Device, invite: &str, name: &str) -> Device {
     let d = Device::new();
-    d.run(&["join", invite, "--device-name", name]);
+    d.join(inviter, invite, &["--device-name", name]);
     d
 }
 
 fn pull(d: &Device, out: &Path) -> Vec<serde_json::Value> {
     ndjson(&d.run(&["pull", "--json", "--out", out.to_str().unwrap()]))
+}
+
+/// `revoke NAME --json` on `d`: its result line, after checking that every
+/// roster entry was delivered (no `roster_undelivered` warning).
+fn revoke(d: &Device, name: &str) -> serde_json::Value {
+    let lines = ndjson(&d.run(&["revoke", name, "--json"]));
+    for l in &lines {
+        assert_ne!(l["event"], "roster_undelivered", "{lines:?}");
+    }
+    lines.last().unwrap().clone()
 }
 
 fn devices(d: &Device) -> serde_json::Value {
@@ -87,11 +98,11 @@ async fn raw_blobs(relay: &RelayProcess, secret: &GroupSecret) -> Vec<PulledBlob
     blobs
 }
 
-/// A enrols B and C (their first pulls post requests, A's pull adds them).
+/// A enrols B and C (one one-time invite each; A answers each join).
 fn three_devices(relay: &RelayProcess, tmp: &Path) -> (Device, Device, Device) {
     let (a, invite) = init(relay, "alpha");
-    let b = join(&invite, "bravo");
-    let c = join(&invite, "charlie");
+    let b = join(&a, &invite, "bravo");
+    let c = join(&a, a.run(&["invite"]).trim(), "charlie");
     let out = tmp.join("scratch");
     pull(&a, &out); // publishes the genesis
     pull(&b, &out); // posts B's enrolment request
@@ -117,9 +128,11 @@ fn revoked_device_loses_the_new_epoch_and_an_offline_device_catches_up() {
     // pulled, then revokes B, then pushes again (into the new epoch).
     push(&a, &src, "before.txt", b"pushed before the rotation\n");
     let old_secret = current_secret(&a);
-    let revoked = json(&a.run(&["revoke", "bravo", "--json"]));
+    let revoked = revoke(&a, "bravo");
     assert_eq!(revoked["name"], "bravo");
     assert_eq!(revoked["epoch"], 1);
+    assert_eq!(revoked["old_group_close"], "applied", "{revoked}");
+    assert_eq!(revoked["old_group_closed"], true, "{revoked}");
     let new_secret = current_secret(&a);
     assert_ne!(
         new_secret.keys().group_id(),
@@ -174,24 +187,39 @@ fn revoked_device_loses_the_new_epoch_and_an_offline_device_catches_up() {
     assert_eq!(dc["removed"][0]["name"], "bravo");
     assert_eq!(current_secret(&c), new_secret);
 
-    // B pulls: it learns it was removed, gets the file of the old epoch,
-    // not the new one, and cannot push.
+    // B: the relay closed the old group to it (A's revoke kept A and C
+    // only), so its pull and its push get GROUP_CLOSED with a message that
+    // says what happened; it receives nothing, not even what was pushed
+    // into the old group before the rotation that it had not pulled.
     let out_b = tmp.path().join("out-b");
-    let events = pull(&b, &out_b);
-    assert!(events.iter().any(|e| e["event"] == "removed"), "{events:?}");
-    assert!(out_b.join("before.txt").exists());
+    let refused = b.output(&["pull", "--out", out_b.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("closed by a member") && stderr.contains("this device was removed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("key epoch 0"), "{stderr}");
+    assert!(!out_b.join("before.txt").exists());
     assert!(!out_b.join("after.txt").exists());
     let refused = b.output(&["push", src.join("before.txt").to_str().unwrap()]);
     assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("removed"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        stderr.contains("closed by a member") && stderr.contains("removed"),
+        "{stderr}"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut old_lib = LibDevice::new(&relay.address, &old_secret);
+    old_lib.opts.device_key = Home::at(b.home.clone()).device_key().unwrap();
+    let hello = rt.block_on(RelaySession::connect(&old_lib.opts));
+    assert!(
+        matches!(&hello, Err(ClientError::GroupClosed(_))),
+        "B's Hello to the old group: {hello:?}"
     );
 
     // Every blob of the new epoch: none opens with any key B stored; each
     // opens with the new epoch's key.
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let blobs = rt.block_on(raw_blobs(&relay, &new_secret));
     assert!(blobs.len() >= 2, "{} blobs", blobs.len());
     let b_secrets = stored_secrets(&b);
@@ -211,14 +239,14 @@ fn revoked_device_loses_the_new_epoch_and_an_offline_device_catches_up() {
 fn a_roster_entry_signed_by_a_non_member_is_rejected_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = RelayProcess::start(&tmp.path().join("relay"));
-    let (a, invite) = init(&relay, "alpha");
+    let (a, _invite) = init(&relay, "alpha");
     let out = tmp.path().join("out");
     pull(&a, &out);
     let roster_id = devices(&a)["roster"].as_str().unwrap().to_string();
     let roster = EntryId(hex::decode(&roster_id).unwrap().try_into().unwrap());
 
     // A stranger's key signs an Add of itself; a holder of the group secret
-    // (the invite) seals it into the group. A second blob carries an entry
+    // (a member, or a device removed later) seals it into the group. A second blob carries an entry
     // whose signature was damaged.
     let stranger = DeviceKeys::from_parts(&[7; 32], &[8; 32]);
     let forged = SignedEntry::sign(
@@ -241,7 +269,6 @@ fn a_roster_entry_signed_by_a_non_member_is_rejected_and_reported() {
     let last = damaged.len() - 1;
     damaged[last] ^= 1;
     let secret = current_secret(&a);
-    assert!(invite.starts_with("0ksync1-"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut lib = LibDevice::new(&relay.address, &secret);
@@ -287,7 +314,7 @@ fn two_concurrent_revocations_converge_to_one_roster() {
     let relay = RelayProcess::start(&tmp.path().join("relay"));
     let (a, b, c) = three_devices(&relay, tmp.path());
     let invite = a.run(&["invite"]);
-    let d = join(invite.trim(), "delta");
+    let d = join(&a, invite.trim(), "delta");
     let out = tmp.path().join("scratch");
     pull(&d, &out);
     pull(&a, &out);
@@ -296,9 +323,16 @@ fn two_concurrent_revocations_converge_to_one_roster() {
     }
     assert_eq!(member_names(&d), ["alpha", "bravo", "charlie", "delta"]);
 
-    // A revokes C while B revokes D, neither having seen the other.
-    a.run(&["revoke", "charlie"]);
-    b.run(&["revoke", "delta"]);
+    // A revokes C while B revokes D, neither having seen the other. A's
+    // close of the old group keeps A, B and D; B is on it, so B's `Rotate`
+    // still reaches the old group (docs/security.md "Closing and
+    // concurrent rotations"), and B's own close finds A's, which keeps D.
+    let ra = revoke(&a, "charlie");
+    let rb = revoke(&b, "delta");
+    assert_eq!(ra["old_group_close"], "applied", "{ra}");
+    assert_eq!(ra["old_group_closed"], true, "{ra}");
+    assert_eq!(rb["old_group_close"], "closed_earlier_other_keep", "{rb}");
+    assert_eq!(rb["old_group_closed"], false, "{rb}");
     // Rounds of pulls until both agree (a re-key may be due when the
     // winning rotation still wrapped to the device the other removed).
     for _ in 0..3 {
@@ -323,6 +357,67 @@ fn two_concurrent_revocations_converge_to_one_roster() {
     removed.sort();
     assert_eq!(removed, ["charlie", "delta"]);
     assert_eq!(current_secret(&a), current_secret(&b));
+    // C, not kept by the close, is refused in the old group.
+    let refused = c.output(&["pull", "--out", out.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("closed by a member"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[test]
+fn two_members_revoking_the_same_device_at_once_converge_and_close_it_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let (a, b, c) = three_devices(&relay, tmp.path());
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Pushed before the rotations; B has not pulled it yet.
+    push(&a, &src, "before.txt", b"pushed before the rotations\n");
+
+    // A and B both revoke C, neither having seen the other's `Rotate`.
+    let ra = revoke(&a, "charlie");
+    let rb = revoke(&b, "charlie");
+    assert_eq!(ra["old_group_close"], "applied", "{ra}");
+    assert_eq!(rb["old_group_close"], "closed_earlier", "{rb}");
+    assert_eq!(
+        (&ra["old_group_closed"], &rb["old_group_closed"]),
+        (&true.into(), &true.into())
+    );
+
+    let out = tmp.path().join("out");
+    let (out_a, out_b) = (out.join("a"), out.join("b"));
+    for _ in 0..2 {
+        let events_a = pull(&a, &out_a);
+        let events_b = pull(&b, &out_b);
+        for e in events_a.iter().chain(&events_b) {
+            assert_ne!(e["event"], "roster_undelivered", "{e}");
+        }
+    }
+    let (da, db) = (devices(&a), devices(&b));
+    assert_eq!(da["roster"], db["roster"]);
+    assert_eq!(da["epoch"], db["epoch"]);
+    assert_eq!(da["group_id"], db["group_id"]);
+    assert_eq!(current_secret(&a), current_secret(&b));
+    assert_eq!(member_names(&a), ["alpha", "bravo"]);
+    assert_eq!(member_names(&b), ["alpha", "bravo"]);
+    // Nothing pushed before the rotations is lost to a remaining device.
+    assert_eq!(
+        std::fs::read(out_b.join("before.txt")).unwrap(),
+        b"pushed before the rotations\n"
+    );
+    // Files pushed now reach the other member in the epoch they agree on.
+    push(&b, &src, "after.txt", b"pushed after\n");
+    pull(&a, &out_a);
+    assert_eq!(
+        std::fs::read(out_a.join("after.txt")).unwrap(),
+        b"pushed after\n"
+    );
+    let refused = c.output(&["pull", "--out", out.join("c").to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(!out.join("c").join("after.txt").exists());
 }
 
 #[test]
@@ -354,4 +449,99 @@ fn pull_follow_follows_a_rotation() {
         b"pushed into epoch 1\n"
     );
     assert_eq!(devices(&b)["my_epoch"], 1);
+}
+
+/// Once the old group's grace has ended, the relay refuses it to everyone;
+/// a remaining device that moved on pulls its later epochs all the same:
+/// the closed earlier group is skipped with a `group_closed` note, not an
+/// error. The grace's end is made deterministic (no waiting for a clock):
+/// the relay is stopped, the close's `grace_until` moved into the past in
+/// its database, and the relay started again on the same address.
+#[test]
+fn after_the_old_groups_grace_remaining_devices_skip_it_and_keep_pulling() {
+    use sqlx::Connection;
+    let tmp = tempfile::tempdir().unwrap();
+    let relay_dir = tmp.path().join("relay");
+    let mut relay = RelayProcess::start(&relay_dir);
+    let (a, _b, c) = three_devices(&relay, tmp.path());
+    let out_c = tmp.path().join("out-c");
+    a.run(&["revoke", "bravo"]);
+    pull(&c, &out_c);
+    assert_eq!(devices(&c)["my_epoch"], 1);
+
+    let address = relay.address.clone();
+    let port = address.rsplit(':').next().unwrap().to_string();
+    relay.terminate();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("sqlite://{}", relay.db_path().display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let ended = sqlx::query("UPDATE groups SET grace_until = 1 WHERE closed_at IS NOT NULL")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        // The old epoch's group, and the mailboxes of the two invites B and
+        // C joined with (each closed once used).
+        assert_eq!(ended.rows_affected(), 3, "three groups were closed");
+        db.close().await.unwrap();
+    });
+    let relay = RelayProcess::start_with(&relay_dir, &format!("127.0.0.1:{port}"), &[]);
+    assert_eq!(relay.address, address, "the relay came back on its address");
+
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    push(&a, &src, "after.txt", b"pushed after the grace\n");
+    let events = pull(&c, &out_c);
+    let skipped: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "group_closed")
+        .collect();
+    assert_eq!(skipped.len(), 1, "{events:?}");
+    assert_eq!(skipped[0]["epoch"], 0, "{events:?}");
+    assert_eq!(
+        std::fs::read(out_c.join("after.txt")).unwrap(),
+        b"pushed after the grace\n"
+    );
+}
+
+/// A removes B; B, not having seen it, tries to remove A. The relay closed
+/// the old group without B, so B's `Rotate` cannot be published there: the
+/// revoke still finishes, drops the entries from its outbox with a
+/// `roster_undelivered` warning (instead of retrying them forever) and
+/// reports that the old group was closed without it; A and C keep the
+/// roster in which B is removed.
+#[test]
+fn a_device_removed_first_cannot_publish_its_own_concurrent_revocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&tmp.path().join("relay"));
+    let (a, b, c) = three_devices(&relay, tmp.path());
+    let ra = revoke(&a, "bravo");
+    assert_eq!(ra["old_group_close"], "applied", "{ra}");
+
+    let lines = ndjson(&b.run(&["revoke", "alpha", "--json"]));
+    assert!(
+        lines.iter().any(|l| l["event"] == "roster_undelivered"
+            && l["epoch"] == 0
+            && l["message"].as_str().unwrap().contains("closed")),
+        "{lines:?}"
+    );
+    let done = lines.last().unwrap();
+    assert_eq!(
+        done["old_group_close"], "closed_without_this_device",
+        "{done}"
+    );
+    assert_eq!(done["old_group_closed"], false, "{done}");
+    // Dropped from the outbox: B's next pull does not try them again (it
+    // is refused in the old group, its own new group has no other member).
+    let out = tmp.path().join("out");
+    for l in pull(&b, &out) {
+        assert_ne!(l["event"], "roster_undelivered", "{l}");
+    }
+
+    pull(&a, &out);
+    pull(&c, &out);
+    assert_eq!(member_names(&a), ["alpha", "charlie"]);
+    assert_eq!(member_names(&c), ["alpha", "charlie"]);
+    assert_eq!(devices(&c)["my_epoch"], 1);
+    assert_eq!(current_secret(&a), current_secret(&c));
 }

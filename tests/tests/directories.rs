@@ -66,7 +66,7 @@ fn a_nested_tree_is_recreated_by_pull_and_follow_and_conflicts_land_beside() {
     let relay = RelayProcess::start(&tmp.path().join("relay"));
     let (a, b) = init_pair(&relay);
     let c = Device::new();
-    c.run(&["join", a.run(&["invite"]).trim()]);
+    c.join(&a, a.run(&["invite"]).trim(), &[]);
 
     // A's project: nested files (one of several chunks, one empty, one in
     // a dot-directory), an empty directory, and two symlinks.

@@ -476,7 +476,7 @@ fn join(a: &Device, relay: &str) -> Device {
         .as_str()
         .unwrap()
         .to_string();
-    c.run(&["join", &invite]);
+    c.join(a, &invite, &[]);
     c.set_relay(relay);
     c
 }
@@ -568,8 +568,10 @@ async fn a_withheld_newest_blob_is_revealed_by_a_later_view() {
         events.iter().filter(|e| e["event"] == "withheld").collect();
     assert_eq!(
         withheld,
+        // A's numbers 1 and 2 are the roster blobs that added B and C (its
+        // answers to their joins), so two.txt is number 4.
         [&serde_json::json!({
-            "event": "withheld", "sender": x, "first": 2, "last": 2, "claimed_by": y,
+            "event": "withheld", "sender": x, "first": 4, "last": 4, "claimed_by": y,
         })],
         "{events:#?}"
     );
@@ -582,7 +584,7 @@ async fn a_withheld_newest_blob_is_revealed_by_a_later_view() {
     let out = run_cli(&b, &["pull", "--out", dir.to_str().unwrap()]).await;
     let (_, stderr) = text(&out);
     assert!(
-        stderr.contains("blobs 2..=2 of device") && stderr.contains("withheld"),
+        stderr.contains("blobs 4..=4 of device") && stderr.contains("withheld"),
         "{stderr}"
     );
     let status = e2e_tests::json(&b.run(&["status", "--json"]));
@@ -731,7 +733,7 @@ async fn a_blob_hidden_behind_a_no_echo_marker_is_reported_as_a_gap() {
     push_one(&a, &src, "one.txt", b"first");
     let hidden = push_one(&a, &src, "two.txt", b"second, hidden");
     push_one(&a, &src, "three.txt", b"third");
-    // b's own blob (cursor 4) reaches b whole through the fake (whose
+    // b's own blob (cursor 5) reaches b whole through the fake (whose
     // upstream session has another node id) and is not applied again.
     push_one(&b, &src, "mine.txt", b"b's own");
     let keys = sync_client::Home::at(&b.home).secret().unwrap().keys();
@@ -751,7 +753,9 @@ async fn a_blob_hidden_behind_a_no_echo_marker_is_reported_as_a_gap() {
     let gaps: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "gap").collect();
     assert_eq!(
         gaps,
-        [&serde_json::json!({"event": "gap", "sender": x, "first": 2, "last": 2})],
+        // A's number 1 is the roster blob that added B (its answer to
+        // B's join), so two.txt is number 3.
+        [&serde_json::json!({"event": "gap", "sender": x, "first": 3, "last": 3})],
         "{events:#?}"
     );
     assert!(
@@ -766,8 +770,9 @@ async fn a_blob_hidden_behind_a_no_echo_marker_is_reported_as_a_gap() {
         "b's own file is not written back"
     );
     let done = events.last().unwrap();
+    // Cursor 1 is A's roster blob that added B.
     assert_eq!(
-        done["cursor"], 4,
+        done["cursor"], 5,
         "the cursor moves past b's own blob: {done}"
     );
     let status = e2e_tests::json(&b.run(&["status", "--json", "--retry-for", "2s"]));

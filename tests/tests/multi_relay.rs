@@ -40,7 +40,7 @@ fn a_device_of_two_relays_fails_over_to_the_live_one_and_its_invite_names_both()
 
     let x = Device::new();
     let invite = x.run(&["init", "--relay", &a, "--relay", &b, "--name", "two"]);
-    assert!(invite.trim().starts_with("0ksync1-"), "{invite}");
+    assert!(invite.trim().starts_with("0ksync2-"), "{invite}");
     let group = std::fs::read_to_string(x.home.join("group.toml")).unwrap();
     assert!(
         group.contains(&format!("relays = [\"{a}\", \"{b}\"]")),
@@ -86,7 +86,7 @@ fn a_device_of_two_relays_fails_over_to_the_live_one_and_its_invite_names_both()
     let inv = json(&x.run(&["invite", "--json"]));
     assert_eq!(inv["relays"], serde_json::json!([a, b]));
     let y = Device::new();
-    let joined = json(&y.run(&["join", "--json", inv["invite"].as_str().unwrap()]));
+    let joined = json(&y.join(&x, inv["invite"].as_str().unwrap(), &["--json"]));
     assert_eq!(joined["relays"], serde_json::json!([a, b]));
     let out = tmp.path().join("out-y");
     let events = ndjson(&run(
@@ -115,7 +115,7 @@ fn a_relay_that_does_not_hold_the_groups_history_is_reported_not_used() {
     let x = Device::new();
     let invite = x.run(&["init", "--relay", &p]);
     let y = Device::new();
-    y.run(&["join", invite.trim()]);
+    y.join(&x, invite.trim(), &[]);
     for name in ["one.txt", "two.txt"] {
         let f = tmp.path().join(name);
         std::fs::write(&f, name).unwrap();
@@ -123,7 +123,8 @@ fn a_relay_that_does_not_hold_the_groups_history_is_reported_not_used() {
     }
     let out = tmp.path().join("out-y");
     let done = ndjson(&y.run(&["pull", "--json", "--out", out.to_str().unwrap()]));
-    assert_eq!(done.last().unwrap()["cursor"], 2, "{done:?}");
+    // Cursor 1 is X's roster blob that added Y (its answer to Y's join).
+    assert_eq!(done.last().unwrap()["cursor"], 3, "{done:?}");
 
     // Y is told of a second relay that is really an independent one, and
     // the first goes down.
@@ -136,7 +137,7 @@ fn a_relay_that_does_not_hold_the_groups_history_is_reported_not_used() {
     let err = String::from_utf8_lossy(&pulled.stderr);
     assert!(
         err.contains(&format!(
-            "relay {q} has the group's head at cursor 0, behind cursor 2"
+            "relay {q} has the group's head at cursor 0, behind cursor 3"
         )),
         "{err}"
     );
@@ -145,14 +146,14 @@ fn a_relay_that_does_not_hold_the_groups_history_is_reported_not_used() {
         "{err}"
     );
     let s = json(&y.run(&["status", "--json", "--retry-for", "2s"]));
-    assert_eq!(s["local_cursor"], 2, "the cursor is kept");
+    assert_eq!(s["local_cursor"], 3, "the cursor is kept");
     let relays = s["relays"].as_array().unwrap();
     assert_eq!(relays[1]["reachable"], true);
     assert!(
         relays[1]["error"]
             .as_str()
             .unwrap()
-            .contains("behind cursor 2"),
+            .contains("behind cursor 3"),
         "{s}"
     );
     assert_eq!(s["relay_reachable"], false, "no usable relay: {s}");

@@ -261,7 +261,7 @@ fn killing_relay_1_mid_push_fails_over_to_relay_2_and_every_acked_blob_is_pulled
         "failover",
     ]);
     let b = Device::new();
-    b.run(&["join", invite.trim()]);
+    b.join(&a, invite.trim(), &[]);
 
     let file = tmp.path().join("big.bin");
     let content = random_bytes(16 << 20);
@@ -311,15 +311,15 @@ fn killing_relay_1_mid_push_fails_over_to_relay_2_and_every_acked_blob_is_pulled
         chunks as f64 > answered_by_r1 + PUSH_PIPELINE as f64,
         "relay 1 had stored {answered_by_r1} of {chunks} chunks: the kill did not land mid-transfer"
     );
-    // Every chunk is acknowledged under cursors 1..=chunks (A alone pushes
-    // to the group); chunks in flight at the kill that had committed came
+    // Every chunk is acknowledged under cursors 2..=chunks + 1 (cursor 1 is
+    // A's roster blob that added B; A alone pushes to the group); chunks in flight at the kill that had committed came
     // back as duplicates from relay 2.
     assert_eq!(
         (
             pushed["first_cursor"].as_u64(),
             pushed["last_cursor"].as_u64()
         ),
-        (Some(1), Some(chunks)),
+        (Some(2), Some(chunks + 1)),
         "{pushed}"
     );
     assert!(
@@ -339,8 +339,8 @@ fn killing_relay_1_mid_push_fails_over_to_relay_2_and_every_acked_blob_is_pulled
         "relay 2 answered too few pushes"
     );
 
-    // B sees every blob of the group exactly once: gapless cursors 1..=chunks,
-    // each blob id once.
+    // B sees every blob of the group exactly once: gapless cursors
+    // 1..=chunks + 1 (A's roster blob, then the chunks), each blob id once.
     let secret = sync_client::Home::at(&b.home).secret().unwrap();
     let reader = LibDevice::new(&r2.address, &secret);
     let stored = rt.block_on(async {
@@ -351,10 +351,10 @@ fn killing_relay_1_mid_push_fails_over_to_relay_2_and_every_acked_blob_is_pulled
     });
     assert_eq!(
         stored.keys().copied().collect::<Vec<_>>(),
-        (1..=chunks).collect::<Vec<_>>()
+        (1..=chunks + 1).collect::<Vec<_>>()
     );
     let ids: HashSet<BlobId> = stored.values().map(|(id, _)| *id).collect();
-    assert_eq!(ids.len() as u64, chunks, "a blob is stored twice");
+    assert_eq!(ids.len() as u64, chunks + 1, "a blob is stored twice");
 
     // And through the CLI (relay 1 dead, so B fails over too): the file,
     // byte for byte, once, with nothing rejected, replayed or missing.
@@ -375,7 +375,7 @@ fn killing_relay_1_mid_push_fails_over_to_relay_2_and_every_acked_blob_is_pulled
         .filter(|e| *e != "progress")
         .collect();
     assert_eq!(kinds, ["file", "done"], "{events:?}");
-    assert_eq!(events.last().unwrap()["cursor"], chunks);
+    assert_eq!(events.last().unwrap()["cursor"], chunks + 1);
     assert!(std::fs::read(out_dir.join("big.bin")).unwrap() == content);
     drop(r2);
     drop(db);

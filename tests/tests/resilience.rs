@@ -4,7 +4,9 @@
 //! shape or cut the link.
 
 use e2e_tests::proxy::{Faults, Link, UdpProxy};
-use e2e_tests::{Device, RelayProcess, init_pair, json, ndjson, random_bytes, wait_until};
+use e2e_tests::{
+    Device, INIT_PAIR_BLOBS, RelayProcess, init_pair, json, ndjson, random_bytes, wait_until,
+};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -103,8 +105,8 @@ fn relay_killed_mid_push_and_mid_pull_both_complete_byte_identical_without_dupli
     let m = relay.metrics();
     assert_eq!(
         m.value("sync_relay_storage_blobs", &[]),
-        chunks as f64,
-        "each chunk stored once"
+        (chunks + INIT_PAIR_BLOBS) as f64,
+        "each chunk stored once (and the blobs of B's join)"
     );
 
     // Pull; kill -9 the relay once ~15 MiB arrived; restart it.
@@ -140,11 +142,10 @@ fn relay_killed_mid_push_and_mid_pull_both_complete_byte_identical_without_dupli
         "byte-identical"
     );
     assert_eq!(partial_bytes(&out), 0, "no partial file left");
-    // Each chunk once, and B's enrolment request, which its first
-    // complete pull posts (docs/security.md "Enrolment with today's invites").
+    // Each chunk once, and the blobs of B's join.
     assert_eq!(
         relay.metrics().value("sync_relay_storage_blobs", &[]),
-        chunks as f64 + 1.0
+        (chunks + INIT_PAIR_BLOBS) as f64
     );
 }
 
@@ -355,10 +356,10 @@ fn cli_killed_mid_transfer_resumes_and_ends_with_the_same_files_and_no_duplicate
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     // No blob stored twice: the big file's chunks plus the small file's one
-    // (plus any Void blobs of abandoned stdin pushes: none here), and B's
-    // enrolment request, posted by its first complete pull.
+    // (plus any Void blobs of abandoned stdin pushes: none here), and the
+    // blobs of B's join.
     let stored = relay.metrics().value("sync_relay_storage_blobs", &[]);
-    assert_eq!(stored, (chunks + 2) as f64);
+    assert_eq!(stored, (chunks + 1 + INIT_PAIR_BLOBS) as f64);
 }
 
 #[test]
@@ -401,7 +402,7 @@ fn an_interrupted_push_resumes_after_its_acknowledged_chunks() {
     assert_eq!(f["blobs"].as_u64().unwrap() + before, 17);
     assert_eq!(
         relay.metrics().value("sync_relay_storage_blobs", &[]),
-        17.0,
-        "each chunk stored once"
+        (17 + INIT_PAIR_BLOBS) as f64,
+        "each chunk stored once (and the blobs of B's join)"
     );
 }

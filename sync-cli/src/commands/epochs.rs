@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use sync_client::crypto::GroupSecret;
 use sync_client::crypto::envelope::BlobKind;
+use sync_client::roster::chain::EpochKey;
 use sync_client::roster::{EntryId, LocalRoster, Settled};
 use sync_client::util::now_ms;
-use sync_client::{Home, PullEvent, PullSummary, RetryPolicy, StateStore, SyncClient};
+use sync_client::{ClientError, Home, PullEvent, PullSummary, RetryPolicy, StateStore, SyncClient};
 use sync_protocol::GroupId;
 
 /// The group of `group.toml` (what a state without `group` means).
@@ -146,6 +147,23 @@ impl Reporter {
     }
 }
 
+/// Whether `err` is, or wraps, a GROUP_CLOSED answer
+/// ([`ClientError::is_group_closed`]).
+pub fn is_group_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<ClientError>()
+            .is_some_and(ClientError::is_group_closed)
+    })
+}
+
+/// "key epoch N (group ID…)", or "group ID…" while the epoch is unknown.
+fn epoch_name(key: &EpochKey) -> String {
+    match key.epoch {
+        Some(n) => format!("key epoch {n} ({})", short(&key.group_id)),
+        None => format!("group {}", short(&key.group_id)),
+    }
+}
+
 fn add(total: &mut PullSummary, s: &PullSummary) {
     total.blobs += s.blobs;
     total.files += s.files;
@@ -205,8 +223,9 @@ pub async fn pull_all(
     while i < roster.chain.epochs.len() {
         let key = roster.chain.epochs[i].clone();
         let secret = key.secret()?;
+        let current = i + 1 == roster.chain.epochs.len();
         state.state.switch_group(&key.group_id, &base);
-        let summary = pull_group(
+        let pulled = pull_group(
             home,
             state,
             &mut roster,
@@ -217,7 +236,31 @@ pub async fn pull_all(
             out,
             events,
         )
-        .await?;
+        .await;
+        let summary = match pulled {
+            Ok(summary) => summary,
+            // An earlier epoch's group closed to this device (its grace
+            // ended, or a close that does not keep it): what it still
+            // served was pulled and recorded; the later epochs hold the rest.
+            Err(e) if !current && is_group_closed(&e) => {
+                reporter.note(
+                    "group_closed",
+                    format!(
+                        "the group of {} is closed at the relay; skipped (later epochs carry on)",
+                        epoch_name(&key)
+                    ),
+                    serde_json::json!({"epoch": key.epoch, "group": key.group_id}),
+                );
+                PullSummary::default()
+            }
+            Err(e) if is_group_closed(&e) => {
+                return Err(e.context(format!(
+                    "pulling the group of {}, this device's current one",
+                    epoch_name(&key)
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         add(&mut total, &summary);
         if i + 1 == roster.chain.epochs.len() {
             total.head = summary.head;
@@ -233,6 +276,8 @@ pub async fn pull_all(
     state.save()?;
     total.cursor = state.state.cursor;
     publish(home, &mut roster, state, policy, out).await?;
+    // One-time invites: answer requests waiting in their mailboxes.
+    super::invite_answer::answer_all(home, &mut roster, state, policy, out).await?;
     Ok(total)
 }
 
@@ -289,10 +334,40 @@ pub async fn publish(
         let Some(key) = roster.chain.key_of(&group).cloned() else {
             continue;
         };
-        let (client, _retries) = connect_to(home, &key.secret()?, policy, out).await?;
-        let pushed = client.push_roster(state, BlobKind::Roster, &bodies).await;
-        client.close().await;
-        pushed.with_context(|| format!("publishing roster entries in group {}", short(&group)))?;
+        let pushed = async {
+            let (client, _retries) = connect_to(home, &key.secret()?, policy, out).await?;
+            let pushed = client.push_roster(state, BlobKind::Roster, &bodies).await;
+            client.close().await;
+            anyhow::Ok(pushed?)
+        }
+        .await;
+        match pushed {
+            Ok(_) => {}
+            // A closed earlier epoch's group takes no more entries from
+            // this device: retrying cannot help, so they leave the outbox
+            // (docs/security.md "Closing and concurrent rotations").
+            Err(e) if is_group_closed(&e) && group != roster.chain.current().group_id => {
+                reporter.warn(
+                    "roster_undelivered",
+                    format!(
+                        "{} roster entries for the group of {} were not delivered: the relay closed that group to this device ({e:#})",
+                        bodies.len(),
+                        epoch_name(&key)
+                    ),
+                    serde_json::json!({
+                        "epoch": key.epoch,
+                        "group": group,
+                        "entries": bodies.len(),
+                    }),
+                );
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "publishing roster entries in group {}",
+                    short(&group)
+                )));
+            }
+        }
         roster.published(&group);
         roster.save()?;
     }

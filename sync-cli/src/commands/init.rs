@@ -1,89 +1,14 @@
-//! `init`, `invite`, `join`: group membership.
+//! `init`: create a group, found its roster and print a first invite
+//! (`invite` and `join` live in `invites.rs` and `join.rs`).
 
-use crate::output::{Out, json_line, qr, short};
-use anyhow::{Context, Result, bail};
-use serde::Serialize;
-use std::io::IsTerminal;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use crate::output::{Out, short};
+use anyhow::{Context, Result};
 use sync_client::roster::LocalRoster;
 use sync_client::roster::chain::{ChainFile, EpochKey};
 use sync_client::session::DEFAULT_CONNECT_TIMEOUT;
-use sync_client::util::{human_duration, now_ms, now_s, parse_duration};
-use sync_client::{ConnectOptions, GroupSecret, Home, Invite, RelayList, RelaySession};
+use sync_client::util::{now_ms, parse_duration};
+use sync_client::{ConnectOptions, GroupSecret, Home, RelayList, RelaySession};
 use sync_protocol::AccessToken;
-use zeroize::Zeroizing;
-
-/// `--json` output of `init` and `invite`.
-#[derive(Serialize, schemars::JsonSchema)]
-pub struct InviteOut {
-    /// The invite string (a secret).
-    pub invite: String,
-    /// Unix seconds after which it cannot be used to join.
-    pub expires_at: u64,
-    /// The group id (hex).
-    pub group_id: String,
-    /// The first (preferred) relay address.
-    pub relay: String,
-    /// Every relay address the invite carries, first preferred.
-    pub relays: Vec<String>,
-}
-
-/// `--json` output of `join`.
-#[derive(Serialize, schemars::JsonSchema)]
-pub struct JoinOut {
-    /// The group id (hex).
-    pub group_id: String,
-    /// The group's name, if the invite carried one.
-    pub group_name: Option<String>,
-    /// The first (preferred) relay address.
-    pub relay: String,
-    /// Every relay address of the group, first preferred.
-    pub relays: Vec<String>,
-    /// This device's node id (hex).
-    pub device_id: String,
-}
-
-fn make_invite(home: &Home, expires: &str) -> Result<(Invite, u64)> {
-    let ttl = parse_duration(expires)?;
-    let group = home.group()?;
-    let invite = Invite {
-        relays: home.relays()?.to_strings(),
-        secret: home.current_secret()?,
-        expires_at: now_s() + ttl,
-        group_name: group.name,
-    };
-    Ok((invite, ttl))
-}
-
-fn print_invite(invite: &Invite, ttl: u64, force_qr: bool, out: Out) {
-    let text = invite.encode();
-    if out.json {
-        json_line(&InviteOut {
-            invite: text,
-            expires_at: invite.expires_at,
-            group_id: invite.secret.keys().group_id().to_string(),
-            relay: invite.relays[0].clone(),
-            relays: invite.relays.clone(),
-        });
-        return;
-    }
-    // The invite alone on stdout, so `INVITE=$(sync-cli invite)` works.
-    println!("{text}");
-    if out.quiet {
-        return;
-    }
-    if (force_qr || std::io::stderr().is_terminal())
-        && let Some(code) = qr(&text)
-    {
-        eprintln!("{code}");
-    }
-    eprintln!(
-        "This invite is a secret: anyone who has it can read and write the group. \
-         It can be used to join for {}. On another device: sync-cli join <invite>",
-        human_duration(ttl)
-    );
-}
 
 /// Create the group `secret` on the relay now, with `token`: one session,
 /// opened and closed, on the first of `relays` that can be reached (they
@@ -157,8 +82,18 @@ pub async fn init(
             home.dir().display()
         );
     }
-    let (invite, ttl) = make_invite(home, expires)?;
-    print_invite(&invite, ttl, qr, out);
+    // The first invite: its mailbox is a group too, created with the same
+    // token on a relay in token mode. The group exists now whatever
+    // happens to the invite: without one (relay unreachable, or in token
+    // mode without a token), init still succeeds and says how to make one.
+    if let Err(e) = super::invites::create(home, expires, qr, token, out).await
+        && !out.quiet
+    {
+        eprintln!(
+            "warning: no invite printed: {e:#}\n  make one when the relay can be reached: \
+                 sync-cli invite (with --token on a relay that creates groups only with a token)"
+        );
+    }
     Ok(())
 }
 
@@ -190,84 +125,5 @@ fn found_roster(home: &Home, secret: &GroupSecret, device_name: Option<String>) 
     let name = roster.device_name();
     roster.ensure_genesis(&name, now_ms())?;
     roster.save()?;
-    Ok(())
-}
-
-pub fn invite(home: &Home, expires: &str, qr: bool, out: Out) -> Result<()> {
-    let (invite, ttl) = make_invite(home, expires)?;
-    print_invite(&invite, ttl, qr, out);
-    Ok(())
-}
-
-/// Read the invite: the argument, standard input (`-`) or a file. Only
-/// the first line counts; surrounding whitespace is ignored.
-fn read_invite(arg: Option<&str>, file: Option<&Path>) -> Result<Zeroizing<String>> {
-    let mut text = Zeroizing::new(String::new());
-    match (arg, file) {
-        (_, Some(path)) => {
-            *text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the invite from {}", path.display()))?;
-            let mode = std::fs::metadata(path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                eprintln!(
-                    "warning: {} is readable by other users; the invite in it is a secret of the group",
-                    path.display()
-                );
-            }
-        }
-        (Some("-"), None) => {
-            std::io::stdin()
-                .read_line(&mut text)
-                .context("cannot read the invite from standard input")?;
-        }
-        (Some(arg), None) => text.push_str(arg),
-        (None, None) => {
-            bail!("give the invite, `-` to read it from standard input, or --file PATH")
-        }
-    }
-    let line = Zeroizing::new(text.lines().next().unwrap_or("").trim().to_string());
-    if line.is_empty() {
-        bail!("no invite given (the input was empty)");
-    }
-    Ok(line)
-}
-
-pub fn join(
-    home: &Home,
-    arg: Option<&str>,
-    file: Option<&Path>,
-    device_name: Option<String>,
-    out: Out,
-) -> Result<()> {
-    let text = read_invite(arg, file)?;
-    let invite = Invite::decode(&text)?;
-    invite.check_not_expired(now_s())?;
-    let relays = invite.relay_list()?;
-    let relay = relays.get(0).clone();
-    home.create(&relays, &invite.secret, invite.group_name.clone())?;
-    // The invite's secret is some epoch of the group's roster: which one is
-    // learnt when the roster arrives. The first pull posts this device's
-    // enrolment request; a member that pulls it adds the device.
-    write_chain(home, &invite.secret, None, device_name)?;
-    let group_id = invite.secret.keys().group_id().to_string();
-    if out.json {
-        json_line(&JoinOut {
-            group_id,
-            group_name: invite.group_name,
-            relay: relay.to_string(),
-            relays: relays.to_strings(),
-            device_id: home.device_key()?.public().to_string(),
-        });
-    } else if out.human() {
-        eprintln!(
-            "Joined group {}{} via relay {}. Pull with: sync-cli pull --out DIR",
-            short(&group_id),
-            invite
-                .group_name
-                .map(|n| format!(" ({n})"))
-                .unwrap_or_default(),
-            relays.to_strings().join(", ")
-        );
-    }
     Ok(())
 }

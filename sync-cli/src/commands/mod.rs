@@ -1,8 +1,12 @@
 //! One module per command.
 
+mod close_old;
 mod devices;
 mod epochs;
 mod init;
+mod invite_answer;
+mod invites;
+mod join;
 mod pull;
 mod push;
 mod revoke;
@@ -64,12 +68,46 @@ pub async fn run(args: Args) -> Result<()> {
             )
             .await
         }
-        Command::Invite { expires, qr } => init::invite(&home, &expires, qr, out),
+        Command::Invite {
+            expires,
+            qr,
+            token,
+            list,
+            cancel,
+            answer,
+        } => {
+            if list {
+                invites::list(&home, out)
+            } else if answer {
+                invite_answer::answer(&home, policy(Some("30s"), "15s")?, out).await
+            } else if let Some(id) = cancel {
+                invites::cancel(&home, &id, out).await
+            } else {
+                let token = token
+                    .map(|t| {
+                        sync_protocol::AccessToken::parse(&t)
+                            .context("invalid --token (or SYNC_TOKEN)")
+                    })
+                    .transpose()?;
+                invites::create(&home, &expires, qr, token, out).await
+            }
+        }
         Command::Join {
             invite,
             file,
             device_name,
-        } => init::join(&home, invite.as_deref(), file.as_deref(), device_name, out),
+            timeout,
+        } => {
+            join::join(
+                &home,
+                invite.as_deref(),
+                file.as_deref(),
+                device_name,
+                &timeout,
+                out,
+            )
+            .await
+        }
         Command::Devices => devices::devices(&home, out),
         Command::Revoke { device, retry_for } => {
             let policy = policy(Some(&retry_for), "15s")?;
@@ -135,8 +173,12 @@ mod tests {
         );
         insta::assert_json_snapshot!(
             "schema_invite",
-            schemars::schema_for!(super::init::InviteOut)
+            schemars::schema_for!(super::invites::InviteOut)
         );
-        insta::assert_json_snapshot!("schema_join", schemars::schema_for!(super::init::JoinOut));
+        insta::assert_json_snapshot!(
+            "schema_invite_list",
+            schemars::schema_for!(super::invites::InviteList)
+        );
+        insta::assert_json_snapshot!("schema_join", schemars::schema_for!(super::join::JoinOut));
     }
 }

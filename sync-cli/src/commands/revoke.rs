@@ -9,13 +9,14 @@
 //! epoch's group, move this device to the new epoch, and ask the relay to
 //! close the old group ([`close_old_group`]).
 
+use super::close_old::{CloseOutcome, close_old_group};
 use super::epochs::publish;
 use crate::output::{Out, json_line, short};
 use anyhow::{Result, bail};
 use serde::Serialize;
 use sync_client::roster::{LocalRoster, RosterState};
 use sync_client::util::now_ms;
-use sync_client::{GroupSecret, Home, RetryPolicy};
+use sync_client::{Home, RetryPolicy};
 use sync_protocol::DeviceId;
 
 /// `revoke --json`.
@@ -29,8 +30,19 @@ pub struct RevokeOut {
     pub epoch: u64,
     /// The new epoch's group id (hex).
     pub group_id: String,
-    /// Whether the relay closed the old group for the removed device.
+    /// Whether the relay now refuses the removed device in the old group: a
+    /// close is recorded there and its keep list does not name the device.
     pub old_group_closed: bool,
+    /// What the close of the old group did: `applied` (this close),
+    /// `closed_earlier` (an earlier close with the same keep list),
+    /// `closed_earlier_other_keep` (an earlier close with another keep
+    /// list: a concurrent revocation), `closed_without_this_device` (an
+    /// earlier close that does not keep this device), `failed` (no relay
+    /// answered; the old group stays open).
+    pub old_group_close: &'static str,
+    /// Why the close failed, for `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_group_close_error: Option<String>,
 }
 
 /// Find the member DEVICE names: an exact name, else a unique id prefix.
@@ -87,29 +99,6 @@ pub fn resolve(state: &RosterState, me: &DeviceId, query: &str) -> Result<Device
     }
 }
 
-/// What closing the old group achieved.
-pub enum CloseOutcome {
-    /// The relay closed it (made once [`close_old_group`] is wired to the
-    /// relay's close request).
-    #[allow(dead_code)]
-    Closed,
-    /// This client has no way to ask yet: the old group stays open at the
-    /// relay, and the removed device can still pull its old blobs (and push
-    /// there, which remaining devices still pull and read) until it is
-    /// closed. Revocation of the new epoch does not depend on it.
-    NotAvailable,
-}
-
-/// The relay-side step of revocation (docs/security.md "What the relay
-/// must do"): a close of the old epoch's group, signed with its group key,
-/// listing the remaining members, after which the relay answers the
-/// removed device with GROUP_CLOSED. The request and the relay's handling
-/// are built separately (issue 14, relay side); this is the one place the
-/// revoke flow calls it, to be wired to that client API.
-pub async fn close_old_group(_old: &GroupSecret, _remaining: &[DeviceId]) -> Result<CloseOutcome> {
-    Ok(CloseOutcome::NotAvailable)
-}
-
 pub async fn revoke(home: &Home, query: &str, policy: RetryPolicy, out: Out) -> Result<()> {
     let mut roster = LocalRoster::open(home)?;
     if roster.settle(now_ms())?.is_none() {
@@ -142,10 +131,8 @@ pub async fn revoke(home: &Home, query: &str, policy: RetryPolicy, out: Out) -> 
         .filter(|d| **d != target)
         .copied()
         .collect();
-    let closed = matches!(
-        close_old_group(&old, &remaining).await?,
-        CloseOutcome::Closed
-    );
+    let close = close_old_group(home, &old, &remaining, policy).await?;
+    let closed = close.refuses(&target);
     let group_id = roster.chain.current().group_id.clone();
     if out.json {
         json_line(&RevokeOut {
@@ -154,17 +141,41 @@ pub async fn revoke(home: &Home, query: &str, policy: RetryPolicy, out: Out) -> 
             epoch,
             group_id,
             old_group_closed: closed,
+            old_group_close: close.name(),
+            old_group_close_error: match &close {
+                CloseOutcome::Failed { reason } => Some(reason.clone()),
+                _ => None,
+            },
         });
     } else if out.human() {
         println!(
             "revoked {name} ({}): the group moved to key epoch {epoch}; remaining devices follow at their next pull",
             short(&target.to_string())
         );
-        if !closed {
-            eprintln!(
-                "note: the old group stays open at the relay: the removed device can still pull what was pushed before now"
-            );
+        if let Some(note) = close_note(&close, closed) {
+            eprintln!("note: {note}");
         }
     }
     Ok(())
+}
+
+/// What a person is told about the close of the old group, when there is
+/// more to say than "closed".
+fn close_note(close: &CloseOutcome, closed: bool) -> Option<String> {
+    const OPEN: &str = "the removed device can still pull what was pushed there before now (never anything of the new epoch)";
+    match close {
+        CloseOutcome::Applied | CloseOutcome::ClosedEarlier => None,
+        CloseOutcome::ClosedEarlierOtherKeep { .. } if closed => Some(
+            "another member closed the old group first (a concurrent revocation); the removed device is refused there".into(),
+        ),
+        CloseOutcome::ClosedEarlierOtherKeep { .. } => Some(format!(
+            "another member closed the old group first (a concurrent revocation) and kept the removed device: {OPEN}, until that close's grace ends"
+        )),
+        CloseOutcome::ClosedWithoutThisDevice => Some(
+            "the old group was closed earlier by a close that does not keep this device (a concurrent revocation of this device?): run `sync-cli pull` and `sync-cli devices`".into(),
+        ),
+        CloseOutcome::Failed { reason } => Some(format!(
+            "the relay could not close the old group ({reason}): {OPEN}; the new epoch is protected all the same"
+        )),
+    }
 }

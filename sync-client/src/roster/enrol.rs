@@ -1,8 +1,10 @@
-//! Enrolment requests with today's invites (docs/security.md "Devices,
-//! roster and key epochs", "Enrolment with today's invites"): a device that
-//! joined with an invite (which holds the epoch secret) asks the members to
-//! add it to the roster. The request travels as a blob of kind
-//! [`crate::crypto::envelope::BlobKind::Enrolment`], sealed in the group:
+//! Enrolment requests (docs/security.md "Devices, roster and key epochs",
+//! "Enrolment requests in the group", "Invites as one-time enrolment
+//! credentials"): a device asks to be added to the roster. In the group, a
+//! device that holds the epoch secret without being a member (a group from
+//! before rosters, a version-1 invite) posts one; in an invite's mailbox,
+//! the joiner does, signed over the mailbox's group id. The request travels
+//! as a blob of kind [`crate::crypto::envelope::BlobKind::Enrolment`]:
 //!
 //! ```text
 //! request   = hpke_key [32] ‖ name_len u8 (1..=32) ‖ name ‖ signature [64]
@@ -130,8 +132,8 @@ mod tests {
         ));
     }
 
-    /// Golden bytes of a request (docs/security.md "Enrolment with
-    /// today's invites").
+    /// Golden bytes of a request (docs/security.md "Enrolment requests in
+    /// the group").
     #[test]
     fn request_bytes_are_stable() {
         let bytes = Enrolment::encode(&keys(1), &GroupId([9; 32]), "pc").unwrap();

@@ -403,6 +403,36 @@ impl LocalRoster {
         Ok((added, refused))
     }
 
+    /// Add `device` (an invite's joiner, docs/security.md "Invites as
+    /// one-time enrolment credentials") in the current epoch, queued for
+    /// its group. Returns `false` when it is a member already (an answer
+    /// being repeated after a crash). Errors: [`ClientError::InvalidInput`]
+    /// when this device is not a member, the device was removed, its key is
+    /// unusable or the name invalid.
+    pub fn add_device(
+        &mut self,
+        state: &RosterState,
+        device: DeviceId,
+        hpke_key: [u8; 32],
+        name: &str,
+        now_ms: u64,
+    ) -> Result<bool> {
+        if state.members.contains_key(&device) {
+            return Ok(false);
+        }
+        let entry = build::add(state, &self.keys, device, hpke_key, name, now_ms)
+            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        self.queue(entry)?;
+        Ok(true)
+    }
+
+    /// Every entry held, as roster blob bodies (whole entries, at most
+    /// [`ENTRIES_PER_BLOB_BYTES`] each): what an invite's answer carries.
+    pub fn all_bodies(&self) -> Vec<Vec<u8>> {
+        let all: Vec<&SignedEntry> = self.entries.iter().collect();
+        bodies(&all)
+    }
+
     /// Revoke `device`: a rotation of the current epoch removing it (a
     /// fresh secret from the OS random generator, wrapped to every other
     /// member), queued for the old epoch's group; the new epoch becomes
@@ -509,14 +539,7 @@ impl LocalRoster {
     /// This device's name in the roster: the one given at `init` / `join`
     /// (`epochs.json`), else the host name, else `device-` and its id.
     pub fn device_name(&self) -> String {
-        self.chain
-            .device_name
-            .clone()
-            .or_else(|| {
-                crate::util::host_name()
-                    .filter(|n| crate::crypto::envelope::validate_device_name(n).is_ok())
-            })
-            .unwrap_or_else(|| format!("device-{}", &short(&self.me())[..8]))
+        default_device_name(self.chain.device_name.clone(), &self.me())
     }
 
     /// The enrolment request to post in the current epoch's group (its
@@ -549,6 +572,17 @@ impl LocalRoster {
             .outbox
             .retain(|item| item.split_once(':').is_none_or(|(g, _)| g != group));
     }
+}
+
+/// A device's name in the roster: `given`, else the host name (when it is a
+/// valid device name), else `device-` and the first 8 hex digits of its id.
+pub fn default_device_name(given: Option<String>, me: &DeviceId) -> String {
+    given
+        .or_else(|| {
+            crate::util::host_name()
+                .filter(|n| crate::crypto::envelope::validate_device_name(n).is_ok())
+        })
+        .unwrap_or_else(|| format!("device-{}", &short(me)[..8]))
 }
 
 /// Blob bodies holding `entries`, whole entries only.

@@ -22,7 +22,7 @@
 
 pub mod build;
 pub mod chain;
-mod codec;
+pub(crate) mod codec;
 pub mod device;
 pub mod enrol;
 pub mod entry;

@@ -18,8 +18,8 @@ pub const UNAVAILABLE_RETRY_MS: u32 = 5_000;
 
 /// The message of GROUP_CLOSED (docs/protocol.md §Errors).
 pub const GROUP_CLOSED_MESSAGE: &str = "this group was closed by a member: this device was removed, \
-     or the group moved to a new key epoch (the relay takes no more blobs for it; devices the \
-     close kept may pull until its grace period ends)";
+     or the group moved to a new key epoch (the relay serves this device no more in it; devices \
+     the close kept may pull and push until its grace period ends)";
 
 /// Storage failures as wire errors, the one place they are mapped: the
 /// client's own (quota, admission, cursor) keep their meaning, each with a

@@ -1,6 +1,7 @@
 //! Closing a group ([`Storage::close_group`]; docs/security.md "What the
-//! relay must do"): a closed group takes no new blob, opens sessions only
-//! for the devices it keeps until its grace ends, orders with pushes racing
+//! relay must do"): a closed group takes new blobs only from the devices it
+//! keeps (expiring by the grace's end), opens sessions only for them, both
+//! until its grace ends, orders with pushes racing
 //! it, keeps its first close, and after the grace its blobs go like expired
 //! ones while its row (its closed mark) stays so its id is never created
 //! again. The single-instance tests also run on the in-memory model
@@ -23,6 +24,7 @@ const GRACE: i64 = 1_000;
 /// runs these too: it has no second instance over the same data).
 pub const SINGLE_INSTANCE: &[&str] = &[
     "a_closed_group_refuses_pushes_and_unlisted_devices",
+    "a_kept_device_pushes_until_the_grace_and_its_blobs_expire_by_then",
     "a_close_racing_pushes_keeps_exactly_the_pushes_committed_before_it",
     "listed_devices_pull_until_the_grace_then_the_blobs_go_and_the_mark_stays",
 ];
@@ -62,8 +64,9 @@ async fn all_cursors(s: &dyn Storage, now_ms: i64) -> Vec<u64> {
     }
 }
 
-/// See the test name. Also: a retried push whose blobs were all stored
-/// before the close gets its cursors back (it stores nothing); a later
+/// See the test name: pushes from a device the close does not keep are
+/// refused at once, from a kept one once the grace ended. Also: a retried
+/// push whose blobs were all stored before the close gets its cursors back (it stores nothing); a later
 /// close changes nothing and answers the first; a close of a group that is
 /// not stored is refused.
 pub async fn a_closed_group_refuses_pushes_and_unlisted_devices(b: &mut dyn Backend) {
@@ -84,10 +87,12 @@ pub async fn a_closed_group_refuses_pushes_and_unlisted_devices(b: &mut dyn Back
     assert_eq!(out.closure, recorded);
     assert_eq!(s.closure(G).await.unwrap(), Some(recorded.clone()));
 
-    for d in [A, B] {
-        let err = s.push(push(d, 3, 200)).await.unwrap_err();
-        assert!(matches!(err, StorageError::GroupClosed), "{err:?}");
-    }
+    // The removed device is refused at once; the kept one from the grace's
+    // end on (its pushes before then: `a_kept_device_pushes_until_the_grace…`).
+    let err = s.push(push(B, 3, 200)).await.unwrap_err();
+    assert!(matches!(err, StorageError::GroupClosed), "{err:?}");
+    let err = s.push(push(A, 3, 100 + GRACE)).await.unwrap_err();
+    assert!(matches!(err, StorageError::GroupClosed), "{err:?}");
     assert_eq!(s.head(G).await.unwrap(), 2, "a refused push stores nothing");
     let retried = s.push(push(A, 1, 200)).await.unwrap();
     assert_eq!((retried.results[0].cursor, retried.head), (1, 2));
@@ -120,8 +125,78 @@ pub async fn a_closed_group_refuses_pushes_and_unlisted_devices(b: &mut dyn Back
     assert!(matches!(err, StorageError::UnknownGroup), "{err:?}");
 }
 
-/// Eight tasks push one blob at a time until the group, closed once 20
-/// blobs are in, refuses them: every push answered `Ok` is stored and every
+/// A device the close keeps may still push until the grace ends (a
+/// concurrent revocation's `Rotate` must reach the old group:
+/// docs/security.md "Closing and concurrent rotations"): its new blobs are
+/// stored under the next cursors with their expiry lowered to the grace's
+/// end, and still charged to the group, its owner (token) and the relay —
+/// a push over the owner's budget is refused as ever. A device the close
+/// does not keep is refused throughout, the kept one from the grace's end
+/// on; by then every blob has expired and the expiry gives all bytes back.
+pub async fn a_kept_device_pushes_until_the_grace_and_its_blobs_expire_by_then(
+    b: &mut dyn Backend,
+) {
+    let s = b.open(Quotas::UNLIMITED).await;
+    let token = TokenHash::of(&AccessToken([8; 32]));
+    s.create_token(NewToken {
+        hash: token,
+        label: None,
+        created_at_ms: 1,
+        max_groups: 10,
+        max_storage: 30,
+    })
+    .await
+    .unwrap();
+    s.open_session(G, A, 1, NewGroup::Token(token))
+        .await
+        .unwrap();
+    s.open_session(G, B, 1, NewGroup::Unowned).await.unwrap();
+    s.push(push(A, 1, 10)).await.unwrap();
+    s.close_group(G, keep(&[A]), 100, GRACE).await.unwrap();
+    let grace_end = 100 + GRACE;
+
+    let err = s.push(push(B, 2, 200)).await.unwrap_err();
+    assert!(matches!(err, StorageError::GroupClosed), "{err:?}");
+    let kept = s.push(push(A, 3, 200)).await.unwrap();
+    assert_eq!(kept.results[0].cursor, 2);
+    assert!(!kept.results[0].duplicate);
+    let err = s.push(push(B, 4, grace_end - 1)).await.unwrap_err();
+    assert!(matches!(err, StorageError::GroupClosed), "{err:?}");
+    let last = s.push(push(A, 5, grace_end - 1)).await.unwrap();
+    assert_eq!((last.results[0].cursor, last.head), (3, 3));
+    // Charged like any push: the token's 30 bytes are used up.
+    assert_eq!(s.tokens().await.unwrap()[0].bytes_used, 30);
+    assert_eq!(s.stats().await.unwrap().bytes, 30);
+    let err = s.push(push(A, 6, grace_end - 1)).await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::OwnerQuotaExceeded { .. }),
+        "{err:?}"
+    );
+    for d in [A, B] {
+        let err = s.push(push(d, 7, grace_end)).await.unwrap_err();
+        assert!(matches!(err, StorageError::GroupClosed), "{err:?}");
+    }
+    assert_eq!(s.head(G).await.unwrap(), 3, "a refused push stores nothing");
+
+    // Pushed with no expiry, the kept device's blobs expire at the grace's
+    // end with the rest.
+    assert_eq!(all_cursors(&*s, grace_end - 1).await, vec![1, 2, 3]);
+    assert_eq!(all_cursors(&*s, grace_end).await, Vec::<u64>::new());
+    let d = s.delete_expired(grace_end, 100).await.unwrap();
+    assert_eq!(
+        d,
+        Deleted {
+            blobs: 3,
+            bytes: 30
+        }
+    );
+    assert_eq!(s.tokens().await.unwrap()[0].bytes_used, 0);
+    let audit = s.audit().await.unwrap();
+    assert_eq!((audit.mismatched_groups, audit.mismatched_owners), (0, 0));
+}
+
+/// Eight tasks, none of them on the close's keep list, push one blob at a
+/// time until the group, closed once 20 blobs are in, refuses them: every push answered `Ok` is stored and every
 /// refused one (GroupClosed) is not, the stored cursors stay gapless, and no
 /// blob committed after the close (all were committed before it or
 /// refused). Each task pushes until its first refusal (at most
@@ -144,6 +219,9 @@ const RACE_CAP: u16 = 4_000;
 /// with pushes spread over `stores` and the close sent through `closer`.
 async fn race(stores: &[Arc<dyn Storage>], closer: &Arc<dyn Storage>) {
     let mut tasks = Vec::new();
+    // The racing devices are not kept: a kept one could push on after the
+    // close (until the grace), and the race would prove nothing.
+    assert!((0..8u8).all(|t| !keep(&[A]).contains(&DeviceId([t; 32]))));
     for t in 0..8u16 {
         let s = Arc::clone(&stores[usize::from(t) % stores.len()]);
         tasks.push(tokio::spawn(async move {

@@ -92,6 +92,7 @@ macro_rules! storage_contract_tests {
         );
         $crate::storage_contract_tests!(@each $factory; close:
             a_closed_group_refuses_pushes_and_unlisted_devices,
+            a_kept_device_pushes_until_the_grace_and_its_blobs_expire_by_then,
             a_close_racing_pushes_keeps_exactly_the_pushes_committed_before_it,
             listed_devices_pull_until_the_grace_then_the_blobs_go_and_the_mark_stays,
             a_close_racing_pushes_on_two_instances_keeps_exactly_those_committed,

@@ -1,0 +1,250 @@
+//! A push as one statement (docs/deploy.md "The push path",
+//! migrations/postgres/0004): `SELECT * FROM push_apply(…)` sent outside
+//! an explicit transaction, so its implicit transaction takes the group's
+//! row lock, checks, charges, stores and commits within the one round trip
+//! and the lock is held for the server's own work and the commit's flush,
+//! never across a round trip to the relay. The quota decision is made by
+//! the function (`push_refusal`, a port of [`check_push`]); this side runs
+//! [`check_push`] on the figures the function returns and turns a refusal
+//! into its [`StorageError`], so the error a device sees is the Rust one
+//! and a disagreement of the two is reported, not hidden.
+//!
+//! A push with new blobs to a closed group is not decided here: the
+//! function does nothing and answers [`Single::Closed`]; the caller then
+//! runs the transaction path ([`crate::push`]), whose closed-group branch
+//! is in Rust.
+
+use crate::{dberr, fixed, signed, unsigned};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row};
+use std::collections::{HashMap, HashSet};
+use sync_protocol::{BlobId, PushResult};
+use sync_storage::quota::{Adding, Budget, GroupUse, OwnerUse, check_push};
+use sync_storage::{NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageError};
+
+/// What the one statement did.
+#[derive(Debug)]
+pub(crate) enum Single {
+    /// Committed (or a retry answered): the device's answer.
+    Done(PushOutcome),
+    /// The group is closed and the batch has new blobs: nothing was done.
+    Closed,
+}
+
+/// Apply `req` in one statement on `conn`, which must not be inside a
+/// transaction (committed when this returns
+/// `Ok(Single::Done)`: sqlx reads the reply up to `ReadyForQuery`, which
+/// the server sends after the implicit transaction's commit). Errors:
+/// [`StorageError::UnknownGroup`], the refusals of [`check_push`] (nothing
+/// stored), [`StorageError::Database`] for a database error or when the
+/// function and [`check_push`] disagree.
+pub(crate) async fn apply(
+    conn: &mut PgConnection,
+    req: &PushRequest,
+    quotas: Quotas,
+) -> Result<Single, StorageError> {
+    // Repeats of an id within the batch are answered as duplicates of its
+    // first occurrence; only first occurrences are sent.
+    let mut seen = HashSet::new();
+    let firsts: Vec<&NewBlob> = req
+        .items
+        .iter()
+        .filter(|b| seen.insert(b.blob_id))
+        .collect();
+    let ids: Vec<&[u8]> = firsts.iter().map(|b| &b.blob_id.0[..]).collect();
+    let payloads: Vec<&[u8]> = firsts.iter().map(|b| &b.payload[..]).collect();
+    let expiries: Vec<i64> = firsts.iter().map(|b| b.expires_at_ms).collect();
+    let row = sqlx::query("SELECT * FROM push_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+        .bind(&req.group.0[..])
+        .bind(&req.sender.0[..])
+        .bind(req.now_ms)
+        .bind(&ids)
+        .bind(&payloads)
+        .bind(&expiries)
+        .bind(crate::CLEANUP_LOCK)
+        .bind(signed(quotas.max_group_storage))
+        .bind(signed(quotas.max_group_blobs))
+        .bind(signed(quotas.address.max_storage))
+        .bind(signed(quotas.max_storage))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(dberr)?;
+    let applied = Applied::from_row(&row)?.ok_or(StorageError::UnknownGroup)?;
+
+    // The new items: first occurrences not stored yet, in batch order.
+    let new_items: Vec<&NewBlob> = firsts
+        .iter()
+        .copied()
+        .filter(|b| !applied.existing.contains_key(&b.blob_id))
+        .collect();
+    let adding = Adding {
+        bytes: new_items.iter().map(|b| b.payload.len() as u64).sum(),
+        blobs: new_items.len() as u64,
+    };
+    if adding != applied.adding {
+        return Err(StorageError::database(format!(
+            "push_apply counted {:?}, the batch adds {adding:?}",
+            applied.adding
+        )));
+    }
+    if adding.blobs > 0 && applied.closed {
+        return Ok(Single::Closed);
+    }
+    let decision = check_push(&quotas, applied.group, applied.owner, applied.relay, adding);
+    match (&applied.refusal, decision, applied.stored) {
+        (Some(rule), Err(e), false) if refusal_rule(&e) == Some(rule.as_str()) => Err(e),
+        (None, Ok(()), stored) if stored == (adding.blobs > 0) => Ok(Single::Done(outcome(
+            req,
+            &applied.existing,
+            &new_items,
+            applied.head,
+            adding.blobs,
+        ))),
+        (rule, decision, stored) => Err(StorageError::database(format!(
+            "push_apply and check_push disagree: the function refused {rule:?} \
+             (stored: {stored}), check_push decided {decision:?}"
+        ))),
+    }
+}
+
+/// The name `push_refusal` (migrations/postgres/0004) gives the rule
+/// `err` reports, or `None` for an error that is no quota refusal.
+pub(crate) fn refusal_rule(err: &StorageError) -> Option<&'static str> {
+    Some(match err {
+        StorageError::TokenRevoked => "token_revoked",
+        StorageError::GroupQuotaExceeded { .. } => "group_storage",
+        StorageError::GroupBlobsExceeded { .. } => "group_blobs",
+        StorageError::OwnerQuotaExceeded { .. } => "owner_storage",
+        StorageError::RelayStorageFull { .. } => "relay_storage",
+        _ => return None,
+    })
+}
+
+/// The device's answer: every item with its cursor, new ones after `head`
+/// (the head before the push) in batch order, repeats and stored ids as
+/// duplicates.
+fn outcome(
+    req: &PushRequest,
+    existing: &HashMap<BlobId, u64>,
+    new_items: &[&NewBlob],
+    head: u64,
+    added: u64,
+) -> PushOutcome {
+    let cursor_of: HashMap<BlobId, u64> = new_items
+        .iter()
+        .zip(head + 1..)
+        .map(|(b, c)| (b.blob_id, c))
+        .collect();
+    let mut seen = HashSet::new();
+    let results = req
+        .items
+        .iter()
+        .map(|item| match existing.get(&item.blob_id) {
+            Some(&cursor) => PushResult {
+                blob_id: item.blob_id,
+                cursor,
+                duplicate: true,
+            },
+            // Every item not stored before is a new one's id.
+            None => PushResult {
+                blob_id: item.blob_id,
+                cursor: cursor_of.get(&item.blob_id).copied().unwrap_or_default(),
+                duplicate: !seen.insert(item.blob_id),
+            },
+        })
+        .collect();
+    PushOutcome {
+        results,
+        head: head + added,
+    }
+}
+
+/// A budget the function did not reach (a rule before it refused): it
+/// breaks no rule, as `push_refusal`'s NULL figures.
+const NOT_REACHED: Budget = Budget {
+    used: 0,
+    limit: u64::MAX,
+};
+
+/// What `push_apply` found, decided and did (read by column name).
+struct Applied {
+    /// The group's head before the push.
+    head: u64,
+    group: GroupUse,
+    closed: bool,
+    /// Blob ids of the batch already stored, with their cursors.
+    existing: HashMap<BlobId, u64>,
+    /// What the function counted as new.
+    adding: Adding,
+    owner: Option<OwnerUse>,
+    relay: Budget,
+    /// The rule that refused the push (`push_refusal`'s name).
+    refusal: Option<String>,
+    stored: bool,
+}
+
+impl Applied {
+    /// `None` when the group does not exist.
+    fn from_row(row: &PgRow) -> Result<Option<Applied>, StorageError> {
+        let opt_u64 = |i: &str| -> Result<Option<u64>, StorageError> {
+            row.try_get::<Option<i64>, _>(i)
+                .map_err(dberr)?
+                .map(unsigned)
+                .transpose()
+        };
+        let get_u64 = |i: &str| Ok::<_, StorageError>(opt_u64(i)?.unwrap_or(0));
+        let get_bool = |i: &str| -> Result<bool, StorageError> {
+            Ok(row
+                .try_get::<Option<bool>, _>(i)
+                .map_err(dberr)?
+                .unwrap_or(false))
+        };
+        let budget = |used: &str, limit: &str| -> Result<Budget, StorageError> {
+            Ok(match (opt_u64(used)?, opt_u64(limit)?) {
+                (Some(used), Some(limit)) => Budget { used, limit },
+                _ => NOT_REACHED,
+            })
+        };
+        if !get_bool("group_found")? {
+            return Ok(None);
+        }
+        let ids: Vec<Vec<u8>> = row.try_get("existing_ids").map_err(dberr)?;
+        let cursors: Vec<i64> = row.try_get("existing_cursors").map_err(dberr)?;
+        let mut existing = HashMap::with_capacity(ids.len());
+        for (id, cursor) in ids.into_iter().zip(cursors) {
+            existing.insert(BlobId(fixed(id)?), unsigned(cursor)?);
+        }
+        let owner = if get_bool("owner_checked")? {
+            let bytes: Option<Vec<u8>> = row.try_get("group_owner").map_err(dberr)?;
+            let kind = bytes
+                .as_deref()
+                .and_then(Owner::from_bytes)
+                .ok_or_else(|| StorageError::database("push_apply checked an unknown owner"))?
+                .kind();
+            Some(OwnerUse {
+                kind,
+                budget: budget("owner_used", "owner_limit")?,
+                revoked: get_bool("owner_revoked")?,
+            })
+        } else {
+            None
+        };
+        Ok(Some(Applied {
+            head: get_u64("group_head")?,
+            group: GroupUse {
+                bytes: get_u64("group_bytes")?,
+                blobs: get_u64("group_blobs")?,
+            },
+            closed: get_bool("group_closed")?,
+            existing,
+            adding: Adding {
+                bytes: get_u64("adding")?,
+                blobs: get_u64("adding_blobs")?,
+            },
+            owner,
+            relay: budget("relay_used", "relay_limit")?,
+            refusal: row.try_get("refusal").map_err(dberr)?,
+            stored: get_bool("stored")?,
+        }))
+    }
+}
