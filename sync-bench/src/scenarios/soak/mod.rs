@@ -4,7 +4,10 @@
 //! sessions and table sizes sampled every 10 s, and the verdict "flat
 //! after warm-up": every series' floor (its lowest sample in a minute)
 //! grows less than 10 % from the first minute after warm-up to the last
-//! minute of the run.
+//! minute of the run. The table sizes are phase-aligned with the relay's
+//! cleanup: each sample's are the lowest of six readings spread over one
+//! cleanup period, i.e. the level right after a pass ([`sample::Tables::floor`]
+//! says why), so a rising level is rows the cleanup does not remove.
 //!
 //! The relay runs in the default access mode (**token**): new groups need
 //! the operator's token, joining devices none. Open mode is not soaked
@@ -177,10 +180,15 @@ pub async fn run(soak: Soak) -> Result<SoakReport> {
 
     let mut sampler = Sampler::new(relay.pid(), relay.http, &relay.db_path()).await?;
     let mut samples = Vec::new();
+    let cleanup = Duration::from_secs(u64::from(soak.cleanup_s));
+    // A sample's table readings span a cleanup period and a step: the last
+    // sample ends before the load stops (readings of a relay left idle
+    // would flatter the end window).
+    let span = cleanup + cleanup / (sample::TABLE_READS as u32 - 1);
     let mut next = started;
-    while next <= world.deadline {
+    while next + span <= world.deadline {
         tokio::time::sleep_until(next).await;
-        let s = sampler.sample(started.elapsed()).await?;
+        let s = sampler.sample(started.elapsed(), cleanup).await?;
         eprintln!(
             "soak {:>4.0} s: RSS {:.1} MiB, {} fds, {} sessions, {} groups, {} devices, {} blobs",
             s.t.as_secs_f64(),
@@ -284,10 +292,14 @@ fn tables(soak: &Soak, samples: &[Sample], r: &workload::Report) -> SoakReport {
     }
     summary.note(format!(
         "Warm-up: the first {:.0} s. \"after warm-up\": the samples in the {:.0} s after it; \
-         \"end\": those of the last {:.0} s. Judged: the floor (lowest sample) of each window.",
+         \"end\": those of the last {:.0} s. Judged: the floor (lowest sample) of each window. \
+         Table sizes are phase-aligned with the cleanup: each sample's is the lowest of {} \
+         readings spread over one cleanup period ({} s), the level right after a pass.",
         soak.warm_up.as_secs_f64(),
         soak.window.as_secs_f64(),
-        soak.window.as_secs_f64()
+        soak.window.as_secs_f64(),
+        sample::TABLE_READS,
+        soak.cleanup_s
     ));
 
     let mut header = vec!["t s"];
@@ -317,6 +329,7 @@ fn tables(soak: &Soak, samples: &[Sample], r: &workload::Report) -> SoakReport {
             "connect p50 ms",
             "connect p99 ms",
             "connect max ms",
+            "redials",
             "groups created",
             "puller sessions",
             "cut off TOO_SLOW",
@@ -338,6 +351,7 @@ fn tables(soak: &Soak, samples: &[Sample], r: &workload::Report) -> SoakReport {
         ms(connect.p50),
         ms(connect.p99),
         ms(connect.max),
+        r.redials.to_string(),
         r.groups_created.to_string(),
         r.pullers.to_string(),
         r.pullers_cut_off.to_string(),
@@ -346,7 +360,9 @@ fn tables(soak: &Soak, samples: &[Sample], r: &workload::Report) -> SoakReport {
     work.note(format!(
         "{} steady devices in {} groups (≤ {} ops/s each, 1 KiB blobs, TTL {} s), {} session churn \
          and {} group churn workers, {} never-reading pullers × {PULLER_STREAMS} streams of 256 KiB \
-         blobs. Access mode: token.",
+         blobs. Access mode: token. Churn clients dial as devices do: an unanswered dial \
+         is made again from a fresh endpoint after 5 s, then 10 s (\"redials\"); an error is \
+         a refusal or no answer after the redials.",
         soak.devices,
         soak.groups,
         soak.rate,

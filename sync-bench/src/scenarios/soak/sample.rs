@@ -98,13 +98,43 @@ impl Sampler {
         })
     }
 
-    /// Read everything now; `t` is the time since the load started.
-    pub async fn sample(&mut self, t: Duration) -> Result<Sample> {
+    /// Read everything; `t` is the time since the load started. The
+    /// process figures (RSS, fds, sessions) are read once, now; the table
+    /// sizes are read [`TABLE_READS`] times spread over `cleanup` plus one
+    /// step, and kept as their [`Tables::floor`]: the state right after the
+    /// last cleanup pass, whatever the phase of this sample against the
+    /// relay's cleanup timer. Takes about `cleanup × 21/20`.
+    pub async fn sample(&mut self, t: Duration, cleanup: Duration) -> Result<Sample> {
         let (rss_kib, _) = crate::env::proc_memory(self.pid);
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid))
             .context("reading the relay's /proc/PID/fd")?
             .count() as u64;
         let sessions = health_sessions(self.http).await?;
+        let step = cleanup / (TABLE_READS as u32 - 1);
+        let mut reads = Vec::with_capacity(TABLE_READS);
+        for i in 0..TABLE_READS {
+            if i > 0 {
+                tokio::time::sleep(step).await;
+            }
+            reads.push(self.tables().await?);
+        }
+        let tables = Tables::floor(&reads).context("no table reading")?;
+        Ok(Sample {
+            t,
+            rss_kib,
+            fds,
+            sessions,
+            groups: tables.groups,
+            devices: tables.devices,
+            blobs: tables.blobs,
+            owners: tables.owners,
+            tokens: tables.tokens,
+            db_bytes: tables.db_bytes,
+        })
+    }
+
+    /// The table sizes now.
+    async fn tables(&mut self) -> Result<Tables> {
         let row = sqlx::query(
             "SELECT (SELECT count(*) FROM groups), (SELECT count(*) FROM devices), \
              (SELECT count(*) FROM blobs), (SELECT count(*) FROM owners), \
@@ -119,17 +149,65 @@ impl Sampler {
             p.push(suffix);
             std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
         };
-        Ok(Sample {
-            t,
-            rss_kib,
-            fds,
-            sessions,
+        Ok(Tables {
             groups: count(0),
             devices: count(1),
             blobs: count(2),
             owners: count(3),
             tokens: count(4),
             db_bytes: file("") + file("-wal"),
+        })
+    }
+}
+
+/// Table readings per sample, evenly spread over one cleanup period plus
+/// one step (so at least one reading falls after a pass has finished, if
+/// passes keep to their period): the floor found is at most one step (a
+/// twentieth of the period, so a twentieth of the tooth) above the level
+/// right after the pass.
+pub const TABLE_READS: usize = 21;
+
+/// Row counts of the relay's tables and the size of its database at one
+/// moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tables {
+    /// Rows of `groups`.
+    pub groups: u64,
+    /// Rows of `devices`.
+    pub devices: u64,
+    /// Rows of `blobs`.
+    pub blobs: u64,
+    /// Rows of `owners`.
+    pub owners: u64,
+    /// Rows of `tokens`.
+    pub tokens: u64,
+    /// Bytes of `relay.db` plus its WAL.
+    pub db_bytes: u64,
+}
+
+impl Tables {
+    /// Each table's lowest reading among `reads` (`None` when empty).
+    ///
+    /// Why (the soak's verdict is phase-aligned through this): between two
+    /// cleanup passes the tables only grow (rows are added by the load and
+    /// removed only by a pass), so over readings that span a full cleanup
+    /// period the lowest is the one right after a pass — the level a leak
+    /// raises (rows the pass should remove and does not) and that a load
+    /// with the cleanup keeping up leaves flat. A single reading instead
+    /// lands anywhere on the saw-tooth: the 20-minute soak of 27 Nov 2026
+    /// read devices at 67 just after passes for 10 minutes and at ~140 just
+    /// before them for the next 9 (the cleanup timer's phase drifts against
+    /// the sampler's each time a pass overruns its period), which a
+    /// comparison of single readings took for +75 % growth.
+    pub fn floor(reads: &[Tables]) -> Option<Tables> {
+        let min = |f: fn(&Tables) -> u64| reads.iter().map(f).min();
+        Some(Tables {
+            groups: min(|t| t.groups)?,
+            devices: min(|t| t.devices)?,
+            blobs: min(|t| t.blobs)?,
+            owners: min(|t| t.owners)?,
+            tokens: min(|t| t.tokens)?,
+            db_bytes: min(|t| t.db_bytes)?,
         })
     }
 }
@@ -289,6 +367,74 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    /// Devices as a relay with a 5 s cleanup holds them at `ms`: 70 rows
+    /// right after a pass, 14 more each second until the next (a tooth of
+    /// 70 → 140), passes at `phase_ms` + multiples of 5 s; with `leak`, 1
+    /// row in 5 s that no pass removes.
+    fn devices_at(ms: u64, phase_ms: u64, leak: bool) -> Tables {
+        let since_pass = (ms + 5_000 - phase_ms % 5_000) % 5_000;
+        let leaked = if leak { ms / 5_000 } else { 0 };
+        Tables {
+            devices: 70 + 14 * since_pass / 1_000 + leaked,
+            ..Tables::default()
+        }
+    }
+
+    /// Samples every 10 s over 120 s, each from [`TABLE_READS`] readings
+    /// over one 5 s cleanup period ([`Tables::floor`]), or from the first
+    /// reading alone (`aligned` false: the old, phase-blind sampling). The
+    /// cleanup's phase against the sampler drifts from 0 to 0.1 s at 60 s
+    /// (the worst case: each sample's first reading 0.1 s before a pass).
+    fn sawtooth(leak: bool, aligned: bool) -> Vec<Sample> {
+        let step = 5_000 / (TABLE_READS as u64 - 1);
+        (0..12)
+            .map(|i| {
+                let t = i * 10_000;
+                let phase = if t < 60_000 { 0 } else { 100 };
+                let reads: Vec<Tables> = (0..TABLE_READS as u64)
+                    .map(|r| devices_at(t + r * step, phase, leak))
+                    .collect();
+                let tables = if aligned {
+                    Tables::floor(&reads).unwrap()
+                } else {
+                    reads[0]
+                };
+                Sample {
+                    t: Duration::from_millis(t),
+                    devices: tables.devices,
+                    ..Sample::default()
+                }
+            })
+            .collect()
+    }
+
+    /// The soak's table verdict is phase-aligned: a saw-tooth whose
+    /// readings drift from "just after a pass" to "just before one" is
+    /// flat (a phase-blind reading called it +98 %); the same saw-tooth on
+    /// a rising floor (a leak: 1 row in 5 s the cleanup never removes,
+    /// +20 % over the run) is not.
+    #[test]
+    fn table_floors_are_read_right_after_the_cleanup_whatever_its_phase() {
+        let judge = |samples: &[Sample]| {
+            growth(samples, Duration::from_secs(20), Duration::from_secs(30)).unwrap()[4].clone()
+        };
+        let blind = judge(&sawtooth(false, false));
+        assert_eq!((blind.after_warm_up, blind.end), (70.0, 138.0));
+        assert!(!blind.flat(), "phase-blind readings see the tooth");
+        let flat = judge(&sawtooth(false, true));
+        assert_eq!(flat.after_warm_up, 70.0);
+        assert!(
+            flat.end <= 70.0 + 14.0 / 4.0,
+            "within one step: {}",
+            flat.end
+        );
+        assert!(flat.flat(), "a saw-tooth on a flat floor: {flat:?}");
+        let leak = judge(&sawtooth(true, true));
+        assert!(!leak.flat(), "a rising floor is growth: {leak:?}");
+        assert!(leak.growth > 0.15, "{leak:?}");
+        assert_eq!(Tables::floor(&[]), None);
     }
 
     /// A saw-tooth whose teeth land in the last window but whose floor

@@ -28,14 +28,16 @@ use iroh::{Endpoint, EndpointAddr, NetReportConfig, RelayMode, SecretKey};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use sync_client::{ConnectOptions, GroupKeys, RelayAddr, RelaySession};
+use sync_client::{
+    ConnectOptions, GroupKeys, MAX_DIALS, RelayAddr, RelaySession, dial_attempt_timeout,
+};
 use sync_protocol::{
     AccessToken, CloseCode, DeviceId, Hello, Message, PROTOCOL_VERSION, Pull, PushItem,
     encode_frame, read_message, write_message,
 };
 use tokio::time::Instant;
 
-/// Time allowed for a dial plus `Hello`.
+/// Time allowed for a connect: dials (redials included) plus `Hello`.
 const CONNECT: Duration = Duration::from_secs(30);
 
 /// What every client needs.
@@ -61,8 +63,11 @@ pub struct Report {
     pub push: Vec<Duration>,
     /// Steady pull round trips (all batches).
     pub pull: Vec<Duration>,
-    /// Churn sessions: dial + `Hello` to `Welcome`.
+    /// Churn sessions: dial + `Hello` to `Welcome` (redials included).
     pub connect: Vec<Duration>,
+    /// Dials abandoned unanswered and made again (not errors: a device
+    /// does the same).
+    pub redials: u64,
     /// Errors of honest clients (steady, session churn, group churn).
     pub errors: u64,
     /// The first 20 of them.
@@ -153,6 +158,16 @@ async fn close(ep: &Endpoint) {
 /// Open a session of `keys`' group from `ip` with `key` (a plain `Hello`,
 /// or a `HelloWithToken` when `token`), on an endpoint of its own that the
 /// caller closes (or drops, to vanish).
+///
+/// Dials as [`RelaySession::connect`] does (docs/client.md "Dialing";
+/// docs/deploy.md "Unanswered dials"): a dial plus `Hello` that gets no
+/// answer within [`dial_attempt_timeout`] is abandoned and made again from
+/// a fresh endpoint on the same address (a new port and connection id), at
+/// most [`MAX_DIALS`] dials within [`CONNECT`]; each redial is counted in
+/// [`Report::redials`]. An answer — a refusal included — ends the connect:
+/// it is the error the caller counts. (`connect` itself cannot be used: it
+/// binds its endpoint on the unspecified address, and the soak's workers
+/// dial from addresses of their own.)
 async fn session_on(
     world: &World,
     ip: Ipv4Addr,
@@ -160,12 +175,39 @@ async fn session_on(
     keys: &GroupKeys,
     token: bool,
 ) -> Result<(RelaySession, Endpoint)> {
-    let ep = endpoint(ip, key, None).await?;
-    match RelaySession::connect_on(&ep, &world.options(keys, token)).await {
-        Ok(s) => Ok((s, ep)),
-        Err(e) => {
-            close(&ep).await;
-            Err(e.into())
+    let opts = world.options(keys, token);
+    let deadline = Instant::now() + CONNECT;
+    let mut dials = 0;
+    loop {
+        dials += 1;
+        let ep = endpoint(ip, key.clone(), None).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = if dials < MAX_DIALS {
+            dial_attempt_timeout(dials).min(left)
+        } else {
+            left
+        };
+        match tokio::time::timeout(attempt, RelaySession::connect_on(&ep, &opts)).await {
+            Ok(Ok(s)) => {
+                if dials > 1 {
+                    world.record(|r| r.redials += u64::from(dials - 1));
+                }
+                return Ok((s, ep));
+            }
+            // An answer (a refusal) is not a lost dial: it is the error.
+            Ok(Err(e)) => {
+                close(&ep).await;
+                return Err(e.into());
+            }
+            Err(_) => {
+                close(&ep).await;
+                if Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "no answer within {:.0} s ({dials} dials)",
+                        CONNECT.as_secs_f64()
+                    );
+                }
+            }
         }
     }
 }
