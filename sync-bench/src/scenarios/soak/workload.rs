@@ -203,7 +203,7 @@ async fn session_on(
                 close(&ep).await;
                 if Instant::now() >= deadline {
                     anyhow::bail!(
-                        "no answer within {:.0} s ({dials} dials)",
+                        "no answer within {:.0} s (dials made: {dials})",
                         CONNECT.as_secs_f64()
                     );
                 }
@@ -508,3 +508,6 @@ async fn hello(conn: &Connection, keys: &GroupKeys, relay: DeviceId, device: Dev
         Ok(Ok(Some(Message::Welcome(_))))
     )
 }
+
+#[cfg(test)]
+mod tests;
