@@ -56,22 +56,23 @@ fn the_soak_runs_at_tiny_size() {
         assert!(stdout.contains(title), "missing {title}:\n{stdout}");
     }
     // Workload row: honest errors 0, at least one puller cut off, groups
-    // created and churn sessions both closed and vanished.
+    // created and churn sessions both closed and vanished (redials, cell
+    // 10, are not errors and may be any number).
     let row = stdout
         .lines()
         .skip_while(|l| !l.contains("Soak workload"))
         .nth(4)
         .unwrap_or_default();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells.get(13), Some(&"0"), "honest errors: {row}");
+    assert_eq!(cells.get(14), Some(&"0"), "honest errors: {row}");
     let number = |i: usize| {
         cells
             .get(i)
             .and_then(|c| c.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    assert!(number(12) >= 1, "no puller cut off: {row}");
-    assert!(number(10) >= 1, "no group created: {row}");
+    assert!(number(13) >= 1, "no puller cut off: {row}");
+    assert!(number(11) >= 1, "no group created: {row}");
     let churn: Vec<u64> = cells
         .get(6)
         .unwrap_or(&"")

@@ -49,7 +49,7 @@ pub struct Soak {
     pub sample_every: Duration,
     /// Samples before this are warm-up (not judged).
     pub warm_up: Duration,
-    /// Width of the windows whose means are compared.
+    /// Width of the windows whose floors are compared.
     pub window: Duration,
     /// Long-lived groups of the steady devices.
     pub groups: usize,
