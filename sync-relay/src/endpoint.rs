@@ -129,3 +129,41 @@ pub async fn bind(
     }
     builder.bind().await.map_err(|e| bind_err(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// noq-proto 1.4's `MAX_CHUNKS` (`connection/assembler.rs`): more
+    /// separate pieces in one stream's buffer close the connection.
+    const NOQ_MAX_CHUNKS: u64 = 1024;
+    /// Stream bytes in one full QUIC packet at the 1,200-byte minimum MTU,
+    /// rounded down (headers, AEAD tag, STREAM frame header).
+    const MIN_STREAM_BYTES_PER_PACKET: u64 = 1_150;
+
+    #[test]
+    fn stream_window_stays_far_below_the_gap_limit() {
+        // Each piece needs a full packet, and a lost packet between it and
+        // the next: pieces ≤ window / (2 × packet).
+        let max_pieces = u64::from(STREAM_RECEIVE_WINDOW) / (2 * MIN_STREAM_BYTES_PER_PACKET);
+        assert!(
+            2 * max_pieces < NOQ_MAX_CHUNKS,
+            "{max_pieces} pieces: less than 2x margin"
+        );
+        for max_blob_size in [4 * 1024 * 1024, 16 * 1024 * 1024, u32::MAX] {
+            let frame = frame_window(max_frame_for_blob_size(max_blob_size));
+            assert!(frame > u64::from(STREAM_RECEIVE_WINDOW));
+            assert_eq!(
+                stream_receive_window(frame).into_inner(),
+                u64::from(STREAM_RECEIVE_WINDOW)
+            );
+        }
+    }
+
+    #[test]
+    fn small_frames_keep_a_window_of_one_frame() {
+        let frame = frame_window(max_frame_for_blob_size(64 * 1024));
+        assert!(frame < u64::from(STREAM_RECEIVE_WINDOW));
+        assert_eq!(stream_receive_window(frame).into_inner(), frame);
+    }
+}
