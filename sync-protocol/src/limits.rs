@@ -50,3 +50,22 @@ pub fn max_frame_for_blob_size(max_blob_size: u32) -> u32 {
         .saturating_add(FRAME_SLACK)
         .min(MAX_FRAME_CEILING)
 }
+
+/// QUIC per-stream receive window (bytes) both the relay and the device
+/// announce, at most: 1 MiB (`docs/protocol.md` §Transport).
+///
+/// Why a cap: noq-proto 1.4 (iroh's QUIC) closes the whole connection with
+/// `INTERNAL_ERROR "too many gaps in stream buffer"` when a stream's
+/// reassembly buffer holds more than `MAX_CHUNKS` = 1024 separate pieces
+/// after defragmenting (`noq-proto-1.4.0/src/connection/assembler.rs`,
+/// `Assembler::insert`; raised in `connection/streams/recv.rs`). A peer can
+/// only send stream data inside the window, and an honest sender fills each
+/// packet (≥ 1,200 bytes, QUIC's minimum MTU, about 1,150 of stream data);
+/// two pieces need a missing packet between them, so a window of `W` bytes
+/// holds at most about `W / 2,300` pieces: 456 for 1 MiB, under half the
+/// limit even if every other packet is lost. A window of one whole
+/// largest frame (several MiB for a large `max_blob_size`) let a 4 MiB push
+/// on a lossy link exceed it. Flow control still passes frames larger than
+/// the window: the window moves on as the receiver reads, and both sides
+/// read a frame's body as it arrives.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;

@@ -8,7 +8,9 @@ use iroh::address_lookup::{DnsAddressLookup, PkarrPublisher, PkarrResolver};
 use iroh::endpoint::{Connection, PortmapperConfig, QuicTransportConfig, VarInt, presets};
 use iroh::{Endpoint, NetReportConfig, RelayMode, SecretKey};
 use sync_protocol::ALPN;
-use sync_protocol::limits::{FRAME_HEADER_LEN, HANDSHAKE_MAX_FRAME, max_frame_for_blob_size};
+use sync_protocol::limits::{
+    FRAME_HEADER_LEN, HANDSHAKE_MAX_FRAME, STREAM_RECEIVE_WINDOW, max_frame_for_blob_size,
+};
 
 /// Connection receive window (bytes) until the `Hello` is accepted, 16 KiB:
 /// room for the `Hello` frame (at most [`HANDSHAKE_MAX_FRAME`] + 4 bytes) and
@@ -19,6 +21,20 @@ pub const HELLO_RECEIVE_WINDOW: u32 = 4 * HANDSHAKE_MAX_FRAME;
 /// Bytes of one largest request frame with its length prefix.
 fn frame_window(max_frame: u32) -> u64 {
     u64::from(max_frame) + FRAME_HEADER_LEN as u64
+}
+
+/// Per-stream receive window for request frames of `frame` bytes (length
+/// prefix included): the frame, at most [`STREAM_RECEIVE_WINDOW`].
+///
+/// A larger window lets a device have so many packets of one request in
+/// flight that, on a lossy link, noq-proto's reassembly buffer passes its
+/// 1,024-piece limit and the connection is closed ("too many gaps in stream
+/// buffer", `noq-proto-1.4.0/src/connection/assembler.rs`). A frame larger
+/// than the window still gets through: the relay reads a request's body as
+/// it arrives ([`sync_protocol::read_frame_body`]), and each read moves the
+/// window on.
+pub fn stream_receive_window(frame: u64) -> VarInt {
+    VarInt::from_u32(STREAM_RECEIVE_WINDOW.min(u32::try_from(frame).unwrap_or(u32::MAX)))
 }
 
 /// Per-connection QUIC limits, as they stand until the `Hello` is accepted
@@ -32,7 +48,8 @@ fn frame_window(max_frame: u32) -> u64 {
 /// - no QUIC datagrams (the protocol has none; each connection would
 ///   otherwise buffer up to 1.25 MB of them);
 /// - a stream receive window of one largest request frame (`max_frame` + 4
-///   bytes: one request per stream, nothing more to read on it);
+///   bytes: one request per stream, nothing more to read on it), capped at
+///   [`STREAM_RECEIVE_WINDOW`] (1 MiB; see [`stream_receive_window`]);
 /// - a send window (bytes written to the device and not yet acknowledged)
 ///   of two largest frames.
 ///
@@ -43,7 +60,7 @@ pub fn transport_config(limits: &LimitsConfig) -> QuicTransportConfig {
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .receive_window(HELLO_RECEIVE_WINDOW.into())
-        .stream_receive_window(VarInt::from_u64(frame).unwrap_or(VarInt::MAX))
+        .stream_receive_window(stream_receive_window(frame))
         .send_window(2 * frame)
         .datagram_receive_buffer_size(None)
         .build()
@@ -111,4 +128,42 @@ pub async fn bind(
             .address_lookup(DnsAddressLookup::n0_dns());
     }
     builder.bind().await.map_err(|e| bind_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// noq-proto 1.4's `MAX_CHUNKS` (`connection/assembler.rs`): more
+    /// separate pieces in one stream's buffer close the connection.
+    const NOQ_MAX_CHUNKS: u64 = 1024;
+    /// Stream bytes in one full QUIC packet at the 1,200-byte minimum MTU,
+    /// rounded down (headers, AEAD tag, STREAM frame header).
+    const MIN_STREAM_BYTES_PER_PACKET: u64 = 1_150;
+
+    #[test]
+    fn stream_window_stays_far_below_the_gap_limit() {
+        // Each piece needs a full packet, and a lost packet between it and
+        // the next: pieces ≤ window / (2 × packet).
+        let max_pieces = u64::from(STREAM_RECEIVE_WINDOW) / (2 * MIN_STREAM_BYTES_PER_PACKET);
+        assert!(
+            2 * max_pieces < NOQ_MAX_CHUNKS,
+            "{max_pieces} pieces: less than 2x margin"
+        );
+        for max_blob_size in [4 * 1024 * 1024, 16 * 1024 * 1024, u32::MAX] {
+            let frame = frame_window(max_frame_for_blob_size(max_blob_size));
+            assert!(frame > u64::from(STREAM_RECEIVE_WINDOW));
+            assert_eq!(
+                stream_receive_window(frame).into_inner(),
+                u64::from(STREAM_RECEIVE_WINDOW)
+            );
+        }
+    }
+
+    #[test]
+    fn small_frames_keep_a_window_of_one_frame() {
+        let frame = frame_window(max_frame_for_blob_size(64 * 1024));
+        assert!(frame < u64::from(STREAM_RECEIVE_WINDOW));
+        assert_eq!(stream_receive_window(frame).into_inner(), frame);
+    }
 }
