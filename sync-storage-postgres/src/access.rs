@@ -285,11 +285,26 @@ pub(crate) async fn create_token(
 
 /// Revoke the token `id` (keeping an earlier revocation time). Errors:
 /// [`StorageError::TokenNotFound`].
+///
+/// Takes [`crate::CLEANUP_LOCK`] exclusively first: every push holds it
+/// shared from before it reads the token until it commits, so a push in
+/// flight on any instance commits before the revocation (and is in the
+/// bytes it reports) and every later push reads the token revoked. Without
+/// it a push that read the token just before the revocation committed
+/// after it, missing from the figures the revocation answered (found by
+/// the model check's bursts, which must be linearizable). Revocations are
+/// rare operator commands; pushes wait for one only as long as its
+/// transaction.
 pub(crate) async fn revoke_token(
     conn: &mut PgConnection,
     id: &str,
     now_ms: i64,
 ) -> Result<TokenInfo, StorageError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(crate::CLEANUP_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(dberr)?;
     sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
         .bind(id)
         .bind(now_ms)

@@ -18,10 +18,10 @@
 use crate::{dberr, fixed, signed, unsigned};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
-use std::collections::{HashMap, HashSet};
-use sync_protocol::{BlobId, PushResult};
+use std::collections::HashMap;
+use sync_protocol::BlobId;
 use sync_storage::quota::{Adding, Budget, GroupUse, OwnerUse, check_push};
-use sync_storage::{NewBlob, PushOutcome, PushRequest, Quotas, StorageError};
+use sync_storage::{NewBlob, PushOutcome, PushRequest, Quotas, StorageError, push_results};
 
 /// Apply `req` inside the caller's transaction. Errors (the caller rolls
 /// back, nothing is stored): [`StorageError::UnknownGroup`],
@@ -101,25 +101,7 @@ pub(crate) async fn apply(
         head += n;
     }
 
-    let first_new = head + 1 - n;
-    let mut seen = HashSet::new();
-    let results = req
-        .items
-        .iter()
-        .map(|item| match existing.get(&item.blob_id) {
-            Some(&cursor) => PushResult {
-                blob_id: item.blob_id,
-                cursor,
-                duplicate: true,
-            },
-            // The first occurrence in the batch is new; repeats duplicate it.
-            None => PushResult {
-                blob_id: item.blob_id,
-                cursor: first_new + first_index[&item.blob_id] as u64,
-                duplicate: !seen.insert(item.blob_id),
-            },
-        })
-        .collect();
+    let results = push_results(&req.items, existing, head + 1 - n);
     Ok(PushOutcome { results, head })
 }
 

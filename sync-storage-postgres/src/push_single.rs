@@ -18,9 +18,9 @@ use crate::{dberr, fixed, signed, unsigned};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use std::collections::{HashMap, HashSet};
-use sync_protocol::{BlobId, PushResult};
+use sync_protocol::BlobId;
 use sync_storage::quota::{Adding, Budget, GroupUse, OwnerUse, check_push};
-use sync_storage::{NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageError};
+use sync_storage::{NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageError, push_results};
 
 /// What the one statement did.
 #[derive(Debug)]
@@ -96,7 +96,6 @@ pub(crate) async fn apply(
         (None, Ok(()), stored) if stored == (adding.blobs > 0) => Ok(Single::Done(outcome(
             req,
             &applied.existing,
-            &new_items,
             applied.head,
             adding.blobs,
         ))),
@@ -126,35 +125,11 @@ pub(crate) fn refusal_rule(err: &StorageError) -> Option<&'static str> {
 fn outcome(
     req: &PushRequest,
     existing: &HashMap<BlobId, u64>,
-    new_items: &[&NewBlob],
     head: u64,
     added: u64,
 ) -> PushOutcome {
-    let cursor_of: HashMap<BlobId, u64> = new_items
-        .iter()
-        .zip(head + 1..)
-        .map(|(b, c)| (b.blob_id, c))
-        .collect();
-    let mut seen = HashSet::new();
-    let results = req
-        .items
-        .iter()
-        .map(|item| match existing.get(&item.blob_id) {
-            Some(&cursor) => PushResult {
-                blob_id: item.blob_id,
-                cursor,
-                duplicate: true,
-            },
-            // Every item not stored before is a new one's id.
-            None => PushResult {
-                blob_id: item.blob_id,
-                cursor: cursor_of.get(&item.blob_id).copied().unwrap_or_default(),
-                duplicate: !seen.insert(item.blob_id),
-            },
-        })
-        .collect();
     PushOutcome {
-        results,
+        results: push_results(&req.items, existing, head + 1),
         head: head + added,
     }
 }

@@ -12,12 +12,12 @@ use crate::access;
 use crate::{dberr, fixed};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
-use std::collections::{HashMap, HashSet};
-use sync_protocol::{BlobId, DeviceId, GroupId, KeepList, PushResult};
+use std::collections::HashMap;
+use sync_protocol::{BlobId, DeviceId, GroupId, KeepList};
 use sync_storage::quota::{Adding, Budget, GroupUse, check_push};
 use sync_storage::{
     CloseOutcome, Deleted, GroupClosure, LiveGroups, NewBlob, NewGroup, NewToken, OpenedSession,
-    Pruned, PushOutcome, PushRequest, Quotas, StorageError, TokenInfo,
+    Pruned, PushOutcome, PushRequest, Quotas, StorageError, TokenInfo, push_results,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -829,25 +829,7 @@ async fn apply_push(
         head
     };
 
-    let first_new = head + 1 - new_items.len() as u64;
-    let mut seen = HashSet::new();
-    let results = req
-        .items
-        .iter()
-        .map(|item| match existing.get(&item.blob_id) {
-            Some(&cursor) => PushResult {
-                blob_id: item.blob_id,
-                cursor,
-                duplicate: true,
-            },
-            // The first occurrence in the batch is new; repeats duplicate it.
-            None => PushResult {
-                blob_id: item.blob_id,
-                cursor: first_new + first_index[&item.blob_id] as u64,
-                duplicate: !seen.insert(item.blob_id),
-            },
-        })
-        .collect();
+    let results = push_results(&req.items, &existing, head + 1 - new_items.len() as u64);
     Ok((PushOutcome { results, head }, adding))
 }
 

@@ -43,11 +43,13 @@
 mod feed;
 mod memory;
 pub mod quota;
+mod results;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use feed::{FEED_CAPACITY, FeedClosed, FeedSender, HeadEvent, HeadFeed};
 pub use memory::MemoryStorage;
+pub use results::push_results;
 
 use async_trait::async_trait;
 use std::net::IpAddr;
