@@ -188,21 +188,36 @@ pub(crate) async fn prune_idle(
     .rows_affected();
     // `blob_count = 0` selects the partial index `groups_idle`; the blobs
     // check guards against a counter ever being wrong (the delete would
-    // cascade to the blobs).
-    let rows = sqlx::query(
-        "DELETE FROM groups WHERE group_id IN \
-         (SELECT g.group_id FROM groups g WHERE g.blob_count = 0 AND g.last_active_at < $1 \
+    // cascade to the blobs). Two statements: the first locks the idle
+    // groups (`FOR UPDATE` waits for an ack or Hello holding one with
+    // `FOR KEY SHARE`), the second deletes those still idle under a snapshot
+    // taken after the locks, so it sees a device row such a request added.
+    // In one statement the device check used the snapshot from before the
+    // wait, and a group was deleted under an ack that had just answered Ok
+    // (found by the model check's bursts, which must be linearizable).
+    let idle: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT g.group_id FROM groups g WHERE g.blob_count = 0 AND g.last_active_at < $1 \
            AND g.closed_at IS NULL \
            AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = g.group_id) \
            AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.group_id = g.group_id) \
            AND NOT (g.group_id = ANY($2::BYTEA[])) \
-           ORDER BY g.last_active_at, g.group_id LIMIT $3 FOR UPDATE) \
-         AND blob_count = 0 AND last_active_at < $1 AND closed_at IS NULL \
-         RETURNING head_cursor, owner, bytes_used",
+         ORDER BY g.last_active_at, g.group_id LIMIT $3 FOR UPDATE",
     )
     .bind(idle_before_ms)
     .bind(&live)
     .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(dberr)?;
+    let rows = sqlx::query(
+        "DELETE FROM groups g WHERE g.group_id = ANY($2::BYTEA[]) \
+           AND g.blob_count = 0 AND g.last_active_at < $1 AND g.closed_at IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.group_id = g.group_id) \
+           AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.group_id = g.group_id) \
+         RETURNING head_cursor, owner, bytes_used",
+    )
+    .bind(idle_before_ms)
+    .bind(&idle)
     .fetch_all(&mut *conn)
     .await
     .map_err(dberr)?;
