@@ -23,7 +23,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a harness: thousands of dials, minutes"]
+#[ignore = "harness, minutes: DIALS=5000 CONCURRENCY=32 cargo test -p e2e-tests --test dial_storm -- --ignored --nocapture"]
 async fn dial_storm() {
     let dials = env_u64("DIALS", 3000);
     let concurrency = env_u64("CONCURRENCY", 32) as usize;
