@@ -34,7 +34,7 @@ kill -TERM "$(pgrep -P "$relay_pid" sync-relay || echo "$relay_pid")" 2>/dev/nul
 wait "$relay_pid" 2>/dev/null || true
 secs() { awk -F': ' '/Elapsed/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$1.time"; }
 rss() { awk -F': ' '/Maximum resident/ {printf "%.1f", $2/1024}' "$1.time"; }
-mbps() { awk -v m="$size_mib" -v s="$1" 'BEGIN {printf "%.0f", (m*1.048576)/s}'; }
+mbps() { awk -v m="$size_mib" -v s="$1" 'BEGIN {if (s > 0) printf "%.0f", (m*1.048576)/s; else printf "n/a (under 0.01 s)"}'; }
 printf '| %s MiB file | wall s | MB/s | peak RSS MiB |\n|---|---|---|---|\n' "$size_mib"
 for p in cp read push pull; do printf '| %s | %s | %s | %s |\n' "$p" "$(secs $p)" "$(mbps "$(secs $p)")" "$(rss $p)"; done
 printf '| relay (whole run) | | | %s |\n' "$(rss relay)"
