@@ -6,7 +6,8 @@
 //! published: answers to enrolment requests, its own enrolment request, a
 //! re-key when the roster asks for one, queued entries and whole chains.
 
-use crate::output::{Out, connect, json_line, short};
+use super::notices::Notice;
+use crate::output::{Out, connect, short};
 use anyhow::{Context, Result};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -51,25 +52,12 @@ impl Reporter {
         }
     }
 
-    fn warn(&self, event: &str, text: String, json: serde_json::Value) {
-        if self.out.json {
-            let mut v = json;
-            v["event"] = event.into();
-            v["message"] = text.into();
-            json_line(&v);
-        } else if !self.out.quiet {
-            eprintln!("warning: {text}");
-        }
+    fn warn(&self, notice: Notice) {
+        notice.warn(self.out);
     }
 
-    fn note(&self, event: &str, text: String, json: serde_json::Value) {
-        if self.out.json {
-            let mut v = json;
-            v["event"] = event.into();
-            json_line(&v);
-        } else if self.out.human() {
-            eprintln!("{text}");
-        }
+    fn note(&self, notice: Notice) {
+        notice.note(self.out);
     }
 
     /// Take a roster blob or an enrolment request received in `group`.
@@ -83,29 +71,32 @@ impl Reporter {
     ) {
         if enrolment {
             if let Err(why) = roster.absorb_enrolment(sender, group, data) {
-                self.warn(
-                    "roster_refused",
-                    format!("enrolment request from {} refused: {why}", short(sender)),
-                    serde_json::json!({"sender": sender, "reason": why}),
-                );
+                self.warn(Notice::RosterRefused {
+                    id: None,
+                    sender: Some(sender.to_string()),
+                    reason: Some(why.to_string()),
+                    message: format!("enrolment request from {} refused: {why}", short(sender)),
+                });
             }
         } else {
             let got = roster.absorb(data);
             self.fresh.extend(got.ids);
             if let Some(why) = got.refused {
-                self.warn(
-                    "roster_refused",
-                    format!("roster entries from {} refused: {why}", short(sender)),
-                    serde_json::json!({"sender": sender, "reason": why}),
-                );
+                self.warn(Notice::RosterRefused {
+                    id: None,
+                    sender: Some(sender.to_string()),
+                    reason: Some(why.to_string()),
+                    message: format!("roster entries from {} refused: {why}", short(sender)),
+                });
             }
         }
         if let Err(e) = roster.save() {
-            self.warn(
-                "roster_refused",
-                format!("cannot save the roster: {e}"),
-                serde_json::json!({}),
-            );
+            self.warn(Notice::RosterRefused {
+                id: None,
+                sender: None,
+                reason: None,
+                message: format!("cannot save the roster: {e}"),
+            });
         }
     }
 
@@ -113,35 +104,34 @@ impl Reporter {
     /// entries of this run the fold ignored (forged, by removed devices…).
     pub fn settled(&mut self, settled: &Settled) {
         for epoch in &settled.moved {
-            self.note(
-                "epoch",
-                format!("moved to key epoch {epoch} of the group"),
-                serde_json::json!({"epoch": epoch}),
-            );
+            self.note(Notice::Epoch {
+                epoch: *epoch,
+                rekey: false,
+                message: format!("moved to key epoch {epoch} of the group"),
+            });
         }
         if let Some(why) = &settled.stuck {
-            self.warn(
-                "removed",
-                format!("{why}; this device cannot read what the group pushes from now on"),
-                serde_json::json!({"reason": why}),
-            );
+            self.warn(Notice::Removed {
+                reason: why.clone(),
+                message: format!(
+                    "{why}; this device cannot read what the group pushes from now on"
+                ),
+            });
         }
         for ignored in &settled.state.ignored {
             if self.fresh.remove(&ignored.id) {
-                self.warn(
-                    "roster_ignored",
-                    format!(
+                let id = ignored.id.to_string();
+                self.warn(Notice::RosterIgnored {
+                    message: format!(
                         "roster entry {} ({}) ignored: {}",
-                        &ignored.id.to_string()[..16],
+                        id.get(..16).unwrap_or(&id),
                         ignored.kind,
                         ignored.reason
                     ),
-                    serde_json::json!({
-                        "id": ignored.id.to_string(),
-                        "kind": ignored.kind,
-                        "reason": ignored.reason.to_string(),
-                    }),
-                );
+                    kind: ignored.kind.to_string(),
+                    reason: ignored.reason.to_string(),
+                    id,
+                });
             }
         }
     }
@@ -243,14 +233,14 @@ pub async fn pull_all(
             // ended, or a close that does not keep it): what it still
             // served was pulled and recorded; the later epochs hold the rest.
             Err(e) if !current && is_group_closed(&e) => {
-                reporter.note(
-                    "group_closed",
-                    format!(
+                reporter.note(Notice::GroupClosed {
+                    epoch: key.epoch,
+                    group: key.group_id.clone(),
+                    message: format!(
                         "the group of {} is closed at the relay; skipped (later epochs carry on)",
                         epoch_name(&key)
                     ),
-                    serde_json::json!({"epoch": key.epoch, "group": key.group_id}),
-                );
+                });
                 PullSummary::default()
             }
             Err(e) if is_group_closed(&e) => {
@@ -305,11 +295,12 @@ pub async fn publish(
             }
         }
         for why in refused {
-            reporter.warn(
-                "roster_refused",
-                format!("enrolment request not answered: {why}"),
-                serde_json::json!({"reason": why}),
-            );
+            reporter.warn(Notice::RosterRefused {
+                id: None,
+                sender: None,
+                reason: Some(why.to_string()),
+                message: format!("enrolment request not answered: {why}"),
+            });
         }
         settled = roster.settle(now_ms())?;
     }
@@ -319,13 +310,13 @@ pub async fn publish(
         && roster.chain.current().epoch == Some(s.state.epoch)
     {
         let epoch = roster.rekey(&s.state, now_ms())?;
-        reporter.note(
-            "epoch",
-            format!(
+        reporter.note(Notice::Epoch {
+            epoch,
+            rekey: true,
+            message: format!(
                 "re-keyed the group (epoch {epoch}): concurrent revocations left a removed device holding the key"
             ),
-            serde_json::json!({"epoch": epoch, "rekey": true}),
-        );
+        });
         settled = roster.settle(now_ms())?;
     }
     let enrolment = roster.enrolment_due(settled.as_ref())?;
@@ -347,19 +338,16 @@ pub async fn publish(
             // this device: retrying cannot help, so they leave the outbox
             // (docs/security.md "Closing and concurrent rotations").
             Err(e) if is_group_closed(&e) && group != roster.chain.current().group_id => {
-                reporter.warn(
-                    "roster_undelivered",
-                    format!(
+                reporter.warn(Notice::RosterUndelivered {
+                    epoch: key.epoch,
+                    group: group.clone(),
+                    entries: bodies.len(),
+                    message: format!(
                         "{} roster entries for the group of {} were not delivered: the relay closed that group to this device ({e:#})",
                         bodies.len(),
                         epoch_name(&key)
                     ),
-                    serde_json::json!({
-                        "epoch": key.epoch,
-                        "group": group,
-                        "entries": bodies.len(),
-                    }),
-                );
+                });
             }
             Err(e) => {
                 return Err(e.context(format!(

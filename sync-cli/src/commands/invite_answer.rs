@@ -6,7 +6,8 @@
 //! epoch's secret wrapped to it, and the mailbox closed keeping it.
 
 use super::invites::{close_mailbox, relays_current_first};
-use crate::output::{Out, json_line, short};
+use super::notices::Notice;
+use crate::output::{Out, short};
 use anyhow::{Context, Result, anyhow, bail};
 use sync_client::crypto::envelope::BlobKind;
 use sync_client::mailbox::{self, Answer, MailboxKeys};
@@ -46,16 +47,12 @@ enum Outcome {
     ExpiredRequest { device: String, name: String },
 }
 
-fn say(out: Out, event: &str, text: String, json: serde_json::Value, warn: bool) {
-    if out.json {
-        let mut v = json;
-        v["event"] = event.into();
-        v["message"] = text.into();
-        json_line(&v);
-    } else if warn && !out.quiet {
-        eprintln!("warning: {text}");
-    } else if out.human() {
-        eprintln!("{text}");
+/// Print `notice` as a warning (`warn`) or as information.
+fn say(out: Out, notice: Notice, warn: bool) {
+    if warn {
+        notice.warn(out)
+    } else {
+        notice.note(out)
     }
 }
 
@@ -89,9 +86,12 @@ pub async fn answer_all(
             invite.state = InviteState::Expired;
             say(
                 out,
-                "invite_expired",
-                format!("invite {id} expired unused; its mailbox is being closed"),
-                serde_json::json!({"id": id}),
+                Notice::InviteExpired {
+                    id: id.clone(),
+                    device: None,
+                    name: None,
+                    message: format!("invite {id} expired unused; its mailbox is being closed"),
+                },
                 false,
             );
         }
@@ -104,9 +104,15 @@ pub async fn answer_all(
                     invite.device_name = Some(name.clone());
                     say(
                         out,
-                        "invite_used",
-                        format!("added device {name} ({}) with invite {id}", short(&device)),
-                        serde_json::json!({"id": id, "device": device, "name": name}),
+                        Notice::InviteUsed {
+                            id: id.clone(),
+                            device: device.clone(),
+                            name: name.clone(),
+                            message: format!(
+                                "added device {name} ({}) with invite {id}",
+                                short(&device)
+                            ),
+                        },
                         false,
                     );
                 }
@@ -115,12 +121,13 @@ pub async fn answer_all(
                     invite.closed = true;
                     say(
                         out,
-                        "invite_closed",
-                        format!(
-                            "invite {id}: its mailbox was closed by another holder of the invite \
+                        Notice::InviteClosed {
+                            id: id.clone(),
+                            message: format!(
+                                "invite {id}: its mailbox was closed by another holder of the invite \
                              (GROUP_CLOSED); nobody was added with it"
-                        ),
-                        serde_json::json!({"id": id}),
+                            ),
+                        },
                         true,
                     );
                 }
@@ -128,21 +135,25 @@ pub async fn answer_all(
                     invite.state = InviteState::Expired;
                     say(
                         out,
-                        "invite_expired",
-                        format!(
-                            "invite {id} expired before it was answered: device {name} ({}) that \
+                        Notice::InviteExpired {
+                            id: id.clone(),
+                            device: Some(device.clone()),
+                            name: Some(name.clone()),
+                            message: format!(
+                                "invite {id} expired before it was answered: device {name} ({}) that \
                              used it was not added; make a new invite",
-                            short(&device)
-                        ),
-                        serde_json::json!({"id": id, "device": device, "name": name}),
+                                short(&device)
+                            ),
+                        },
                         true,
                     );
                 }
                 Err(e) => say(
                     out,
-                    "invite_error",
-                    format!("invite {id} not answered now: {e:#}"),
-                    serde_json::json!({"id": id}),
+                    Notice::InviteError {
+                        id: id.clone(),
+                        message: format!("invite {id} not answered now: {e:#}"),
+                    },
                     true,
                 ),
             }
@@ -161,9 +172,10 @@ pub async fn answer_all(
             if let Err(e) = close_mailbox(home, invite, &keep).await {
                 say(
                     out,
-                    "invite_error",
-                    format!("invite {id}: {e:#} (retried at the next pull)"),
-                    serde_json::json!({"id": id}),
+                    Notice::InviteError {
+                        id: id.clone(),
+                        message: format!("invite {id}: {e:#} (retried at the next pull)"),
+                    },
                     true,
                 );
             }
@@ -214,13 +226,16 @@ async fn answer_one(
             }
             Err(e) => say(
                 out,
-                "roster_refused",
-                format!(
-                    "invite {}: request from {} refused: {e}",
-                    invite.id,
-                    short(&blob.sender.to_string())
-                ),
-                serde_json::json!({"id": invite.id, "sender": blob.sender.to_string(), "reason": e.to_string()}),
+                Notice::RosterRefused {
+                    id: Some(invite.id.clone()),
+                    sender: Some(blob.sender.to_string()),
+                    reason: Some(e.to_string()),
+                    message: format!(
+                        "invite {}: request from {} refused: {e}",
+                        invite.id,
+                        short(&blob.sender.to_string())
+                    ),
+                },
                 true,
             ),
         }

@@ -7,6 +7,7 @@ mod init;
 mod invite_answer;
 mod invites;
 mod join;
+mod notices;
 mod pull;
 mod push;
 mod revoke;
@@ -180,5 +181,9 @@ mod tests {
             schemars::schema_for!(super::invites::InviteList)
         );
         insta::assert_json_snapshot!("schema_join", schemars::schema_for!(super::join::JoinOut));
+        insta::assert_json_snapshot!(
+            "schema_notice",
+            schemars::schema_for!(super::notices::Notice)
+        );
     }
 }
