@@ -18,6 +18,51 @@ use sync_storage::{Quotas, Storage};
 /// where `CREATE DATABASE` runs).
 pub const URL_ENV: &str = "SYNC_TEST_POSTGRES_URL";
 
+/// Test databases are named `zk_test_<pid>_<16 hex>`: the pid of the
+/// process that made them.
+const DB_PREFIX: &str = "zk_test_";
+
+/// The pid in a test database's name, if it has one (names of earlier
+/// versions, `zk_test_<16 hex>`, have none and are left alone).
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(DB_PREFIX)?;
+    let (pid, random) = rest.split_once('_')?;
+    if random.len() != 16 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Drop the test databases whose process is gone (a test killed before its
+/// `Drop` ran, e.g. by a timeout or `kill -9`), so they do not pile up on
+/// the shared server. Only on this machine's pids: a database is dropped
+/// when `/proc/<pid>` does not exist. Best effort: errors (another test
+/// sweeping the same one) are ignored.
+async fn sweep_orphans(conn: &mut PgConnection) {
+    let names: Vec<String> = match sqlx::query_scalar(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'zk\\_test\\_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    {
+        Ok(names) => names,
+        Err(_) => return,
+    };
+    for name in names {
+        let Some(pid) = owner_pid(&name) else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut *conn)
+        .await;
+    }
+}
+
 /// A database of its own on the test server, dropped with this value.
 pub struct TestDatabase {
     /// The server, connected to its own database (for CREATE/DROP).
@@ -51,8 +96,13 @@ impl TestDatabase {
     /// server cannot be reached or refuses `CREATE DATABASE`.
     pub async fn create_on(url: &str) -> Result<TestDatabase, sqlx::Error> {
         let admin = PgConnectOptions::from_str(url)?;
-        let name = format!("zk_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+        let name = format!(
+            "{DB_PREFIX}{}_{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 8]>())
+        );
         let mut conn = PgConnection::connect_with(&admin).await?;
+        sweep_orphans(&mut conn).await;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await?;
@@ -142,4 +192,18 @@ pub fn factory() -> LocalBoxFuture<'static, Option<Box<dyn Backend>>> {
             .await
             .map(|p| Box::new(p) as Box<dyn Backend>)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owner_pid;
+
+    #[test]
+    fn only_names_with_a_pid_have_an_owner() {
+        assert_eq!(owner_pid("zk_test_4242_0123456789abcdef"), Some(4242));
+        assert_eq!(owner_pid("zk_test_0123456789abcdef"), None);
+        assert_eq!(owner_pid("zk_test_4242_0123"), None);
+        assert_eq!(owner_pid("zk_test_x_0123456789abcdef"), None);
+        assert_eq!(owner_pid("other_4242_0123456789abcdef"), None);
+    }
 }
