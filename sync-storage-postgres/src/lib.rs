@@ -7,9 +7,8 @@
 //! makes it safe across instances is row locks, taken in one order by every
 //! transaction (group → owner's quota shares → relay's quota shares), so
 //! they cannot deadlock:
-//! - a push is one statement (`push_apply`, migrations/postgres/0004,
-//!   [`push_single`]; a closed group's push takes the transaction path,
-//!   [`push`], with `push_prepare`). It locks its group's row (`SELECT …
+//! - a push is one statement (`push_apply`, migrations/postgres/0004 and
+//!   0005, [`push_single`]; a closed group's too). It locks its group's row (`SELECT …
 //!   FOR NO KEY UPDATE`) for the statement's implicit transaction only (no
 //!   round trip to the relay under it): the group's pushes, from any instance, assign
 //!   cursors one after the other from the head they read under the lock, so
@@ -43,9 +42,7 @@ mod access;
 mod classify_tests;
 mod cleanup;
 mod close;
-mod kept_push;
 pub mod listen;
-mod push;
 #[cfg(test)]
 mod push_refusal_tests;
 mod push_single;
@@ -211,7 +208,7 @@ impl PostgresStorage {
     /// [`push_single::apply`] on the pool, run again on deadlock or
     /// serialization failure (at most [`RETRIES`] times; its statement is
     /// its whole transaction, so the server rolled all of it back).
-    async fn push_single(&self, req: &PushRequest) -> Result<push_single::Single, StorageError> {
+    async fn push_single(&self, req: &PushRequest) -> Result<PushOutcome, StorageError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -313,23 +310,9 @@ impl Storage for PostgresStorage {
     }
 
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
-        let quotas = self.quotas;
         let notify = self.notify.clone();
-        // Shared, not cloned, by the attempts of a retried transaction.
-        let req = std::sync::Arc::new(req);
         let group = req.group;
-        // One statement (push_single); a closed group's push takes the
-        // transaction path, whose closed-group branch is in Rust (push).
-        let outcome = match self.push_single(&req).await? {
-            push_single::Single::Done(outcome) => outcome,
-            push_single::Single::Closed => {
-                self.in_transaction(move |conn| {
-                    let req = std::sync::Arc::clone(&req);
-                    Box::pin(async move { push::apply(conn, &req, quotas).await })
-                })
-                .await?
-            }
-        };
+        let outcome = self.push_single(&req).await?;
         // The wake-up is sent after the COMMIT, in a statement of its own:
         // a NOTIFY inside the push would make its commit take PostgreSQL's
         // notify-queue lock, which is held until the commit's WAL flush and
