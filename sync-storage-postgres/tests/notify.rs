@@ -70,10 +70,10 @@ async fn listeners(conn: &mut sqlx::PgConnection) -> i64 {
     .unwrap()
 }
 
-/// A push refused by the relay-wide quota, which is checked after the
-/// wake-up was sent inside its transaction, wakes nobody (the rollback
-/// discards it); the next committed push on another instance is the first
-/// wake-up this instance hears, with its group and head.
+/// A push refused by the relay-wide quota wakes nobody (only a committed
+/// push hands a wake-up to the notifier); the next committed push on
+/// another instance is the first wake-up this instance hears, with its
+/// group and head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_push_wakes_other_instances_and_a_refused_one_wakes_none() {
     let Some(db) = TestDatabase::create().await else {
