@@ -305,12 +305,22 @@ pub(crate) async fn revoke_token(
         .execute(&mut *conn)
         .await
         .map_err(dberr)?;
-    sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
-        .bind(id)
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(dberr)?;
+    // Decided by the UPDATE alone: a token another instance creates at
+    // this moment is either seen (and revoked) by it or not at all; a
+    // second read could find a token committed since and answer it
+    // unrevoked (found by the model check's bursts). The row stays locked
+    // until the commit, so the read below sees this revocation.
+    let updated =
+        sqlx::query("UPDATE tokens SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+            .bind(id)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await
+            .map_err(dberr)?
+            .rows_affected();
+    if updated == 0 {
+        return Err(StorageError::TokenNotFound(id.to_string()));
+    }
     token_by_id(conn, id).await
 }
 

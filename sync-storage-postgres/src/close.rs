@@ -2,7 +2,7 @@
 //! docs/security.md "What the relay must do").
 //!
 //! The close updates the group's row, taking the same row lock a push
-//! takes (`FOR NO KEY UPDATE` in [`crate::push`]): a push in flight on any
+//! takes (`FOR NO KEY UPDATE` in `push_apply`, [`crate::push_single`]): a push in flight on any
 //! instance commits wholly before the close, or waits and is then refused
 //! (it reads `closed_at` after the lock). Two closes from two instances
 //! race on the same lock: `closed_at IS NULL` is evaluated again on the

@@ -7,9 +7,8 @@
 //! makes it safe across instances is row locks, taken in one order by every
 //! transaction (group → owner's quota shares → relay's quota shares), so
 //! they cannot deadlock:
-//! - a push is one statement (`push_apply`, migrations/postgres/0004,
-//!   [`push_single`]; a closed group's push takes the transaction path,
-//!   [`push`], with `push_prepare`). It locks its group's row (`SELECT …
+//! - a push is one statement (`push_apply`, migrations/postgres/0004 and
+//!   0005, [`push_single`]; a closed group's too). It locks its group's row (`SELECT …
 //!   FOR NO KEY UPDATE`) for the statement's implicit transaction only (no
 //!   round trip to the relay under it): the group's pushes, from any instance, assign
 //!   cursors one after the other from the head they read under the lock, so
@@ -32,9 +31,11 @@
 //! A deadlock or serialization failure the server reports (40P01, 40001)
 //! is retried, at most [`RETRIES`] times.
 //!
-//! A push that moves a head also sends a wake-up (`pg_notify`, delivered on
-//! COMMIT only) that every instance's [`Storage::head_changes`] feed hears
-//! on one dedicated `LISTEN` connection ([`listen`]).
+//! A push that moves a head also hands a wake-up to the store's
+//! [`notifier`] task, which sends it (`pg_notify`, coalesced per group, off
+//! the push's acknowledgement path); every instance's
+//! [`Storage::head_changes`] feed hears it on one dedicated `LISTEN`
+//! connection ([`listen`]).
 
 #![forbid(unsafe_code)]
 
@@ -43,9 +44,8 @@ mod access;
 mod classify_tests;
 mod cleanup;
 mod close;
-mod kept_push;
 pub mod listen;
-mod push;
+pub mod notifier;
 #[cfg(test)]
 mod push_refusal_tests;
 mod push_single;
@@ -54,6 +54,7 @@ pub mod testing;
 
 pub use cleanup::CLEANUP_LOCK;
 pub use listen::{LISTENER_APPLICATION_NAME, NOTIFY_CHANNEL};
+pub use notifier::WakeUpStats;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -117,9 +118,9 @@ pub struct PostgresStorage {
     acquire_timeouts: AtomicU64,
     /// Where listeners connect (the pool's options).
     connect: PgConnectOptions,
-    /// The wake-up channel; `None` when the debug-only fail point
+    /// The wake-up sender; `None` when the debug-only fail point
     /// `skip-notify` is armed ([`FAILPOINT_ENV`]).
-    notify: Option<std::sync::Arc<str>>,
+    notifier: Option<notifier::Notifier>,
     /// The channel listeners listen on.
     listen_channel: String,
     /// The listener tasks of [`Storage::head_changes`], stopped by `close`.
@@ -159,15 +160,30 @@ impl PostgresStorage {
             .run(&pool)
             .await
             .map_err(StorageError::migration)?;
+        let notifier = (!skip_notify_armed()).then(|| {
+            notifier::Notifier::start(notifier::PgSink {
+                pool: pool.clone(),
+                channel: opts.notify_channel.as_str().into(),
+            })
+        });
         Ok(PostgresStorage {
             pool,
             quotas: opts.quotas,
             acquire_timeouts: AtomicU64::new(0),
             connect: opts.connect,
-            notify: (!skip_notify_armed()).then(|| opts.notify_channel.as_str().into()),
+            notifier,
             listen_channel: opts.notify_channel,
             listeners: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The wake-ups this store's pushes have sent to other instances so far
+    /// (all zero while the `skip-notify` fail point is armed).
+    pub fn wake_up_stats(&self) -> WakeUpStats {
+        self.notifier
+            .as_ref()
+            .map(notifier::Notifier::stats)
+            .unwrap_or_default()
     }
 
     /// [`dberr`] for an error of a call on the pool, counting the calls
@@ -211,7 +227,7 @@ impl PostgresStorage {
     /// [`push_single::apply`] on the pool, run again on deadlock or
     /// serialization failure (at most [`RETRIES`] times; its statement is
     /// its whole transaction, so the server rolled all of it back).
-    async fn push_single(&self, req: &PushRequest) -> Result<push_single::Single, StorageError> {
+    async fn push_single(&self, req: &PushRequest) -> Result<PushOutcome, StorageError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -313,38 +329,17 @@ impl Storage for PostgresStorage {
     }
 
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
-        let quotas = self.quotas;
-        let notify = self.notify.clone();
-        // Shared, not cloned, by the attempts of a retried transaction.
-        let req = std::sync::Arc::new(req);
         let group = req.group;
-        // One statement (push_single); a closed group's push takes the
-        // transaction path, whose closed-group branch is in Rust (push).
-        let outcome = match self.push_single(&req).await? {
-            push_single::Single::Done(outcome) => outcome,
-            push_single::Single::Closed => {
-                self.in_transaction(move |conn| {
-                    let req = std::sync::Arc::clone(&req);
-                    Box::pin(async move { push::apply(conn, &req, quotas).await })
-                })
-                .await?
-            }
-        };
-        // The wake-up is sent after the COMMIT, in a statement of its own:
-        // a NOTIFY inside the push would make its commit take PostgreSQL's
-        // notify-queue lock, which is held until the commit's WAL flush and
-        // so serializes every committing push (docs/deploy.md "Quota
-        // shares"). A wake-up lost here (the instance dying between the two)
-        // only adds latency: the relay's fallback poll finds the head.
+        let outcome = self.push_single(&req).await?;
+        // Committed: the wake-up for other instances goes to the notifier
+        // task and `PushOk` does not wait for it (a NOTIFY inside the push
+        // would also make its commit take PostgreSQL's notify-queue lock,
+        // serializing every committing push). A wake-up lost on the way
+        // (the instance dying, the database away) only adds latency: the
+        // relay's fallback poll finds the head.
         let stored = outcome.results.iter().any(|r| !r.duplicate);
-        if let (Some(channel), true) = (notify.as_deref(), stored)
-            && let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(channel)
-                .bind(listen::payload(&group, outcome.head))
-                .execute(&self.pool)
-                .await
-        {
-            tracing::warn!(error = %e, "push stored, its wake-up not sent (the fallback poll will find it)");
+        if let (Some(n), true) = (&self.notifier, stored) {
+            n.pushed(group, outcome.head);
         }
         Ok(outcome)
     }
@@ -630,6 +625,9 @@ impl Storage for PostgresStorage {
     async fn close(&self) {
         if let Ok(mut listeners) = self.listeners.lock() {
             listeners.drain(..).for_each(|l| l.abort());
+        }
+        if let Some(n) = &self.notifier {
+            n.close().await;
         }
         self.pool.close().await;
     }

@@ -1,5 +1,5 @@
 //! A push as one statement (docs/deploy.md "The push path",
-//! migrations/postgres/0004): `SELECT * FROM push_apply(…)` sent outside
+//! migrations/postgres/0004 and 0005): `SELECT * FROM push_apply(…)` sent outside
 //! an explicit transaction, so its implicit transaction takes the group's
 //! row lock, checks, charges, stores and commits within the one round trip
 //! and the lock is held for the server's own work and the commit's flush,
@@ -9,10 +9,11 @@
 //! into its [`StorageError`], so the error a device sees is the Rust one
 //! and a disagreement of the two is reported, not hidden.
 //!
-//! A push with new blobs to a closed group is not decided here: the
-//! function does nothing and answers [`Single::Closed`]; the caller then
-//! runs the transaction path ([`crate::push`]), whose closed-group branch
-//! is in Rust.
+//! Every push takes this path, a closed group's too (docs/protocol.md
+//! §CloseGroup): the function admits new blobs only from a device the
+//! close keeps, before the grace ends, and lowers their expiry to it; it
+//! returns the close it read, and this side checks its decision with
+//! [`GroupClosure::admits`] the same way.
 
 use crate::{dberr, fixed, signed, unsigned};
 use sqlx::postgres::PgRow;
@@ -20,29 +21,24 @@ use sqlx::{PgConnection, Row};
 use std::collections::{HashMap, HashSet};
 use sync_protocol::BlobId;
 use sync_storage::quota::{Adding, Budget, GroupUse, OwnerUse, check_push};
-use sync_storage::{NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageError, push_results};
-
-/// What the one statement did.
-#[derive(Debug)]
-pub(crate) enum Single {
-    /// Committed (or a retry answered): the device's answer.
-    Done(PushOutcome),
-    /// The group is closed and the batch has new blobs: nothing was done.
-    Closed,
-}
+use sync_storage::{
+    GroupClosure, NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageError, push_results,
+};
 
 /// Apply `req` in one statement on `conn`, which must not be inside a
-/// transaction (committed when this returns
-/// `Ok(Single::Done)`: sqlx reads the reply up to `ReadyForQuery`, which
-/// the server sends after the implicit transaction's commit). Errors:
-/// [`StorageError::UnknownGroup`], the refusals of [`check_push`] (nothing
-/// stored), [`StorageError::Database`] for a database error or when the
-/// function and [`check_push`] disagree.
+/// transaction (committed when this returns `Ok`: sqlx reads the reply up
+/// to `ReadyForQuery`, which the server sends after the implicit
+/// transaction's commit). Errors (nothing stored):
+/// [`StorageError::UnknownGroup`], [`StorageError::GroupClosed`] (the group
+/// is closed and its close does not admit the sender now, for a batch with
+/// new blobs), then the refusals of [`check_push`] in its order;
+/// [`StorageError::Database`] for a database error or when the function
+/// and the Rust rules disagree.
 pub(crate) async fn apply(
     conn: &mut PgConnection,
     req: &PushRequest,
     quotas: Quotas,
-) -> Result<Single, StorageError> {
+) -> Result<PushOutcome, StorageError> {
     // Repeats of an id within the batch are answered as duplicates of its
     // first occurrence; only first occurrences are sent.
     let mut seen = HashSet::new();
@@ -87,18 +83,20 @@ pub(crate) async fn apply(
             applied.adding
         )));
     }
-    if adding.blobs > 0 && applied.closed {
-        return Ok(Single::Closed);
-    }
-    let decision = check_push(&quotas, applied.group, applied.owner, applied.relay, adding);
+    // The Rust rules, in the reference model's order: the close first
+    // (only for new blobs: a retry is answered whatever the group's state),
+    // then the quotas.
+    let decision = match &applied.closure {
+        Some(c) if adding.blobs > 0 && !c.admits(&req.sender, req.now_ms) => {
+            Err(StorageError::GroupClosed)
+        }
+        _ => check_push(&quotas, applied.group, applied.owner, applied.relay, adding),
+    };
     match (&applied.refusal, decision, applied.stored) {
         (Some(rule), Err(e), false) if refusal_rule(&e) == Some(rule.as_str()) => Err(e),
-        (None, Ok(()), stored) if stored == (adding.blobs > 0) => Ok(Single::Done(outcome(
-            req,
-            &applied.existing,
-            applied.head,
-            adding.blobs,
-        ))),
+        (None, Ok(()), stored) if stored == (adding.blobs > 0) => {
+            Ok(outcome(req, &applied.existing, applied.head, adding.blobs))
+        }
         (rule, decision, stored) => Err(StorageError::database(format!(
             "push_apply and check_push disagree: the function refused {rule:?} \
              (stored: {stored}), check_push decided {decision:?}"
@@ -106,10 +104,12 @@ pub(crate) async fn apply(
     }
 }
 
-/// The name `push_refusal` (migrations/postgres/0004) gives the rule
-/// `err` reports, or `None` for an error that is no quota refusal.
+/// The name `push_apply` (migrations/postgres/0005) gives the rule `err`
+/// reports (`push_refusal`'s for the quotas), or `None` for an error that
+/// is no refusal of a push.
 pub(crate) fn refusal_rule(err: &StorageError) -> Option<&'static str> {
     Some(match err {
+        StorageError::GroupClosed => "group_closed",
         StorageError::TokenRevoked => "token_revoked",
         StorageError::GroupQuotaExceeded { .. } => "group_storage",
         StorageError::GroupBlobsExceeded { .. } => "group_blobs",
@@ -146,7 +146,8 @@ struct Applied {
     /// The group's head before the push.
     head: u64,
     group: GroupUse,
-    closed: bool,
+    /// The group's close, `None` while it is open.
+    closure: Option<GroupClosure>,
     /// Blob ids of the batch already stored, with their cursors.
     existing: HashMap<BlobId, u64>,
     /// What the function counted as new.
@@ -204,13 +205,32 @@ impl Applied {
         } else {
             None
         };
+        let closure = if get_bool("group_closed")? {
+            let keep: Option<Vec<u8>> = row.try_get("keep_list").map_err(dberr)?;
+            let keep = keep
+                .as_deref()
+                .and_then(GroupClosure::keep_from_bytes)
+                .ok_or_else(|| StorageError::database("stored keep list is malformed"))?;
+            let time = |i: &str| -> Result<i64, StorageError> {
+                row.try_get::<Option<i64>, _>(i)
+                    .map_err(dberr)?
+                    .ok_or_else(|| StorageError::database(format!("a closed group without {i}")))
+            };
+            Some(GroupClosure {
+                closed_at_ms: time("closed_at")?,
+                grace_until_ms: time("grace_until")?,
+                keep,
+            })
+        } else {
+            None
+        };
         Ok(Some(Applied {
             head: get_u64("group_head")?,
             group: GroupUse {
                 bytes: get_u64("group_bytes")?,
                 blobs: get_u64("group_blobs")?,
             },
-            closed: get_bool("group_closed")?,
+            closure,
             existing,
             adding: Adding {
                 bytes: get_u64("adding")?,
