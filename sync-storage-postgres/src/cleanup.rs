@@ -172,16 +172,45 @@ pub(crate) async fn prune_idle(
         .map(|(g, d)| [&g.0[..], &d.0[..]].concat())
         .collect();
     let live: Vec<Vec<u8>> = sessions.iter().map(|(g, _)| g.0.to_vec()).collect();
-    let devices = sqlx::query(
-        "DELETE FROM devices WHERE (group_id, device_id) IN \
-         (SELECT group_id, device_id FROM devices WHERE last_seen_at < $1 \
+    // The idle devices (unlocked), then their groups locked `FOR UPDATE` in
+    // id order, then the devices deleted (the conditions checked again on
+    // each row). Requests lock a group first and a device row second (an
+    // ack or Hello holds the group `FOR KEY SHARE` while it inserts or
+    // touches its device row); deleting the device rows first and locking
+    // the groups after was the opposite order, and an ack racing a prune
+    // ended in a deadlock (found by the model check).
+    let candidates: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "SELECT group_id, device_id FROM devices WHERE last_seen_at < $1 \
            AND NOT ((group_id || device_id) = ANY($2::BYTEA[])) \
-           ORDER BY last_seen_at, group_id, device_id LIMIT $3 FOR UPDATE) \
-         AND last_seen_at < $1",
+         ORDER BY last_seen_at, group_id, device_id LIMIT $3",
     )
     .bind(idle_before_ms)
     .bind(&live_devices)
     .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(dberr)?;
+    let mut their_groups: Vec<Vec<u8>> = candidates.iter().map(|(g, _)| g.clone()).collect();
+    their_groups.sort();
+    their_groups.dedup();
+    sqlx::query(
+        "SELECT 1 FROM groups WHERE group_id = ANY($1::BYTEA[]) ORDER BY group_id FOR UPDATE",
+    )
+    .bind(&their_groups)
+    .execute(&mut *conn)
+    .await
+    .map_err(dberr)?;
+    let candidates: Vec<Vec<u8>> = candidates
+        .into_iter()
+        .map(|(g, d)| [g, d].concat())
+        .collect();
+    let devices = sqlx::query(
+        "DELETE FROM devices WHERE (group_id || device_id) = ANY($2::BYTEA[]) \
+           AND last_seen_at < $1 AND NOT ((group_id || device_id) = ANY($3::BYTEA[]))",
+    )
+    .bind(idle_before_ms)
+    .bind(&candidates)
+    .bind(&live_devices)
     .execute(&mut *conn)
     .await
     .map_err(dberr)?
