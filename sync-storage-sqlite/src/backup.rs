@@ -5,8 +5,8 @@
 
 use crate::files::{self, BlobFiles};
 use crate::{dberr, file_in_row};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use std::path::Path;
 use std::time::Duration;
 use sync_storage::StorageError;
@@ -77,12 +77,11 @@ async fn copy_files(db: &Path, dest: &Path) -> Result<Option<String>, StorageErr
     let mut conn = SqliteConnection::connect_with(&connect)
         .await
         .map_err(dberr)?;
-    let rows = sqlx::query(
-        "SELECT file_name, file_len, file_hash FROM blobs WHERE file_name IS NOT NULL",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .map_err(dberr)?;
+    let rows =
+        sqlx::query("SELECT file_name, file_len, file_hash FROM blobs WHERE file_name IS NOT NULL")
+            .fetch_all(&mut conn)
+            .await
+            .map_err(dberr)?;
     conn.close().await.map_err(dberr)?;
     let mut names = Vec::with_capacity(rows.len());
     for row in &rows {

@@ -200,7 +200,9 @@ impl BlobFiles {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove blob file"),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove blob file")
+                }
             }
         }
     }
@@ -277,7 +279,10 @@ pub(crate) fn is_file_name(name: &str) -> bool {
 /// reserved; returns how many were removed. Per file, the in-flight set is
 /// asked *before* the database: a name not in flight any more belongs to a
 /// push whose transaction has ended, so the database's answer is final.
-pub(crate) async fn sweep(files: &Arc<BlobFiles>, readers: &SqlitePool) -> Result<u64, StorageError> {
+pub(crate) async fn sweep(
+    files: &Arc<BlobFiles>,
+    readers: &SqlitePool,
+) -> Result<u64, StorageError> {
     let lister = Arc::clone(files);
     let names = tokio::task::spawn_blocking(move || lister.list())
         .await

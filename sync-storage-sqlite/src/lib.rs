@@ -130,8 +130,7 @@ impl SqliteStorage {
             readers,
             files,
             #[cfg(debug_assertions)]
-            crash_after_files: std::env::var(FAILPOINT_ENV).as_deref()
-                == Ok(FAILPOINT_AFTER_FILES),
+            crash_after_files: std::env::var(FAILPOINT_ENV).as_deref() == Ok(FAILPOINT_AFTER_FILES),
             writer: tx,
             writer_task: Mutex::new(Some(task)),
         })
