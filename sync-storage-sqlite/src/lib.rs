@@ -194,9 +194,7 @@ impl Storage for SqliteStorage {
             return self
                 .write(|slot| Write::Push {
                     req,
-                    files: Vec::new(),
-                    staged: None,
-                    used: Vec::new(),
+                    files: None,
                     slot,
                 })
                 .await;
@@ -223,11 +221,14 @@ impl Storage for SqliteStorage {
         for (i, file) in large.into_iter().zip(refs) {
             files[i] = Some(file);
         }
+        let files = Box::new(writer::PushFiles {
+            refs: files,
+            staged,
+            used: vec![false; n],
+        });
         self.write(|slot| Write::Push {
             req,
-            files,
-            staged: Some(staged),
-            used: vec![false; n],
+            files: Some(files),
             slot,
         })
         .await

@@ -38,14 +38,8 @@ pub(crate) enum Write {
     },
     Push {
         req: PushRequest,
-        /// Per item: the file its payload was written to (its `payload`
-        /// then empty), or `None` for an inline payload.
-        files: Vec<Option<FileRef>>,
-        /// The push's files, reserved until this op is dropped (after its
-        /// answer); `None` when it wrote none.
-        staged: Option<Staged>,
-        /// Per item: whether a row of this transaction names its file.
-        used: Vec<bool>,
+        /// The payload files it wrote; `None` when it wrote none.
+        files: Option<Box<PushFiles>>,
         slot: Slot<PushOutcome>,
     },
     CreateToken {
@@ -89,6 +83,17 @@ pub(crate) enum Write {
     },
 }
 
+/// The payload files of one push ([`crate::files`]).
+pub(crate) struct PushFiles {
+    /// Per item: the file its payload was written to (its `payload` then
+    /// empty), or `None` for an inline payload.
+    pub refs: Vec<Option<FileRef>>,
+    /// The names, reserved until this is dropped (after the push's answer).
+    pub staged: Staged,
+    /// Per item: whether a row of this transaction names its file.
+    pub used: Vec<bool>,
+}
+
 /// A caller waiting for a value of type `T`, and that value once its op is
 /// applied (sent only after the commit).
 pub(crate) struct Slot<T> {
@@ -117,9 +122,11 @@ impl Write {
     fn reset(&mut self) {
         match self {
             Write::OpenSession { slot, .. } => slot.out = None,
-            Write::Push { slot, used, .. } => {
+            Write::Push { slot, files, .. } => {
                 slot.out = None;
-                used.iter_mut().for_each(|u| *u = false);
+                if let Some(f) = files {
+                    f.used.iter_mut().for_each(|u| *u = false);
+                }
             }
             Write::CreateToken { slot, .. } | Write::RevokeToken { slot, .. } => slot.out = None,
             Write::Ack { slot, .. } => slot.out = None,
@@ -455,14 +462,11 @@ async fn apply(
             slot.out = Some(access::revoke_token(conn, id, *now_ms).await?);
             Ok(0)
         }
-        Write::Push {
-            req,
-            files,
-            used,
-            slot,
-            ..
-        } => {
-            let (out, added) = apply_push(conn, req, files, used, quotas, total_bytes).await?;
+        Write::Push { req, files, slot } => {
+            let (out, added) = match files {
+                Some(f) => apply_push(conn, req, &f.refs, &mut f.used, quotas, total_bytes).await?,
+                None => apply_push(conn, req, &[], &mut [], quotas, total_bytes).await?,
+            };
             slot.out = Some(out);
             Ok(added as i64)
         }
@@ -952,15 +956,13 @@ async fn existing_cursors(
 /// stay for the sweep, which asks the database.
 fn remove_unused_files(write: &Write, result: &Result<(), StorageError>) {
     if let Write::Push {
-        staged: Some(staged),
-        used,
-        ..
+        files: Some(files), ..
     } = write
-        && !staged.is_empty()
+        && !files.staged.is_empty()
     {
         match result {
-            Ok(()) => staged.remove_unused(used),
-            Err(e) if e.is_refusal() => staged.remove_unused(&[]),
+            Ok(()) => files.staged.remove_unused(&files.used),
+            Err(e) if e.is_refusal() => files.staged.remove_unused(&[]),
             Err(_) => {}
         }
     }

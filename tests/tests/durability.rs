@@ -560,7 +560,10 @@ async fn a_crash_between_blob_file_and_commit_leaves_an_orphan_swept_at_restart(
             if let Some(status) = relay.wait_exit(Duration::ZERO) {
                 break status;
             }
-            assert!(tokio::time::Instant::now() < deadline, "the relay did not exit");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay did not exit"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
