@@ -154,13 +154,22 @@ impl BlobFiles {
     }
 
     /// The payload of `file`, checked against its recorded length and hash
-    /// (blocking). A missing, truncated, grown or altered file is a
-    /// [`StorageError::Database`] naming the file.
-    pub(crate) fn read(&self, file: &FileRef) -> Result<Vec<u8>, StorageError> {
+    /// (blocking); `None` when the file does not exist (the caller asks
+    /// whether its row still does: the cleanup may have deleted both since
+    /// the row was read). A truncated, grown, altered or unreadable file is
+    /// a [`StorageError::Database`] naming the file.
+    pub(crate) fn read(&self, file: &FileRef) -> Result<Option<Vec<u8>>, StorageError> {
         let path = self.path(&file.name);
-        let handle = std::fs::File::open(&path).map_err(|e| {
-            StorageError::database(format!("blob file {} unreadable: {e}", path.display()))
-        })?;
+        let handle = match std::fs::File::open(&path) {
+            Ok(handle) => handle,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(StorageError::database(format!(
+                    "blob file {} unreadable: {e}",
+                    path.display()
+                )));
+            }
+        };
         let len = usize::try_from(file.len)
             .map_err(|_| StorageError::database("blob file length does not fit in memory"))?;
         let mut payload = Vec::with_capacity(len);
@@ -189,7 +198,7 @@ impl BlobFiles {
                 path.display()
             )));
         }
-        Ok(payload)
+        Ok(Some(payload))
     }
 
     /// Remove the files `names` (blocking); a file already gone is fine,

@@ -299,15 +299,44 @@ impl Storage for SqliteStorage {
             let read = tokio::task::spawn_blocking(move || {
                 in_files
                     .into_iter()
-                    .map(|(i, f)| files.read(&f).map(|p| (i, p)))
+                    .map(|(i, f)| files.read(&f).map(|p| (i, f, p)))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await
             .map_err(|e| StorageError::database(format!("blob file task failed: {e}")))??;
-            for (i, payload) in read {
-                if let Some(blob) = page.blobs.get_mut(i) {
-                    blob.payload = payload;
+            // Blobs whose file and row the cleanup removed after the page
+            // was read: left out, as if deleted before.
+            let mut gone = Vec::new();
+            for (i, file, payload) in read {
+                match payload {
+                    Some(payload) => {
+                        if let Some(blob) = page.blobs.get_mut(i) {
+                            blob.payload = payload;
+                        }
+                    }
+                    None => {
+                        let named: Option<i64> =
+                            sqlx::query_scalar("SELECT 1 FROM blobs WHERE file_name = ?1")
+                                .bind(&file.name)
+                                .fetch_optional(&self.readers)
+                                .await
+                                .map_err(dberr)?;
+                        if named.is_some() {
+                            return Err(StorageError::database(format!(
+                                "blob file {} is missing",
+                                self.files.path(&file.name).display()
+                            )));
+                        }
+                        gone.push(i);
+                    }
                 }
+            }
+            if !gone.is_empty() {
+                let mut i = 0;
+                page.blobs.retain(|_| {
+                    i += 1;
+                    !gone.contains(&(i - 1))
+                });
             }
         }
         Ok(page)

@@ -196,7 +196,7 @@ async fn a_damaged_or_missing_file_reads_as_a_storage_error() {
         ),
         ("truncated", Some(good[..LARGE - 1].to_vec()), "holds"),
         ("grown", Some([&good[..], b"x"].concat()), "longer"),
-        ("missing", None, "unreadable"),
+        ("missing", None, "missing"),
     ];
     for (what, content, says) in cases {
         match content {
