@@ -63,7 +63,7 @@ fn payload_of(id: &BlobId) -> Vec<u8> {
     let mut len = [0u8; 2];
     xof.fill(&mut len);
     // The first item of batches 0, 8, 16, … is stored as a file.
-    let base = if id.0[8] == 0 && id.0[7] % 8 == 0 {
+    let base = if id.0[8] == 0 && id.0[7].is_multiple_of(8) {
         LARGE_PAYLOAD
     } else {
         1024
