@@ -8,11 +8,18 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod backup;
 #[cfg(test)]
 mod classify_tests;
+mod files;
 mod writer;
 
+pub use backup::backup_database;
+pub use files::{BLOBS_DIR, DEFAULT_FILE_THRESHOLD, blobs_dir_of};
 pub use writer::{FAILPOINT_ENV, FAILPOINT_EXIT_CODE, MAX_OPS_PER_TXN};
+
+use files::{BlobFiles, FileRef};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -33,6 +40,13 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use writer::{Job, Slot, Write};
 
+/// [`FAILPOINT_ENV`] value (debug builds only) that ends the process with
+/// [`FAILPOINT_EXIT_CODE`] right after a push's payload files are written
+/// and fsync'd, before its transaction is queued: the crash window that
+/// leaves orphaned files (swept at the next start).
+#[cfg_attr(not(debug_assertions), allow(dead_code))]
+pub const FAILPOINT_AFTER_FILES: &str = "crash-after-blob-files";
+
 /// Depth of the writer's queue; callers wait (asynchronously) when it is full.
 const WRITE_QUEUE: usize = 1024;
 
@@ -47,6 +61,10 @@ pub struct SqliteStorageOptions {
     pub read_connections: u32,
     /// How long a statement waits on a locked database.
     pub busy_timeout: Duration,
+    /// Payloads of this many bytes or more are written to files in
+    /// [`blobs_dir_of`] the database instead of into it (default
+    /// [`DEFAULT_FILE_THRESHOLD`]; docs/deploy.md "Data directory").
+    pub file_threshold: usize,
 }
 
 impl SqliteStorageOptions {
@@ -57,6 +75,7 @@ impl SqliteStorageOptions {
             quotas,
             read_connections: 2,
             busy_timeout: Duration::from_secs(5),
+            file_threshold: DEFAULT_FILE_THRESHOLD,
         }
     }
 }
@@ -64,14 +83,20 @@ impl SqliteStorageOptions {
 /// The SQLite [`Storage`] backend. See the module docs.
 pub struct SqliteStorage {
     readers: SqlitePool,
+    files: Arc<BlobFiles>,
+    /// The `crash-after-blob-files` fail point is armed (debug builds only).
+    #[cfg(debug_assertions)]
+    crash_after_files: bool,
     writer: mpsc::Sender<Job>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl SqliteStorage {
     /// Open (or create) the database, run the migrations in
-    /// `migrations/sqlite`, and start the writer task.
-    /// Errors: [`StorageError::Database`], [`StorageError::Migration`].
+    /// `migrations/sqlite`, create the payload file directory
+    /// ([`blobs_dir_of`]), remove the files no row names (orphans of a
+    /// crash between a file's write and its commit), and start the writer
+    /// task. Errors: [`StorageError::Database`], [`StorageError::Migration`].
     pub async fn open(opts: SqliteStorageOptions) -> Result<Self, StorageError> {
         create_private(&opts.path)?;
         let connect = SqliteConnectOptions::new()
@@ -93,10 +118,19 @@ impl SqliteStorage {
             .connect_with(connect.read_only(true))
             .await
             .map_err(dberr)?;
+        let files = Arc::new(BlobFiles::open(
+            blobs_dir_of(&opts.path),
+            opts.file_threshold,
+        )?);
+        // Nothing writes yet: every file no row names is an orphan.
+        files::sweep(&files, &readers).await?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let task = tokio::spawn(writer::run(write_conn, rx, opts.quotas));
+        let task = tokio::spawn(writer::run(write_conn, rx, opts.quotas, Arc::clone(&files)));
         Ok(SqliteStorage {
             readers,
+            files,
+            #[cfg(debug_assertions)]
+            crash_after_files: std::env::var(FAILPOINT_ENV).as_deref() == Ok(FAILPOINT_AFTER_FILES),
             writer: tx,
             writer_task: Mutex::new(Some(task)),
         })
@@ -150,8 +184,54 @@ impl Storage for SqliteStorage {
         access::list_tokens(&self.readers).await
     }
 
-    async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
-        self.write(|slot| Write::Push { req, slot }).await
+    async fn push(&self, mut req: PushRequest) -> Result<PushOutcome, StorageError> {
+        let n = req.items.len();
+        let threshold = self.files.threshold();
+        let large: Vec<usize> = (0..n)
+            .filter(|&i| req.items[i].payload.len() >= threshold)
+            .collect();
+        if large.is_empty() {
+            return self
+                .write(|slot| Write::Push {
+                    req,
+                    files: None,
+                    slot,
+                })
+                .await;
+        }
+        // Write and fsync the large payloads before the writer sees the
+        // push (off the runtime: fsync blocks), then let go of them.
+        let payloads: Vec<Vec<u8>> = large
+            .iter()
+            .map(|&i| std::mem::take(&mut req.items[i].payload))
+            .collect();
+        let files = Arc::clone(&self.files);
+        let (staged, refs) = tokio::task::spawn_blocking(move || {
+            let views: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            files.write_all(&views)
+        })
+        .await
+        .map_err(|e| StorageError::database(format!("blob file task failed: {e}")))??;
+        #[cfg(debug_assertions)]
+        if self.crash_after_files {
+            tracing::error!("fail point crash-after-blob-files: exiting before the commit");
+            std::process::exit(FAILPOINT_EXIT_CODE);
+        }
+        let mut files = vec![None; n];
+        for (i, file) in large.into_iter().zip(refs) {
+            files[i] = Some(file);
+        }
+        let files = Box::new(writer::PushFiles {
+            refs: files,
+            staged,
+            used: vec![false; n],
+        });
+        self.write(|slot| Write::Push {
+            req,
+            files: Some(files),
+            slot,
+        })
+        .await
     }
 
     async fn head(&self, group: GroupId) -> Result<u64, StorageError> {
@@ -168,7 +248,8 @@ impl Storage for SqliteStorage {
     ) -> Result<PullPage, StorageError> {
         let max_blobs = max_blobs.max(1) as usize;
         let mut rows = sqlx::query(
-            "SELECT cursor, blob_id, sender, created_at, payload FROM blobs \
+            "SELECT cursor, blob_id, sender, created_at, payload, file_name, file_len, file_hash \
+             FROM blobs \
              WHERE group_id = ?1 AND cursor > ?2 AND expires_at > ?3 \
              ORDER BY cursor LIMIT ?4",
         )
@@ -182,17 +263,28 @@ impl Storage for SqliteStorage {
             complete: true,
         };
         let mut bytes = 0usize;
+        // (index in the page, file) of the payloads to read from files.
+        let mut in_files: Vec<(usize, FileRef)> = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(dberr)? {
             if page.blobs.len() == max_blobs {
                 page.complete = false;
                 break;
             }
             let payload: Vec<u8> = row.try_get(4).map_err(dberr)?;
-            if !page.blobs.is_empty() && bytes + payload.len() > max_bytes {
+            let file = file_in_row(&row, 5)?;
+            let len = match &file {
+                Some(f) => usize::try_from(f.len)
+                    .map_err(|_| StorageError::database("stored file length is too large"))?,
+                None => payload.len(),
+            };
+            if !page.blobs.is_empty() && bytes + len > max_bytes {
                 page.complete = false;
                 break;
             }
-            bytes += payload.len();
+            bytes += len;
+            if let Some(file) = file {
+                in_files.push((page.blobs.len(), file));
+            }
             page.blobs.push(PulledBlob {
                 cursor: row.try_get::<i64, _>(0).map_err(dberr)? as u64,
                 blob_id: BlobId(fixed(row.try_get(1).map_err(dberr)?)?),
@@ -200,6 +292,52 @@ impl Storage for SqliteStorage {
                 created_at: row.try_get::<i64, _>(3).map_err(dberr)? as u64,
                 payload,
             });
+        }
+        drop(rows);
+        if !in_files.is_empty() {
+            let files = Arc::clone(&self.files);
+            let read = tokio::task::spawn_blocking(move || {
+                in_files
+                    .into_iter()
+                    .map(|(i, f)| files.read(&f).map(|p| (i, f, p)))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| StorageError::database(format!("blob file task failed: {e}")))??;
+            // Blobs whose file and row the cleanup removed after the page
+            // was read: left out, as if deleted before.
+            let mut gone = Vec::new();
+            for (i, file, payload) in read {
+                match payload {
+                    Some(payload) => {
+                        if let Some(blob) = page.blobs.get_mut(i) {
+                            blob.payload = payload;
+                        }
+                    }
+                    None => {
+                        let named: Option<i64> =
+                            sqlx::query_scalar("SELECT 1 FROM blobs WHERE file_name = ?1")
+                                .bind(&file.name)
+                                .fetch_optional(&self.readers)
+                                .await
+                                .map_err(dberr)?;
+                        if named.is_some() {
+                            return Err(StorageError::database(format!(
+                                "blob file {} is missing",
+                                self.files.path(&file.name).display()
+                            )));
+                        }
+                        gone.push(i);
+                    }
+                }
+            }
+            if !gone.is_empty() {
+                let mut i = 0;
+                page.blobs.retain(|_| {
+                    i += 1;
+                    !gone.contains(&(i - 1))
+                });
+            }
         }
         Ok(page)
     }
@@ -292,18 +430,23 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    /// Checkpoint and optimize (in the writer), then remove orphaned
+    /// payload files ([`files`]: a crash between a file's write and its
+    /// commit, or between a row's deletion and its file's).
     async fn maintenance(&self) -> Result<(), StorageError> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Job::Maintenance(reply))
             .await
             .map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)?
+        rx.await.map_err(|_| StorageError::Closed)??;
+        files::sweep(&self.files, &self.readers).await?;
+        Ok(())
     }
 
     async fn audit(&self) -> Result<CounterAudit, StorageError> {
         let row = sqlx::query(
-            "SELECT (SELECT COALESCE(SUM(bytes_used), 0) FROM groups),                     (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs),                     (SELECT COALESCE(SUM(blob_count), 0) FROM groups),                     (SELECT COUNT(*) FROM blobs),                     (SELECT COUNT(*) FROM groups g WHERE                        g.bytes_used != (SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM blobs b WHERE b.group_id = g.group_id)                     OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id)), \
+            "SELECT (SELECT COALESCE(SUM(bytes_used), 0) FROM groups),                     (SELECT COALESCE(SUM(COALESCE(file_len, LENGTH(payload))), 0) FROM blobs),                     (SELECT COALESCE(SUM(blob_count), 0) FROM groups),                     (SELECT COUNT(*) FROM blobs),                     (SELECT COUNT(*) FROM groups g WHERE                        g.bytes_used != (SELECT COALESCE(SUM(COALESCE(file_len, LENGTH(payload))), 0) FROM blobs b WHERE b.group_id = g.group_id)                     OR g.blob_count != (SELECT COUNT(*) FROM blobs b WHERE b.group_id = g.group_id)), \
                     (SELECT COUNT(*) FROM owners o WHERE \
                        o.bytes_used != (SELECT COALESCE(SUM(bytes_used), 0) FROM groups g WHERE g.owner = o.owner) \
                     OR o.group_count != (SELECT COUNT(*) FROM groups g WHERE g.owner = o.owner)) \
@@ -343,32 +486,6 @@ impl Storage for SqliteStorage {
             acquire_timeouts: 0,
         }
     }
-}
-
-/// Write a consistent copy of the database at `db` to `dest` with
-/// `VACUUM INTO` (safe while the relay runs: it is one read transaction).
-/// `dest` must not exist. Errors: [`StorageError::Database`].
-pub async fn backup_database(
-    db: &std::path::Path,
-    dest: &std::path::Path,
-) -> Result<(), StorageError> {
-    let connect = SqliteConnectOptions::new()
-        .filename(db)
-        .read_only(true)
-        .busy_timeout(Duration::from_secs(30));
-    let mut conn = SqliteConnection::connect_with(&connect)
-        .await
-        .map_err(dberr)?;
-    let dest = dest
-        .to_str()
-        .ok_or_else(|| StorageError::database("backup path is not UTF-8"))?;
-    sqlx::query("VACUUM INTO ?1")
-        .bind(dest)
-        .execute(&mut conn)
-        .await
-        .map_err(dberr)?;
-    conn.close().await.map_err(dberr)?;
-    Ok(())
 }
 
 /// Operator commands on the SQLite database while the relay runs
@@ -537,4 +654,29 @@ pub(crate) async fn head_of<'e>(
     .await
     .map_err(dberr)?;
     Ok(head as u64)
+}
+
+/// The payload file named by `row`'s columns `at` (`file_name`), `at + 1`
+/// (`file_len`) and `at + 2` (`file_hash`), or `None` for an inline
+/// payload; a malformed reference is a database error.
+pub(crate) fn file_in_row(
+    row: &sqlx::sqlite::SqliteRow,
+    at: usize,
+) -> Result<Option<FileRef>, StorageError> {
+    let Some(name) = row.try_get::<Option<String>, _>(at).map_err(dberr)? else {
+        return Ok(None);
+    };
+    if !files::is_file_name(&name) {
+        return Err(StorageError::database(format!(
+            "stored blob file name {name:?} is malformed"
+        )));
+    }
+    let len: i64 = row.try_get(at + 1).map_err(dberr)?;
+    let hash: Vec<u8> = row.try_get(at + 2).map_err(dberr)?;
+    Ok(Some(FileRef {
+        name,
+        len: u64::try_from(len)
+            .map_err(|_| StorageError::database("stored blob file length is negative"))?,
+        hash: fixed(hash)?,
+    }))
 }

@@ -9,10 +9,12 @@
 //! byte total can be kept exactly in memory.
 
 use crate::access;
+use crate::files::{BlobFiles, FileRef, Staged};
 use crate::{dberr, fixed};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use std::collections::HashMap;
+use std::sync::Arc;
 use sync_protocol::{BlobId, DeviceId, GroupId, KeepList};
 use sync_storage::quota::{Adding, Budget, GroupUse, check_push};
 use sync_storage::{
@@ -36,6 +38,8 @@ pub(crate) enum Write {
     },
     Push {
         req: PushRequest,
+        /// The payload files it wrote; `None` when it wrote none.
+        files: Option<Box<PushFiles>>,
         slot: Slot<PushOutcome>,
     },
     CreateToken {
@@ -79,6 +83,17 @@ pub(crate) enum Write {
     },
 }
 
+/// The payload files of one push ([`crate::files`]).
+pub(crate) struct PushFiles {
+    /// Per item: the file its payload was written to (its `payload` then
+    /// empty), or `None` for an inline payload.
+    pub refs: Vec<Option<FileRef>>,
+    /// The names, reserved until this is dropped (after the push's answer).
+    pub staged: Staged,
+    /// Per item: whether a row of this transaction names its file.
+    pub used: Vec<bool>,
+}
+
 /// A caller waiting for a value of type `T`, and that value once its op is
 /// applied (sent only after the commit).
 pub(crate) struct Slot<T> {
@@ -107,7 +122,12 @@ impl Write {
     fn reset(&mut self) {
         match self {
             Write::OpenSession { slot, .. } => slot.out = None,
-            Write::Push { slot, .. } => slot.out = None,
+            Write::Push { slot, files, .. } => {
+                slot.out = None;
+                if let Some(f) = files {
+                    f.used.iter_mut().for_each(|u| *u = false);
+                }
+            }
             Write::CreateToken { slot, .. } | Write::RevokeToken { slot, .. } => slot.out = None,
             Write::Ack { slot, .. } => slot.out = None,
             Write::DeleteExpired { slot, .. } | Write::DeleteAcked { slot, .. } => slot.out = None,
@@ -144,6 +164,8 @@ pub(crate) enum Job {
 /// Writer state that outlives transactions.
 struct Writer {
     conn: SqliteConnection,
+    /// Payload files: removed here after the commit that deletes their rows.
+    files: Arc<BlobFiles>,
     quotas: Quotas,
     /// `SUM(bytes_used)` over all groups, as committed.
     total_bytes: u64,
@@ -184,6 +206,8 @@ fn failpoint_from_env() -> Option<u32> {
     let n = match value.split_once(':') {
         None if value == "crash-after-commit" => Some(1),
         Some(("crash-after-commit", n)) => n.parse().ok().filter(|&n| n >= 1),
+        // Armed in `SqliteStorage::push` (crate root), not here.
+        None if value == crate::FAILPOINT_AFTER_FILES => return None,
         _ => None,
     };
     match n {
@@ -195,7 +219,12 @@ fn failpoint_from_env() -> Option<u32> {
 
 /// Run until `Shutdown` or until every sender is gone, then checkpoint the
 /// WAL and close.
-pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>, quotas: Quotas) {
+pub(super) async fn run(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Job>,
+    quotas: Quotas,
+    files: Arc<BlobFiles>,
+) {
     let total_bytes =
         match sqlx::query_scalar::<_, i64>("SELECT COALESCE(SUM(bytes_used), 0) FROM groups")
             .fetch_one(&mut conn)
@@ -215,6 +244,7 @@ pub(super) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>,
         };
     let mut w = Writer {
         conn,
+        files,
         quotas,
         total_bytes,
         #[cfg(debug_assertions)]
@@ -272,6 +302,7 @@ impl Writer {
             Ok(results) => {
                 self.failpoint_after_commit(&ops, &results);
                 for (write, result) in ops.into_iter().zip(results) {
+                    remove_unused_files(&write, &result);
                     write.answer(result);
                 }
             }
@@ -290,6 +321,7 @@ impl Writer {
                         Err(e) => Err(e),
                     };
                     let [write] = one;
+                    remove_unused_files(&write, &result);
                     write.answer(result);
                 }
             }
@@ -338,13 +370,17 @@ impl Writer {
             .await
             .map_err(dberr)?;
         let mut results = Vec::with_capacity(ops.len());
+        // Files of the rows this transaction deletes: removed only once it
+        // committed (a crash before leaves orphans for the sweep).
+        let mut removals = Vec::new();
         if let [op] = ops {
             // One op alone needs no savepoint: a refusal rolls back the
             // whole transaction (two fewer statements on the common path).
-            match apply(&mut tx, op, quotas, total).await {
+            match apply(&mut tx, op, quotas, total, &mut removals).await {
                 Ok(delta) => {
                     tx.commit().await.map_err(dberr)?;
                     self.total_bytes = total.saturating_add_signed(delta);
+                    self.files.remove(&removals);
                     return Ok(vec![Ok(())]);
                 }
                 Err(err) if err.is_refusal() => {
@@ -356,7 +392,7 @@ impl Writer {
         }
         for op in ops.iter_mut() {
             let mut sp = tx.begin().await.map_err(dberr)?;
-            match apply(&mut sp, op, quotas, total).await {
+            match apply(&mut sp, op, quotas, total, &mut removals).await {
                 Ok(delta) => {
                     sp.commit().await.map_err(dberr)?;
                     total = total.saturating_add_signed(delta);
@@ -371,6 +407,7 @@ impl Writer {
         }
         tx.commit().await.map_err(dberr)?;
         self.total_bytes = total;
+        self.files.remove(&removals);
         Ok(results)
     }
 
@@ -394,6 +431,7 @@ async fn apply(
     write: &mut Write,
     quotas: Quotas,
     total_bytes: u64,
+    removals: &mut Vec<String>,
 ) -> Result<i64, StorageError> {
     match write {
         Write::OpenSession {
@@ -424,8 +462,11 @@ async fn apply(
             slot.out = Some(access::revoke_token(conn, id, *now_ms).await?);
             Ok(0)
         }
-        Write::Push { req, slot } => {
-            let (out, added) = apply_push(conn, req, quotas, total_bytes).await?;
+        Write::Push { req, files, slot } => {
+            let (out, added) = match files {
+                Some(f) => apply_push(conn, req, &f.refs, &mut f.used, quotas, total_bytes).await?,
+                None => apply_push(conn, req, &[], &mut [], quotas, total_bytes).await?,
+            };
             slot.out = Some(out);
             Ok(added as i64)
         }
@@ -469,14 +510,14 @@ async fn apply(
             let rows = sqlx::query(
                 "DELETE FROM blobs WHERE rowid IN \
                  (SELECT rowid FROM blobs WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2) \
-                 RETURNING group_id, LENGTH(payload)",
+                 RETURNING group_id, COALESCE(file_len, LENGTH(payload)), file_name",
             )
             .bind(*now_ms)
             .bind(i64::from(*limit))
             .fetch_all(&mut *conn)
             .await
             .map_err(dberr)?;
-            let deleted = settle_deletions(conn, rows).await?;
+            let deleted = settle_deletions(conn, rows, removals).await?;
             slot.out = Some(deleted);
             Ok(-(deleted.bytes as i64))
         }
@@ -491,14 +532,14 @@ async fn apply(
                  DELETE FROM blobs WHERE rowid IN \
                  (SELECT b.rowid FROM blobs b JOIN floor f ON b.group_id = f.group_id \
                    WHERE b.cursor <= f.acked LIMIT ?2) \
-                 RETURNING group_id, LENGTH(payload)",
+                 RETURNING group_id, COALESCE(file_len, LENGTH(payload)), file_name",
             )
             .bind(*seen_since_ms)
             .bind(i64::from(*limit))
             .fetch_all(&mut *conn)
             .await
             .map_err(dberr)?;
-            let deleted = settle_deletions(conn, rows).await?;
+            let deleted = settle_deletions(conn, rows, removals).await?;
             slot.out = Some(deleted);
             Ok(-(deleted.bytes as i64))
         }
@@ -698,12 +739,16 @@ async fn group_head(
 async fn settle_deletions(
     conn: &mut SqliteConnection,
     rows: Vec<sqlx::sqlite::SqliteRow>,
+    removals: &mut Vec<String>,
 ) -> Result<Deleted, StorageError> {
     let mut per_group: HashMap<Vec<u8>, (i64, i64)> = HashMap::new();
     let mut deleted = Deleted::default();
     for row in rows {
         let group: Vec<u8> = row.try_get(0).map_err(dberr)?;
         let len: i64 = row.try_get(1).map_err(dberr)?;
+        if let Some(name) = row.try_get::<Option<String>, _>(2).map_err(dberr)? {
+            removals.push(name);
+        }
         let e = per_group.entry(group).or_default();
         e.0 += 1;
         e.1 += len;
@@ -757,21 +802,29 @@ async fn touch_device(
 async fn apply_push(
     conn: &mut SqliteConnection,
     req: &PushRequest,
+    files: &[Option<FileRef>],
+    file_used: &mut [bool],
     quotas: Quotas,
     total_bytes: u64,
 ) -> Result<(PushOutcome, u64), StorageError> {
     let existing = existing_cursors(conn, req.group, &req.items).await?;
     // Which items are new: the first occurrence of an id not yet stored.
     let mut first_index: HashMap<BlobId, usize> = HashMap::new();
-    let mut new_items: Vec<&NewBlob> = Vec::new();
-    for item in &req.items {
+    let mut new_items: Vec<(&NewBlob, Option<&FileRef>)> = Vec::new();
+    let mut new_index: Vec<usize> = Vec::new();
+    for (i, item) in req.items.iter().enumerate() {
         if !existing.contains_key(&item.blob_id) && !first_index.contains_key(&item.blob_id) {
             first_index.insert(item.blob_id, new_items.len());
-            new_items.push(item);
+            new_items.push((item, files.get(i).and_then(Option::as_ref)));
+            new_index.push(i);
         }
     }
 
-    let adding: u64 = new_items.iter().map(|b| b.payload.len() as u64).sum();
+    // A payload in a file is charged its file's length, as inline.
+    let adding: u64 = new_items
+        .iter()
+        .map(|(b, f)| f.map_or(b.payload.len() as u64, |f| f.len))
+        .sum();
     let n = new_items.len() as u64;
     let head = if new_items.is_empty() {
         group_head(&mut *conn, req.group)
@@ -826,6 +879,11 @@ async fn apply_push(
         };
         check_push(&quotas, group_use, owner_use, relay, add)?;
         insert_blobs(conn, req, &new_items, head - n + 1, expiry_cap).await?;
+        for i in new_index {
+            if let Some(u) = file_used.get_mut(i) {
+                *u = true;
+            }
+        }
         head
     };
 
@@ -839,18 +897,19 @@ async fn apply_push(
 async fn insert_blobs(
     conn: &mut SqliteConnection,
     req: &PushRequest,
-    items: &[&NewBlob],
+    items: &[(&NewBlob, Option<&FileRef>)],
     first: u64,
     expiry_cap: i64,
 ) -> Result<(), StorageError> {
-    // 7 parameters a row; SQLite allows 32766 per statement.
+    // 10 parameters a row; SQLite allows 32766 per statement.
     for (c, chunk) in items.chunks(1024).enumerate() {
-        let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
         let sql = format!(
-            "INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at) VALUES {rows}"
+            "INSERT INTO blobs (group_id, cursor, blob_id, sender, payload, created_at, expires_at, \
+             file_name, file_len, file_hash) VALUES {rows}"
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for (i, item) in chunk.iter().enumerate() {
+        for (i, (item, file)) in chunk.iter().enumerate() {
             q = q
                 .bind(&req.group.0[..])
                 .bind((first + (c * 1024 + i) as u64) as i64)
@@ -858,7 +917,10 @@ async fn insert_blobs(
                 .bind(&req.sender.0[..])
                 .bind(&item.payload[..])
                 .bind(req.now_ms)
-                .bind(item.expires_at_ms.min(expiry_cap));
+                .bind(item.expires_at_ms.min(expiry_cap))
+                .bind(file.map(|f| f.name.as_str()))
+                .bind(file.map(|f| f.len as i64))
+                .bind(file.map(|f| &f.hash[..]));
         }
         q.execute(&mut *conn).await.map_err(dberr)?;
     }
@@ -886,4 +948,22 @@ async fn existing_cursors(
         }
     }
     Ok(found)
+}
+
+/// After a push op's transaction ended: remove the files it wrote that no
+/// committed row names (duplicates of stored blobs, a refused push). Not
+/// after a database error: whether it committed is unknown, so its files
+/// stay for the sweep, which asks the database.
+fn remove_unused_files(write: &Write, result: &Result<(), StorageError>) {
+    if let Write::Push {
+        files: Some(files), ..
+    } = write
+        && !files.staged.is_empty()
+    {
+        match result {
+            Ok(()) => files.staged.remove_unused(&files.used),
+            Err(e) if e.is_refusal() => files.staged.remove_unused(&[]),
+            Err(_) => {}
+        }
+    }
 }

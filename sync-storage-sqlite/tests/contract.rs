@@ -14,6 +14,9 @@ struct Sqlite {
     /// Whether the model check may rely on the writer's queue order (false
     /// runs the order-free check meant for backends without one write queue).
     queue_order: bool,
+    /// Payloads of this many bytes or more go to files
+    /// (`SqliteStorageOptions::file_threshold`).
+    file_threshold: usize,
 }
 
 /// A temporary directory in RAM where there is one (`/dev/shm` on Linux):
@@ -33,7 +36,8 @@ fn ram_tempdir() -> tempfile::TempDir {
 #[async_trait(?Send)]
 impl Backend for Sqlite {
     async fn open(&mut self, quotas: Quotas) -> Box<dyn Storage> {
-        let opts = SqliteStorageOptions::new(self.dir.path().join("t.db"), quotas);
+        let mut opts = SqliteStorageOptions::new(self.dir.path().join("t.db"), quotas);
+        opts.file_threshold = self.file_threshold;
         Box::new(SqliteStorage::open(opts).await.expect("open SQLite"))
     }
 
@@ -47,6 +51,21 @@ fn sqlite() -> LocalBoxFuture<'static, Option<Box<dyn Backend>>> {
         Some(Box::new(Sqlite {
             dir: ram_tempdir(),
             queue_order: true,
+            file_threshold: sync_storage_sqlite::DEFAULT_FILE_THRESHOLD,
+        }) as Box<dyn Backend>)
+    })
+}
+
+/// Every payload of 1 byte or more in a file: the whole contract and the
+/// model check again, on the file path.
+fn sqlite_files() -> LocalBoxFuture<'static, Option<Box<dyn Backend>>> {
+    Box::pin(async {
+        Some(Box::new(Sqlite {
+            dir: ram_tempdir(),
+            // A push with files writes them before it joins the writer's
+            // queue, so a later op can overtake it: the order-free check.
+            queue_order: false,
+            file_threshold: 1,
         }) as Box<dyn Backend>)
     })
 }
@@ -56,11 +75,18 @@ fn sqlite_any_order() -> LocalBoxFuture<'static, Option<Box<dyn Backend>>> {
         Some(Box::new(Sqlite {
             dir: ram_tempdir(),
             queue_order: false,
+            file_threshold: sync_storage_sqlite::DEFAULT_FILE_THRESHOLD,
         }) as Box<dyn Backend>)
     })
 }
 
 sync_storage::storage_contract_tests!(sqlite, 128);
+
+/// The contract with payloads in files.
+mod files {
+    use super::sqlite_files;
+    sync_storage::storage_contract_tests!(sqlite_files, 64);
+}
 
 /// Keeps the order-free path of the model check (for a backend without one
 /// write queue) working: SQLite's queue order is one of the orders it tries.

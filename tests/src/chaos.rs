@@ -848,15 +848,23 @@ impl Chaos {
                 "device {i}: files in its output directory"
             );
         }
-        // 5: no plaintext at the relay.
-        for entry in std::fs::read_dir(self.tmp.path().join("relay")).unwrap() {
-            let path = entry.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            assert!(
-                !contains(&bytes, MARKER.as_bytes()),
-                "plaintext in {}",
-                path.display()
-            );
+        // 5: no plaintext at the relay: its database and every payload
+        // file (`blobs/xx/…`, docs/deploy.md "Data directory").
+        let mut dirs = vec![self.tmp.path().join("relay")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !contains(&bytes, MARKER.as_bytes()),
+                    "plaintext in {}",
+                    path.display()
+                );
+            }
         }
         head
     }

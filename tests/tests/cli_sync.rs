@@ -209,12 +209,20 @@ fn relay_database_holds_no_plaintext() {
 
     let scan = |relay: &RelayProcess| {
         let mut found = Vec::new();
-        for entry in std::fs::read_dir(&relay.data_dir).unwrap() {
-            let path = entry.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            for needle in [MARKER, "secret-plans-2027", "line 19999"] {
-                if contains(&bytes, needle.as_bytes()) {
-                    found.push(format!("{} contains {needle:?}", path.display()));
+        // The database and every payload file (`blobs/xx/…`).
+        let mut dirs = vec![relay.data_dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let bytes = std::fs::read(&path).unwrap();
+                for needle in [MARKER, "secret-plans-2027", "line 19999"] {
+                    if contains(&bytes, needle.as_bytes()) {
+                        found.push(format!("{} contains {needle:?}", path.display()));
+                    }
                 }
             }
         }

@@ -22,6 +22,16 @@
 //! before its answer (the window `kill -9` only hits by chance); after a
 //! restart the retried push is a duplicate with its original cursors and
 //! nothing is stored twice.
+//!
+//! `a_crash_between_blob_file_and_commit_leaves_an_orphan_swept_at_restart`:
+//! the fail point ends the relay after a push's payload files are written
+//! and fsync'd and before its transaction (the SQLite backend stores
+//! payloads of 64 KiB and more as files, docs/deploy.md "Data directory"):
+//! after a restart no row names the file (nothing was stored), the file is
+//! gone (swept at start), and the retried push stores it once.
+//!
+//! Some payloads of the kill loop are large enough to be files, so the
+//! kill -9 rounds check file-backed blobs too.
 
 use e2e_tests::{LibDevice, RelayProcess};
 use rand::rngs::SmallRng;
@@ -38,6 +48,9 @@ use tokio::task::JoinHandle;
 const PUSHERS: usize = 4;
 /// Blobs per pushed batch.
 const BATCH: u8 = 4;
+/// Large enough to be stored as a file by the SQLite backend
+/// (`sync_storage_sqlite::DEFAULT_FILE_THRESHOLD`, 64 KiB).
+const LARGE_PAYLOAD: usize = 64 * 1024 + 1;
 /// Generous bound for anything the test waits on.
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -49,7 +62,13 @@ fn payload_of(id: &BlobId) -> Vec<u8> {
         .finalize_xof();
     let mut len = [0u8; 2];
     xof.fill(&mut len);
-    let mut payload = vec![0; 1024 + usize::from(u16::from_le_bytes(len)) % 3072];
+    // The first item of batches 0, 8, 16, … is stored as a file.
+    let base = if id.0[8] == 0 && id.0[7].is_multiple_of(8) {
+        LARGE_PAYLOAD
+    } else {
+        1024
+    };
+    let mut payload = vec![0; base + usize::from(u16::from_le_bytes(len)) % 3072];
     xof.fill(&mut payload);
     payload
 }
@@ -492,6 +511,92 @@ async fn a_push_committed_but_unanswered_is_a_duplicate_on_retry() {
     let stored = pull_all(&reader, 0).await;
     check_group("after the retry", 0, &stored, &ledger.lock().unwrap());
     assert_eq!(stored.len(), 3 * usize::from(BATCH));
+    reader.close().await;
+    session.close().await;
+    drop(relay);
+}
+
+/// Payload files under the relay's data directory (`blobs/xx/name`).
+fn blob_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(subs) = std::fs::read_dir(data.join("blobs")) else {
+        return out;
+    };
+    for sub in subs {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_blob_file_and_commit_leaves_an_orphan_swept_at_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("relay");
+    let mut relay = tokio::task::block_in_place(|| {
+        RelayProcess::start_with_env(
+            &data,
+            "127.0.0.1:0",
+            &[],
+            &[("SYNC_RELAY_FAILPOINT", "crash-after-blob-files")],
+        )
+    });
+    let quic = relay.quic.to_string();
+    let secret = GroupSecret::generate();
+    let dev = LibDevice::new(&relay.address, &secret);
+    let session = RelaySession::connect(&dev.opts).await.unwrap();
+    // Batch 0's first item is a file-sized payload.
+    let items = batch(7, 0);
+    assert!(items[0].payload.len() >= LARGE_PAYLOAD);
+    match tokio::time::timeout(DEADLINE, session.push(items.clone())).await {
+        Ok(Ok(ok)) => panic!("the push was answered, the fail point did not fire: {ok:?}"),
+        Ok(Err(_)) => {}
+        Err(_) => panic!("the push neither failed nor was answered"),
+    }
+    let status = {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = relay.wait_exit(Duration::ZERO) {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert_eq!(
+        status.code(),
+        Some(FAILPOINT_EXIT_CODE),
+        "the relay ended by its fail point ({status}):\n{}",
+        relay.log()
+    );
+    drop(relay);
+    drop(session);
+    // The crash left the written file and no row.
+    assert_eq!(blob_files(&data).len(), 1, "the fsync'd file is on disk");
+
+    let relay = tokio::task::block_in_place(|| RelayProcess::start_with(&data, &quic, &[]));
+    assert_eq!(
+        blob_files(&data),
+        Vec::<std::path::PathBuf>::new(),
+        "the orphan was swept at start"
+    );
+    let session = RelaySession::connect(&dev.opts).await.unwrap();
+    let reader = LibDevice::new(&relay.address, &secret);
+    let reader = RelaySession::connect(&reader.opts).await.unwrap();
+    assert!(pull_all(&reader, 0).await.is_empty(), "nothing was stored");
+    // The retry stores the batch once, its large payload in one new file.
+    let ledger: Ledger = Arc::default();
+    let ok = session.push(items.clone()).await.unwrap();
+    record(&ledger, &ok, "retry after the crash");
+    assert!(ok.results.iter().all(|r| !r.duplicate));
+    assert_eq!(blob_files(&data).len(), 1);
+    let stored = pull_all(&reader, 0).await;
+    check_group("after the retry", 0, &stored, &ledger.lock().unwrap());
+    assert_eq!(stored.len(), items.len());
     reader.close().await;
     session.close().await;
     drop(relay);

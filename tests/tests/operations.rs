@@ -526,8 +526,17 @@ async fn a_backup_taken_while_running_restores_identity_and_data() {
     let secret = GroupSecret::generate();
     let mut dev = LibDevice::new(&relay.address, &secret);
     let client = dev.connect().await;
+    // A small message (inline in the database) and a large one (its blob
+    // a file beside it, docs/deploy.md "Data directory").
+    // Incompressible (the client compresses what it can).
+    let mut large = vec![0u8; 300_000];
+    blake3::Hasher::new()
+        .update(b"backup")
+        .finalize_xof()
+        .fill(&mut large);
+    let messages = vec![b"keep me".to_vec(), large];
     client
-        .push_messages(&mut dev.state, &[b"keep me".to_vec()], &Default::default())
+        .push_messages(&mut dev.state, &messages, &Default::default())
         .await
         .unwrap();
     let dest = tmp.path().join("backup");
@@ -543,6 +552,16 @@ async fn a_backup_taken_while_running_restores_identity_and_data() {
         String::from_utf8_lossy(&out.stderr)
     );
     client.close().await;
+    let files = |dir: &std::path::Path| -> usize {
+        std::fs::read_dir(dir.join("blobs"))
+            .map(|subs| {
+                subs.map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    assert!(files(&data) >= 1, "the large message is stored as a file");
+    assert_eq!(files(&dest), files(&data), "the backup holds every file");
 
     // Restore: a relay started on the backup has the same node id and the data.
     let restored = RelayProcess::start(&dest);
@@ -558,7 +577,7 @@ async fn a_backup_taken_while_running_restores_identity_and_data() {
     })
     .await
     .unwrap();
-    assert_eq!(got, vec![b"keep me".to_vec()]);
+    assert_eq!(got, messages);
     // A second backup into the same place is refused rather than overwriting.
     let out = std::process::Command::new(e2e_tests::bin("sync-relay"))
         .args(["backup", "--data-dir"])
