@@ -16,8 +16,8 @@ use sync_protocol::limits::{HANDSHAKE_MAX_FRAME, NOTIFY_MAX_FRAME};
 use sync_protocol::{
     AccessToken, Ack, CloseCode, CloseGroup, CloseGroupOk, Deliver, DeviceId, ErrorCode,
     FALLBACK_PROTOCOL_VERSION, Hello, HelloWithToken, INLINE_PROTOCOL_VERSION, KeepList,
-    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem,
-    PushOk, Welcome, decode_body, read_frame_into, read_message, write_message,
+    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem, PushOk,
+    Welcome, decode_body, read_frame_into, read_message, write_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
@@ -303,7 +303,14 @@ impl RelaySession {
             HANDSHAKE_MAX_FRAME
         };
         let notify = AbortOnDropHandle::new(tokio::spawn(async move {
-            read_notify(notify_conn, max_frame, heads_tx, deliveries_tx, &notify_seen).await;
+            read_notify(
+                notify_conn,
+                max_frame,
+                heads_tx,
+                deliveries_tx,
+                &notify_seen,
+            )
+            .await;
         }));
         Ok(RelaySession {
             endpoint: None,

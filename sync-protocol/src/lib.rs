@@ -26,10 +26,10 @@ pub use frame::{
     write_message,
 };
 pub use message::{
-    ACCESS_TOKEN_PREFIX, AccessToken, Ack, AckOk, BlobId, CloseGroup, CloseGroupOk, Deliver, DeviceId,
-    ErrorMsg, GroupId, HELLO_PROOF_CONTEXT, Hello, HelloWithToken, Message, MessageKind, Notify,
-    ParseTokenError, Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk, PushResult,
-    Welcome, hello_proof_message,
+    ACCESS_TOKEN_PREFIX, AccessToken, Ack, AckOk, BlobId, CloseGroup, CloseGroupOk, Deliver,
+    DeviceId, ErrorMsg, GroupId, HELLO_PROOF_CONTEXT, Hello, HelloWithToken, Message, MessageKind,
+    Notify, ParseTokenError, Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk,
+    PushResult, Welcome, hello_proof_message,
 };
 
 /// QUIC ALPN of protocol version 1: `/0k-sync/1`.

@@ -40,11 +40,7 @@ impl SyncClient {
         out_dir: &Path,
         events: &mut (dyn FnMut(PullEvent) + Send),
     ) -> Result<Option<u64>> {
-        let Deliver {
-            after,
-            blobs,
-            head,
-        } = delivery;
+        let Deliver { after, blobs, head } = delivery;
         if after != state.state.cursor || blobs.is_empty() {
             return Ok(None);
         }

@@ -23,7 +23,7 @@ pub mod inline;
 pub mod pull;
 pub mod push;
 
-pub use pull::{PullSummary, Subscription};
+pub use pull::{PullSummary, Subscription, SubscriptionEvent};
 pub use push::{ChunkAck, PushOptions, PushedFile};
 
 use crate::backoff::{Backoff, Jitter, RetryPolicy, os_jitter};

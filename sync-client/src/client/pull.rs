@@ -149,7 +149,10 @@ impl SyncClient {
                 // "Version 3: inline delivery"): one that takes the device
                 // to its head spares the pull.
                 while let Some(delivery) = slot.session.try_delivery() {
-                    if let Some(head) = self.take_delivery(&slot.session, delivery, state, out_dir, events).await? {
+                    if let Some(head) = self
+                        .take_delivery(&slot.session, delivery, state, out_dir, events)
+                        .await?
+                    {
                         seen = seen.max(head);
                     }
                 }
@@ -392,8 +395,14 @@ async fn pull_round(
                     "the relay sent more than the {PULL_LIMIT} blobs asked for"
                 )));
             }
-            round.received +=
-                apply_page(batch.blobs, &mut last_cursor, no_echo, state, receiver, events)?;
+            round.received += apply_page(
+                batch.blobs,
+                &mut last_cursor,
+                no_echo,
+                state,
+                receiver,
+                events,
+            )?;
             unsaved += 1;
             if unsaved >= SAVE_EVERY_FRAMES || saved_at.elapsed() >= SAVE_INTERVAL {
                 state.save()?;

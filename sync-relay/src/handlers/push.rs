@@ -4,8 +4,8 @@
 
 use crate::context::{RelayContext, now_ms};
 use crate::metrics::{KindLabel, ResultLabel};
-use crate::storage::{NewBlob, PushRequest, StorageError};
 use crate::recent::{CachedBlob, cached};
+use crate::storage::{NewBlob, PushRequest, StorageError};
 use sync_protocol::limits::INLINE_MAX_BLOB;
 use sync_protocol::{DeviceId, ErrorCode, ErrorMsg, GroupId, Push, PushOk};
 

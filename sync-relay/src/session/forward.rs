@@ -201,11 +201,12 @@ pub async fn forward_notify<W: AsyncWrite + Unpin>(
             };
             if ready {
                 let delivered = match &inline {
-                    Some(inline) => match try_inline(inline, activity, &mut in_flight, head, metrics)
-                    {
-                        Some(ready) => Some(ready.write(&mut out).await),
-                        None => None,
-                    },
+                    Some(inline) => {
+                        match try_inline(inline, activity, &mut in_flight, head, metrics) {
+                            Some(ready) => Some(ready.write(&mut out).await),
+                            None => None,
+                        }
+                    }
                     None => None,
                 };
                 match delivered {
@@ -350,8 +351,9 @@ mod tests {
         let (writer, mut reader) = tokio::io::duplex(1 << 16);
         let activity = Activity::default();
         let metrics = Metrics::new();
-        let task =
-            async { forward_notify(writer, &mut rx, 0, &activity, &metrics, &|_, _| false, None).await };
+        let task = async {
+            forward_notify(writer, &mut rx, 0, &activity, &metrics, &|_, _| false, None).await
+        };
         let pushes = async {
             for head in 1..=2000u64 {
                 tx.send(head).unwrap();
@@ -377,10 +379,9 @@ mod tests {
         let a = std::sync::Arc::clone(&activity);
         // Cursors 1..=2 and 4 are the device's own; 3 and 5 someone else's.
         let own = |after: u64, head: u64| (after + 1..=head).all(|c| [1, 2, 4].contains(&c));
-        let task =
-            tokio::spawn(
-                async move { forward_notify(writer, &mut rx, 0, &a, &metrics, &own, None).await },
-            );
+        let task = tokio::spawn(async move {
+            forward_notify(writer, &mut rx, 0, &a, &metrics, &own, None).await
+        });
         let mut seen = Vec::new();
         for head in 1..=5 {
             tx.send(head).unwrap();
