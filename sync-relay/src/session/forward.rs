@@ -325,6 +325,55 @@ mod tests {
         out
     }
 
+    fn cached(cursor: u64, sender: u8, size: usize) -> Arc<CachedBlob> {
+        Arc::new(crate::recent::cached(
+            cursor,
+            sync_protocol::BlobId([cursor as u8; 16]),
+            DeviceId([sender; 32]),
+            0,
+            vec![sender; size],
+            i64::MAX,
+        ))
+    }
+
+    #[test]
+    fn a_delivery_leaves_out_own_blobs_but_marks_where_they_end() {
+        let me = DeviceId([1; 32]);
+        let range = [cached(5, 1, 10), cached(6, 2, 20), cached(7, 1, 30)];
+        let (d, bytes) = deliver_for(me, 4, 7, &range);
+        assert_eq!((d.after, d.head, bytes), (4, 7, 20));
+        let got: Vec<(u64, usize)> = d
+            .blobs
+            .iter()
+            .map(|b| (b.cursor, b.payload.len()))
+            .collect();
+        assert_eq!(got, vec![(6, 20), (7, 0)], "own 5 left out, own 7 a marker");
+        let (d, bytes) = deliver_for(me, 4, 6, &range[..2]);
+        assert_eq!(bytes, 20);
+        assert_eq!(
+            d.blobs.iter().map(|b| b.cursor).collect::<Vec<_>>(),
+            vec![6]
+        );
+    }
+
+    #[test]
+    fn the_position_is_where_the_device_last_pulled_from_or_acknowledged() {
+        let a = Activity::default();
+        assert_eq!(a.position(), None, "unknown until the device says");
+        a.acked(3);
+        assert_eq!(a.position(), Some(3));
+        a.acked(2);
+        assert_eq!(a.position(), Some(3), "an older ack does not move it back");
+        a.pulled(1);
+        assert_eq!(a.position(), Some(1), "a pull says where the device is");
+        assert_eq!(a.acked.load(Ordering::Relaxed), 3);
+        let mut f = InFlight::default();
+        f.0.extend([(4, 100), (6, 50)]);
+        assert_eq!(f.used(3), 150);
+        assert_eq!(f.used(4), 50);
+        assert_eq!(f.used(9), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_device_that_keeps_requesting_sees_every_head_at_once() {
         let (tx, mut rx) = watch::channel(0u64);
