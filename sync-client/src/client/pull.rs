@@ -145,9 +145,13 @@ impl SyncClient {
             loop {
                 let slot = self.slot();
                 let mut heads = slot.session.heads();
-                // Blobs the relay sent inline go first (docs/protocol.md
-                // "Version 3: inline delivery"): one that takes the device
-                // to its head spares the pull.
+                // The head first, then the blobs the relay sent inline
+                // (docs/protocol.md "Version 3: inline delivery"): a
+                // `Deliver` is queued before its head is published, so
+                // every delivery behind the head read here is taken before
+                // deciding to pull; one that takes the device to its head
+                // spares the pull.
+                let head = *heads.borrow_and_update();
                 while let Some(delivery) = slot.session.try_delivery() {
                     if let Some(head) = self
                         .take_delivery(&slot.session, delivery, state, out_dir, events)
@@ -156,7 +160,7 @@ impl SyncClient {
                         seen = seen.max(head);
                     }
                 }
-                if *heads.borrow_and_update() > seen {
+                if head > seen {
                     break;
                 }
                 let stall = self.policy.stall_timeout;
