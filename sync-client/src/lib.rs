@@ -43,7 +43,8 @@ pub mod withheld;
 
 pub use backoff::RetryPolicy;
 pub use client::{
-    ChunkAck, LinkState, PullSummary, PushOptions, PushedFile, Subscription, SyncClient,
+    ChunkAck, LinkState, PullSummary, PushOptions, PushedFile, Subscription, SubscriptionEvent,
+    SyncClient,
 };
 pub use crypto::{GroupKeys, GroupSecret};
 pub use error::ClientError;

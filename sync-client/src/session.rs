@@ -12,14 +12,21 @@ use iroh::{Endpoint, EndpointAddr, SecretKey};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use sync_protocol::limits::HANDSHAKE_MAX_FRAME;
+use sync_protocol::limits::{HANDSHAKE_MAX_FRAME, NOTIFY_MAX_FRAME};
 use sync_protocol::{
-    AccessToken, Ack, CloseCode, CloseGroup, CloseGroupOk, DeviceId, Hello, HelloWithToken,
-    KeepList, MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem,
-    PushOk, Welcome, decode_body, read_frame_into, read_message, write_message,
+    AccessToken, Ack, CloseCode, CloseGroup, CloseGroupOk, Deliver, DeviceId, ErrorCode,
+    FALLBACK_PROTOCOL_VERSION, Hello, HelloWithToken, INLINE_PROTOCOL_VERSION, KeepList,
+    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem, PushOk,
+    Welcome, decode_body, read_frame_into, read_message, write_message,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
+
+/// Inline deliveries (`Deliver` frames) held for the follower, at most: a
+/// further one arriving while these wait is dropped, and its head still
+/// wakes the follower, which pulls (docs/protocol.md "Version 3: inline
+/// delivery").
+pub const DELIVERIES_QUEUED: usize = 4;
 
 /// Default time allowed to dial the relay and complete `Hello`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,6 +92,8 @@ pub struct RelaySession {
     welcome: Welcome,
     device_id: DeviceId,
     heads: watch::Receiver<u64>,
+    /// `Deliver` frames read from the notification stream, oldest first.
+    deliveries: tokio::sync::Mutex<mpsc::Receiver<Deliver>>,
     _notify: AbortOnDropHandle<()>,
 }
 
@@ -119,6 +128,25 @@ impl RelaySession {
     pub(crate) async fn connect_discarding(
         opts: &ConnectOptions,
         discard: impl Fn(Endpoint) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) -> Result<RelaySession> {
+        match Self::connect_version(opts, &discard, PROTOCOL_VERSION).await {
+            Err(e) if older_relay(&e) => {
+                tracing::info!(
+                    relay = %opts.relay,
+                    "the relay does not speak protocol version {PROTOCOL_VERSION}; \
+                     speaking {FALLBACK_PROTOCOL_VERSION} (no inline delivery)"
+                );
+                Self::connect_version(opts, &discard, FALLBACK_PROTOCOL_VERSION).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`RelaySession::connect_discarding`] speaking `version`.
+    async fn connect_version(
+        opts: &ConnectOptions,
+        discard: &impl Fn(Endpoint) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        version: u16,
     ) -> Result<RelaySession> {
         let addrs = opts.relay.resolve().await?;
         let deadline = tokio::time::Instant::now() + opts.connect_timeout;
@@ -155,7 +183,9 @@ impl RelaySession {
                     }
                 };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            return match tokio::time::timeout(left, Self::hello(&endpoint, conn, opts)).await {
+            return match tokio::time::timeout(left, Self::hello(&endpoint, conn, opts, version))
+                .await
+            {
                 Ok(Ok(mut session)) => {
                     session.endpoint = Some(endpoint);
                     session.dials = dials;
@@ -178,11 +208,19 @@ impl RelaySession {
     /// socket, e.g. for load generators. `opts.device_key` is ignored: the
     /// endpoint's key is the device identity. One dial only: it cannot be
     /// made again from a fresh endpoint, as [`RelaySession::connect`]'s are.
+    /// Like [`RelaySession::connect`], a relay from before version 3 is
+    /// spoken to in version 2 (a second dial).
     pub async fn connect_on(endpoint: &Endpoint, opts: &ConnectOptions) -> Result<RelaySession> {
         let addrs = opts.relay.resolve().await?;
         tokio::time::timeout(opts.connect_timeout, async {
             let conn = Self::dial(endpoint, opts, &addrs).await?;
-            Self::hello(endpoint, conn, opts).await
+            match Self::hello(endpoint, conn, opts, PROTOCOL_VERSION).await {
+                Err(e) if older_relay(&e) => {
+                    let conn = Self::dial(endpoint, opts, &addrs).await?;
+                    Self::hello(endpoint, conn, opts, FALLBACK_PROTOCOL_VERSION).await
+                }
+                other => other,
+            }
         })
         .await
         .map_err(|_| no_answer(opts, 1))?
@@ -212,11 +250,12 @@ impl RelaySession {
         endpoint: &Endpoint,
         conn: Connection,
         opts: &ConnectOptions,
+        version: u16,
     ) -> Result<RelaySession> {
         let relay_id = DeviceId(*opts.relay.node_id.as_bytes());
         let device_id = DeviceId(*endpoint.id().as_bytes());
         let hello = Hello {
-            version: PROTOCOL_VERSION,
+            version,
             group_id: opts.keys.group_id(),
             proof: opts.keys.proof(&relay_id, &device_id),
             device_name: opts.device_name.clone(),
@@ -247,18 +286,31 @@ impl RelaySession {
         if welcome.relay_id != relay_id {
             return Err(ClientError::Protocol("Welcome names another relay".into()));
         }
-        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&welcome.version) {
+        if !(MIN_PROTOCOL_VERSION..=version).contains(&welcome.version) {
             return Err(ClientError::Protocol(format!(
-                "the relay's Welcome speaks protocol version {}, not {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
+                "the relay's Welcome speaks protocol version {}, not {MIN_PROTOCOL_VERSION} to {version}",
                 welcome.version
             )));
         }
         let (heads_tx, heads) = watch::channel(welcome.head_cursor);
+        let (deliveries_tx, deliveries) = mpsc::channel(DELIVERIES_QUEUED);
         let seen_head = Arc::new(AtomicU64::new(welcome.head_cursor));
         let notify_conn = conn.clone();
         let notify_seen = Arc::clone(&seen_head);
+        let max_frame = if welcome.version >= INLINE_PROTOCOL_VERSION {
+            NOTIFY_MAX_FRAME
+        } else {
+            HANDSHAKE_MAX_FRAME
+        };
         let notify = AbortOnDropHandle::new(tokio::spawn(async move {
-            read_notify(notify_conn, heads_tx, &notify_seen).await;
+            read_notify(
+                notify_conn,
+                max_frame,
+                heads_tx,
+                deliveries_tx,
+                &notify_seen,
+            )
+            .await;
         }));
         Ok(RelaySession {
             endpoint: None,
@@ -269,6 +321,7 @@ impl RelaySession {
             welcome,
             device_id,
             heads,
+            deliveries: tokio::sync::Mutex::new(deliveries),
             _notify: notify,
         })
     }
@@ -290,6 +343,23 @@ impl RelaySession {
     /// "Version 2: no echo").
     pub fn no_echo(&self) -> bool {
         self.welcome.version >= 2
+    }
+
+    /// Whether the relay may send new blobs inline on this session
+    /// (protocol version 3, docs/protocol.md "Version 3: inline delivery").
+    pub fn inline(&self) -> bool {
+        self.welcome.version >= INLINE_PROTOCOL_VERSION
+    }
+
+    /// The next `Deliver` the relay sent (oldest first); waits for one.
+    /// `None` once the session's notification stream ended. Cancel-safe.
+    pub async fn next_delivery(&self) -> Option<Deliver> {
+        self.deliveries.lock().await.recv().await
+    }
+
+    /// A `Deliver` already received, if any, without waiting.
+    pub fn try_delivery(&self) -> Option<Deliver> {
+        self.deliveries.try_lock().ok()?.try_recv().ok()
     }
 
     /// The relay this session is with.
@@ -589,22 +659,44 @@ async fn send_request(conn: &Connection, msg: &Message, max_frame: u32) -> Resul
     Ok(recv)
 }
 
-async fn read_notify(conn: Connection, heads: watch::Sender<u64>, seen: &AtomicU64) {
+/// Whether `e` is an older relay's answer to a version it does not speak.
+fn older_relay(e: &ClientError) -> bool {
+    e.relay_code() == Some(ErrorCode::UnsupportedVersion)
+}
+
+/// Read the relay's notification stream: each `Notify` head, and each
+/// `Deliver`'s, into `heads`; each `Deliver` also into `deliveries`
+/// first (dropped when [`DELIVERIES_QUEUED`] already wait: its head then
+/// makes the follower pull).
+async fn read_notify(
+    conn: Connection,
+    max_frame: u32,
+    heads: watch::Sender<u64>,
+    deliveries: mpsc::Sender<Deliver>,
+    seen: &AtomicU64,
+) {
     let Ok(mut uni) = conn.accept_uni().await else {
         return;
     };
-    while let Ok(Some(msg)) = read_message(&mut uni, HANDSHAKE_MAX_FRAME).await {
-        if let Message::Notify(n) = msg {
-            seen.fetch_max(n.head, Ordering::SeqCst);
-            heads.send_if_modified(|h| {
-                if n.head > *h {
-                    *h = n.head;
-                    true
-                } else {
-                    false
-                }
-            });
-        }
+    while let Ok(Some(msg)) = read_message(&mut uni, max_frame).await {
+        let head = match msg {
+            Message::Notify(n) => n.head,
+            Message::Deliver(d) => {
+                let head = d.head;
+                let _ = deliveries.try_send(d);
+                head
+            }
+            _ => continue,
+        };
+        seen.fetch_max(head, Ordering::SeqCst);
+        heads.send_if_modified(|h| {
+            if head > *h {
+                *h = head;
+                true
+            } else {
+                false
+            }
+        });
     }
     // Dropping `heads` here tells subscribers the session is gone.
 }

@@ -59,6 +59,7 @@ const KINDS: [MessageKind; MessageKind::COUNT as usize] = [
     MessageKind::HelloWithToken,
     MessageKind::CloseGroup,
     MessageKind::CloseGroupOk,
+    MessageKind::Deliver,
 ];
 
 /// The encoded body of `msg` (no length prefix).
@@ -164,7 +165,7 @@ mod tests {
 
     #[test]
     fn unknown_tag_is_rejected() {
-        assert_eq!(decode_body(&[13]), Err(DecodeError::UnknownTag(13)));
+        assert_eq!(decode_body(&[14]), Err(DecodeError::UnknownTag(14)));
         assert_eq!(
             decode_body(&[0x80, 0x01]),
             Err(DecodeError::UnknownTag(128))

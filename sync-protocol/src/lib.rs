@@ -26,10 +26,10 @@ pub use frame::{
     write_message,
 };
 pub use message::{
-    ACCESS_TOKEN_PREFIX, AccessToken, Ack, AckOk, BlobId, CloseGroup, CloseGroupOk, DeviceId,
-    ErrorMsg, GroupId, HELLO_PROOF_CONTEXT, Hello, HelloWithToken, Message, MessageKind, Notify,
-    ParseTokenError, Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk, PushResult,
-    Welcome, hello_proof_message,
+    ACCESS_TOKEN_PREFIX, AccessToken, Ack, AckOk, BlobId, CloseGroup, CloseGroupOk, Deliver,
+    DeviceId, ErrorMsg, GroupId, HELLO_PROOF_CONTEXT, Hello, HelloWithToken, Message, MessageKind,
+    Notify, ParseTokenError, Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk,
+    PushResult, Welcome, hello_proof_message,
 };
 
 /// QUIC ALPN of protocol version 1: `/0k-sync/1`.
@@ -40,8 +40,19 @@ pub const ALPN: &[u8] = b"/0k-sync/1";
 /// adds one behaviour and no message: the relay does not send a device its
 /// own blobs back on `Pull` (only an empty-payload marker when an answer's
 /// page ends with one), nor a `Notify` for a head that only its own push
-/// moved.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// moved. Version 3 lets the relay send new small blobs inside the
+/// notification ([`Deliver`], tag 13; docs/protocol.md "Version 3: inline
+/// delivery"), sparing the device its pull round trip.
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// First protocol version whose sessions may get [`Deliver`] frames on the
+/// notification stream.
+pub const INLINE_PROTOCOL_VERSION: u16 = 3;
+
+/// The version a client falls back to when a relay from before version 3
+/// answers its `Hello` with UNSUPPORTED_VERSION (docs/protocol.md
+/// "Version 3: inline delivery").
+pub const FALLBACK_PROTOCOL_VERSION: u16 = 2;
 
 /// Oldest protocol version a relay still serves. A relay answers a `Hello`
 /// with a version in `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION` with a

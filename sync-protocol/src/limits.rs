@@ -69,3 +69,24 @@ pub fn max_frame_for_blob_size(max_blob_size: u32) -> u32 {
 /// the window: the window moves on as the receiver reads, and both sides
 /// read a frame's body as it arrives.
 pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+
+/// Largest payload (bytes) of a blob the relay sends inline in a
+/// [`crate::Deliver`]: 16 KiB. A larger blob is announced with a `Notify`
+/// and pulled (docs/protocol.md "Version 3: inline delivery").
+pub const INLINE_MAX_BLOB: usize = 16 * 1024;
+
+/// Most payload bytes (bytes) of inline blobs a session may have in flight:
+/// sent in `Deliver` frames and not yet acknowledged (by an `Ack` or
+/// `Pull` at or past them): 64 KiB. Over it the relay sends a bare
+/// `Notify`.
+pub const INLINE_BUDGET: usize = 64 * 1024;
+
+/// Largest frame body (bytes) on the notification stream of a version-3
+/// session: one `Deliver` of [`INLINE_BUDGET`] payload bytes in blobs of
+/// at least one byte is at most this. Version-1 and 2 sessions use
+/// [`HANDSHAKE_MAX_FRAME`] there.
+pub const NOTIFY_MAX_FRAME: u32 =
+    (INLINE_BUDGET + BATCH_OVERHEAD + INLINE_MAX_BLOBS * PULLED_BLOB_OVERHEAD) as u32;
+
+/// Most blobs in one [`crate::Deliver`]: 64 (markers included).
+pub const INLINE_MAX_BLOBS: usize = 64;

@@ -1,4 +1,4 @@
-//! The messages of protocol version 1 (`docs/protocol.md` §Messages).
+//! The messages of the protocol (`docs/protocol.md` §Messages).
 //!
 //! Every frame body is one [`Message`], encoded with postcard 1.x. The enum's
 //! variant order is the wire tag and must never change: new messages are
@@ -265,6 +265,30 @@ pub struct Notify {
     pub head: u64,
 }
 
+/// New blobs delivered inside the notification (protocol version 3,
+/// `docs/protocol.md` "Version 3: inline delivery"); sent on the relay's
+/// unidirectional stream in place of a [`Notify`].
+///
+/// The relay claims that `blobs` are every blob of the group with a cursor
+/// in `after + 1 ..= head` that the device has not got already (its own
+/// blobs are left out, the last of them sent as a marker with an empty
+/// payload when the range ends with them, as in a [`PullBatch`]). The
+/// device accepts it only when `after` is its own cursor, and checks the
+/// blobs exactly as a pull answer's (cursors strictly increasing, above
+/// `after`, at most `head`); any other `Deliver` counts as a [`Notify`] of
+/// `head` and the device pulls as before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deliver {
+    /// The cursor the relay believes the device holds everything up to.
+    pub after: u64,
+    /// The blobs, in increasing cursor order.
+    pub blobs: Vec<PulledBlob>,
+    /// The group's head when the blobs were taken; every blob in
+    /// `after + 1 ..= head` that still exists is in `blobs` (or stood for
+    /// by a marker).
+    pub head: u64,
+}
+
 /// Answer to any request that failed; the stream ends after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMsg {
@@ -366,7 +390,7 @@ pub struct CloseGroupOk {
 /// Every frame body. The variant order is the wire tag (postcard varint):
 /// 0 Hello, 1 Welcome, 2 Push, 3 PushOk, 4 Pull, 5 PullBatch, 6 Ack,
 /// 7 AckOk, 8 Notify, 9 Error, 10 HelloWithToken, 11 CloseGroup,
-/// 12 CloseGroupOk.
+/// 12 CloseGroupOk, 13 Deliver.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Tag 0, client → relay.
@@ -395,6 +419,8 @@ pub enum Message {
     CloseGroup(CloseGroup),
     /// Tag 12, relay → client.
     CloseGroupOk(CloseGroupOk),
+    /// Tag 13, relay → client (uni stream, version 3): new blobs inline.
+    Deliver(Deliver),
 }
 
 /// The kind of a [`Message`], for logs and errors ("expected X, got Y").
@@ -413,11 +439,12 @@ pub enum MessageKind {
     HelloWithToken,
     CloseGroup,
     CloseGroupOk,
+    Deliver,
 }
 
 impl MessageKind {
     /// Number of message kinds: tags are `0..COUNT`.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// The message's name as in `docs/protocol.md`.
     pub fn name(self) -> &'static str {
@@ -435,6 +462,7 @@ impl MessageKind {
             MessageKind::HelloWithToken => "HelloWithToken",
             MessageKind::CloseGroup => "CloseGroup",
             MessageKind::CloseGroupOk => "CloseGroupOk",
+            MessageKind::Deliver => "Deliver",
         }
     }
 }
@@ -462,6 +490,7 @@ impl Message {
             Message::HelloWithToken(_) => MessageKind::HelloWithToken,
             Message::CloseGroup(_) => MessageKind::CloseGroup,
             Message::CloseGroupOk(_) => MessageKind::CloseGroupOk,
+            Message::Deliver(_) => MessageKind::Deliver,
         }
     }
 }

@@ -185,6 +185,43 @@ fn samples() -> Vec<(&'static str, Message)> {
             "error_group_closed",
             Message::Error(ErrorMsg::new(ErrorCode::GroupClosed, "closed")),
         ),
+        (
+            "hello_v3",
+            Message::Hello(Hello {
+                version: 3,
+                group_id: GroupId([0x11; 32]),
+                proof: Proof([0x22; 64]),
+                device_name: None,
+            }),
+        ),
+        (
+            "deliver",
+            Message::Deliver(Deliver {
+                after: 127,
+                blobs: vec![PulledBlob {
+                    cursor: 128,
+                    blob_id: BlobId([0x55; 16]),
+                    sender: DeviceId([0x66; 32]),
+                    created_at: 1_700_000_000_000,
+                    payload: vec![1, 2, 3],
+                }],
+                head: 128,
+            }),
+        ),
+        (
+            "deliver_no_echo_marker",
+            Message::Deliver(Deliver {
+                after: 5,
+                blobs: vec![PulledBlob {
+                    cursor: 7,
+                    blob_id: BlobId([0x55; 16]),
+                    sender: DeviceId([0x66; 32]),
+                    created_at: 1_700_000_000_000,
+                    payload: vec![],
+                }],
+                head: 7,
+            }),
+        ),
     ]
 }
 
@@ -292,6 +329,24 @@ const GOLDEN: &[(&str, &str)] = &[
          666666666666666666666666666601",
     ),
     ("error_group_closed", "09ee0706636c6f73656400"),
+    (
+        "hello_v3",
+        "0003111111111111111111111111111111111111111111111111111111111111\
+         1111222222222222222222222222222222222222222222222222222222222222\
+         2222222222222222222222222222222222222222222222222222222222222222\
+         222200",
+    ),
+    (
+        "deliver",
+        "0d7f018001555555555555555555555555555555556666666666666666666666\
+         66666666666666666666666666666666666666666680d095ffbc310301020380\
+         01",
+    ),
+    (
+        "deliver_no_echo_marker",
+        "0d05010755555555555555555555555555555555666666666666666666666666\
+         666666666666666666666666666666666666666680d095ffbc310007",
+    ),
 ];
 
 fn golden(name: &str) -> Vec<u8> {

@@ -121,6 +121,16 @@ fn message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|cursor| Message::Ack(Ack { cursor })),
         any::<u64>().prop_map(|cursor| Message::AckOk(AckOk { cursor })),
         any::<u64>().prop_map(|head| Message::Notify(Notify { head })),
+        (
+            any::<u64>(),
+            proptest::collection::vec(pulled_blob(), 0..8),
+            any::<u64>()
+        )
+            .prop_map(|(after, blobs, head)| Message::Deliver(Deliver {
+                after,
+                blobs,
+                head
+            })),
         (any::<u16>(), ".{0,40}", any::<Option<u32>>()).prop_map(|(code, message, retry)| {
             Message::Error(ErrorMsg {
                 code,

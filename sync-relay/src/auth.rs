@@ -72,14 +72,15 @@ mod tests {
     }
 
     #[test]
-    fn versions_one_and_two_are_served_others_unsupported() {
+    fn versions_one_to_three_are_served_others_unsupported() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let (relay, device) = (DeviceId([1; 32]), DeviceId([2; 32]));
         for (version, verdict) in [
             (0, HelloVerdict::UnsupportedVersion),
             (1, HelloVerdict::Accepted),
             (2, HelloVerdict::Accepted),
-            (3, HelloVerdict::UnsupportedVersion),
+            (3, HelloVerdict::Accepted),
+            (4, HelloVerdict::UnsupportedVersion),
         ] {
             let mut h = hello(&key, &relay, &device);
             h.version = version;

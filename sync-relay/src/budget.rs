@@ -81,6 +81,34 @@ impl RelayBudget {
     pub fn available(&self) -> usize {
         self.bytes.available_permits()
     }
+
+    /// Reserve `bytes` of the relay-wide budget now or never (`None`):
+    /// for a frame the relay may replace by a smaller one when the budget
+    /// is spent (an inline `Deliver`, sent as a bare `Notify` instead).
+    pub fn try_take(&self, bytes: usize) -> Option<RelayReservation> {
+        let permit = Arc::clone(&self.bytes)
+            .try_acquire_many_owned(permits(bytes))
+            .ok()?;
+        self.in_flight.inc_by(permit.num_permits() as i64);
+        Some(RelayReservation {
+            permit,
+            in_flight: self.in_flight.clone(),
+        })
+    }
+}
+
+/// Bytes held of the relay-wide budget only ([`RelayBudget::try_take`]);
+/// given back on drop.
+#[derive(Debug)]
+pub struct RelayReservation {
+    permit: OwnedSemaphorePermit,
+    in_flight: Gauge,
+}
+
+impl Drop for RelayReservation {
+    fn drop(&mut self) {
+        self.in_flight.dec_by(self.permit.num_permits() as i64);
+    }
 }
 
 /// One session's shares of the byte budget.

@@ -6,7 +6,7 @@
 //! before TLS, at `Hello`, per request; who may create groups), [`advertise`] (announced address), [`identity`] (node key), [`endpoint`]
 //! (iroh), [`server`] (accept loop, shutdown), [`session`] (per-connection
 //! state machine), [`handlers`] (one per request), [`auth`] (membership
-//! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out), [`head_feed`] (heads moved on other
+//! proof), [`storage`] (trait + SQLite), [`notify`] (NOTIFY fan-out), [`recent`] (recent small blobs for inline delivery), [`head_feed`] (heads moved on other
 //! instances),
 //! [`ratelimit`] (governor limits), [`budget`] (memory budgets per peer),
 //! [`cleanup`] (expiry task), [`metrics`]
@@ -33,6 +33,7 @@ pub mod identity;
 pub mod metrics;
 pub mod notify;
 pub mod ratelimit;
+pub mod recent;
 pub mod server;
 pub mod session;
 pub mod storage;

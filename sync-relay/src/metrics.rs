@@ -61,6 +61,13 @@ pub const QUOTA_KINDS: [&str; 6] = [
     "relay_storage",
 ];
 
+/// Why a version-3 session got a bare `Notify` instead of a `Deliver`:
+/// `position` (the device's cursor is unknown here), `not_cached` (a blob
+/// in the range is large, evicted, expired or pushed through another
+/// instance), `budget` (the session's inline bytes in flight),
+/// `relay_budget` (the relay-wide byte budget).
+pub const INLINE_FALLBACK_REASONS: [&str; 4] = ["position", "not_cached", "budget", "relay_budget"];
+
 /// Every metric of the relay.
 pub struct Metrics {
     registry: Registry,
@@ -78,6 +85,12 @@ pub struct Metrics {
     pub blobs_delivered: Counter,
     /// `Notify` frames written.
     pub notifications_sent: Counter,
+    /// `Deliver` frames written: new blobs sent inline in place of a
+    /// `Notify` (docs/protocol.md "Version 3: inline delivery").
+    pub inline_deliveries: Counter,
+    /// Version-3 `Notify`s sent bare instead of a `Deliver`, by reason
+    /// ([`INLINE_FALLBACK_REASONS`]).
+    pub inline_fallbacks: Family<ReasonLabel, Counter>,
     /// Wake-ups from other relay instances (PostgreSQL `LISTEN`) and the
     /// fallback poll ([`crate::head_feed`]).
     pub head_feed: crate::head_feed::FeedMetrics,
@@ -143,6 +156,8 @@ impl Metrics {
             pulls: Counter::default(),
             blobs_delivered: Counter::default(),
             notifications_sent: Counter::default(),
+            inline_deliveries: Counter::default(),
+            inline_fallbacks: Family::default(),
             head_feed: Default::default(),
             rate_limited: Family::default(),
             quota_rejections: Family::default(),
@@ -194,6 +209,16 @@ impl Metrics {
             "notifications_sent",
             "Notify frames written to sessions",
             m.notifications_sent.clone(),
+        );
+        registry.register(
+            "inline_deliveries",
+            "Deliver frames written to version-3 sessions (new blobs inline)",
+            m.inline_deliveries.clone(),
+        );
+        registry.register(
+            "inline_fallbacks",
+            "Bare Notify frames sent to version-3 sessions instead of a Deliver, by reason",
+            m.inline_fallbacks.clone(),
         );
         m.head_feed.register(&mut registry);
         registry.register(
@@ -319,6 +344,9 @@ impl Metrics {
         }
         for reason in REFUSAL_REASONS {
             let _ = m.connections_refused.get_or_create(&ReasonLabel { reason });
+        }
+        for reason in INLINE_FALLBACK_REASONS {
+            let _ = m.inline_fallbacks.get_or_create(&ReasonLabel { reason });
         }
         for kind in ["session", "relay"] {
             let _ = m.budget_refusals.get_or_create(&KindLabel { kind });

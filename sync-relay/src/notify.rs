@@ -13,6 +13,7 @@
 //! so a session's forwarder can tell a head that only its own device's
 //! pushes moved ([`NotifyHub::only_own`]) and not wake the device for it.
 
+use crate::recent::{CacheBytes, CachedBlob, RecentBlobs};
 use dashmap::DashMap;
 use std::sync::Arc;
 use sync_protocol::{DeviceId, GroupId};
@@ -21,9 +22,21 @@ use tokio::sync::watch;
 /// The per-group head channels.
 #[derive(Debug, Default)]
 pub struct NotifyHub {
-    groups: DashMap<GroupId, watch::Sender<u64>>,
+    groups: DashMap<GroupId, LiveGroup>,
+    /// Payload bytes of every live group's recent blobs.
+    cache_bytes: CacheBytes,
     /// Live sessions per `(group, device)`; an entry goes with its last one.
     devices: DashMap<(GroupId, DeviceId), LiveDevice>,
+}
+
+/// A group with live sessions here.
+#[derive(Debug)]
+struct LiveGroup {
+    /// Its head, as published.
+    tx: watch::Sender<u64>,
+    /// Its recently committed small blobs (docs/protocol.md "Version 3:
+    /// inline delivery").
+    recent: RecentBlobs,
 }
 
 /// A `(group, device)` with live sessions here.
@@ -68,14 +81,14 @@ impl NotifyHub {
         device: DeviceId,
         max: usize,
     ) -> Option<Subscription> {
-        let entry = self
-            .groups
-            .entry(group)
-            .or_insert_with(|| watch::channel(0).0);
-        if entry.receiver_count() >= max {
+        let entry = self.groups.entry(group).or_insert_with(|| LiveGroup {
+            tx: watch::channel(0).0,
+            recent: RecentBlobs::default(),
+        });
+        if entry.tx.receiver_count() >= max {
             return None;
         }
-        let rx = entry.subscribe();
+        let rx = entry.tx.subscribe();
         drop(entry);
         self.devices.entry((group, device)).or_default().sessions += 1;
         Some(Subscription {
@@ -89,8 +102,8 @@ impl NotifyHub {
     /// Raise `group`'s head to `head` (never lowers it) and wake its
     /// subscribers. Does nothing when nobody listens. Never blocks.
     pub fn publish(&self, group: GroupId, head: u64) {
-        if let Some(tx) = self.groups.get(&group) {
-            tx.send_if_modified(|current| {
+        if let Some(live) = self.groups.get(&group) {
+            live.tx.send_if_modified(|current| {
                 if head > *current {
                     *current = head;
                     true
@@ -99,6 +112,45 @@ impl NotifyHub {
                 }
             });
         }
+    }
+
+    /// Whether `group` has a live session here (worth keeping its new
+    /// blobs for: [`NotifyHub::remember`]).
+    pub fn is_live(&self, group: GroupId) -> bool {
+        self.groups.contains_key(&group)
+    }
+
+    /// Keep `blobs`, newly **committed** in `group` (increasing cursors),
+    /// for inline delivery to its live sessions ([`crate::recent`]); call
+    /// before [`NotifyHub::publish`] of the head they moved. Does nothing
+    /// when the group has no live session here.
+    pub fn remember(&self, group: GroupId, blobs: Vec<CachedBlob>) {
+        if let Some(mut live) = self.groups.get_mut(&group) {
+            for blob in blobs {
+                live.recent.add(blob, &self.cache_bytes);
+            }
+        }
+    }
+
+    /// `group`'s blobs with cursors in `after + 1 ..= head`, when every one
+    /// of them is kept here and unexpired at `now_ms`; else `None` (the
+    /// session is sent a `Notify` and pulls).
+    pub fn recent(
+        &self,
+        group: GroupId,
+        after: u64,
+        head: u64,
+        now_ms: i64,
+    ) -> Option<Vec<Arc<CachedBlob>>> {
+        self.groups
+            .get(&group)
+            .and_then(|live| live.recent.range(after, head, now_ms))
+    }
+
+    /// Payload bytes of recent blobs kept for inline delivery, all groups
+    /// together (at most [`crate::recent::RELAY_CACHE_BYTES`]).
+    pub fn cached_bytes(&self) -> usize {
+        self.cache_bytes.get()
     }
 
     /// Record that `device` pushed the new cursors `first..=last` of `group`
@@ -136,7 +188,7 @@ impl NotifyHub {
     /// The head last published for `group`, or `None` when it has no live
     /// session here.
     pub fn head(&self, group: GroupId) -> Option<u64> {
-        self.groups.get(&group).map(|tx| *tx.borrow())
+        self.groups.get(&group).map(|live| *live.tx.borrow())
     }
 
     /// Every group with a live session here.
@@ -175,9 +227,13 @@ impl Drop for Subscription {
         self.hub
             .devices
             .remove_if(&key, |_, live| live.sessions == 0);
-        self.hub
+        if let Some((_, mut gone)) = self
+            .hub
             .groups
-            .remove_if(&self.group, |_, tx| tx.receiver_count() == 0);
+            .remove_if(&self.group, |_, live| live.tx.receiver_count() == 0)
+        {
+            gone.recent.clear(&self.hub.cache_bytes);
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 use sync_client::{ClientError, ConnectOptions, GroupKeys, RelayAddr, RelaySession};
 use sync_protocol::limits::{
     DEFAULT_MAX_BATCH, DEFAULT_MAX_BLOB_SIZE, HANDSHAKE_MAX_FRAME, MAX_FRAME_CEILING,
-    max_frame_for_blob_size,
+    NOTIFY_MAX_FRAME, max_frame_for_blob_size,
 };
 use sync_protocol::{
     AckOk, DeviceId, ErrorCode, ErrorMsg, Message, Notify, PROTOCOL_VERSION, PullBatch, Welcome,
@@ -54,6 +54,7 @@ pub enum Reply {
 type WelcomeHook = dyn Fn(&mut Welcome) + Send + Sync;
 type RequestHook = dyn Fn(DeviceId, &Message) -> Reply + Send + Sync;
 type ResponseHook = dyn Fn(&Message, Message) -> Vec<Message> + Send + Sync;
+type NotifyHook = dyn Fn(DeviceId) -> Vec<Message> + Send + Sync;
 
 /// What the fake relay does at each step; every hook defaults to passing
 /// things through unchanged.
@@ -62,6 +63,8 @@ pub struct Script {
     welcome: Option<Arc<WelcomeHook>>,
     request: Option<Arc<RequestHook>>,
     response: Option<Arc<ResponseHook>>,
+    notify: Option<Arc<NotifyHook>>,
+    max_version: Option<u16>,
 }
 
 impl Script {
@@ -92,6 +95,23 @@ impl Script {
         f: impl Fn(&Message, Message) -> Vec<Message> + Send + Sync + 'static,
     ) -> Script {
         self.response = Some(Arc::new(f));
+        self
+    }
+
+    /// Frames to write on each device's notification stream right after
+    /// its `Welcome` (e.g. forged `Deliver`s); alone mode only.
+    pub fn on_notify_stream(
+        mut self,
+        f: impl Fn(DeviceId) -> Vec<Message> + Send + Sync + 'static,
+    ) -> Script {
+        self.notify = Some(Arc::new(f));
+        self
+    }
+
+    /// Answer a `Hello` of a version above `max` with UNSUPPORTED_VERSION
+    /// and close, as a relay from before that version does.
+    pub fn max_version(mut self, max: u16) -> Script {
+        self.max_version = Some(max);
         self
     }
 }
@@ -227,6 +247,20 @@ async fn serve(shared: Arc<Shared>, conn: Connection) {
     let Ok(Some(Message::Hello(hello))) = read_message(&mut recv, HANDSHAKE_MAX_FRAME).await else {
         return;
     };
+    if let Some(max) = shared.script.max_version
+        && hello.version > max
+    {
+        let error = ErrorMsg::new(
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {} is not supported", hello.version),
+        );
+        let _ = write_message(&mut send, &Message::Error(error), HANDSHAKE_MAX_FRAME).await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+        conn.close(4u32.into(), b"unsupported version");
+        return;
+    }
+    let version = hello.version;
     let upstream = match &shared.upstream {
         Some(up) => match open_upstream(&shared, up, device, hello.device_name).await {
             Ok(session) => Some(Arc::new(session)),
@@ -248,6 +282,7 @@ async fn serve(shared: Arc<Shared>, conn: Connection) {
         None => default_welcome(shared.id),
     };
     welcome.relay_id = shared.id;
+    welcome.version = welcome.version.min(version);
     if let Some(hook) = &shared.script.welcome {
         hook(&mut welcome);
     }
@@ -261,6 +296,23 @@ async fn serve(shared: Arc<Shared>, conn: Connection) {
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(session) = &upstream {
         tasks.spawn(forward_notify(conn.clone(), session.heads()));
+    } else if let Some(hook) = &shared.script.notify {
+        let frames = hook(device);
+        let conn = conn.clone();
+        tasks.spawn(async move {
+            if let Ok(mut uni) = conn.open_uni().await {
+                for frame in frames {
+                    if write_message(&mut uni, &frame, NOTIFY_MAX_FRAME)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // Keep the stream open: a finished stream ends the session's notifications.
+                std::future::pending::<()>().await;
+            }
+        });
     }
     while let Ok((send, recv)) = conn.accept_bi().await {
         let shared = Arc::clone(&shared);

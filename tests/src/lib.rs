@@ -314,6 +314,10 @@ impl RelayProcess {
     /// A raw connection that has completed a valid `Hello` for `keys`'
     /// group (the `Welcome` is returned): for tests that misbehave after the
     /// handshake.
+    ///
+    /// It speaks protocol version 2, whose notification stream carries
+    /// only `Notify` frames (of at most 4 KiB), which these tests read;
+    /// [`RelayProcess::raw_session_version`] speaks another.
     pub async fn raw_session(
         &self,
         keys: &sync_client::GroupKeys,
@@ -322,9 +326,20 @@ impl RelayProcess {
         iroh::endpoint::Connection,
         sync_protocol::Welcome,
     ) {
-        use sync_protocol::{
-            DeviceId, Hello, Message, PROTOCOL_VERSION, read_message, write_message,
-        };
+        self.raw_session_version(keys, 2).await
+    }
+
+    /// [`RelayProcess::raw_session`] speaking protocol `version`.
+    pub async fn raw_session_version(
+        &self,
+        keys: &sync_client::GroupKeys,
+        version: u16,
+    ) -> (
+        iroh::Endpoint,
+        iroh::endpoint::Connection,
+        sync_protocol::Welcome,
+    ) {
+        use sync_protocol::{DeviceId, Hello, Message, read_message, write_message};
         let (ep, conn) = self.raw_connect().await;
         let relay_id = DeviceId(
             *self
@@ -334,7 +349,7 @@ impl RelayProcess {
                 .as_bytes(),
         );
         let hello = Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
+            version,
             group_id: keys.group_id(),
             proof: keys.proof(&relay_id, &DeviceId(*ep.id().as_bytes())),
             device_name: None,

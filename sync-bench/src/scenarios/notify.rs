@@ -1,13 +1,18 @@
 //! Scenario 2: NOTIFY latency. Device A pushes a sealed message; device B,
 //! subscribed, is woken by NOTIFY, pulls and decrypts it. The latency runs
 //! from A's push call to B's decrypted message, one message at a time.
-//! Baseline: a raw iroh round trip measured in the same run.
+//! Measured twice: B waits for the head and pulls (the path before
+//! protocol version 3), and B follows (`SyncClient::subscribe`, what
+//! `sync-cli pull --follow` runs), where the relay sends the new blob
+//! inline and B needs no pull (docs/protocol.md "Version 3: inline
+//! delivery"). Baseline: a raw iroh round trip measured in the same run.
 
 use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size};
 use crate::stats::{Latency, Table, ms, ratio};
 use anyhow::{Context, Result};
+use std::sync::Arc;
 use std::time::Instant;
-use sync_client::{GroupSecret, PullEvent, PushOptions, StateStore, SyncClient};
+use sync_client::{GroupSecret, PullEvent, PushOptions, StateStore, SubscriptionEvent, SyncClient};
 
 /// Run the scenario.
 pub async fn run(size: Size) -> Result<Table> {
@@ -47,20 +52,52 @@ pub async fn run(size: Size) -> Result<Table> {
         .await?;
         samples.push(arrived.context("message not received")?);
     }
+    // B follows: the relay sends each new blob inline.
+    let b = Arc::new(b);
+    let mut sub = b.subscribe(sb, out.clone());
+    let mut follow_samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        a.push_messages(
+            &mut sa,
+            std::slice::from_ref(&body),
+            &PushOptions::default(),
+        )
+        .await?;
+        loop {
+            match sub.next().await {
+                Some(SubscriptionEvent::Event(PullEvent::Message { .. })) => break,
+                Some(SubscriptionEvent::Event(_)) => {}
+                Some(SubscriptionEvent::Failed(e)) => return Err(e.into()),
+                None => anyhow::bail!("the subscription ended"),
+            }
+        }
+        follow_samples.push(started.elapsed());
+    }
+    let inline = b.inline_deliveries();
+    sub.stop().await?;
     a.close().await;
     b.close().await;
     let notify = Latency::of(samples);
+    let follow = Latency::of(follow_samples);
     let rtt = super::raw_round_trip(1024, n.min(2000)).await?;
     let mut table = Table::new(
         "Notify latency (A pushes → B notified, pulls and decrypts)",
         &["", "p50 ms", "p99 ms", "max ms", "samples"],
     );
     table.row(vec![
-        "relay: push → decrypted at B".into(),
+        "relay: push → decrypted at B (notified, pulls)".into(),
         ms(notify.p50),
         ms(notify.p99),
         ms(notify.max),
         notify.n.to_string(),
+    ]);
+    table.row(vec![
+        "relay: push → decrypted at B (follows, inline)".into(),
+        ms(follow.p50),
+        ms(follow.p99),
+        ms(follow.max),
+        follow.n.to_string(),
     ]);
     table.row(vec![
         "raw iroh round trip, 1 KiB".into(),
@@ -70,9 +107,15 @@ pub async fn run(size: Size) -> Result<Table> {
         rtt.n.to_string(),
     ]);
     table.note(format!(
-        "p99 ratio to the raw round trip p99: {}; p50 ratio: {}. The path is at least three round trips (push + ack, NOTIFY, pull), plus sealing and opening.",
+        "Notified, pulls: p99 ratio to the raw round trip p99: {}; p50 ratio: {}. The path is at least three round trips (push + ack, NOTIFY, pull), plus sealing and opening.",
         ratio(notify.p99.as_secs_f64(), rtt.p99.as_secs_f64()),
         ratio(notify.p50.as_secs_f64(), rtt.p50.as_secs_f64())
+    ));
+    table.note(format!(
+        "Follows, inline: p99 ratio {}; p50 ratio {}; {inline} of {} messages arrived inline (no pull). The path is the push round trip and the Deliver frame, plus sealing and opening.",
+        ratio(follow.p99.as_secs_f64(), rtt.p99.as_secs_f64()),
+        ratio(follow.p50.as_secs_f64(), rtt.p50.as_secs_f64()),
+        follow.n
     ));
     Ok(table)
 }

@@ -19,10 +19,11 @@
 //! - [`push`]: messages, files (chunked, pipelined, resumable via journals);
 //! - [`pull`]: pull, follow (NOTIFY-driven live sync), subscribe.
 
+pub mod inline;
 pub mod pull;
 pub mod push;
 
-pub use pull::{PullSummary, Subscription};
+pub use pull::{PullSummary, Subscription, SubscriptionEvent};
 pub use push::{ChunkAck, PushOptions, PushedFile};
 
 use crate::backoff::{Backoff, Jitter, RetryPolicy, os_jitter};
@@ -152,6 +153,8 @@ pub struct SyncClient {
     slot: Mutex<Slot>,
     reconnect_lock: tokio::sync::Mutex<()>,
     link: watch::Sender<LinkState>,
+    /// Inline deliveries applied ([`SyncClient::inline_deliveries`]).
+    inline_taken: AtomicU64,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -467,6 +470,7 @@ impl SyncClient {
             }),
             reconnect_lock: tokio::sync::Mutex::new(()),
             link,
+            inline_taken: AtomicU64::new(0),
         })
     }
 

@@ -141,16 +141,37 @@ impl SyncClient {
             // Wait until the head moves past what the last pull saw (or the
             // session dies). The cursor alone is no measure: it stays at the
             // last blob delivered, below a head whose newest blobs expired.
-            let seen = summary.head.max(state.state.cursor);
+            let mut seen = summary.head.max(state.state.cursor);
             loop {
                 let slot = self.slot();
                 let mut heads = slot.session.heads();
-                if *heads.borrow_and_update() > seen {
+                // The head first, then the blobs the relay sent inline
+                // (docs/protocol.md "Version 3: inline delivery"): a
+                // `Deliver` is queued before its head is published, so
+                // every delivery behind the head read here is taken before
+                // deciding to pull; one that takes the device to its head
+                // spares the pull.
+                let head = *heads.borrow_and_update();
+                while let Some(delivery) = slot.session.try_delivery() {
+                    if let Some(head) = self
+                        .take_delivery(&slot.session, delivery, state, out_dir, events)
+                        .await?
+                    {
+                        seen = seen.max(head);
+                    }
+                }
+                if head > seen {
                     break;
                 }
                 let stall = self.policy.stall_timeout;
                 tokio::select! {
+                    biased;
                     _ = &mut stop => return Ok(()),
+                    Some(delivery) = slot.session.next_delivery() => {
+                        if let Some(head) = self.take_delivery(&slot.session, delivery, state, out_dir, events).await? {
+                            seen = seen.max(head);
+                        }
+                    }
                     changed = heads.changed() => {
                         if changed.is_err() {
                             self.reconnect_reporting(slot.generation, ClientError::ConnectionLost("the relay closed the session".into()), &mut link, events).await?;
@@ -273,6 +294,45 @@ const SAVE_INTERVAL: Duration = Duration::from_millis(500);
 /// than a client spinning forever.
 pub const MAX_EMPTY_BATCHES: u32 = 4;
 
+/// Check and apply one page of blobs the relay sent (a `PullBatch` frame,
+/// or an inline `Deliver`: docs/protocol.md "Version 3: inline delivery"),
+/// in order; the number of blobs. Each cursor must be above the one
+/// before (`last_cursor`, updated), else [`ClientError::Protocol`] and
+/// nothing more of the page is applied. On a version-2 session
+/// (`no_echo`) an empty payload labelled with this device's node id is the
+/// marker of its own blobs: the cursor moves past it, nothing is opened.
+pub(crate) fn apply_page(
+    blobs: Vec<sync_protocol::PulledBlob>,
+    last_cursor: &mut u64,
+    no_echo: bool,
+    state: &mut StateStore,
+    receiver: &Receiver<'_>,
+    events: &mut (dyn FnMut(PullEvent) + Send),
+) -> Result<u64> {
+    let mut received = 0;
+    for blob in blobs {
+        if blob.cursor <= *last_cursor {
+            return Err(ClientError::Protocol(format!(
+                "the relay sent cursor {} after cursor {last_cursor}; cursors must increase",
+                blob.cursor
+            )));
+        }
+        *last_cursor = blob.cursor;
+        received += 1;
+        if no_echo && blob.payload.is_empty() && blob.sender == receiver.me() {
+            // Where this device's own blobs end (docs/protocol.md
+            // "Version 2: no echo"): nothing to open; the cursor
+            // moves past them. A relay that marks another device's
+            // blob so withholds it, which gaps and views report as
+            // for any withheld blob (docs/security.md).
+            state.state.cursor = state.state.cursor.max(blob.cursor);
+            continue;
+        }
+        receiver.apply(blob, state, events)?;
+    }
+    Ok(received)
+}
+
 /// One `Pull` request: apply every frame of the answer, saving the state
 /// periodically and at the end.
 ///
@@ -339,26 +399,14 @@ async fn pull_round(
                     "the relay sent more than the {PULL_LIMIT} blobs asked for"
                 )));
             }
-            for blob in batch.blobs {
-                if blob.cursor <= last_cursor {
-                    return Err(ClientError::Protocol(format!(
-                        "the relay sent cursor {} after cursor {last_cursor}; cursors must increase",
-                        blob.cursor
-                    )));
-                }
-                last_cursor = blob.cursor;
-                round.received += 1;
-                if no_echo && blob.payload.is_empty() && blob.sender == receiver.me() {
-                    // Where this device's own blobs end (docs/protocol.md
-                    // "Version 2: no echo"): nothing to open; the cursor
-                    // moves past them. A relay that marks another device's
-                    // blob so withholds it, which gaps and views report as
-                    // for any withheld blob (docs/security.md).
-                    state.state.cursor = state.state.cursor.max(blob.cursor);
-                    continue;
-                }
-                receiver.apply(blob, state, events)?;
-            }
+            round.received += apply_page(
+                batch.blobs,
+                &mut last_cursor,
+                no_echo,
+                state,
+                receiver,
+                events,
+            )?;
             unsaved += 1;
             if unsaved >= SAVE_EVERY_FRAMES || saved_at.elapsed() >= SAVE_INTERVAL {
                 state.save()?;

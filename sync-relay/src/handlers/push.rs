@@ -4,7 +4,9 @@
 
 use crate::context::{RelayContext, now_ms};
 use crate::metrics::{KindLabel, ResultLabel};
+use crate::recent::{CachedBlob, cached};
 use crate::storage::{NewBlob, PushRequest, StorageError};
+use sync_protocol::limits::INLINE_MAX_BLOB;
 use sync_protocol::{DeviceId, ErrorCode, ErrorMsg, GroupId, Push, PushOk};
 
 /// Store `push` for `sender` in `group`. Errors (nothing stored):
@@ -102,6 +104,20 @@ async fn store(
     let bytes: u64 = items.iter().map(|i| i.payload.len() as u64).sum();
     crate::admission::request::push_bytes(ctx, &sender, bytes)?;
     let sizes: Vec<u64> = items.iter().map(|i| i.payload.len() as u64).collect();
+    // Copies of the small payloads, kept for inline delivery to the
+    // group's live sessions once the push has committed (docs/protocol.md
+    // "Version 3: inline delivery"); nothing is copied for a group nobody
+    // follows here.
+    let small: Vec<Option<(Vec<u8>, i64)>> = if ctx.notify.is_live(group) {
+        items
+            .iter()
+            .map(|i| {
+                (i.payload.len() <= INLINE_MAX_BLOB).then(|| (i.payload.clone(), i.expires_at_ms))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let outcome = ctx
         .storage
         .push(PushRequest {
@@ -140,6 +156,28 @@ async fn store(
         && last - first + 1 == new.len() as u64
     {
         ctx.notify.pushed(group, sender, first, last);
+    }
+    // Committed: the new small blobs may now go inline (a duplicate has no
+    // new cursor and is not sent again).
+    let fresh: Vec<CachedBlob> = outcome
+        .results
+        .iter()
+        .zip(small)
+        .filter(|(r, _)| !r.duplicate)
+        .filter_map(|(r, kept)| {
+            let (payload, expires_at_ms) = kept?;
+            Some(cached(
+                r.cursor,
+                r.blob_id,
+                sender,
+                u64::try_from(now).unwrap_or(0),
+                payload,
+                expires_at_ms,
+            ))
+        })
+        .collect();
+    if !fresh.is_empty() {
+        ctx.notify.remember(group, fresh);
     }
     ctx.notify.publish(group, outcome.head);
     Ok(PushOk {

@@ -88,6 +88,15 @@ impl Session {
         self.version.get().is_some_and(|v| *v >= 2)
     }
 
+    /// Whether the session spoke version 3 or later: new small blobs go
+    /// inline in `Deliver` frames (docs/protocol.md "Version 3: inline
+    /// delivery").
+    fn inline(&self) -> bool {
+        self.version
+            .get()
+            .is_some_and(|v| *v >= sync_protocol::INLINE_PROTOCOL_VERSION)
+    }
+
     fn close(&self, code: CloseCode, reason: &str) {
         self.conn
             .close(VarInt::from_u32(code.as_u32()), reason.as_bytes());
@@ -228,12 +237,22 @@ pub async fn serve_connection(
     let notify_ctx = Arc::clone(&ctx);
     let activity = Arc::clone(&session.activity);
     let no_echo = session.no_echo();
+    let inline_on = session.inline();
     let group = session.group.get().copied();
     let _notify = AbortOnDropHandle::new(tokio::spawn(async move {
         let hub = Arc::clone(&notify_ctx.notify);
         let only_own = move |after: u64, head: u64| {
             no_echo && group.is_some_and(|g| hub.only_own(g, device, after, head))
         };
+        let cache = Arc::clone(&notify_ctx.notify);
+        let recent = move |after: u64, head: u64| {
+            group.and_then(|g| cache.recent(g, after, head, crate::context::now_ms()))
+        };
+        let inline = inline_on.then(|| forward::Inline {
+            device,
+            recent: &recent,
+            budget: &notify_ctx.budget,
+        });
         // Streams are lazy: opening costs nothing until the first Notify.
         if let Ok(uni) = conn.open_uni().await {
             forward::forward_notify(
@@ -243,6 +262,7 @@ pub async fn serve_connection(
                 &activity,
                 &notify_ctx.metrics,
                 &only_own,
+                inline,
             )
             .await;
         }
@@ -556,6 +576,13 @@ async fn serve_request(session: &Arc<Session>, send: &mut SendStream, mut recv: 
     // Only a push keeps its request bytes (the payloads) until it is served.
     if !matches!(msg, Message::Push(_)) {
         reserved = None;
+    }
+    // Where the device says it is, for inline delivery (before the
+    // request wakes the forwarder).
+    match &msg {
+        Message::Pull(pull) => session.activity.pulled(pull.after),
+        Message::Ack(ack) => session.activity.acked(ack.cursor),
+        _ => {}
     }
     session.activity.request();
     match session.step(Event::Request(kind)) {
