@@ -114,11 +114,12 @@ impl<'a> Applier<'a> {
     /// else any such file.
     fn local_source(&self, hash: &Hash, actions: &[Action]) -> Option<String> {
         let doomed = actions.iter().find_map(|a| match a {
-            Action::Remove { path, expect } | Action::Write { path, expect: Some(expect), .. }
-                if expect.hash() == Some(*hash) =>
-            {
-                Some(path.clone())
-            }
+            Action::Remove { path, expect }
+            | Action::Write {
+                path,
+                expect: Some(expect),
+                ..
+            } if expect.hash() == Some(*hash) => Some(path.clone()),
             _ => None,
         });
         doomed.or_else(|| {

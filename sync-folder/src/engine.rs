@@ -28,9 +28,7 @@ pub enum FolderError {
     #[error(transparent)]
     Client(#[from] sync_client::ClientError),
     /// This home syncs another folder.
-    #[error(
-        "this device's home syncs {0}; a home syncs one folder (use another --home for {1})"
-    )]
+    #[error("this device's home syncs {0}; a home syncs one folder (use another --home for {1})")]
     OtherFolder(String, String),
 }
 
@@ -276,6 +274,9 @@ impl Folder {
             .index_incoming(&self.incoming_dir())
             .map_err(io("staging"))?;
         let missing = applier.gather(&actions);
+        // The index has one connection: nothing else may use it while the
+        // transaction is open.
+        let mut moved = Vec::new();
         let mut tx = self.index.begin().await?;
         for a in &actions {
             let path = match a {
@@ -297,19 +298,20 @@ impl Folder {
                 }
                 Outcome::MovedAside(copy) => {
                     report.moved_aside.push(copy.clone());
-                    self.index
-                        .add_conflict(&ConflictRow {
-                            copy,
-                            path: path.clone(),
-                            device: self.device.clone(),
-                            at_ms: sync_client::util::now_ms(),
-                        })
-                        .await?;
+                    moved.push(ConflictRow {
+                        copy,
+                        path: path.clone(),
+                        device: self.device.clone(),
+                        at_ms: sync_client::util::now_ms(),
+                    });
                 }
                 Outcome::Pending(why) => report.pending.push((path, why)),
             }
         }
         tx.commit().await?;
+        for c in &moved {
+            self.index.add_conflict(c).await?;
+        }
         applier.clean(&missing);
         self.index.replace_scan_cache(&s.cache).await?;
         Ok(())
@@ -336,10 +338,16 @@ impl Folder {
         let s = self.scan(report).await?;
         report.skipped = s.skipped.clone();
         let (ops, new_base) = local_ops(&base, &s);
-        let mut known = self.index.contents().await?;
+        // Contents sent in this run (a content is sent once per run; a
+        // later run sends it again when a `Put` names it: receivers keep no
+        // content they do not hold in a file, so one sent earlier may be
+        // gone there and expired at the relay).
+        let mut known: HashSet<Hash> = HashSet::new();
         let opts = PushOptions {
             ttl_s,
-            force: false,
+            // Sent because a `Put` names it: a push journal of the same
+            // file from an earlier run must not make it a no-op.
+            force: true,
             device_name: Some(self.device.clone()),
         };
         let mut failed: HashSet<String> = HashSet::new();
@@ -355,7 +363,13 @@ impl Folder {
             }
             let name = hex::encode(hash);
             let pushed = client
-                .push_path(state, &self.root.join(path), Some(&name), &opts, &mut |_, _| {})
+                .push_path(
+                    state,
+                    &self.root.join(path),
+                    Some(&name),
+                    &opts,
+                    &mut |_, _| {},
+                )
                 .await;
             match pushed {
                 Ok(p) if p.blake3 == name => {
@@ -477,11 +491,7 @@ fn pending_down(base: &Tree, synced: &Tree) -> Vec<String> {
         .iter()
         .filter(|(p, e)| base.get(*p) != Some(*e))
         .map(|(p, _)| p.clone())
-        .chain(
-            base.keys()
-                .filter(|p| !synced.contains_key(*p))
-                .cloned(),
-        )
+        .chain(base.keys().filter(|p| !synced.contains_key(*p)).cloned())
         .collect();
     out.sort();
     out

@@ -259,9 +259,21 @@ mod tests {
     fn concurrent_puts_keep_both_in_arrival_order() {
         let mut t = Tree::new();
         let mut notes = Vec::new();
-        apply_record(&mut t, &rec("a", vec![put_op("f.txt", None, 1)]), &mut notes);
-        apply_record(&mut t, &rec("a", vec![put_op("f.txt", Some(1), 2)]), &mut notes);
-        apply_record(&mut t, &rec("b", vec![put_op("f.txt", Some(1), 3)]), &mut notes);
+        apply_record(
+            &mut t,
+            &rec("a", vec![put_op("f.txt", None, 1)]),
+            &mut notes,
+        );
+        apply_record(
+            &mut t,
+            &rec("a", vec![put_op("f.txt", Some(1), 2)]),
+            &mut notes,
+        );
+        apply_record(
+            &mut t,
+            &rec("b", vec![put_op("f.txt", Some(1), 3)]),
+            &mut notes,
+        );
         assert_eq!(t["f.txt"], file(2));
         assert_eq!(t["f (conflict b 1970-01-01 00.00).txt"], file(3));
         assert_eq!(notes.len(), 1);
@@ -300,14 +312,26 @@ mod tests {
             size: 1,
             exec: false,
         };
-        apply_record(&mut t, &rec("a", vec![mv, Op::Rmdir { path: "d".into() }]), &mut notes);
+        apply_record(
+            &mut t,
+            &rec("a", vec![mv, Op::Rmdir { path: "d".into() }]),
+            &mut notes,
+        );
         assert_eq!(t.keys().collect::<Vec<_>>(), ["e", "e/g"]);
         // A path under a file is dropped.
-        apply_record(&mut t, &rec("a", vec![put_op("e/g/x", None, 2)]), &mut notes);
+        apply_record(
+            &mut t,
+            &rec("a", vec![put_op("e/g/x", None, 2)]),
+            &mut notes,
+        );
         assert!(!t.contains_key("e/g/x"));
         assert!(matches!(notes.last(), Some(FoldNote::Dropped { .. })));
         // Rmdir of a directory with children keeps it.
-        apply_record(&mut t, &rec("a", vec![Op::Rmdir { path: "e".into() }]), &mut notes);
+        apply_record(
+            &mut t,
+            &rec("a", vec![Op::Rmdir { path: "e".into() }]),
+            &mut notes,
+        );
         assert!(t.contains_key("e"));
     }
 }

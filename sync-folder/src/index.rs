@@ -134,11 +134,13 @@ impl Index {
 
     /// Set a `meta` value.
     pub async fn set_meta(tx: &mut Transaction<'_, Sqlite>, k: &str, v: &str) -> DbResult<()> {
-        sqlx::query("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v")
-            .bind(k)
-            .bind(v)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+        )
+        .bind(k)
+        .bind(v)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
@@ -166,10 +168,10 @@ impl Index {
         match entry {
             Some(e) => {
                 sqlx::query(table.sql(Sql::Upsert))
-                .bind(path)
-                .bind(encode_entry(e))
-                .execute(&mut **tx)
-                .await?;
+                    .bind(path)
+                    .bind(encode_entry(e))
+                    .execute(&mut **tx)
+                    .await?;
             }
             None => {
                 sqlx::query(table.sql(Sql::Delete))
@@ -341,13 +343,15 @@ impl Index {
 
     /// Record a conflict copy.
     pub async fn add_conflict(&self, c: &ConflictRow) -> DbResult<()> {
-        sqlx::query("INSERT OR REPLACE INTO conflicts (copy, path, device, at_ms) VALUES (?, ?, ?, ?)")
-            .bind(&c.copy)
-            .bind(&c.path)
-            .bind(&c.device)
-            .bind(c.at_ms as i64)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO conflicts (copy, path, device, at_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&c.copy)
+        .bind(&c.path)
+        .bind(&c.device)
+        .bind(c.at_ms as i64)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

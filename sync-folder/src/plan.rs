@@ -189,9 +189,7 @@ pub fn reconcile(base: &Tree, synced: &Tree, scan: &Scan, device: &str, when: &s
                 }),
                 (Some(Entry::File { .. }), Some(_)) => {
                     let free = |p: &str| {
-                        synced.contains_key(p)
-                            || scan.lookup(p).is_some()
-                            || taken.contains(p)
+                        synced.contains_key(p) || scan.lookup(p).is_some() || taken.contains(p)
                     };
                     match conflict_path(path, device, when, free) {
                         Some(copy) => {

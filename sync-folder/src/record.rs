@@ -237,15 +237,24 @@ mod tests {
         r.ops.push(Op::Mkdir {
             path: "../etc".into(),
         });
-        assert!(matches!(decode(&encode(&r)), Err(RecordError::Malformed(_))));
+        assert!(matches!(
+            decode(&encode(&r)),
+            Err(RecordError::Malformed(_))
+        ));
         let mut r = sample();
         r.ops = vec![Op::Mkdir { path: "x".into() }; MAX_OPS + 1];
-        assert!(matches!(decode(&encode(&r)), Err(RecordError::Malformed(_))));
+        assert!(matches!(
+            decode(&encode(&r)),
+            Err(RecordError::Malformed(_))
+        ));
         let mut r = sample();
         r.ops = vec![Op::Mkdir {
             path: ".0k-sync-folder/x".into(),
         }];
-        assert!(matches!(decode(&encode(&r)), Err(RecordError::Malformed(_))));
+        assert!(matches!(
+            decode(&encode(&r)),
+            Err(RecordError::Malformed(_))
+        ));
         let mut r = sample();
         r.ops = vec![Op::Put {
             path: "big".into(),
@@ -254,7 +263,10 @@ mod tests {
             size: MAX_FILE_SIZE + 1,
             exec: false,
         }];
-        assert!(matches!(decode(&encode(&r)), Err(RecordError::Malformed(_))));
+        assert!(matches!(
+            decode(&encode(&r)),
+            Err(RecordError::Malformed(_))
+        ));
         assert_eq!(decode(b"hello"), Err(RecordError::NotARecord));
         assert_eq!(decode(b"0kfold\x00\x09"), Err(RecordError::Version(9)));
         assert!(decode(b"0kfold\x00\x01\xff\xff\xff\xff\xff").is_err());

@@ -162,7 +162,12 @@ pub fn scan(root: &Path, cache: &Cache, now_ns: i64) -> std::io::Result<(Scan, O
         }
         if let Err(why) = check_path(&name) {
             // Pull's temp files (`.0k-sync-*`) are not reported.
-            if !name.rsplit('/').next().unwrap_or("").starts_with(".0k-sync-") {
+            if !name
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .starts_with(".0k-sync-")
+            {
                 skipped.push((name.clone(), why));
             }
             found.insert(name, Found::Untouchable("name not syncable".into()));
@@ -173,7 +178,10 @@ pub fn scan(root: &Path, cache: &Cache, now_ns: i64) -> std::io::Result<(Scan, O
         }
         let ft = item.file_type();
         if ft.is_symlink() {
-            skipped.push((name.clone(), "symbolic link (not followed, not synced)".into()));
+            skipped.push((
+                name.clone(),
+                "symbolic link (not followed, not synced)".into(),
+            ));
             found.insert(name, Found::Untouchable("symbolic link".into()));
             continue;
         }

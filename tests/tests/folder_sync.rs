@@ -34,13 +34,30 @@ fn tree(root: &Path) -> Tree {
                 walk(root, &path, out);
             } else {
                 let mode = e.metadata().unwrap().permissions().mode();
-                out.insert(rel, Some((std::fs::read(&path).unwrap(), mode & 0o111 != 0)));
+                out.insert(
+                    rel,
+                    Some((std::fs::read(&path).unwrap(), mode & 0o111 != 0)),
+                );
             }
         }
     }
     let mut out = Tree::new();
     walk(root, root, &mut out);
     out
+}
+
+/// A tree entry in a few characters: `file N bytes [x] HASH` or `dir`.
+fn brief(e: Option<&Option<(Vec<u8>, bool)>>) -> String {
+    match e {
+        None => "absent".into(),
+        Some(None) => "dir".into(),
+        Some(Some((b, x))) => format!(
+            "file {} bytes{} {}",
+            b.len(),
+            if *x { " x" } else { "" },
+            &blake3::hash(b).to_hex()[..8]
+        ),
+    }
 }
 
 fn sync(dev: &Device, dir: &Path) -> serde_json::Value {
@@ -105,7 +122,27 @@ impl Group {
         }
         let first = tree(self.dir(0));
         for i in 1..self.devices.len() {
-            assert_eq!(tree(self.dir(i)), first, "device {i} differs from device 0");
+            let other = tree(self.dir(i));
+            let differ: Vec<String> = first
+                .keys()
+                .chain(other.keys())
+                .filter(|k| first.get(*k) != other.get(*k))
+                .map(|k| {
+                    format!(
+                        "{k}: {:?} vs {:?}",
+                        brief(first.get(k)),
+                        brief(other.get(k))
+                    )
+                })
+                .collect();
+            if !differ.is_empty() {
+                let status: Vec<String> = self
+                    .devices
+                    .iter()
+                    .map(|(d, dir)| d.run(&["status", "--json", dir.to_str().unwrap()]))
+                    .collect();
+                panic!("device {i} differs from device 0: {differ:#?}\nstatus: {status:#?}");
+            }
         }
         first
     }
@@ -143,7 +180,10 @@ fn three_devices_create_edit_rename_delete_and_converge() {
     std::fs::remove_dir(a.join("empty/inner")).unwrap();
     write(g.dir(2), "new/file.bin", &[7u8; 3000]);
     let t = g.converge();
-    assert_eq!(t["notes.txt"], Some((b"notes edited on B\n".to_vec(), false)));
+    assert_eq!(
+        t["notes.txt"],
+        Some((b"notes edited on B\n".to_vec(), false))
+    );
     assert!(t.contains_key("src/app.rs") && !t.contains_key("src/main.rs"));
     assert!(!t.contains_key("src/deep"));
     assert!(!t.contains_key("empty/inner") && t.contains_key("empty"));
@@ -159,7 +199,11 @@ fn concurrent_edits_keep_both_versions() {
     write(g.dir(1), "doc.txt", b"edited on B\n");
     g.sync(0);
     let report = g.sync(1);
-    assert_eq!(report["moved_aside"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(
+        report["moved_aside"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
     let t = g.converge();
     // A's edit arrived first and holds the name; B's is the conflict copy.
     assert_eq!(t["doc.txt"], Some((b"edited on A\n".to_vec(), false)));
@@ -169,13 +213,17 @@ fn concurrent_edits_keep_both_versions() {
         .collect();
     assert_eq!(copies.len(), 1, "{:?}", t.keys());
     assert_eq!(copies[0].1, &Some((b"edited on B\n".to_vec(), false)));
-    let status = json(&g.devices[1].0.run(&[
-        "status",
-        "--json",
-        g.dir(1).to_str().unwrap(),
-    ]));
+    let status = json(
+        &g.devices[1]
+            .0
+            .run(&["status", "--json", g.dir(1).to_str().unwrap()]),
+    );
     assert_eq!(status["conflicts"].as_array().unwrap().len(), 1, "{status}");
-    assert_eq!(status["pending_up"].as_array().unwrap().len(), 0, "{status}");
+    assert_eq!(
+        status["pending_up"].as_array().unwrap().len(),
+        0,
+        "{status}"
+    );
 }
 
 #[test]
@@ -300,7 +348,8 @@ fn random_op(rng: &mut SmallRng, dir: &Path, round: u32) {
     match rng.random_range(0..10) {
         0..=3 => {
             let name = format!("{}f{}", pick_dir(rng), rng.random_range(0..12));
-            let body = format!("round {round} {}\n", rng.random::<u32>()).repeat(rng.random_range(1..50));
+            let body =
+                format!("round {round} {}\n", rng.random::<u32>()).repeat(rng.random_range(1..50));
             write(dir, &name, body.as_bytes());
         }
         4..=5 if !files.is_empty() => {
