@@ -156,15 +156,11 @@ pub enum Command {
         stall_timeout: String,
     },
     /// Show this device, its group, the sync state and the relay's reachability
-    ///
-    /// With DIR: the folder synced there — local changes not pushed yet,
-    /// changes of the group not on disk yet, conflict copies (no relay
-    /// contact).
     Status {
         /// Report the relay unreachable after trying this long (e.g. 5s)
         #[arg(long, default_value = "30s", value_name = "DURATION")]
         retry_for: String,
-        /// A folder synced with `sync DIR`
+        /// Show the folder synced there by `sync DIR` instead: changes not pushed, not applied, conflict copies (no relay contact)
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
     },
@@ -172,7 +168,7 @@ pub enum Command {
     ///
     /// Pulls the group's changes and applies them to DIR, then pushes the
     /// changes made in DIR since the last run: new and changed files
-    /// (content not sent again when the group has it), deletions, renames
+    /// (unchanged files send nothing), deletions, renames
     /// (no content re-sent), directories, the executable bit. Symbolic
     /// links are neither followed nor synced (listed); `.0k-syncignore` at
     /// the root (gitignore syntax) keeps paths on this device. A file
