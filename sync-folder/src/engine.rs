@@ -504,3 +504,72 @@ pub fn hashes(tree: &Tree) -> HashSet<Hash> {
 
 /// The ignore file's name, re-exported for the CLI's help.
 pub const IGNORE: &str = IGNORE_FILE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode;
+
+    fn put(path: &str, base: Option<u8>, h: u8) -> Op {
+        Op::Put {
+            path: path.into(),
+            base: base.map(|b| [b; 32]),
+            hash: [h; 32],
+            size: 1,
+            exec: false,
+        }
+    }
+
+    fn body(ops: Vec<Op>) -> Vec<u8> {
+        encode(&Record {
+            device: "other".into(),
+            at_ms: 0,
+            ops,
+        })
+    }
+
+    /// A crash after the fold committed but before the inbox was cleared
+    /// leaves the inbox to be read again: nothing is applied twice (a
+    /// re-applied `Put` with no base would otherwise make a conflict copy).
+    #[tokio::test]
+    async fn an_inbox_read_twice_applies_nothing_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = Folder::open(&tmp.path().join("home"), &tmp.path().join("dir"), "me")
+            .await
+            .unwrap();
+        let first = body(vec![put("f", None, 1)]);
+        let second = body(vec![put("f", Some(1), 2)]);
+        folder.receive(3, "aa", 1, &first).unwrap();
+        folder.receive(4, "aa", 2, &second).unwrap();
+        // Another application's message is not kept.
+        folder.receive(5, "aa", 3, b"hello").unwrap();
+        let mut report = Report::default();
+        folder.fold(5, &mut report).await.unwrap();
+        assert_eq!(report.records_received, 2);
+        // As if the inbox had not been cleared: the first record again.
+        folder.receive(3, "aa", 1, &first).unwrap();
+        let mut report = Report::default();
+        folder.fold(5, &mut report).await.unwrap();
+        assert_eq!(report.records_received, 0);
+        assert!(report.conflicts.is_empty(), "{report:?}");
+        let synced = folder.index.tree(TreeTable::Synced).await.unwrap();
+        assert_eq!(synced.keys().collect::<Vec<_>>(), ["f"]);
+        assert_eq!(synced["f"].hash(), Some([2; 32]));
+        folder.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_home_syncs_one_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let f = Folder::open(&home, &tmp.path().join("a"), "me")
+            .await
+            .unwrap();
+        f.close().await;
+        let other = Folder::open(&home, &tmp.path().join("b"), "me").await;
+        assert!(
+            matches!(other, Err(FolderError::OtherFolder(..))),
+            "{other:?}"
+        );
+    }
+}
