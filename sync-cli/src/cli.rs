@@ -160,6 +160,34 @@ pub enum Command {
         /// Report the relay unreachable after trying this long (e.g. 5s)
         #[arg(long, default_value = "30s", value_name = "DURATION")]
         retry_for: String,
+        /// Show the folder synced there by `sync DIR` instead: changes not pushed, not applied, conflict copies (no relay contact)
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Keep a directory the same on every device of the group (one run)
+    ///
+    /// Pulls the group's changes and applies them to DIR, then pushes the
+    /// changes made in DIR since the last run: new and changed files
+    /// (unchanged files send nothing), deletions, renames
+    /// (no content re-sent), directories, the executable bit. Symbolic
+    /// links are neither followed nor synced (listed); `.0k-syncignore` at
+    /// the root (gitignore syntax) keeps paths on this device. A file
+    /// changed on two devices keeps both versions (a conflict copy); a
+    /// delete never removes a file whose content the deleting device had
+    /// not seen. A home syncs one folder. See docs/client.md "Folder sync".
+    Sync {
+        /// The folder (created if missing)
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// How long the relay keeps the data (e.g. 12h, 7d) [default: the relay's]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Give up when the relay stays unreachable this long (e.g. 30s, 5m)
+        #[arg(long, default_value = "30s", value_name = "DURATION")]
+        retry_for: String,
+        /// Abandon and retry a transfer that makes no progress for this long
+        #[arg(long, default_value = "15s", value_name = "DURATION")]
+        stall_timeout: String,
     },
     /// List the group's devices: name, id, who added it and when, last seen, epoch
     ///

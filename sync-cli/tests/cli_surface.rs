@@ -57,6 +57,7 @@ fn help_texts_are_stable() {
         &["push"],
         &["pull"],
         &["status"],
+        &["sync"],
         &["completions"],
     ] {
         let mut args: Vec<&str> = cmd.to_vec();

@@ -12,6 +12,7 @@ mod pull;
 mod push;
 mod revoke;
 mod status;
+mod sync;
 
 use crate::cli::{Args, Command};
 use crate::output::Out;
@@ -139,9 +140,21 @@ pub async fn run(args: Args) -> Result<()> {
             let policy = policy(retry_for, &stall_timeout)?;
             pull::pull(&home, &dir, follow, policy, out).await
         }
-        Command::Status { retry_for } => {
-            let policy = policy(Some(&retry_for), "15s")?;
-            status::status(&home, policy, out).await
+        Command::Status { retry_for, dir } => match dir {
+            Some(dir) => sync::status(&home, &dir, out).await,
+            None => {
+                let policy = policy(Some(&retry_for), "15s")?;
+                status::status(&home, policy, out).await
+            }
+        },
+        Command::Sync {
+            dir,
+            ttl,
+            retry_for,
+            stall_timeout,
+        } => {
+            let policy = policy(Some(&retry_for), &stall_timeout)?;
+            sync::sync(&home, &dir, ttl, policy, out).await
         }
         Command::Completions { shell } => {
             clap_complete::generate(

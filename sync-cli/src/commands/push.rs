@@ -133,7 +133,7 @@ pub async fn push(
 /// was removed or the roster lists devices that still hold the current
 /// epoch's key (`must_rotate`: a re-key is due; docs/security.md "Order and
 /// convergence"). Catching up with epochs known locally happens here too.
-fn check_roster(home: &Home) -> Result<()> {
+pub fn check_roster(home: &Home) -> Result<()> {
     let mut roster = LocalRoster::open(home)?;
     let Some(settled) = roster.settle(sync_client::util::now_ms())? else {
         return Ok(());

@@ -175,6 +175,45 @@ impl SyncClient {
             .await
     }
 
+    /// Seal application messages without pushing them: one sequence number
+    /// each (reserved and persisted first, as for every push) and a random
+    /// blob id, each body at most [`SyncClient::chunk_size`] bytes. A caller
+    /// that must survive a crash between sealing and the relay's answer
+    /// stores the items and pushes the *same* items again
+    /// ([`SyncClient::push_items`]): the relay answers a repeated blob id with
+    /// its first cursor, and receivers see each sequence number once
+    /// (folder sync's outbox, docs/client.md "Folder sync").
+    /// Errors: [`ClientError::InvalidInput`] (body too large), local I/O.
+    pub fn seal_messages(
+        &self,
+        state: &mut StateStore,
+        bodies: &[Vec<u8>],
+        ttl_s: Option<u32>,
+    ) -> Result<Vec<PushItem>> {
+        let max = self.chunk_size();
+        if let Some(big) = bodies.iter().find(|m| m.len() > max) {
+            return Err(ClientError::InvalidInput(format!(
+                "message of {} bytes exceeds the {max} bytes that fit one blob",
+                big.len()
+            )));
+        }
+        let first_seq = state.reserve_seqs(bodies.len() as u64)?;
+        bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                self.seal(
+                    state,
+                    BlobId(random_bytes()),
+                    BlobKind::Message,
+                    first_seq + i as u64,
+                    body,
+                    ttl_s,
+                )
+            })
+            .collect()
+    }
+
     /// Seal and push roster blobs (`BlobKind::Roster` or
     /// `BlobKind::Enrolment`, docs/security.md "Devices, roster and key
     /// epochs"), each body at most [`SyncClient::chunk_size`] bytes.

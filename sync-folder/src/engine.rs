@@ -1,0 +1,575 @@
+//! One folder and the steps of a sync run over it (see the crate doc).
+
+use crate::apply::{Applier, Outcome};
+use crate::entry::{Entry, Hash};
+use crate::fold::{FoldNote, Tree, apply_record};
+use crate::inbox::{Inbox, InboxItem};
+use crate::index::{ConflictRow, Index, OutboxRow, TreeTable};
+use crate::plan::{Action, local_ops, reconcile};
+use crate::record::{self, MAGIC, OPS_PER_RECORD, Op, Record};
+use crate::scan::{Scan, scan};
+use crate::{IGNORE_FILE, STAGING_DIR};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use sync_client::{PushOptions, StateStore, SyncClient};
+use sync_protocol::{BlobId, PushItem};
+
+/// Errors of a folder sync run.
+#[derive(Debug, thiserror::Error)]
+pub enum FolderError {
+    /// The index database failed.
+    #[error("folder index: {0}")]
+    Index(#[from] sqlx::Error),
+    /// A local file or directory could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// The client library failed (relay, network, local state).
+    #[error(transparent)]
+    Client(#[from] sync_client::ClientError),
+    /// This home syncs another folder.
+    #[error("this device's home syncs {0}; a home syncs one folder (use another --home for {1})")]
+    OtherFolder(String, String),
+}
+
+type Result<T> = std::result::Result<T, FolderError>;
+
+fn io(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> FolderError {
+    move |e| FolderError::Io(format!("{what}: {e}"))
+}
+
+/// What a run did (`sync --json`).
+#[derive(Debug, Default, Clone, Serialize, schemars::JsonSchema)]
+pub struct Report {
+    /// Records of other devices folded.
+    pub records_received: u64,
+    /// Records refused (malformed, over a limit, unknown version).
+    pub records_refused: Vec<String>,
+    /// Paths written, removed or created here from the group's changes.
+    pub applied: Vec<String>,
+    /// Local files moved aside as conflict copies (kept; pushed).
+    pub moved_aside: Vec<String>,
+    /// Conflict copies the fold made of concurrent changes (path, copy).
+    pub conflicts: Vec<(String, String)>,
+    /// Operations the fold dropped, with why.
+    pub dropped: Vec<(String, String)>,
+    /// Paths left pending, with why.
+    pub pending: Vec<(String, String)>,
+    /// Paths not synced (symbolic links, special files, bad names,
+    /// changing while read), with why.
+    pub skipped: Vec<(String, String)>,
+    /// Contents uploaded (relative paths).
+    pub uploaded: Vec<String>,
+    /// Bytes of content uploaded.
+    pub uploaded_bytes: u64,
+    /// Blobs the content uploads took.
+    pub uploaded_blobs: u64,
+    /// Operations pushed.
+    pub ops_sent: u64,
+    /// Records pushed.
+    pub records_sent: u64,
+    /// Files hashed by the scans (others came from the cache).
+    pub hashed: u64,
+    /// A problem with `.0k-syncignore`.
+    pub ignore_warning: Option<String>,
+}
+
+/// What `status DIR` shows.
+#[derive(Debug, Default, Clone, Serialize, schemars::JsonSchema)]
+pub struct Status {
+    /// The folder.
+    pub root: String,
+    /// Local changes not pushed yet (paths).
+    pub pending_up: Vec<String>,
+    /// Changes of the group not on disk yet (paths).
+    pub pending_down: Vec<String>,
+    /// Own records pushed but not yet folded (or not yet stored).
+    pub outbox: u64,
+    /// Conflict copies in the folder.
+    pub conflicts: Vec<ConflictRow>,
+    /// Paths not synced, with why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// A synced folder: its root, index and inbox.
+#[derive(Debug)]
+pub struct Folder {
+    root: PathBuf,
+    index: Index,
+    inbox: Inbox,
+    device: String,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Folder {
+    /// Open the folder `root` for the device whose home is `home_dir`
+    /// (index in `<home>/folder/`). `device` names this device's conflict
+    /// copies. Errors: [`FolderError::OtherFolder`] when the home syncs
+    /// another directory.
+    pub async fn open(home_dir: &Path, root: &Path, device: &str) -> Result<Folder> {
+        std::fs::create_dir_all(root).map_err(io(root.display()))?;
+        let root = std::fs::canonicalize(root).map_err(io(root.display()))?;
+        let dir = home_dir.join("folder");
+        sync_client::util::ensure_private_dir(&dir)?;
+        std::fs::create_dir_all(root.join(STAGING_DIR).join("in"))
+            .map_err(io(root.join(STAGING_DIR).display()))?;
+        let index = Index::open(&dir.join("index.db")).await?;
+        let shown = root.to_string_lossy().to_string();
+        match index.meta("root").await? {
+            Some(r) if r != shown => return Err(FolderError::OtherFolder(r, shown)),
+            Some(_) => {}
+            None => {
+                let mut tx = index.begin().await?;
+                Index::set_meta(&mut tx, "root", &shown).await?;
+                tx.commit().await?;
+            }
+        }
+        let device = if sync_client::crypto::envelope::validate_device_name(device).is_ok() {
+            device.to_string()
+        } else {
+            "device".to_string()
+        };
+        Ok(Folder {
+            root,
+            index,
+            inbox: Inbox::at(&dir.join("inbox.bin")),
+            device,
+        })
+    }
+
+    /// The folder's root (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the pull puts received transfers (inside the folder, on its
+    /// file system, never synced).
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.root.join(STAGING_DIR).join("in")
+    }
+
+    /// Keep a message received by the pull if it is a folder record
+    /// (durably, before the pull records its cursor).
+    pub fn receive(&self, cursor: u64, sender: &str, seq: u64, body: &[u8]) -> Result<()> {
+        if body.len() < MAGIC.len() || body[..6] != MAGIC[..6] {
+            return Ok(());
+        }
+        self.inbox
+            .append(&InboxItem {
+                cursor,
+                sender: sender.to_string(),
+                seq,
+                body: body.to_vec(),
+            })
+            .map_err(io("folder inbox"))
+    }
+
+    /// Close the index.
+    pub async fn close(&self) {
+        self.index.close().await;
+    }
+
+    /// Fold the received records, and this device's own records stored at
+    /// cursors up to `cursor` (what the pull has passed), into the synced
+    /// state, in cursor order.
+    pub async fn fold(&self, cursor: u64, report: &mut Report) -> Result<()> {
+        let items = self.inbox.read().map_err(io("folder inbox"))?;
+        let own: Vec<OutboxRow> = self
+            .index
+            .outbox()
+            .await?
+            .into_iter()
+            .filter(|r| r.cursor.is_some_and(|c| c <= cursor))
+            .collect();
+        // (cursor, remote item or own row)
+        let mut all: Vec<(u64, std::result::Result<InboxItem, OutboxRow>)> = items
+            .into_iter()
+            .map(|i| (i.cursor, Ok(i)))
+            .chain(own.into_iter().map(|r| (r.cursor.unwrap_or(0), Err(r))))
+            .collect();
+        all.sort_by_key(|(c, _)| *c);
+        let before = self.index.tree(TreeTable::Synced).await?;
+        let mut tree = before.clone();
+        let mut notes = Vec::new();
+        let mut tx = self.index.begin().await?;
+        for (_, item) in &all {
+            let body = match item {
+                Ok(i) => {
+                    if Index::was_folded(&mut tx, &i.sender, i.seq).await? {
+                        continue;
+                    }
+                    Index::mark_folded(&mut tx, &i.sender, i.seq).await?;
+                    report.records_received += 1;
+                    &i.body
+                }
+                Err(r) => {
+                    Index::remove_outbox(&mut tx, r.id).await?;
+                    &r.record
+                }
+            };
+            match record::decode(body) {
+                Ok(rec) => apply_record(&mut tree, &rec, &mut notes),
+                Err(e) => report.records_refused.push(e.to_string()),
+            }
+        }
+        for (path, entry) in &tree {
+            if before.get(path) != Some(entry) {
+                Index::set_entry(&mut tx, TreeTable::Synced, path, Some(entry)).await?;
+            }
+        }
+        for path in before.keys() {
+            if !tree.contains_key(path) {
+                Index::set_entry(&mut tx, TreeTable::Synced, path, None).await?;
+            }
+        }
+        tx.commit().await?;
+        self.inbox.clear().map_err(io("folder inbox"))?;
+        for n in notes {
+            match n {
+                FoldNote::Conflict { path, copy, device } => {
+                    self.index
+                        .add_conflict(&ConflictRow {
+                            copy: copy.clone(),
+                            path: path.clone(),
+                            device,
+                            at_ms: sync_client::util::now_ms(),
+                        })
+                        .await?;
+                    report.conflicts.push((path, copy));
+                }
+                FoldNote::Dropped { path, reason } => report.dropped.push((path, reason)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn scan(&self, report: &mut Report) -> Result<Scan> {
+        let cache = self.index.scan_cache().await?;
+        let root = self.root.clone();
+        let (s, warning) = tokio::task::spawn_blocking(move || scan(&root, &cache, now_ns()))
+            .await
+            .map_err(|e| FolderError::Io(format!("scan: {e}")))?
+            .map_err(io("scan"))?;
+        report.hashed += s.hashed;
+        report.ignore_warning = warning;
+        Ok(s)
+    }
+
+    /// Bring the disk to the synced state, keeping every local change
+    /// (see [`crate::plan::reconcile`]).
+    pub async fn reconcile(&self, report: &mut Report) -> Result<()> {
+        let base = self.index.tree(TreeTable::Base).await?;
+        let synced = self.index.tree(TreeTable::Synced).await?;
+        let s = self.scan(report).await?;
+        let when = chrono::Local::now().format("%Y-%m-%d %H.%M").to_string();
+        let actions = reconcile(&base, &synced, &s, &self.device, &when);
+        let mut applier = Applier::new(&self.root, self.root.join(STAGING_DIR), &s);
+        applier
+            .index_incoming(&self.incoming_dir())
+            .map_err(io("staging"))?;
+        let missing = applier.gather(&actions);
+        // The index has one connection: nothing else may use it while the
+        // transaction is open.
+        let mut moved = Vec::new();
+        let mut tx = self.index.begin().await?;
+        for a in &actions {
+            let path = match a {
+                Action::MoveAside { path, .. }
+                | Action::Write { path, .. }
+                | Action::Chmod { path, .. }
+                | Action::Remove { path, .. }
+                | Action::Mkdir { path }
+                | Action::Rmdir { path }
+                | Action::Adopt { path, .. }
+                | Action::Blocked { path, .. } => path.clone(),
+            };
+            match applier.apply(a) {
+                Outcome::Done(entry) => {
+                    if !matches!(a, Action::Adopt { .. }) {
+                        report.applied.push(path.clone());
+                    }
+                    Index::set_entry(&mut tx, TreeTable::Base, &path, entry.as_ref()).await?;
+                }
+                Outcome::MovedAside(copy) => {
+                    report.moved_aside.push(copy.clone());
+                    moved.push(ConflictRow {
+                        copy,
+                        path: path.clone(),
+                        device: self.device.clone(),
+                        at_ms: sync_client::util::now_ms(),
+                    });
+                }
+                Outcome::Pending(why) => report.pending.push((path, why)),
+            }
+        }
+        tx.commit().await?;
+        for c in &moved {
+            self.index.add_conflict(c).await?;
+        }
+        applier.clean(&missing);
+        self.index.replace_scan_cache(&s.cache).await?;
+        Ok(())
+    }
+
+    /// Push this device's changes: first any sealed record a crash left
+    /// unconfirmed, then the content of new and changed files the group
+    /// has no transfer of (chunked and resumable, named by BLAKE3), then
+    /// the records. A file whose content changed between the scan and its
+    /// upload is left for the next run.
+    pub async fn push(
+        &self,
+        client: &SyncClient,
+        state: &mut StateStore,
+        ttl_s: Option<u32>,
+        report: &mut Report,
+    ) -> Result<()> {
+        for row in self.index.outbox().await? {
+            if row.cursor.is_none() {
+                self.push_row(client, &row).await?;
+            }
+        }
+        let base = self.index.tree(TreeTable::Base).await?;
+        let s = self.scan(report).await?;
+        report.skipped = s.skipped.clone();
+        let (ops, new_base) = local_ops(&base, &s);
+        // Contents sent in this run (a content is sent once per run; a
+        // later run sends it again when a `Put` names it: receivers keep no
+        // content they do not hold in a file, so one sent earlier may be
+        // gone there and expired at the relay).
+        let mut known: HashSet<Hash> = HashSet::new();
+        let opts = PushOptions {
+            ttl_s,
+            // Sent because a `Put` names it: a push journal of the same
+            // file from an earlier run must not make it a no-op.
+            force: true,
+            device_name: Some(self.device.clone()),
+        };
+        let mut failed: HashSet<String> = HashSet::new();
+        for op in &ops {
+            let Op::Put {
+                path, hash, size, ..
+            } = op
+            else {
+                continue;
+            };
+            if known.contains(hash) {
+                continue;
+            }
+            let name = hex::encode(hash);
+            let pushed = client
+                .push_path(
+                    state,
+                    &self.root.join(path),
+                    Some(&name),
+                    &opts,
+                    &mut |_, _| {},
+                )
+                .await;
+            match pushed {
+                Ok(p) if p.blake3 == name => {
+                    self.index.add_content(hash).await?;
+                    known.insert(*hash);
+                    report.uploaded.push(path.clone());
+                    report.uploaded_bytes += size;
+                    report.uploaded_blobs += u64::from(p.blobs);
+                }
+                Ok(_) => {
+                    failed.insert(path.clone());
+                    report
+                        .pending
+                        .push((path.clone(), "changed while uploading; next run".into()));
+                }
+                Err(sync_client::ClientError::InvalidInput(why)) => {
+                    failed.insert(path.clone());
+                    report.pending.push((path.clone(), why));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let ops: Vec<Op> = ops
+            .into_iter()
+            .filter(|op| !op.paths().iter().any(|p| failed.contains(*p)))
+            .collect();
+        if ops.is_empty() && new_base.iter().all(|(p, _)| failed.contains(p)) {
+            return Ok(());
+        }
+        let bodies: Vec<Vec<u8>> = ops
+            .chunks(OPS_PER_RECORD)
+            .map(|chunk| {
+                record::encode(&Record {
+                    device: self.device.clone(),
+                    at_ms: sync_client::util::now_ms(),
+                    ops: chunk.to_vec(),
+                })
+            })
+            .collect();
+        let items = client.seal_messages(state, &bodies, ttl_s)?;
+        let mut rows = Vec::new();
+        let mut tx = self.index.begin().await?;
+        for (item, body) in items.iter().zip(&bodies) {
+            let mut row = OutboxRow {
+                id: 0,
+                blob_id: item.blob_id.0.to_vec(),
+                payload: item.payload.clone(),
+                ttl_s: item.ttl_s,
+                cursor: None,
+                record: body.clone(),
+            };
+            row.id = Index::add_outbox(&mut tx, &row).await?;
+            rows.push(row);
+        }
+        for (path, entry) in &new_base {
+            if !failed.contains(path) {
+                Index::set_entry(&mut tx, TreeTable::Base, path, entry.as_ref()).await?;
+            }
+        }
+        tx.commit().await?;
+        self.index.replace_scan_cache(&s.cache).await?;
+        for row in &rows {
+            self.push_row(client, row).await?;
+        }
+        report.ops_sent += ops.len() as u64;
+        report.records_sent += rows.len() as u64;
+        Ok(())
+    }
+
+    async fn push_row(&self, client: &SyncClient, row: &OutboxRow) -> Result<()> {
+        let blob_id = BlobId(
+            row.blob_id
+                .as_slice()
+                .try_into()
+                .map_err(|_| FolderError::Io("outbox: bad blob id".into()))?,
+        );
+        let ok = client
+            .push_items(vec![PushItem {
+                blob_id,
+                payload: row.payload.clone(),
+                ttl_s: row.ttl_s,
+            }])
+            .await?;
+        if let Some(r) = ok.results.first() {
+            self.index.set_outbox_cursor(row.id, r.cursor).await?;
+        }
+        Ok(())
+    }
+
+    /// Pending changes both ways and conflict copies, from the index and a
+    /// scan (no relay contact: changes still at the relay show after the
+    /// next run's pull).
+    pub async fn status(&self) -> Result<Status> {
+        let mut report = Report::default();
+        let base = self.index.tree(TreeTable::Base).await?;
+        let synced = self.index.tree(TreeTable::Synced).await?;
+        let s = self.scan(&mut report).await?;
+        let (ops, _) = local_ops(&base, &s);
+        let mut up: Vec<String> = ops
+            .iter()
+            .flat_map(|o| o.paths().into_iter().map(str::to_string))
+            .collect();
+        up.sort();
+        up.dedup();
+        let down = pending_down(&base, &synced);
+        Ok(Status {
+            root: self.root.to_string_lossy().to_string(),
+            pending_up: up,
+            pending_down: down,
+            outbox: self.index.outbox().await?.len() as u64,
+            conflicts: self.index.conflicts().await?,
+            skipped: s.skipped,
+        })
+    }
+}
+
+fn pending_down(base: &Tree, synced: &Tree) -> Vec<String> {
+    let mut out: Vec<String> = synced
+        .iter()
+        .filter(|(p, e)| base.get(*p) != Some(*e))
+        .map(|(p, _)| p.clone())
+        .chain(base.keys().filter(|p| !synced.contains_key(*p)).cloned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Hashes of `tree`'s files (for tests and reports).
+pub fn hashes(tree: &Tree) -> HashSet<Hash> {
+    tree.values().filter_map(Entry::hash).collect()
+}
+
+/// The ignore file's name, re-exported for the CLI's help.
+pub const IGNORE: &str = IGNORE_FILE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode;
+
+    fn put(path: &str, base: Option<u8>, h: u8) -> Op {
+        Op::Put {
+            path: path.into(),
+            base: base.map(|b| [b; 32]),
+            hash: [h; 32],
+            size: 1,
+            exec: false,
+        }
+    }
+
+    fn body(ops: Vec<Op>) -> Vec<u8> {
+        encode(&Record {
+            device: "other".into(),
+            at_ms: 0,
+            ops,
+        })
+    }
+
+    /// A crash after the fold committed but before the inbox was cleared
+    /// leaves the inbox to be read again: nothing is applied twice (a
+    /// re-applied `Put` with no base would otherwise make a conflict copy).
+    #[tokio::test]
+    async fn an_inbox_read_twice_applies_nothing_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = Folder::open(&tmp.path().join("home"), &tmp.path().join("dir"), "me")
+            .await
+            .unwrap();
+        let first = body(vec![put("f", None, 1)]);
+        let second = body(vec![put("f", Some(1), 2)]);
+        folder.receive(3, "aa", 1, &first).unwrap();
+        folder.receive(4, "aa", 2, &second).unwrap();
+        // Another application's message is not kept.
+        folder.receive(5, "aa", 3, b"hello").unwrap();
+        let mut report = Report::default();
+        folder.fold(5, &mut report).await.unwrap();
+        assert_eq!(report.records_received, 2);
+        // As if the inbox had not been cleared: the first record again.
+        folder.receive(3, "aa", 1, &first).unwrap();
+        let mut report = Report::default();
+        folder.fold(5, &mut report).await.unwrap();
+        assert_eq!(report.records_received, 0);
+        assert!(report.conflicts.is_empty(), "{report:?}");
+        let synced = folder.index.tree(TreeTable::Synced).await.unwrap();
+        assert_eq!(synced.keys().collect::<Vec<_>>(), ["f"]);
+        assert_eq!(synced["f"].hash(), Some([2; 32]));
+        folder.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_home_syncs_one_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let f = Folder::open(&home, &tmp.path().join("a"), "me")
+            .await
+            .unwrap();
+        f.close().await;
+        let other = Folder::open(&home, &tmp.path().join("b"), "me").await;
+        assert!(
+            matches!(other, Err(FolderError::OtherFolder(..))),
+            "{other:?}"
+        );
+    }
+}

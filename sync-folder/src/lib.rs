@@ -1,0 +1,39 @@
+//! Folder sync (docs/client.md "Folder sync"): `sync-cli sync DIR` keeps a
+//! directory the same on every device of a group, both ways, through the
+//! ordinary client library — content as chunked, resumable file transfers
+//! named by their BLAKE3, changes as folder [`record`]s in `Message` blobs.
+//!
+//! One run ([`Folder`]): scan ([`scan`]) → pull (the caller runs the
+//! client's pull into [`Folder::incoming_dir`], handing each message to
+//! [`Folder::receive`]) → fold the group's records into the synced state
+//! ([`fold`]) → reconcile the disk with it, keeping every local change
+//! ([`plan`], [`apply`]) → push this device's changes ([`Folder::push`]).
+//! State lives in an SQLite [`index`] in the device's home.
+//!
+//! Kept for later (the model has room for them): `--watch` (a run per
+//! debounced batch of file-system events), and the encrypted manifest of
+//! the synced state for devices that join late or were away past the
+//! relay's TTL (the synced state is exactly what such a manifest carries;
+//! contents missing here are reported as pending, ready for a re-push
+//! request).
+
+#![forbid(unsafe_code)]
+
+pub mod apply;
+pub mod engine;
+pub mod entry;
+pub mod fold;
+pub mod inbox;
+pub mod index;
+pub mod plan;
+pub mod record;
+pub mod scan;
+
+pub use engine::{Folder, FolderError, Report, Status};
+
+/// The folder's own directory at its root: staging for received content
+/// and temp files, never synced (its name starts with `.0k-sync-`, which
+/// receivers refuse as a path component).
+pub const STAGING_DIR: &str = ".0k-sync-folder";
+/// The ignore file at the root (gitignore syntax).
+pub const IGNORE_FILE: &str = ".0k-syncignore";
