@@ -21,6 +21,7 @@
 
 pub mod pull;
 pub mod push;
+mod voids;
 
 pub use pull::{PullSummary, Subscription};
 pub use push::{ChunkAck, PushOptions, PushedFile};
