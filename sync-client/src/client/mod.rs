@@ -19,6 +19,7 @@
 //! - [`push`]: messages, files (chunked, pipelined, resumable via journals);
 //! - [`pull`]: pull, follow (NOTIFY-driven live sync), subscribe.
 
+mod acks;
 pub mod pull;
 pub mod push;
 mod voids;

@@ -3,6 +3,7 @@
 //! through reconnects); and [`SyncClient::subscribe`], the same as a stream
 //! of events.
 
+use super::acks::AckCoalescer;
 use super::{LinkState, SyncClient};
 use crate::error::{ClientError, Result};
 use crate::receive::{PullEvent, Receiver, gap_events, withheld_events};
@@ -12,7 +13,7 @@ use serde::Serialize;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +56,26 @@ impl SyncClient {
     ///
     /// [`RetryPolicy`]: crate::backoff::RetryPolicy
     pub async fn pull(
+        &self,
+        state: &mut StateStore,
+        out_dir: &Path,
+        events: &mut (dyn FnMut(PullEvent) + Send),
+    ) -> Result<PullSummary> {
+        let summary = self.pull_unacked(state, out_dir, events).await?;
+        if summary.cursor > 0 {
+            self.send_ack(summary.cursor).await?;
+        }
+        Ok(summary)
+    }
+
+    async fn send_ack(&self, cursor: u64) -> Result<()> {
+        self.call(|s| async move { s.ack(cursor).await }).await?;
+        Ok(())
+    }
+
+    /// As [`SyncClient::pull`] without the acknowledgement (the follower
+    /// coalesces them: [`super::acks`]).
+    async fn pull_unacked(
         &self,
         state: &mut StateStore,
         out_dir: &Path,
@@ -107,11 +128,7 @@ impl SyncClient {
         {
             count(event, &mut summary);
         }
-        let cursor = state.state.cursor;
-        if cursor > 0 {
-            self.call(|s| async move { s.ack(cursor).await }).await?;
-        }
-        summary.cursor = cursor;
+        summary.cursor = state.state.cursor;
         Ok(summary)
     }
 
@@ -129,11 +146,17 @@ impl SyncClient {
     ) -> Result<()> {
         tokio::pin!(stop);
         let mut link = self.link_state();
+        // Acks coalesced (`super::acks`); stopping sends the last one.
+        let mut acks = AckCoalescer::default();
         loop {
             let summary = tokio::select! {
-                _ = &mut stop => return Ok(()),
-                s = self.pull(state, out_dir, events) => s?,
+                _ = &mut stop => return self.final_ack(&mut acks, state.state.cursor).await,
+                s = self.pull_unacked(state, out_dir, events) => s?,
             };
+            if let Some(cursor) = acks.offer(summary.cursor, Instant::now()) {
+                self.send_ack(cursor).await?;
+                acks.acked(cursor, Instant::now());
+            }
             events(PullEvent::Synced {
                 cursor: summary.cursor,
                 head: summary.head,
@@ -149,8 +172,15 @@ impl SyncClient {
                     break;
                 }
                 let stall = self.policy.stall_timeout;
+                let ack_due = acks.due_at();
                 tokio::select! {
-                    _ = &mut stop => return Ok(()),
+                    _ = &mut stop => return self.final_ack(&mut acks, state.state.cursor).await,
+                    _ = tokio::time::sleep_until(ack_due.unwrap_or_else(Instant::now).into()), if ack_due.is_some() => {
+                        if let Some(cursor) = acks.take_pending() {
+                            self.send_ack(cursor).await?;
+                            acks.acked(cursor, Instant::now());
+                        }
+                    }
                     changed = heads.changed() => {
                         if changed.is_err() {
                             self.reconnect_reporting(slot.generation, ClientError::ConnectionLost("the relay closed the session".into()), &mut link, events).await?;
@@ -164,6 +194,15 @@ impl SyncClient {
                 }
             }
         }
+    }
+
+    /// The last ack a follower owes when it stops: its cursor now (a pull
+    /// cut short by the stop may have moved it past the last offered).
+    async fn final_ack(&self, acks: &mut AckCoalescer, cursor: u64) -> Result<()> {
+        if let Some(cursor) = acks.last_owed(cursor) {
+            self.send_ack(cursor).await?;
+        }
+        Ok(())
     }
 
     async fn reconnect_reporting(
