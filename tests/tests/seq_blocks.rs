@@ -141,3 +141,59 @@ fn stdin_journal(first: u64, last: u64) -> PushJournal {
         completed_at_ms: 0,
     }
 }
+
+/// The relay's acknowledged cursor of `device` (read from its database).
+async fn acked_cursor(relay: &RelayProcess, device: &iroh::SecretKey) -> i64 {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}?mode=ro", relay.db_path().display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let acked: i64 =
+        sqlx::query_scalar("SELECT MAX(acked_cursor) FROM devices WHERE device_id = ?1")
+            .bind(&device.public().as_bytes()[..])
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    db.close().await.unwrap();
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_coalesces_acks_and_stopping_sends_the_last() {
+    use sync_client::client::pull::SubscriptionEvent;
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(&tmp.path().join("data"));
+    let secret = GroupSecret::generate();
+    let a = LibDevice::new(&relay.address, &secret);
+    let b = LibDevice::new(&relay.address, &secret);
+    let b_key = b.opts.device_key.clone();
+    let out = tempfile::tempdir().unwrap();
+    let follower = std::sync::Arc::new(b.connect().await);
+    let mut sub = follower.subscribe(b.state, out.path().to_path_buf());
+    let pusher = a.connect().await;
+    let mut sa = a.state;
+    sa.use_seq_blocks();
+    const N: usize = 30;
+    let mut head = 0;
+    for i in 0..N {
+        let ok = pusher
+            .push_messages(&mut sa, &[vec![i as u8; 16]], &PushOptions::default())
+            .await
+            .unwrap();
+        head = ok.last().unwrap().head;
+    }
+    let mut got = 0;
+    while got < N {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), sub.next()).await {
+            Ok(Some(SubscriptionEvent::Event(PullEvent::Message { .. }))) => got += 1,
+            Ok(Some(SubscriptionEvent::Failed(e))) => panic!("following failed: {e}"),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("{got} of {N} messages arrived"),
+        }
+    }
+    // Stopped right after the last message: its ack is most likely still
+    // held by the coalescer, and must be sent on the way out.
+    let state = sub.stop().await.unwrap();
+    assert_eq!(state.state.cursor, head);
+    assert_eq!(acked_cursor(&relay, &b_key).await, head as i64);
+    pusher.release_seqs(&mut sa).await.unwrap();
+}
