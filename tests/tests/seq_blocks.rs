@@ -142,6 +142,9 @@ fn stdin_journal(first: u64, last: u64) -> PushJournal {
     }
 }
 
+/// The relay's count of ack requests (by `op`).
+const ACKS: &str = "sync_relay_request_duration_seconds";
+
 /// The relay's acknowledged cursor of `device` (read from its database).
 async fn acked_cursor(relay: &RelayProcess, device: &iroh::SecretKey) -> i64 {
     use sqlx::Connection;
@@ -168,6 +171,9 @@ async fn a_follower_coalesces_acks_and_stopping_sends_the_last() {
     let b_key = b.opts.device_key.clone();
     let out = tempfile::tempdir().unwrap();
     let follower = std::sync::Arc::new(b.connect().await);
+    // Held far longer than the test: after the first pull's ack, only the
+    // final one is sent.
+    follower.set_ack_interval(std::time::Duration::from_secs(3600));
     let mut sub = follower.subscribe(b.state, out.path().to_path_buf());
     let pusher = a.connect().await;
     let mut sa = a.state;
@@ -190,10 +196,16 @@ async fn a_follower_coalesces_acks_and_stopping_sends_the_last() {
             Ok(None) | Err(_) => panic!("{got} of {N} messages arrived"),
         }
     }
-    // Stopped right after the last message: its ack is most likely still
-    // held by the coalescer, and must be sent on the way out.
+    // The newest cursor's ack is held by the coalescer and must be sent on
+    // the way out.
+    let acks_before = relay.fresh_metrics().value(ACKS, &["ack"]);
     let state = sub.stop().await.unwrap();
     assert_eq!(state.state.cursor, head);
     assert_eq!(acked_cursor(&relay, &b_key).await, head as i64);
+    let acks = relay.fresh_metrics().value(ACKS, &["ack"]);
+    // At most one ack while following (the first pull that moved the
+    // cursor, unless one pull took in all), then exactly one at the stop.
+    assert!(acks_before <= 1.0, "{acks_before} acks while following");
+    assert_eq!(acks, acks_before + 1.0, "one ack at the stop");
     pusher.release_seqs(&mut sa).await.unwrap();
 }

@@ -10,18 +10,31 @@
 
 use std::time::{Duration, Instant};
 
-/// Longest a following device leaves its newest cursor unacknowledged.
+/// Longest a following device leaves its newest cursor unacknowledged, by
+/// default.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What a follower has acknowledged and still owes the relay.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AckCoalescer {
+    interval: Duration,
     acked: u64,
     pending: Option<u64>,
     last: Option<Instant>,
 }
 
 impl AckCoalescer {
+    /// Holding acks for at most `interval` (see
+    /// [`crate::SyncClient::set_ack_interval`]).
+    pub(crate) fn new(interval: Duration) -> AckCoalescer {
+        AckCoalescer {
+            interval,
+            acked: 0,
+            pending: None,
+            last: None,
+        }
+    }
+
     /// A pull reached `cursor` at `now`: the cursor to ack right away, if
     /// any (nothing new, or an ack was sent less than [`ACK_INTERVAL`] ago:
     /// it is kept pending, see [`AckCoalescer::due_at`]).
@@ -30,7 +43,7 @@ impl AckCoalescer {
             return None;
         }
         match self.last {
-            Some(last) if now.duration_since(last) < ACK_INTERVAL => {
+            Some(last) if now.duration_since(last) < self.interval => {
                 self.pending = Some(cursor);
                 None
             }
@@ -41,7 +54,7 @@ impl AckCoalescer {
     /// When the pending cursor is due (None: nothing pending).
     pub(crate) fn due_at(&self) -> Option<Instant> {
         self.pending?;
-        Some(self.last.map_or_else(Instant::now, |l| l + ACK_INTERVAL))
+        Some(self.last.map_or_else(Instant::now, |l| l + self.interval))
     }
 
     /// The pending cursor, taken (to ack when due, or the final one).
@@ -73,7 +86,7 @@ mod tests {
     #[test]
     fn acks_within_the_interval_are_held_and_the_last_is_kept() {
         let t0 = Instant::now();
-        let mut c = AckCoalescer::default();
+        let mut c = AckCoalescer::new(ACK_INTERVAL);
         assert_eq!(c.offer(5, t0), Some(5), "the first ack goes at once");
         c.acked(5, t0);
         assert_eq!(c.offer(5, t0), None, "nothing new");

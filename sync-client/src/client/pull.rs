@@ -147,7 +147,7 @@ impl SyncClient {
         tokio::pin!(stop);
         let mut link = self.link_state();
         // Acks coalesced (`super::acks`); stopping sends the last one.
-        let mut acks = AckCoalescer::default();
+        let mut acks = AckCoalescer::new(self.ack_interval());
         loop {
             let summary = tokio::select! {
                 _ = &mut stop => return self.final_ack(&mut acks, state.state.cursor).await,
