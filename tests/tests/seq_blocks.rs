@@ -221,6 +221,10 @@ async fn a_follower_coalesces_acks_and_stopping_sends_the_last() {
     let state = sub.stop().await.unwrap();
     assert_eq!(state.state.cursor, head);
     assert_eq!(acked_cursor(&relay, &b_key).await, head as i64);
-    assert_eq!(relay.metrics().value(ACKS, &["ack"]), 2.0, "one ack at the stop");
+    assert_eq!(
+        relay.metrics().value(ACKS, &["ack"]),
+        2.0,
+        "one ack at the stop"
+    );
     pusher.release_seqs(&mut sa).await.unwrap();
 }
