@@ -47,3 +47,56 @@ pub async fn record(
     acked.fetch_max(recorded, Ordering::Relaxed);
     Ok(recorded)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::storage::{MemoryStorage, NewBlob, NewGroup, PushRequest, Quotas, Storage};
+    use std::sync::Arc;
+    use sync_protocol::BlobId;
+
+    /// An ack the session already recorded is answered without storage: a
+    /// group storage does not know (which storage would refuse) shows it.
+    #[tokio::test]
+    async fn an_ack_at_or_below_the_recorded_cursor_skips_storage() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(Quotas::UNLIMITED));
+        let ctx = RelayContext::new(&Config::default(), DeviceId([0; 32]), storage);
+        let (g, d) = (GroupId([1; 32]), DeviceId([2; 32]));
+        ctx.storage
+            .open_session(g, d, 1, NewGroup::Unowned)
+            .await
+            .unwrap();
+        let items = (0..5u8)
+            .map(|i| NewBlob {
+                blob_id: BlobId([i; 16]),
+                payload: vec![i; 8],
+                expires_at_ms: i64::MAX,
+            })
+            .collect();
+        let req = PushRequest {
+            group: g,
+            sender: d,
+            items,
+            now_ms: 1,
+        };
+        assert_eq!(ctx.storage.push(req).await.unwrap().head, 5);
+        let acked = AtomicU64::new(0);
+        let ok = handle(&ctx, g, d, Ack { cursor: 4 }, &acked).await.unwrap();
+        assert_eq!((ok.cursor, acked.load(Ordering::Relaxed)), (4, 4));
+        // Storage is asked only for a higher cursor.
+        let unknown = GroupId([7; 32]);
+        for cursor in [1, 4] {
+            let ok = handle(&ctx, unknown, d, Ack { cursor }, &acked).await;
+            assert_eq!(ok.unwrap().cursor, 4, "answered from the session");
+        }
+        // A higher one goes to storage, which does not know the group.
+        assert!(
+            handle(&ctx, unknown, d, Ack { cursor: 5 }, &acked)
+                .await
+                .is_err()
+        );
+        let ok = handle(&ctx, g, d, Ack { cursor: 5 }, &acked).await.unwrap();
+        assert_eq!((ok.cursor, acked.load(Ordering::Relaxed)), (5, 5));
+    }
+}
