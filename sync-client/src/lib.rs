@@ -35,6 +35,7 @@ pub mod relay_addr;
 pub mod relays;
 pub mod relpath;
 pub mod roster;
+pub mod seqs;
 pub mod session;
 pub mod state;
 pub mod tree;

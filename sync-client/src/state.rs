@@ -6,17 +6,18 @@
 //! - `state.json` (pull side): the cursor, what was seen of every sender,
 //!   files still being received; one puller at a time (see
 //!   [`crate::home::Home::lock_pull`]);
-//! - `seq.json` (push side): this device's next sequence number, updated
-//!   under an exclusive file lock so concurrent pushes never share a number.
+//! - `seq.json` (push side): this device's next sequence number and the
+//!   blocks of numbers processes hold, updated under an exclusive file lock
+//!   so concurrent pushes never share a number ([`crate::seqs`]).
 
 use crate::error::{ClientError, Result};
 use crate::integrity::SenderTrack;
 use crate::place::KnownVersion;
+use crate::seqs::{PendingVoid, SeqReserver};
 use crate::util::write_atomic;
 use rangemap::RangeInclusiveSet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Version of the state file's layout written by a device that has not
@@ -149,14 +150,9 @@ impl Default for ClientState {
 #[derive(Debug)]
 pub struct StateStore {
     path: PathBuf,
-    seq_path: PathBuf,
+    seqs: SeqReserver,
     /// The current pull state; call [`StateStore::save`] to persist changes.
     pub state: ClientState,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SeqFile {
-    next_seq: u64,
 }
 
 impl StateStore {
@@ -165,7 +161,7 @@ impl StateStore {
     /// Errors: [`ClientError::Io`], [`ClientError::Home`] (corrupt file).
     pub fn open(path: impl Into<PathBuf>) -> Result<StateStore> {
         let path: PathBuf = path.into();
-        let seq_path = path.with_file_name("seq.json");
+        let seqs = SeqReserver::new(path.parent().unwrap_or(Path::new(".")));
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
                 let state: ClientState = serde_json::from_slice(&bytes).map_err(|e| {
@@ -183,11 +179,7 @@ impl StateStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClientState::default(),
             Err(e) => return Err(ClientError::io(&path)(e)),
         };
-        Ok(StateStore {
-            path,
-            seq_path,
-            state,
-        })
+        Ok(StateStore { path, seqs, state })
     }
 
     /// Persist atomically. Errors: [`ClientError::Io`].
@@ -210,55 +202,62 @@ impl StateStore {
     /// Reserve `n` sequence numbers for this device's next blobs and persist
     /// the reservation before they are used (under an exclusive lock of
     /// `seq.lock`), so a number is never used twice, even by two processes
-    /// or after a crash mid-push. Returns the first.
+    /// or after a crash mid-push. Returns the first. In block mode
+    /// ([`StateStore::use_seq_blocks`]) most calls take the numbers from the
+    /// block held in memory and write nothing.
     pub fn reserve_seqs(&mut self, n: u64) -> Result<u64> {
         self.reserve_seqs_then(n, |_| Ok(()))
     }
 
     /// As [`StateStore::reserve_seqs`], running `record(first)` (e.g. saving
-    /// a push journal that names the numbers) under the lock *before* the
-    /// counter moves. Numbers named by any push journal are never handed
-    /// out again, so a crash between the two writes loses nothing.
+    /// a push journal that names the numbers) *before* the numbers count as
+    /// handed out (under the lock, when the counter moves). Numbers named by
+    /// any push journal are never handed out again nor voided, so a crash
+    /// between the two writes loses nothing.
     pub fn reserve_seqs_then(
         &mut self,
         n: u64,
         record: impl FnOnce(u64) -> Result<()>,
     ) -> Result<u64> {
-        let lock_path = self.seq_path.with_file_name("seq.lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(ClientError::io(&lock_path))?;
-        lock.lock().map_err(ClientError::io(&lock_path))?;
-        let journaled =
-            crate::journal::Journals::at(self.dir().join("transfers")).max_reserved_seq()?;
-        let next = self.next_seq()?.max(journaled + 1);
-        record(next)?;
-        let file = SeqFile { next_seq: next + n };
-        let json = serde_json::to_vec(&file)
-            .map_err(|e| ClientError::Home(format!("cannot encode sequence file: {e}")))?;
-        write_atomic(&self.seq_path, &json)?;
-        drop(lock);
-        Ok(next)
+        self.seqs.reserve_then(n, record)
     }
 
-    /// The sequence number the next blob of this device will get.
+    /// Reserve exactly `n` numbers under the lock, with one durable write,
+    /// whatever the mode (never from or as a block). Errors: as
+    /// [`StateStore::reserve_seqs`].
+    pub fn reserve_seqs_exact(&mut self, n: u64) -> Result<u64> {
+        self.seqs.reserve_exact(n)
+    }
+
+    /// Reserve sequence numbers in blocks from now on (a long-lived client:
+    /// [`crate::seqs`]). Before dropping the store, call
+    /// [`crate::SyncClient::release_seqs`] so the block's unused numbers are
+    /// voided now rather than by the next process.
+    pub fn use_seq_blocks(&mut self) {
+        self.seqs.use_blocks();
+    }
+
+    /// Give up the current block of sequence numbers (see
+    /// [`crate::seqs::SeqReserver::release`]).
+    pub fn release_seqs(&mut self) -> Result<()> {
+        self.seqs.release()
+    }
+
+    /// Unused numbers of given-up blocks to push `Void`s for
+    /// ([`crate::seqs::SeqReserver::take_voids`]).
+    pub fn pending_voids(&self) -> Result<Vec<PendingVoid>> {
+        self.seqs.take_voids()
+    }
+
+    /// The `Void`s of blocks `ids` are acknowledged: forget the blocks.
+    pub fn voided(&mut self, ids: &[String]) -> Result<()> {
+        self.seqs.voided(ids)
+    }
+
+    /// The sequence number the next reservation starts at or above: every
+    /// number below it is used, held in a block, or voided.
     pub fn next_seq(&self) -> Result<u64> {
-        match std::fs::read(&self.seq_path) {
-            Ok(bytes) => serde_json::from_slice::<SeqFile>(&bytes)
-                .map(|f| f.next_seq)
-                .map_err(|e| {
-                    ClientError::Home(format!(
-                        "{}: corrupt sequence file: {e}",
-                        self.seq_path.display()
-                    ))
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
-            Err(e) => Err(ClientError::io(&self.seq_path)(e)),
-        }
+        self.seqs.next_seq()
     }
 }
 

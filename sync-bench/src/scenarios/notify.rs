@@ -25,6 +25,8 @@ pub async fn run(size: Size) -> Result<Table> {
     std::fs::create_dir_all(dir.path().join("a"))?;
     std::fs::create_dir_all(dir.path().join("b"))?;
     let mut sa = StateStore::open(dir.path().join("a/state.json"))?;
+    // A long-lived sender: sequence numbers come from a block in memory.
+    sa.use_seq_blocks();
     let mut sb = StateStore::open(dir.path().join("b/state.json"))?;
     let out = dir.path().join("out");
     let body = crate::env::random(1024);
@@ -76,6 +78,7 @@ pub async fn run(size: Size) -> Result<Table> {
     }
     let inline = b.inline_deliveries();
     sub.stop().await?;
+    a.release_seqs(&mut sa).await?;
     a.close().await;
     b.close().await;
     let notify = Latency::of(samples);

@@ -1,7 +1,8 @@
 //! Blobs the relay sent inside the notification (protocol version 3,
 //! docs/protocol.md "Version 3: inline delivery"): taken through the same
 //! checks and the same [`Receiver`] as a pull answer's page, then
-//! acknowledged as a pull is, so the follower needs no pull round trip.
+//! acknowledged (coalesced, as a follower's pulls are), so the follower
+//! needs no pull round trip.
 //!
 //! A `Deliver` is used only when it starts at the device's own cursor
 //! (`after`); any other is taken as a `Notify` of its head, and the
@@ -22,13 +23,25 @@ use std::path::Path;
 use sync_protocol::Deliver;
 use sync_protocol::limits::INLINE_MAX_BLOBS;
 
+/// What one inline delivery took.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    /// The head the relay announced with it.
+    pub head: u64,
+    /// Payload bytes of its blobs (what counts against the relay's
+    /// per-session inline budget until acknowledged).
+    pub bytes: usize,
+}
+
 impl SyncClient {
     /// Apply `delivery` into `out_dir` when it starts at the local cursor:
     /// every blob opened, checked and applied as a pulled one, the state
     /// saved, gaps and withheld numbers reported, a
-    /// [`PullEvent::Synced`] sent, and the new cursor acknowledged. Returns
-    /// the head the relay vouched for (`Some`), or `None` when the delivery
-    /// does not start at the cursor (or is empty): then the caller pulls.
+    /// [`PullEvent::Synced`] sent. Returns what was taken (`Some`: the head
+    /// the relay vouched for and the payload bytes, which the caller
+    /// acknowledges, coalesced: `SyncClient::follow`), or `None` when the
+    /// delivery does not start at the cursor (or is empty): then the caller
+    /// pulls.
     /// Errors: [`ClientError::Protocol`] for a delivery that breaks the
     /// rules of a pull answer (what was applied before the violation is
     /// kept and saved), [`ClientError::Io`], and the ack's errors.
@@ -39,7 +52,7 @@ impl SyncClient {
         state: &mut StateStore,
         out_dir: &Path,
         events: &mut (dyn FnMut(PullEvent) + Send),
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<Taken>> {
         let Deliver { after, blobs, head } = delivery;
         if after != state.state.cursor || blobs.is_empty() {
             return Ok(None);
@@ -56,6 +69,7 @@ impl SyncClient {
                 beyond.cursor
             )));
         }
+        let bytes = blobs.iter().map(|b| b.payload.len()).sum();
         let receiver = Receiver::new(self.keys(), self.device_id(), out_dir);
         receiver.recover(state, events)?;
         let mut last_cursor = after;
@@ -80,8 +94,7 @@ impl SyncClient {
         }
         let cursor = state.state.cursor;
         events(PullEvent::Synced { cursor, head });
-        self.call(|s| async move { s.ack(cursor).await }).await?;
-        Ok(Some(head))
+        Ok(Some(Taken { head, bytes }))
     }
 
     /// How many inline deliveries this client has applied

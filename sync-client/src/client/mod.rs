@@ -19,9 +19,11 @@
 //! - [`push`]: messages, files (chunked, pipelined, resumable via journals);
 //! - [`pull`]: pull, follow (NOTIFY-driven live sync), subscribe.
 
+pub mod acks;
 pub mod inline;
 pub mod pull;
 pub mod push;
+mod voids;
 
 pub use pull::{PullSummary, Subscription, SubscriptionEvent};
 pub use push::{ChunkAck, PushOptions, PushedFile};
@@ -155,6 +157,8 @@ pub struct SyncClient {
     link: watch::Sender<LinkState>,
     /// Inline deliveries applied ([`SyncClient::inline_deliveries`]).
     inline_taken: AtomicU64,
+    /// How long a follower may hold an ack, ms ([`acks::ACK_INTERVAL`]).
+    ack_interval_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for SyncClient {
@@ -471,7 +475,21 @@ impl SyncClient {
             reconnect_lock: tokio::sync::Mutex::new(()),
             link,
             inline_taken: AtomicU64::new(0),
+            ack_interval_ms: AtomicU64::new(acks::ACK_INTERVAL.as_millis() as u64),
         })
+    }
+
+    /// How long a following device may hold its newest cursor before
+    /// acknowledging it (default [`acks::ACK_INTERVAL`], 200 ms; docs/client.md
+    /// "Following"). Longer means fewer ack writes at the relay and blobs
+    /// kept there a little longer; stopping always sends the last ack.
+    pub fn set_ack_interval(&self, interval: std::time::Duration) {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self.ack_interval_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn ack_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ack_interval_ms.load(Ordering::Relaxed))
     }
 
     fn slot(&self) -> Slot {

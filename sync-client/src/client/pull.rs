@@ -3,6 +3,7 @@
 //! through reconnects); and [`SyncClient::subscribe`], the same as a stream
 //! of events.
 
+use super::acks::AckCoalescer;
 use super::{LinkState, SyncClient};
 use crate::error::{ClientError, Result};
 use crate::receive::{PullEvent, Receiver, gap_events, withheld_events};
@@ -12,7 +13,8 @@ use serde::Serialize;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use sync_protocol::limits::INLINE_BUDGET;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +57,26 @@ impl SyncClient {
     ///
     /// [`RetryPolicy`]: crate::backoff::RetryPolicy
     pub async fn pull(
+        &self,
+        state: &mut StateStore,
+        out_dir: &Path,
+        events: &mut (dyn FnMut(PullEvent) + Send),
+    ) -> Result<PullSummary> {
+        let summary = self.pull_unacked(state, out_dir, events).await?;
+        if summary.cursor > 0 {
+            self.send_ack(summary.cursor).await?;
+        }
+        Ok(summary)
+    }
+
+    async fn send_ack(&self, cursor: u64) -> Result<()> {
+        self.call(|s| async move { s.ack(cursor).await }).await?;
+        Ok(())
+    }
+
+    /// As [`SyncClient::pull`] without the acknowledgement (the follower
+    /// coalesces them: [`super::acks`]).
+    async fn pull_unacked(
         &self,
         state: &mut StateStore,
         out_dir: &Path,
@@ -107,11 +129,7 @@ impl SyncClient {
         {
             count(event, &mut summary);
         }
-        let cursor = state.state.cursor;
-        if cursor > 0 {
-            self.call(|s| async move { s.ack(cursor).await }).await?;
-        }
-        summary.cursor = cursor;
+        summary.cursor = state.state.cursor;
         Ok(summary)
     }
 
@@ -129,11 +147,20 @@ impl SyncClient {
     ) -> Result<()> {
         tokio::pin!(stop);
         let mut link = self.link_state();
+        // Acks coalesced (`super::acks`); stopping sends the last one.
+        let mut acks = AckCoalescer::new(self.ack_interval());
+        // Payload bytes taken inline since the last ack (see `ack_delivery`).
+        let mut inline_unacked = 0usize;
         loop {
             let summary = tokio::select! {
-                _ = &mut stop => return Ok(()),
-                s = self.pull(state, out_dir, events) => s?,
+                _ = &mut stop => return self.final_ack(&mut acks, state.state.cursor).await,
+                s = self.pull_unacked(state, out_dir, events) => s?,
             };
+            if let Some(cursor) = acks.offer(summary.cursor, Instant::now()) {
+                self.send_ack(cursor).await?;
+                acks.acked(cursor, Instant::now());
+                inline_unacked = 0;
+            }
             events(PullEvent::Synced {
                 cursor: summary.cursor,
                 head: summary.head,
@@ -153,23 +180,39 @@ impl SyncClient {
                 // spares the pull.
                 let head = *heads.borrow_and_update();
                 while let Some(delivery) = slot.session.try_delivery() {
-                    if let Some(head) = self
+                    if let Some(taken) = self
                         .take_delivery(&slot.session, delivery, state, out_dir, events)
                         .await?
                     {
-                        seen = seen.max(head);
+                        seen = seen.max(taken.head);
+                        self.ack_delivery(
+                            &mut acks,
+                            &mut inline_unacked,
+                            state.state.cursor,
+                            taken.bytes,
+                        )
+                        .await?;
                     }
                 }
                 if head > seen {
                     break;
                 }
                 let stall = self.policy.stall_timeout;
+                let ack_due = acks.due_at();
                 tokio::select! {
                     biased;
-                    _ = &mut stop => return Ok(()),
+                    _ = &mut stop => return self.final_ack(&mut acks, state.state.cursor).await,
                     Some(delivery) = slot.session.next_delivery() => {
-                        if let Some(head) = self.take_delivery(&slot.session, delivery, state, out_dir, events).await? {
-                            seen = seen.max(head);
+                        if let Some(taken) = self.take_delivery(&slot.session, delivery, state, out_dir, events).await? {
+                            seen = seen.max(taken.head);
+                            self.ack_delivery(&mut acks, &mut inline_unacked, state.state.cursor, taken.bytes).await?;
+                        }
+                    }
+                    _ = tokio::time::sleep_until(ack_due.unwrap_or_else(Instant::now).into()), if ack_due.is_some() => {
+                        if let Some(cursor) = acks.take_pending() {
+                            self.send_ack(cursor).await?;
+                            acks.acked(cursor, Instant::now());
+                            inline_unacked = 0;
                         }
                     }
                     changed = heads.changed() => {
@@ -185,6 +228,44 @@ impl SyncClient {
                 }
             }
         }
+    }
+
+    /// After an inline delivery took the cursor to `cursor`: ack as the
+    /// coalescer says ([`super::acks`]), or at once when the payload taken
+    /// inline since the last ack (`unacked`, plus `bytes`) reaches half of
+    /// [`INLINE_BUDGET`]: the relay sends inline only while a session's
+    /// unacknowledged inline bytes stay within that budget
+    /// (docs/protocol.md "Version 3: inline delivery"), so holding the ack
+    /// longer would turn the next deliveries into notifications and pulls.
+    async fn ack_delivery(
+        &self,
+        acks: &mut AckCoalescer,
+        unacked: &mut usize,
+        cursor: u64,
+        bytes: usize,
+    ) -> Result<()> {
+        *unacked = unacked.saturating_add(bytes);
+        let now = Instant::now();
+        let due = if *unacked >= INLINE_BUDGET / 2 {
+            acks.last_owed(cursor)
+        } else {
+            acks.offer(cursor, now)
+        };
+        if let Some(cursor) = due {
+            self.send_ack(cursor).await?;
+            acks.acked(cursor, Instant::now());
+            *unacked = 0;
+        }
+        Ok(())
+    }
+
+    /// The last ack a follower owes when it stops: its cursor now (a pull
+    /// cut short by the stop may have moved it past the last offered).
+    async fn final_ack(&self, acks: &mut AckCoalescer, cursor: u64) -> Result<()> {
+        if let Some(cursor) = acks.last_owed(cursor) {
+            self.send_ack(cursor).await?;
+        }
+        Ok(())
     }
 
     async fn reconnect_reporting(

@@ -119,7 +119,7 @@ impl SyncClient {
         }
     }
 
-    fn seal(
+    pub(super) fn seal(
         &self,
         state: &StateStore,
         blob_id: BlobId,
@@ -280,6 +280,7 @@ impl SyncClient {
         if !batch.items.is_empty() {
             results.push(self.push_items(batch.items).await?);
         }
+        self.push_voids_after_push(state).await;
         Ok(results)
     }
 
@@ -424,8 +425,11 @@ impl SyncClient {
             .await
             .map_err(ClientError::io(path))?;
         let reader = file.take(fingerprint.size);
-        self.send_chunks(state, reader, &mut journal, &journals, progress, on_ack)
-            .await
+        let report = self
+            .send_chunks(state, reader, &mut journal, &journals, progress, on_ack)
+            .await?;
+        self.push_voids_after_push(state).await;
+        Ok(report)
     }
 
     /// Push the content of `reader` (e.g. stdin) as file `name` with
@@ -474,6 +478,7 @@ impl SyncClient {
             )
             .await?;
         journals.remove(&journal)?;
+        self.push_voids_after_push(state).await;
         Ok(report)
     }
 

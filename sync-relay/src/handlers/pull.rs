@@ -63,7 +63,9 @@ impl From<crate::storage::StorageError> for PullError {
 }
 
 /// Stream blobs with cursor > `pull.after` (at most `pull.limit`, capped by
-/// `max_pull_limit`) to `out`, and acknowledge `pull.after` for `device`.
+/// `max_pull_limit`) to `out`, and acknowledge `pull.after` for `device`
+/// (no storage write when the session's `acked` is already there:
+/// [`super::ack`]).
 /// With `no_echo` (a version-2 session) `device`'s own blobs are left out
 /// ([`without_echo`]). Each frame is reserved from `budget` before its page
 /// is read.
@@ -76,7 +78,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
     device: DeviceId,
     no_echo: bool,
     pull: Pull,
-    budget: &SessionBudget,
+    (budget, acked): (&SessionBudget, &std::sync::atomic::AtomicU64),
     out: &mut W,
 ) -> Result<(), PullError> {
     if pull.limit == 0 {
@@ -95,8 +97,10 @@ pub async fn handle<W: AsyncWrite + Unpin>(
         )
         .into());
     }
-    if pull.after > 0 {
-        ctx.storage.ack(group, device, pull.after, now_ms()).await?;
+    if pull.after > acked.load(std::sync::atomic::Ordering::Relaxed) {
+        super::ack::record(ctx, group, device, pull.after, acked)
+            .await
+            .map_err(PullError::Reply)?;
     }
     let max_frame = ctx.max_frame();
     // Payload bytes of a page that fits in `frame` bytes with its overheads.

@@ -69,6 +69,10 @@ struct Session {
     state: Mutex<SessionState>,
     activity: Arc<forward::Activity>,
     budget: SessionBudget,
+    /// The highest cursor storage has recorded as acknowledged through this
+    /// session (an `Ack`, or a `Pull`'s `after`): acks at or below it are
+    /// answered without a storage write ([`crate::handlers::ack`]).
+    acked: std::sync::atomic::AtomicU64,
 }
 
 impl Session {
@@ -201,6 +205,7 @@ pub async fn serve_connection(
         state: Mutex::new(SessionState::AwaitingHello),
         activity: Arc::new(forward::Activity::default()),
         budget: ctx.session_budget(),
+        acked: std::sync::atomic::AtomicU64::new(0),
     });
     // Before the group is opened in storage: a close committed after that
     // is announced to this receiver.
@@ -626,7 +631,7 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
         ),
         Message::Ack(ack) => (
             "ack",
-            handlers::ack::handle(ctx, group, device, ack)
+            handlers::ack::handle(ctx, group, device, ack, &session.acked)
                 .await
                 .map(Message::AckOk),
         ),
@@ -653,9 +658,16 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
         }
         Message::Pull(pull) => {
             let no_echo = session.no_echo();
-            let served =
-                handlers::pull::handle(ctx, group, device, no_echo, pull, &session.budget, send)
-                    .await;
+            let served = handlers::pull::handle(
+                ctx,
+                group,
+                device,
+                no_echo,
+                pull,
+                (&session.budget, &session.acked),
+                send,
+            )
+            .await;
             ctx.metrics.observe("pull", started);
             match served {
                 Ok(()) => {
