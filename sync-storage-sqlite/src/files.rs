@@ -251,15 +251,24 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
-    /// Remove the files of this push that no committed row names (`used`
-    /// is false for them); blocking, but only for duplicates and refusals.
-    pub(crate) fn remove_unused(&self, used: &[bool]) {
+    /// Remove the files of this push that no committed row names: every
+    /// staged name except those of `refs[i]` with `used[i]` (both per item
+    /// of the push; items below the threshold have no file, so item
+    /// indexes are not file indexes). `remove_unused(&[], &[])` removes
+    /// them all (a refused push). Blocking, but only for duplicates and
+    /// refusals.
+    pub(crate) fn remove_unused(&self, refs: &[Option<FileRef>], used: &[bool]) {
+        let kept: HashSet<&str> = refs
+            .iter()
+            .zip(used)
+            .filter(|(_, used)| **used)
+            .filter_map(|(file, _)| file.as_ref().map(|f| f.name.as_str()))
+            .collect();
         let unused: Vec<String> = self
             .names
             .iter()
-            .zip(used.iter().chain(std::iter::repeat(&false)))
-            .filter(|(_, used)| !**used)
-            .map(|(n, _)| n.clone())
+            .filter(|name| !kept.contains(name.as_str()))
+            .cloned()
             .collect();
         self.files.remove(&unused);
     }

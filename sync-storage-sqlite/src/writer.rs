@@ -961,8 +961,8 @@ fn remove_unused_files(write: &Write, result: &Result<(), StorageError>) {
         && !files.staged.is_empty()
     {
         match result {
-            Ok(()) => files.staged.remove_unused(&files.used),
-            Err(e) if e.is_refusal() => files.staged.remove_unused(&[]),
+            Ok(()) => files.staged.remove_unused(&files.refs, &files.used),
+            Err(e) if e.is_refusal() => files.staged.remove_unused(&[], &[]),
             Err(_) => {}
         }
     }
