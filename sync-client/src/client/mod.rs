@@ -157,7 +157,7 @@ pub struct SyncClient {
     link: watch::Sender<LinkState>,
     /// Inline deliveries applied ([`SyncClient::inline_deliveries`]).
     inline_taken: AtomicU64,
-    /// How long a follower may hold an ack, ms ([`acks::ACK_INTERVAL`]).
+    /// How long a follower may hold an ack, ms (default 0: at once).
     ack_interval_ms: AtomicU64,
 }
 
@@ -475,13 +475,21 @@ impl SyncClient {
             reconnect_lock: tokio::sync::Mutex::new(()),
             link,
             inline_taken: AtomicU64::new(0),
-            ack_interval_ms: AtomicU64::new(acks::ACK_INTERVAL.as_millis() as u64),
+            // Acks at once by default: on a version-3 session the relay
+            // sends the next inline `Deliver` after a request of the device
+            // and starts it where the device's acks say it is, so a held
+            // ack delays every inline delivery by the interval (measured:
+            // 200 ms a message with `ACK_INTERVAL`). Coalescing is opt-in
+            // (`set_ack_interval`) until the relay paces deliveries
+            // without it.
+            ack_interval_ms: AtomicU64::new(0),
         })
     }
 
     /// How long a following device may hold its newest cursor before
-    /// acknowledging it (default [`acks::ACK_INTERVAL`], 200 ms; docs/client.md
-    /// "Following"). Longer means fewer ack writes at the relay and blobs
+    /// acknowledging it (default 0: at once, see docs/client.md "Acks while
+    /// following"; [`acks::ACK_INTERVAL`], 200 ms, is the suggested value
+    /// for a relay without inline delivery). Longer means fewer ack writes at the relay and blobs
     /// kept there a little longer; stopping always sends the last ack.
     pub fn set_ack_interval(&self, interval: std::time::Duration) {
         let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
