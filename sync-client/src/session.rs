@@ -22,11 +22,13 @@ use sync_protocol::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
-/// Inline deliveries (`Deliver` frames) held for the follower, at most: a
-/// further one arriving while these wait is dropped, and its head still
-/// wakes the follower, which pulls (docs/protocol.md "Version 3: inline
-/// delivery").
-pub const DELIVERIES_QUEUED: usize = 4;
+/// Inline deliveries (`Deliver` frames) held for the follower, at most:
+/// as many as a relay may have in flight to a session
+/// ([`sync_protocol::limits::INLINE_MAX_FRAMES`], 16; each at most
+/// `NOTIFY_MAX_FRAME`, so ≤ 1.1 MiB). A further one arriving while these
+/// wait is dropped, and its head still wakes the follower, which pulls
+/// (docs/protocol.md "Version 3: inline delivery").
+pub const DELIVERIES_QUEUED: usize = sync_protocol::limits::INLINE_MAX_FRAMES;
 
 /// Default time allowed to dial the relay and complete `Hello`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

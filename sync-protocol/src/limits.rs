@@ -90,3 +90,10 @@ pub const NOTIFY_MAX_FRAME: u32 =
 
 /// Most blobs in one [`crate::Deliver`]: 64 (markers included).
 pub const INLINE_MAX_BLOBS: usize = 64;
+
+/// Most `Deliver` frames a session may have in flight (sent and not yet
+/// acknowledged by an `Ack` or `Pull` at or past their last cursor): 16.
+/// Within this and [`INLINE_BUDGET`] the relay sends the next `Deliver`
+/// without waiting for a request of the device; a client holds up to this
+/// many unread (docs/protocol.md "Version 3: inline delivery", pacing).
+pub const INLINE_MAX_FRAMES: usize = 16;

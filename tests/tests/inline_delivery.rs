@@ -97,6 +97,110 @@ async fn a_follower_takes_new_messages_inline_without_pulling() {
     ca.close().await;
 }
 
+/// Pushes in lockstep with the follower (each one as soon as the last
+/// arrived), the follower starting on a pull: it must leave its pull loop
+/// once a round reaches the announced head (not keep pulling while each
+/// round finds the next blob), and the relay must start the next `Deliver`
+/// where the pull answer ended (not at the pull's `after` until an ack,
+/// which the follower holds: acks are coalesced by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_under_a_steady_stream_takes_it_inline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(tmp.path());
+    let secret = GroupSecret::generate();
+    let mut a = LibDevice::new(&relay.address, &secret);
+    let b = LibDevice::new(&relay.address, &secret);
+    let ca = a.connect().await;
+    a.state.use_seq_blocks();
+    let cb = Arc::new(b.connect().await);
+    let mut sub = cb.subscribe(b.state, tmp.path().join("out"));
+    const N: usize = 30;
+    for i in 0..N {
+        let text = format!("message {i}").into_bytes();
+        ca.push_messages(
+            &mut a.state,
+            std::slice::from_ref(&text),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        wait_for(
+            &mut sub,
+            "the pushed message",
+            |e| matches!(e, PullEvent::Message { data, .. } if *data == text),
+        )
+        .await;
+    }
+    let inline = cb.inline_deliveries();
+    let m = relay.fresh_metrics();
+    let reasons: Vec<(&str, f64)> = ["position", "not_cached", "budget", "relay_budget"]
+        .into_iter()
+        .map(|r| (r, m.value("sync_relay_inline_fallbacks", &[r])))
+        .collect();
+    // The first message or two may come by pull (the follower starts with
+    // one); the stream after that comes inline.
+    assert!(
+        inline as usize >= N - 3,
+        "{inline} of {N} inline; relay fallbacks {reasons:?}, pulls {}",
+        pulls(&relay)
+    );
+    sub.stop().await.unwrap();
+    ca.release_seqs(&mut a.state).await.unwrap();
+    ca.close().await;
+}
+
+/// After a message too large to go inline (announced, then pulled), the
+/// next small ones go inline again although the follower holds its acks:
+/// the relay starts a `Deliver` where its last pull answer ended, not at
+/// the pull's `after` (which would name the large blob, not in the inline
+/// cache, and turn every later message into a `Notify` and a pull until
+/// the held ack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_pulled_message_the_next_ones_come_inline_without_an_ack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = RelayProcess::start(tmp.path());
+    let secret = GroupSecret::generate();
+    let mut a = LibDevice::new(&relay.address, &secret);
+    let b = LibDevice::new(&relay.address, &secret);
+    let ca = a.connect().await;
+    let cb = Arc::new(b.connect().await);
+    cb.set_ack_interval(Duration::from_secs(3600));
+    let mut sub = cb.subscribe(b.state, tmp.path().join("out"));
+    wait_for(&mut sub, "synced", |e| {
+        matches!(e, PullEvent::Synced { .. })
+    })
+    .await;
+    // Random, so compression cannot bring it under the inline limit.
+    let mut large = vec![0u8; sync_protocol::limits::INLINE_MAX_BLOB + 1];
+    blake3::Hasher::new().finalize_xof().fill(&mut large);
+    let mut texts = vec![large];
+    texts.extend((0..5).map(|i| format!("small {i}").into_bytes()));
+    for text in &texts {
+        ca.push_messages(
+            &mut a.state,
+            std::slice::from_ref(text),
+            &PushOptions::default(),
+        )
+        .await
+        .unwrap();
+        wait_for(
+            &mut sub,
+            "the pushed message",
+            |e| matches!(e, PullEvent::Message { data, .. } if data == text),
+        )
+        .await;
+    }
+    let m = relay.fresh_metrics();
+    assert_eq!(
+        m.value("sync_relay_inline_fallbacks", &["not_cached"]),
+        1.0,
+        "only the large message was announced"
+    );
+    assert_eq!(cb.inline_deliveries(), 5, "the small ones came inline");
+    sub.stop().await.unwrap();
+    ca.close().await;
+}
+
 /// A fake relay that speaks versions up to `max` and answers every pull
 /// with an empty page at `head`, sending `frames` on the notification
 /// stream; and its count of pulls.

@@ -77,6 +77,16 @@ pub async fn run(size: Size) -> Result<Table> {
         follow_samples.push(started.elapsed());
     }
     let inline = b.inline_deliveries();
+    // The relay's side: how often it sent inline, and why not otherwise.
+    let relay_inline = super::churn::scrape(relay.http)
+        .await
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with("sync_relay_inline"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_else(|e| format!("/metrics unavailable: {e}"));
     sub.stop().await?;
     a.release_seqs(&mut sa).await?;
     a.close().await;
@@ -120,5 +130,6 @@ pub async fn run(size: Size) -> Result<Table> {
         ratio(follow.p50.as_secs_f64(), rtt.p50.as_secs_f64()),
         follow.n
     ));
+    table.note(format!("Relay: {relay_inline}."));
     Ok(table)
 }

@@ -475,22 +475,19 @@ impl SyncClient {
             reconnect_lock: tokio::sync::Mutex::new(()),
             link,
             inline_taken: AtomicU64::new(0),
-            // Acks at once by default: on a version-3 session the relay
-            // sends the next inline `Deliver` after a request of the device
-            // and starts it where the device's acks say it is, so a held
-            // ack delays every inline delivery by the interval (measured:
-            // 200 ms a message with `ACK_INTERVAL`). Coalescing is opt-in
-            // (`set_ack_interval`) until the relay paces deliveries
-            // without it.
-            ack_interval_ms: AtomicU64::new(0),
+            // Coalesced by default (docs/client.md "Acks while
+            // following"): the relay sends inline deliveries ahead of acks
+            // within its in-flight caps, and `follow` acks at once at half
+            // of them, so holding an ack delays no delivery.
+            ack_interval_ms: AtomicU64::new(acks::ACK_INTERVAL.as_millis() as u64),
         })
     }
 
     /// How long a following device may hold its newest cursor before
-    /// acknowledging it (default 0: at once, see docs/client.md "Acks while
-    /// following"; [`acks::ACK_INTERVAL`], 200 ms, is the suggested value
-    /// for a relay without inline delivery). Longer means fewer ack writes at the relay and blobs
-    /// kept there a little longer; stopping always sends the last ack.
+    /// acknowledging it (default [`acks::ACK_INTERVAL`], 200 ms; 0 acks at
+    /// once; see docs/client.md "Acks while following"). Longer means fewer
+    /// ack writes at the relay and blobs kept there a little longer;
+    /// stopping always sends the last ack.
     pub fn set_ack_interval(&self, interval: std::time::Duration) {
         let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         self.ack_interval_ms.store(ms, Ordering::Relaxed);

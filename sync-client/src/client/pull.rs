@@ -14,7 +14,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync_protocol::limits::INLINE_BUDGET;
+use sync_protocol::limits::{INLINE_BUDGET, INLINE_MAX_FRAMES};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +119,12 @@ impl SyncClient {
             };
             summary.blobs += round.received;
             summary.head = summary.head.max(round.head);
-            if round.received == 0 {
+            // Done when a round brought nothing, or reached the head the
+            // relay announced with it: asking again only to hear "nothing"
+            // would cost a round trip per pull, and under a steady stream
+            // of pushes a follower would never leave its pull loop to take
+            // inline deliveries (each round finding the next blob).
+            if round.received == 0 || state.state.cursor >= round.head {
                 break;
             }
         }
@@ -149,8 +154,9 @@ impl SyncClient {
         let mut link = self.link_state();
         // Acks coalesced (`super::acks`); stopping sends the last one.
         let mut acks = AckCoalescer::new(self.ack_interval());
-        // Payload bytes taken inline since the last ack (see `ack_delivery`).
-        let mut inline_unacked = 0usize;
+        // Frames and payload bytes taken inline since the last ack (see
+        // `ack_delivery`).
+        let mut inline_unacked = (0usize, 0usize);
         loop {
             let summary = tokio::select! {
                 _ = &mut stop => return self.final_ack(&mut acks, state.state.cursor).await,
@@ -159,7 +165,7 @@ impl SyncClient {
             if let Some(cursor) = acks.offer(summary.cursor, Instant::now()) {
                 self.send_ack(cursor).await?;
                 acks.acked(cursor, Instant::now());
-                inline_unacked = 0;
+                inline_unacked = (0, 0);
             }
             events(PullEvent::Synced {
                 cursor: summary.cursor,
@@ -212,7 +218,7 @@ impl SyncClient {
                         if let Some(cursor) = acks.take_pending() {
                             self.send_ack(cursor).await?;
                             acks.acked(cursor, Instant::now());
-                            inline_unacked = 0;
+                            inline_unacked = (0, 0);
                         }
                     }
                     changed = heads.changed() => {
@@ -231,22 +237,25 @@ impl SyncClient {
     }
 
     /// After an inline delivery took the cursor to `cursor`: ack as the
-    /// coalescer says ([`super::acks`]), or at once when the payload taken
-    /// inline since the last ack (`unacked`, plus `bytes`) reaches half of
-    /// [`INLINE_BUDGET`]: the relay sends inline only while a session's
-    /// unacknowledged inline bytes stay within that budget
+    /// coalescer says ([`super::acks`]), or at once when the deliveries
+    /// taken since the last ack (`unacked`: frames and payload bytes, plus
+    /// this one's `bytes`) reach half of the relay's in-flight caps
+    /// ([`INLINE_MAX_FRAMES`], [`INLINE_BUDGET`]): the relay sends the next
+    /// `Deliver` without waiting for a request only within those caps
     /// (docs/protocol.md "Version 3: inline delivery"), so holding the ack
-    /// longer would turn the next deliveries into notifications and pulls.
+    /// longer would make it wait for one, or send a `Notify` and have the
+    /// follower pull.
     async fn ack_delivery(
         &self,
         acks: &mut AckCoalescer,
-        unacked: &mut usize,
+        unacked: &mut (usize, usize),
         cursor: u64,
         bytes: usize,
     ) -> Result<()> {
-        *unacked = unacked.saturating_add(bytes);
+        unacked.0 += 1;
+        unacked.1 = unacked.1.saturating_add(bytes);
         let now = Instant::now();
-        let due = if *unacked >= INLINE_BUDGET / 2 {
+        let due = if unacked.0 >= INLINE_MAX_FRAMES / 2 || unacked.1 >= INLINE_BUDGET / 2 {
             acks.last_owed(cursor)
         } else {
             acks.offer(cursor, now)
@@ -254,7 +263,7 @@ impl SyncClient {
         if let Some(cursor) = due {
             self.send_ack(cursor).await?;
             acks.acked(cursor, Instant::now());
-            *unacked = 0;
+            *unacked = (0, 0);
         }
         Ok(())
     }

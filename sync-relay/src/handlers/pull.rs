@@ -69,6 +69,9 @@ impl From<crate::storage::StorageError> for PullError {
 /// With `no_echo` (a version-2 session) `device`'s own blobs are left out
 /// ([`without_echo`]). Each frame is reserved from `budget` before its page
 /// is read.
+/// Returns the cursor the answer ended at (its last blob's, or
+/// `pull.after` when it had none): where the device will be once it has
+/// applied the answer.
 /// Errors: INVALID_MESSAGE (limit 0, cursor beyond head), OVERLOADED (the
 /// relay-wide budget stayed spent for `request_timeout_s`), INTERNAL;
 /// [`PullError::Stream`] when a frame was not taken within its deadline.
@@ -80,7 +83,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
     pull: Pull,
     (budget, acked): (&SessionBudget, &std::sync::atomic::AtomicU64),
     out: &mut W,
-) -> Result<(), PullError> {
+) -> Result<u64, PullError> {
     if pull.limit == 0 {
         return Err(
             ErrorMsg::new(ErrorCode::InvalidMessage, "pull limit must be at least 1").into(),
@@ -172,7 +175,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
         drop(reserved);
         if !more {
             ctx.metrics.pulls.inc();
-            return Ok(());
+            return Ok(after);
         }
     }
 }

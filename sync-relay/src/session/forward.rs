@@ -19,9 +19,13 @@
 //! the forwarder sends, in place of the `Notify`, a `Deliver` with the new
 //! blobs after the device's position when they are all small, all in the
 //! group's cache of committed blobs ([`crate::recent`]) and fit the
-//! session's in-flight budget ([`INLINE_BUDGET`] bytes sent inline and not
-//! yet acknowledged); else the bare `Notify`, and the device pulls. The
-//! pacing above holds for both.
+//! session's in-flight caps ([`INLINE_BUDGET`] payload bytes and
+//! [`INLINE_MAX_FRAMES`] frames sent inline and not yet acknowledged); else
+//! the bare `Notify`, and the device pulls. A `Notify` is paced by the
+//! device's requests as above; a `Deliver` by those caps: while they allow
+//! it, the next `Deliver` goes without waiting for a request, so a device
+//! that coalesces its acks is not held up by its own coalescing, and what
+//! one that reads nothing can be sent stays capped.
 
 use crate::budget::RelayBudget;
 use crate::metrics::Metrics;
@@ -30,7 +34,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use sync_protocol::limits::{HANDSHAKE_MAX_FRAME, INLINE_BUDGET, NOTIFY_MAX_FRAME};
+use sync_protocol::limits::{
+    HANDSHAKE_MAX_FRAME, INLINE_BUDGET, INLINE_MAX_FRAMES, NOTIFY_MAX_FRAME,
+};
 use sync_protocol::{Deliver, DeviceId, Message, Notify, PulledBlob, encode_frame, write_message};
 use tokio::io::AsyncWrite;
 use tokio::sync::watch;
@@ -84,6 +90,16 @@ impl Activity {
         self.acked.fetch_max(after, Ordering::Relaxed);
     }
 
+    /// A pull answer ended at `cursor` (its last blob): once the device
+    /// has applied it, that is where it is. Takes effect as a `Pull` does,
+    /// without acknowledging anything (its blobs are not inline bytes in
+    /// flight; a `Deliver` sent meanwhile from an older position is one
+    /// the device will not take, and its own next request sets the
+    /// position again).
+    pub fn answered(&self, cursor: u64) {
+        self.position.store(cursor, Ordering::Relaxed);
+    }
+
     /// The device acknowledged `cursor` (an `Ack`). Call before
     /// [`Activity::request`].
     pub fn acked(&self, cursor: u64) {
@@ -120,12 +136,13 @@ pub struct Inline<'a> {
 struct InFlight(VecDeque<(u64, usize)>);
 
 impl InFlight {
-    /// Bytes still in flight once the device acknowledged `acked`.
-    fn used(&mut self, acked: u64) -> usize {
+    /// Frames and payload bytes still in flight once the device
+    /// acknowledged `acked`.
+    fn used(&mut self, acked: u64) -> (usize, usize) {
         while self.0.front().is_some_and(|&(last, _)| last <= acked) {
             self.0.pop_front();
         }
-        self.0.iter().map(|&(_, bytes)| bytes).sum()
+        (self.0.len(), self.0.iter().map(|&(_, bytes)| bytes).sum())
     }
 }
 
@@ -181,8 +198,13 @@ pub async fn forward_notify<W: AsyncWrite + Unpin>(
     only_own: &(dyn Fn(u64, u64) -> bool + Send + Sync),
     inline: Option<Inline<'_>>,
 ) {
-    // When the last Notify was sent, and how many requests had been seen.
+    // When the last frame was sent, and how many requests had been seen
+    // before it was written (a request that arrives while it is written
+    // counts as the next one).
     let mut sent: Option<(Instant, u64)> = None;
+    // Whether that frame was a `Deliver`: the next may follow without a
+    // request, within the in-flight caps.
+    let mut last_inline = false;
     let mut in_flight = InFlight::default();
     loop {
         // Registered before the request count is read, so a request that
@@ -195,48 +217,58 @@ pub async fn forward_notify<W: AsyncWrite + Unpin>(
             last_sent = head;
         }
         if head > last_sent {
-            let ready = match sent {
+            let seen = activity.count();
+            let requested = match sent {
                 None => true,
-                Some((at, seen)) => activity.count() > seen || at.elapsed() >= QUIET_RESEND,
+                Some((at, before)) => seen > before || at.elapsed() >= QUIET_RESEND,
             };
-            if ready {
-                let delivered = match &inline {
-                    Some(inline) => {
-                        match try_inline(inline, activity, &mut in_flight, head, metrics) {
-                            Some(ready) => Some(ready.write(&mut out).await),
-                            None => None,
-                        }
-                    }
-                    None => None,
-                };
-                match delivered {
-                    Some(Ok((position, bytes))) => {
+            let attempt = match &inline {
+                Some(inline) if requested || last_inline => {
+                    Some(try_inline(inline, activity, &mut in_flight, head))
+                }
+                _ => None,
+            };
+            match attempt {
+                Some(Ok(ready)) => match ready.write(&mut out).await {
+                    Ok((position, bytes)) => {
                         activity.position.store(position, Ordering::Relaxed);
                         in_flight.0.push_back((position, bytes));
                         metrics.inline_deliveries.inc();
+                        last_inline = true;
                     }
-                    Some(Err(())) => return,
-                    None => {
-                        let frame = Message::Notify(Notify { head });
-                        if write_message(&mut out, &frame, HANDSHAKE_MAX_FRAME)
-                            .await
-                            .is_err()
-                        {
-                            return;
+                    Err(()) => return,
+                },
+                Some(Err(_)) | None if !requested => {
+                    // Past the inline caps: wait for the device's next
+                    // request (or the resend deadline).
+                    if let Some((at, _)) = sent {
+                        tokio::select! {
+                            _ = wake => {}
+                            _ = tokio::time::sleep_until(at + QUIET_RESEND) => {}
                         }
-                        metrics.notifications_sent.inc();
                     }
+                    continue;
                 }
-                last_sent = head;
-                sent = Some((Instant::now(), activity.count()));
-            } else if let Some((at, _)) = sent {
-                // Wait for the device's next request or the resend deadline.
-                tokio::select! {
-                    _ = wake => {}
-                    _ = tokio::time::sleep_until(at + QUIET_RESEND) => {}
+                attempt => {
+                    if let Some(Err(reason)) = attempt {
+                        metrics
+                            .inline_fallbacks
+                            .get_or_create(&crate::metrics::ReasonLabel { reason })
+                            .inc();
+                    }
+                    let frame = Message::Notify(Notify { head });
+                    if write_message(&mut out, &frame, HANDSHAKE_MAX_FRAME)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    metrics.notifications_sent.inc();
+                    last_inline = false;
                 }
-                continue;
             }
+            last_sent = head;
+            sent = Some((Instant::now(), seen));
         }
         if rx.changed().await.is_err() {
             return;
@@ -263,46 +295,38 @@ impl Ready {
     }
 }
 
-/// The `Deliver` to send for `head`, or `Ok(None)` for a bare `Notify`:
-/// the device's position is unknown or past `head`, a blob in between is
-/// not cached (large, evicted, pushed elsewhere, expired), the session's
-/// in-flight budget or the relay's would be exceeded.
+/// The `Deliver` to send for `head`, or why a bare `Notify` goes instead
+/// (the `inline_fallbacks` reason): the device's position is unknown or
+/// past `head` (`position`), a blob in between is not cached (large,
+/// evicted, pushed elsewhere, expired: `not_cached`), the session's
+/// in-flight caps ([`INLINE_BUDGET`], [`INLINE_MAX_FRAMES`]: `budget`) or
+/// the relay's byte budget (`relay_budget`) would be exceeded.
 fn try_inline(
     inline: &Inline<'_>,
     activity: &Activity,
     in_flight: &mut InFlight,
     head: u64,
-    metrics: &Metrics,
-) -> Option<Ready> {
-    let fallback = |reason: &'static str| {
-        metrics
-            .inline_fallbacks
-            .get_or_create(&crate::metrics::ReasonLabel { reason })
-            .inc();
-        None
-    };
-    let Some(after) = activity.position().filter(|&p| p < head) else {
-        return fallback("position");
-    };
-    let Some(blobs) = (inline.recent)(after, head) else {
-        return fallback("not_cached");
-    };
-    let (deliver, bytes) = deliver_for(inline.device, after, head, &blobs);
-    let used = in_flight.used(activity.acked.load(Ordering::Relaxed));
-    if used + bytes > INLINE_BUDGET {
-        return fallback("budget");
+) -> Result<Ready, &'static str> {
+    let after = activity
+        .position()
+        .filter(|&p| p < head)
+        .ok_or("position")?;
+    let (frames, used) = in_flight.used(activity.acked.load(Ordering::Relaxed));
+    if frames >= INLINE_MAX_FRAMES {
+        return Err("budget");
     }
-    let Some(position) = deliver.blobs.last().map(|b| b.cursor) else {
-        return fallback("position");
-    };
+    let blobs = (inline.recent)(after, head).ok_or("not_cached")?;
+    let (deliver, bytes) = deliver_for(inline.device, after, head, &blobs);
+    if used + bytes > INLINE_BUDGET {
+        return Err("budget");
+    }
+    let position = deliver.blobs.last().map(|b| b.cursor).ok_or("position")?;
     let frame = encode_frame(&Message::Deliver(deliver));
     if frame.len() > NOTIFY_MAX_FRAME as usize + 4 {
-        return fallback("budget");
+        return Err("budget");
     }
-    let Some(reserved) = inline.budget.try_take(frame.len()) else {
-        return fallback("relay_budget");
-    };
-    Some(Ready {
+    let reserved = inline.budget.try_take(frame.len()).ok_or("relay_budget")?;
+    Ok(Ready {
         frame,
         position,
         bytes,
@@ -369,9 +393,96 @@ mod tests {
         assert_eq!(a.acked.load(Ordering::Relaxed), 3);
         let mut f = InFlight::default();
         f.0.extend([(4, 100), (6, 50)]);
-        assert_eq!(f.used(3), 150);
-        assert_eq!(f.used(4), 50);
-        assert_eq!(f.used(9), 0);
+        assert_eq!(f.used(3), (2, 150));
+        assert_eq!(f.used(4), (1, 50));
+        assert_eq!(f.used(9), (0, 0));
+    }
+
+    /// Frames on the stream, with the time each arrived.
+    async fn frames(reader: &mut tokio::io::DuplexStream) -> Vec<Message> {
+        let mut out = Vec::new();
+        while let Ok(Ok(Some(m))) = tokio::time::timeout(
+            Duration::from_millis(10),
+            read_message(reader, NOTIFY_MAX_FRAME),
+        )
+        .await
+        {
+            out.push(m);
+        }
+        out
+    }
+
+    /// Inline deliveries are paced by the in-flight caps, not by requests:
+    /// a device that takes them and holds its acks (coalescing) gets each
+    /// new blob at once, up to `INLINE_MAX_FRAMES` unacknowledged frames;
+    /// then a bare `Notify` once it asks again, and inline again once it
+    /// acknowledged them.
+    #[tokio::test(start_paused = true)]
+    async fn deliveries_go_without_requests_up_to_the_frame_cap() {
+        let (tx, mut rx) = watch::channel(0u64);
+        let (writer, mut reader) = tokio::io::duplex(1 << 22);
+        let activity = Arc::new(Activity::default());
+        activity.pulled(0);
+        let metrics = Metrics::new();
+        let budget = RelayBudget::new(1 << 30, &metrics);
+        let recent = |after: u64, head: u64| {
+            Some(
+                (after + 1..=head)
+                    .map(|c| cached(c, 2, 100))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let a = Arc::clone(&activity);
+        let task = tokio::spawn(async move {
+            let inline = Inline {
+                device: DeviceId([1; 32]),
+                recent: &recent,
+                budget: &budget,
+            };
+            forward_notify(
+                writer,
+                &mut rx,
+                0,
+                &a,
+                &metrics,
+                &|_, _| false,
+                Some(inline),
+            )
+            .await
+        });
+        let cap = INLINE_MAX_FRAMES as u64;
+        for head in 1..=cap {
+            tx.send(head).unwrap();
+            tokio::task::yield_now().await;
+            let got = frames(&mut reader).await;
+            assert!(
+                matches!(got.as_slice(), [Message::Deliver(d)] if d.after == head - 1 && d.head == head),
+                "head {head}: one Deliver at once, no request needed: {got:?}"
+            );
+        }
+        // At the cap: nothing until the device asks again (or a second).
+        tx.send(cap + 1).unwrap();
+        tokio::task::yield_now().await;
+        assert!(frames(&mut reader).await.is_empty(), "held at the cap");
+        activity.request();
+        tokio::task::yield_now().await;
+        let got = frames(&mut reader).await;
+        assert!(
+            matches!(got.as_slice(), [Message::Notify(n)] if n.head == cap + 1),
+            "a bare Notify once it asks: {got:?}"
+        );
+        // Acknowledged: inline again, from where the device said it is.
+        activity.acked(cap);
+        activity.request();
+        tx.send(cap + 2).unwrap();
+        tokio::task::yield_now().await;
+        let got = frames(&mut reader).await;
+        assert!(
+            matches!(got.as_slice(), [Message::Deliver(d)] if d.after == cap && d.head == cap + 2),
+            "inline again after the ack: {got:?}"
+        );
+        drop(tx);
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

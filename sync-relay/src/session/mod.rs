@@ -670,7 +670,12 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
             .await;
             ctx.metrics.observe("pull", started);
             match served {
-                Ok(()) => {
+                Ok(end) => {
+                    // The device is there once it applies the answer: an
+                    // inline delivery starts from it (docs/protocol.md
+                    // "Version 3: inline delivery"), not from the pull's
+                    // `after` or its next ack.
+                    session.activity.answered(end);
                     let _ = send.finish();
                     return;
                 }

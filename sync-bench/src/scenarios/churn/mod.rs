@@ -430,7 +430,7 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 }
 
 /// `GET /metrics` (HTTP/1.0, one request per connection).
-async fn scrape(http: SocketAddr) -> Result<String> {
+pub(crate) async fn scrape(http: SocketAddr) -> Result<String> {
     let mut stream = tokio::net::TcpStream::connect(http).await?;
     stream
         .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
