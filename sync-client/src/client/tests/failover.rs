@@ -281,17 +281,27 @@ async fn a_pull_from_a_relay_whose_head_is_below_the_saved_cursor_is_refused() {
 
 #[tokio::test]
 async fn cursors_pulled_past_the_welcome_head_are_not_mistaken_for_a_relay_behind() {
-    // Blobs committed after the Welcome (head 0) arrive before any Notify:
-    // the next round asks after cursor 2 on the same session, which is
-    // fine, and the pull completes at cursor 2.
+    // Blobs committed after the Welcome (head 0) arrive before any Notify
+    // (the pull ends there: its round passed the head it announced); the
+    // next pull asks after cursor 2 on the same session, which is fine.
     let relay =
         ScriptedRelay::start(|_| AtHello::Welcome, |_, _| OnRequest::BlobsPastTheHead).await;
     let (pacing, _) = recording();
     let client = SyncClient::connect_paced(&relay.options(), policy(), pacing, link())
         .await
         .unwrap();
-    let summary = within_deadline(pull_once(&client)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = crate::StateStore::open(dir.path().join("state.json")).unwrap();
+    let out = dir.path().join("out");
+    let summary = within_deadline(client.pull(&mut state, &out, &mut |_| {}))
+        .await
+        .unwrap();
     assert_eq!((summary.blobs, summary.cursor), (2, 2));
-    assert_eq!(relay.requests(), 3, "pull, pull, ack");
+    assert_eq!(relay.requests(), 2, "pull, ack");
+    let summary = within_deadline(client.pull(&mut state, &out, &mut |_| {}))
+        .await
+        .unwrap();
+    assert_eq!((summary.blobs, summary.cursor, summary.head), (0, 2, 2));
+    assert_eq!(relay.requests(), 4, "pull, ack, pull, ack");
     client.close().await;
 }
