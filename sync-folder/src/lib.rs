@@ -20,11 +20,13 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod catchup;
 pub mod engine;
 pub mod entry;
 pub mod fold;
 pub mod inbox;
 pub mod index;
+pub mod manifest;
 pub mod plan;
 pub mod record;
 pub mod scan;
