@@ -701,6 +701,109 @@ mod tests {
         folder.close().await;
     }
 
+    /// A device with a gap folds the newest manifest as its base: the
+    /// records the manifest covers are skipped (a `Put` with no base
+    /// would otherwise make a conflict copy of what the manifest holds),
+    /// the records after it are folded on top, and a request's hashes are
+    /// kept to be answered.
+    #[tokio::test]
+    async fn a_gap_folds_the_manifest_then_later_records() {
+        use crate::manifest::{Request, encode_request, split};
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = Folder::open(&tmp.path().join("home"), &tmp.path().join("dir"), "me")
+            .await
+            .unwrap();
+        // Settled first: the device folded "old" up to cursor 2.
+        folder
+            .receive(2, "aa", 1, &body(vec![put("old", None, 9)]))
+            .unwrap();
+        folder.fold(2, &mut Report::default()).await.unwrap();
+        // Then: a record at 5 the manifest covers, the manifest (state up
+        // to 6) at 7 and 8, a later record at 9, a request at 10.
+        let covered = body(vec![put("f", None, 1)]);
+        let later = body(vec![put("f", Some(1), 2), put("g", None, 3)]);
+        let mut state = Tree::new();
+        state.insert(
+            "f".into(),
+            Entry::File {
+                hash: [1; 32],
+                size: 1,
+                exec: false,
+            },
+        );
+        state.insert(
+            "h".into(),
+            Entry::File {
+                hash: [4; 32],
+                size: 1,
+                exec: false,
+            },
+        );
+        let mut big = state.clone();
+        for i in 0..300 {
+            big.insert(format!("z{i:03}"), Entry::Dir);
+        }
+        let parts = split(&big, "other", 0, [5; 16], 6).unwrap();
+        assert_eq!(parts.len(), 2);
+        folder.receive(5, "aa", 2, &covered).unwrap();
+        folder.receive(7, "bb", 1, &parts[0]).unwrap();
+        folder.receive(8, "bb", 2, &parts[1]).unwrap();
+        folder.receive(9, "aa", 3, &later).unwrap();
+        let ask = encode_request(&Request {
+            device: "cc".into(),
+            at_ms: 0,
+            manifest: true,
+            hashes: vec![[4; 32]],
+        });
+        folder.receive(10, "cc", 1, &ask).unwrap();
+        let signs = PullSigns {
+            head: 10,
+            gaps: vec![("aa".into(), 4, 4)],
+            overflow: false,
+        };
+        let mut report = Report::default();
+        folder
+            .fold_after_pull(10, &signs, &mut report)
+            .await
+            .unwrap();
+        assert_eq!(report.manifest_from, Some(("other".into(), 6)));
+        assert!(report.conflicts.is_empty(), "{report:?}");
+        let synced = folder.index.tree(TreeTable::Synced).await.unwrap();
+        assert_eq!(synced["f"].hash(), Some([2; 32]));
+        assert_eq!(synced["g"].hash(), Some([3; 32]));
+        assert_eq!(synced["h"].hash(), Some([4; 32]));
+        assert!(synced.contains_key("z299") && !synced.contains_key("old"));
+        assert_eq!(folder.index.wanted(10).await.unwrap(), vec![[4; 32]]);
+        assert_eq!(
+            folder.index.meta(catchup::MANIFEST_ASKED).await.unwrap(),
+            Some("1".into())
+        );
+        // The same gap again is handled: the next fold does not rebase.
+        folder
+            .receive(
+                11,
+                "bb",
+                3,
+                &split(&state, "other", 0, [6; 16], 10).unwrap()[0],
+            )
+            .unwrap();
+        let mut report = Report::default();
+        folder
+            .fold_after_pull(11, &signs, &mut report)
+            .await
+            .unwrap();
+        assert_eq!(report.manifest_from, None);
+        assert!(
+            folder
+                .index
+                .tree(TreeTable::Synced)
+                .await
+                .unwrap()
+                .contains_key("g")
+        );
+        folder.close().await;
+    }
+
     #[tokio::test]
     async fn a_home_syncs_one_folder() {
         let tmp = tempfile::tempdir().unwrap();
