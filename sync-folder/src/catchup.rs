@@ -479,6 +479,10 @@ mod tests {
         let mut done = settled.clone();
         done.gaps_handled = vec![("x".into(), 1, 9)];
         assert_eq!(decide(&done, 12, &gap, &m), Decision::Fold);
+        // A new gap of the same sender outside the handled one is new.
+        let mut later = quiet.clone();
+        later.gap("x", 12, 14);
+        assert!(matches!(decide(&done, 12, &later, &m), Decision::Rebase(_)));
         // Blobs gone between the cursor and the head: needs a manifest,
         // none here.
         let gone = PullSigns {

@@ -720,13 +720,15 @@ mod tests {
         folder.fold(2, &mut Report::default()).await.unwrap();
         // Then: a record at 5 the manifest covers, the manifest (state up
         // to 6) at 7 and 8, a later record at 9, a request at 10.
+        // The manifest's "f" is 2: a record that expired changed it after
+        // the covered one.
         let covered = body(vec![put("f", None, 1)]);
-        let later = body(vec![put("f", Some(1), 2), put("g", None, 3)]);
+        let later = body(vec![put("f", Some(2), 3), put("g", None, 3)]);
         let mut state = Tree::new();
         state.insert(
             "f".into(),
             Entry::File {
-                hash: [1; 32],
+                hash: [2; 32],
                 size: 1,
                 exec: false,
             },
@@ -769,7 +771,7 @@ mod tests {
         assert_eq!(report.manifest_from, Some(("other".into(), 6)));
         assert!(report.conflicts.is_empty(), "{report:?}");
         let synced = folder.index.tree(TreeTable::Synced).await.unwrap();
-        assert_eq!(synced["f"].hash(), Some([2; 32]));
+        assert_eq!(synced["f"].hash(), Some([3; 32]));
         assert_eq!(synced["g"].hash(), Some([3; 32]));
         assert_eq!(synced["h"].hash(), Some([4; 32]));
         assert!(synced.contains_key("z299") && !synced.contains_key("old"));
