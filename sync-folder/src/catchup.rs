@@ -22,7 +22,7 @@ use crate::fold::Tree;
 use crate::index::{Index, TreeTable};
 use crate::manifest::{self, ManifestPart, Request};
 use crate::scan::Scan;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use sync_client::{PushOptions, StateStore, SyncClient};
 
 /// A content or a manifest asked for is asked again after this long
@@ -186,6 +186,26 @@ pub(crate) fn decode_gaps(text: &str) -> Vec<(String, u64, u64)> {
         .unwrap_or_default()
 }
 
+/// Where this device can read each content it may push again: the
+/// first path (in path order) of the synced state naming the content
+/// whose file on disk, as scanned, holds it now. Only synced contents, and
+/// never an ignored path (the scan reports those as untouchable), so a
+/// member asking for a hash cannot make a device send anything else.
+pub fn holders(synced: &Tree, scan: &Scan) -> HashMap<Hash, String> {
+    let mut out = HashMap::new();
+    for (path, entry) in synced {
+        let Entry::File { hash, .. } = entry else {
+            continue;
+        };
+        if let Some(Found::Entry(Entry::File { hash: disk, .. })) = scan.lookup(path)
+            && disk == *hash
+        {
+            out.entry(*hash).or_insert_with(|| path.clone());
+        }
+    }
+    out
+}
+
 fn now_ms() -> u64 {
     sync_client::util::now_ms()
 }
@@ -249,22 +269,16 @@ impl Folder {
         report: &mut Report,
     ) -> Result<(), FolderError> {
         let index = self.index();
-        for hash in index.wanted(REPUSH_PER_RUN).await? {
+        let wanted = index.wanted(REPUSH_PER_RUN).await?;
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let held = holders(synced, scan);
+        for hash in wanted {
             index.remove_wanted(&hash).await?;
-            // Only content the synced state names, read from a file that
-            // holds it now (never an ignored file).
-            let held = synced.iter().find_map(|(path, entry)| {
-                let Entry::File { hash: h, .. } = entry else {
-                    return None;
-                };
-                match scan.lookup(path) {
-                    Some(Found::Entry(Entry::File { hash: d, .. })) if *h == hash && d == hash => {
-                        Some(path.clone())
-                    }
-                    _ => None,
-                }
-            });
-            let Some(path) = held else { continue };
+            let Some(path) = held.get(&hash).cloned() else {
+                continue;
+            };
             let name = hex::encode(hash);
             let pushed = client
                 .push_path(
@@ -430,6 +444,35 @@ mod tests {
             .iter()
             .map(|(p, h)| (p.to_string(), file(*h)))
             .collect()
+    }
+
+    /// A content is pushed again only from a synced path whose file holds
+    /// it now: never from an ignored file (a member may name any hash,
+    /// and even forge a record naming the ignored path), never a stale one.
+    #[test]
+    fn only_synced_unignored_files_answer_requests() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::write(root.join(crate::IGNORE_FILE), "secret.txt\n").unwrap();
+        std::fs::write(root.join("secret.txt"), "private").unwrap();
+        std::fs::write(root.join("pub.txt"), "public").unwrap();
+        std::fs::write(root.join("stale.txt"), "now different").unwrap();
+        let (scan, _) = crate::scan::scan(root, &Default::default(), 0).unwrap();
+        let h = |b: &[u8]| *blake3::hash(b).as_bytes();
+        let entry = |b: &[u8]| Entry::File {
+            hash: h(b),
+            size: b.len() as u64,
+            exec: false,
+        };
+        let mut synced = Tree::new();
+        synced.insert("secret.txt".into(), entry(b"private"));
+        synced.insert("pub.txt".into(), entry(b"public"));
+        synced.insert("stale.txt".into(), entry(b"what it was"));
+        let held = holders(&synced, &scan);
+        assert_eq!(held.get(&h(b"public")), Some(&"pub.txt".to_string()));
+        assert_eq!(held.get(&h(b"private")), None);
+        assert_eq!(held.get(&h(b"what it was")), None);
+        assert_eq!(held.len(), 1, "{held:?}");
     }
 
     #[test]
