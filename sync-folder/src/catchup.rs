@@ -115,7 +115,9 @@ pub struct Known {
 /// of those that fold records up to a cursor above `after` and below
 /// every cursor of their own parts (a manifest cannot know later records).
 pub fn newest_manifest(parts: &[(u64, String, ManifestPart)], after: u64) -> Option<Base> {
-    let mut by_id: BTreeMap<(&str, [u8; 16]), Vec<(u64, &ManifestPart)>> = BTreeMap::new();
+    // (sender, manifest id) → its parts with their cursors.
+    type Parts<'a> = Vec<(u64, &'a ManifestPart)>;
+    let mut by_id: BTreeMap<(&str, [u8; 16]), Parts> = BTreeMap::new();
     for (cursor, sender, part) in parts {
         by_id
             .entry((sender.as_str(), part.id))

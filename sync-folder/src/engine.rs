@@ -247,6 +247,7 @@ impl Folder {
         let known = self.known().await?;
         let decision = catchup::decide(&known, cursor, signs, &parts);
         drop(parts);
+        report.manifest_needed = decision == Decision::NeedManifest;
         let own: Vec<OutboxRow> = self
             .index
             .outbox()

@@ -287,7 +287,7 @@ mod tests {
         Entry::File {
             hash: [h; 32],
             size: 7,
-            exec: h % 2 == 0,
+            exec: h.is_multiple_of(2),
         }
     }
 

@@ -141,6 +141,11 @@ fn a_device_away_past_the_ttl_catches_up_through_a_repush() {
     // B comes back.
     let (late, online) = catch_up((&b, &dir_b), (&a, &dir_a), 5);
     assert!(
+        late[0]["manifest_needed"].as_bool().unwrap()
+            && late[0]["manifest_requested"].as_bool().unwrap(),
+        "B saw the gap and asked for a manifest: {late:#?}"
+    );
+    assert!(
         any(&late, |r| r["manifest_from"].is_array()),
         "B started from a manifest: {late:#?}"
     );
