@@ -1,6 +1,7 @@
 //! One folder and the steps of a sync run over it (see the crate doc).
 
 use crate::apply::{Applier, Outcome};
+use crate::catchup::{self, Decision, PullSigns};
 use crate::entry::{Entry, Hash};
 use crate::fold::{FoldNote, Tree, apply_record};
 use crate::inbox::{Inbox, InboxItem};
@@ -72,6 +73,26 @@ pub struct Report {
     pub hashed: u64,
     /// A problem with `.0k-syncignore`.
     pub ignore_warning: Option<String>,
+    /// The device whose manifest this run's fold started from (a gap
+    /// its records could not fill, or a fresh device), and the cursor
+    /// the manifest covers.
+    pub manifest_from: Option<(String, u64)>,
+    /// A gap needs a manifest and none was found in this pull.
+    pub manifest_needed: bool,
+    /// Contents (hex BLAKE3) the synced state names that are neither
+    /// received nor on this disk (expired at the relay before this
+    /// device pulled them): asked for.
+    pub missing: Vec<String>,
+    /// This run asked the group for a manifest.
+    pub manifest_requested: bool,
+    /// Contents this run asked the group for.
+    pub requested: u64,
+    /// Contents pushed again because another device asked (paths).
+    pub repushed: Vec<String>,
+    /// Contents other devices asked for (hashes) in this run's records.
+    pub wanted: u64,
+    /// Manifest parts pushed.
+    pub manifest_parts_sent: u64,
 }
 
 /// What `status DIR` shows.
@@ -148,6 +169,16 @@ impl Folder {
         &self.root
     }
 
+    /// The index.
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// This device's name (names its conflict copies).
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
     /// Where the pull puts received transfers (inside the folder, on its
     /// file system, never synced).
     pub fn incoming_dir(&self) -> PathBuf {
@@ -157,7 +188,8 @@ impl Folder {
     /// Keep a message received by the pull if it is a folder record
     /// (durably, before the pull records its cursor).
     pub fn receive(&self, cursor: u64, sender: &str, seq: u64, body: &[u8]) -> Result<()> {
-        if body.len() < MAGIC.len() || body[..6] != MAGIC[..6] {
+        let record = body.len() >= MAGIC.len() && body[..6] == MAGIC[..6];
+        if !record && !crate::manifest::is_catchup(body) {
             return Ok(());
         }
         self.inbox
@@ -177,9 +209,45 @@ impl Folder {
 
     /// Fold the received records, and this device's own records stored at
     /// cursors up to `cursor` (what the pull has passed), into the synced
-    /// state, in cursor order.
+    /// state, in cursor order (a pull that showed no sign of a gap; see
+    /// [`Folder::fold_after_pull`]).
     pub async fn fold(&self, cursor: u64, report: &mut Report) -> Result<()> {
-        let items = self.inbox.read().map_err(io("folder inbox"))?;
+        self.fold_after_pull(cursor, &PullSigns::default(), report)
+            .await
+    }
+
+    /// [`Folder::fold`], told what the pull showed about blobs gone for
+    /// good (`signs`): a device with a gap its records cannot fill, or a
+    /// fresh one, starts from the newest usable manifest received and
+    /// folds only the records after it ([`crate::catchup`]). Requests of
+    /// other devices are kept to be answered at the push.
+    pub async fn fold_after_pull(
+        &self,
+        cursor: u64,
+        signs: &PullSigns,
+        report: &mut Report,
+    ) -> Result<()> {
+        let (catchups, items): (Vec<InboxItem>, Vec<InboxItem>) = self
+            .inbox
+            .read()
+            .map_err(io("folder inbox"))?
+            .into_iter()
+            .partition(|i| crate::manifest::is_catchup(&i.body));
+        let mut parts = Vec::new();
+        let mut requests = Vec::new();
+        for i in &catchups {
+            match crate::manifest::decode(&i.body) {
+                Ok(crate::manifest::Catchup::Manifest(p)) => {
+                    parts.push((i.cursor, i.sender.clone(), p))
+                }
+                Ok(crate::manifest::Catchup::Request(r)) => requests.push((i, r)),
+                Err(e) => report.records_refused.push(e.to_string()),
+            }
+        }
+        let known = self.known().await?;
+        let decision = catchup::decide(&known, cursor, signs, &parts);
+        drop(parts);
+        report.manifest_needed = decision == Decision::NeedManifest;
         let own: Vec<OutboxRow> = self
             .index
             .outbox()
@@ -195,10 +263,43 @@ impl Folder {
             .collect();
         all.sort_by_key(|(c, _)| *c);
         let before = self.index.tree(TreeTable::Synced).await?;
-        let mut tree = before.clone();
+        let (mut tree, covered) = match &decision {
+            Decision::Rebase(base) => {
+                report.manifest_from = Some((base.device.clone(), base.upto));
+                (base.tree.clone(), base.upto)
+            }
+            _ => (before.clone(), 0),
+        };
         let mut notes = Vec::new();
         let mut tx = self.index.begin().await?;
-        for (_, item) in &all {
+        for (i, r) in &requests {
+            if Index::was_folded(&mut tx, &i.sender, i.seq).await? {
+                continue;
+            }
+            Index::mark_folded(&mut tx, &i.sender, i.seq).await?;
+            if r.manifest {
+                Index::set_meta(&mut tx, catchup::MANIFEST_ASKED, "1").await?;
+            }
+            report.wanted += r.hashes.len() as u64;
+            let dropped = Index::add_wanted(&mut tx, &r.hashes, catchup::MAX_WANTED).await?;
+            if dropped > 0 {
+                report.dropped.push((
+                    format!("{dropped} contents asked for by {}", r.device),
+                    format!("{} are waiting already", catchup::MAX_WANTED),
+                ));
+            }
+        }
+        self.note_decision(&mut tx, &decision, cursor, signs)
+            .await?;
+        for (c, item) in &all {
+            if *c <= covered {
+                // In the manifest this fold started from.
+                match item {
+                    Ok(i) => Index::mark_folded(&mut tx, &i.sender, i.seq).await?,
+                    Err(r) => Index::remove_outbox(&mut tx, r.id).await?,
+                }
+                continue;
+            }
             let body = match item {
                 Ok(i) => {
                     if Index::was_folded(&mut tx, &i.sender, i.seq).await? {
@@ -249,6 +350,33 @@ impl Folder {
         Ok(())
     }
 
+    /// Record in the index what the fold decided: the cursor folded up
+    /// to; after a rebase the gaps it handled; else whether a manifest is
+    /// still needed.
+    async fn note_decision(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        decision: &Decision,
+        cursor: u64,
+        signs: &PullSigns,
+    ) -> Result<()> {
+        Index::set_meta(tx, catchup::FOLDED_UPTO, &cursor.to_string()).await?;
+        match decision {
+            Decision::Fold => {}
+            Decision::Rebase(_) => {
+                let gaps = catchup::encode_gaps(&signs.gaps);
+                Index::set_meta(tx, catchup::GAPS_HANDLED, &gaps).await?;
+                Index::set_meta(tx, catchup::HEAD_HANDLED, &signs.head.to_string()).await?;
+                Index::set_meta(tx, catchup::NEED_MANIFEST, "0").await?;
+                Index::set_meta(tx, catchup::MANIFEST_REQUESTED_AT, "").await?;
+            }
+            Decision::NeedManifest => {
+                Index::set_meta(tx, catchup::NEED_MANIFEST, "1").await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn scan(&self, report: &mut Report) -> Result<Scan> {
         let cache = self.index.scan_cache().await?;
         let root = self.root.clone();
@@ -274,6 +402,9 @@ impl Folder {
             .index_incoming(&self.incoming_dir())
             .map_err(io("staging"))?;
         let missing = applier.gather(&actions);
+        report.missing = missing.iter().map(hex::encode).collect();
+        report.missing.sort();
+        report.missing.dedup();
         // The index has one connection: nothing else may use it while the
         // transaction is open.
         let mut moved = Vec::new();
@@ -317,11 +448,8 @@ impl Folder {
         Ok(())
     }
 
-    /// Push this device's changes: first any sealed record a crash left
-    /// unconfirmed, then the content of new and changed files the group
-    /// has no transfer of (chunked and resumable, named by BLAKE3), then
-    /// the records. A file whose content changed between the scan and its
-    /// upload is left for the next run.
+    /// Push this device's changes ([`Folder::push_changes`]), then catch
+    /// up ([`Folder::catch_up`]: contents asked for, requests, manifest).
     pub async fn push(
         &self,
         client: &SyncClient,
@@ -329,6 +457,22 @@ impl Folder {
         ttl_s: Option<u32>,
         report: &mut Report,
     ) -> Result<()> {
+        let scan = self.push_changes(client, state, ttl_s, report).await?;
+        self.catch_up(client, state, ttl_s, &scan, report).await
+    }
+
+    /// Push this device's changes: first any sealed record a crash left
+    /// unconfirmed, then the content of new and changed files the group
+    /// has no transfer of (chunked and resumable, named by BLAKE3), then
+    /// the records. A file whose content changed between the scan and its
+    /// upload is left for the next run. Returns the scan.
+    pub async fn push_changes(
+        &self,
+        client: &SyncClient,
+        state: &mut StateStore,
+        ttl_s: Option<u32>,
+        report: &mut Report,
+    ) -> Result<Scan> {
         for row in self.index.outbox().await? {
             if row.cursor.is_none() {
                 self.push_row(client, &row).await?;
@@ -397,7 +541,7 @@ impl Folder {
             .filter(|op| !op.paths().iter().any(|p| failed.contains(*p)))
             .collect();
         if ops.is_empty() && new_base.iter().all(|(p, _)| failed.contains(p)) {
-            return Ok(());
+            return Ok(s);
         }
         let bodies: Vec<Vec<u8>> = ops
             .chunks(OPS_PER_RECORD)
@@ -436,7 +580,7 @@ impl Folder {
         }
         report.ops_sent += ops.len() as u64;
         report.records_sent += rows.len() as u64;
-        Ok(())
+        Ok(s)
     }
 
     async fn push_row(&self, client: &SyncClient, row: &OutboxRow) -> Result<()> {
@@ -555,6 +699,111 @@ mod tests {
         let synced = folder.index.tree(TreeTable::Synced).await.unwrap();
         assert_eq!(synced.keys().collect::<Vec<_>>(), ["f"]);
         assert_eq!(synced["f"].hash(), Some([2; 32]));
+        folder.close().await;
+    }
+
+    /// A device with a gap folds the newest manifest as its base: the
+    /// records the manifest covers are skipped (a `Put` with no base
+    /// would otherwise make a conflict copy of what the manifest holds),
+    /// the records after it are folded on top, and a request's hashes are
+    /// kept to be answered.
+    #[tokio::test]
+    async fn a_gap_folds_the_manifest_then_later_records() {
+        use crate::manifest::{Request, encode_request, split};
+        let tmp = tempfile::tempdir().unwrap();
+        let folder = Folder::open(&tmp.path().join("home"), &tmp.path().join("dir"), "me")
+            .await
+            .unwrap();
+        // Settled first: the device folded "old" up to cursor 2.
+        folder
+            .receive(2, "aa", 1, &body(vec![put("old", None, 9)]))
+            .unwrap();
+        folder.fold(2, &mut Report::default()).await.unwrap();
+        // Then: a record at 5 the manifest covers, the manifest (state up
+        // to 6) at 7 and 8, a later record at 9, a request at 10.
+        // The manifest's "f" is 2: a record that expired changed it after
+        // the covered one.
+        let covered = body(vec![put("f", None, 1)]);
+        let later = body(vec![put("f", Some(2), 3), put("g", None, 3)]);
+        let mut state = Tree::new();
+        state.insert(
+            "f".into(),
+            Entry::File {
+                hash: [2; 32],
+                size: 1,
+                exec: false,
+            },
+        );
+        state.insert(
+            "h".into(),
+            Entry::File {
+                hash: [4; 32],
+                size: 1,
+                exec: false,
+            },
+        );
+        let mut big = state.clone();
+        for i in 0..300 {
+            big.insert(format!("z{i:03}"), Entry::Dir);
+        }
+        let parts = split(&big, "other", 0, [5; 16], 6).unwrap();
+        assert_eq!(parts.len(), 2);
+        folder.receive(5, "aa", 2, &covered).unwrap();
+        folder.receive(7, "bb", 1, &parts[0]).unwrap();
+        folder.receive(8, "bb", 2, &parts[1]).unwrap();
+        folder.receive(9, "aa", 3, &later).unwrap();
+        let ask = encode_request(&Request {
+            device: "cc".into(),
+            at_ms: 0,
+            manifest: true,
+            hashes: vec![[4; 32]],
+        });
+        folder.receive(10, "cc", 1, &ask).unwrap();
+        let signs = PullSigns {
+            head: 10,
+            gaps: vec![("aa".into(), 4, 4)],
+            overflow: false,
+        };
+        let mut report = Report::default();
+        folder
+            .fold_after_pull(10, &signs, &mut report)
+            .await
+            .unwrap();
+        assert_eq!(report.manifest_from, Some(("other".into(), 6)));
+        assert!(report.conflicts.is_empty(), "{report:?}");
+        let synced = folder.index.tree(TreeTable::Synced).await.unwrap();
+        assert_eq!(synced["f"].hash(), Some([3; 32]));
+        assert_eq!(synced["g"].hash(), Some([3; 32]));
+        assert_eq!(synced["h"].hash(), Some([4; 32]));
+        assert!(synced.contains_key("z299") && !synced.contains_key("old"));
+        assert_eq!(folder.index.wanted(10).await.unwrap(), vec![[4; 32]]);
+        assert_eq!(
+            folder.index.meta(catchup::MANIFEST_ASKED).await.unwrap(),
+            Some("1".into())
+        );
+        // The same gap again is handled: the next fold does not rebase.
+        folder
+            .receive(
+                11,
+                "bb",
+                3,
+                &split(&state, "other", 0, [6; 16], 10).unwrap()[0],
+            )
+            .unwrap();
+        let mut report = Report::default();
+        folder
+            .fold_after_pull(11, &signs, &mut report)
+            .await
+            .unwrap();
+        assert_eq!(report.manifest_from, None);
+        assert!(
+            folder
+                .index
+                .tree(TreeTable::Synced)
+                .await
+                .unwrap()
+                .contains_key("g")
+        );
         folder.close().await;
     }
 

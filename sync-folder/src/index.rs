@@ -12,6 +12,8 @@
 //! | `contents` | content hashes the group has a transfer of (sent or received): not sent again |
 //! | `folded` | (sender, sequence number) of every record folded: an inbox read twice applies nothing twice |
 //! | `conflicts` | conflict copies made, for `status` |
+//! | `wanted` | contents other devices asked for ([`crate::manifest::Request`]), answered at the next push |
+//! | `requested` | contents this device asked for, and when (asked again after [`crate::catchup::ASK_AGAIN_MS`]) |
 
 use crate::entry::{Entry, Hash};
 use crate::fold::Tree;
@@ -38,6 +40,8 @@ CREATE TABLE IF NOT EXISTS folded (sender TEXT NOT NULL, seq INTEGER NOT NULL,
   PRIMARY KEY (sender, seq));
 CREATE TABLE IF NOT EXISTS conflicts (copy TEXT PRIMARY KEY, path TEXT NOT NULL,
   device TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS wanted (hash BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS requested (hash BLOB PRIMARY KEY, at_ms INTEGER NOT NULL);
 ";
 
 /// A file's metadata as the scan cache keeps it.
@@ -371,6 +375,101 @@ impl Index {
                 at_ms: r.get::<i64, _>(3) as u64,
             })
             .collect())
+    }
+}
+
+/// Hash rows of the `wanted` and `requested` tables.
+impl Index {
+    /// Add contents other devices asked for, keeping at most `cap` rows;
+    /// returns how many were not kept (over the cap).
+    pub async fn add_wanted(
+        tx: &mut Transaction<'_, Sqlite>,
+        hashes: &[Hash],
+        cap: usize,
+    ) -> DbResult<usize> {
+        let mut dropped = 0;
+        for h in hashes {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM wanted")
+                .fetch_one(&mut **tx)
+                .await?;
+            if n as usize >= cap {
+                dropped += 1;
+                continue;
+            }
+            sqlx::query("INSERT OR IGNORE INTO wanted (hash) VALUES (?)")
+                .bind(h.as_slice())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(dropped)
+    }
+
+    /// Up to `limit` contents other devices asked for.
+    pub async fn wanted(&self, limit: usize) -> DbResult<Vec<Hash>> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM wanted LIMIT ?")
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|h| <Hash>::try_from(h.as_slice()).ok())
+            .collect())
+    }
+
+    /// Forget a content asked for (answered, or not held here).
+    pub async fn remove_wanted(&self, hash: &Hash) -> DbResult<()> {
+        sqlx::query("DELETE FROM wanted WHERE hash = ?")
+            .bind(hash.as_slice())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Of `hashes`, those this device has not asked for since `since_ms`;
+    /// rows older than that are forgotten first.
+    pub async fn not_requested_since(&self, hashes: &[Hash], since_ms: u64) -> DbResult<Vec<Hash>> {
+        sqlx::query("DELETE FROM requested WHERE at_ms < ?")
+            .bind(since_ms as i64)
+            .execute(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for h in hashes {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM requested WHERE hash = ?")
+                .bind(h.as_slice())
+                .fetch_one(&self.pool)
+                .await?;
+            if n == 0 {
+                out.push(*h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Note that this device asked for `hashes` at `at_ms`.
+    pub async fn mark_requested(&self, hashes: &[Hash], at_ms: u64) -> DbResult<()> {
+        let mut tx = self.begin().await?;
+        for h in hashes {
+            sqlx::query("INSERT OR REPLACE INTO requested (hash, at_ms) VALUES (?, ?)")
+                .bind(h.as_slice())
+                .bind(at_ms as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// True when the synced state or the base has an entry.
+    pub async fn has_entries(&self) -> DbResult<bool> {
+        sqlx::query_scalar("SELECT EXISTS(SELECT 1 FROM synced) OR EXISTS(SELECT 1 FROM base)")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Set a `meta` value outside a transaction.
+    pub async fn put_meta(&self, k: &str, v: &str) -> DbResult<()> {
+        let mut tx = self.begin().await?;
+        Self::set_meta(&mut tx, k, v).await?;
+        tx.commit().await
     }
 }
 

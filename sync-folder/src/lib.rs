@@ -10,21 +10,23 @@
 //! ([`plan`], [`apply`]) → push this device's changes ([`Folder::push`]).
 //! State lives in an SQLite [`index`] in the device's home.
 //!
-//! Kept for later (the model has room for them): `--watch` (a run per
-//! debounced batch of file-system events), and the encrypted manifest of
-//! the synced state for devices that join late or were away past the
-//! relay's TTL (the synced state is exactly what such a manifest carries;
-//! contents missing here are reported as pending, ready for a re-push
-//! request).
+//! Devices that join late or were away past the relay's TTL catch up
+//! through [`manifest`]s of the synced state and requests for contents
+//! that expired, answered by devices holding them ([`catchup`]).
+//!
+//! Kept for later (the model has room for it): `--watch` (a run per
+//! debounced batch of file-system events).
 
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod catchup;
 pub mod engine;
 pub mod entry;
 pub mod fold;
 pub mod inbox;
 pub mod index;
+pub mod manifest;
 pub mod plan;
 pub mod record;
 pub mod scan;

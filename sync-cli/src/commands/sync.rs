@@ -11,6 +11,7 @@ use std::path::Path;
 use sync_client::roster::LocalRoster;
 use sync_client::util::parse_duration;
 use sync_client::{Home, PullEvent, RetryPolicy};
+use sync_folder::catchup::PullSigns;
 use sync_folder::{Folder, Report};
 
 async fn open(home: &Home, dir: &Path) -> Result<Folder> {
@@ -52,27 +53,53 @@ async fn run(
     // 1. Pull every epoch into the staging directory, keeping folder
     //    records durably as they arrive.
     let mut failure: Option<sync_folder::FolderError> = None;
+    //    Gaps and withheld ranges are kept: blobs gone for good, which a
+    //    manifest may stand in for.
     let incoming = folder.incoming_dir();
-    pull_all(home, &mut state, &incoming, policy, out, &mut |e| {
-        if let PullEvent::Message {
-            cursor,
-            sender,
-            seq,
-            data,
-            ..
-        } = &e
-            && failure.is_none()
-            && let Err(err) = folder.receive(*cursor, sender, *seq, data)
-        {
-            failure = Some(err);
-        }
-    })
+    let mut signs = PullSigns::default();
+    let pulled = pull_all(
+        home,
+        &mut state,
+        &incoming,
+        policy,
+        out,
+        &mut |e| match &e {
+            PullEvent::Message {
+                cursor,
+                sender,
+                seq,
+                data,
+                ..
+            } => {
+                if failure.is_none()
+                    && let Err(err) = folder.receive(*cursor, sender, *seq, data)
+                {
+                    failure = Some(err);
+                }
+            }
+            PullEvent::Gap {
+                sender,
+                first,
+                last,
+            }
+            | PullEvent::Withheld {
+                sender,
+                first,
+                last,
+                ..
+            } => signs.gap(sender, *first, *last),
+            _ => {}
+        },
+    )
     .await?;
     if let Some(err) = failure {
         return Err(err.into());
     }
+    signs.head = pulled.head;
     // 2. Fold and reconcile.
-    folder.fold(state.state.cursor, &mut report).await?;
+    folder
+        .fold_after_pull(state.state.cursor, &signs, &mut report)
+        .await?;
     folder.reconcile(&mut report).await?;
     // 3. Push this device's changes.
     check_roster(home)?;
