@@ -28,6 +28,7 @@ pub mod index;
 pub mod plan;
 pub mod record;
 pub mod scan;
+pub mod watch;
 
 pub use engine::{Folder, FolderError, Report, Status};
 
