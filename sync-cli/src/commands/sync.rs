@@ -19,12 +19,15 @@ async fn open(home: &Home, dir: &Path) -> Result<Folder> {
     Ok(Folder::open(home.dir(), dir, &device).await?)
 }
 
+/// `sync DIR`: one run, or with `watch` (`--watch`) runs until Ctrl-C or
+/// SIGTERM (see `sync_watch`).
 pub async fn sync(
     home: &Home,
     dir: &Path,
     ttl: Option<String>,
     policy: RetryPolicy,
     out: Out,
+    watch: Option<sync_folder::watch::WatchOptions>,
 ) -> Result<()> {
     home.connect_options(None)?;
     let ttl_s = match ttl {
@@ -33,27 +36,32 @@ pub async fn sync(
     };
     let _lock = home.lock_pull()?;
     let folder = open(home, dir).await?;
-    let result = run(home, &folder, ttl_s, policy, out).await;
+    let result = match watch {
+        Some(opts) => super::sync_watch::watch(home, &folder, ttl_s, policy, out, opts).await,
+        None => run(home, &folder, ttl_s, policy, out)
+            .await
+            .map(|(report, _)| print(&report, out)),
+    };
     folder.close().await;
-    let report = result?;
-    print(&report, out);
-    Ok(())
+    result
 }
 
-async fn run(
+/// One run; the report and the group's head its pull reached (the
+/// highest of the current epoch's head and cursor).
+pub(super) async fn run(
     home: &Home,
     folder: &Folder,
     ttl_s: Option<u32>,
     policy: RetryPolicy,
     out: Out,
-) -> Result<Report> {
+) -> Result<(Report, u64)> {
     let mut report = Report::default();
     let mut state = home.state()?;
     // 1. Pull every epoch into the staging directory, keeping folder
     //    records durably as they arrive.
     let mut failure: Option<sync_folder::FolderError> = None;
     let incoming = folder.incoming_dir();
-    pull_all(home, &mut state, &incoming, policy, out, &mut |e| {
+    let pulled = pull_all(home, &mut state, &incoming, policy, out, &mut |e| {
         if let PullEvent::Message {
             cursor,
             sender,
@@ -71,6 +79,7 @@ async fn run(
     if let Some(err) = failure {
         return Err(err.into());
     }
+    let head = pulled.head.max(state.state.cursor);
     // 2. Fold and reconcile.
     folder.fold(state.state.cursor, &mut report).await?;
     folder.reconcile(&mut report).await?;
@@ -89,10 +98,10 @@ async fn run(
     let pushed = folder.push(&client, &mut state, ttl_s, &mut report).await;
     client.close().await;
     pushed?;
-    Ok(report)
+    Ok((report, head))
 }
 
-fn print(report: &Report, out: Out) {
+pub(super) fn print(report: &Report, out: Out) {
     if out.json {
         json_line(report);
         return;
