@@ -187,7 +187,12 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
         /// With --watch: rescan the whole folder this often even with no change seen (e.g. 60s, 10m)
-        #[arg(long, default_value = "60s", value_name = "DURATION", requires = "watch")]
+        #[arg(
+            long,
+            default_value = "60s",
+            value_name = "DURATION",
+            requires = "watch"
+        )]
         rescan_every: String,
         /// How long the relay keeps the data (e.g. 12h, 7d) [default: the relay's]
         #[arg(long, value_name = "DURATION")]

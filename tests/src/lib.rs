@@ -8,6 +8,7 @@
 
 pub mod chaos;
 pub mod fake_relay;
+pub mod folder;
 pub mod member;
 pub mod memory;
 pub mod proxy;

@@ -76,10 +76,7 @@ pub async fn watch(
             "rescan_s": opts.rescan.as_secs(),
         }));
     } else if out.human() {
-        eprintln!(
-            "watching {}; press Ctrl-C to stop",
-            folder.root().display()
-        );
+        eprintln!("watching {}; press Ctrl-C to stop", folder.root().display());
     }
     let result = loop {
         let trigger = tokio::select! {
