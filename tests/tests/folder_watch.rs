@@ -11,8 +11,7 @@ use rand::{Rng, SeedableRng};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn file(bytes: &[u8]) -> Option<(Vec<u8>, bool)> {
@@ -262,33 +261,45 @@ fn spawn_sync(g: &Group, i: usize) -> Child {
         .unwrap()
 }
 
-/// Poll `path` until `stop`: whenever a file is there, it must be
-/// `expected` whole (never a partial write at its final path). Returns
-/// what was seen that was not.
-fn guard_final_path(
-    path: std::path::PathBuf,
-    expected: Arc<Vec<u8>>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let mut bad = Vec::new();
-        let mut checked = None;
-        while !stop.load(Ordering::SeqCst) {
-            if let Ok(meta) = std::fs::metadata(&path) {
-                let stamp = (meta.len(), meta.modified().ok());
-                if checked != Some(stamp) {
-                    match std::fs::read(&path) {
-                        Ok(b) if b.len() != expected.len() || b[..] != expected[..] => {
-                            bad.push(format!("{} bytes at the final path", b.len()))
-                        }
-                        _ => checked = Some(stamp),
-                    }
-                }
+/// Watches `path` (inotify on its directory) until dropped: a file there
+/// must only ever appear whole — renamed or linked into place — never be
+/// written at its final path, where a crash would leave it half-written.
+/// [`Guard::writes`] lists the writes seen.
+struct Guard {
+    _watcher: notify::RecommendedWatcher,
+    writes: Arc<Mutex<Vec<String>>>,
+}
+
+impl Guard {
+    fn new(path: &Path) -> Guard {
+        use notify::Watcher as _;
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&writes);
+        let target = path.to_path_buf();
+        let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(e) = res else { return };
+            let write = matches!(
+                e.kind,
+                EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+                    | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            );
+            if write && e.paths.contains(&target) {
+                seen.lock().unwrap().push(format!("{:?}", e.kind));
             }
-            std::thread::sleep(Duration::from_millis(2));
+        })
+        .unwrap();
+        w.watch(path.parent().unwrap(), notify::RecursiveMode::NonRecursive)
+            .unwrap();
+        Guard {
+            _watcher: w,
+            writes,
         }
-        bad
-    })
+    }
+
+    fn writes(&self) -> Vec<String> {
+        self.writes.lock().unwrap().clone()
+    }
 }
 
 /// `sync` killed with SIGKILL while it uploads a large file: a device
@@ -297,7 +308,7 @@ fn guard_final_path(
 #[test]
 fn sync_killed_mid_upload_resumes_with_no_loss() {
     let g = Group::new(2, slow_relay);
-    let big = Arc::new(random_bytes(4 << 20));
+    let big = random_bytes(4 << 20);
     write(g.dir(0), "big.bin", &big);
     write(g.dir(0), "small.txt", b"small\n");
     let pushed = || g.relay.metrics().value("sync_relay_push_bytes", &[]) as u64;
@@ -318,19 +329,14 @@ fn sync_killed_mid_upload_resumes_with_no_loss() {
     );
 
     // B syncs the half-uploaded state: nothing of big.bin shows.
-    let stop = Arc::new(AtomicBool::new(false));
-    let guard = guard_final_path(
-        g.dir(1).join("big.bin"),
-        Arc::clone(&big),
-        Arc::clone(&stop),
-    );
+    let guard = Guard::new(&g.dir(1).join("big.bin"));
     g.sync(1);
+    assert!(!g.dir(1).join("big.bin").exists());
     // A's rerun resumes; B then gets everything.
     let rerun = g.sync(0);
     eprintln!("rerun: {rerun}");
     g.sync(1);
-    stop.store(true, Ordering::SeqCst);
-    assert_eq!(guard.join().unwrap(), Vec::<String>::new());
+    assert_eq!(guard.writes(), Vec::<String>::new());
     let t = g.wait_same(None, &[]);
     assert_eq!(t["big.bin"], file(&big));
     assert_eq!(t["small.txt"], file(b"small\n"));
@@ -342,17 +348,12 @@ fn sync_killed_mid_upload_resumes_with_no_loss() {
 #[test]
 fn sync_killed_mid_download_resumes_with_no_loss() {
     let g = Group::new(2, slow_relay);
-    let big = Arc::new(random_bytes(6 << 20));
+    let big = random_bytes(6 << 20);
     write(g.dir(0), "big.bin", &big);
     write(g.dir(0), "small.txt", b"small\n");
     g.sync(0);
     let staging = g.dir(1).join(".0k-sync-folder/in");
-    let stop = Arc::new(AtomicBool::new(false));
-    let guard = guard_final_path(
-        g.dir(1).join("big.bin"),
-        Arc::clone(&big),
-        Arc::clone(&stop),
-    );
+    let guard = Guard::new(&g.dir(1).join("big.bin"));
     let partial = || -> u64 {
         std::fs::read_dir(&staging)
             .map(|d| {
@@ -374,6 +375,14 @@ fn sync_killed_mid_download_resumes_with_no_loss() {
     }
     sync.kill().unwrap();
     let status = sync.wait().unwrap();
+    // Killed mid-download: the file is absent or whole.
+    if let Ok(b) = std::fs::read(g.dir(1).join("big.bin")) {
+        assert!(
+            b == big,
+            "{} bytes at the final path after the kill",
+            b.len()
+        );
+    }
     eprintln!(
         "killed ({status}) with a partial copy of {} of {} bytes",
         partial(),
@@ -381,8 +390,7 @@ fn sync_killed_mid_download_resumes_with_no_loss() {
     );
     let rerun = g.sync(1);
     eprintln!("rerun: {rerun}");
-    stop.store(true, Ordering::SeqCst);
-    assert_eq!(guard.join().unwrap(), Vec::<String>::new());
+    assert_eq!(guard.writes(), Vec::<String>::new());
     let t = g.wait_same(None, &[]);
     assert_eq!(t["big.bin"], file(&big));
     assert_eq!(t["small.txt"], file(b"small\n"));
