@@ -48,6 +48,10 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> String + '_ {
     move |e| format!("{}: {e}", path.display())
 }
 
+/// How long a received transfer no write needs stays in the staging
+/// directory (see [`Applier::clean`]).
+pub const STAGED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Copy `from` to a new file `to`, returning the BLAKE3 of what was copied
 /// (fsynced).
 fn copy_hashing(from: &Path, to: &Path) -> io::Result<Hash> {
@@ -292,9 +296,17 @@ impl<'a> Applier<'a> {
 
     /// Remove the staging directory's temp files and the received
     /// transfers no pending write still needs.
+    ///
+    /// A received transfer younger than [`STAGED_GRACE`] is kept even when
+    /// no write needs it yet: senders push content before the records
+    /// naming it, so a run (`sync --watch` runs while others push) can
+    /// pull the content and only the next run the record.
     pub fn clean(&self, keep: &[Hash]) {
         for (hash, path) in &self.staged {
-            if !keep.contains(hash) {
+            let fresh = fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().map_or(true, |age| age < STAGED_GRACE));
+            if !keep.contains(hash) && !fresh {
                 let _ = fs::remove_file(path);
             }
         }

@@ -259,6 +259,13 @@ impl Watcher {
         self.next_rescan = Instant::now() + self.opts.rescan;
     }
 
+    /// Make the next run due at once (as a rescan): after a run that
+    /// pushed records, whose own records the next pull folds (the relay
+    /// does not announce a device's own pushes to it).
+    pub fn again(&mut self) {
+        self.next_rescan = Instant::now();
+    }
+
     /// A run failed: the next starts after the backoff (1 s, doubling per
     /// failure up to the rescan interval), whatever happens meanwhile.
     pub fn failed(&mut self) {

@@ -230,3 +230,16 @@ async fn a_failed_run_is_retried_after_a_growing_backoff() {
     w.failed();
     assert_eq!(w.retry_in(), Some(Duration::from_secs(1)));
 }
+
+/// `again` makes the next run due at once (a run that pushed records
+/// folds them at the next pull).
+#[tokio::test(start_paused = true)]
+async fn again_runs_at_once() {
+    let (_tmp, root) = root();
+    let mut w = Watcher::new(&root, opts()).unwrap();
+    w.synced(0);
+    w.again();
+    let t0 = Instant::now();
+    assert_eq!(w.next().await, Trigger::Rescan);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+}

@@ -172,7 +172,14 @@ impl Group {
             }
             if Instant::now() > deadline {
                 let logs: Vec<String> = watchers.iter().map(|w| w.stderr()).collect();
-                panic!("folders did not converge: {why}\nwatchers' stderr: {logs:#?}");
+                let status: Vec<String> = self
+                    .devices
+                    .iter()
+                    .map(|(d, dir)| d.run(&["status", "--json", dir.to_str().unwrap()]))
+                    .collect();
+                panic!(
+                    "folders did not converge: {why}\nstatus: {status:#?}\nwatchers' stderr: {logs:#?}"
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -115,8 +115,8 @@ fn wait_for(g: &Group, watchers: &[&Watching], done: impl Fn(&Tree) -> bool) -> 
     }
 }
 
-/// A seeded random script of creates, edits, deletes, renames, mode
-/// changes and directories over three watching devices, applied while
+/// A seeded random script of creates, edits, whole-file replacements,
+/// deletes, mode changes and directories over three watching devices, applied while
 /// they sync; they converge, and a one-shot `sync` afterwards finds
 /// nothing left to do. `FOLDER_WATCH_SEED` replays a seed.
 #[test]
@@ -180,6 +180,13 @@ fn three_watching_devices_converge_under_a_random_edit_script() {
 /// file and a directory at one path on two devices is not resolved:
 /// docs/client.md "Folder sync"). The watcher changes the same tree
 /// meanwhile: an edit whose file vanished under it is skipped.
+///
+/// No renames: with devices syncing continuously, a rename of a file that
+/// another device edited before it synced happens (seed
+/// 1795808308893595319 did it), and the renamed content is then on no disk
+/// of that device: `to` stays pending there until the re-push of content
+/// by hash exists (docs/client.md "Folder sync", "Not yet"). Renames under
+/// `--watch` are covered by the two-device test above.
 fn random_op(rng: &mut SmallRng, dir: &Path, step: u32) {
     let files: Vec<String> = try_tree(dir)
         .unwrap_or_default()
@@ -216,12 +223,11 @@ fn random_op(rng: &mut SmallRng, dir: &Path, step: u32) {
                 std::fs::remove_file(dir.join(f))?;
             }
             7 if !files.is_empty() => {
+                // Replaced whole (a new inode), as editors save.
                 let f = &files[rng.random_range(0..files.len())];
-                let to = format!("{}f{}", pick_dir(rng), rng.random_range(0..8));
-                if !dir.join(&to).exists() {
-                    std::fs::create_dir_all(dir.join(&to).parent().unwrap())?;
-                    std::fs::rename(dir.join(f), dir.join(&to))?;
-                }
+                let tmp = dir.join(format!(".save-{step}"));
+                std::fs::write(&tmp, format!("saved {}\n", rng.random::<u32>()))?;
+                std::fs::rename(&tmp, dir.join(f))?;
             }
             8 if !files.is_empty() => {
                 let f = &files[rng.random_range(0..files.len())];

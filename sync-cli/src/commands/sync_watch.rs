@@ -96,6 +96,10 @@ pub async fn watch(
         match ran {
             Ok((report, head)) => {
                 watcher.synced(head);
+                if report.records_sent > 0 {
+                    // Its own records are folded by the next pull.
+                    watcher.again();
+                }
                 if out.json {
                     json_line(&RunLine {
                         event: "run",
