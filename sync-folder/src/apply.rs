@@ -319,3 +319,36 @@ impl<'a> Applier<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::{Cache, scan};
+    use std::time::{Duration, SystemTime};
+
+    /// A received transfer no write needs is removed only once older than
+    /// [`STAGED_GRACE`]: its record may come with the next pull.
+    #[test]
+    fn clean_keeps_content_received_recently() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let staging = root.join(crate::STAGING_DIR);
+        let incoming = staging.join("in");
+        fs::create_dir_all(&incoming).unwrap();
+        fs::write(incoming.join("fresh"), b"just received").unwrap();
+        fs::write(incoming.join("old"), b"received long ago").unwrap();
+        let old = fs::File::options()
+            .write(true)
+            .open(incoming.join("old"))
+            .unwrap();
+        old.set_modified(SystemTime::now() - STAGED_GRACE - Duration::from_secs(60))
+            .unwrap();
+        drop(old);
+        let (s, _) = scan(&root, &Cache::new(), 0).unwrap();
+        let mut a = Applier::new(&root, staging, &s);
+        a.index_incoming(&incoming).unwrap();
+        a.clean(&[]);
+        assert!(incoming.join("fresh").exists());
+        assert!(!incoming.join("old").exists());
+    }
+}
