@@ -164,7 +164,7 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Keep a directory the same on every device of the group (one run)
+    /// Keep a directory the same on every device of the group (one run, or --watch)
     ///
     /// Pulls the group's changes and applies them to DIR, then pushes the
     /// changes made in DIR since the last run: new and changed files

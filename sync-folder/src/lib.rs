@@ -10,8 +10,10 @@
 //! ([`plan`], [`apply`]) → push this device's changes ([`Folder::push`]).
 //! State lives in an SQLite [`index`] in the device's home.
 //!
-//! Kept for later (the model has room for them): `--watch` (a run per
-//! debounced batch of file-system events), and the encrypted manifest of
+//! `sync DIR --watch` makes runs when [`watch::Watcher`] says (debounced
+//! file-system events, a new head, a periodic rescan).
+//!
+//! Kept for later (the model has room for it): the encrypted manifest of
 //! the synced state for devices that join late or were away past the
 //! relay's TTL (the synced state is exactly what such a manifest carries;
 //! contents missing here are reported as pending, ready for a re-push
