@@ -164,7 +164,7 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// Keep a directory the same on every device of the group (one run)
+    /// Keep a directory the same on every device of the group (one run, or --watch)
     ///
     /// Pulls the group's changes and applies them to DIR, then pushes the
     /// changes made in DIR since the last run: new and changed files
@@ -174,11 +174,26 @@ pub enum Command {
     /// the root (gitignore syntax) keeps paths on this device. A file
     /// changed on two devices keeps both versions (a conflict copy); a
     /// delete never removes a file whose content the deleting device had
-    /// not seen. A home syncs one folder. See docs/client.md "Folder sync".
+    /// not seen. A home syncs one folder. With --watch, keeps running:
+    /// a run within a second of a local change (file-system events,
+    /// debounced), at every change another device pushes (the relay's
+    /// notifications), and a full rescan every --rescan-every; Ctrl-C or
+    /// SIGTERM stops it. See docs/client.md "Folder sync".
     Sync {
         /// The folder (created if missing)
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+        /// Keep running: sync again on every local or remote change, until Ctrl-C or SIGTERM
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: rescan the whole folder this often even with no change seen (e.g. 60s, 10m)
+        #[arg(
+            long,
+            default_value = "60s",
+            value_name = "DURATION",
+            requires = "watch"
+        )]
+        rescan_every: String,
         /// How long the relay keeps the data (e.g. 12h, 7d) [default: the relay's]
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,

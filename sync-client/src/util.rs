@@ -120,12 +120,18 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
 
 /// Replace `path` atomically with `bytes` (mode 0600): write a temp file in
 /// the same directory, fsync it, rename it over `path`, fsync the directory.
-/// A crash leaves either the old or the new content, never a mix.
+/// A crash leaves either the old or the new content, never a mix. The temp
+/// file's name is unique to the call (process id and a counter), so two
+/// writers of one path at once (`sync --watch`'s head session and a run
+/// both recording the relay in use) never truncate or rename each other's.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    static TEMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ".{}.{}-{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        TEMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -138,7 +144,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|_| f.sync_all())
         .map_err(ClientError::io(&tmp))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(ClientError::io(path))?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(ClientError::io(path)(e));
+    }
     sync_dir(dir)
 }
 
@@ -151,6 +160,36 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// Two writers of one path at once both succeed and leave one whole
+    /// content (a shared temp name made one fail, or renamed a temp file
+    /// the other was still writing).
+    #[test]
+    fn concurrent_atomic_writes_of_one_path_succeed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("current-relay");
+        let writers: Vec<_> = [b'a', b'b']
+            .into_iter()
+            .map(|c| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..300 {
+                        write_atomic(&path, &[c; 4096]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let got = fs::read(&path).unwrap();
+        assert!(got == [b'a'; 4096] || got == [b'b'; 4096]);
+        assert_eq!(
+            fs::read_dir(tmp.path()).unwrap().count(),
+            1,
+            "temp files left"
+        );
+    }
+
     use super::*;
 
     #[test]

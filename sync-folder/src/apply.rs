@@ -48,6 +48,10 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> String + '_ {
     move |e| format!("{}: {e}", path.display())
 }
 
+/// How long a received transfer no write needs stays in the staging
+/// directory (see [`Applier::clean`]).
+pub const STAGED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Copy `from` to a new file `to`, returning the BLAKE3 of what was copied
 /// (fsynced).
 fn copy_hashing(from: &Path, to: &Path) -> io::Result<Hash> {
@@ -292,9 +296,17 @@ impl<'a> Applier<'a> {
 
     /// Remove the staging directory's temp files and the received
     /// transfers no pending write still needs.
+    ///
+    /// A received transfer younger than [`STAGED_GRACE`] is kept even when
+    /// no write needs it yet: senders push content before the records
+    /// naming it, so a run (`sync --watch` runs while others push) can
+    /// pull the content and only the next run the record.
     pub fn clean(&self, keep: &[Hash]) {
         for (hash, path) in &self.staged {
-            if !keep.contains(hash) {
+            let fresh = fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().map_or(true, |age| age < STAGED_GRACE));
+            if !keep.contains(hash) && !fresh {
                 let _ = fs::remove_file(path);
             }
         }
@@ -305,5 +317,38 @@ impl<'a> Applier<'a> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::{Cache, scan};
+    use std::time::{Duration, SystemTime};
+
+    /// A received transfer no write needs is removed only once older than
+    /// [`STAGED_GRACE`]: its record may come with the next pull.
+    #[test]
+    fn clean_keeps_content_received_recently() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let staging = root.join(crate::STAGING_DIR);
+        let incoming = staging.join("in");
+        fs::create_dir_all(&incoming).unwrap();
+        fs::write(incoming.join("fresh"), b"just received").unwrap();
+        fs::write(incoming.join("old"), b"received long ago").unwrap();
+        let old = fs::File::options()
+            .write(true)
+            .open(incoming.join("old"))
+            .unwrap();
+        old.set_modified(SystemTime::now() - STAGED_GRACE - Duration::from_secs(60))
+            .unwrap();
+        drop(old);
+        let (s, _) = scan(&root, &Cache::new(), 0).unwrap();
+        let mut a = Applier::new(&root, staging, &s);
+        a.index_incoming(&incoming).unwrap();
+        a.clean(&[]);
+        assert!(incoming.join("fresh").exists());
+        assert!(!incoming.join("old").exists());
     }
 }

@@ -10,12 +10,11 @@
 //! ([`plan`], [`apply`]) → push this device's changes ([`Folder::push`]).
 //! State lives in an SQLite [`index`] in the device's home.
 //!
-//! Devices that join late or were away past the relay's TTL catch up
-//! through [`manifest`]s of the synced state and requests for contents
-//! that expired, answered by devices holding them ([`catchup`]).
-//!
-//! Kept for later (the model has room for it): `--watch` (a run per
-//! debounced batch of file-system events).
+//! `sync DIR --watch` makes runs when [`watch::Watcher`] says (debounced
+//! file-system events, a new head, a periodic rescan). Devices that join
+//! late or were away past the relay's TTL catch up through [`manifest`]s
+//! of the synced state and requests for contents that expired, answered by
+//! devices holding them ([`catchup`]).
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +29,7 @@ pub mod manifest;
 pub mod plan;
 pub mod record;
 pub mod scan;
+pub mod watch;
 
 pub use engine::{Folder, FolderError, Report, Status};
 

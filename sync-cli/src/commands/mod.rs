@@ -13,6 +13,7 @@ mod push;
 mod revoke;
 mod status;
 mod sync;
+mod sync_watch;
 
 use crate::cli::{Args, Command};
 use crate::output::Out;
@@ -149,12 +150,24 @@ pub async fn run(args: Args) -> Result<()> {
         },
         Command::Sync {
             dir,
+            watch,
+            rescan_every,
             ttl,
             retry_for,
             stall_timeout,
         } => {
             let policy = policy(Some(&retry_for), &stall_timeout)?;
-            sync::sync(&home, &dir, ttl, policy, out).await
+            let watch = if watch {
+                let rescan = sync_client::util::parse_duration(&rescan_every)?;
+                anyhow::ensure!(rescan >= 1, "--rescan-every must be at least 1s");
+                Some(sync_folder::watch::WatchOptions {
+                    rescan: Duration::from_secs(rescan),
+                    ..Default::default()
+                })
+            } else {
+                None
+            };
+            sync::sync(&home, &dir, ttl, policy, out, watch).await
         }
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -20,12 +20,15 @@ async fn open(home: &Home, dir: &Path) -> Result<Folder> {
     Ok(Folder::open(home.dir(), dir, &device).await?)
 }
 
+/// `sync DIR`: one run, or with `watch` (`--watch`) runs until Ctrl-C or
+/// SIGTERM (see `sync_watch`).
 pub async fn sync(
     home: &Home,
     dir: &Path,
     ttl: Option<String>,
     policy: RetryPolicy,
     out: Out,
+    watch: Option<sync_folder::watch::WatchOptions>,
 ) -> Result<()> {
     home.connect_options(None)?;
     let ttl_s = match ttl {
@@ -34,20 +37,25 @@ pub async fn sync(
     };
     let _lock = home.lock_pull()?;
     let folder = open(home, dir).await?;
-    let result = run(home, &folder, ttl_s, policy, out).await;
+    let result = match watch {
+        Some(opts) => super::sync_watch::watch(home, &folder, ttl_s, policy, out, opts).await,
+        None => run(home, &folder, ttl_s, policy, out)
+            .await
+            .map(|(report, _)| print(&report, out)),
+    };
     folder.close().await;
-    let report = result?;
-    print(&report, out);
-    Ok(())
+    result
 }
 
-async fn run(
+/// One run; the report and the group's head its pull reached (the
+/// highest of the current epoch's head and cursor).
+pub(super) async fn run(
     home: &Home,
     folder: &Folder,
     ttl_s: Option<u32>,
     policy: RetryPolicy,
     out: Out,
-) -> Result<Report> {
+) -> Result<(Report, u64)> {
     let mut report = Report::default();
     let mut state = home.state()?;
     // 1. Pull every epoch into the staging directory, keeping folder
@@ -96,6 +104,7 @@ async fn run(
         return Err(err.into());
     }
     signs.head = pulled.head;
+    let head = pulled.head.max(state.state.cursor);
     // 2. Fold and reconcile.
     folder
         .fold_after_pull(state.state.cursor, &signs, &mut report)
@@ -116,10 +125,10 @@ async fn run(
     let pushed = folder.push(&client, &mut state, ttl_s, &mut report).await;
     client.close().await;
     pushed?;
-    Ok(report)
+    Ok((report, head))
 }
 
-fn print(report: &Report, out: Out) {
+pub(super) fn print(report: &Report, out: Out) {
     if out.json {
         json_line(report);
         return;
