@@ -69,9 +69,17 @@ fn bench_config_with(max_blob_size: u32, extra_limits: &str) -> String {
 }
 
 /// [`bench_config`] admitting `max_sessions` sessions (`limits.max_sessions`;
-/// the default bench config admits 20,000).
-pub fn bench_config_sessions(max_blob_size: u32, max_sessions: u32) -> String {
-    bench_config_full(max_blob_size, max_sessions, "")
+/// the default bench config admits 20,000), with UDP segmentation offload
+/// on or off (`network.segmentation_offload`).
+pub fn bench_config_sessions(
+    max_blob_size: u32,
+    max_sessions: u32,
+    segmentation_offload: bool,
+) -> String {
+    format!(
+        "{}[network]\nsegmentation_offload = {segmentation_offload}\n",
+        bench_config_full(max_blob_size, max_sessions, "")
+    )
 }
 
 fn bench_config_full(max_blob_size: u32, max_sessions: u32, extra_limits: &str) -> String {

@@ -70,6 +70,9 @@ enum Scenario {
         /// Dials in flight at once in each client process (default 64).
         #[arg(long)]
         in_flight: Option<usize>,
+        /// Run the relay with `network.segmentation_offload = false`.
+        #[arg(long)]
+        no_gso: bool,
     },
     /// 5. Bulk push and pull through SyncClient vs raw stream.
     Bulk,
@@ -240,12 +243,14 @@ async fn main() -> Result<()> {
         sessions,
         processes,
         in_flight,
+        no_gso,
     } = &args.scenario
     {
         let mut idle = scenarios::idle::Idle::for_size(size);
         idle.sessions = sessions.unwrap_or(idle.sessions).max(1);
         idle.processes = processes.unwrap_or(idle.processes).max(1);
         idle.in_flight = in_flight.unwrap_or(idle.in_flight).max(1);
+        idle.segmentation_offload = !no_gso;
         emit(scenarios::idle::run(idle).await?);
     } else if all {
         emit(scenarios::idle::run(scenarios::idle::Idle::for_size(size)).await?);

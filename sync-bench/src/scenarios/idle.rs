@@ -34,6 +34,8 @@ pub struct Idle {
     pub per_endpoint: usize,
     /// Dials in flight at once in each client process.
     pub in_flight: usize,
+    /// The relay's `network.segmentation_offload`.
+    pub segmentation_offload: bool,
 }
 
 impl Idle {
@@ -44,6 +46,7 @@ impl Idle {
             processes: size.pick(4, 2),
             per_endpoint: 100,
             in_flight: 64,
+            segmentation_offload: true,
         }
     }
 }
@@ -217,6 +220,7 @@ pub async fn run(idle: Idle) -> Result<Table> {
     let relay = Relay::start_with(&bench_config_sessions(
         DEFAULT_MAX_BLOB_SIZE,
         u32::try_from(idle.sessions + 100).unwrap_or(u32::MAX),
+        idle.segmentation_offload,
     ))?;
     let mut clients = Vec::new();
     for p in 0..processes {
@@ -258,6 +262,7 @@ pub async fn run(idle: Idle) -> Result<Table> {
             "sessions open",
             "failed",
             "client processes",
+            "relay GSO",
             "accept time s",
             "sessions/s",
             "relay RSS before MiB",
@@ -272,6 +277,12 @@ pub async fn run(idle: Idle) -> Result<Table> {
         open.to_string(),
         failed.to_string(),
         processes.to_string(),
+        if idle.segmentation_offload {
+            "on"
+        } else {
+            "off"
+        }
+        .to_string(),
         format!("{:.2}", accept.as_secs_f64()),
         format!("{:.0}", open as f64 / accept.as_secs_f64()),
         format!("{:.1}", rss_before as f64 / 1024.0),
