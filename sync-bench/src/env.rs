@@ -76,10 +76,13 @@ pub fn bench_config_sessions(
     max_sessions: u32,
     segmentation_offload: bool,
 ) -> String {
-    format!(
-        "{}[network]\nsegmentation_offload = {segmentation_offload}\n",
-        bench_config_full(max_blob_size, max_sessions, "")
-    )
+    let config = bench_config_full(max_blob_size, max_sessions, "");
+    if segmentation_offload {
+        // The default: left out, so relays from before the setting run too.
+        config
+    } else {
+        format!("{config}[network]\nsegmentation_offload = false\n")
+    }
 }
 
 fn bench_config_full(max_blob_size: u32, max_sessions: u32, extra_limits: &str) -> String {

@@ -952,6 +952,13 @@ mod tests {
     }
 
     #[test]
+    fn segmentation_offload_is_on_unless_switched_off() {
+        assert!(Config::default().network.segmentation_offload);
+        let c = parse("[network]\nsegmentation_offload = false\n").unwrap();
+        assert!(!c.network.segmentation_offload);
+    }
+
+    #[test]
     fn token_mode_is_the_default_and_addresses_fit_the_relay() {
         let c = Config::default();
         assert_eq!(c.access.mode, AccessMode::Token);

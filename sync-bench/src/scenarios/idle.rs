@@ -239,7 +239,7 @@ pub async fn run(idle: Idle) -> Result<Table> {
     let mut open = 0usize;
     let mut failed = 0usize;
     let mut client_rss = 0u64;
-    let deadline = Duration::from_secs(60 + idle.sessions as u64 / 20);
+    let deadline = Duration::from_secs(120 + idle.sessions as u64 / 10);
     for c in &clients {
         let (o, f, _, rss) = parse_open(&c.expect("OPEN", deadline)?)?;
         open += o;
