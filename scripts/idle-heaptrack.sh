@@ -5,7 +5,8 @@
 #
 #   scripts/idle-heaptrack.sh [SESSIONS]     (default 1000; debug build)
 #
-# Needs heaptrack (Debian `heaptrack`). Leaves its files in a temp dir it
+# The RSS columns of its table are the wrapper's, not the relay's: read the
+# heap figures. Needs heaptrack (Debian `heaptrack`). Leaves its files in a temp dir it
 # prints; nothing else.
 set -euo pipefail
 sessions=${1:-1000}
