@@ -65,9 +65,30 @@ pub fn bench_config(max_blob_size: u32) -> String {
 /// [`bench_config`] with more `[limits]` lines (`extra_limits`, each ending
 /// in a newline).
 fn bench_config_with(max_blob_size: u32, extra_limits: &str) -> String {
+    bench_config_full(max_blob_size, 20_000, extra_limits)
+}
+
+/// [`bench_config`] admitting `max_sessions` sessions (`limits.max_sessions`;
+/// the default bench config admits 20,000), with UDP segmentation offload
+/// on or off (`network.segmentation_offload`).
+pub fn bench_config_sessions(
+    max_blob_size: u32,
+    max_sessions: u32,
+    segmentation_offload: bool,
+) -> String {
+    let config = bench_config_full(max_blob_size, max_sessions, "");
+    if segmentation_offload {
+        // The default: left out, so relays from before the setting run too.
+        config
+    } else {
+        format!("{config}[network]\nsegmentation_offload = false\n")
+    }
+}
+
+fn bench_config_full(max_blob_size: u32, max_sessions: u32, extra_limits: &str) -> String {
     format!(
         "[limits]\n{extra_limits}max_blob_size = {max_blob_size}\nmax_group_storage = 68719476736\n\
-         max_storage = 68719476736\nmax_sessions = 20000\nmax_group_sessions = 4096\n\
+         max_storage = 68719476736\nmax_sessions = {max_sessions}\nmax_group_sessions = 4096\n\
          max_group_blobs = 100000000\n\
          [rate_limits]\nrequests_per_s = 4000000000\nrequests_burst = 4000000000\n\
          push_bytes_per_s = 4000000000\npush_bytes_burst = 4000000000\n\
@@ -212,6 +233,14 @@ impl Relay {
         proc_memory(self.child.id())
     }
 
+    /// The relay's live heap in bytes (jemalloc `stats.allocated`, metric
+    /// `sync_relay_heap_allocated_bytes`); 0 when the relay reports none
+    /// (built without jemalloc).
+    pub async fn heap_allocated(&self) -> Result<u64> {
+        let text = scrape_metrics(self.http).await?;
+        Ok(metric(&text, "sync_relay_heap_allocated_bytes").unwrap_or(0))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -269,4 +298,35 @@ pub fn load_average() -> Option<f64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The value of an unlabelled metric in an OpenMetrics text.
+pub fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// `GET /metrics` from the relay's HTTP address (HTTP/1.0, one request per
+/// connection): the body, within 10 s.
+pub async fn scrape_metrics(http: SocketAddr) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(http).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
+        .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.take(4 << 20).read_to_end(&mut response),
+    )
+    .await
+    .context("/metrics did not answer within 10 s")??;
+    let text = String::from_utf8_lossy(&response);
+    Ok(text
+        .split("\r\n\r\n")
+        .nth(1)
+        .context("/metrics: no body")?
+        .to_string())
 }

@@ -59,8 +59,21 @@ enum Scenario {
     Cross,
     /// 3. Fan-out to 1, 100 and 1,000 sessions.
     Fanout,
-    /// 4. Idle sessions: memory per session, accept time.
-    Idle,
+    /// 4. Idle sessions: memory per session, accept rate.
+    Idle {
+        /// Sessions to open (default 10,000; tiny 50).
+        #[arg(long)]
+        sessions: Option<usize>,
+        /// Client processes opening them (default 4; tiny 2).
+        #[arg(long)]
+        processes: Option<usize>,
+        /// Dials in flight at once in each client process (default 64).
+        #[arg(long)]
+        in_flight: Option<usize>,
+        /// Run the relay with `network.segmentation_offload = false`.
+        #[arg(long)]
+        no_gso: bool,
+    },
     /// 5. Bulk push and pull through SyncClient vs raw stream.
     Bulk,
     /// 6. Cold start of the relay and of a CLI push.
@@ -101,6 +114,14 @@ enum Scenario {
         /// Seconds to wait after live sessions are back to 0 (default 65).
         #[arg(long)]
         linger_s: Option<u64>,
+    },
+    /// (internal) one client process of the idle scenario.
+    #[command(hide = true)]
+    IdleClient {
+        relay: String,
+        sessions: usize,
+        per_endpoint: usize,
+        in_flight: usize,
     },
     /// (internal) one side of the bulk scenario, in its own process.
     #[command(hide = true)]
@@ -174,6 +195,15 @@ async fn main() -> Result<()> {
     {
         return scenarios::bulk::client(mode, relay, secret, home, path).await;
     }
+    if let Scenario::IdleClient {
+        relay,
+        sessions,
+        per_endpoint,
+        in_flight,
+    } = &args.scenario
+    {
+        return scenarios::idle::client(relay, *sessions, *per_endpoint, *in_flight).await;
+    }
     let size = Size { tiny: args.tiny };
     if let Scenario::Soak { seconds } = &args.scenario {
         return soak(size, *seconds, args.markdown.as_deref()).await;
@@ -209,8 +239,21 @@ async fn main() -> Result<()> {
     if all || args.scenario == Scenario::Fanout {
         emit(scenarios::fanout::run(size).await?);
     }
-    if all || args.scenario == Scenario::Idle {
-        emit(scenarios::idle::run(size).await?);
+    if let Scenario::Idle {
+        sessions,
+        processes,
+        in_flight,
+        no_gso,
+    } = &args.scenario
+    {
+        let mut idle = scenarios::idle::Idle::for_size(size);
+        idle.sessions = sessions.unwrap_or(idle.sessions).max(1);
+        idle.processes = processes.unwrap_or(idle.processes).max(1);
+        idle.in_flight = in_flight.unwrap_or(idle.in_flight).max(1);
+        idle.segmentation_offload = !no_gso;
+        emit(scenarios::idle::run(idle).await?);
+    } else if all {
+        emit(scenarios::idle::run(scenarios::idle::Idle::for_size(size)).await?);
     }
     if all || args.scenario == Scenario::Bulk {
         emit(scenarios::bulk::run(size).await?);

@@ -92,6 +92,13 @@ pub struct NetworkConfig {
     /// Publish and resolve node addresses with n0's DNS/pkarr servers.
     /// Default false.
     pub address_lookup: bool,
+    /// Hand the kernel up to 10 QUIC datagrams in one send (UDP GSO) where
+    /// the system supports it. Default true. `false` saves each connection's
+    /// ~10 KiB multi-datagram send buffer (noq keeps one per connection for
+    /// its life: 10 × the path MTU instead of 1 ×), at the cost of one
+    /// `sendmsg` per datagram on bulk transfers (BENCHMARKS.md "Idle
+    /// sessions").
+    pub segmentation_offload: bool,
 }
 
 /// `[limits]`.
@@ -304,6 +311,7 @@ impl Default for NetworkConfig {
             public_addr: None,
             public_relays: false,
             address_lookup: false,
+            segmentation_offload: true,
         }
     }
 }
@@ -941,6 +949,13 @@ mod tests {
             err.contains("access.new_groups_per_address_per_hour"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn segmentation_offload_is_on_unless_switched_off() {
+        assert!(Config::default().network.segmentation_offload);
+        let c = parse("[network]\nsegmentation_offload = false\n").unwrap();
+        assert!(!c.network.segmentation_offload);
     }
 
     #[test]

@@ -51,12 +51,16 @@ pub fn stream_receive_window(frame: u64) -> VarInt {
 ///   bytes: one request per stream, nothing more to read on it), capped at
 ///   [`STREAM_RECEIVE_WINDOW`] (1 MiB; see [`stream_receive_window`]);
 /// - a send window (bytes written to the device and not yet acknowledged)
-///   of two largest frames.
+///   of two largest frames;
+/// - UDP segmentation offload as `net.segmentation_offload` says (off:
+///   one datagram per send, and a send buffer of one datagram per
+///   connection instead of ten).
 ///
 /// Everything else keeps iroh's defaults.
-pub fn transport_config(limits: &LimitsConfig) -> QuicTransportConfig {
+pub fn transport_config(net: &NetworkConfig, limits: &LimitsConfig) -> QuicTransportConfig {
     let frame = frame_window(max_frame_for_blob_size(limits.max_blob_size));
     QuicTransportConfig::builder()
+        .enable_segmentation_offload(net.segmentation_offload)
         .max_concurrent_bidi_streams(1u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .receive_window(HELLO_RECEIVE_WINDOW.into())
@@ -114,7 +118,7 @@ pub async fn bind(
         .portmapper_config(PortmapperConfig::Disabled)
         .net_report_config(NetReportConfig::minimal())
         .secret_key(key)
-        .transport_config(transport_config(limits))
+        .transport_config(transport_config(net, limits))
         .alpns(vec![ALPN.to_vec()]);
     builder = if net.public_relays {
         builder.relay_mode(iroh::endpoint::default_relay_mode())
@@ -158,6 +162,21 @@ mod tests {
                 u64::from(STREAM_RECEIVE_WINDOW)
             );
         }
+    }
+
+    #[test]
+    fn segmentation_offload_follows_the_network_config() {
+        let limits = LimitsConfig::default();
+        let gso = |on: bool| {
+            let net = NetworkConfig {
+                segmentation_offload: on,
+                ..NetworkConfig::default()
+            };
+            format!("{:?}", transport_config(&net, &limits))
+        };
+        assert!(gso(true).contains("enable_segmentation_offload: true"));
+        assert!(gso(false).contains("enable_segmentation_offload: false"));
+        assert!(NetworkConfig::default().segmentation_offload);
     }
 
     #[test]

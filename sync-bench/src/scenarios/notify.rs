@@ -78,7 +78,7 @@ pub async fn run(size: Size) -> Result<Table> {
     }
     let inline = b.inline_deliveries();
     // The relay's side: how often it sent inline, and why not otherwise.
-    let relay_inline = super::churn::scrape(relay.http)
+    let relay_inline = crate::env::scrape_metrics(relay.http)
         .await
         .map(|text| {
             text.lines()

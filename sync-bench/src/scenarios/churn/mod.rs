@@ -16,7 +16,7 @@
 
 mod probe;
 
-use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size, blob_id, load_average, random};
+use crate::env::{DEFAULT_MAX_BLOB_SIZE, Relay, Size, blob_id, load_average, metric, random};
 use crate::stats::{Latency, Table, ratio};
 use anyhow::{Context, Result, bail};
 use futures::future::join_all;
@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use sync_client::{GroupSecret, RelaySession};
 use sync_protocol::PushItem;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What to run.
 pub struct Churn {
@@ -421,33 +420,9 @@ fn db_bytes(relay: &Relay) -> u64 {
         .sum()
 }
 
-/// The value of an unlabelled metric in an OpenMetrics text.
-fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .find_map(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-}
-
 /// `GET /metrics` (HTTP/1.0, one request per connection).
-pub(crate) async fn scrape(http: SocketAddr) -> Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(http).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: relay\r\n\r\n")
-        .await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.take(4 << 20).read_to_end(&mut response),
-    )
-    .await
-    .context("/metrics did not answer within 10 s")??;
-    let text = String::from_utf8_lossy(&response);
-    Ok(text
-        .split("\r\n\r\n")
-        .nth(1)
-        .context("/metrics: no body")?
-        .to_string())
+async fn scrape(http: SocketAddr) -> Result<String> {
+    crate::env::scrape_metrics(http).await
 }
 
 #[cfg(test)]
