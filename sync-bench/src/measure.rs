@@ -77,7 +77,7 @@ mod tests {
         .unwrap();
         assert_eq!(String::from_utf8_lossy(&m.stdout).trim(), "67108864");
         assert!(m.peak_rss_kib > 64 * 1024, "{} KiB", m.peak_rss_kib);
-        let small = measure(Command::new("true")).unwrap();
+        let small = measure(&mut Command::new("true")).unwrap();
         assert!(small.peak_rss_kib < 32 * 1024, "{} KiB", small.peak_rss_kib);
     }
 
