@@ -202,5 +202,9 @@ mod tests {
         let mut forged = e.clone();
         forged.sig = known().sig;
         assert!(forged.verify().is_err());
+        // Fields and signature agree, the claimed id does not.
+        let mut wrong_id = e.clone();
+        wrong_id.id = known().id;
+        assert!(wrong_id.verify().is_err());
     }
 }
