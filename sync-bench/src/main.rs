@@ -67,9 +67,10 @@ enum Scenario {
     Bulk,
     /// 6. Cold start of the relay and of a CLI push.
     Cold,
-    /// 7. Peers side by side: acknowledged 1 KiB ingest of nostr-rs-relay
-    /// beside our pushes (needs its binary: `--install-peer` builds it;
-    /// `all` skips this scenario, saying why, without it).
+    /// 7. Peers side by side: nostr-rs-relay's 1 KiB ingest beside ours.
+    ///
+    /// Needs its binary: `--install-peer` builds it; `all` skips this
+    /// scenario, saying why, without it.
     Peer {
         /// First build nostr-rs-relay from crates.io into the target dir
         /// (minutes; needs protoc).
@@ -79,9 +80,11 @@ enum Scenario {
         #[arg(long)]
         rounds: Option<usize>,
     },
-    /// 8. Folder sync with the real sync-cli: initial sync of many small
-    /// files and of one large file (time, peak RSS) beside `cp -r`, and a
-    /// rescan of unchanged files.
+    /// 8. Folder sync with the real sync-cli, beside `cp -r` and `find`.
+    ///
+    /// Initial sync of many small files and of one large file (time, peak
+    /// RSS) beside `cp -r` of the same tree, and a rescan of unchanged
+    /// files beside a stat of every file.
     Folder {
         /// Small files in the initial-sync tree [default: 10,000; 20 with --tiny].
         #[arg(long)]
