@@ -8,6 +8,8 @@
 //! `--tiny` runs every scenario at a smoke-test size (CI).
 
 mod env;
+mod measure;
+mod nostr;
 mod postgres_baseline;
 mod raw;
 mod scenarios;
@@ -78,6 +80,35 @@ enum Scenario {
     Bulk,
     /// 6. Cold start of the relay and of a CLI push.
     Cold,
+    /// 7. Peers side by side: nostr-rs-relay's 1 KiB ingest beside ours.
+    ///
+    /// Needs its binary: `--install-peer` builds it; `all` skips this
+    /// scenario, saying why, without it.
+    Peer {
+        /// First build nostr-rs-relay from crates.io into the target dir
+        /// (minutes; needs protoc).
+        #[arg(long)]
+        install_peer: bool,
+        /// Alternating runs a row; the table shows medians [default: 3, 1 with --tiny].
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
+    /// 8. Folder sync with the real sync-cli, beside `cp -r` and `find`.
+    ///
+    /// Initial sync of many small files and of one large file (time, peak
+    /// RSS) beside `cp -r` of the same tree, and a rescan of unchanged
+    /// files beside a stat of every file.
+    Folder {
+        /// Small files in the initial-sync tree [default: 10,000; 20 with --tiny].
+        #[arg(long)]
+        files: Option<usize>,
+        /// Size of the one large file in MiB [default: 1024; 2 with --tiny].
+        #[arg(long)]
+        large_mib: Option<u64>,
+        /// Unchanged files in the rescan tree [default: 100,000; 50 with --tiny].
+        #[arg(long)]
+        rescan_files: Option<usize>,
+    },
     /// The load generator.
     Load {
         /// Devices.
@@ -260,6 +291,37 @@ async fn main() -> Result<()> {
     }
     if all || args.scenario == Scenario::Cold {
         emit(scenarios::cold::run(size).await?);
+    }
+    if let Scenario::Peer {
+        install_peer,
+        rounds,
+    } = &args.scenario
+    {
+        let bin = if *install_peer {
+            nostr::relay::install()?
+        } else {
+            nostr::relay::binary()?
+        };
+        emit(scenarios::peer::run(size, &bin, rounds.unwrap_or(size.pick(3, 1))).await?);
+    } else if all {
+        match nostr::relay::binary() {
+            Ok(bin) => emit(scenarios::peer::run(size, &bin, size.pick(3, 1)).await?),
+            Err(e) => eprintln!("SKIPPED: peer ({e:#})"),
+        }
+    }
+    if let Scenario::Folder {
+        files,
+        large_mib,
+        rescan_files,
+    } = &args.scenario
+    {
+        let mut folder = scenarios::folder::Folder::for_size(size);
+        folder.files = files.unwrap_or(folder.files);
+        folder.large_bytes = large_mib.map(|m| m << 20).unwrap_or(folder.large_bytes);
+        folder.rescan_files = rescan_files.unwrap_or(folder.rescan_files);
+        emit(scenarios::folder::run(folder).await?);
+    } else if all {
+        emit(scenarios::folder::run(scenarios::folder::Folder::for_size(size)).await?);
     }
     if let Scenario::Churn {
         concurrency,

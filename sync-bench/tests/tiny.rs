@@ -7,6 +7,8 @@ fn every_scenario_runs_at_tiny_size() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-bench"))
         .args(["--tiny", "all"])
         .env_remove("SYNC_TEST_POSTGRES_URL")
+        // No peer relay binary: `all` must skip `peer`, saying why.
+        .env("NOSTR_RS_RELAY", "/nonexistent/nostr-rs-relay")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -23,10 +25,16 @@ fn every_scenario_runs_at_tiny_size() {
         "Idle sessions",
         "Bulk transfer",
         "Cold start",
+        "Folder sync",
         "Load:",
     ] {
         assert!(stdout.contains(title), "missing {title}:\n{stdout}");
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SKIPPED: peer (/nonexistent/nostr-rs-relay not found"),
+        "peer not skipped with its reason:\n{stderr}"
+    );
     // The load generator ran without errors.
     let load = stdout
         .lines()
@@ -35,6 +43,29 @@ fn every_scenario_runs_at_tiny_size() {
         .unwrap_or_default();
     let cells: Vec<&str> = load.split('|').map(str::trim).collect();
     assert_eq!(cells.get(10), Some(&"0"), "load errors: {load}");
+}
+
+/// The peer scenario at smoke size against a real nostr-rs-relay: every
+/// event must be acknowledged (`OK … true`), so the Nostr client's ids and
+/// signatures are checked by the peer itself. Needs the binary
+/// (`sync-bench peer --install-peer`, minutes; or `NOSTR_RS_RELAY`).
+#[test]
+#[ignore = "needs nostr-rs-relay: sync-bench peer --install-peer, or NOSTR_RS_RELAY"]
+fn the_peer_scenario_runs_at_tiny_size() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-bench"))
+        .args(["--tiny", "peer"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sync-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Peers: acknowledged 1 KiB ingest"),
+        "{stdout}"
+    );
 }
 
 /// The soak at smoke size (16 s): it samples the relay (RSS, fds, sessions,
