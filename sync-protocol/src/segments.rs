@@ -11,7 +11,7 @@
 //! one call), records a reference to that payload instead of copying it.
 
 use crate::limits::FRAME_HEADER_LEN;
-use crate::message::Message;
+use crate::message::{Message, MessageKind, PushItem};
 use std::ops::Range;
 
 /// Payloads shorter than this are copied into the encoded runs like every
@@ -146,11 +146,66 @@ impl<'a> postcard::ser_flavors::Flavor for Recorder<'a> {
 /// from `msg`, not copied. The parts concatenated equal
 /// [`crate::encode_frame`]`(msg)` byte for byte.
 pub fn encode_frame_segments(msg: &Message) -> FrameSegments<'_> {
-    let payloads = large_payloads(msg);
-    let small: usize = crate::codec::encoded_len(msg)
-        .saturating_sub(payloads.iter().map(|p| p.len()).sum::<usize>());
+    segments_of(msg, large_payloads(msg))
+        .unwrap_or_else(|| copied(crate::codec::encode_frame(msg)))
+}
+
+/// A `Push` frame of `items`, borrowed (no copy of the items or their
+/// payloads): the same bytes as [`crate::encode_frame`] of
+/// `Message::Push(Push { items: items.to_vec() })`.
+pub fn encode_push_segments(items: &[PushItem]) -> FrameSegments<'_> {
+    let payloads = items
+        .iter()
+        .map(|i| i.payload.as_slice())
+        .filter(|p| p.len() >= SEGMENT_MIN_PAYLOAD)
+        .collect();
+    segments_of(&PushRef(items), payloads).unwrap_or_else(|| {
+        copied(crate::codec::encode_frame(&Message::Push(crate::Push {
+            items: items.to_vec(),
+        })))
+    })
+}
+
+/// `Message::Push` as serde sees it, over borrowed items: postcard writes
+/// the variant's tag, then the `Push` struct (a sequence of items), which
+/// is exactly how it writes an owned `Message::Push`.
+struct PushRef<'a>(&'a [PushItem]);
+
+impl serde::Serialize for PushRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Push<'a> {
+            items: &'a [PushItem],
+        }
+        s.serialize_newtype_variant(
+            "Message",
+            MessageKind::Push as u32,
+            "Push",
+            &Push { items: self.0 },
+        )
+    }
+}
+
+fn copied(runs: Vec<u8>) -> FrameSegments<'static> {
+    FrameSegments {
+        len: runs.len(),
+        order: vec![Piece::Run(0..runs.len())],
+        runs,
+        payloads: Vec::new(),
+    }
+}
+
+/// `value` encoded as a frame with `payloads` (its large payloads, in the
+/// order postcard writes them) borrowed. `None` only if postcard fails,
+/// which it does not for these plain types.
+fn segments_of<'a, T: serde::Serialize + ?Sized>(
+    value: &T,
+    payloads: Vec<&'a [u8]>,
+) -> Option<FrameSegments<'a>> {
+    let body_len = postcard::experimental::serialized_size(value).ok()?;
+    let small = body_len.saturating_sub(payloads.iter().map(|p| p.len()).sum::<usize>());
     let mut runs = Vec::with_capacity(FRAME_HEADER_LEN + small);
-    runs.extend_from_slice(&(crate::codec::encoded_len(msg) as u32).to_be_bytes());
+    runs.extend_from_slice(&u32::try_from(body_len).ok()?.to_be_bytes());
     let recorder = Recorder {
         runs,
         run_start: 0,
@@ -159,25 +214,13 @@ pub fn encode_frame_segments(msg: &Message) -> FrameSegments<'_> {
         next: 0,
         len: FRAME_HEADER_LEN,
     };
-    match postcard::serialize_with_flavor(msg, recorder) {
-        Ok(r) => FrameSegments {
-            runs: r.runs,
-            order: r.order,
-            payloads: r.payloads,
-            len: r.len,
-        },
-        // The flavor never fails and these plain types always serialize;
-        // fall back to one copied run of the plain encoding regardless.
-        Err(_) => {
-            let runs = crate::codec::encode_frame(msg);
-            FrameSegments {
-                len: runs.len(),
-                order: vec![Piece::Run(0..runs.len())],
-                runs,
-                payloads: Vec::new(),
-            }
-        }
-    }
+    let r = postcard::serialize_with_flavor(value, recorder).ok()?;
+    Some(FrameSegments {
+        runs: r.runs,
+        order: r.order,
+        payloads: r.payloads,
+        len: r.len,
+    })
 }
 
 #[cfg(test)]
@@ -277,6 +320,29 @@ mod tests {
                 "{:?}: {copied} bytes copied",
                 msg.kind()
             );
+        }
+    }
+
+    #[test]
+    fn a_borrowed_push_is_the_owned_push_frame() {
+        for msg in messages() {
+            let Message::Push(push) = &msg else { continue };
+            for n in 0..=push.items.len() {
+                let items = &push.items[..n];
+                let owned = encode_frame(&Message::Push(Push {
+                    items: items.to_vec(),
+                }));
+                let borrowed = encode_push_segments(items);
+                assert_eq!(borrowed.to_vec(), owned, "{n} items");
+                let copied: usize = borrowed
+                    .parts()
+                    .map(|p| match p {
+                        Part::Run(b) => b.len(),
+                        Part::Payload(_) => 0,
+                    })
+                    .sum();
+                assert!(copied < 4 * SEGMENT_MIN_PAYLOAD, "{copied} bytes copied");
+            }
         }
     }
 
