@@ -16,8 +16,8 @@ use sync_protocol::limits::{HANDSHAKE_MAX_FRAME, NOTIFY_MAX_FRAME};
 use sync_protocol::{
     AccessToken, Ack, CloseCode, CloseGroup, CloseGroupOk, Deliver, DeviceId, ErrorCode,
     FALLBACK_PROTOCOL_VERSION, Hello, HelloWithToken, INLINE_PROTOCOL_VERSION, KeepList,
-    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, PushItem, PushOk,
-    Welcome, decode_body, read_frame_into, read_message, write_message, write_push,
+    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, PushItem, PushOk, Welcome,
+    decode_body, read_frame_into, read_message, write_message, write_push,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;

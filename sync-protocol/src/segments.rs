@@ -146,8 +146,7 @@ impl<'a> postcard::ser_flavors::Flavor for Recorder<'a> {
 /// from `msg`, not copied. The parts concatenated equal
 /// [`crate::encode_frame`]`(msg)` byte for byte.
 pub fn encode_frame_segments(msg: &Message) -> FrameSegments<'_> {
-    segments_of(msg, large_payloads(msg))
-        .unwrap_or_else(|| copied(crate::codec::encode_frame(msg)))
+    segments_of(msg, large_payloads(msg)).unwrap_or_else(|| copied(crate::codec::encode_frame(msg)))
 }
 
 /// A `Push` frame of `items`, borrowed (no copy of the items or their

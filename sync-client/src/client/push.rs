@@ -155,7 +155,8 @@ impl SyncClient {
     /// never stores anything twice.
     pub async fn push_items(&self, items: Vec<PushItem>) -> Result<PushOk> {
         let items = &items;
-        self.call(|s| async move { s.push_slice(items).await }).await
+        self.call(|s| async move { s.push_slice(items).await })
+            .await
     }
 
     /// Seal and push application messages (each at most

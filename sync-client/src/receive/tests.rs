@@ -800,7 +800,10 @@ fn overlapping_chunks_are_verified_against_what_is_on_disk() {
         matches!(&events.last(), Some(PullEvent::File { size: 6, .. })),
         "{events:?}"
     );
-    assert_eq!(std::fs::read(f.dir.path().join("out/f.bin")).unwrap(), on_disk);
+    assert_eq!(
+        std::fs::read(f.dir.path().join("out/f.bin")).unwrap(),
+        on_disk
+    );
 }
 
 #[test]
