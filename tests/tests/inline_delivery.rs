@@ -41,6 +41,33 @@ fn pulls(relay: &RelayProcess) -> f64 {
     relay.fresh_metrics().value("sync_relay_pulls", &[])
 }
 
+/// A pushes `text` as a message; wait until the follower reports it.
+async fn push_and_see(
+    a: &SyncClient,
+    state: &mut sync_client::StateStore,
+    sub: &mut sync_client::Subscription,
+    text: &[u8],
+) {
+    a.push_messages(state, &[text.to_vec()], &PushOptions::default())
+        .await
+        .unwrap();
+    wait_for(
+        sub,
+        "the pushed message",
+        |e| matches!(e, PullEvent::Message { data, .. } if data == text),
+    )
+    .await;
+}
+
+/// The relay's inline fallback counts by reason.
+fn fallbacks(relay: &RelayProcess) -> Vec<(&'static str, f64)> {
+    let m = relay.fresh_metrics();
+    ["position", "not_cached", "budget", "relay_budget"]
+        .into_iter()
+        .map(|r| (r, m.value("sync_relay_inline_fallbacks", &[r])))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_takes_new_messages_inline_without_pulling() {
     let tmp = tempfile::tempdir().unwrap();
@@ -67,25 +94,9 @@ async fn a_follower_takes_new_messages_inline_without_pulling() {
     .await;
     let before = pulls(&relay);
     for text in [b"second".to_vec(), b"third".to_vec()] {
-        ca.push_messages(
-            &mut a.state,
-            std::slice::from_ref(&text),
-            &PushOptions::default(),
-        )
-        .await
-        .unwrap();
-        wait_for(
-            &mut sub,
-            "the pushed message",
-            |e| matches!(e, PullEvent::Message { data, .. } if *data == text),
-        )
-        .await;
+        push_and_see(&ca, &mut a.state, &mut sub, &text).await;
     }
-    let m = relay.fresh_metrics();
-    let reasons: Vec<(&str, f64)> = ["position", "not_cached", "budget", "relay_budget"]
-        .into_iter()
-        .map(|r| (r, m.value("sync_relay_inline_fallbacks", &[r])))
-        .collect();
+    let reasons = fallbacks(&relay);
     assert_eq!(
         cb.inline_deliveries(),
         2,
@@ -117,26 +128,10 @@ async fn a_follower_under_a_steady_stream_takes_it_inline() {
     const N: usize = 30;
     for i in 0..N {
         let text = format!("message {i}").into_bytes();
-        ca.push_messages(
-            &mut a.state,
-            std::slice::from_ref(&text),
-            &PushOptions::default(),
-        )
-        .await
-        .unwrap();
-        wait_for(
-            &mut sub,
-            "the pushed message",
-            |e| matches!(e, PullEvent::Message { data, .. } if *data == text),
-        )
-        .await;
+        push_and_see(&ca, &mut a.state, &mut sub, &text).await;
     }
     let inline = cb.inline_deliveries();
-    let m = relay.fresh_metrics();
-    let reasons: Vec<(&str, f64)> = ["position", "not_cached", "budget", "relay_budget"]
-        .into_iter()
-        .map(|r| (r, m.value("sync_relay_inline_fallbacks", &[r])))
-        .collect();
+    let reasons = fallbacks(&relay);
     // The first message or two may come by pull (the follower starts with
     // one); the stream after that comes inline.
     assert!(
@@ -176,19 +171,7 @@ async fn after_a_pulled_message_the_next_ones_come_inline_without_an_ack() {
     let mut texts = vec![large];
     texts.extend((0..5).map(|i| format!("small {i}").into_bytes()));
     for text in &texts {
-        ca.push_messages(
-            &mut a.state,
-            std::slice::from_ref(text),
-            &PushOptions::default(),
-        )
-        .await
-        .unwrap();
-        wait_for(
-            &mut sub,
-            "the pushed message",
-            |e| matches!(e, PullEvent::Message { data, .. } if data == text),
-        )
-        .await;
+        push_and_see(&ca, &mut a.state, &mut sub, text).await;
     }
     let m = relay.fresh_metrics();
     assert_eq!(
