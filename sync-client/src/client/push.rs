@@ -154,9 +154,11 @@ impl SyncClient {
     /// [`SyncClient::call`]; the same blob ids are sent again, so a retry
     /// never stores anything twice.
     pub async fn push_items(&self, items: Vec<PushItem>) -> Result<PushOk> {
-        let items = &items;
-        self.call(|s| async move { s.push_slice(items).await })
-            .await
+        self.call(|s| {
+            let items = items.clone();
+            async move { s.push(items).await }
+        })
+        .await
     }
 
     /// Seal and push application messages (each at most
