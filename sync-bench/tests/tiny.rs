@@ -50,7 +50,7 @@ fn every_scenario_runs_at_tiny_size() {
 /// signatures are checked by the peer itself. Needs the binary
 /// (`sync-bench peer --install-peer`, minutes; or `NOSTR_RS_RELAY`).
 #[test]
-#[ignore = "needs nostr-rs-relay: sync-bench peer --install-peer, or NOSTR_RS_RELAY"]
+#[ignore = "needs nostr-rs-relay (sync-bench peer --install-peer): NOSTR_RS_RELAY=/path/to/nostr-rs-relay cargo test -p sync-bench --test tiny -- --ignored the_peer_scenario_runs_at_tiny_size"]
 fn the_peer_scenario_runs_at_tiny_size() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-bench"))
         .args(["--tiny", "peer"])
