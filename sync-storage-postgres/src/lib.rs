@@ -54,7 +54,7 @@ pub mod testing;
 
 pub use cleanup::CLEANUP_LOCK;
 pub use listen::{LISTENER_APPLICATION_NAME, NOTIFY_CHANNEL};
-pub use notifier::WakeUpStats;
+pub use notifier::{SINK_APPLICATION_NAME, WakeUpStats};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -162,7 +162,7 @@ impl PostgresStorage {
             .map_err(StorageError::migration)?;
         let notifier = (!skip_notify_armed()).then(|| {
             notifier::Notifier::start(notifier::PgSink {
-                pool: pool.clone(),
+                pool: notifier::sink_pool(&opts.connect, opts.acquire_timeout),
                 channel: opts.notify_channel.as_str().into(),
             })
         });

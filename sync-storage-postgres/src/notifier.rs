@@ -20,6 +20,7 @@
 //! the relay's fallback poll (`[storage] head_poll_interval_s`).
 
 use futures::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,9 +53,42 @@ pub struct WakeUpStats {
 pub(crate) trait Sink: Send + Sync + 'static {
     /// Send `payloads` (at most [`MAX_PER_STATEMENT`]) in one statement.
     fn send<'a>(&'a self, payloads: &'a [String]) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// After the last round: release what the sink holds (default: nothing).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
-/// The database as a [`Sink`]: `pg_notify` on `channel` through `pool`.
+/// The notifier's own pool ([`PgSink::pool`]): one connection, opened
+/// when the first round needs it (and again after it drops), with
+/// `synchronous_commit = off` for its sessions. A wake-up is no data (a
+/// listener re-reads the head from the table, and a lost one costs at most
+/// the fallback poll), so its commit need not wait for the WAL flush: with
+/// the server's default (`on`) a `pg_notify` transaction waits for its own
+/// flush, holding PostgreSQL's notify-queue lock meanwhile, and adds that
+/// flush to the WAL queue every push's commit waits in. Apart from the
+/// `max_connections` pool, so a round never takes a connection from the
+/// pushes (count N relays × (`max_connections` + 2) against the server's
+/// limit: this one and the listener's).
+pub(crate) fn sink_pool(connect: &PgConnectOptions, acquire_timeout: Duration) -> sqlx::PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(acquire_timeout)
+        .connect_lazy_with(
+            connect
+                .clone()
+                .application_name(SINK_APPLICATION_NAME)
+                .options([("synchronous_commit", "off")]),
+        )
+}
+
+/// `application_name` of the notifier's connection (what
+/// `pg_stat_activity` shows for it).
+pub const SINK_APPLICATION_NAME: &str = "sync-relay-notifier";
+
+/// The database as a [`Sink`]: `pg_notify` on `channel` through `pool`
+/// ([`sink_pool`]).
 pub(crate) struct PgSink {
     pub(crate) pool: sqlx::PgPool,
     pub(crate) channel: Arc<str>,
@@ -71,6 +105,10 @@ impl Sink for PgSink {
                 .map_err(crate::dberr)?;
             Ok(())
         })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.pool.close())
     }
 }
 
@@ -184,6 +222,7 @@ async fn run(shared: Arc<Shared>, sink: impl Sink) {
             }
         }
         if closing {
+            sink.close().await;
             return;
         }
     }
@@ -192,6 +231,29 @@ async fn run(shared: Arc<Shared>, sink: impl Sink) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The notifier's sessions commit without waiting for the WAL flush;
+    /// the same server's other sessions keep its default.
+    #[tokio::test]
+    async fn the_sink_pool_commits_asynchronously() {
+        let Some(db) = crate::testing::TestDatabase::create().await else {
+            return;
+        };
+        let connect = db.options(sync_storage::Quotas::UNLIMITED).connect;
+        let show = "SHOW synchronous_commit";
+        let sink = sink_pool(&connect, Duration::from_secs(30));
+        let sink_setting: String = sqlx::query_scalar(show).fetch_one(&sink).await.unwrap();
+        assert_eq!(sink_setting, "off");
+        let other = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect)
+            .await
+            .unwrap();
+        let default: String = sqlx::query_scalar(show).fetch_one(&other).await.unwrap();
+        assert_eq!(default, "on", "the test server's default");
+        sink.close().await;
+        other.close().await;
+    }
     use tokio::sync::{Semaphore, mpsc};
 
     /// Records each statement's payloads; each send first takes a permit

@@ -13,7 +13,9 @@ use sync_storage::{
     HeadEvent, HeadFeed, NewBlob, NewGroup, PushRequest, Quotas, Storage, StorageError,
 };
 use sync_storage_postgres::testing::TestDatabase;
-use sync_storage_postgres::{LISTENER_APPLICATION_NAME, NOTIFY_CHANNEL, PostgresStorage};
+use sync_storage_postgres::{
+    LISTENER_APPLICATION_NAME, NOTIFY_CHANNEL, PostgresStorage, SINK_APPLICATION_NAME,
+};
 
 /// Generous: these wait on conditions, not for time to pass.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -60,11 +62,16 @@ async fn sql(db: &TestDatabase) -> sqlx::PgConnection {
 
 /// Listeners of this test's database (their `application_name`).
 async fn listeners(conn: &mut sqlx::PgConnection) -> i64 {
+    named(conn, LISTENER_APPLICATION_NAME).await
+}
+
+/// Sessions of this test's database with `application_name` `name`.
+async fn named(conn: &mut sqlx::PgConnection, name: &str) -> i64 {
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM pg_stat_activity \
          WHERE datname = current_database() AND application_name = $1",
     )
-    .bind(LISTENER_APPLICATION_NAME)
+    .bind(name)
     .fetch_one(conn)
     .await
     .unwrap()
@@ -115,6 +122,44 @@ async fn a_committed_push_wakes_other_instances_and_a_refused_one_wakes_none() {
     );
     listening.close().await;
     pushing.close().await;
+}
+
+/// The wake-ups go over the notifier's own connection, one per instance
+/// that sent one (opened when its first round needs it), not over one of
+/// the pushes' pool (its `synchronous_commit = off` is checked in the
+/// notifier's unit tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wake_ups_go_over_a_connection_of_their_own() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let listening = open(&db, Quotas::UNLIMITED).await;
+    let pushing = open(&db, Quotas::UNLIMITED).await;
+    let mut feed = listening.head_changes().expect("PostgreSQL has a feed");
+    assert_eq!(next(&mut feed).await, HeadEvent::Resync, "listening first");
+    let mut conn = sql(&db).await;
+    assert_eq!(
+        named(&mut conn, SINK_APPLICATION_NAME).await,
+        0,
+        "none before a wake-up"
+    );
+    let g = GroupId([7; 32]);
+    pushing
+        .open_session(g, DeviceId([1; 32]), 1, NewGroup::Unowned)
+        .await
+        .unwrap();
+    pushing.push(push(g, 1, 10)).await.unwrap();
+    assert_eq!(
+        next_wake_up(&mut feed).await,
+        HeadEvent::Moved { group: g, head: 1 }
+    );
+    assert_eq!(
+        named(&mut conn, SINK_APPLICATION_NAME).await,
+        1,
+        "the pushing instance's notifier, kept open for the next round"
+    );
+    pushing.close().await;
+    listening.close().await;
 }
 
 /// Payloads that are not ours, sent straight to the channel, are each
