@@ -30,7 +30,7 @@
 //! The relay stores blobs of at most [`CHAOS_BLOB_SIZE`], so files of a few
 //! MiB span many chunks. `CHAOS_SCALE` (default 1) multiplies workload
 //! sizes; CI runs 1, the full set is
-//! `CHAOS_SCALE=10 cargo test -p e2e-tests --test chaos`.
+//! `CHAOS_SCALE=10 cargo test -p e2e-tests --test e2e chaos::`.
 
 use crate::proxy::{Link, UdpProxy};
 use crate::{LibDevice, RelayProcess, contains};

@@ -7,7 +7,7 @@
 //! relay kill too). Faults are triggered on observed progress (an
 //! acknowledged chunk, part of a file applied) and each fault scenario
 //! asserts that the fault landed mid-transfer and, where it must, that the
-//! client reconnected. `CHAOS_SCALE=10 cargo test -p e2e-tests --test chaos`
+//! client reconnected. `CHAOS_SCALE=10 cargo test -p e2e-tests --test e2e chaos::`
 //! runs the large version of every workload; CI runs scale 1.
 
 use e2e_tests::chaos::{

@@ -2,7 +2,7 @@
 //! from fresh endpoints, concurrently, each a bare QUIC handshake with the
 //! real relay; counts the dials that take longer than a second. Not in CI
 //! (`#[ignore]`): a harness to reproduce the stall,
-//! `DIALS=5000 CONCURRENCY=32 cargo test -p e2e-tests --test dial_storm -- --ignored --nocapture`.
+//! `DIALS=5000 CONCURRENCY=32 cargo test -p e2e-tests --test e2e dial_storm:: -- --ignored --nocapture`.
 //! `VANISH=1`: every other dial drops its endpoint without a close;
 //! `RELAY_LOG` is the relay's `RUST_LOG` (e.g. `info,noq_proto=debug`) and
 //! `RELAY_LOG_FILE` where its log is written at the end. Figures:
@@ -23,7 +23,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness, minutes: DIALS=5000 CONCURRENCY=32 cargo test -p e2e-tests --test dial_storm -- --ignored --nocapture"]
+#[ignore = "harness, minutes: DIALS=5000 CONCURRENCY=32 cargo test -p e2e-tests --test e2e dial_storm:: -- --ignored --nocapture"]
 async fn dial_storm() {
     let dials = env_u64("DIALS", 3000);
     let concurrency = env_u64("CONCURRENCY", 32) as usize;
