@@ -214,12 +214,7 @@ impl Journals {
     /// The highest sequence number any journal names, batch journals
     /// included (0 when none). Lists every journal: O(journals).
     pub fn max_reserved_seq(&self) -> Result<u64> {
-        Ok(self
-            .named_ranges()?
-            .iter()
-            .map(|r| r.1)
-            .max()
-            .unwrap_or(0))
+        Ok(self.named_ranges()?.iter().map(|r| r.1).max().unwrap_or(0))
     }
 
     /// The ranges `(first, last)` of sequence numbers that journals name:
@@ -347,5 +342,48 @@ mod tests {
         assert_eq!(journals.list().unwrap().len(), 1);
         journals.remove(&j).unwrap();
         assert_eq!(journals.find(&file).unwrap(), None);
+    }
+
+    /// `find` reads the one file its path names, and takes it only when
+    /// that journal is of this path (not a journal of another path put
+    /// under the name, e.g. by hand); other journals are not its concern.
+    #[test]
+    fn find_takes_only_the_journal_of_its_own_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let journals = Journals::at(tmp.path().join("transfers"));
+        let journal_of = |path: &Path, id: u8| PushJournal {
+            version: JOURNAL_VERSION,
+            source: Some(SourceFingerprint::of(path).unwrap()),
+            name: "x".into(),
+            mode: 0o644,
+            ttl_s: None,
+            file_id: hex::encode([id; 16]),
+            chunk_size: 1000,
+            chunks: Some(1),
+            first_seq: 1,
+            last_seq: 1,
+            acked: 0,
+            cursors: None,
+            complete: None,
+            lineage: None,
+            generation: 0,
+            device: None,
+            completed_at_ms: 0,
+        };
+        let jb = journal_of(&b, 2);
+        journals.save(&jb).unwrap();
+        assert_eq!(journals.find(&a).unwrap(), None);
+        assert_eq!(journals.find(&b).unwrap(), Some(jb.clone()));
+        // b's journal copied under a's name: still not a's.
+        let canonical_a = std::fs::canonicalize(&a).unwrap();
+        std::fs::copy(
+            journals.path_for(&jb),
+            journals.path_of_source(&canonical_a),
+        )
+        .unwrap();
+        assert_eq!(journals.find(&a).unwrap(), None);
     }
 }

@@ -712,8 +712,7 @@ impl Folder {
             outbox: self.index.outbox().await?.len() as u64,
             conflicts: self.index.conflicts().await?,
             skipped: s.skipped,
-            manifest_needed: self.index.meta(catchup::NEED_MANIFEST).await?.as_deref()
-                == Some("1"),
+            manifest_needed: self.index.meta(catchup::NEED_MANIFEST).await?.as_deref() == Some("1"),
             wanted: self.index.wanted_count().await?,
         })
     }
@@ -748,10 +747,9 @@ impl Uploads<'_> {
             }
             Ok(_) => {
                 self.failed.insert(path.to_string());
-                self.report.pending.push((
-                    path.to_string(),
-                    "changed while uploading; next run".into(),
-                ));
+                self.report
+                    .pending
+                    .push((path.to_string(), "changed while uploading; next run".into()));
             }
             Err(sync_client::ClientError::InvalidInput(why)) => {
                 self.failed.insert(path.to_string());

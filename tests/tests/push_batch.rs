@@ -94,7 +94,10 @@ async fn small_files_go_out_in_batches_and_arrive_whole() {
     // One number a file, nothing voided or wasted.
     assert_eq!(state.next_seq().unwrap(), 301);
     let batches = BatchJournals::in_transfers(&state.dir().join("transfers"));
-    assert!(batches.list().unwrap().is_empty(), "no batch journal is left");
+    assert!(
+        batches.list().unwrap().is_empty(),
+        "no batch journal is left"
+    );
     client.close().await;
     let receiver = b.connect().await;
     let mut rs = StateStore::open(b.state.path()).unwrap();
@@ -175,7 +178,10 @@ async fn an_interrupted_batch_is_resumed_with_its_numbers_and_the_rest_voided() 
         5,
         "the two files went out with their numbers 1 and 2; the void of 3 took 4"
     );
-    assert!(batches.list().unwrap().is_empty(), "no batch journal is left");
+    assert!(
+        batches.list().unwrap().is_empty(),
+        "no batch journal is left"
+    );
     client.close().await;
     let receiver = b.connect().await;
     let mut rs = StateStore::open(b.state.path()).unwrap();

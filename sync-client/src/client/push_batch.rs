@@ -13,7 +13,9 @@
 //! the numbers of the others are voided.
 
 use super::SyncClient;
-use super::push::{Batch, PUSH_PIPELINE, PushOptions, PushedFile, device_name, next_version, version_of};
+use super::push::{
+    Batch, PUSH_PIPELINE, PushOptions, PushedFile, device_name, next_version, version_of,
+};
 use crate::crypto::envelope::{BlobKind, FileChunk, FileEnd};
 use crate::crypto::random_bytes;
 use crate::error::{ClientError, Result};

@@ -111,7 +111,10 @@ fn a_dead_owners_block_is_voided_except_journaled_numbers() {
     assert_eq!(recorded(home), vec![(1, FIRST_BLOCK)]);
     drop(a); // as a crash: no release, the lock goes with the process
     let mut b = SeqReserver::new(home);
-    assert_eq!(b.reserve_then(1, None, |_| Ok(())).unwrap(), FIRST_BLOCK + 1);
+    assert_eq!(
+        b.reserve_then(1, None, |_| Ok(())).unwrap(),
+        FIRST_BLOCK + 1
+    );
     let voids = b.take_voids().unwrap();
     assert_eq!(voids.len(), 1);
     assert_eq!(voids[0].ranges, vec![(1, 3), (7, FIRST_BLOCK)]);
@@ -206,7 +209,11 @@ fn numbers_a_journal_names_are_never_handed_out_again_after_a_crash() {
     drop(a);
     // Only the journal and seq.json are on disk, as after kill -9; no
     // listing of journals (seq.json says they are counted).
-    assert!(read_seq_file(&home.join("seq.json")).unwrap().journals_counted);
+    assert!(
+        read_seq_file(&home.join("seq.json"))
+            .unwrap()
+            .journals_counted
+    );
     let mut b = SeqReserver::new(home);
     assert_eq!(b.reserve_then(1, None, |_| Ok(())).unwrap(), 6);
     assert!(
@@ -288,5 +295,9 @@ fn a_journal_past_the_counter_left_by_an_older_client_is_counted() {
     let mut a = SeqReserver::new(home);
     assert_eq!(a.reserve_exact(1).unwrap(), 10);
     assert!(a.take_voids().unwrap().is_empty());
-    assert!(read_seq_file(&home.join("seq.json")).unwrap().journals_counted);
+    assert!(
+        read_seq_file(&home.join("seq.json"))
+            .unwrap()
+            .journals_counted
+    );
 }
