@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use sync_protocol::BlobId;
 
+pub mod batch;
+
 /// Layout version of journal files.
 pub const JOURNAL_VERSION: u32 = 1;
 
@@ -49,17 +51,23 @@ impl SourceFingerprint {
     pub fn of(path: &Path) -> Result<SourceFingerprint> {
         let canonical = std::fs::canonicalize(path).map_err(ClientError::io(path))?;
         let meta = std::fs::metadata(&canonical).map_err(ClientError::io(path))?;
+        Ok(SourceFingerprint::from_meta(canonical, &meta))
+    }
+
+    /// Fingerprint of the file at `canonical` (a canonical path) whose
+    /// metadata is `meta`.
+    pub fn from_meta(canonical: PathBuf, meta: &std::fs::Metadata) -> SourceFingerprint {
         let mtime_ns = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        Ok(SourceFingerprint {
+        SourceFingerprint {
             path: canonical,
             size: meta.len(),
             mtime_ns,
-        })
+        }
     }
 }
 
@@ -147,14 +155,19 @@ impl Journals {
 
     /// Journal file for a source (by path) or a stdin push (by file id).
     pub fn path_for(&self, journal: &PushJournal) -> PathBuf {
-        let key = match &journal.source {
-            Some(src) => format!(
-                "push-{}",
-                &blake3::hash(src.path.as_os_str().as_encoded_bytes()).to_hex()[..24]
-            ),
-            None => format!("push-stdin-{}", journal.file_id),
-        };
-        self.dir.join(format!("{key}.json"))
+        match &journal.source {
+            Some(src) => self.path_of_source(&src.path),
+            None => self
+                .dir
+                .join(format!("push-stdin-{}.json", journal.file_id)),
+        }
+    }
+
+    /// Journal file of the source at `canonical` (a canonical path):
+    /// `push-<first 24 hex digits of BLAKE3(path bytes)>.json`.
+    pub fn path_of_source(&self, canonical: &Path) -> PathBuf {
+        let hash = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex();
+        self.dir.join(format!("push-{}.json", &hash[..24]))
     }
 
     /// Persist atomically.
@@ -188,29 +201,102 @@ impl Journals {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(ClientError::io(&path))?;
-            let journal: PushJournal = serde_json::from_slice(&bytes).map_err(|e| {
-                ClientError::Home(format!("{}: corrupt push journal: {e}", path.display()))
-            })?;
-            out.push(journal);
+            // A journal removed since the listing (a push that finished
+            // in another process) is no longer there to report.
+            if let Some(j) = read_journal_if_any(&path)? {
+                out.push(j);
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    /// The highest sequence number any journal names (0 when none).
+    /// The highest sequence number any journal names, batch journals
+    /// included (0 when none). Lists every journal: O(journals).
     pub fn max_reserved_seq(&self) -> Result<u64> {
-        Ok(self.list()?.iter().map(|j| j.last_seq).max().unwrap_or(0))
+        Ok(self.named_ranges()?.iter().map(|r| r.1).max().unwrap_or(0))
     }
 
-    /// The journal of the file at `path`, if any.
-    pub fn find(&self, path: &Path) -> Result<Option<PushJournal>> {
-        let canonical = std::fs::canonicalize(path).map_err(ClientError::io(path))?;
+    /// The ranges `(first, last)` of sequence numbers that journals name:
+    /// every push journal's and every file's of every batch journal
+    /// ([`batch`]). Lists every journal: O(journals). Errors:
+    /// [`ClientError::Io`], [`ClientError::Home`] (corrupt).
+    pub fn named_ranges(&self) -> Result<Vec<(u64, u64)>> {
+        let batches = batch::BatchJournals::in_transfers(&self.dir).list()?;
         Ok(self
             .list()?
-            .into_iter()
-            .find(|j| j.source.as_ref().is_some_and(|s| s.path == canonical)))
+            .iter()
+            .chain(batches.iter().flat_map(|b| &b.files))
+            .filter(|j| j.first_seq > 0 && j.last_seq >= j.first_seq)
+            .map(|j| (j.first_seq, j.last_seq))
+            .collect())
     }
+
+    /// The range `(first_seq, last_seq)` the journal file at `relative`
+    /// (a push journal, or a batch journal under `batches/`) names; `None`
+    /// when there is no such file, it names none, or `relative` is not a
+    /// plain relative path (it names no journal of this home). Errors:
+    /// [`ClientError::Io`], [`ClientError::Home`] (corrupt).
+    pub fn named_by(&self, relative: &Path) -> Result<Option<(u64, u64)>> {
+        let plain = relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || relative.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        /// The fields both kinds of journal have.
+        #[derive(Deserialize)]
+        struct Named {
+            first_seq: u64,
+            last_seq: u64,
+        }
+        let path = self.dir.join(relative);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ClientError::io(&path)(e)),
+        };
+        let n: Named = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Home(format!("{}: corrupt push journal: {e}", path.display()))
+        })?;
+        Ok((n.first_seq > 0 && n.last_seq >= n.first_seq).then_some((n.first_seq, n.last_seq)))
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The journal of the file at `path`, if any: one read of the file
+    /// its canonical path names ([`Journals::path_of_source`]), never a
+    /// listing. Errors: [`ClientError::Io`] (`path` or the journal cannot
+    /// be read), [`ClientError::Home`] (a corrupt journal).
+    pub fn find(&self, path: &Path) -> Result<Option<PushJournal>> {
+        let canonical = std::fs::canonicalize(path).map_err(ClientError::io(path))?;
+        let Some(journal) = read_journal_if_any(&self.path_of_source(&canonical))? else {
+            return Ok(None);
+        };
+        // A journal of another path under this name (a hash collision, or
+        // a file moved here by hand) is not this path's.
+        Ok(journal
+            .source
+            .as_ref()
+            .is_some_and(|s| s.path == canonical)
+            .then_some(journal))
+    }
+}
+
+/// Read and parse the journal file at `path`; `None` when there is none.
+/// Errors: [`ClientError::Io`], [`ClientError::Home`] (corrupt).
+fn read_journal_if_any(path: &Path) -> Result<Option<PushJournal>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ClientError::io(path)(e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ClientError::Home(format!("{}: corrupt push journal: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -256,5 +342,48 @@ mod tests {
         assert_eq!(journals.list().unwrap().len(), 1);
         journals.remove(&j).unwrap();
         assert_eq!(journals.find(&file).unwrap(), None);
+    }
+
+    /// `find` reads the one file its path names, and takes it only when
+    /// that journal is of this path (not a journal of another path put
+    /// under the name, e.g. by hand); other journals are not its concern.
+    #[test]
+    fn find_takes_only_the_journal_of_its_own_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let journals = Journals::at(tmp.path().join("transfers"));
+        let journal_of = |path: &Path, id: u8| PushJournal {
+            version: JOURNAL_VERSION,
+            source: Some(SourceFingerprint::of(path).unwrap()),
+            name: "x".into(),
+            mode: 0o644,
+            ttl_s: None,
+            file_id: hex::encode([id; 16]),
+            chunk_size: 1000,
+            chunks: Some(1),
+            first_seq: 1,
+            last_seq: 1,
+            acked: 0,
+            cursors: None,
+            complete: None,
+            lineage: None,
+            generation: 0,
+            device: None,
+            completed_at_ms: 0,
+        };
+        let jb = journal_of(&b, 2);
+        journals.save(&jb).unwrap();
+        assert_eq!(journals.find(&a).unwrap(), None);
+        assert_eq!(journals.find(&b).unwrap(), Some(jb.clone()));
+        // b's journal copied under a's name: still not a's.
+        let canonical_a = std::fs::canonicalize(&a).unwrap();
+        std::fs::copy(
+            journals.path_for(&jb),
+            journals.path_of_source(&canonical_a),
+        )
+        .unwrap();
+        assert_eq!(journals.find(&a).unwrap(), None);
     }
 }

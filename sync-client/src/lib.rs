@@ -44,8 +44,8 @@ pub mod withheld;
 
 pub use backoff::RetryPolicy;
 pub use client::{
-    ChunkAck, LinkState, PullSummary, PushOptions, PushedFile, Subscription, SubscriptionEvent,
-    SyncClient,
+    ChunkAck, LinkState, PullSummary, PushOptions, PushedFile, SmallFile, Subscription,
+    SubscriptionEvent, SyncClient,
 };
 pub use crypto::{GroupKeys, GroupSecret};
 pub use error::ClientError;

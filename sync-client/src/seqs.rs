@@ -19,22 +19,35 @@
 //! client pushes a `Void` of them ([`SeqReserver::take_voids`]) when it gives
 //! the block up (a clean release, or a block given up for a new one), and
 //! a block whose owner died (its lock file is no longer locked) is *claimed*
-//! by the next locked reservation in any process of the home and voided by
-//! it — all of it except numbers that a push journal names (a journaled push
-//! is retried with its own numbers). Only once the voids are acknowledged is
-//! the block forgotten ([`SeqReserver::voided`]); a process that dies before
-//! leaves it to the next one, and voiding twice is harmless.
+//! by the first locked operation of the next reserver (process) of the home
+//! and voided by it — all of it except numbers that a push journal names (a
+//! journaled push is retried with its own numbers). Only once the voids are
+//! acknowledged is the block forgotten ([`SeqReserver::voided`]); a process
+//! that dies before leaves it to the next one, and voiding twice is
+//! harmless.
+//!
+//! **Journals.** A reservation for a push journal moves the counter (with
+//! one durable write of `seq.json`) *before* the journal is written, so no
+//! journal ever names a number at or past the counter and a reservation
+//! never lists the journals: O(1) whatever their number. An exact
+//! reservation also records its numbers and the journal's file name in
+//! `seq.json`; the next locked operation (of any process: the journal is
+//! written under the same lock) settles it, voiding whatever that journal
+//! does not name — numbers of a process that died, or whose write failed,
+//! before the journal existed.
 
 use crate::crypto::random_bytes;
 use crate::error::{ClientError, Result};
 use crate::journal::Journals;
-use crate::util::{ensure_private_dir, write_atomic};
+use crate::util::ensure_private_dir;
+use file::{BlockEntry, Recording, SeqFile, read_seq_file, write_seq_file};
 use rangemap::RangeInclusiveSet;
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+mod file;
 
 /// Numbers in a long-lived client's first block.
 pub const FIRST_BLOCK: u64 = 64;
@@ -45,27 +58,6 @@ pub const MAX_BLOCK: u64 = 4096;
 /// slower one makes it [`FIRST_BLOCK`] again.
 pub const FAST_BLOCK: Duration = Duration::from_secs(1);
 
-/// `seq.json`: the next number no one has reserved, and the blocks that
-/// processes hold or held (not yet voided).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct SeqFile {
-    next_seq: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    blocks: Vec<BlockEntry>,
-}
-
-/// One reserved block in `seq.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct BlockEntry {
-    /// Random id (hex); names the block's lock file.
-    id: String,
-    /// First number not known to be used (the block's first, or where the
-    /// unused rest of a given-up block starts).
-    first: u64,
-    /// Last number of the block.
-    last: u64,
-}
-
 /// A block this process owns: its lock is held as long as this lives.
 #[derive(Debug)]
 struct Held {
@@ -74,6 +66,10 @@ struct Held {
     next: u64,
     last: u64,
     started: Instant,
+    /// Push journals may name numbers from `next` on (a block claimed from
+    /// a dead owner, or one whose journal write failed): its void leaves
+    /// them out, which takes a listing of the journals.
+    check_journals: bool,
     _lock: File,
 }
 
@@ -98,6 +94,18 @@ pub struct SeqReserver {
     current: Option<Held>,
     /// Given-up blocks (own, or claimed from dead processes) not yet voided.
     retired: Vec<Held>,
+    /// Blocks of dead processes were looked for (once per reserver).
+    claimed_orphans: bool,
+    /// This reserver's last [`Recording`], once its journal was written:
+    /// settled without reading the journal.
+    recorded: Option<Recording>,
+}
+
+/// `seq.lock` held, and `seq.json` as read under it (the counter already
+/// past every journal and settled recording).
+struct Guard {
+    file: SeqFile,
+    _lock: File,
 }
 
 impl SeqReserver {
@@ -110,6 +118,8 @@ impl SeqReserver {
             size: FIRST_BLOCK,
             current: None,
             retired: Vec::new(),
+            claimed_orphans: false,
+            recorded: None,
         }
     }
 
@@ -120,74 +130,112 @@ impl SeqReserver {
     }
 
     /// Reserve `n` numbers and return the first, running `record(first)`
-    /// (e.g. saving a push journal that names them) before they count as
-    /// handed out. From the current block when it has `n` left (no disk
-    /// write); otherwise under the lock with one durable write. Errors:
-    /// [`ClientError::Io`], [`ClientError::Home`] (corrupt `seq.json`), or
-    /// `record`'s error (nothing is handed out then).
-    pub fn reserve_then(&mut self, n: u64, record: impl FnOnce(u64) -> Result<()>) -> Result<u64> {
+    /// (saving the push journal at `journal`, a file in `<home>/transfers/`,
+    /// that names them) before they count as handed out, under the lock.
+    /// From the current block when it has `n` left (no write of
+    /// `seq.json`); otherwise under the lock with one durable write made
+    /// *before* `record` runs, which records the numbers and the journal
+    /// that is to name them: if `record` fails or the process dies before
+    /// the journal exists, the next locked operation of any process voids
+    /// what the journal does not name. O(1): no journal is listed.
+    /// Errors: [`ClientError::Io`], [`ClientError::Home`] (corrupt
+    /// `seq.json`), or `record`'s error (nothing is handed out then).
+    pub fn reserve_then(
+        &mut self,
+        n: u64,
+        journal: Option<&Path>,
+        record: impl FnOnce(u64) -> Result<()>,
+    ) -> Result<u64> {
         if self.blocks
             && let Some(block) = self.current.as_mut()
             && block.last + 1 - block.next >= n
         {
             let first = block.next;
-            record(first)?;
+            if let Err(e) = record(first) {
+                block.check_journals = true;
+                return Err(e);
+            }
             block.next += n;
             return Ok(first);
         }
         let in_block = self.blocks && n <= MAX_BLOCK;
-        self.reserve_locked(n, in_block, record)
+        self.reserve_locked(n, in_block, journal, record)
     }
 
     /// Reserve exactly `n` numbers under the lock (one durable write), never
     /// from or as a block. Errors: as [`SeqReserver::reserve_then`].
     pub fn reserve_exact(&mut self, n: u64) -> Result<u64> {
-        self.reserve_locked(n, false, |_| Ok(()))
+        self.reserve_locked(n, false, None, |_| Ok(()))
     }
 
     fn reserve_locked(
         &mut self,
         n: u64,
         in_block: bool,
+        journal: Option<&Path>,
         record: impl FnOnce(u64) -> Result<()>,
     ) -> Result<u64> {
-        self.locked(|me, file, next| {
-            if !in_block {
-                record(next)?;
-                file.next_seq = next + n;
-                return Ok(next);
-            }
-            me.size = match &me.current {
-                Some(b) if b.next > b.last && b.started.elapsed() < FAST_BLOCK => {
-                    (me.size * 2).min(MAX_BLOCK)
-                }
-                Some(_) => FIRST_BLOCK,
-                None => me.size,
+        let mut g = self.lock()?;
+        let next = g.file.next_seq;
+        if !in_block {
+            let recording = match journal.map(|j| self.relative_journal(j)) {
+                Some(journal) if n > 0 => Some(Recording {
+                    first: next,
+                    last: next + n - 1,
+                    journal: journal?,
+                }),
+                _ => None,
             };
-            let size = me.size.max(n);
+            g.file.next_seq = next + n;
+            g.file.recording = recording.clone();
+            write_seq_file(&self.seq_path, &g.file)?;
+            // Still under the lock: whoever settles the recording next
+            // finds the journal written, or knows it never will be.
             record(next)?;
-            if let Some(old) = me.current.take() {
-                me.retire(file, old);
+            self.recorded = recording;
+            return Ok(next);
+        }
+        self.size = match &self.current {
+            Some(b) if b.next > b.last && b.started.elapsed() < FAST_BLOCK => {
+                (self.size * 2).min(MAX_BLOCK)
             }
-            let id = hex::encode(random_bytes::<8>());
-            let lock = me.lock_block(&id)?.ok_or_else(|| {
-                ClientError::Home(format!("block lock {id} is held by another process"))
-            })?;
-            file.blocks.push(BlockEntry {
-                id: id.clone(),
-                first: next,
-                last: next + size - 1,
-            });
-            file.next_seq = next + size;
-            me.current = Some(Held {
-                id,
-                next: next + n,
-                last: next + size - 1,
-                started: Instant::now(),
-                _lock: lock,
-            });
-            Ok(next)
-        })
+            Some(_) => FIRST_BLOCK,
+            None => self.size,
+        };
+        let size = self.size.max(n);
+        if let Some(old) = self.current.take() {
+            self.retire(&mut g.file, old);
+        }
+        let id = hex::encode(random_bytes::<8>());
+        let lock = self.lock_block(&id)?.ok_or_else(|| {
+            ClientError::Home(format!("block lock {id} is held by another process"))
+        })?;
+        g.file.blocks.push(BlockEntry {
+            id: id.clone(),
+            first: next,
+            last: next + size - 1,
+        });
+        g.file.next_seq = next + size;
+        write_seq_file(&self.seq_path, &g.file)?;
+        // The block is recorded (a crash from here on leaves it to be
+        // claimed and voided, but for what journals name); numbers are
+        // handed out of it once `record` succeeded.
+        let mut held = Held {
+            id,
+            next,
+            last: next + size - 1,
+            started: Instant::now(),
+            check_journals: false,
+            _lock: lock,
+        };
+        let recorded = record(next);
+        if recorded.is_ok() {
+            held.next += n;
+        } else {
+            held.check_journals = true;
+        }
+        self.current = Some(held);
+        recorded.map(|()| next)
     }
 
     /// Give up the current block (a clean close): its unused rest becomes a
@@ -196,25 +244,30 @@ impl SeqReserver {
         if self.current.is_none() {
             return Ok(());
         }
-        self.locked(|me, file, _| {
-            if let Some(old) = me.current.take() {
-                me.retire(file, old);
-            }
-            Ok(())
-        })
+        let mut g = self.lock()?;
+        if let Some(old) = self.current.take() {
+            self.retire(&mut g.file, old);
+        }
+        write_seq_file(&self.seq_path, &g.file)
     }
 
     /// The numbers to void now: the unused rest of every given-up block,
-    /// except numbers a push journal names. Errors: [`ClientError::Io`],
-    /// [`ClientError::Home`] (corrupt journal).
+    /// except numbers a push journal names where a journal may name some
+    /// (blocks of dead owners: only then are the journals listed).
+    /// Errors: [`ClientError::Io`], [`ClientError::Home`] (corrupt
+    /// journal).
     pub fn take_voids(&self) -> Result<Vec<PendingVoid>> {
         if self.retired.is_empty() {
             return Ok(Vec::new());
         }
         let mut journaled = RangeInclusiveSet::new();
-        for j in Journals::at(self.home.join("transfers")).list()? {
-            if j.first_seq > 0 && j.last_seq >= j.first_seq {
-                journaled.insert(j.first_seq..=j.last_seq);
+        if self
+            .retired
+            .iter()
+            .any(|b| b.check_journals && b.next <= b.last)
+        {
+            for (first, last) in Journals::at(self.home.join("transfers")).named_ranges()? {
+                journaled.insert(first..=last);
             }
         }
         Ok(self
@@ -224,11 +277,13 @@ impl SeqReserver {
                 id: b.id.clone(),
                 ranges: if b.next > b.last {
                     Vec::new()
-                } else {
+                } else if b.check_journals {
                     journaled
                         .gaps(&(b.next..=b.last))
                         .map(|r| (*r.start(), *r.end()))
                         .collect()
+                } else {
+                    vec![(b.next, b.last)]
                 },
             })
             .collect())
@@ -240,19 +295,19 @@ impl SeqReserver {
         if ids.is_empty() {
             return Ok(());
         }
-        self.locked(|me, file, _| {
-            file.blocks.retain(|b| !ids.contains(&b.id));
-            for id in ids {
-                let path = me.block_lock_path(id);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(ClientError::io(&path)(e)),
-                }
+        let mut g = self.lock()?;
+        g.file.blocks.retain(|b| !ids.contains(&b.id));
+        write_seq_file(&self.seq_path, &g.file)?;
+        for id in ids {
+            let path = self.block_lock_path(id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ClientError::io(&path)(e)),
             }
-            me.retired.retain(|b| !ids.contains(&b.id));
-            Ok(())
-        })
+        }
+        self.retired.retain(|b| !ids.contains(&b.id));
+        Ok(())
     }
 
     /// The number the next reservation of any process starts at or above
@@ -261,13 +316,13 @@ impl SeqReserver {
         Ok(read_seq_file(&self.seq_path)?.next_seq.max(1))
     }
 
-    /// Run `f(self, seq file, next free number)` under the exclusive lock of
-    /// `seq.lock`, after claiming the blocks of dead processes, and write
-    /// the seq file back (durably) when `f` succeeds.
-    fn locked<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self, &mut SeqFile, u64) -> Result<T>,
-    ) -> Result<T> {
+    /// Take the exclusive lock of `seq.lock` and read `seq.json`; the
+    /// first time (per reserver) claim the blocks of dead processes; move
+    /// the counter past every journal if a client before this one may
+    /// have left one beyond it (a listing, once); settle the last
+    /// recording. The caller writes the file back before the guard drops
+    /// when it changes anything (what this did is then written too).
+    fn lock(&mut self) -> Result<Guard> {
         let lock_path = self.home.join("seq.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -278,20 +333,64 @@ impl SeqReserver {
             .map_err(ClientError::io(&lock_path))?;
         lock.lock().map_err(ClientError::io(&lock_path))?;
         let mut file = read_seq_file(&self.seq_path)?;
-        let journaled = Journals::at(self.home.join("transfers")).max_reserved_seq()?;
-        let next = file.next_seq.max(1).max(journaled + 1);
-        self.claim_orphans(&file)?;
-        let out = f(self, &mut file, next)?;
-        file.next_seq = file.next_seq.max(next);
-        let json = serde_json::to_vec(&file)
-            .map_err(|e| ClientError::Home(format!("cannot encode sequence file: {e}")))?;
-        write_atomic(&self.seq_path, &json)?;
-        drop(lock);
-        Ok(out)
+        file.next_seq = file.next_seq.max(1);
+        if !file.journals_counted {
+            let journaled = Journals::at(self.home.join("transfers")).max_reserved_seq()?;
+            file.next_seq = file.next_seq.max(journaled + 1);
+            file.journals_counted = true;
+        }
+        if !self.claimed_orphans {
+            self.claim_orphans(&file)?;
+            self.claimed_orphans = true;
+        }
+        self.settle(&mut file)?;
+        Ok(Guard { file, _lock: lock })
+    }
+
+    /// Settle the recording `file` holds (its writer is done: recordings
+    /// are made and written under the lock we hold). Ours, with its
+    /// journal written: nothing to do. Another's, or ours whose journal
+    /// write failed: what its journal does not name is voided, as a block
+    /// of ours given up.
+    fn settle(&mut self, file: &mut SeqFile) -> Result<()> {
+        let ours = self.recorded.take();
+        let Some(rec) = file.recording.take() else {
+            return Ok(());
+        };
+        if ours.as_ref() == Some(&rec) {
+            return Ok(());
+        }
+        let named = Journals::at(self.home.join("transfers")).named_by(Path::new(&rec.journal))?;
+        for (first, last) in rec.unnamed(named) {
+            let id = hex::encode(random_bytes::<8>());
+            let lock = self.lock_block(&id)?.ok_or_else(|| {
+                ClientError::Home(format!("block lock {id} is held by another process"))
+            })?;
+            tracing::info!(
+                first,
+                last,
+                "voiding sequence numbers reserved for a push journal that was never written"
+            );
+            file.blocks.push(BlockEntry {
+                id: id.clone(),
+                first,
+                last,
+            });
+            self.retired.push(Held {
+                id,
+                next: first,
+                last,
+                started: Instant::now(),
+                check_journals: false,
+                _lock: lock,
+            });
+        }
+        Ok(())
     }
 
     /// Take over every recorded block whose owner is gone (its lock file
-    /// can be locked): it is voided like one of our own given-up blocks.
+    /// can be locked): it is voided like one of our own given-up blocks,
+    /// but for the numbers push journals name.
     fn claim_orphans(&mut self, file: &SeqFile) -> Result<()> {
         for entry in &file.blocks {
             let ours = self
@@ -313,6 +412,7 @@ impl SeqReserver {
                     next: entry.first,
                     last: entry.last,
                     started: Instant::now(),
+                    check_journals: true,
                     _lock: lock,
                 });
             }
@@ -327,6 +427,24 @@ impl SeqReserver {
             entry.first = old.next.min(old.last + 1);
         }
         self.retired.push(old);
+    }
+
+    /// `journal` (a journal file in `<home>/transfers/`) relative to that
+    /// directory, as recordings name it. Errors: [`ClientError::Home`]
+    /// when it is elsewhere.
+    fn relative_journal(&self, journal: &Path) -> Result<String> {
+        journal
+            .strip_prefix(self.home.join("transfers"))
+            .ok()
+            .and_then(|p| p.to_str())
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                ClientError::Home(format!(
+                    "{}: a push journal outside this home's transfers/",
+                    journal.display()
+                ))
+            })
     }
 
     fn block_lock_path(&self, id: &str) -> PathBuf {
@@ -352,19 +470,6 @@ impl SeqReserver {
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(ClientError::io(&path)(e)),
         }
-    }
-}
-
-fn read_seq_file(path: &Path) -> Result<SeqFile> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice::<SeqFile>(&bytes).map_err(|e| {
-            ClientError::Home(format!("{}: corrupt sequence file: {e}", path.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SeqFile {
-            next_seq: 1,
-            blocks: Vec::new(),
-        }),
-        Err(e) => Err(ClientError::io(path)(e)),
     }
 }
 

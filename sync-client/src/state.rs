@@ -206,20 +206,24 @@ impl StateStore {
     /// ([`StateStore::use_seq_blocks`]) most calls take the numbers from the
     /// block held in memory and write nothing.
     pub fn reserve_seqs(&mut self, n: u64) -> Result<u64> {
-        self.reserve_seqs_then(n, |_| Ok(()))
+        self.seqs.reserve_then(n, None, |_| Ok(()))
     }
 
-    /// As [`StateStore::reserve_seqs`], running `record(first)` (e.g. saving
-    /// a push journal that names the numbers) *before* the numbers count as
-    /// handed out (under the lock, when the counter moves). Numbers named by
-    /// any push journal are never handed out again nor voided, so a crash
-    /// between the two writes loses nothing.
+    /// As [`StateStore::reserve_seqs`], running `record(first)` — saving
+    /// the push journal at `journal` (in `<home>/transfers/`) that names
+    /// the numbers — before they count as handed out (under the lock, once
+    /// the counter has moved past them). Numbers named by a push journal
+    /// are never handed out again nor voided; numbers whose journal was
+    /// never written (a crash, a failed write) are voided by the next
+    /// locked reservation ([`crate::seqs`]). Errors: as
+    /// [`StateStore::reserve_seqs`], or `record`'s.
     pub fn reserve_seqs_then(
         &mut self,
         n: u64,
+        journal: &Path,
         record: impl FnOnce(u64) -> Result<()>,
     ) -> Result<u64> {
-        self.seqs.reserve_then(n, record)
+        self.seqs.reserve_then(n, Some(journal), record)
     }
 
     /// Reserve exactly `n` numbers under the lock, with one durable write,

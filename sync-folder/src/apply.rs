@@ -113,31 +113,38 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// The path where the scan saw a file with `hash` that an action is
-    /// about to remove or replace (preferred: it can be moved, not copied),
-    /// else any such file.
-    fn local_source(&self, hash: &Hash, actions: &[Action]) -> Option<String> {
-        let doomed = actions.iter().find_map(|a| match a {
-            Action::Remove { path, expect }
+    /// Where to copy each content from, by hash: a file the scan saw that
+    /// an action is about to remove or replace (preferred: it can be
+    /// moved, not copied; the first such action), else the first path in
+    /// order where the scan saw it. Built once per gather, so finding a
+    /// content is O(1), not a walk of every scanned path.
+    fn local_sources(&self, actions: &[Action]) -> HashMap<Hash, String> {
+        let mut out: HashMap<Hash, String> = HashMap::new();
+        for a in actions {
+            if let Action::Remove { path, expect }
             | Action::Write {
                 path,
                 expect: Some(expect),
                 ..
-            } if expect.hash() == Some(*hash) => Some(path.clone()),
-            _ => None,
-        });
-        doomed.or_else(|| {
-            self.scan.found.iter().find_map(|(p, f)| match f {
-                Found::Entry(Entry::File { hash: h, .. }) if h == hash => Some(p.clone()),
-                _ => None,
-            })
-        })
+            } = a
+                && let Some(h) = expect.hash()
+            {
+                out.entry(h).or_insert_with(|| path.clone());
+            }
+        }
+        for (p, f) in &self.scan.found {
+            if let Found::Entry(Entry::File { hash, .. }) = f {
+                out.entry(*hash).or_insert_with(|| p.clone());
+            }
+        }
+        out
     }
 
     /// Gather every content the writes need into the staging directory.
     /// Returns the hashes that could not be found (pending).
     pub fn gather(&mut self, actions: &[Action]) -> Vec<Hash> {
         let mut missing = Vec::new();
+        let mut sources: Option<HashMap<Hash, String>> = None;
         for a in actions {
             let Action::Write { entry, .. } = a else {
                 continue;
@@ -146,7 +153,8 @@ impl<'a> Applier<'a> {
             if self.staged.contains_key(&hash) {
                 continue;
             }
-            let Some(src) = self.local_source(&hash, actions) else {
+            let sources = sources.get_or_insert_with(|| self.local_sources(actions));
+            let Some(src) = sources.get(&hash).cloned() else {
                 missing.push(hash);
                 continue;
             };

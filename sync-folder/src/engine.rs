@@ -110,6 +110,13 @@ pub struct Status {
     pub conflicts: Vec<ConflictRow>,
     /// Paths not synced, with why.
     pub skipped: Vec<(String, String)>,
+    /// The last run saw blobs of the group gone for good (a gap its
+    /// records cannot fill, or a fresh device) and found no manifest to
+    /// start from: it waits for one another device pushes (asked for).
+    pub manifest_needed: bool,
+    /// Contents other devices asked for, to be pushed again by the next
+    /// run (those held here).
+    pub wanted: u64,
 }
 
 /// A synced folder: its root, index and inbox.
@@ -473,11 +480,14 @@ impl Folder {
         ttl_s: Option<u32>,
         report: &mut Report,
     ) -> Result<Scan> {
-        for row in self.index.outbox().await? {
-            if row.cursor.is_none() {
-                self.push_row(client, &row).await?;
-            }
-        }
+        let unconfirmed: Vec<OutboxRow> = self
+            .index
+            .outbox()
+            .await?
+            .into_iter()
+            .filter(|r| r.cursor.is_none())
+            .collect();
+        self.push_rows(client, &unconfirmed).await?;
         let base = self.index.tree(TreeTable::Base).await?;
         let s = self.scan(report).await?;
         report.skipped = s.skipped.clone();
@@ -495,6 +505,12 @@ impl Folder {
             device_name: Some(self.device.clone()),
         };
         let mut failed: HashSet<String> = HashSet::new();
+        // Contents to send, once each: those that fit one chunk go out in
+        // batches (one journal, reservation and request for many files),
+        // larger ones as chunked, resumable file pushes.
+        let chunk_size = client.chunk_size() as u64;
+        let mut small: Vec<(String, Hash, u64)> = Vec::new();
+        let mut large: Vec<(String, Hash, u64)> = Vec::new();
         for op in &ops {
             let Op::Put {
                 path, hash, size, ..
@@ -502,38 +518,79 @@ impl Folder {
             else {
                 continue;
             };
-            if known.contains(hash) {
+            if !known.insert(*hash) {
                 continue;
             }
-            let name = hex::encode(hash);
-            let pushed = client
-                .push_path(
-                    state,
-                    &self.root.join(path),
-                    Some(&name),
-                    &opts,
-                    &mut |_, _| {},
-                )
-                .await;
-            match pushed {
-                Ok(p) if p.blake3 == name => {
-                    self.index.add_content(hash).await?;
-                    known.insert(*hash);
-                    report.uploaded.push(path.clone());
-                    report.uploaded_bytes += size;
-                    report.uploaded_blobs += u64::from(p.blobs);
+            let to = if *size <= chunk_size {
+                &mut small
+            } else {
+                &mut large
+            };
+            to.push((path.clone(), *hash, *size));
+        }
+        let mut up = Uploads {
+            report: &mut *report,
+            failed: &mut failed,
+            sent: Vec::new(),
+        };
+        let files: Vec<sync_client::SmallFile> = small
+            .iter()
+            .map(|(path, hash, _)| sync_client::SmallFile {
+                path: self.root.join(path),
+                name: hex::encode(hash),
+            })
+            .collect();
+        let mut results: Vec<Option<sync_client::error::Result<sync_client::PushedFile>>> =
+            (0..files.len()).map(|_| None).collect();
+        let batched = client
+            .push_small_files(state, &files, &opts, &mut |i, r| {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = Some(r);
                 }
-                Ok(_) => {
-                    failed.insert(path.clone());
-                    report
-                        .pending
-                        .push((path.clone(), "changed while uploading; next run".into()));
+            })
+            .await;
+        let mut first_error = batched.err().map(FolderError::from);
+        for ((path, hash, size), r) in small.iter().zip(results) {
+            // Files the batch did not get to are left for the next run.
+            let Some(r) = r else {
+                up.failed.insert(path.clone());
+                continue;
+            };
+            if let Err(e) = up.settle(path, hash, *size, r) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if first_error.is_none() {
+            for (path, hash, size) in &large {
+                let pushed = client
+                    .push_path(
+                        state,
+                        &self.root.join(path),
+                        Some(&hex::encode(hash)),
+                        &opts,
+                        &mut |_, _| {},
+                    )
+                    .await;
+                if let Err(e) = up.settle(path, hash, *size, pushed) {
+                    first_error = Some(e);
+                    break;
                 }
-                Err(sync_client::ClientError::InvalidInput(why)) => {
-                    failed.insert(path.clone());
-                    report.pending.push((path.clone(), why));
-                }
-                Err(e) => return Err(e.into()),
+            }
+        }
+        let sent = up.sent;
+        // What was stored is recorded even when the run stops here.
+        self.index.add_contents(&sent).await?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        // A `Put` whose content was not sent (another path with the same
+        // content was tried and had changed) waits for the next run.
+        let sent: HashSet<Hash> = sent.into_iter().collect();
+        for op in &ops {
+            if let Op::Put { path, hash, .. } = op
+                && !sent.contains(hash)
+            {
+                failed.insert(path.clone());
             }
         }
         let ops: Vec<Op> = ops
@@ -575,30 +632,59 @@ impl Folder {
         }
         tx.commit().await?;
         self.index.replace_scan_cache(&s.cache).await?;
-        for row in &rows {
-            self.push_row(client, row).await?;
-        }
+        self.push_rows(client, &rows).await?;
         report.ops_sent += ops.len() as u64;
         report.records_sent += rows.len() as u64;
         Ok(s)
     }
 
-    async fn push_row(&self, client: &SyncClient, row: &OutboxRow) -> Result<()> {
-        let blob_id = BlobId(
-            row.blob_id
-                .as_slice()
-                .try_into()
-                .map_err(|_| FolderError::Io("outbox: bad blob id".into()))?,
-        );
-        let ok = client
-            .push_items(vec![PushItem {
-                blob_id,
-                payload: row.payload.clone(),
-                ttl_s: row.ttl_s,
-            }])
-            .await?;
-        if let Some(r) = ok.results.first() {
-            self.index.set_outbox_cursor(row.id, r.cursor).await?;
+    /// Push sealed outbox rows, as many to a request as the relay's
+    /// `max_batch` and `max_frame` allow, and record where each is stored
+    /// (one transaction per request).
+    async fn push_rows(&self, client: &SyncClient, rows: &[OutboxRow]) -> Result<()> {
+        use sync_protocol::limits::{BATCH_OVERHEAD, PUSH_ITEM_OVERHEAD};
+        let (max_batch, max_frame) = {
+            let session = client.session();
+            let w = session.welcome();
+            (w.max_batch.max(1) as usize, w.max_frame as usize)
+        };
+        let mut start = 0;
+        while start < rows.len() {
+            let mut bytes = BATCH_OVERHEAD;
+            let mut end = start;
+            while end < rows.len() && end - start < max_batch {
+                let more = PUSH_ITEM_OVERHEAD + rows[end].payload.len();
+                if end > start && bytes + more > max_frame {
+                    break;
+                }
+                bytes += more;
+                end += 1;
+            }
+            let group = &rows[start..end];
+            let items = group
+                .iter()
+                .map(|row| {
+                    let blob_id = BlobId(
+                        row.blob_id
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| FolderError::Io("outbox: bad blob id".into()))?,
+                    );
+                    Ok(PushItem {
+                        blob_id,
+                        payload: row.payload.clone(),
+                        ttl_s: row.ttl_s,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let ok = client.push_items(items).await?;
+            let cursors: Vec<(i64, u64)> = group
+                .iter()
+                .zip(&ok.results)
+                .map(|(row, r)| (row.id, r.cursor))
+                .collect();
+            self.index.set_outbox_cursors(&cursors).await?;
+            start = end;
         }
         Ok(())
     }
@@ -626,7 +712,52 @@ impl Folder {
             outbox: self.index.outbox().await?.len() as u64,
             conflicts: self.index.conflicts().await?,
             skipped: s.skipped,
+            manifest_needed: self.index.meta(catchup::NEED_MANIFEST).await?.as_deref() == Some("1"),
+            wanted: self.index.wanted_count().await?,
         })
+    }
+}
+
+/// The outcome of a run's content uploads, file by file.
+struct Uploads<'a> {
+    report: &'a mut Report,
+    /// Paths whose change waits for the next run.
+    failed: &'a mut HashSet<String>,
+    /// Contents the relay stored.
+    sent: Vec<Hash>,
+}
+
+impl Uploads<'_> {
+    /// Count the upload of `path` (content `hash`, `size` bytes): stored,
+    /// or left for the next run (changed meanwhile, unreadable as a file).
+    /// Errors: any other failure of the push (it stops the run).
+    fn settle(
+        &mut self,
+        path: &str,
+        hash: &Hash,
+        size: u64,
+        pushed: sync_client::error::Result<sync_client::PushedFile>,
+    ) -> Result<()> {
+        match pushed {
+            Ok(p) if p.blake3 == hex::encode(hash) => {
+                self.sent.push(*hash);
+                self.report.uploaded.push(path.to_string());
+                self.report.uploaded_bytes += size;
+                self.report.uploaded_blobs += u64::from(p.blobs);
+            }
+            Ok(_) => {
+                self.failed.insert(path.to_string());
+                self.report
+                    .pending
+                    .push((path.to_string(), "changed while uploading; next run".into()));
+            }
+            Err(sync_client::ClientError::InvalidInput(why)) => {
+                self.failed.insert(path.to_string());
+                self.report.pending.push((path.to_string(), why));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 }
 

@@ -224,15 +224,31 @@ impl Index {
         Ok(out)
     }
 
-    /// Replace the scan cache.
+    /// Replace the scan cache with `cache`, writing only the rows that
+    /// differ (a rescan of unchanged files writes nothing), in one
+    /// transaction.
     pub async fn replace_scan_cache(
         &self,
         cache: &BTreeMap<String, (Stamp, Hash, bool)>,
     ) -> DbResult<()> {
+        let old = self.scan_cache().await?;
+        let gone: Vec<&String> = old.keys().filter(|p| !cache.contains_key(*p)).collect();
+        let changed: Vec<(&String, &(Stamp, Hash, bool))> = cache
+            .iter()
+            .filter(|(p, v)| old.get(*p) != Some(*v))
+            .collect();
+        if gone.is_empty() && changed.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM scan").execute(&mut *tx).await?;
-        for (p, (s, h, x)) in cache {
-            sqlx::query("INSERT INTO scan (path, size, mtime_ns, ctime_ns, ino, hash, exec) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        for p in gone {
+            sqlx::query("DELETE FROM scan WHERE path = ?")
+                .bind(p)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (p, (s, h, x)) in changed {
+            sqlx::query("INSERT OR REPLACE INTO scan (path, size, mtime_ns, ctime_ns, ino, hash, exec) VALUES (?, ?, ?, ?, ?, ?, ?)")
                 .bind(p)
                 .bind(s.size as i64)
                 .bind(s.mtime_ns)
@@ -278,14 +294,18 @@ impl Index {
         Ok(r.last_insert_rowid())
     }
 
-    /// Record where the relay stored an outbox row.
-    pub async fn set_outbox_cursor(&self, id: i64, cursor: u64) -> DbResult<()> {
-        sqlx::query("UPDATE outbox SET cursor = ? WHERE id = ?")
-            .bind(cursor as i64)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Record where the relay stored outbox rows (`(id, cursor)` each), in
+    /// one transaction.
+    pub async fn set_outbox_cursors(&self, cursors: &[(i64, u64)]) -> DbResult<()> {
+        let mut tx = self.begin().await?;
+        for (id, cursor) in cursors {
+            sqlx::query("UPDATE outbox SET cursor = ? WHERE id = ?")
+                .bind(*cursor as i64)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
     }
 
     /// Remove a folded outbox row.
@@ -343,6 +363,22 @@ impl Index {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Record contents uploaded, in one transaction (one commit however
+    /// many).
+    pub async fn add_contents(&self, hashes: &[Hash]) -> DbResult<()> {
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for hash in hashes {
+            sqlx::query("INSERT OR IGNORE INTO contents (hash) VALUES (?)")
+                .bind(hash.as_slice())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
     }
 
     /// Record a conflict copy.
@@ -414,6 +450,14 @@ impl Index {
             .into_iter()
             .filter_map(|h| <Hash>::try_from(h.as_slice()).ok())
             .collect())
+    }
+
+    /// How many contents other devices asked for wait to be pushed again.
+    pub async fn wanted_count(&self) -> DbResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM wanted")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.max(0) as u64)
     }
 
     /// Forget a content asked for (answered, or not held here).
@@ -506,5 +550,42 @@ impl TreeTable {
             (TreeTable::Synced, Sql::Clear) => "DELETE FROM synced",
             (TreeTable::Base, Sql::Clear) => "DELETE FROM base",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(size: u64, h: u8) -> (Stamp, Hash, bool) {
+        let stamp = Stamp {
+            size,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            ino: 3,
+        };
+        (stamp, [h; 32], false)
+    }
+
+    /// The scan cache is written as its differences: rows gone are
+    /// deleted, changed and new ones written, and what is read back is
+    /// exactly the new cache.
+    #[tokio::test]
+    async fn the_scan_cache_is_replaced_by_its_differences() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = Index::open(&tmp.path().join("index.db")).await.unwrap();
+        let first: BTreeMap<String, _> = [("a".to_string(), row(1, 1)), ("b".into(), row(2, 2))]
+            .into_iter()
+            .collect();
+        index.replace_scan_cache(&first).await.unwrap();
+        assert_eq!(index.scan_cache().await.unwrap(), first);
+        let second: BTreeMap<String, _> = [("b".to_string(), row(5, 9)), ("c".into(), row(3, 3))]
+            .into_iter()
+            .collect();
+        index.replace_scan_cache(&second).await.unwrap();
+        assert_eq!(index.scan_cache().await.unwrap(), second);
+        index.replace_scan_cache(&second).await.unwrap();
+        assert_eq!(index.scan_cache().await.unwrap(), second);
+        index.close().await;
     }
 }

@@ -89,9 +89,11 @@ async fn a_crashed_holders_block_is_voided_by_the_next_run_but_journaled_numbers
         // them in its journal; it never gets to send them (the relay never
         // has them: a real gap for receivers until the push is abandoned).
         let home = home_of(&s).to_path_buf();
+        let journals = Journals::at(home.join("transfers"));
+        let file = journals.path_for(&stdin_journal(0, 0));
         let first = s
-            .reserve_seqs_then(2, |first| {
-                Journals::at(home.join("transfers")).save(&stdin_journal(first, first + 1))
+            .reserve_seqs_then(2, &file, |first| {
+                journals.save(&stdin_journal(first, first + 1))
             })
             .unwrap();
         assert_eq!(first, 4);

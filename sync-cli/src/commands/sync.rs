@@ -189,6 +189,18 @@ pub async fn status(home: &Home, dir: &Path, out: Out) -> Result<()> {
     if status.outbox > 0 {
         println!("records not yet confirmed by a pull: {}", status.outbox);
     }
+    if status.manifest_needed {
+        println!(
+            "catch-up pending: changes of the group expired before this device got them; \
+             waiting for another device's manifest (asked for; the next sync uses it)"
+        );
+    }
+    if status.wanted > 0 {
+        println!(
+            "contents other devices asked for, pushed again by the next sync: {}",
+            status.wanted
+        );
+    }
     println!("conflict copies: {}", status.conflicts.len());
     for c in &status.conflicts {
         println!("  {} (of {}, by {})", c.copy, c.path, c.device);

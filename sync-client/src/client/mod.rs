@@ -17,16 +17,19 @@
 //! is cut into is at most [`MAX_CHUNK_BLOB_SIZE`] whatever `Welcome` says.
 //!
 //! - [`push`]: messages, files (chunked, pipelined, resumable via journals);
+//! - [`push_batch`]: many small files, a batch to a journal and a request;
 //! - [`pull`]: pull, follow (NOTIFY-driven live sync), subscribe.
 
 pub mod acks;
 pub mod inline;
 pub mod pull;
 pub mod push;
+pub mod push_batch;
 mod voids;
 
 pub use pull::{PullSummary, Subscription, SubscriptionEvent};
 pub use push::{ChunkAck, PushOptions, PushedFile};
+pub use push_batch::SmallFile;
 
 use crate::backoff::{Backoff, Jitter, RetryPolicy, os_jitter};
 use crate::crypto::{GroupKeys, envelope};

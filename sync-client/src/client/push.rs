@@ -84,9 +84,10 @@ pub struct ChunkAck {
     pub duplicate: bool,
 }
 
-struct Batch {
-    items: Vec<PushItem>,
-    bytes: usize,
+/// Sealed items of one push request being filled, and their bytes.
+pub(super) struct Batch {
+    pub(super) items: Vec<PushItem>,
+    pub(super) bytes: usize,
 }
 
 /// Read up to `size` bytes (less only at end of input).
@@ -142,7 +143,9 @@ impl SyncClient {
         })
     }
 
-    fn batch_fits(&self, batch: &Batch, item: &PushItem) -> bool {
+    /// Whether `item` may join `batch` in one push request (the relay's
+    /// `max_batch` and `max_frame`).
+    pub(super) fn batch_fits(&self, batch: &Batch, item: &PushItem) -> bool {
         let session = self.session();
         let w = session.welcome();
         batch.items.len() < w.max_batch as usize
@@ -411,9 +414,10 @@ impl SyncClient {
                 device: device_name(opts),
                 completed_at_ms: 0,
             };
-            // The journal names its sequence numbers before the counter
-            // moves past them (see `StateStore::reserve_seqs_then`).
-            state.reserve_seqs_then(u64::from(chunks), |first| {
+            // The counter moves past the numbers, then the journal names
+            // them, under one lock (see `StateStore::reserve_seqs_then`).
+            let journal_file = journals.path_for(&j);
+            state.reserve_seqs_then(u64::from(chunks), &journal_file, |first| {
                 j.first_seq = first;
                 j.last_seq = first + u64::from(chunks) - 1;
                 journals.save(&j)
@@ -549,22 +553,7 @@ impl SyncClient {
     ) -> Result<PushedFile> {
         let chunk_size = journal.chunk_size;
         let file_id = journal.file_id_bytes()?;
-        let version = match &journal.lineage {
-            Some(l) => Some(FileVersion {
-                lineage: hex::decode(l)
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| {
-                        ClientError::Home(format!(
-                            "journal of {:?} has a bad lineage",
-                            journal.name
-                        ))
-                    })?,
-                generation: journal.generation,
-                device: journal.device.clone(),
-            }),
-            None => None,
-        };
+        let version = version_of(journal)?;
         let total = journal.source.as_ref().map(|s| s.size);
         let mut hasher = blake3::Hasher::new();
         let mut in_flight = FuturesOrdered::new();
@@ -607,8 +596,9 @@ impl SyncClient {
                     journal.first_seq + u64::from(index)
                 } else {
                     // Unknown length: reserve as we go, recording each
-                    // number in the journal before the counter moves.
-                    state.reserve_seqs_then(1, |seq| {
+                    // number in the journal before it is used.
+                    let journal_file = journals.path_for(journal);
+                    state.reserve_seqs_then(1, &journal_file, |seq| {
                         if journal.first_seq == 0 {
                             journal.first_seq = seq;
                         }
@@ -686,7 +676,7 @@ impl SyncClient {
 /// `state.json`) or pushed from there (its push journal, `previous`),
 /// whichever is more recent; a new history (random lineage, generation 1)
 /// when there is none. Returns (lineage hex, generation).
-fn next_version(
+pub(super) fn next_version(
     state: &StateStore,
     canonical: &Path,
     previous: Option<&PushJournal>,
@@ -708,8 +698,27 @@ fn next_version(
     }
 }
 
+/// The version a journal's chunks carry (`None` for journals of older
+/// clients). Errors: [`ClientError::Home`] (a bad lineage).
+pub(super) fn version_of(journal: &PushJournal) -> Result<Option<FileVersion>> {
+    let Some(l) = &journal.lineage else {
+        return Ok(None);
+    };
+    let lineage = hex::decode(l)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            ClientError::Home(format!("journal of {:?} has a bad lineage", journal.name))
+        })?;
+    Ok(Some(FileVersion {
+        lineage,
+        generation: journal.generation,
+        device: journal.device.clone(),
+    }))
+}
+
 /// The device name to send: `opts.device_name` when valid.
-fn device_name(opts: &PushOptions) -> Option<String> {
+pub(super) fn device_name(opts: &PushOptions) -> Option<String> {
     opts.device_name
         .clone()
         .filter(|n| envelope::validate_device_name(n).is_ok())
