@@ -55,6 +55,8 @@ mod postgres_notify;
 mod postgres_outage;
 #[path = "protocol.rs"]
 mod protocol;
+#[path = "push_batch.rs"]
+mod push_batch;
 #[path = "resilience.rs"]
 mod resilience;
 #[path = "seq_blocks.rs"]
