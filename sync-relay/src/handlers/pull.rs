@@ -11,7 +11,11 @@
 //! its reservation (a single blob larger than the probe) exists unpaid only
 //! while storage reads it and until the check right after (no wait in
 //! between): at most one per read connection of the database (2) and per
-//! worker thread at a time.
+//! worker thread at a time — storage holds the read connection until the
+//! page's payloads are in, those kept in files included
+//! ([`sync_storage::Storage::pull_page`]). Without that bound, pulls that
+//! wait for budget each held an unpaid page: 20 never-reading sessions made
+//! the relay read hundreds of 1 MiB payloads at once.
 //!
 //! **No echo** (protocol version 2, docs/protocol.md "Version 2: no echo"):
 //! a session's own blobs (stored with its device as sender) are left out of
