@@ -16,8 +16,8 @@ use sync_protocol::limits::{HANDSHAKE_MAX_FRAME, NOTIFY_MAX_FRAME};
 use sync_protocol::{
     AccessToken, Ack, CloseCode, CloseGroup, CloseGroupOk, Deliver, DeviceId, ErrorCode,
     FALLBACK_PROTOCOL_VERSION, Hello, HelloWithToken, INLINE_PROTOCOL_VERSION, KeepList,
-    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, Push, PushItem, PushOk,
-    Welcome, decode_body, read_frame_into, read_message, write_message,
+    MIN_PROTOCOL_VERSION, Message, PROTOCOL_VERSION, Pull, PullBatch, PushItem, PushOk, Welcome,
+    decode_body, read_frame_into, read_message, write_message, write_push,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
@@ -398,19 +398,28 @@ impl RelaySession {
     /// GROUP_QUOTA_EXCEEDED; nothing stored), [`ClientError::ConnectionLost`]
     /// (retry with the same blob ids), [`ClientError::Protocol`].
     pub async fn push(&self, items: Vec<PushItem>) -> Result<PushOk> {
+        self.push_slice(&items).await
+    }
+
+    /// As [`RelaySession::push`], borrowing the items: the frame is written
+    /// from them without a copy ([`sync_protocol::write_push`]), so a
+    /// caller that may send them again (a retry) keeps one copy only.
+    pub async fn push_slice(&self, items: &[PushItem]) -> Result<PushOk> {
         self.push_inner(items)
             .await
             .map_err(|e| group_closed_or(&self.conn, e))
     }
 
-    async fn push_inner(&self, items: Vec<PushItem>) -> Result<PushOk> {
+    async fn push_inner(&self, items: &[PushItem]) -> Result<PushOk> {
         let ids: Vec<_> = items.iter().map(|i| i.blob_id).collect();
-        let mut recv = send_request(
-            &self.conn,
-            &Message::Push(Push { items }),
-            self.welcome.max_frame,
-        )
-        .await?;
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::ConnectionLost(e.to_string()))?;
+        write_push(&mut send, items, self.welcome.max_frame).await?;
+        send.finish()
+            .map_err(|e| ClientError::ConnectionLost(e.to_string()))?;
         match read_message(&mut recv, self.welcome.max_frame).await? {
             Some(Message::PushOk(ok)) => {
                 let matches = ok.results.len() == ids.len()

@@ -5,9 +5,10 @@
 //! body is read incrementally, so memory follows the bytes that actually
 //! arrive, never the bytes a peer claims.
 
-use crate::codec::{DecodeError, decode_body, encode_frame};
+use crate::codec::{DecodeError, decode_body};
 use crate::limits::{FRAME_HEADER_LEN, MAX_FRAME_CEILING};
 use crate::message::Message;
+use crate::segments::{FrameSegments, Part, encode_frame_segments, encode_push_segments};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Initial buffer for a body; it grows as bytes arrive.
@@ -155,12 +156,43 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     msg: &Message,
     max: u32,
 ) -> Result<(), FrameError> {
-    let frame = encode_frame(msg);
+    let body_len = crate::codec::encoded_len(msg) as u64;
+    if body_len > u64::from(max.min(MAX_FRAME_CEILING)) {
+        return Err(FrameError::TooLarge { len: body_len, max });
+    }
+    write_segments(w, &encode_frame_segments(msg)).await?;
+    Ok(())
+}
+
+/// Write a `Push` of `items` as one frame without copying the items
+/// ([`crate::segments::encode_push_segments`]), refusing bodies over `max`.
+/// Errors: [`FrameError::TooLarge`] (nothing written), [`FrameError::Io`].
+pub async fn write_push<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    items: &[crate::message::PushItem],
+    max: u32,
+) -> Result<(), FrameError> {
+    let frame = encode_push_segments(items);
     let body_len = (frame.len() - FRAME_HEADER_LEN) as u64;
     if body_len > u64::from(max.min(MAX_FRAME_CEILING)) {
         return Err(FrameError::TooLarge { len: body_len, max });
     }
-    w.write_all(&frame).await?;
+    write_segments(w, &frame).await?;
+    Ok(())
+}
+
+/// Write an encoded frame part by part: its payloads go to `w` straight
+/// from the message they belong to (see [`crate::segments`]).
+/// Errors: the writer's.
+pub async fn write_segments<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &FrameSegments<'_>,
+) -> std::io::Result<()> {
+    for part in frame.parts() {
+        match part {
+            Part::Run(bytes) | Part::Payload(bytes) => w.write_all(bytes).await?,
+        }
+    }
     Ok(())
 }
 

@@ -17,13 +17,14 @@ pub mod codes;
 pub mod frame;
 pub mod limits;
 pub mod message;
+pub mod segments;
 
 pub use close::{KeepList, KeepListError, MAX_KEEP_LIST};
 pub use codec::{DecodeError, decode_body, encode_body, encode_frame};
 pub use codes::{CloseCode, ErrorCode};
 pub use frame::{
     FrameError, read_frame, read_frame_body, read_frame_header, read_frame_into, read_message,
-    write_message,
+    write_message, write_push, write_segments,
 };
 pub use message::{
     ACCESS_TOKEN_PREFIX, AccessToken, Ack, AckOk, BlobId, CloseGroup, CloseGroupOk, Deliver,
@@ -31,6 +32,7 @@ pub use message::{
     Notify, ParseTokenError, Proof, Pull, PullBatch, PulledBlob, Push, PushItem, PushOk,
     PushResult, Welcome, hello_proof_message,
 };
+pub use segments::{FrameSegments, Part, encode_frame_segments, encode_push_segments};
 
 /// QUIC ALPN of protocol version 1: `/0k-sync/1`.
 pub const ALPN: &[u8] = b"/0k-sync/1";

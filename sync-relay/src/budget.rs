@@ -290,6 +290,33 @@ pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
+/// [`write_frame`] for a frame whose payloads are borrowed from its message
+/// ([`sync_protocol::encode_frame_segments`]): the same checks and deadline,
+/// without the copy of every payload into one frame buffer.
+pub async fn write_frame_segments<W: tokio::io::AsyncWrite + Unpin>(
+    out: &mut W,
+    frame: &sync_protocol::FrameSegments<'_>,
+    max_frame: u32,
+    allowed: Duration,
+) -> Result<(), WriteError> {
+    let body = frame
+        .len()
+        .saturating_sub(sync_protocol::limits::FRAME_HEADER_LEN);
+    if body > max_frame as usize {
+        return Err(WriteError::TooLarge {
+            len: body,
+            max: max_frame,
+        });
+    }
+    match tokio::time::timeout(allowed, sync_protocol::write_segments(out, frame)).await {
+        Ok(written) => Ok(written?),
+        Err(_) => Err(WriteError::Deadline {
+            len: frame.len(),
+            allowed,
+        }),
+    }
+}
+
 /// Counts connections that have not had their `Hello` answered yet (TLS
 /// handshake included), up to a cap: over it, a new connection is refused
 /// before its handshake.

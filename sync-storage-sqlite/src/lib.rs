@@ -247,6 +247,14 @@ impl Storage for SqliteStorage {
         now_ms: i64,
     ) -> Result<PullPage, StorageError> {
         let max_blobs = max_blobs.max(1) as usize;
+        // One read connection is held until the page is returned, its file
+        // payloads included: at most `read_connections` pages are being
+        // read at once. A page can be larger than its caller has paid for
+        // (one blob always comes back), and the relay's pull path relies on
+        // this bound (sync-relay/src/handlers/pull.rs); with the connection
+        // given back before the files were read, every waiting pull could
+        // hold a page of file payloads at once.
+        let mut conn = self.readers.acquire().await.map_err(dberr)?;
         let mut rows = sqlx::query(
             "SELECT cursor, blob_id, sender, created_at, payload, file_name, file_len, file_hash \
              FROM blobs \
@@ -257,7 +265,7 @@ impl Storage for SqliteStorage {
         .bind(after as i64)
         .bind(now_ms)
         .bind(max_blobs as i64 + 1)
-        .fetch(&self.readers);
+        .fetch(&mut *conn);
         let mut page = PullPage {
             blobs: Vec::new(),
             complete: true,
@@ -318,7 +326,7 @@ impl Storage for SqliteStorage {
                         let named: Option<i64> =
                             sqlx::query_scalar("SELECT 1 FROM blobs WHERE file_name = ?1")
                                 .bind(&file.name)
-                                .fetch_optional(&self.readers)
+                                .fetch_optional(&mut *conn)
                                 .await
                                 .map_err(dberr)?;
                         if named.is_some() {

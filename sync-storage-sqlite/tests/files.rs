@@ -1,7 +1,8 @@
 //! Large payloads as files beside the database (docs/deploy.md "Data
 //! directory"): where they go, that expiry removes them, that an orphan is
 //! swept, that a retried push leaves one file, that a damaged file reads
-//! as a storage error, and that a backup restores them.
+//! as a storage error, that a page holds its read connection while its
+//! files are read, and that a backup restores them.
 
 use std::path::{Path, PathBuf};
 use sync_protocol::{BlobId, DeviceId, GroupId};
@@ -270,4 +271,77 @@ async fn a_push_of_small_and_large_payloads_keeps_every_committed_file() {
         .map(|(id, len)| (BlobId([id; 16]), payload(id, len)))
         .collect();
     assert_eq!(got, want);
+}
+
+/// A page holds its read connection until its file payloads are in, so at
+/// most `read_connections` pages exist in storage at once: a page can be
+/// larger than what its reader paid for (one blob always comes back), and
+/// the relay's pull path counts on this bound. (With the connection given
+/// back before the files were read, 20 sessions of never-reading pullers
+/// had hundreds of 1 MiB payloads read at once: `peer_limits` saw the relay
+/// abort on its address-space cap.) The file is replaced by a FIFO, so the
+/// read is held open until the test feeds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_holds_its_read_connection_while_its_files_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("relay.db");
+    let mut opts = SqliteStorageOptions::new(&db, Quotas::UNLIMITED);
+    opts.read_connections = 1;
+    let s = std::sync::Arc::new(SqliteStorage::open(opts).await.unwrap());
+    s.open_session(G, D, 1, NewGroup::Unowned).await.unwrap();
+    s.push(push(vec![blob(1, LARGE, i64::MAX)])).await.unwrap();
+    let [file] = files_of(&db).try_into().unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let c_path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let mut reader = {
+        let s = std::sync::Arc::clone(&s);
+        tokio::spawn(async move { pull_all(&s).await })
+    };
+    // Opening a FIFO for writing returns once the page's read has opened
+    // it: the page is being read from here on.
+    let fifo_path = file.clone();
+    let opened = tokio::task::spawn_blocking(move || std::fs::File::create(&fifo_path).unwrap());
+    let fifo = tokio::select! {
+        fifo = opened => fifo.unwrap(),
+        ended = &mut reader => {
+            // Let the blocked open return before failing.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _unblock = std::fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&file);
+            panic!("the page was read without opening its file: {ended:?}");
+        }
+    };
+    let stats = s.pool_stats();
+    assert_eq!(
+        (stats.size, stats.idle),
+        (1, 0),
+        "the page's read connection is held while its file is read"
+    );
+    // Another read waits for that connection (it cannot finish while the
+    // file is unread; 2 s is only how long the test looks).
+    let mut other = {
+        let s = std::sync::Arc::clone(&s);
+        tokio::spawn(async move { s.head(G).await })
+    };
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), &mut other)
+            .await
+            .is_err(),
+        "a second read ran while the page's file was read"
+    );
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut fifo = fifo;
+        fifo.write_all(&payload(1, LARGE)).unwrap();
+    })
+    .await
+    .unwrap();
+    let page = reader.await.unwrap().unwrap();
+    assert_eq!(page, vec![(BlobId([1; 16]), payload(1, LARGE))]);
+    assert_eq!(other.await.unwrap().unwrap(), 1);
+    s.close().await;
 }

@@ -670,6 +670,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Blobs of `group` with cursor > `after` that have not expired at
     /// `now_ms` (`expires_at_ms > now_ms`), oldest first: at most `max_blobs` of them, and no more than
     /// fit in `max_bytes` of payload (but always at least one if any exists).
+    /// Because that one blob can exceed what the caller paid for, a backend
+    /// bounds how many pages it reads at once by its read connections,
+    /// payloads kept outside the database included (SQLite: a page holds
+    /// its read connection until its payload files are read).
     async fn pull_page(
         &self,
         group: GroupId,

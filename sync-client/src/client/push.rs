@@ -157,11 +157,9 @@ impl SyncClient {
     /// [`SyncClient::call`]; the same blob ids are sent again, so a retry
     /// never stores anything twice.
     pub async fn push_items(&self, items: Vec<PushItem>) -> Result<PushOk> {
-        self.call(|s| {
-            let items = items.clone();
-            async move { s.push(items).await }
-        })
-        .await
+        let items = &items;
+        self.call(|s| async move { s.push_slice(items).await })
+            .await
     }
 
     /// Seal and push application messages (each at most

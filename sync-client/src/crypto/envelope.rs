@@ -419,24 +419,27 @@ pub fn seal_with_nonce(
             limit: max_blob_size,
         });
     }
+    // One buffer, encrypted in place: version ‖ nonce ‖ padded inner, then
+    // the tag appended (the body is copied once, into its place).
     let mut out = Vec::with_capacity(size);
     out.push(ENVELOPE_VERSION);
     out.extend_from_slice(&nonce_bytes);
-    let mut inner = Vec::with_capacity(padded_len + TAG_LEN);
-    inner.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
-    inner.extend_from_slice(&header_bytes);
-    inner.extend_from_slice(stored);
-    inner.resize(padded_len, 0);
+    let inner_at = out.len();
+    out.extend_from_slice(&(header_bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&header_bytes);
+    out.extend_from_slice(stored);
+    out.resize(inner_at + padded_len, 0);
     let cipher = XChaCha20Poly1305::new(keys.blob_key().into());
     let nonce = XNonce::from(nonce_bytes);
-    cipher
-        .encrypt_in_place(
+    let tag = cipher
+        .encrypt_inout_detached(
             &nonce,
             &associated_data(ENVELOPE_VERSION, &keys.group_id(), blob_id),
-            &mut inner,
+            (&mut out[inner_at..]).into(),
         )
         .map_err(|_| EnvelopeError::Malformed("encryption failed".into()))?;
-    out.extend_from_slice(&inner);
+    out.extend_from_slice(&tag);
+    debug_assert_eq!(out.len(), size);
     Ok(out)
 }
 

@@ -27,10 +27,12 @@ use crate::state::{ClientState, PartialFile, StateStore};
 use crate::util::now_ms;
 use crate::withheld::absorb_view;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use sync_protocol::{DeviceId, PulledBlob};
 
@@ -207,6 +209,13 @@ pub struct Receiver<'a> {
     /// This device's next sequence number as last read from `seq.json`
     /// (0: not read yet); re-read when one of its own blobs is above it.
     own_next_seq: AtomicU64,
+    /// Files this receiver wrote from their first byte on, each chunk at
+    /// the end of the one before: temp path → (bytes hashed, BLAKE3 of
+    /// them so far). Lets [`Receiver::finish`] verify such a file without
+    /// reading it back; any other write (a gap, an overlap, chunks out of
+    /// order, a file begun before this receiver) drops the entry and the
+    /// file is read back and hashed as before.
+    running: Mutex<HashMap<PathBuf, (u64, blake3::Hasher)>>,
 }
 
 impl<'a> Receiver<'a> {
@@ -217,6 +226,46 @@ impl<'a> Receiver<'a> {
             me,
             out_dir: out_dir.into(),
             own_next_seq: AtomicU64::new(0),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (u64, blake3::Hasher)>> {
+        // Every update is one insert, remove or hasher update: a panic
+        // cannot leave an entry half-written, so a poisoned lock is usable.
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Record that `body` was written to `temp` at `offset` (see
+    /// [`Receiver::running`]).
+    fn hash_written(&self, temp: &Path, first: bool, offset: u64, body: &[u8]) {
+        let mut running = self.running();
+        if first && offset == 0 {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(body);
+            running.insert(temp.to_path_buf(), (body.len() as u64, hasher));
+            return;
+        }
+        match running.get_mut(temp) {
+            Some((hashed, hasher)) if *hashed == offset => {
+                hasher.update(body);
+                *hashed += body.len() as u64;
+            }
+            Some(_) => {
+                running.remove(temp);
+            }
+            None => {}
+        }
+    }
+
+    /// The BLAKE3 of the first `size` bytes of `temp` when this receiver
+    /// wrote exactly those, in order, and nothing else; `None` otherwise.
+    fn hash_of_written(&self, temp: &Path, size: u64) -> Option<blake3::Hash> {
+        match self.running().remove(temp) {
+            Some((hashed, hasher)) if hashed == size => Some(hasher.finalize()),
+            _ => None,
         }
     }
 
@@ -545,10 +594,15 @@ impl<'a> Receiver<'a> {
             }
             Err(e) => return Err(ClientError::io(&temp)(e)),
         };
-        f.seek(SeekFrom::Start(chunk.offset))
+        if let Err(e) = f
+            .seek(SeekFrom::Start(chunk.offset))
             .and_then(|_| f.write_all(body))
-            .map_err(ClientError::io(&temp))?;
+        {
+            self.running().remove(&temp);
+            return Err(ClientError::io(&temp)(e));
+        }
         drop(f);
+        self.hash_written(&temp, first, chunk.offset, body);
         partial.received.insert(chunk.index..=chunk.index);
         partial.seq = partial.seq.max(seq);
         partial.bytes += body.len() as u64;
@@ -663,7 +717,12 @@ impl<'a> Receiver<'a> {
         f.set_len(*size)
             .and_then(|_| f.sync_all())
             .map_err(ClientError::io(temp))?;
-        let actual = hash_file_nofollow(temp)?;
+        // Written here in order from the first byte: hashed as it was
+        // written; otherwise read back.
+        let actual = match self.hash_of_written(temp, *size) {
+            Some(hash) => hash,
+            None => hash_file_nofollow(temp)?,
+        };
         if actual.to_hex().as_str() != hash.as_str() {
             drop(f);
             let _ = fs::remove_file(temp);

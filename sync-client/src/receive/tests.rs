@@ -755,3 +755,74 @@ fn the_number_of_senders_and_of_partial_files_is_capped() {
 }
 
 mod paths;
+
+#[test]
+fn running_hash_covers_only_files_written_in_order_from_the_start() {
+    let f = fixture();
+    let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), f.dir.path().join("out"));
+    let a = Path::new("/tmp/a.part");
+    receiver.hash_written(a, true, 0, b"abc");
+    receiver.hash_written(a, false, 3, b"def");
+    assert_eq!(
+        receiver.hash_of_written(a, 6),
+        Some(blake3::hash(b"abcdef")),
+        "in order from byte 0"
+    );
+    assert_eq!(receiver.hash_of_written(a, 6), None, "taken once");
+    receiver.hash_written(a, true, 0, b"abc");
+    assert_eq!(receiver.hash_of_written(a, 6), None, "short of the size");
+    receiver.hash_written(a, true, 0, b"abc");
+    receiver.hash_written(a, false, 4, b"def");
+    assert_eq!(receiver.hash_of_written(a, 6), None, "a gap");
+    receiver.hash_written(a, true, 0, b"abc");
+    receiver.hash_written(a, false, 2, b"def");
+    assert_eq!(receiver.hash_of_written(a, 6), None, "an overlap");
+    receiver.hash_written(a, true, 3, b"def");
+    receiver.hash_written(a, false, 0, b"abc");
+    assert_eq!(receiver.hash_of_written(a, 6), None, "out of order");
+}
+
+#[test]
+fn overlapping_chunks_are_verified_against_what_is_on_disk() {
+    // Chunk 1 overwrites the last byte of chunk 0: the file on disk is
+    // "abdef" + one zero byte (set to its size), not the 6 bytes received.
+    let mut f = fixture();
+    let on_disk = b"abdef\0";
+    let end = FileEnd {
+        chunks: 2,
+        size: 6,
+        blake3: *blake3::hash(on_disk).as_bytes(),
+    };
+    let c0 = blob(&f, 1, 1, 1, chunk(0, 0, None), b"abc");
+    let c1 = blob(&f, 2, 2, 2, chunk(1, 2, Some(end)), b"def");
+    let events = apply_all(&mut f, &[c0, c1]);
+    assert!(
+        matches!(&events.last(), Some(PullEvent::File { size: 6, .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        std::fs::read(f.dir.path().join("out/f.bin")).unwrap(),
+        on_disk
+    );
+}
+
+#[test]
+fn chunks_out_of_order_make_the_same_file() {
+    let mut f = fixture();
+    let end = FileEnd {
+        chunks: 2,
+        size: 6,
+        blake3: *blake3::hash(b"abcdef").as_bytes(),
+    };
+    let c0 = blob(&f, 1, 1, 1, chunk(0, 0, None), b"abc");
+    let c1 = blob(&f, 2, 2, 2, chunk(1, 3, Some(end)), b"def");
+    let events = apply_all(&mut f, &[c1, c0]);
+    assert!(
+        matches!(&events.last(), Some(PullEvent::File { size: 6, .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        std::fs::read(f.dir.path().join("out/f.bin")).unwrap(),
+        b"abcdef"
+    );
+}

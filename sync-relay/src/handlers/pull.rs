@@ -11,7 +11,11 @@
 //! its reservation (a single blob larger than the probe) exists unpaid only
 //! while storage reads it and until the check right after (no wait in
 //! between): at most one per read connection of the database (2) and per
-//! worker thread at a time.
+//! worker thread at a time — storage holds the read connection until the
+//! page's payloads are in, those kept in files included
+//! ([`sync_storage::Storage::pull_page`]). Without that bound, pulls that
+//! wait for budget each held an unpaid page: 20 never-reading sessions made
+//! the relay read hundreds of 1 MiB payloads at once.
 //!
 //! **No echo** (protocol version 2, docs/protocol.md "Version 2: no echo"):
 //! a session's own blobs (stored with its device as sender) are left out of
@@ -21,11 +25,12 @@
 //! everyone (the storage trait is shared by every backend); the saving is
 //! the transfer, the client's decryption and its work.
 
-use crate::budget::{RELAY_BUSY_RETRY_MS, SessionBudget, WriteError, write_frame};
+use crate::budget::{RELAY_BUSY_RETRY_MS, SessionBudget, WriteError, write_frame_segments};
 use crate::context::{RelayContext, now_ms};
 use sync_protocol::limits::{BATCH_OVERHEAD, PULLED_BLOB_OVERHEAD};
 use sync_protocol::{
-    DeviceId, ErrorCode, ErrorMsg, GroupId, Message, Pull, PullBatch, PulledBlob, encode_frame,
+    DeviceId, ErrorCode, ErrorMsg, GroupId, Message, Pull, PullBatch, PulledBlob,
+    encode_frame_segments,
 };
 use tokio::io::AsyncWrite;
 
@@ -152,11 +157,15 @@ pub async fn handle<W: AsyncWrite + Unpin>(
             page.blobs
         };
         let sent = blobs.iter().filter(|b| !b.payload.is_empty()).count() as u64;
-        let frame = encode_frame(&Message::PullBatch(PullBatch { blobs, head, more }));
+        // Encoded with the payloads borrowed, not copied into one buffer:
+        // each goes to the stream straight from the page.
+        let msg = Message::PullBatch(PullBatch { blobs, head, more });
+        let frame = encode_frame_segments(&msg);
         if frame.len() > reserved.bytes() && !budget.try_grow(&mut reserved, frame.len()) {
             // Not enough budget for it right now: drop it, wait for a whole
             // frame, and read the page again.
             drop(frame);
+            drop(msg);
             want = max_frame as usize;
             continue;
         }
@@ -169,7 +178,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
             after = last;
         }
         reserved.shrink_to(frame.len());
-        write_frame(out, &frame, max_frame, ctx.transfer_deadline(frame.len()))
+        write_frame_segments(out, &frame, max_frame, ctx.transfer_deadline(frame.len()))
             .await
             .map_err(PullError::Stream)?;
         drop(reserved);
