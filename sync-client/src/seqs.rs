@@ -31,10 +31,12 @@
 //! journal ever names a number at or past the counter and a reservation
 //! never lists the journals: O(1) whatever their number. An exact
 //! reservation also records its numbers and the journal's file name in
-//! `seq.json`; the next locked operation (of any process: the journal is
-//! written under the same lock) settles it, voiding whatever that journal
-//! does not name — numbers of a process that died, or whose write failed,
-//! before the journal existed.
+//! `seq.json`, and clears the record (a second write) once the journal is
+//! written, still under the lock: a finished push removes its journal, so
+//! a record left behind would make used numbers look unused. A record the
+//! next locked operation (of any process) finds is settled: whatever that
+//! journal does not name is voided — numbers of a process that died, or
+//! whose write failed, before the journal existed.
 
 use crate::crypto::random_bytes;
 use crate::error::{ClientError, Result};
@@ -192,7 +194,16 @@ impl SeqReserver {
             // Still under the lock: whoever settles the recording next
             // finds the journal written, or knows it never will be.
             record(next)?;
-            self.recorded = recording;
+            // The journal is written: nothing is left to settle. Cleared
+            // before the lock goes (a second write), because a finished
+            // push removes its journal, and a recording left behind would
+            // then look like one whose journal was never written: the next
+            // process would void numbers that were used.
+            if recording.is_some() {
+                g.file.recording = None;
+                write_seq_file(&self.seq_path, &g.file)?;
+            }
+            self.recorded = None;
             return Ok(next);
         }
         self.size = match &self.current {

@@ -282,6 +282,35 @@ fn written_journals_leave_nothing_to_void() {
     assert!(c.take_voids().unwrap().is_empty());
 }
 
+/// A push that finished removes its journal; the next process (a new
+/// reserver, as each `sync-cli push` is) must not take the numbers that
+/// journal named for ones never written, nor void them.
+#[test]
+fn a_finished_push_whose_journal_is_gone_leaves_nothing_to_void() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    let mut a = SeqReserver::new(home);
+    let mut j = stdin_journal(0, 0);
+    j.file_id = hex::encode([9u8; 16]);
+    let file = journal_file(home, &j);
+    a.reserve_then(2, Some(&file), |first| {
+        j.first_seq = first;
+        j.last_seq = first + 1;
+        save_journal(home, &j);
+        Ok(())
+    })
+    .unwrap();
+    // The push is acknowledged: its journal goes.
+    std::fs::remove_file(&file).unwrap();
+    drop(a);
+    let mut b = SeqReserver::new(home);
+    assert_eq!(b.reserve_exact(1).unwrap(), 3);
+    assert!(
+        b.take_voids().unwrap().is_empty(),
+        "numbers of a finished push were voided"
+    );
+}
+
 /// A home where a client from before counted journals (it wrote the
 /// journal first, then the counter) died in between: its journal names
 /// numbers at or past the counter. The first reservation counts the
