@@ -76,7 +76,11 @@ impl From<crate::storage::StorageError> for PullError {
 /// is read.
 /// Returns the cursor the answer ended at (its last blob's, or
 /// `pull.after` when it had none): where the device will be once it has
-/// applied the answer.
+/// applied the answer. `ending(cursor)` is called with that cursor just
+/// **before** the answer's last frame is written, so whoever tracks the
+/// device's position (the session's inline delivery) has it before the
+/// device can act on the answer (a push it makes on seeing it would
+/// otherwise race the update).
 /// Errors: INVALID_MESSAGE (limit 0, cursor beyond head), OVERLOADED (the
 /// relay-wide budget stayed spent for `request_timeout_s`), INTERNAL;
 /// [`PullError::Stream`] when a frame was not taken within its deadline.
@@ -87,6 +91,7 @@ pub async fn handle<W: AsyncWrite + Unpin>(
     no_echo: bool,
     pull: Pull,
     (budget, acked): (&SessionBudget, &std::sync::atomic::AtomicU64),
+    ending: &(dyn Fn(u64) + Sync),
     out: &mut W,
 ) -> Result<u64, PullError> {
     if pull.limit == 0 {
@@ -178,6 +183,9 @@ pub async fn handle<W: AsyncWrite + Unpin>(
             after = last;
         }
         reserved.shrink_to(frame.len());
+        if !more {
+            ending(after);
+        }
         write_frame_segments(out, &frame, max_frame, ctx.transfer_deadline(frame.len()))
             .await
             .map_err(PullError::Stream)?;

@@ -658,6 +658,13 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
         }
         Message::Pull(pull) => {
             let no_echo = session.no_echo();
+            // The device is where the answer ends once it applies it: an
+            // inline delivery starts from there (docs/protocol.md "Version
+            // 3: inline delivery"), not from the pull's `after` or its next
+            // ack. Set before the last frame goes, not after: the device
+            // may push on seeing it, and that push's delivery must find
+            // the position already moved.
+            let activity = &session.activity;
             let served = handlers::pull::handle(
                 ctx,
                 group,
@@ -665,17 +672,13 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
                 no_echo,
                 pull,
                 (&session.budget, &session.acked),
+                &|end| activity.answered(end),
                 send,
             )
             .await;
             ctx.metrics.observe("pull", started);
             match served {
-                Ok(end) => {
-                    // The device is there once it applies the answer: an
-                    // inline delivery starts from it (docs/protocol.md
-                    // "Version 3: inline delivery"), not from the pull's
-                    // `after` or its next ack.
-                    session.activity.answered(end);
+                Ok(_) => {
                     let _ = send.finish();
                     return;
                 }
