@@ -90,8 +90,11 @@ pub async fn handle<W: AsyncWrite + Unpin>(
     device: DeviceId,
     no_echo: bool,
     pull: Pull,
-    (budget, acked): (&SessionBudget, &std::sync::atomic::AtomicU64),
-    ending: &(dyn Fn(u64) + Sync),
+    (budget, acked, ending): (
+        &SessionBudget,
+        &std::sync::atomic::AtomicU64,
+        &(dyn Fn(u64) + Sync),
+    ),
     out: &mut W,
 ) -> Result<u64, PullError> {
     if pull.limit == 0 {

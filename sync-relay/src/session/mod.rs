@@ -671,8 +671,9 @@ async fn dispatch(session: &Session, msg: Message, send: &mut SendStream) {
                 device,
                 no_echo,
                 pull,
-                (&session.budget, &session.acked),
-                &|end| activity.answered(end),
+                (&session.budget, &session.acked, &|end| {
+                    activity.answered(end)
+                }),
                 send,
             )
             .await;
