@@ -81,6 +81,52 @@ fn device(relay: &Relay, dir: &Path) -> Result<PathBuf> {
     Ok(home)
 }
 
+/// A second device of `first`'s group, its home in `dir`: `sync-cli
+/// invite` on the first, `join` on the new one, answered by `invite
+/// --answer` on the first until `join` ends.
+fn joined(first: &Path, dir: &Path) -> Result<PathBuf> {
+    let cli = sibling("sync-cli")?;
+    let home = dir.join("home2");
+    let out = Command::new(&cli)
+        .arg("--home")
+        .arg(first)
+        .arg("invite")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let invite = text
+        .split_whitespace()
+        .find(|w| w.starts_with("0ksync2-"))
+        .with_context(|| format!("`invite` printed no invite: {text}"))?
+        .to_string();
+    let mut join = Command::new(&cli)
+        .arg("--home")
+        .arg(&home)
+        .args(["join", &invite, "--device-name", "bench-2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = join.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = join.kill();
+            bail!("`join` did not end within 60 s");
+        }
+        Command::new(&cli)
+            .arg("--home")
+            .arg(first)
+            .args(["invite", "--answer"])
+            .output()?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    if !status.success() {
+        bail!("`join` failed ({status})");
+    }
+    Ok(home)
+}
+
 /// `sync-cli --json sync DIR`, measured, with the files it reports
 /// uploaded.
 fn sync(home: &Path, dir: &Path) -> Result<(Measured, usize)> {
@@ -107,6 +153,55 @@ fn sync(home: &Path, dir: &Path) -> Result<(Measured, usize)> {
     Ok((m, uploaded))
 }
 
+/// Regular files under `dir`, the folder's staging directory left out.
+fn files_in(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() && !entry.file_name().to_string_lossy().starts_with(".0k-sync") {
+            n += files_in(&entry.path())?;
+        } else if ty.is_file() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// A second device joins and runs its first `sync` into an empty
+/// directory: every file of `src` comes down. One table row, beside `cp
+/// -r` of the same tree.
+fn receive(
+    table: &mut Table,
+    what: &str,
+    relay: &Relay,
+    scratch: &Path,
+    home: &Path,
+    files: usize,
+    cp: &Measured,
+) -> Result<()> {
+    let home2 = joined(home, scratch)?;
+    let dest = scratch.join("received");
+    std::fs::create_dir_all(&dest)?;
+    let (m, _) = sync(&home2, &dest)?;
+    let got = files_in(&dest)?;
+    if got != files {
+        bail!("the second device's sync of {what} wrote {got} files, not {files}");
+    }
+    let (_, relay_peak) = relay.memory_kib();
+    table.row(vec![
+        format!("second device's first sync (download): {what}"),
+        secs(&m),
+        mib(&m),
+        format!("{:.0}", relay_peak as f64 / 1024.0),
+        format!("`cp -r`: {} s, {} MiB", secs(cp), mib(cp)),
+        ratio(m.elapsed.as_secs_f64(), cp.elapsed.as_secs_f64()),
+    ]);
+    std::fs::remove_dir_all(&dest)?;
+    std::fs::remove_dir_all(&home2)?;
+    Ok(())
+}
+
 fn secs(m: &Measured) -> String {
     format!("{:.2}", m.elapsed.as_secs_f64())
 }
@@ -124,6 +219,7 @@ fn initial(
     scratch: &Path,
     src: &Path,
     files: usize,
+    download: bool,
 ) -> Result<(Relay, PathBuf)> {
     let cp = measure(
         Command::new("cp")
@@ -147,6 +243,9 @@ fn initial(
         format!("`cp -r`: {} s, {} MiB", secs(&cp), mib(&cp)),
         ratio(m.elapsed.as_secs_f64(), cp.elapsed.as_secs_f64()),
     ]);
+    if download {
+        receive(table, what, &relay, scratch, &home, files, &cp)?;
+    }
     Ok((relay, home))
 }
 
@@ -193,6 +292,7 @@ fn run_blocking(f: &Folder) -> Result<Table> {
         scratch.path(),
         &small,
         f.files,
+        true,
     )?;
     drop(relay);
     std::fs::remove_dir_all(&home)?;
@@ -206,6 +306,7 @@ fn run_blocking(f: &Folder) -> Result<Table> {
         scratch.path(),
         &large,
         1,
+        true,
     )?;
     drop(relay);
     std::fs::remove_dir_all(&home)?;
@@ -223,6 +324,7 @@ fn run_blocking(f: &Folder) -> Result<Table> {
         scratch.path(),
         &many,
         f.rescan_files,
+        false,
     )?;
     let (rescan, uploaded) = sync(&home, &many)?;
     if uploaded != 0 {
@@ -245,6 +347,6 @@ fn run_blocking(f: &Folder) -> Result<Table> {
         ),
         ratio(rescan.elapsed.as_secs_f64(), stat.elapsed.as_secs_f64()),
     ]);
-    table.note("Each case: a fresh relay process (default 1 MiB blobs) and a fresh device (`sync-cli init`), the tree written just before (in the page cache); times are spawn to exit of one `sync-cli --json sync DIR` (scan, pull, push, its connection and handshake included), peak RSS from wait4's ru_maxrss. `cp -r` of the same tree runs just before the sync (it does not fsync; the relay does). The rescan is the second `sync` of the tree, uploading nothing (checked).");
+    table.note("Each case: a fresh relay process (default 1 MiB blobs) and a fresh device (`sync-cli init`), the tree written just before (in the page cache); times are spawn to exit of one `sync-cli --json sync DIR` (scan, pull, push, its connection and handshake included), peak RSS from wait4's ru_maxrss. `cp -r` of the same tree runs just before the sync (it does not fsync; the relay does). The rescan is the second `sync` of the tree, uploading nothing (checked). The download rows: a second device joins the group (`invite`, `join`, answered by the first) and runs its first `sync` into an empty directory, every file written (counted); the `cp -r` beside it is the same tree's.");
     Ok(table)
 }

@@ -625,6 +625,21 @@ impl<'a> Receiver<'a> {
         if have < u64::from(chunks) {
             return Ok(Ok(None));
         }
+        if first && chunks == 1 {
+            // The whole file came in this one blob, so no saved state
+            // names it: a crash before the pull's next save (a round's
+            // end, or every few frames: `client::pull`) pulls the blob
+            // again, and finishing it again finds the same content in
+            // place (`Placed::Same`). No save of its own, then: two
+            // rewrites of the state, each with two fsyncs, for every
+            // small file made a folder of n files cost O(n²) bytes
+            // written (docs/client.md "Receiving many small files").
+            store.state.cursor = store.state.cursor.max(cursor);
+            let Some(partial) = store.state.partials.remove(&key) else {
+                return Ok(Ok(None));
+            };
+            return Ok(self.finish(&partial, cursor, store)?.map(Some));
+        }
         // Every chunk is here. Record that before touching the files, with
         // the cursor of this last chunk, so a crash from here on is
         // finished by `recover` instead of waiting for chunks that will
