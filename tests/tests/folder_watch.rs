@@ -267,6 +267,27 @@ fn spawn_sync(g: &Group, i: usize) -> Child {
         .unwrap()
 }
 
+/// Payload bytes the relay has stored from pushes so far.
+fn pushed(g: &Group) -> u64 {
+    g.relay.metrics().value("sync_relay_push_bytes", &[]) as u64
+}
+
+/// `sync` on device 0, killed with SIGKILL once `bytes` more are stored
+/// at the relay (or once it ended by itself): its exit status and the
+/// bytes stored by then.
+fn sync_killed_once_stored(g: &Group, bytes: u64) -> (std::process::ExitStatus, u64) {
+    let before = pushed(g);
+    let mut sync = spawn_sync(g, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pushed(g) < before + bytes && sync.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sync.kill().unwrap();
+    let status = sync.wait().unwrap();
+    (status, pushed(g) - before)
+}
+
 /// Watches `path` (inotify on its directory) until dropped: a file there
 /// must only ever appear whole — renamed or linked into place — never be
 /// written at its final path, where a crash would leave it half-written.
@@ -317,18 +338,8 @@ fn sync_killed_mid_upload_resumes_with_no_loss() {
     let big = random_bytes(4 << 20);
     write(g.dir(0), "big.bin", &big);
     write(g.dir(0), "small.txt", b"small\n");
-    let pushed = || g.relay.metrics().value("sync_relay_push_bytes", &[]) as u64;
-    let before = pushed();
-    let mut sync = spawn_sync(&g, 0);
     // Observably mid-upload: a quarter of the file is at the relay.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while pushed() < before + (1 << 20) && sync.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    sync.kill().unwrap();
-    let status = sync.wait().unwrap();
-    let at_kill = pushed() - before;
+    let (status, at_kill) = sync_killed_once_stored(&g, 1 << 20);
     eprintln!(
         "killed ({status}) with {at_kill} of {} bytes pushed",
         big.len()
@@ -368,17 +379,8 @@ fn sync_killed_mid_batch_of_small_files_resumes_with_no_loss() {
         write(g.dir(0), &format!("d{:02}/f{i:04}.bin", i / 100), &bytes);
         content += bytes.len() as u64;
     }
-    let pushed = || g.relay.metrics().value("sync_relay_push_bytes", &[]) as u64;
-    let before = pushed();
-    let mut sync = spawn_sync(&g, 0);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while pushed() < before + (1 << 20) && sync.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    sync.kill().unwrap();
-    let status = sync.wait().unwrap();
-    let at_kill = pushed() - before;
+    let before = pushed(&g);
+    let (status, at_kill) = sync_killed_once_stored(&g, 1 << 20);
     eprintln!("killed ({status}) with {at_kill} of about {content} bytes stored");
     assert!(
         at_kill < content,
@@ -398,7 +400,7 @@ fn sync_killed_mid_batch_of_small_files_resumes_with_no_loss() {
     eprintln!("receiver's sync: {:?}", t0.elapsed());
     let t = g.wait_same(None, &[]);
     assert_eq!(t.keys().filter(|k| k.ends_with(".bin")).count(), 3000);
-    let stored = pushed() - before;
+    let stored = pushed(&g) - before;
     // Sealing adds a few dozen bytes a file and the folder records about a
     // hundred; storing the killed batch twice would add at least `at_kill`.
     eprintln!("stored over both runs: {stored} bytes for {content} of content");

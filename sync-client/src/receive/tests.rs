@@ -826,3 +826,43 @@ fn chunks_out_of_order_make_the_same_file() {
         b"abcdef"
     );
 }
+
+/// A file that comes whole in one blob is not saved on its own (the
+/// pull saves every few frames and at its end: docs/client.md
+/// "Receiving"), and a crash before that save loses nothing: the blob
+/// pulled again finds the same content in place, with no conflict copy
+/// and no rejection, and then the version is known there.
+#[test]
+fn a_one_blob_file_is_left_to_the_pulls_save_and_survives_a_crash_before_it() {
+    let mut f = fixture();
+    f.store.save().unwrap();
+    let path = f.dir.path().join("state.json");
+    let b = file_blob(&f, SENDER, 1, 1, "note.txt", b"remote", Some((1, 1)));
+    let events = outcomes(&mut f, std::slice::from_ref(&b));
+    assert!(
+        matches!(&events[..], [PullEvent::File { .. }]),
+        "{events:?}"
+    );
+    assert_eq!(read(&f, "note.txt"), b"remote");
+    // Nothing saved yet: the state on disk is the one from before.
+    let on_disk = StateStore::open(path.clone()).unwrap();
+    assert_eq!(on_disk.state.cursor, 0);
+    assert!(on_disk.state.files.is_empty());
+    // The crash: the state in memory is gone; the relay serves the blob
+    // again.
+    f.store = on_disk;
+    let events = outcomes(&mut f, &[b]);
+    assert!(
+        matches!(&events[..], [PullEvent::File { .. }]),
+        "{events:?}"
+    );
+    assert_eq!(listing(&f), ["note.txt"]);
+    assert_eq!(read(&f, "note.txt"), b"remote");
+    assert_eq!(f.store.state.cursor, 1);
+    assert_eq!(f.store.state.files.len(), 1);
+    // A newer version now replaces it (it is known as the one written).
+    let newer = file_blob(&f, SENDER, 2, 2, "note.txt", b"v2", Some((1, 2)));
+    outcomes(&mut f, &[newer]);
+    assert_eq!(read(&f, "note.txt"), b"v2");
+    assert_eq!(listing(&f), ["note.txt"]);
+}
