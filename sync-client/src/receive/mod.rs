@@ -627,18 +627,32 @@ impl<'a> Receiver<'a> {
         }
         if first && chunks == 1 {
             // The whole file came in this one blob, so no saved state
-            // names it: a crash before the pull's next save (a round's
+            // names it. When it lands at a name this device had written
+            // nothing at, a crash before the pull's next save (a round's
             // end, or every few frames: `client::pull`) pulls the blob
             // again, and finishing it again finds the same content in
-            // place (`Placed::Same`). No save of its own, then: two
+            // place (`Placed::Same`): no save of its own, then. Two
             // rewrites of the state, each with two fsyncs, for every
             // small file made a folder of n files cost O(n²) bytes
             // written (docs/client.md "Receiving many small files").
+            // A file that replaced a version this device wrote, a
+            // conflict copy and a refusal are saved at once: the same
+            // blob applied again after a crash would meet what it left
+            // on disk as a stranger's file and make a conflict copy.
             store.state.cursor = store.state.cursor.max(cursor);
             let Some(partial) = store.state.partials.remove(&key) else {
                 return Ok(Ok(None));
             };
-            return Ok(self.finish(&partial, cursor, store)?.map(Some));
+            let root = partial.temp_path.parent().unwrap_or(Path::new("."));
+            let known_before = store
+                .state
+                .files
+                .contains_key(&Self::dest_key(root, &partial.name));
+            let outcome = self.finish(&partial, cursor, store)?;
+            if known_before || !matches!(outcome, Ok(PullEvent::File { .. })) {
+                store.save()?;
+            }
+            return Ok(outcome.map(Some));
         }
         // Every chunk is here. Record that before touching the files, with
         // the cursor of this last chunk, so a crash from here on is

@@ -866,3 +866,56 @@ fn a_one_blob_file_is_left_to_the_pulls_save_and_survives_a_crash_before_it() {
     assert_eq!(read(&f, "note.txt"), b"v2");
     assert_eq!(listing(&f), ["note.txt"]);
 }
+
+/// Two newer versions of one name in one pull (one blob each), then a
+/// crash before the pull's save: each replacement was saved at once, so
+/// the blobs served again are replays and no conflict copy appears (with
+/// neither saved, the first would have met the second's content as a
+/// stranger's file and been saved beside it).
+#[test]
+fn one_blob_replacements_are_saved_so_a_crash_makes_no_conflict_copy() {
+    let mut f = fixture();
+    let v1 = file_blob(&f, SENDER, 1, 1, "note.txt", b"v1", Some((1, 1)));
+    outcomes(&mut f, &[v1]);
+    f.store.save().unwrap();
+    let v2 = file_blob(&f, SENDER, 2, 2, "note.txt", b"v2", Some((1, 2)));
+    let v3 = file_blob(&f, SENDER, 3, 3, "note.txt", b"v3", Some((1, 3)));
+    outcomes(&mut f, &[v2.clone(), v3.clone()]);
+    assert_eq!(read(&f, "note.txt"), b"v3");
+    // The crash: back to the state on disk; the relay serves both again.
+    f.store = StateStore::open(f.dir.path().join("state.json")).unwrap();
+    let events = outcomes(&mut f, &[v2, v3]);
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e, PullEvent::Replay { .. } | PullEvent::File { .. })),
+        "{events:?}"
+    );
+    assert_eq!(listing(&f), ["note.txt"]);
+    assert_eq!(read(&f, "note.txt"), b"v3");
+}
+
+/// A one-blob file that meets a local file is saved beside it, and that
+/// is saved at once: after a crash the blob served again is a replay,
+/// not a second conflict copy.
+#[test]
+fn a_one_blob_conflict_is_saved_so_a_crash_makes_no_second_copy() {
+    let mut f = fixture();
+    f.store.save().unwrap();
+    std::fs::create_dir_all(out(&f)).unwrap();
+    std::fs::write(out(&f).join("note.txt"), b"my local edits").unwrap();
+    let b = file_blob(&f, SENDER, 1, 1, "note.txt", b"remote", Some((1, 1)));
+    let events = outcomes(&mut f, std::slice::from_ref(&b));
+    assert!(
+        matches!(&events[..], [PullEvent::Conflict { .. }]),
+        "{events:?}"
+    );
+    f.store = StateStore::open(f.dir.path().join("state.json")).unwrap();
+    let events = outcomes(&mut f, &[b]);
+    assert!(
+        matches!(&events[..], [PullEvent::Replay { .. }]),
+        "{events:?}"
+    );
+    assert_eq!(listing(&f).len(), 2, "{:?}", listing(&f));
+    assert_eq!(read(&f, "note.txt"), b"my local edits");
+}
