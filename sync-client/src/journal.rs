@@ -20,6 +20,34 @@ use sync_protocol::BlobId;
 
 pub mod batch;
 
+/// The `*.json` files in `dir` (none when `dir` does not exist), in no
+/// particular order. Errors: [`ClientError::Io`].
+pub(crate) fn json_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ClientError::io(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(ClientError::io(dir))?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Remove the file at `path`; no error when it is gone already.
+/// Errors: [`ClientError::Io`].
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ClientError::io(path)(e)),
+    }
+}
+
 /// Layout version of journal files.
 pub const JOURNAL_VERSION: u32 = 1;
 
@@ -180,27 +208,13 @@ impl Journals {
 
     /// Forget a journal.
     pub fn remove(&self, journal: &PushJournal) -> Result<()> {
-        let p = self.path_for(journal);
-        match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ClientError::io(&p)(e)),
-        }
+        remove_if_present(&self.path_for(journal))
     }
 
     /// Every journal (unreadable files are reported as errors).
     pub fn list(&self) -> Result<Vec<PushJournal>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(ClientError::io(&self.dir)(e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(ClientError::io(&self.dir))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
+        for path in json_files(&self.dir)? {
             // A journal removed since the listing (a push that finished
             // in another process) is no longer there to report.
             if let Some(j) = read_journal_if_any(&path)? {

@@ -99,29 +99,15 @@ impl BatchJournals {
     /// Forget batch `id` (no error when it is gone). Errors:
     /// [`ClientError::Io`].
     pub fn remove(&self, id: &str) -> Result<()> {
-        let p = self.path_for(id);
-        match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ClientError::io(&p)(e)),
-        }
+        super::remove_if_present(&self.path_for(id))
     }
 
     /// Every batch journal left (by a crash: a finished batch removes its
     /// own). Errors: [`ClientError::Io`], [`ClientError::Home`] (corrupt,
     /// or of a later version).
     pub fn list(&self) -> Result<Vec<BatchJournal>> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(ClientError::io(&self.dir)(e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(ClientError::io(&self.dir))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
+        for path in super::json_files(&self.dir)? {
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
