@@ -44,6 +44,7 @@ mod access;
 mod classify_tests;
 mod cleanup;
 mod close;
+mod combine;
 pub mod listen;
 pub mod notifier;
 #[cfg(test)]
@@ -125,6 +126,8 @@ pub struct PostgresStorage {
     listen_channel: String,
     /// The listener tasks of [`Storage::head_changes`], stopped by `close`.
     listeners: Mutex<Vec<AbortHandle>>,
+    /// Pushes queued by group, one transaction a turn ([`combine`]).
+    combiner: combine::Combiner,
 }
 
 /// Test-only fail point, read at [`PostgresStorage::open`] and **only in
@@ -174,6 +177,7 @@ impl PostgresStorage {
             notifier,
             listen_channel: opts.notify_channel,
             listeners: Mutex::new(Vec::new()),
+            combiner: combine::Combiner::default(),
         })
     }
 
@@ -239,6 +243,55 @@ impl PostgresStorage {
                 other => return other,
             }
         }
+    }
+}
+
+impl PostgresStorage {
+    /// The pushes of one turn of their group ([`combine`]), answered in
+    /// order. One push is [`Self::push_single`]; several share one
+    /// transaction — `push_apply` for each on one connection, one commit —
+    /// where a refused push stores nothing and leaves the others be. If the
+    /// transaction fails as a whole (a database error in any statement, the
+    /// commit), it is rolled back or its outcome unknown, and each push is
+    /// applied again on its own: a push that did commit finds its blob ids
+    /// stored and is answered as duplicates, with their cursors.
+    async fn push_turn(&self, reqs: Vec<PushRequest>) -> Vec<Result<PushOutcome, StorageError>> {
+        if reqs.len() > 1 {
+            match self.push_together(&reqs).await {
+                Ok(results) => return results,
+                Err(e) => {
+                    tracing::debug!(error = %e, pushes = reqs.len(), "combined push failed; applying each on its own");
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(reqs.len());
+        for req in &reqs {
+            results.push(self.push_single(req).await);
+        }
+        results
+    }
+
+    /// `reqs` in one transaction: every push's answer (refusals among
+    /// them) once committed, or the error that failed the transaction.
+    async fn push_together(
+        &self,
+        reqs: &[PushRequest],
+    ) -> Result<Vec<Result<PushOutcome, StorageError>>, StorageError> {
+        let mut tx: Transaction<'_, Postgres> =
+            self.pool.begin().await.map_err(|e| self.pool_err(e))?;
+        let mut results = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            match push_single::apply(&mut tx, req, self.quotas).await {
+                Err(
+                    e @ (StorageError::Database(_)
+                    | StorageError::Unavailable(_)
+                    | StorageError::Closed),
+                ) => return Err(e),
+                answer => results.push(answer),
+            }
+        }
+        tx.commit().await.map_err(dberr)?;
+        Ok(results)
     }
 }
 
@@ -330,7 +383,10 @@ impl Storage for PostgresStorage {
 
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
         let group = req.group;
-        let outcome = self.push_single(&req).await?;
+        let outcome = self
+            .combiner
+            .push(req, |reqs| self.push_turn(reqs))
+            .await?;
         // Committed: the wake-up for other instances goes to the notifier
         // task and `PushOk` does not wait for it (a NOTIFY inside the push
         // would also make its commit take PostgreSQL's notify-queue lock,

@@ -25,10 +25,11 @@ use sync_storage::{
     GroupClosure, NewBlob, Owner, PushOutcome, PushRequest, Quotas, StorageError, push_results,
 };
 
-/// Apply `req` in one statement on `conn`, which must not be inside a
-/// transaction (committed when this returns `Ok`: sqlx reads the reply up
-/// to `ReadyForQuery`, which the server sends after the implicit
-/// transaction's commit). Errors (nothing stored):
+/// Apply `req` in one statement on `conn`. Outside a transaction the
+/// statement is its own and is committed when this returns `Ok` (sqlx reads
+/// the reply up to `ReadyForQuery`, which the server sends after the
+/// implicit transaction's commit); inside one (several pushes of a group in
+/// one turn, `crate::combine`) the caller commits. Errors (nothing stored):
 /// [`StorageError::UnknownGroup`], [`StorageError::GroupClosed`] (the group
 /// is closed and its close does not admit the sender now, for a batch with
 /// new blobs), then the refusals of [`check_push`] in its order;

@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use sync_client::receive::PullEvent;
-use sync_client::{ClientError, GroupSecret, PushOptions, SubscriptionEvent, SyncClient};
-use sync_protocol::{BlobId, Deliver, DeviceId, Message, PullBatch, PulledBlob};
+use sync_client::{
+    ClientError, GroupSecret, PushOptions, StateStore, SubscriptionEvent, SyncClient,
+};
+use sync_protocol::{AckOk, BlobId, Deliver, DeviceId, Message, PullBatch, PulledBlob};
 
 /// Longest wait for something that should arrive (a loaded CI machine).
 const ARRIVES: Duration = Duration::from_secs(30);
@@ -326,5 +328,82 @@ async fn a_client_speaks_version_2_to_a_relay_from_before_version_3() {
     let (result, _) = follow(&relay, Duration::from_secs(2)).await;
     result.unwrap();
     assert!(pulls.load(Ordering::SeqCst) >= 1, "it follows as before");
+    relay.close().await;
+}
+
+/// Stopping a follower in the middle of a pull round (one blob a frame,
+/// saved every few frames): the cursor it acknowledges on the way out
+/// must be on disk already — the relay may delete what every device
+/// acknowledged, and a device that restarts from an older saved cursor
+/// would then never get the blobs in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_mid_round_acks_only_what_it_saved() {
+    const BLOBS: u64 = 1000;
+    const PAUSE_AT: u64 = 41;
+    let acked = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&acked);
+    let relay = FakeRelay::alone(
+        Script::new()
+            .on_welcome(|w| w.head_cursor = BLOBS)
+            .on_request(move |_, req| match req {
+                Message::Pull(pull) => {
+                    let after = pull.after;
+                    Reply::Stream(Box::new((after + 1..=BLOBS).map(|c| {
+                        if c == PAUSE_AT {
+                            // The device has taken frames up to here
+                            // (not a multiple of its save interval) and
+                            // waits for the next: it is stopped there.
+                            // (A blocking pause: the fake relay's writer
+                            // has no other way to wait inside the
+                            // iterator; it holds one worker thread.)
+                            std::thread::sleep(Duration::from_secs(2));
+                        }
+                        Message::PullBatch(PullBatch {
+                            blobs: vec![junk(c)],
+                            head: BLOBS,
+                            more: c < BLOBS,
+                        })
+                    })))
+                }
+                Message::Ack(ack) => {
+                    seen.fetch_max(ack.cursor, Ordering::SeqCst);
+                    Reply::Answer(vec![Message::AckOk(AckOk { cursor: ack.cursor })])
+                }
+                _ => Reply::Forward,
+            }),
+    )
+    .await;
+    let secret = GroupSecret::generate();
+    let mut dev = LibDevice::new(&relay.address, &secret);
+    let client: SyncClient = dev.connect().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let trigger = Arc::clone(&stop);
+    let mut rejected = 0u32;
+    client
+        .follow(
+            &mut dev.state,
+            &tmp.path().join("out"),
+            &mut |e| {
+                if matches!(e, PullEvent::Rejected { .. }) {
+                    rejected += 1;
+                    if rejected == 3 {
+                        trigger.notify_one();
+                    }
+                }
+            },
+            async move { stop.notified().await },
+        )
+        .await
+        .unwrap();
+    let in_memory = dev.state.state.cursor;
+    let on_disk = StateStore::open(dev.state.path()).unwrap().state.cursor;
+    let acked = acked.load(Ordering::SeqCst);
+    assert!(acked > 0, "it acked on the way out (cursor {in_memory})");
+    assert!(
+        acked <= on_disk,
+        "acked cursor {acked} but only {on_disk} saved (in memory {in_memory})"
+    );
+    client.close().await;
     relay.close().await;
 }

@@ -159,7 +159,7 @@ impl SyncClient {
         let mut inline_unacked = (0usize, 0usize);
         loop {
             let summary = tokio::select! {
-                _ = &mut stop => return self.final_ack(&mut acks, state.state.cursor).await,
+                _ = &mut stop => return self.final_ack(&mut acks, state).await,
                 s = self.pull_unacked(state, out_dir, events) => s?,
             };
             if let Some(cursor) = acks.offer(summary.cursor, Instant::now()) {
@@ -207,7 +207,7 @@ impl SyncClient {
                 let ack_due = acks.due_at();
                 tokio::select! {
                     biased;
-                    _ = &mut stop => return self.final_ack(&mut acks, state.state.cursor).await,
+                    _ = &mut stop => return self.final_ack(&mut acks, state).await,
                     Some(delivery) = slot.session.next_delivery() => {
                         if let Some(taken) = self.take_delivery(&slot.session, delivery, state, out_dir, events).await? {
                             seen = seen.max(taken.head);
@@ -269,9 +269,15 @@ impl SyncClient {
     }
 
     /// The last ack a follower owes when it stops: its cursor now (a pull
-    /// cut short by the stop may have moved it past the last offered).
-    async fn final_ack(&self, acks: &mut AckCoalescer, cursor: u64) -> Result<()> {
-        if let Some(cursor) = acks.last_owed(cursor) {
+    /// cut short by the stop may have moved it past the last offered),
+    /// saved before it is sent. Errors: [`ClientError::Io`] (the state
+    /// could not be saved: nothing is acked), and those of the ack.
+    async fn final_ack(&self, acks: &mut AckCoalescer, state: &mut StateStore) -> Result<()> {
+        // Stopping may have cut a pull round short between its periodic
+        // saves: what the relay is told is applied must be on disk first
+        // (acknowledged blobs may be deleted from the relay).
+        state.save()?;
+        if let Some(cursor) = acks.last_owed(state.state.cursor) {
             self.send_ack(cursor).await?;
         }
         Ok(())

@@ -291,7 +291,7 @@ impl<'a> Receiver<'a> {
         for key in keys {
             let partial = store.state.partials.remove(&key).expect("listed");
             let cursor = store.state.cursor;
-            match self.finish(&partial, cursor, store)? {
+            match self.finish_or_keep(key, partial, cursor, store)? {
                 Ok(event) => events(event),
                 Err(reason) => {
                     store.state.rejected += 1;
@@ -392,6 +392,14 @@ impl<'a> Receiver<'a> {
             );
             return Ok(());
         }
+        // A file chunk that a local I/O error stops before it is written
+        // must come back as new when the relay serves it again (the
+        // cursor does not move past it): its number is taken back then.
+        let before = matches!(
+            header.kind,
+            BlobKind::FileChunk(_) | BlobKind::VersionedChunk { .. }
+        )
+        .then(|| state.senders.get(&sender).cloned());
         let track = state.senders.entry(sender.clone()).or_default();
         match track.observe(header.seq) {
             Observation::New => track.last_cursor = blob.cursor,
@@ -460,7 +468,7 @@ impl<'a> Receiver<'a> {
             }
             BlobKind::FileChunk(_) | BlobKind::VersionedChunk { .. } => {
                 let (chunk, version) = header.kind.chunk().expect("a file chunk");
-                match self.apply_chunk(
+                let applied = self.apply_chunk(
                     chunk,
                     version,
                     header.seq,
@@ -469,7 +477,31 @@ impl<'a> Receiver<'a> {
                     blob.cursor,
                     store,
                     events,
-                )? {
+                );
+                let applied = match applied {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        // Not written (unless it completed its file, which
+                        // is then kept `completing` for `recover`): the
+                        // save that follows a failed round must not record
+                        // its number as seen, or the blob served again
+                        // would be taken for a replay and the file never
+                        // written.
+                        let completing = store
+                            .state
+                            .partials
+                            .get(&hex::encode(chunk.file_id))
+                            .is_some_and(|p| p.completing);
+                        if !completing && let Some(before) = before {
+                            match before {
+                                Some(track) => store.state.senders.insert(sender, track),
+                                None => store.state.senders.remove(&sender),
+                            };
+                        }
+                        return Err(e);
+                    }
+                };
+                match applied {
                     Ok(Some(event)) => events(event),
                     Ok(None) => {}
                     Err(reason) => reject(&mut store.state, events, reason),
@@ -648,7 +680,7 @@ impl<'a> Receiver<'a> {
                 .state
                 .files
                 .contains_key(&Self::dest_key(root, &partial.name));
-            let outcome = self.finish(&partial, cursor, store)?;
+            let outcome = self.finish_or_keep(key, partial, cursor, store)?;
             if known_before || !matches!(outcome, Ok(PullEvent::File { .. })) {
                 store.save()?;
             }
@@ -662,9 +694,32 @@ impl<'a> Receiver<'a> {
         store.state.cursor = store.state.cursor.max(cursor);
         store.save()?;
         let partial = store.state.partials.remove(&key).expect("present");
-        let outcome = self.finish(&partial, cursor, store)?;
+        let outcome = self.finish_or_keep(key, partial, cursor, store)?;
         store.save()?;
         Ok(outcome.map(Some))
+    }
+
+    /// [`Receiver::finish`] `partial` (whose record was taken out of the
+    /// state under `key`). When a local I/O error stops it, the record goes
+    /// back, marked `completing`, before the error is returned: the save
+    /// that follows a failed round then keeps it, and [`Receiver::recover`]
+    /// finishes the file on the next pull (its cursor may already be
+    /// saved, so the relay would not serve it again).
+    fn finish_or_keep(
+        &self,
+        key: String,
+        mut partial: PartialFile,
+        cursor: u64,
+        store: &mut StateStore,
+    ) -> Result<std::result::Result<PullEvent, String>> {
+        match self.finish(&partial, cursor, store) {
+            Err(e) => {
+                partial.completing = true;
+                store.state.partials.insert(key, partial);
+                Err(e)
+            }
+            done => done,
+        }
     }
 
     /// The absolute path a file named `name` lands at (the record key of

@@ -919,3 +919,78 @@ fn a_one_blob_conflict_is_saved_so_a_crash_makes_no_second_copy() {
     assert_eq!(listing(&f).len(), 2, "{:?}", listing(&f));
     assert_eq!(read(&f, "note.txt"), b"my local edits");
 }
+
+/// A local I/O error stops a file chunk before it is written (here the
+/// output directory cannot be made); the pull then saves what it applied.
+/// The relay serves the blob again (the cursor did not move past it): it
+/// must be applied as new, not taken for a replay of a number already
+/// seen, which would leave the file unwritten for good.
+#[test]
+fn a_chunk_stopped_by_a_local_error_is_applied_when_served_again() {
+    let mut f = fixture();
+    let b = file_blob(&f, SENDER, 1, 1, "note.txt", b"remote", Some((1, 1)));
+    std::fs::write(out(&f), b"a file where the output directory goes").unwrap();
+    let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), out(&f));
+    let failed = receiver.apply(b.clone(), &mut f.store, &mut |_| {});
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(f.store.state.cursor, 0);
+    // The pull's save after a failed round, then a new process.
+    f.store.save().unwrap();
+    f.store = StateStore::open(f.dir.path().join("state.json")).unwrap();
+    std::fs::remove_file(out(&f)).unwrap();
+    let events = outcomes(&mut f, &[b]);
+    assert!(
+        matches!(&events[..], [PullEvent::File { .. }]),
+        "{events:?}"
+    );
+    assert_eq!(read(&f, "note.txt"), b"remote");
+}
+
+/// A local I/O error while a complete file is put in place (here the push
+/// journals cannot be listed): the pull's save after the failed round
+/// keeps the file's record, marked completing, and the next pull's
+/// `recover` finishes it — the cursor is already past its last chunk, so
+/// the relay would not serve it again.
+#[test]
+fn a_file_stopped_while_put_in_place_is_finished_by_the_next_pull() {
+    for chunks in [1, 2] {
+        let mut f = fixture();
+        let content = b"remote content in two halves";
+        let (head, tail) = content.split_at(10);
+        let end = FileEnd {
+            chunks,
+            size: content.len() as u64,
+            blake3: *blake3::hash(content).as_bytes(),
+        };
+        let blobs = if chunks == 1 {
+            vec![blob(&f, 1, 1, 1, chunk(0, 0, Some(end)), content)]
+        } else {
+            vec![
+                blob(&f, 1, 1, 1, chunk(0, 0, None), head),
+                blob(&f, 2, 2, 2, chunk(1, 10, Some(end)), tail),
+            ]
+        };
+        let transfers = f.dir.path().join("transfers");
+        std::fs::write(&transfers, b"not a directory").unwrap();
+        let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), out(&f));
+        let (last, first) = blobs.split_last().unwrap();
+        for b in first {
+            receiver.apply(b.clone(), &mut f.store, &mut |_| {}).unwrap();
+        }
+        let failed = receiver.apply(last.clone(), &mut f.store, &mut |_| {});
+        assert!(failed.is_err(), "{chunks} chunk(s): {failed:?}");
+        f.store.save().unwrap();
+        std::fs::remove_file(&transfers).unwrap();
+        f.store = StateStore::open(f.dir.path().join("state.json")).unwrap();
+        let mut events = Vec::new();
+        receiver
+            .recover(&mut f.store, &mut |e| events.push(e))
+            .unwrap();
+        assert!(
+            matches!(&events[..], [PullEvent::File { .. }]),
+            "{chunks} chunk(s): {events:?}"
+        );
+        assert_eq!(read(&f, "f.bin"), content, "{chunks} chunk(s)");
+        assert!(f.store.state.partials.is_empty());
+    }
+}
