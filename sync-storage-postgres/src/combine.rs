@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use sync_protocol::GroupId;
 use sync_storage::{PushOutcome, PushRequest, StorageError};
@@ -31,63 +32,82 @@ use tokio::sync::oneshot;
 /// Most pushes one turn carries.
 pub(crate) const MAX_PUSHES: usize = 32;
 
-/// Most payload bytes one turn carries (its first push whatever its size).
-pub(crate) const MAX_BYTES: usize = 4 << 20;
+/// Most payload bytes one turn carries (its first push whatever its size):
+/// a turn holds its group's row lock while its statements carry their
+/// payloads to the server, so this bounds how long other instances' pushes
+/// of the group can wait behind it.
+pub(crate) const MAX_BYTES: usize = 1 << 20;
 
 type Reply = oneshot::Sender<Result<PushOutcome, StorageError>>;
 
 /// The queues of the groups with pushes in flight here (a group's entry
-/// goes when its last push is answered).
+/// goes when its last push is answered or given up).
 #[derive(Default)]
 pub(crate) struct Combiner {
     groups: Mutex<HashMap<GroupId, Arc<Queue>>>,
+    /// Tickets of queued pushes (to find one's own entry again).
+    next_ticket: AtomicU64,
 }
 
 #[derive(Default)]
 struct Queue {
-    waiting: Mutex<VecDeque<(PushRequest, Reply)>>,
+    waiting: Mutex<VecDeque<Waiting>>,
     turn: tokio::sync::Mutex<()>,
+}
+
+struct Waiting {
+    ticket: u64,
+    req: PushRequest,
+    reply: Reply,
 }
 
 impl Combiner {
     /// Queue `req` and wait until a turn of its group carried it: `apply`
     /// gets the pushes of one turn (at most [`MAX_PUSHES`], [`MAX_BYTES`]
     /// of payload beyond the first, in the order they queued) and must
-    /// answer each, in that order.
+    /// answer each, in that order. A push the turn it took did not carry
+    /// (the caps) takes the next turn too, until it is answered. Dropped
+    /// while it waits, the push leaves the queue (it is not stored later
+    /// with its stale `now_ms`).
     pub(crate) async fn push<F, Fut>(
         &self,
         req: PushRequest,
         apply: F,
     ) -> Result<PushOutcome, StorageError>
     where
-        F: FnOnce(Vec<PushRequest>) -> Fut,
+        F: Fn(Vec<PushRequest>) -> Fut,
         Fut: Future<Output = Vec<Result<PushOutcome, StorageError>>>,
     {
         let group = req.group;
-        let queue = self.queue(group);
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let queued = Queued {
+            combiner: self,
+            group,
+            ticket,
+            queue: Some(self.queue(group)),
+        };
+        let queue = queued.queue.as_ref().expect("set above");
         let (reply, mut answer) = oneshot::channel();
-        lock(&queue.waiting).push_back((req, reply));
-        let answered = tokio::select! {
-            biased;
-            answered = &mut answer => Some(answered),
-            _turn = queue.turn.lock() => {
-                let (reqs, replies): (Vec<_>, Vec<_>) = take_turn(&queue).into_iter().unzip();
-                if !reqs.is_empty() {
-                    let results = apply(reqs).await;
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(result);
+        lock(&queue.waiting).push_back(Waiting { ticket, req, reply });
+        let answered = loop {
+            tokio::select! {
+                biased;
+                answered = &mut answer => break answered,
+                _turn = queue.turn.lock() => {
+                    let (reqs, replies): (Vec<_>, Vec<_>) = take_turn(queue)
+                        .into_iter()
+                        .map(|w| (w.req, w.reply))
+                        .unzip();
+                    if !reqs.is_empty() {
+                        let results = apply(reqs).await;
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(result);
+                        }
                     }
                 }
-                None
             }
         };
-        let answered = match answered {
-            Some(a) => a,
-            // This turn carried this push, or an earlier one did.
-            None => answer.await,
-        };
-        drop(queue);
-        self.release(group);
+        drop(queued);
         answered.unwrap_or_else(|_| {
             Err(StorageError::unavailable(
                 "the transaction carrying this push was interrupted; it may be stored: retry it",
@@ -102,7 +122,10 @@ impl Combiner {
     /// Forget `group`'s queue when nobody holds it any more.
     fn release(&self, group: GroupId) {
         let mut groups = lock(&self.groups);
-        if groups.get(&group).is_some_and(|q| Arc::strong_count(q) == 1) {
+        if groups
+            .get(&group)
+            .is_some_and(|q| Arc::strong_count(q) == 1)
+        {
             groups.remove(&group);
         }
     }
@@ -114,12 +137,31 @@ impl Combiner {
     }
 }
 
+/// A push's place in its group's queue: when the push is answered or
+/// dropped, its entry (if no turn took it) leaves the queue and the queue
+/// is forgotten once nobody holds it.
+struct Queued<'a> {
+    combiner: &'a Combiner,
+    group: GroupId,
+    ticket: u64,
+    queue: Option<Arc<Queue>>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.queue.take() {
+            lock(&queue.waiting).retain(|w| w.ticket != self.ticket);
+        }
+        self.combiner.release(self.group);
+    }
+}
+
 /// The pushes of the next turn, taken off the front of the queue.
-fn take_turn(queue: &Queue) -> Vec<(PushRequest, Reply)> {
+fn take_turn(queue: &Queue) -> Vec<Waiting> {
     let mut waiting = lock(&queue.waiting);
     let mut taken = Vec::new();
     let mut bytes = 0usize;
-    while let Some((req, _)) = waiting.front() {
+    while let Some(Waiting { req, .. }) = waiting.front() {
         let size: usize = req.items.iter().map(|i| i.payload.len()).sum();
         if !taken.is_empty() && (taken.len() >= MAX_PUSHES || bytes + size > MAX_BYTES) {
             break;
@@ -137,7 +179,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
     use sync_protocol::{BlobId, DeviceId};
     use sync_storage::NewBlob;
@@ -181,13 +223,16 @@ mod tests {
             );
             tasks.push(tokio::spawn(async move {
                 combiner
-                    .push(req(7, id, 10), |reqs| async move {
-                        // One turn of a group at a time.
-                        assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        lock(&turns).push(reqs.len());
-                        running.fetch_sub(1, Ordering::SeqCst);
-                        answers(&reqs)
+                    .push(req(7, id, 10), |reqs| {
+                        let (turns, running) = (Arc::clone(&turns), Arc::clone(&running));
+                        async move {
+                            // One turn of a group at a time.
+                            assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            lock(&turns).push(reqs.len());
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            answers(&reqs)
+                        }
                     })
                     .await
             }));
@@ -207,8 +252,12 @@ mod tests {
         let queue = Queue::default();
         let mut replies = Vec::new();
         let mut put = |r: PushRequest| {
-            let (tx, rx) = oneshot::channel();
-            lock(&queue.waiting).push_back((r, tx));
+            let (reply, rx) = oneshot::channel();
+            lock(&queue.waiting).push_back(Waiting {
+                ticket: 0,
+                req: r,
+                reply,
+            });
             replies.push(rx);
         };
         put(req(1, 1, MAX_BYTES + 1));
@@ -232,11 +281,15 @@ mod tests {
         let (release_x, released) = oneshot::channel::<()>();
         let (x_in, x_entered) = oneshot::channel::<()>();
         let c = Arc::clone(&combiner);
+        let x_once = Mutex::new(Some((x_in, released)));
         let x = tokio::spawn(async move {
-            c.push(req(3, 1, 1), |reqs| async move {
-                let _ = x_in.send(());
-                let _ = released.await;
-                answers(&reqs)
+            c.push(req(3, 1, 1), |reqs| {
+                let (x_in, released) = lock(&x_once).take().expect("one turn");
+                async move {
+                    let _ = x_in.send(());
+                    let _ = released.await;
+                    answers(&reqs)
+                }
             })
             .await
         });
@@ -245,11 +298,15 @@ mod tests {
         // lock is fair) and carries both, then A is cancelled.
         let (a_in, a_entered) = oneshot::channel::<()>();
         let c = Arc::clone(&combiner);
+        let a_once = Mutex::new(Some(a_in));
         let a = tokio::spawn(async move {
-            c.push(req(3, 2, 1), |reqs| async move {
-                let _ = a_in.send(());
-                std::future::pending::<()>().await;
-                answers(&reqs)
+            c.push(req(3, 2, 1), |reqs| {
+                let a_in = lock(&a_once).take().expect("one turn");
+                async move {
+                    let _ = a_in.send(());
+                    std::future::pending::<()>().await;
+                    answers(&reqs)
+                }
             })
             .await
         });
@@ -274,6 +331,68 @@ mod tests {
         // The group's queue is forgotten once nothing holds it.
         combiner
             .push(req(3, 4, 1), |reqs| async move { answers(&reqs) })
+            .await
+            .unwrap();
+        assert_eq!(combiner.groups(), 0);
+    }
+
+    /// The push that takes the turn may be left out of it (a large push
+    /// queued ahead of it fills the turn): it must take the next turn
+    /// itself, since nobody else may come to carry it.
+    #[tokio::test]
+    async fn a_push_left_out_of_the_turn_it_took_takes_the_next() {
+        let combiner = Arc::new(Combiner::default());
+        let queue = combiner.queue(GroupId([5; 32]));
+        let held = queue.turn.lock().await;
+        // A large push queued, whose owner has not yet asked for the turn.
+        let (reply, large_answer) = oneshot::channel();
+        lock(&queue.waiting).push_back(Waiting {
+            ticket: u64::MAX,
+            req: req(5, 1, MAX_BYTES + 1),
+            reply,
+        });
+        let c = Arc::clone(&combiner);
+        let small = tokio::spawn(async move {
+            c.push(req(5, 2, 1), |reqs| async move { answers(&reqs) })
+                .await
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        let answered = tokio::time::timeout(Duration::from_secs(10), small)
+            .await
+            .expect("the small push was left in the queue")
+            .unwrap()
+            .unwrap();
+        assert_eq!(answered.head, 2);
+        assert_eq!(large_answer.await.unwrap().unwrap().head, 1);
+    }
+
+    /// A push dropped while it waits leaves the queue: it is not stored
+    /// by a later turn.
+    #[tokio::test]
+    async fn a_push_dropped_while_it_waits_leaves_the_queue() {
+        let combiner = Arc::new(Combiner::default());
+        let queue = combiner.queue(GroupId([6; 32]));
+        let held = queue.turn.lock().await;
+        let c = Arc::clone(&combiner);
+        let waiting = tokio::spawn(async move {
+            c.push(req(6, 1, 1), |_| async move {
+                panic!("a dropped push was carried")
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(lock(&queue.waiting).len(), 1);
+        waiting.abort();
+        assert!(waiting.await.is_err());
+        assert!(lock(&queue.waiting).is_empty());
+        drop(held);
+        drop(queue);
+        combiner
+            .push(req(6, 2, 1), |reqs| async move {
+                assert_eq!(reqs.len(), 1);
+                answers(&reqs)
+            })
             .await
             .unwrap();
         assert_eq!(combiner.groups(), 0);

@@ -45,6 +45,8 @@ mod classify_tests;
 mod cleanup;
 mod close;
 mod combine;
+#[cfg(test)]
+mod combine_pg_tests;
 pub mod listen;
 pub mod notifier;
 #[cfg(test)]
@@ -128,6 +130,22 @@ pub struct PostgresStorage {
     listeners: Mutex<Vec<AbortHandle>>,
     /// Pushes queued by group, one transaction a turn ([`combine`]).
     combiner: combine::Combiner,
+    /// What the turns did ([`PushTurnStats`]).
+    turns: [AtomicU64; 3],
+}
+
+/// What this store's push turns did so far (docs/deploy.md "Pushes of one
+/// group, one transaction at a time"): counts since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushTurnStats {
+    /// Turns that carried more than one push in one transaction.
+    pub combined: u64,
+    /// Pushes those turns carried.
+    pub combined_pushes: u64,
+    /// Turns whose transaction failed as a whole, each push then applied
+    /// on its own (a database error, or a push that needed the exact quota
+    /// path: migrations/postgres/0006).
+    pub fallbacks: u64,
 }
 
 /// Test-only fail point, read at [`PostgresStorage::open`] and **only in
@@ -178,6 +196,7 @@ impl PostgresStorage {
             listen_channel: opts.notify_channel,
             listeners: Mutex::new(Vec::new()),
             combiner: combine::Combiner::default(),
+            turns: Default::default(),
         })
     }
 
@@ -188,6 +207,17 @@ impl PostgresStorage {
             .as_ref()
             .map(notifier::Notifier::stats)
             .unwrap_or_default()
+    }
+
+    /// What this store's push turns did so far.
+    pub fn push_turn_stats(&self) -> PushTurnStats {
+        let [combined, combined_pushes, fallbacks] =
+            self.turns.each_ref().map(|n| n.load(Ordering::Relaxed));
+        PushTurnStats {
+            combined,
+            combined_pushes,
+            fallbacks,
+        }
     }
 
     /// [`dberr`] for an error of a call on the pool, counting the calls
@@ -258,8 +288,25 @@ impl PostgresStorage {
     async fn push_turn(&self, reqs: Vec<PushRequest>) -> Vec<Result<PushOutcome, StorageError>> {
         if reqs.len() > 1 {
             match self.push_together(&reqs).await {
-                Ok(results) => return results,
+                Ok(results) => {
+                    self.turns[0].fetch_add(1, Ordering::Relaxed);
+                    self.turns[1].fetch_add(reqs.len() as u64, Ordering::Relaxed);
+                    return results;
+                }
+                // The database away or the store closing: one at a time
+                // would meet the same, each after its own wait.
+                Err(StorageError::Closed) => {
+                    return reqs.iter().map(|_| Err(StorageError::Closed)).collect();
+                }
+                Err(StorageError::Unavailable(e)) => {
+                    let why = e.to_string();
+                    return reqs
+                        .iter()
+                        .map(|_| Err(StorageError::unavailable(why.clone())))
+                        .collect();
+                }
                 Err(e) => {
+                    self.turns[2].fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, pushes = reqs.len(), "combined push failed; applying each on its own");
                 }
             }
@@ -272,13 +319,21 @@ impl PostgresStorage {
     }
 
     /// `reqs` in one transaction: every push's answer (refusals among
-    /// them) once committed, or the error that failed the transaction.
+    /// them) once committed, or the error that failed the transaction
+    /// (among them ZS001: a push needed the exact quota path, which the
+    /// function refuses inside a combined transaction, migrations/postgres/0006).
     async fn push_together(
         &self,
         reqs: &[PushRequest],
     ) -> Result<Vec<Result<PushOutcome, StorageError>>, StorageError> {
         let mut tx: Transaction<'_, Postgres> =
             self.pool.begin().await.map_err(|e| self.pool_err(e))?;
+        // No exact quota path in here (migrations/postgres/0006): it would
+        // lock a budget's slots out of order.
+        sqlx::query("SELECT set_config('zk_sync.combined_push', 'on', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(dberr)?;
         let mut results = Vec::with_capacity(reqs.len());
         for req in reqs {
             match push_single::apply(&mut tx, req, self.quotas).await {
@@ -383,10 +438,7 @@ impl Storage for PostgresStorage {
 
     async fn push(&self, req: PushRequest) -> Result<PushOutcome, StorageError> {
         let group = req.group;
-        let outcome = self
-            .combiner
-            .push(req, |reqs| self.push_turn(reqs))
-            .await?;
+        let outcome = self.combiner.push(req, |reqs| self.push_turn(reqs)).await?;
         // Committed: the wake-up for other instances goes to the notifier
         // task and `PushOk` does not wait for it (a NOTIFY inside the push
         // would also make its commit take PostgreSQL's notify-queue lock,

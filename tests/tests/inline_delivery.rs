@@ -350,9 +350,9 @@ async fn a_follower_stopped_mid_round_acks_only_what_it_saved() {
                     let after = pull.after;
                     Reply::Stream(Box::new((after + 1..=BLOBS).map(|c| {
                         if c == PAUSE_AT {
-                            // The device has taken frames up to here
-                            // (not a multiple of its save interval) and
-                            // waits for the next: it is stopped there.
+                            // The device has taken the frames before this
+                            // one (not a multiple of its save interval),
+                            // is told to stop on the last, and waits here.
                             // (A blocking pause: the fake relay's writer
                             // has no other way to wait inside the
                             // iterator; it holds one worker thread.)
@@ -379,7 +379,7 @@ async fn a_follower_stopped_mid_round_acks_only_what_it_saved() {
     let tmp = tempfile::tempdir().unwrap();
     let stop = Arc::new(tokio::sync::Notify::new());
     let trigger = Arc::clone(&stop);
-    let mut rejected = 0u32;
+    let mut rejected = 0u64;
     client
         .follow(
             &mut dev.state,
@@ -387,7 +387,9 @@ async fn a_follower_stopped_mid_round_acks_only_what_it_saved() {
             &mut |e| {
                 if matches!(e, PullEvent::Rejected { .. }) {
                     rejected += 1;
-                    if rejected == 3 {
+                    // The last frame before the pause: the pull waits
+                    // there when the stop is seen.
+                    if rejected == PAUSE_AT - 1 {
                         trigger.notify_one();
                     }
                 }

@@ -481,18 +481,19 @@ impl<'a> Receiver<'a> {
                 let applied = match applied {
                     Ok(applied) => applied,
                     Err(e) => {
-                        // Not written (unless it completed its file, which
-                        // is then kept `completing` for `recover`): the
+                        // A chunk that did not reach its temp file: the
                         // save that follows a failed round must not record
                         // its number as seen, or the blob served again
                         // would be taken for a replay and the file never
-                        // written.
-                        let completing = store
-                            .state
-                            .partials
-                            .get(&hex::encode(chunk.file_id))
-                            .is_some_and(|p| p.completing);
-                        if !completing && let Some(before) = before {
+                        // written. One that did (written, or its file
+                        // completing or completed: the cursor moved to it)
+                        // keeps its number.
+                        let reached_disk =
+                            match store.state.partials.get(&hex::encode(chunk.file_id)) {
+                                Some(p) => p.completing || p.received.contains(&chunk.index),
+                                None => store.state.cursor >= blob.cursor,
+                            };
+                        if !reached_disk && let Some(before) = before {
                             match before {
                                 Some(track) => store.state.senders.insert(sender, track),
                                 None => store.state.senders.remove(&sender),

@@ -975,7 +975,9 @@ fn a_file_stopped_while_put_in_place_is_finished_by_the_next_pull() {
         let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), out(&f));
         let (last, first) = blobs.split_last().unwrap();
         for b in first {
-            receiver.apply(b.clone(), &mut f.store, &mut |_| {}).unwrap();
+            receiver
+                .apply(b.clone(), &mut f.store, &mut |_| {})
+                .unwrap();
         }
         let failed = receiver.apply(last.clone(), &mut f.store, &mut |_| {});
         assert!(failed.is_err(), "{chunks} chunk(s): {failed:?}");
@@ -993,4 +995,31 @@ fn a_file_stopped_while_put_in_place_is_finished_by_the_next_pull() {
         assert_eq!(read(&f, "f.bin"), content, "{chunks} chunk(s)");
         assert!(f.store.state.partials.is_empty());
     }
+}
+
+/// The error comes after the file was put in place (the save right after
+/// a conflict copy fails): the chunk reached disk, so its number stays
+/// seen and the blob served again is a replay — not a second conflict
+/// copy, and no false gap later.
+#[test]
+fn a_save_that_fails_after_the_file_was_placed_keeps_its_number_seen() {
+    let mut f = fixture();
+    std::fs::create_dir_all(out(&f)).unwrap();
+    std::fs::write(out(&f).join("note.txt"), b"my local edits").unwrap();
+    // A non-empty directory where state.json goes: every save fails.
+    let state = f.dir.path().join("state.json");
+    std::fs::create_dir_all(state.join("blocked")).unwrap();
+    let b = file_blob(&f, SENDER, 1, 1, "note.txt", b"remote", Some((1, 1)));
+    let receiver = Receiver::new(&f.keys, DeviceId([2; 32]), out(&f));
+    let failed = receiver.apply(b.clone(), &mut f.store, &mut |_| {});
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(listing(&f).len(), 2, "the conflict copy was made");
+    std::fs::remove_dir_all(&state).unwrap();
+    f.store.save().unwrap();
+    let events = outcomes(&mut f, &[b]);
+    assert!(
+        matches!(&events[..], [PullEvent::Replay { .. }]),
+        "{events:?}"
+    );
+    assert_eq!(listing(&f).len(), 2, "{:?}", listing(&f));
 }
