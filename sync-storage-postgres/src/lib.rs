@@ -22,6 +22,11 @@
 //! - new groups of a token lock the token's row; new groups of addresses
 //!   take one transaction-scoped advisory lock (the count of addresses that
 //!   own groups is relay-wide);
+//! - pushes of one group from this instance are queued and carried in
+//!   turns, several in one transaction ([`combine`]): such a transaction
+//!   holds its group's row and fast-path quota shares only (which never
+//!   wait), and refuses the exact quota path (migrations/postgres/0006), so
+//!   the order above still holds; the turn is then applied push by push;
 //! - cleanup (expiry, acknowledged deletion, pruning) takes a
 //!   transaction-scoped advisory lock, so one instance cleans at a time
 //!   (the others wait for that batch, then find what is left); pushes hold
