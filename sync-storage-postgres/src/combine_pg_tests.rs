@@ -63,6 +63,14 @@ async fn one_turn_behind(
     answers
 }
 
+/// Each answer's cursor (one blob a push), `None` for a refusal.
+fn cursors(answers: &[Result<PushOutcome, StorageError>]) -> Vec<Option<u64>> {
+    answers
+        .iter()
+        .map(|a| a.as_ref().map(|o| o.results[0].cursor).ok())
+        .collect()
+}
+
 async fn open(db: &TestDatabase, quotas: Quotas) -> Arc<PostgresStorage> {
     let store = Arc::new(PostgresStorage::open(db.options(quotas)).await.unwrap());
     store
@@ -89,10 +97,7 @@ async fn a_refusal_inside_a_turn_leaves_the_other_pushes_stored() {
         vec![push(2, 10), push(3, 10), push(4, 10)],
     )
     .await;
-    let cursors: Vec<_> = answers
-        .iter()
-        .map(|a| a.as_ref().map(|o| o.results[0].cursor).ok())
-        .collect();
+    let cursors = cursors(&answers);
     assert_eq!(cursors, [Some(1), Some(2), Some(3), None], "{answers:?}");
     assert!(
         matches!(answers[3], Err(StorageError::GroupBlobsExceeded { .. })),
@@ -130,10 +135,7 @@ async fn a_push_needing_the_exact_quota_path_makes_its_turn_apply_each_alone() {
         vec![push(2, 10), push(3, 4 << 10), push(4, 10)],
     )
     .await;
-    let cursors: Vec<_> = answers
-        .iter()
-        .map(|a| a.as_ref().map(|o| o.results[0].cursor).ok())
-        .collect();
+    let cursors = cursors(&answers);
     assert_eq!(cursors, [Some(1), Some(2), Some(3), Some(4)], "{answers:?}");
     let stats = store.push_turn_stats();
     assert_eq!((stats.combined, stats.fallbacks), (0, 1), "{stats:?}");
