@@ -84,9 +84,9 @@ impl Combiner {
             combiner: self,
             group,
             ticket,
-            queue: Some(self.queue(group)),
+            queue: self.queue(group),
         };
-        let queue = queued.queue.as_ref().expect("set above");
+        let queue = &queued.queue;
         let (reply, mut answer) = oneshot::channel();
         lock(&queue.waiting).push_back(Waiting { ticket, req, reply });
         let answered = loop {
@@ -119,17 +119,6 @@ impl Combiner {
         Arc::clone(lock(&self.groups).entry(group).or_default())
     }
 
-    /// Forget `group`'s queue when nobody holds it any more.
-    fn release(&self, group: GroupId) {
-        let mut groups = lock(&self.groups);
-        if groups
-            .get(&group)
-            .is_some_and(|q| Arc::strong_count(q) == 1)
-        {
-            groups.remove(&group);
-        }
-    }
-
     /// Groups with a queue now (for tests).
     #[cfg(test)]
     pub(crate) fn groups(&self) -> usize {
@@ -144,15 +133,21 @@ struct Queued<'a> {
     combiner: &'a Combiner,
     group: GroupId,
     ticket: u64,
-    queue: Option<Arc<Queue>>,
+    queue: Arc<Queue>,
 }
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        if let Some(queue) = self.queue.take() {
-            lock(&queue.waiting).retain(|w| w.ticket != self.ticket);
+        lock(&self.queue.waiting).retain(|w| w.ticket != self.ticket);
+        // Forget the group's queue when only the map and this push hold it
+        // (under the map's lock: nobody can take it meanwhile).
+        let mut groups = lock(&self.combiner.groups);
+        if groups
+            .get(&self.group)
+            .is_some_and(|q| Arc::ptr_eq(q, &self.queue) && Arc::strong_count(q) == 2)
+        {
+            groups.remove(&self.group);
         }
-        self.combiner.release(self.group);
     }
 }
 
