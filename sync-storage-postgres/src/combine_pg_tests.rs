@@ -29,15 +29,16 @@ fn push(id: u8, bytes: usize) -> PushRequest {
     }
 }
 
-/// Push `first` while another session holds the group's row, queue `rest`
-/// behind it, then let the row go: `rest` is one turn. The answers, in
-/// order.
+/// A store on `db` under `quotas` with the group opened; push a first
+/// blob while another session holds the group's row, queue `rest` behind
+/// it, then let the row go: `rest` is one turn. The store, and the
+/// answers in order (the first push's first).
 async fn one_turn_behind(
     db: &TestDatabase,
-    store: &Arc<PostgresStorage>,
-    first: PushRequest,
+    quotas: Quotas,
     rest: Vec<PushRequest>,
-) -> Vec<Result<PushOutcome, StorageError>> {
+) -> (Arc<PostgresStorage>, Vec<Result<PushOutcome, StorageError>>) {
+    let store = open(db, quotas).await;
     let mut locker = sqlx::PgConnection::connect_with(&db.options(Quotas::UNLIMITED).connect)
         .await
         .unwrap();
@@ -48,8 +49,8 @@ async fn one_turn_behind(
         .await
         .unwrap();
     let mut tasks = Vec::new();
-    for req in std::iter::once(first).chain(rest) {
-        let s = Arc::clone(store);
+    for req in std::iter::once(push(1, 10)).chain(rest) {
+        let s = Arc::clone(&store);
         tasks.push(tokio::spawn(async move { s.push(req).await }));
         // The first takes the turn and waits on the row; the others queue
         // in this order.
@@ -60,7 +61,7 @@ async fn one_turn_behind(
     for t in tasks {
         answers.push(t.await.unwrap());
     }
-    answers
+    (store, answers)
 }
 
 /// Each answer's cursor (one blob a push), `None` for a refusal.
@@ -89,14 +90,8 @@ async fn a_refusal_inside_a_turn_leaves_the_other_pushes_stored() {
         max_group_blobs: 3,
         ..Quotas::UNLIMITED
     };
-    let store = open(&db, quotas).await;
-    let answers = one_turn_behind(
-        &db,
-        &store,
-        push(1, 10),
-        vec![push(2, 10), push(3, 10), push(4, 10)],
-    )
-    .await;
+    let (store, answers) =
+        one_turn_behind(&db, quotas, vec![push(2, 10), push(3, 10), push(4, 10)]).await;
     let cursors = cursors(&answers);
     assert_eq!(cursors, [Some(1), Some(2), Some(3), None], "{answers:?}");
     assert!(
@@ -127,11 +122,9 @@ async fn a_push_needing_the_exact_quota_path_makes_its_turn_apply_each_alone() {
         max_storage: 64 << 10,
         ..Quotas::UNLIMITED
     };
-    let store = open(&db, quotas).await;
-    let answers = one_turn_behind(
+    let (store, answers) = one_turn_behind(
         &db,
-        &store,
-        push(1, 10),
+        quotas,
         vec![push(2, 10), push(3, 4 << 10), push(4, 10)],
     )
     .await;
